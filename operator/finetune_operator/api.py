@@ -1,0 +1,199 @@
+"""The FineTuneJob custom resource, v1alpha1: spec, status and the whole object.
+
+These pydantic models are the single source of truth for the API: `finetune validate`,
+the operator and the CRD generator (:mod:`finetune_operator.crd`) all use them.
+The spec sections shared with the trainer come from :mod:`finetune_trainer.config`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from finetune_trainer.config import (
+    API_GROUP,
+    CamelModel,
+    JobSections,
+    OutputUri,
+)
+from pydantic import Field, field_validator
+
+VERSION = "v1alpha1"
+API_VERSION = f"{API_GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+
+# Kubernetes resource quantities, e.g. 500m, 2, 1.5, 16Gi, 1e3.
+# The pattern is the one Kubernetes' own generated schemas use for resource.Quantity.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
+    r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+
+Quantity = Annotated[
+    int | str,
+    Field(
+        description="A Kubernetes quantity, e.g. 4, 500m, 16Gi.",
+        json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN},
+    ),
+]
+
+
+def _check_quantity(value: int | str | None) -> int | str | None:
+    if isinstance(value, str) and not _QUANTITY.match(value):
+        raise ValueError(f"'{value}' is not a Kubernetes quantity; write e.g. 4, 500m or 16Gi")
+    if isinstance(value, int) and value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+class OutputSpec(CamelModel):
+    """Where the adapter, metrics, model card and manifest are published."""
+
+    uri: OutputUri | None = Field(
+        default=None,
+        description="Default for `finetune run`: file://./artifacts/<metadata.name>.",
+    )
+
+
+class Toleration(CamelModel):
+    """A Kubernetes toleration, copied to the training pods."""
+
+    key: str | None = Field(default=None, max_length=253)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class Resources(CamelModel):
+    """What each training node gets; used by the operator to build pods."""
+
+    gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per node.")
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit per node.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit per node, e.g. 32Gi."
+    )
+    nodes: int = Field(default=1, ge=1, le=1024, description="Training nodes (pods).")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the training pods require."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+    _cpu = field_validator("cpu", "memory")(_check_quantity)
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"'{key}' is not a valid label key")
+        return value
+
+
+class FineTuneJobSpec(JobSections):
+    """What to fine-tune, on what, how, and where the result goes."""
+
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    resources: Resources = Field(default_factory=Resources)
+
+
+# --------------------------------------------------------------------------- status
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class Condition(CamelModel):
+    """A condition in the Kubernetes API conventions' shape."""
+
+    type: str = Field(max_length=316)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=1024, pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$")
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: datetime
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class Progress(CamelModel):
+    step: int = Field(default=0, ge=0)
+    total_steps: int | None = Field(default=None, ge=0)
+    epoch: float | None = Field(default=None, ge=0)
+    percent: int | None = Field(default=None, ge=0, le=100)
+    eta_seconds: int | None = Field(default=None, ge=0)
+    tokens_per_second: float | None = Field(default=None, ge=0)
+
+
+class Metrics(CamelModel):
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    eval_loss_before: float | None = None
+    exact_match: float | None = None
+    exact_match_before: float | None = None
+    tokens_per_second: float | None = None
+
+
+class ArtifactFile(CamelModel):
+    path: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Artifacts(CamelModel):
+    uri: str
+    files: list[ArtifactFile] = Field(default_factory=list)
+
+
+class FineTuneJobStatus(CamelModel):
+    """Written by the operator only."""
+
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    progress: Progress | None = None
+    metrics: Metrics | None = None
+    artifacts: Artifacts | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+# --------------------------------------------------------------------------- object
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class ObjectMeta(CamelModel):
+    """The part of metadata we read; everything else the API server owns is kept."""
+
+    model_config = CamelModel.model_config | {"extra": "allow"}
+
+    name: str = Field(max_length=63)
+    namespace: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"'{value}' is not a valid name: use lower-case letters, digits and '-', "
+                "starting and ending with a letter or digit (it names pods and artifacts)"
+            )
+        return value
+
+
+class FineTuneJob(CamelModel):
+    api_version: Literal["finetune-operator.io/v1alpha1"]
+    kind: Literal["FineTuneJob"]
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None

@@ -1,0 +1,143 @@
+"""The ``finetune`` command line: validate, run locally, train, print the CRD.
+
+Thin on purpose: each command parses arguments and calls a pure function or the
+trainer's runner. The training stack is imported inside ``run`` and ``train`` only,
+so ``validate`` and ``crd`` work with the operator's dependencies alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from finetune_operator.manifests import Document, ManifestError, check_documents, read_file
+from finetune_operator.render import RenderError, local_output_uri, render_trainer_config
+
+app = typer.Typer(
+    name="finetune",
+    help="Fine-tune language models from FineTuneJob manifests, locally or on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Exit codes. The trainer's own codes (see finetune_trainer.errors) are reused by `run`.
+EXIT_INVALID = 2
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _report(doc: Document) -> None:
+    if doc.job is not None:
+        typer.echo(f"{doc.label}: valid")
+        return
+    _err(f"{doc.label}: invalid")
+    for problem in doc.problems:
+        _err(f"  - {problem}")
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="YAML files; multi-document files are fine.")],
+) -> None:
+    """Check FineTuneJob manifests; exit 0 only when every document is valid."""
+    failed = False
+    for path in files:
+        try:
+            documents = check_documents(read_file(str(path)), str(path))
+        except ManifestError as exc:
+            _err(str(exc))
+            failed = True
+            continue
+        for doc in documents:
+            _report(doc)
+            failed = failed or doc.job is None
+    if failed:
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def crd() -> None:
+    """Print the FineTuneJob CustomResourceDefinition generated from the models."""
+    from finetune_operator.crd import render_crd_yaml
+
+    typer.echo(render_crd_yaml(), nl=False)
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (one document).")],
+    output: Annotated[
+        str | None, typer.Option("--output", help="Publish here instead of spec.output.uri.")
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (for a quick try)."),
+    ] = None,
+) -> None:
+    """Fine-tune on this machine (CUDA when present, else CPU) and publish the adapter."""
+    try:
+        documents = check_documents(read_file(str(file)), str(file))
+    except ManifestError as exc:
+        _err(str(exc))
+        raise typer.Exit(EXIT_INVALID) from None
+    if len(documents) != 1:
+        _err(f"{file}: holds {len(documents)} documents; `finetune run` takes one FineTuneJob")
+        raise typer.Exit(EXIT_INVALID)
+    doc = documents[0]
+    if doc.job is None:
+        _report(doc)
+        raise typer.Exit(EXIT_INVALID)
+    job = doc.job
+    try:
+        config = render_trainer_config(
+            job, output or job.spec.output.uri or local_output_uri(job.metadata.name)
+        )
+    except (RenderError, ValueError) as exc:
+        _err(f"{file}: {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+    if max_steps is not None:
+        training = config.training.model_copy(update={"max_steps": max_steps})
+        config = config.model_copy(update={"training": training})
+    _run_trainer(config)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", help="A rendered TrainerConfig (JSON).")],
+) -> None:
+    """Run the trainer from a TrainerConfig file (the training pod's entrypoint)."""
+    from finetune_trainer.config import TrainerConfig
+    from pydantic import ValidationError
+
+    try:
+        trainer_config = TrainerConfig.from_json(config.read_bytes())
+    except (OSError, ValidationError) as exc:
+        _err(f"{config}: not a valid TrainerConfig: {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+    _run_trainer(trainer_config)
+
+
+def _run_trainer(config: object) -> None:
+    from finetune_trainer.errors import TrainerError
+    from finetune_trainer.runner import run_training
+
+    try:
+        result = run_training(config)  # type: ignore[arg-type]
+    except TrainerError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(result.summary())
+
+
+def main() -> None:
+    app(prog_name="finetune")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Generating the FineTuneJob CustomResourceDefinition from the pydantic models.
+
+The CRD is never edited by hand: ``finetune crd`` prints it, ``crds/`` holds the
+committed copy, and a test regenerates and diffs it. pydantic emits JSON Schema
+(2020-12); Kubernetes wants a *structural* OpenAPI v3.0 schema, so this module
+translates: ``$ref`` inlined, ``Optional`` as ``nullable``, numeric exclusive bounds as
+booleans, ``const`` as a one-value ``enum``, titles and defaults dropped (defaults live
+in pydantic only, stated in descriptions). Fields that JSON Schema can only express as
+unions are marked in the models with the Kubernetes extension that fits
+(``x-kubernetes-int-or-string``, ``x-kubernetes-preserve-unknown-fields``); cross-field
+rules travel as CEL (``x-kubernetes-validations``) declared next to their pydantic twin.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from finetune_operator.api import (
+    API_GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+)
+
+_DROP = {"title", "default", "examples", "additionalProperties_false", "$defs"}
+_NAME_RULE = {
+    "rule": "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') "
+    "&& size(self.metadata.name) <= 63",
+    "message": "metadata.name must be a DNS label (lower-case letters, digits, '-', "
+    "at most 63 characters): it names pods and artifacts",
+}
+
+
+def openapi_schema(model: type[Any]) -> dict[str, Any]:
+    """A structural OpenAPI v3 schema for a pydantic model (wire names, no $ref)."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.get("$defs", {})
+    return _convert(raw, defs)
+
+
+def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _convert(merged, defs)
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        return _keep(node, "description") | {"x-kubernetes-preserve-unknown-fields": True}
+    if node.get("x-kubernetes-int-or-string"):
+        out = _keep(node, "description", "pattern")
+        return out | {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+        }
+    branches = node.get("anyOf")
+    if branches is not None:
+        return _convert_optional(node, branches, defs)
+    return _convert_plain(node, defs)
+
+
+def _convert_optional(
+    node: dict[str, Any], branches: list[dict[str, Any]], defs: dict[str, Any]
+) -> dict[str, Any]:
+    real = [b for b in branches if b.get("type") != "null"]
+    if len(real) != 1:
+        raise ValueError(
+            f"cannot express the union {branches} structurally; mark the field with "
+            "x-kubernetes-int-or-string or x-kubernetes-preserve-unknown-fields"
+        )
+    inner = {**real[0], **{k: v for k, v in node.items() if k != "anyOf"}}
+    out = _convert(inner, defs)
+    if len(real) != len(branches):
+        out["nullable"] = True
+    return out
+
+
+def _convert_plain(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or key == "additionalProperties" and value is False:
+            continue
+        if key == "properties":
+            out[key] = {name: _convert(sub, defs) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties"):
+            out[key] = _convert(value, defs)
+        elif key == "const":
+            out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+        else:
+            out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = _json_type(out["enum"][0])
+    if (
+        node.get("default") is not None
+        and "description" in out
+        and "Default" not in out["description"]
+    ):
+        out["description"] += f" Default: {json.dumps(node['default'])}."
+    return out
+
+
+def _keep(node: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: node[k] for k in keys if k in node}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return "string"
+
+
+def build_crd() -> dict[str, Any]:
+    """The whole CustomResourceDefinition object."""
+    spec_schema = openapi_schema(FineTuneJobSpec)
+    status_schema = openapi_schema(FineTuneJobStatus)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{API_GROUP}"},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["ml"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": _printer_columns(),
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A fine-tuning run: base model, data, method, "
+                            "hyperparameters, resources and where the result goes.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                            "x-kubernetes-validations": [_NAME_RULE],
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _printer_columns() -> list[dict[str, Any]]:
+    return [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {
+            "name": "Progress",
+            "type": "string",
+            "jsonPath": ".status.progress.percent",
+            "description": "Percent of optimizer steps done",
+        },
+        {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+HEADER = "# Generated by `finetune crd` from the pydantic models. Do not edit.\n"
+
+
+def render_crd_yaml() -> str:
+    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=100)

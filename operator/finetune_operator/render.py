@@ -1,0 +1,37 @@
+"""Rendering a FineTuneJob into the TrainerConfig its trainer reads.
+
+Pure: no I/O. The operator stores the result in a ConfigMap; ``finetune run`` hands it
+to the trainer in-process. Both paths go through :func:`render_trainer_config`, which
+is why a job that works locally works in the cluster.
+"""
+
+from __future__ import annotations
+
+from finetune_trainer.config import OutputTarget, TrainerConfig
+
+from finetune_operator.api import FineTuneJob
+
+
+class RenderError(ValueError):
+    """The job is valid but cannot be rendered for this target (e.g. no output URI)."""
+
+
+def local_output_uri(job_name: str) -> str:
+    """Where ``finetune run`` publishes when the spec does not say."""
+    return f"file://./artifacts/{job_name}"
+
+
+def render_trainer_config(job: FineTuneJob, output_uri: str | None = None) -> TrainerConfig:
+    """The TrainerConfig for ``job``; ``output_uri`` overrides ``spec.output.uri``."""
+    spec = job.spec
+    uri = output_uri or spec.output.uri
+    if uri is None:
+        raise RenderError(
+            "spec.output.uri is required here: set it, e.g. s3://my-bucket/adapters/"
+            f"{job.metadata.name}"
+        )
+    sections = spec.model_dump(include={"task", "model", "dataset", "method", "training",
+                                         "evaluation"})
+    return TrainerConfig.model_validate(
+        {**sections, "job_name": job.metadata.name, "output": OutputTarget(uri=uri)}
+    )

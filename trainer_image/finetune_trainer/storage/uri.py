@@ -1,0 +1,148 @@
+"""Parsing and checking storage URIs, without touching any storage.
+
+Every URI in a spec goes through :func:`parse_uri`, so the same rules apply when the
+operator validates a manifest and when the trainer opens the data. Each scheme is one
+entry in :data:`SCHEMES`, which says what the scheme can hold and how its location is
+checked; adding a scheme is adding an entry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import unquote
+
+
+class Role(str, Enum):
+    """What a URI points at; not every scheme can serve every role."""
+
+    MODEL = "model"
+    DATASET = "dataset"
+    OUTPUT = "output"
+
+
+@dataclass(frozen=True)
+class ParsedUri:
+    scheme: str
+    location: str
+    """Everything after ``scheme://``, percent-decoded."""
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.location}"
+
+
+class UriError(ValueError):
+    """A URI that cannot be used; the message says what would be accepted."""
+
+
+_HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _check_segments(location: str) -> None:
+    """Reject ``..`` segments: a URI must never climb out of the place it names."""
+    if any(part == ".." for part in location.split("/")):
+        raise UriError("'..' path segments are not allowed")
+
+
+def _check_file(location: str, role: Role) -> None:
+    if not location:
+        raise UriError("file:// needs a path, e.g. file://./data/train.jsonl or file:///data/x")
+    if role is Role.OUTPUT:
+        _check_segments(location)
+
+
+def _check_pvc(location: str, role: Role) -> None:
+    claim, _, path = location.partition("/")
+    if not _CLAIM.match(claim):
+        raise UriError(
+            f"'{claim}' is not a PersistentVolumeClaim name; write pvc://<claim>/<path>, "
+            "e.g. pvc://training-data/sets/train.jsonl"
+        )
+    if role is not Role.OUTPUT and not path:
+        raise UriError("pvc:// needs a path inside the claim: pvc://<claim>/<path>")
+    _check_segments(path)
+
+
+def _check_s3(location: str, role: Role) -> None:
+    bucket, _, key = location.partition("/")
+    if not _BUCKET.match(bucket):
+        raise UriError(
+            f"'{bucket}' is not a valid bucket name (3-63 lower-case letters, digits, '.', '-'); "
+            "write s3://<bucket>/<key>"
+        )
+    if role is not Role.OUTPUT and not key:
+        raise UriError("s3:// needs an object key or prefix: s3://<bucket>/<key>")
+    _check_segments(key)
+
+
+def _check_hf(location: str, role: Role) -> None:
+    repo = location
+    if role is Role.DATASET:
+        if not location.startswith("datasets/"):
+            raise UriError("Hub datasets are written hf://datasets/<org>/<name>")
+        repo = location.removeprefix("datasets/")
+    if not _HF_REPO.match(repo):
+        raise UriError(f"'{repo}' is not a Hub repository id; write hf://<org>/<name>")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    roles: frozenset[Role]
+    check: Callable[[str, Role], None]
+    example: str
+
+
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in (
+        Scheme("file", frozenset(Role), _check_file, "file://<path>"),
+        Scheme("pvc", frozenset(Role), _check_pvc, "pvc://<claim>/<path>"),
+        Scheme("s3", frozenset(Role), _check_s3, "s3://<bucket>/<key>"),
+        Scheme("hf", frozenset({Role.MODEL, Role.DATASET}), _check_hf, "hf://<org>/<name>"),
+    )
+}
+
+
+def schemes_for(role: Role) -> list[str]:
+    return [name for name, s in SCHEMES.items() if role in s.roles]
+
+
+def parse_uri(uri: str, role: Role) -> ParsedUri:
+    """Split and check ``uri`` for ``role``; raise :class:`UriError` naming the fix."""
+    allowed = schemes_for(role)
+    examples = ", ".join(SCHEMES[s].example for s in allowed)
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        raise UriError(f"'{uri}' has no scheme; use one of: {examples}")
+    scheme = scheme.lower()
+    if scheme not in SCHEMES or scheme not in allowed:
+        raise UriError(
+            f"scheme '{scheme}://' is not supported for a {role.value}; use one of: {examples}"
+        )
+    location = unquote(rest)
+    if "\x00" in location:
+        raise UriError("NUL bytes are not allowed in a URI")
+    SCHEMES[scheme].check(location, role)
+    return ParsedUri(scheme, location)
+
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def data_suffix(uri: ParsedUri) -> str | None:
+    """The file type of a dataset URI, or None for Hub datasets (the Hub says)."""
+    if uri.scheme == "hf":
+        return None
+    lowered = uri.location.lower()
+    for suffix in DATA_SUFFIXES:
+        if lowered.endswith(suffix):
+            return suffix
+    raise UriError(
+        f"cannot tell the file type of '{uri}'; name a file ending in "
+        + ", ".join(DATA_SUFFIXES)
+    )
