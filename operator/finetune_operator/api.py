@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
 
 from finetune_trainer.config import (
     API_GROUP,
@@ -17,7 +19,6 @@ from finetune_trainer.config import (
     JobSections,
     OutputUri,
 )
-from pydantic import Field, field_validator
 
 VERSION = "v1alpha1"
 API_VERSION = f"{API_GROUP}/{VERSION}"
@@ -47,9 +48,20 @@ Quantity = Annotated[
 ]
 
 
-def _check_quantity(value: int | str | None) -> int | str | None:
-    if isinstance(value, str) and not _QUANTITY.match(value):
-        raise ValueError(f"'{value}' is not a Kubernetes quantity; write e.g. 4, 500m or 16Gi")
+def _check_quantity(value: Any) -> Any:
+    """Runs before the int-or-string union, so each mistake gets one clear message."""
+    if isinstance(value, bool):
+        raise ValueError("is a boolean; write a quantity, e.g. 4, 500m or 16Gi")
+    if isinstance(value, float):
+        # kubectl sends 2.0 as the JSON integer 2, and 0.5 as a number the CRD refuses.
+        if not value.is_integer():
+            raise ValueError(f"write a fractional quantity as a string, e.g. '{value}'")
+        value = int(value)
+    if isinstance(value, str):
+        if not _QUANTITY.match(value):
+            raise ValueError(f"'{value}' is not a Kubernetes quantity; write e.g. 4, 500m or 16Gi")
+        if value.startswith("-"):
+            raise ValueError("must be positive")
     if isinstance(value, int) and value <= 0:
         raise ValueError("must be positive")
     return value
@@ -88,7 +100,7 @@ class Resources(CamelModel):
     )
     tolerations: list[Toleration] = Field(default_factory=list)
 
-    _cpu = field_validator("cpu", "memory")(_check_quantity)
+    _cpu = field_validator("cpu", "memory", mode="before")(_check_quantity)
 
     @field_validator("node_selector")
     @classmethod

@@ -7,7 +7,6 @@ so ``validate`` and ``crd`` work with the operator's dependencies alone.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -112,8 +111,9 @@ def train(
     config: Annotated[Path, typer.Option("--config", help="A rendered TrainerConfig (JSON).")],
 ) -> None:
     """Run the trainer from a TrainerConfig file (the training pod's entrypoint)."""
-    from finetune_trainer.config import TrainerConfig
     from pydantic import ValidationError
+
+    from finetune_trainer.config import TrainerConfig
 
     try:
         trainer_config = TrainerConfig.from_json(config.read_bytes())
@@ -140,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

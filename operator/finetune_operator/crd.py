@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 
 from finetune_operator.api import (
-    API_GROUP,
     KIND,
     PLURAL,
     SHORT_NAMES,
@@ -28,6 +27,7 @@ from finetune_operator.api import (
     FineTuneJobSpec,
     FineTuneJobStatus,
 )
+from finetune_trainer.config import API_GROUP
 
 _DROP = {"title", "default", "examples", "additionalProperties_false", "$defs"}
 _NAME_RULE = {
@@ -83,7 +83,7 @@ def _convert_optional(
 def _convert_plain(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROP or key == "additionalProperties" and value is False:
+        if key in _DROP or (key == "additionalProperties" and value is False):
             continue
         if key == "properties":
             out[key] = {name: _convert(sub, defs) for name, sub in value.items()}

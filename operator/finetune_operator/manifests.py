@@ -34,9 +34,7 @@ _YAML12_FLOAT = re.compile(
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789.")
-)
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
 
 
 class ManifestError(Exception):
@@ -66,7 +64,8 @@ class Document:
 
     @property
     def label(self) -> str:
-        name = self.body.get("metadata", {}).get("name") if isinstance(self.body, dict) else None
+        metadata = self.body.get("metadata") if isinstance(self.body, dict) else None
+        name = metadata.get("name") if isinstance(metadata, dict) else None
         where = f"{self.source} (document {self.index + 1})"
         return f"{where} {name}" if isinstance(name, str) else where
 
@@ -74,7 +73,7 @@ class Document:
 def load_yaml_documents(text: str, source: str) -> list[Any]:
     """Parse every document in ``text``; empty documents (``---`` alone) are skipped."""
     try:
-        docs = list(yaml.load_all(text, Loader=_Yaml12Loader))  # noqa: S506 - safe subclass
+        docs = list(yaml.load_all(text, Loader=_Yaml12Loader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -99,7 +98,9 @@ def read_file(path: str) -> str:
 
 def check_documents(text: str, source: str) -> list[Document]:
     """Validate each document of a YAML text as a FineTuneJob."""
-    documents = [Document(source, i, body) for i, body in enumerate(load_yaml_documents(text, source))]
+    documents = [
+        Document(source, i, body) for i, body in enumerate(load_yaml_documents(text, source))
+    ]
     if not documents:
         raise ManifestError(f"{source}: no YAML documents found")
     for doc in documents:
@@ -110,7 +111,9 @@ def check_documents(text: str, source: str) -> list[Document]:
 def validate_body(body: Any) -> tuple[FineTuneJob | None, list[Problem]]:
     """Validate one parsed document; return the job or the problems, never raise."""
     if not isinstance(body, dict):
-        return None, [Problem("", f"expected a mapping (a Kubernetes object), got {_kind_of(body)}")]
+        return None, [
+            Problem("", f"expected a mapping (a Kubernetes object), got {_kind_of(body)}")
+        ]
     header = _check_header(body)
     if header:
         return None, header
@@ -131,7 +134,8 @@ def _check_header(body: dict[str, Any]) -> list[Problem]:
 
 
 def _kind_of(value: Any) -> str:
-    return {list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {list: "a list", str: "a string"}
+    return names.get(type(value), type(value).__name__)
 
 
 def explain(exc: ValidationError, root: type[BaseModel]) -> list[Problem]:
@@ -157,7 +161,8 @@ def _dotted(loc: Sequence[Any]) -> str:
 
 
 def _advice(err: Any, loc: Sequence[Any], root: type[BaseModel]) -> str:
-    kind, message = err["type"], err["msg"]
+    kind: str = err["type"]
+    message: str = err["msg"]
     if kind == "extra_forbidden":
         known = _known_fields(root, loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
@@ -166,8 +171,10 @@ def _advice(err: Any, loc: Sequence[Any], root: type[BaseModel]) -> str:
     if kind == "missing":
         return "required field is missing"
     message = message.removeprefix("Value error, ")
-    if "input" in err and kind not in {"model_type", "dict_type"} and not isinstance(
-        err["input"], dict | list
+    if (
+        "input" in err
+        and kind not in {"model_type", "dict_type"}
+        and not isinstance(err["input"], dict | list)
     ):
         message += f" (got {err['input']!r})"
     return message

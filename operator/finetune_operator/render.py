@@ -7,9 +7,8 @@ is why a job that works locally works in the cluster.
 
 from __future__ import annotations
 
-from finetune_trainer.config import OutputTarget, TrainerConfig
-
 from finetune_operator.api import FineTuneJob
+from finetune_trainer.config import OutputTarget, TrainerConfig
 
 
 class RenderError(ValueError):
@@ -30,8 +29,9 @@ def render_trainer_config(job: FineTuneJob, output_uri: str | None = None) -> Tr
             "spec.output.uri is required here: set it, e.g. s3://my-bucket/adapters/"
             f"{job.metadata.name}"
         )
-    sections = spec.model_dump(include={"task", "model", "dataset", "method", "training",
-                                         "evaluation"})
+    sections = spec.model_dump(
+        include={"task", "model", "dataset", "method", "training", "evaluation"}
+    )
     return TrainerConfig.model_validate(
         {**sections, "job_name": job.metadata.name, "output": OutputTarget(uri=uri)}
     )

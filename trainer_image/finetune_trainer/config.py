@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -28,7 +28,8 @@ from pydantic.alias_generators import to_camel
 from finetune_trainer.storage.uri import Role, UriError, data_suffix, parse_uri
 
 API_GROUP = "finetune-operator.io"
-TRAINER_CONFIG_VERSION = f"trainer.{API_GROUP}/v1alpha1"
+# Final with a literal value, so mypy types it as the Literal the field below expects.
+TRAINER_CONFIG_VERSION: Final = "trainer.finetune-operator.io/v1alpha1"
 
 
 class CamelModel(BaseModel):
@@ -42,6 +43,9 @@ class CamelModel(BaseModel):
         extra="forbid",
         frozen=True,
         use_attribute_docstrings=True,
+        # JSON (and so Kubernetes and the TrainerConfig file) has no inf or nan:
+        # `.inf` would be accepted here and arrive in the pod as null.
+        allow_inf_nan=False,
     )
 
 
