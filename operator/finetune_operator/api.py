@@ -79,11 +79,19 @@ class OutputSpec(CamelModel):
 class Toleration(CamelModel):
     """A Kubernetes toleration, copied to the training pods."""
 
-    key: str | None = Field(default=None, max_length=253)
-    operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = Field(default=None, max_length=63)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    key: str | None = Field(
+        default=None, max_length=253, description="Taint key to tolerate; empty with Exists: all."
+    )
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal", description="Equal: the taint's value must match value."
+    )
+    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty: all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="NoExecute only: how long the pod stays bound to the node."
+    )
 
 
 class Resources(CamelModel):
@@ -98,7 +106,9 @@ class Resources(CamelModel):
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the training pods require."
     )
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Taints the training pods tolerate."
+    )
 
     _cpu = field_validator("cpu", "memory", mode="before")(_check_quantity)
 

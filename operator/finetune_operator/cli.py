@@ -69,6 +69,14 @@ def crd() -> None:
 
 
 @app.command()
+def docs() -> None:
+    """Print the spec field reference (Markdown) that the README carries."""
+    from finetune_operator.docs import render_field_table
+
+    typer.echo(render_field_table(), nl=False)
+
+
+@app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (one document).")],
     output: Annotated[
