@@ -1,0 +1,1 @@
+"""Unit tests: pure functions, no torch, no cluster, no network; the suite runs in seconds."""

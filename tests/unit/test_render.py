@@ -1,0 +1,158 @@
+"""FineTuneJob -> TrainerConfig, and the TrainerConfig JSON the training pod reads.
+
+Both `finetune run` and the operator go through `render_trainer_config`; what it copies,
+what it drops and what it refuses decides whether a job behaves the same in both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from finetune_operator.api import FineTuneJob
+from finetune_operator.render import RenderError, local_output_uri, render_trainer_config
+from finetune_trainer.config import TRAINER_CONFIG_VERSION, TrainerConfig
+
+
+def job(**spec_overrides: Any) -> FineTuneJob:
+    spec: dict[str, Any] = {
+        "model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "main"},
+        "dataset": {
+            "train": "s3://data-bucket/sets/train.jsonl",
+            "validationSplit": 0.2,
+            "format": "instruction",
+            "columns": {"instruction": "question", "output": "answer"},
+        },
+        "method": {"type": "qlora", "qlora": {"r": 8, "targetModules": ["q_proj", "v_proj"]}},
+        "training": {"learningRate": 1e-4, "maxSteps": 50, "batchSize": 2},
+        "evaluation": {"exactMatchSamples": 0},
+        "output": {"uri": "s3://artifacts-bucket/adapters/demo"},
+        "resources": {"gpus": 1, "cpu": "4", "memory": "16Gi"},
+    }
+    spec.update(spec_overrides)
+    return FineTuneJob.model_validate(
+        {
+            "apiVersion": "finetune-operator.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "demo", "namespace": "ml", "uid": "1234"},
+            "spec": spec,
+        }
+    )
+
+
+def test_sections_are_copied() -> None:
+    source = job()
+    config = render_trainer_config(source)
+    for section in ("task", "model", "dataset", "method", "training", "evaluation"):
+        assert getattr(config, section) == getattr(source.spec, section), section
+    assert config.training.learning_rate == 1e-4
+    assert config.method.type == "qlora"
+    assert config.method.options().r == 8
+    assert config.method.options().target_modules == ["q_proj", "v_proj"]
+    assert config.dataset.columns.instruction == "question"
+    assert config.dataset.effective_validation_split == 0.2
+
+
+def test_job_name_and_version() -> None:
+    config = render_trainer_config(job())
+    assert config.job_name == "demo"
+    assert config.api_version == TRAINER_CONFIG_VERSION == "trainer.finetune-operator.io/v1alpha1"
+
+
+def test_kubernetes_only_fields_stay_behind() -> None:
+    dumped = render_trainer_config(job()).model_dump(by_alias=True)
+    assert "resources" not in dumped
+    assert set(dumped) == {
+        "task", "model", "dataset", "method", "training", "evaluation",
+        "apiVersion", "jobName", "output",
+    }  # fmt: skip
+
+
+def test_spec_output_is_used() -> None:
+    assert render_trainer_config(job()).output.uri == "s3://artifacts-bucket/adapters/demo"
+
+
+def test_output_override_wins() -> None:
+    config = render_trainer_config(job(), output_uri="file://./elsewhere")
+    assert config.output.uri == "file://./elsewhere"
+
+
+def test_missing_output_names_the_field() -> None:
+    with pytest.raises(RenderError) as info:
+        render_trainer_config(job(output={}))
+    assert "spec.output.uri" in str(info.value)
+    assert "demo" in str(info.value)  # the suggested URI carries the job's name
+
+
+def test_missing_output_with_override_is_fine() -> None:
+    config = render_trainer_config(job(output={}), output_uri=local_output_uri("demo"))
+    assert config.output.uri == "file://./artifacts/demo"
+
+
+def test_override_is_validated_like_the_spec() -> None:
+    with pytest.raises(ValidationError, match="path segments are not allowed"):
+        render_trainer_config(job(), output_uri="s3://artifacts-bucket/%2e%2e/x")
+    with pytest.raises(ValidationError, match="not supported for a"):
+        render_trainer_config(job(), output_uri="hf://me/adapter")
+
+
+def test_defaults_are_rendered_explicitly() -> None:
+    minimal = job(method={}, training={}, evaluation={})
+    config = render_trainer_config(minimal)
+    assert config.method.type == "lora"
+    assert config.method.lora is None
+    assert config.method.options().r == 16  # defaults filled in for an absent section
+    assert config.training.learning_rate == 2e-4
+    assert config.model.trust_remote_code is False
+
+
+# --------------------------------------------------------------------------- JSON contract
+
+
+def test_json_round_trip() -> None:
+    config = render_trainer_config(job())
+    text = config.to_json()
+    assert TrainerConfig.from_json(text) == config
+    assert TrainerConfig.from_json(text.encode()) == config
+
+
+def test_json_is_camel_case_and_omits_nulls() -> None:
+    data = json.loads(render_trainer_config(job()).to_json())
+    assert data["apiVersion"] == "trainer.finetune-operator.io/v1alpha1"
+    assert data["jobName"] == "demo"
+    assert data["training"]["learningRate"] == 0.0001
+    assert data["dataset"]["validationSplit"] == 0.2
+    assert data["method"]["qlora"]["targetModules"] == ["q_proj", "v_proj"]
+    assert "lora" not in data["method"]  # None is omitted, not written as null
+    assert "maxSteps" in data["training"]
+    assert "validation" not in data["dataset"]
+
+
+def test_snake_case_names_are_accepted_too() -> None:
+    config = render_trainer_config(job())
+    data = config.model_dump(by_alias=False)
+    assert TrainerConfig.model_validate(data) == config
+
+
+def test_config_rejects_unknown_keys_and_wrong_version() -> None:
+    data = json.loads(render_trainer_config(job()).to_json())
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        TrainerConfig.model_validate({**data, "resources": {}})
+    with pytest.raises(ValidationError, match="apiVersion"):
+        TrainerConfig.model_validate({**data, "apiVersion": "trainer.finetune-operator.io/v2"})
+
+
+def test_redacted_is_json_ready() -> None:
+    config = render_trainer_config(job())
+    redacted = config.redacted()
+    assert json.loads(json.dumps(redacted)) == redacted
+    assert redacted["jobName"] == "demo"
+
+
+def test_config_is_frozen() -> None:
+    config = render_trainer_config(job())
+    with pytest.raises(ValidationError):
+        config.job_name = "other"  # type: ignore[misc]

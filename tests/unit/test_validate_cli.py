@@ -1,0 +1,271 @@
+"""`finetune validate`: exit codes, and error messages that name the field and the fix.
+
+Every file in tests/manifests/invalid/ is one mistake a person makes. Its ``# expect:``
+comment lines are fragments that must all appear in the command's output (files that
+cannot hold a comment, like the empty one, get theirs from ``EXPECT_WITHOUT_COMMENTS``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from finetune_operator.api import FineTuneJob
+from finetune_operator.cli import EXIT_INVALID, app
+from finetune_operator.manifests import check_documents, load_yaml_documents, validate_body
+from finetune_operator.render import render_trainer_config
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "tests" / "manifests"
+VALID = sorted((MANIFESTS / "valid").glob("*.yaml"))
+MINIMAL = MANIFESTS / "valid" / "minimal.yaml"
+INVALID = sorted((MANIFESTS / "invalid").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "examples").glob("**/*.yaml"))
+
+EXPECT_WITHOUT_COMMENTS = {
+    "empty.yaml": ["empty.yaml: no YAML documents found"],
+}
+
+# The mistakes the brief names; each must keep a file of its own.
+REQUIRED_CASES = {
+    "typo-top-level-section.yaml",
+    "unknown-nested-field.yaml",
+    "wrong-method-type.yaml",
+    "method-section-mismatch.yaml",
+    "validation-split-out-of-range.yaml",
+    "validation-and-split.yaml",
+    "bad-uri-scheme.yaml",
+    "dataset-unknown-extension.yaml",
+    "bad-metadata-name.yaml",
+    "negative-batch-size.yaml",
+    "bad-cpu-quantity.yaml",
+    "target-modules-wrong-type.yaml",
+    "wrong-api-version.yaml",
+    "wrong-kind.yaml",
+    "multi-document-one-bad.yaml",
+    "not-yaml.yaml",
+    "empty.yaml",
+}
+
+runner = CliRunner()
+
+
+def expectations(path: Path) -> list[str]:
+    prefix = "# expect:"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found = [line[len(prefix) :].strip() for line in lines if line.startswith(prefix)]
+    return found + EXPECT_WITHOUT_COMMENTS.get(path.name, [])
+
+
+def manifest(spec_yaml: str, name: str = "job") -> str:
+    """A FineTuneJob document around an indented ``spec:`` body."""
+    return (
+        "apiVersion: finetune-operator.io/v1alpha1\nkind: FineTuneJob\n"
+        f"metadata:\n  name: {name}\nspec:\n{spec_yaml}"
+    )
+
+
+BASE_SPEC = "  model: {uri: hf://org/model}\n  dataset: {train: file://train.jsonl}\n"
+
+
+def only_job(text: str) -> FineTuneJob:
+    (doc,) = check_documents(text, "test.yaml")
+    assert doc.problems == [], doc.problems
+    assert doc.job is not None
+    return doc.job
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_the_fixture_directories_hold_what_the_tests_rely_on() -> None:
+    assert VALID, "tests/manifests/valid/ is empty"
+    names = {p.name for p in INVALID}
+    assert names >= REQUIRED_CASES, f"missing invalid manifests: {REQUIRED_CASES - names}"
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_valid_manifest_exits_zero(path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert ": valid" in result.stdout
+    assert "invalid" not in result.output
+
+
+def test_all_valid_manifests_at_once() -> None:
+    result = runner.invoke(app, ["validate", *map(str, VALID)])
+    assert result.exit_code == 0, result.output
+    # one line per document: two-jobs.yaml holds two (and one empty document, skipped)
+    assert result.stdout.count(": valid") == len(VALID) + 1
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_manifest_exits_2_and_says_what_to_fix(path: Path) -> None:
+    expected = expectations(path)
+    assert expected, f"{path.name}: add '# expect: <fragment>' lines naming the field and the fix"
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == EXIT_INVALID, result.output
+    assert result.exit_code == 2  # the documented status for invalid manifests
+    assert isinstance(result.exception, SystemExit), result.exception  # no crash
+    assert "Traceback" not in result.output
+    for fragment in expected:
+        assert fragment in result.output, f"{fragment!r} not in:\n{result.output}"
+
+
+def test_problems_go_to_stderr_and_valid_lines_to_stdout() -> None:
+    bad = MANIFESTS / "invalid" / "multi-document-one-bad.yaml"
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert "good-job: valid" in result.stdout
+    assert "bad-job: invalid" in result.stderr
+    assert "spec.training.epochs" in result.stderr
+
+
+def test_one_bad_file_fails_the_run_but_every_file_is_reported() -> None:
+    bad = MANIFESTS / "invalid" / "typo-top-level-section.yaml"
+    result = runner.invoke(app, ["validate", str(bad), str(MINIMAL)])
+    assert result.exit_code == 2
+    assert "did you mean 'training'?" in result.output
+    assert f"{MINIMAL} (document 1) minimal: valid" in result.stdout
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml"), str(tmp_path)])
+    assert result.exit_code == 2
+    assert "nope.yaml: no such file" in result.output
+    assert "is a directory; pass a YAML file" in result.output
+
+
+def test_binary_file_is_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\xff\xfe\x00\x81binary")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "not a text file (YAML must be UTF-8)" in result.output
+
+
+def test_comment_only_file_counts_as_empty(tmp_path: Path) -> None:
+    path = tmp_path / "comments.yaml"
+    path.write_text("# nothing here\n---\n", encoding="utf-8")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "no YAML documents found" in result.output
+
+
+def test_console_script_entry_point() -> None:
+    # The real process: exit status and streams as a shell or CI sees them.
+    bad = MANIFESTS / "invalid" / "validation-and-split.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetune_operator.cli", "validate", str(MINIMAL), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "(document 1) minimal: valid" in proc.stdout
+    assert "spec.dataset: set either validation" in proc.stderr
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_examples_validate(path: Path) -> None:
+    """The manifests users copy never drift from the schema (other kinds are skipped)."""
+    docs = load_yaml_documents(path.read_text(encoding="utf-8"), str(path))
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+    for body in jobs:
+        _, problems = validate_body(body)
+        assert problems == [], f"{path.relative_to(ROOT)}: {[str(p) for p in problems]}"
+
+
+# --------------------------------------------------------------------------- YAML 1.2 numbers
+
+
+def test_exponent_without_dot_is_a_number() -> None:
+    # YAML 1.1 (PyYAML's default) reads 1e-4 as the string "1e-4"; kubectl reads a number.
+    (doc,) = load_yaml_documents("learningRate: 1e-4\nbig: 5E+3\nplain: 2.5e-5\n", "t")
+    assert doc == {"learningRate": 0.0001, "big": 5000.0, "plain": 2.5e-5}
+    assert isinstance(doc["learningRate"], float)
+
+
+def test_learning_rate_1e_minus_4_is_the_float() -> None:
+    job = only_job(manifest(BASE_SPEC + "  training: {learningRate: 1e-4}\n"))
+    assert job.spec.training.learning_rate == 0.0001
+    assert type(job.spec.training.learning_rate) is float
+
+
+@pytest.mark.parametrize(("written", "value"), [("1e3", 1000), ("1.5e3", 1500), ("2.0", 2)])
+def test_whole_floats_are_accepted_for_integers(written: str, value: int) -> None:
+    job = only_job(manifest(BASE_SPEC + f"  training: {{maxSteps: {written}}}\n"))
+    assert job.spec.training.max_steps == value
+    assert type(job.spec.training.max_steps) is int
+
+
+def test_fractional_float_for_an_integer_is_refused() -> None:
+    (doc,) = check_documents(manifest(BASE_SPEC + "  training: {maxSteps: 1e-1}\n"), "t")
+    assert [p.path for p in doc.problems] == ["spec.training.maxSteps"]
+    assert "fractional part" in doc.problems[0].message
+
+
+def test_strings_that_look_like_numbers_when_quoted_stay_strings() -> None:
+    (doc,) = load_yaml_documents("revision: '1e3'\nname: e10\n", "t")
+    assert doc == {"revision": "1e3", "name": "e10"}
+
+
+def test_the_yaml_12_resolver_does_not_leak_into_pyyaml() -> None:
+    import yaml
+
+    assert yaml.safe_load("x: 1e-4") == {"x": "1e-4"}
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_trust_remote_code_defaults_false_and_survives_rendering() -> None:
+    job = only_job(manifest(BASE_SPEC))
+    assert job.spec.model.trust_remote_code is False
+    config = render_trainer_config(job, "file://./out")
+    assert config.model.trust_remote_code is False
+
+
+def test_defaults_fill_every_section() -> None:
+    job = only_job(manifest(BASE_SPEC))
+    assert job.spec.method.type == "lora"
+    assert job.spec.method.options().r == 16
+    assert job.spec.method.options().target_modules == "all-linear"
+    assert job.spec.training.learning_rate == 2e-4
+    assert job.spec.dataset.format == "messages"
+    assert job.spec.dataset.effective_validation_split == 0.1
+    assert job.spec.resources.nodes == 1
+    assert job.spec.output.uri is None
+
+
+def test_explicit_validation_file_means_no_split() -> None:
+    spec = (
+        "  model: {uri: hf://org/model}\n"
+        "  dataset: {train: file://a.jsonl, validation: file://b.jsonl}\n"
+    )
+    job = only_job(manifest(spec))
+    assert job.spec.dataset.validation == "file://b.jsonl"
+    assert job.spec.dataset.validation_split is None
+
+
+@pytest.mark.parametrize(
+    ("resources", "cpu"),
+    [("{cpu: 2}", 2), ("{cpu: 2.0}", 2), ("{cpu: '500m'}", "500m"), ("{cpu: 1.5}", None)],
+)
+def test_cpu_quantities(resources: str, cpu: int | str | None) -> None:
+    (doc,) = check_documents(manifest(BASE_SPEC + f"  resources: {resources}\n"), "t")
+    if cpu is None:
+        assert [p.path for p in doc.problems] == ["spec.resources.cpu"]
+    else:
+        assert doc.job is not None, doc.problems
+        assert doc.job.spec.resources.cpu == cpu
+
+
+@pytest.mark.parametrize("value", ["true", "0", "-1"])
+def test_cpu_is_never_a_boolean_zero_or_negative(value: str) -> None:
+    (doc,) = check_documents(manifest(BASE_SPEC + f"  resources: {{cpu: {value}}}\n"), "t")
+    assert [p.path for p in doc.problems] == ["spec.resources.cpu"]
