@@ -1,0 +1,1 @@
+"""Data: reading rows, turning them into examples by format, tokenizing with masks."""

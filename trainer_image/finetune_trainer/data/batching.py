@@ -1,0 +1,58 @@
+"""Ordering examples into batches and padding them into tensors.
+
+Batches group examples of similar length (shuffled within large windows, then the
+batches shuffled), which cuts padding, and so wasted compute, several-fold on
+variable-length chat data while keeping the order random and seeded.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from finetune_trainer.data.tokenize import IGNORE_INDEX, TokenizedExample
+
+WINDOW_BATCHES = 64
+"""Batches per sorting window: larger cuts more padding but makes order less random."""
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, *, shuffle: bool = True
+) -> list[list[int]]:
+    """Indices into ``lengths`` grouped into batches of similar length."""
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(order)
+    window = batch_size * WINDOW_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, Any]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (pads never labelled)."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def count_label_tokens(examples: Sequence[TokenizedExample]) -> int:
+    """Tokens that contribute to the loss after the causal shift (first label never does)."""
+    return sum(
+        sum(1 for label in e.labels[1:] if label != IGNORE_INDEX) for e in examples
+    )

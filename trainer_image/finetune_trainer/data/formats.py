@@ -1,0 +1,130 @@
+"""Dataset formats: one registry entry per ``dataset.format``.
+
+Each entry turns a row into an :class:`Example`: either a chat conversation (trained
+on the assistant turns only) or raw text (every token trained). Column names come
+from ``dataset.columns``; a missing column is reported with the setting that fixes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_trainer.config import ColumnMapping
+from finetune_trainer.errors import DataError
+
+Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Example:
+    """A conversation (``messages``) or a raw text (``text``); exactly one is set."""
+
+    messages: tuple[Message, ...] | None = None
+    text: str | None = None
+
+    @property
+    def answer(self) -> str | None:
+        """The last assistant turn: the reference for exact match."""
+        if not self.messages or self.messages[-1]["role"] != "assistant":
+            return None
+        return self.messages[-1]["content"]
+
+    @property
+    def prompt(self) -> tuple[Message, ...] | None:
+        """Everything before the last assistant turn: what the model is asked."""
+        return self.messages[:-1] if self.answer is not None and self.messages else None
+
+
+class RowError(ValueError):
+    """What is wrong with one row; the caller adds where."""
+
+
+def _column(row: dict[str, Any], name: str, setting: str, *, optional: bool = False) -> Any:
+    if name not in row or row[name] is None:
+        if optional:
+            return None
+        columns = ", ".join(sorted(map(str, row))) or "none"
+        raise RowError(
+            f"column '{name}' is missing (columns: {columns}); set dataset.columns.{setting} "
+            "to the column that holds it"
+        )
+    return row[name]
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise RowError(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _messages(row: dict[str, Any], cols: ColumnMapping) -> Example:
+    raw = _column(row, cols.messages, "messages")
+    if not isinstance(raw, list) or not raw:
+        raise RowError(f"column '{cols.messages}' must be a non-empty list of {{role, content}}")
+    messages = []
+    for i, msg in enumerate(raw):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            raise RowError(f"message {i} must be an object with role and content")
+        role = msg["role"]
+        if role not in ROLES:
+            raise RowError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")
+        messages.append({"role": role, "content": _text(msg["content"], f"message {i} content")})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("has no assistant message, so there is nothing to learn")
+    return Example(messages=tuple(messages))
+
+
+def _with_system(row: dict[str, Any], cols: ColumnMapping, turns: list[Message]) -> Example:
+    if cols.system is not None:
+        system = _column(row, cols.system, "system", optional=True)
+        if system:
+            turns.insert(0, {"role": "system", "content": _text(system, "system")})
+    return Example(messages=tuple(turns))
+
+
+def _instruction(row: dict[str, Any], cols: ColumnMapping) -> Example:
+    instruction = _text(_column(row, cols.instruction, "instruction"), "instruction")
+    context = _column(row, cols.input, "input", optional=True)
+    user = f"{instruction}\n\n{_text(context, 'input')}" if context else instruction
+    answer = _text(_column(row, cols.output, "output"), "output")
+    return _with_system(
+        row, cols, [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    )
+
+
+def _prompt_completion(row: dict[str, Any], cols: ColumnMapping) -> Example:
+    prompt = _text(_column(row, cols.prompt, "prompt"), "prompt")
+    completion = _text(_column(row, cols.completion, "completion"), "completion")
+    return _with_system(
+        row,
+        cols,
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+    )
+
+
+def _raw_text(row: dict[str, Any], cols: ColumnMapping) -> Example:
+    return Example(text=_text(_column(row, cols.text, "text"), "text"))
+
+
+FORMATS: dict[str, Callable[[dict[str, Any], ColumnMapping], Example]] = {
+    "messages": _messages,
+    "instruction": _instruction,
+    "prompt-completion": _prompt_completion,
+    "text": _raw_text,
+}
+
+
+def to_examples(
+    rows: list[dict[str, Any]], fmt: str, cols: ColumnMapping, label: str
+) -> list[Example]:
+    convert = FORMATS[fmt]
+    examples = []
+    for index, row in enumerate(rows):
+        try:
+            examples.append(convert(row, cols))
+        except RowError as exc:
+            raise DataError(f"{label} row {index} (format {fmt}): {exc}") from None
+    return examples

@@ -1,0 +1,74 @@
+"""Reading dataset files into rows (dicts): jsonl and json with the standard library,
+csv and parquet with pyarrow. Errors name the file and the row so the user can fix it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.errors import DataError
+
+Row = dict[str, Any]
+
+
+def _read_jsonl(path: Path, label: str) -> list[Row]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{label}: line {number} is not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def _read_json(path: Path, label: str) -> list[Row]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{label}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f"{label}: a .json dataset must be a list of rows (or {{\"data\": [...]}})")
+    return data
+
+
+def _read_csv(path: Path, label: str) -> list[Row]:
+    import pyarrow.csv as pcsv
+
+    try:
+        return pcsv.read_csv(path).to_pylist()
+    except Exception as exc:  # pyarrow raises ArrowInvalid and friends
+        raise DataError(f"{label}: cannot read CSV: {exc}") from None
+
+
+def _read_parquet(path: Path, label: str) -> list[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:
+        raise DataError(f"{label}: cannot read Parquet: {exc}") from None
+
+
+READERS = {
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".csv": _read_csv,
+    ".parquet": _read_parquet,
+}
+
+
+def read_rows(path: Path, suffix: str, label: str) -> list[Row]:
+    """All rows of ``path``; every row must be a mapping."""
+    rows = READERS[suffix](path, label)
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{label}: row {index} is {type(row).__name__}, expected an object")
+    if not rows:
+        raise DataError(f"{label}: the file holds no rows")
+    return rows

@@ -1,0 +1,105 @@
+"""Tokenizing examples and building the label mask: the heart of supervised fine-tuning.
+
+For chat data the model's own chat template renders the conversation, and only the
+assistant turns carry labels; the rest is ``IGNORE_INDEX``. Each assistant span runs
+from the end of the generation prompt to the end of that turn as the template renders
+it, so the end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, EOS) is *in* the labels and
+the model learns to stop. Spans are found on the rendered text and mapped to tokens
+through the tokenizer's offsets, which works for any template whose rendering of a
+conversation prefix is a prefix of the whole; templates that rewrite earlier turns are
+reported rather than silently mis-masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_trainer.data.formats import Example, Message
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be used for masked training; the message says why."""
+
+
+def _render(tokenizer: Any, messages: Sequence[Message], *, generation_prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
+    return str(text)
+
+
+def assistant_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns."""
+    full = _render(tokenizer, messages, generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or i == 0:
+            continue
+        before = _render(tokenizer, messages[:i], generation_prompt=True)
+        through = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        if not full.startswith(before) or not full.startswith(through):
+            raise TemplateError(
+                "the chat template renders earlier turns differently once later turns are "
+                "added, so assistant tokens cannot be located; use a template without that "
+                "behaviour"
+            )
+        if len(through) > len(before):
+            spans.append((len(before), len(through)))
+    return full, spans
+
+
+def tokenize_chat(
+    tokenizer: Any, messages: Sequence[Message], max_length: int
+) -> TokenizedExample:
+    """Input ids for the whole conversation; labels on assistant turns only."""
+    text, spans = assistant_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = encoded["input_ids"]
+    labels = [
+        token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+        for token, (begin, _) in zip(ids, encoded["offset_mapping"], strict=True)
+    ]
+    return _truncate(ids, labels, max_length)
+
+
+def tokenize_text(tokenizer: Any, text: str, max_length: int) -> TokenizedExample:
+    """Continued pretraining: every token is a label, and EOS closes the document."""
+    ids: list[int] = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = [*ids, tokenizer.eos_token_id]
+    return _truncate(ids, list(ids), max_length)
+
+
+def _truncate(ids: list[int], labels: list[int], max_length: int) -> TokenizedExample:
+    if len(ids) <= max_length:
+        return TokenizedExample(ids, labels)
+    return TokenizedExample(ids[:max_length], labels[:max_length], truncated=True)
+
+
+def tokenize_example(tokenizer: Any, example: Example, max_length: int) -> TokenizedExample:
+    if example.messages is not None:
+        return tokenize_chat(tokenizer, example.messages, max_length)
+    assert example.text is not None
+    return tokenize_text(tokenizer, example.text, max_length)
+
+
+def generation_prompt_ids(tokenizer: Any, prompt: Sequence[Message]) -> list[int]:
+    """The tokens a model sees when asked to answer ``prompt``."""
+    text = _render(tokenizer, prompt, generation_prompt=True)
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids

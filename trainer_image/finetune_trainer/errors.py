@@ -1,0 +1,43 @@
+"""Failures the trainer classifies, each with the exit code the operator reads.
+
+A pod's exit code is the only thing the operator reliably learns about why a trainer
+stopped, so each class of failure has its own code: bad configuration and bad data
+must not be retried, storage hiccups may be.
+"""
+
+from __future__ import annotations
+
+
+class TrainerError(Exception):
+    """A failure with a message for the user and an exit code for the operator."""
+
+    exit_code = 1
+    reason = "TrainerError"
+
+
+class ConfigError(TrainerError):
+    """The TrainerConfig cannot work on this machine (e.g. fp16 without a GPU)."""
+
+    exit_code = 2
+    reason = "InvalidConfig"
+
+
+class DataError(TrainerError):
+    """The dataset is unreadable or does not match the declared format."""
+
+    exit_code = 3
+    reason = "InvalidData"
+
+
+class ModelError(TrainerError):
+    """The base model cannot be found or loaded."""
+
+    exit_code = 4
+    reason = "ModelLoadFailed"
+
+
+class StorageError(TrainerError):
+    """Reading inputs or publishing artifacts failed."""
+
+    exit_code = 5
+    reason = "StorageError"

@@ -1,0 +1,121 @@
+"""Choosing the device and precision, and loading the tokenizer and the base model.
+
+CUDA is used whenever it is present; the CPU otherwise. ``training.precision: auto``
+means bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU, the usual best
+choice for each; explicit choices the hardware cannot honour fail with the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune_trainer.errors import ConfigError, ModelError
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and in which precision a run computes."""
+
+    device: torch.device
+    precision: str
+    """fp32, bf16 or fp16: the resolved ``training.precision``."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.precision]
+
+    @property
+    def mixed_precision(self) -> str:
+        """The value accelerate's ``mixed_precision`` expects."""
+        return _MIXED[self.precision]
+
+
+def resolve_compute(precision: str, device: torch.device | None = None) -> Compute:
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        if cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError(
+            "training.precision: fp16 needs a CUDA GPU; use fp32 or bf16 on CPU, or auto"
+        )
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            "training.precision: this GPU does not support bf16; use fp16 or auto"
+        )
+    return Compute(device, precision)
+
+
+def load_tokenizer(model_dir: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(
+            f"{model_dir}: the tokenizer has no fast (Rust) version; the label mask needs "
+            "character offsets, which only fast tokenizers give"
+        )
+    if tokenizer.pad_token_id is None:
+        # Padding is always masked out by the attention mask and IGNORE_INDEX labels,
+        # so reusing EOS is safe and keeps the vocabulary (and the head) unchanged.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(
+    model_dir: Path,
+    compute: Compute,
+    *,
+    trust_remote_code: bool,
+    quantization: Any | None = None,
+) -> Any:
+    """The base model on ``compute.device`` in its training dtype (or quantized)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": compute.device}
+        kwargs["dtype"] = torch.float32 if compute.precision == "fp32" else compute.dtype
+    else:
+        # Mixed precision keeps frozen weights in the low-precision dtype (half the
+        # memory) while trainable adapters stay fp32 (peft's autocast_adapter_dtype).
+        kwargs["dtype"] = compute.dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"cannot load the model from {model_dir}: {exc}") from exc
+    if quantization is None:
+        model.to(compute.device)
+    return model
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as their real size."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total

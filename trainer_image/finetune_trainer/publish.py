@@ -1,0 +1,155 @@
+"""Publishing a run: adapter, tokenizer, metrics, model card, and the manifest last.
+
+The artifact directory is assembled in a local staging directory, then handed to the
+output URI's storage backend, which copies every file and ``manifest.json`` last. The
+manifest lists every file with its size and sha256, the spec that produced it and the
+metrics: a directory without it is incomplete, one with it can be verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer import __version__
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.storage.backends import MANIFEST, backend_for
+from finetune_trainer.storage.uri import Role
+
+MANIFEST_KIND = "ArtifactManifest"
+METRICS = "metrics.json"
+MODEL_CARD = "README.md"
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def file_entries(directory: Path) -> list[dict[str, Any]]:
+    """Every file under ``directory`` but the manifest, with size and sha256, sorted."""
+    return [
+        {"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size,
+         "sha256": sha256_file(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    ]
+
+
+def build_manifest(
+    files: list[dict[str, Any]], config: TrainerConfig, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": config.api_version,
+        "kind": MANIFEST_KIND,
+        "jobName": config.job_name,
+        "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
+        "trainerVersion": __version__,
+        "baseModel": config.model.uri,
+        "method": config.method.type,
+        "files": files,
+        "metrics": metrics,
+        "spec": config.redacted(),
+    }
+
+
+def verify_manifest(directory: Path) -> list[str]:
+    """Problems found checking ``directory`` against its manifest; empty when it matches."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return [f"{directory}: no {MANIFEST}, the artifact set is incomplete"]
+    manifest = json.loads(manifest_path.read_text())
+    problems = []
+    for entry in manifest["files"]:
+        path = directory / entry["path"]
+        if not path.is_file():
+            problems.append(f"{entry['path']}: missing")
+        elif path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            problems.append(f"{entry['path']}: size or sha256 differs from the manifest")
+    return problems
+
+
+def model_card(config: TrainerConfig, metrics: dict[str, Any], base_model_ref: str) -> str:
+    options = config.method.options().model_dump(mode="json")
+    rows = "\n".join(
+        f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |"
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    )
+    return f"""---
+library_name: peft
+base_model: {base_model_ref}
+tags:
+- finetune-operator
+- {config.method.type}
+---
+
+# {config.job_name}
+
+A {config.method.type.upper()} adapter for `{config.model.uri}`, trained by finetune-operator
+{__version__} on `{config.dataset.train}` (format `{config.dataset.format}`).
+
+## Results on the validation set
+
+| metric | value |
+|---|---|
+{rows}
+
+## Method
+
+```json
+{json.dumps(options, indent=2)}
+```
+
+## Use it
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("<base model path or id>")
+model = PeftModel.from_pretrained(base, "<this directory>")
+tokenizer = AutoTokenizer.from_pretrained("<this directory>")
+```
+
+`manifest.json` lists every file with its sha256 and the full spec of the run.
+"""
+
+
+def stage_artifacts(
+    staging: Path,
+    model: Any,
+    tokenizer: Any,
+    config: TrainerConfig,
+    metrics: dict[str, Any],
+    base_model_ref: str,
+) -> None:
+    """Write everything a run publishes into ``staging``, manifest last."""
+    model.save_pretrained(staging)
+    _point_adapter_at(staging, base_model_ref)
+    tokenizer.save_pretrained(staging)
+    (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    (staging / MODEL_CARD).write_text(model_card(config, _headline(metrics), base_model_ref))
+    manifest = build_manifest(file_entries(staging), config, _headline(metrics))
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
+
+
+def _point_adapter_at(staging: Path, base_model_ref: str) -> None:
+    """Record the base model by its portable name, not this machine's cache path."""
+    path = staging / "adapter_config.json"
+    if path.is_file():
+        adapter = json.loads(path.read_text())
+        adapter["base_model_name_or_path"] = base_model_ref
+        path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
+
+
+def publish(staging: Path, uri: str) -> None:
+    backend, parsed = backend_for(uri, Role.OUTPUT)
+    backend.publish_dir(staging, parsed)

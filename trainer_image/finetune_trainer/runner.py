@@ -1,0 +1,208 @@
+"""One training run from a TrainerConfig: load, evaluate, train, evaluate, publish.
+
+This is what both ``finetune run`` (in-process) and ``finetune train`` (in a pod)
+call. It orchestrates; the work is in the modules it calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.loop import StepReport
+
+log = logging.getLogger("finetune.trainer")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output_uri: str
+    metrics: dict[str, Any]
+
+    def summary(self) -> str:
+        m = self.metrics
+        lines = []
+        if m.get("exactMatch") is not None:
+            before, after = m["exactMatchBefore"], m["exactMatch"]
+            lines.append(
+                f"held-out exact match: base model {before:.1f}% -> with adapter {after:.1f}% "
+                f"({after - before:+.1f} points, {m['exactMatchSamples']} examples)"
+            )
+        if m.get("evalLoss") is not None:
+            lines.append(f"eval loss: {m['evalLossBefore']:.4f} -> {m['evalLoss']:.4f}")
+        lines.append(
+            f"trained {m['steps']} steps in {m['trainSeconds']:.0f}s "
+            f"({m['tokensPerSecond']:.0f} tokens/s); artifacts: {self.output_uri}"
+        )
+        return "\n".join(lines)
+
+
+def _quiet_libraries() -> None:
+    """Keep the run's output to our progress and results: library chatter goes."""
+    import warnings
+
+    # bitsandbytes logs at import that an optional CPU kernel package is absent; the
+    # built-in kernels it falls back to are what we use anyway.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def base_model_ref(uri: str) -> str:
+    """How the adapter names its base: a Hub id where there is one, else the URI."""
+    return uri.removeprefix("hf://") if uri.startswith("hf://") else uri
+
+
+class _ProgressBar:
+    """A tqdm bar over optimizer steps showing loss, learning rate, tokens/s and ETA."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, unit="step", desc="training", dynamic_ncols=True,
+                         mininterval=1.0, file=sys.stderr)
+
+    def __call__(self, report: StepReport) -> None:
+        self._bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learning_rate:.2e}",
+                              tok_s=f"{report.tokens_per_second:.0f}", refresh=False)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@dataclass
+class TrainedRun:
+    """A finished run before publishing: what tests and callers may inspect."""
+
+    model: Any
+    tokenizer: Any
+    metrics: dict[str, Any]
+    validation: list[Any]
+
+
+def run_training(config: TrainerConfig) -> RunResult:
+    """Fine-tune as ``config`` says and publish to ``config.output.uri``."""
+    from finetune_trainer.publish import publish, stage_artifacts
+
+    run = fine_tune(config)
+    with tempfile.TemporaryDirectory(prefix="finetune-publish-") as staging:
+        stage_artifacts(Path(staging), run.model, run.tokenizer, config, run.metrics,
+                        base_model_ref(config.model.uri))
+        publish(Path(staging), config.output.uri)
+    log.info("published to %s", config.output.uri)
+    return RunResult(config.output.uri, run.metrics)
+
+
+def fine_tune(config: TrainerConfig) -> TrainedRun:
+    """Load, evaluate, train and evaluate again; publishing is the caller's."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from finetune_trainer.data.prepare import prepare_data
+    from finetune_trainer.evaluation import evaluate
+    from finetune_trainer.loop import total_steps, train
+    from finetune_trainer.methods import get_method
+    from finetune_trainer.modeling import (
+        Compute,
+        count_parameters,
+        load_base_model,
+        load_tokenizer,
+        resolve_compute,
+    )
+    from finetune_trainer.storage.backends import backend_for
+    from finetune_trainer.storage.uri import Role
+
+    _quiet_libraries()
+    wall_start = time.perf_counter()
+    set_seed(config.training.seed)
+    wanted = resolve_compute(config.training.precision)
+    accelerator = Accelerator(mixed_precision=wanted.mixed_precision, cpu=not wanted.is_cuda)
+    compute = Compute(accelerator.device, wanted.precision)
+    method = get_method(config.method.type)
+    options = config.method.options()
+    log.info("job %s: %s on %s, %s", config.job_name, config.method.type, compute.device,
+             compute.precision)
+
+    backend, parsed = backend_for(config.model.uri, Role.MODEL)
+    model_dir = backend.local_model_dir(parsed, config.model.revision)
+    trust = config.model.trust_remote_code
+    tokenizer = load_tokenizer(model_dir, trust)
+    data = prepare_data(
+        tokenizer,
+        config.dataset,
+        max_length=config.training.max_seq_length,
+        seed=config.training.seed,
+        eval_samples=config.evaluation.exact_match_samples,
+    )
+    log.info("data: %s", data.report.as_dict())
+    model = load_base_model(
+        model_dir, compute, trust_remote_code=trust, quantization=method.quantization(options, compute)
+    )
+
+    def _evaluate(m: Any, when: str) -> Any:
+        started = time.perf_counter()
+        result = evaluate(m, tokenizer, data.validation, data.eval_samples,
+                          batch_size=config.evaluation.batch_size,
+                          max_new_tokens=config.evaluation.max_new_tokens)
+        log.info("eval %s: loss %s, exact match %s (%.0fs)", when, result.loss,
+                 result.exact_match, time.perf_counter() - started)
+        return result
+
+    before = _evaluate(model, "before training")
+    model = method.apply(model, options, compute)
+    trainable, total = count_parameters(model)
+    steps = total_steps(len(data.train), config.training)
+    log.info("training %d steps; %d of %d parameters trainable (%.3f%%)", steps, trainable,
+             total, 100 * trainable / total)
+
+    bar = _ProgressBar(steps)
+    try:
+        result = train(model, data.train, config.training, pad_id=tokenizer.pad_token_id,
+                       accelerator=accelerator, on_step=bar)
+    finally:
+        bar.close()
+    model = accelerator.unwrap_model(model)
+    after = _evaluate(model, "after training")
+
+    tail = [h["loss"] for h in result.history[-max(1, len(result.history) // 10):]]
+    metrics: dict[str, Any] = {
+        "trainLoss": sum(tail) / len(tail),
+        "firstStepLoss": result.history[0]["loss"],
+        "evalLossBefore": before.loss,
+        "evalLoss": after.loss,
+        "exactMatchBefore": before.exact_match,
+        "exactMatch": after.exact_match,
+        "exactMatchSamples": len(data.eval_samples),
+        "steps": result.steps,
+        "tokensPerSecond": result.tokens_per_second,
+        "trainSeconds": result.seconds,
+        "trainableParameters": trainable,
+        "totalParameters": total,
+        "device": str(compute.device),
+        "precision": compute.precision,
+        "torchVersion": torch.__version__,
+        "data": data.report.as_dict(),
+        "history": result.history,
+        "predictions": [
+            {"answer": p.answer, "generated": p.generated, "correct": p.correct}
+            for p in after.predictions[:20]
+        ],
+    }
+    metrics["wallSeconds"] = time.perf_counter() - wall_start
+    return TrainedRun(model, tokenizer, metrics, data.validation)

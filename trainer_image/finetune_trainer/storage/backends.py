@@ -1,0 +1,173 @@
+"""Storage backends: one registry entry per URI scheme.
+
+A backend turns a URI into something local the trainer can read (a file, a model
+directory) and publishes a finished artifact directory to a URI. Publishing writes
+every file first and ``manifest.json`` last, so a reader that sees a manifest sees a
+complete set; a prefix without one is incomplete by definition.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from finetune_trainer.errors import ModelError, StorageError
+from finetune_trainer.storage.uri import ParsedUri, Role, UriError, parse_uri
+
+MANIFEST = "manifest.json"
+PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
+"""Where pvc:// claims are mounted (the operator mounts claim C at $ROOT/C)."""
+
+
+class Backend(Protocol):
+    def local_file(self, uri: ParsedUri) -> Path:
+        """A local path holding the object at ``uri`` (downloaded if need be)."""
+
+    def local_model_dir(self, uri: ParsedUri, revision: str | None) -> Path:
+        """A local directory holding the model at ``uri`` in Hugging Face layout."""
+
+    def publish_dir(self, staging: Path, uri: ParsedUri) -> None:
+        """Copy every file of ``staging`` to ``uri``, ``manifest.json`` last."""
+
+
+class LocalBackend:
+    """file:// and pvc://: paths on this machine (in a pod: mounted volumes)."""
+
+    def __init__(self, root_for: type[_PathResolver]) -> None:
+        self._resolve = root_for()
+
+    def local_file(self, uri: ParsedUri) -> Path:
+        path = self._resolve(uri)
+        if not path.is_file():
+            raise StorageError(f"{uri}: no such file ({path})")
+        return path
+
+    def local_model_dir(self, uri: ParsedUri, revision: str | None) -> Path:
+        path = self._resolve(uri)
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{uri}: no model directory at {path} (expected config.json there); "
+                "point model.uri at a directory saved with save_pretrained"
+            )
+        return path
+
+    def publish_dir(self, staging: Path, uri: ParsedUri) -> None:
+        target = self._resolve(uri)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            # An old manifest would vouch for files we are about to replace.
+            (target / MANIFEST).unlink(missing_ok=True)
+            files = sorted(p for p in staging.rglob("*") if p.is_file())
+            for src in files:
+                if src.name != MANIFEST:
+                    _atomic_copy(src, target / src.relative_to(staging))
+            manifest = staging / MANIFEST
+            if manifest.exists():
+                _atomic_copy(manifest, target / MANIFEST)
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot publish to {target}: {exc.strerror or exc}") from exc
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    """Copy to a temporary name beside ``dst`` and rename: readers never see half a file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _PathResolver(Protocol):
+    def __call__(self, uri: ParsedUri) -> Path: ...
+
+
+class _FilePaths:
+    """file://path: absolute, or relative to the working directory."""
+
+    def __call__(self, uri: ParsedUri) -> Path:
+        return Path(uri.location).expanduser()
+
+
+class _PvcPaths:
+    """pvc://claim/path: the claim's mount point under $FINETUNE_PVC_ROOT (/mnt/pvc)."""
+
+    def __call__(self, uri: ParsedUri) -> Path:
+        claim, _, rest = uri.location.partition("/")
+        return Path(os.environ.get(PVC_ROOT_ENV, "/mnt/pvc")) / claim / rest
+
+
+class HubBackend:
+    """hf://org/name: the Hugging Face Hub through huggingface_hub (HF_TOKEN, HF_ENDPOINT,
+    HF_HUB_OFFLINE are honoured by the library itself)."""
+
+    def local_file(self, uri: ParsedUri) -> Path:
+        raise StorageError(
+            f"{uri}: Hub datasets are not readable by this trainer version yet; "
+            "download the file and use file:// or pvc://"
+        )
+
+    def local_model_dir(self, uri: ParsedUri, revision: str | None) -> Path:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(repo_id=uri.location, revision=revision))
+        except LocalEntryNotFoundError as exc:
+            raise ModelError(
+                f"{uri}: the Hub cannot be reached and the model is not in the local cache "
+                f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); check network "
+                "access or HF_ENDPOINT, or use a file:// copy"
+            ) from exc
+        except HfHubHTTPError as exc:
+            raise ModelError(
+                f"{uri}: the Hub refused the download ({exc}); check the repository name, "
+                "the revision and HF_TOKEN for gated or private models"
+            ) from exc
+
+    def publish_dir(self, staging: Path, uri: ParsedUri) -> None:
+        raise StorageError(f"{uri}: publishing to the Hub is not supported")
+
+
+class _NotYet:
+    """A scheme the contract accepts but this build cannot reach yet."""
+
+    def __init__(self, scheme: str) -> None:
+        self.scheme = scheme
+
+    def _fail(self, uri: ParsedUri) -> StorageError:
+        return StorageError(
+            f"{uri}: {self.scheme}:// storage is not available in this build yet; "
+            "use file:// or pvc://"
+        )
+
+    def local_file(self, uri: ParsedUri) -> Path:
+        raise self._fail(uri)
+
+    def local_model_dir(self, uri: ParsedUri, revision: str | None) -> Path:
+        raise self._fail(uri)
+
+    def publish_dir(self, staging: Path, uri: ParsedUri) -> None:
+        raise self._fail(uri)
+
+
+BACKENDS: dict[str, Backend] = {
+    "file": LocalBackend(_FilePaths),
+    "pvc": LocalBackend(_PvcPaths),
+    "hf": HubBackend(),
+    "s3": _NotYet("s3"),
+}
+
+
+def backend_for(uri: str, role: Role) -> tuple[Backend, ParsedUri]:
+    try:
+        parsed = parse_uri(uri, role)
+    except UriError as exc:
+        raise StorageError(f"{uri}: {exc}") from None
+    return BACKENDS[parsed.scheme], parsed
