@@ -1,0 +1,205 @@
+"""`finetune run` and `finetune train` end to end on a tiny random Llama (seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from finetune_operator.cli import app
+from finetune_operator.manifests import check_documents
+from finetune_operator.render import render_trainer_config
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.publish import sha256_file, verify_manifest
+
+from conftest import write_jsonl
+
+runner = CliRunner()
+
+
+def run_cli(*args: str) -> Any:
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def out_dir(job: Path) -> Path:
+    return job.parent / "out"
+
+
+def metrics_of(out: Path) -> dict[str, Any]:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_run_publishes_a_complete_verifiable_adapter(make_job: Any) -> None:
+    job = make_job()
+    result = run_cli("run", str(job))
+    assert result.exit_code == 0, result.output
+    assert "held-out exact match: base model" in result.output
+
+    out = out_dir(job)
+    assert verify_manifest(out) == []
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "metrics.json", "README.md",
+            "manifest.json", "tokenizer.json"} <= names
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {f["path"] for f in manifest["files"]} == names - {"manifest.json"}
+    assert manifest["spec"]["jobName"] == "tiny"
+    assert manifest["spec"]["model"]["trustRemoteCode"] is False
+
+    metrics = metrics_of(out)
+    for key in ("trainLoss", "evalLoss", "evalLossBefore", "exactMatch", "exactMatchBefore",
+                "tokensPerSecond", "wallSeconds", "trainSeconds"):
+        assert metrics[key] is not None, key
+    assert metrics["steps"] == 12
+    losses = [h["loss"] for h in metrics["history"]]
+    assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
+    assert metrics["evalLoss"] < metrics["evalLossBefore"]
+    # The tiny task is learnable: the adapter answers most held-out questions.
+    assert metrics["exactMatch"] >= 50.0 > metrics["exactMatchBefore"]
+
+
+def test_published_adapter_reloads_to_the_evaluated_model(make_job: Any) -> None:
+    """Eval loss recomputed from base + published adapter equals the run's own."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_trainer.data.prepare import prepare_data
+    from finetune_trainer.evaluation import evaluation_loss
+
+    job = make_job()
+    assert run_cli("run", str(job)).exit_code == 0
+    out = out_dir(job)
+    config = TrainerConfig.model_validate(json.loads((out / "manifest.json").read_text())["spec"])
+    base_dir = Path(config.model.uri.removeprefix("file://"))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out)
+    data = prepare_data(tokenizer, config.dataset, max_length=config.training.max_seq_length,
+                        seed=config.training.seed, eval_samples=0)
+    reloaded = evaluation_loss(model, data.validation, 4, tokenizer.pad_token_id)
+    assert reloaded == pytest.approx(metrics_of(out)["evalLoss"], rel=1e-5)
+    with model.disable_adapter():
+        base_loss = evaluation_loss(model, data.validation, 4, tokenizer.pad_token_id)
+    assert base_loss == pytest.approx(metrics_of(out)["evalLossBefore"], rel=1e-5)
+
+
+def test_same_seed_same_run_other_seed_other_run(make_job: Any, tmp_path: Path) -> None:
+    adapters, histories = [], []
+    for seed, out in ((7, "a"), (7, "b"), (8, "c")):
+        job = make_job(training={"seed": seed}, output={"uri": f"file://{tmp_path / out}"})
+        assert run_cli("run", str(job)).exit_code == 0
+        adapters.append(sha256_file(tmp_path / out / "adapter_model.safetensors"))
+        histories.append([h["loss"] for h in metrics_of(tmp_path / out)["history"]])
+    assert histories[0] == histories[1]
+    assert adapters[0] == adapters[1]
+    assert histories[0] != histories[2]
+
+
+def test_gradient_accumulation_weighs_every_token_equally(make_job: Any, tmp_path: Path) -> None:
+    """One step of batch 8 equals one step of 2 x batch 4, even with uneven lengths.
+
+    A mean of per-micro-batch means would differ here: the answers are of very
+    different lengths, so the micro-batches hold different numbers of label tokens.
+    """
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"},
+                      {"role": "assistant", "content": "red " * (1 + 5 * (i % 4))}]}
+        for i in range(8)
+    ]
+    train = write_jsonl(tmp_path / "uneven.jsonl", rows)
+    weights, losses = [], []
+    for batch, accumulation, out in ((8, 1, "one"), (4, 2, "two")):
+        job = make_job(
+            dataset={"train": f"file://{train}"},
+            training={"batchSize": batch, "gradientAccumulation": accumulation, "maxSteps": 1,
+                      "maxGradNorm": 0},
+            output={"uri": f"file://{tmp_path / out}"},
+        )
+        assert run_cli("run", str(job)).exit_code == 0
+        from safetensors.torch import load_file
+
+        weights.append(load_file(tmp_path / out / "adapter_model.safetensors"))
+        losses.append(metrics_of(tmp_path / out)["history"][0]["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_warmup_then_cosine_decay(make_job: Any) -> None:
+    job = make_job(training={"warmupRatio": 0.25, "scheduler": "cosine", "maxSteps": 12})
+    assert run_cli("run", str(job)).exit_code == 0
+    rates = [h["learningRate"] for h in metrics_of(out_dir(job))["history"]]
+    peak = max(rates)
+    assert peak == pytest.approx(3e-2)
+    assert rates.index(peak) == 2  # 3 warmup steps: 1/3, 2/3, then the peak
+    assert rates[0] < rates[1] < peak
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:], strict=False))
+    assert rates[-1] < 0.05 * peak
+
+
+def test_qlora_trains_on_cpu(make_job: Any) -> None:
+    job = make_job(method={"type": "qlora", "lora": None,
+                           "qlora": {"r": 8, "alpha": 16, "dropout": 0.0}})
+    result = run_cli("run", str(job))
+    assert result.exit_code == 0, result.output
+    metrics = metrics_of(out_dir(job))
+    losses = [h["loss"] for h in metrics["history"]]
+    assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
+    adapter = json.loads((out_dir(job) / "adapter_config.json").read_text())
+    assert adapter["r"] == 8
+    # Only the adapters train: far fewer parameters than the base.
+    assert metrics["trainableParameters"] < 0.2 * metrics["totalParameters"]
+
+
+def test_output_and_max_steps_flags_override_the_spec(make_job: Any, tmp_path: Path) -> None:
+    job = make_job()
+    result = run_cli("run", str(job), "--output", f"file://{tmp_path / 'elsewhere'}",
+                     "--max-steps", "3")
+    assert result.exit_code == 0, result.output
+    assert metrics_of(tmp_path / "elsewhere")["steps"] == 3
+    assert not out_dir(job).exists()
+
+
+def test_train_reads_a_rendered_trainer_config(make_job: Any, tmp_path: Path) -> None:
+    """The pod's entrypoint: the same job, rendered to JSON as the operator would."""
+    job_path = make_job(training={"maxSteps": 2})
+    [doc] = check_documents(job_path.read_text(), str(job_path))
+    assert doc.job is not None
+    config_file = tmp_path / "trainer.json"
+    config_file.write_text(render_trainer_config(doc.job).to_json())
+    result = run_cli("train", "--config", str(config_file))
+    assert result.exit_code == 0, result.output
+    assert verify_manifest(out_dir(job_path)) == []
+
+
+@pytest.mark.parametrize(
+    ("patch", "exit_code", "fragments"),
+    [
+        ({"dataset": {"columns": {"messages": "conversation"}}}, 3,
+         ["dataset.train row 0", "column 'conversation' is missing", "dataset.columns.messages"]),
+        ({"training": {"precision": "fp16"}}, 2, ["training.precision", "fp16 needs a CUDA GPU"]),
+        ({"model": {"uri": "file:///nonexistent/model"}}, 4, ["no model directory", "config.json"]),
+        ({"model": {"uri": "s3://models-bucket/smol"}}, 5, ["s3://", "not available"]),
+        ({"dataset": {"train": "file:///nonexistent/train.jsonl"}}, 5, ["no such file"]),
+    ],
+    ids=["missing-column", "fp16-on-cpu", "no-model", "s3-not-yet", "no-dataset"],
+)
+def test_failures_exit_with_their_class_and_a_fix(
+    make_job: Any, patch: dict[str, Any], exit_code: int, fragments: list[str]
+) -> None:
+    job = make_job(**patch)
+    result = run_cli("run", str(job))
+    assert result.exit_code == exit_code, result.output
+    for fragment in fragments:
+        assert fragment in result.output
+    assert "Traceback" not in result.output
+    assert not (out_dir(job) / "manifest.json").exists()
+
+
+def test_invalid_manifest_is_rejected_before_any_work(make_job: Any) -> None:
+    job = make_job(training={"learningRate": -1})
+    result = run_cli("run", str(job))
+    assert result.exit_code == 2
+    assert "spec.training.learningRate" in result.output
