@@ -126,15 +126,25 @@ def make_job(tmp_path: Path, tiny_model_dir: Path) -> Callable[..., Path]:
             "model": {"uri": f"file://{model_dir or tiny_model_dir}"},
             "dataset": {"train": f"file://{train}", "validation": f"file://{validation}"},
             "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-            "training": {"epochs": 1, "maxSteps": 12, "learningRate": 3e-2, "batchSize": 8,
-                         "warmupRatio": 0.0, "maxSeqLength": 64},
+            "training": {
+                "epochs": 1,
+                "maxSteps": 12,
+                "learningRate": 3e-2,
+                "batchSize": 8,
+                "warmupRatio": 0.0,
+                "maxSeqLength": 64,
+            },
             "evaluation": {"exactMatchSamples": 8, "maxNewTokens": 4},
             "output": {"uri": f"file://{tmp_path / 'out'}"},
         }
         for key, value in sections.items():
             spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-        manifest = {"apiVersion": "finetune-operator.io/v1alpha1", "kind": "FineTuneJob",
-                    "metadata": {"name": name}, "spec": spec}
+        manifest = {
+            "apiVersion": "finetune-operator.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(manifest))
         return path

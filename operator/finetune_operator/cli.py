@@ -115,6 +115,31 @@ def run(
 
 
 @app.command()
+def verify(
+    uri: Annotated[
+        str, typer.Argument(help="A published artifact location, e.g. file://./artifacts/x")
+    ],
+) -> None:
+    """Check a published artifact set against its manifest.json (sizes and sha256)."""
+    from finetune_trainer.errors import TrainerError
+    from finetune_trainer.publish import verify_manifest
+    from finetune_trainer.storage.backends import local_dir_for
+
+    try:
+        directory = local_dir_for(uri)
+    except TrainerError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    problems = verify_manifest(directory)
+    for problem in problems:
+        _err(f"  - {problem}")
+    if problems:
+        _err(f"{uri}: does not match its manifest")
+        raise typer.Exit(1)
+    typer.echo(f"{uri}: every file matches manifest.json")
+
+
+@app.command()
 def train(
     config: Annotated[Path, typer.Option("--config", help="A rendered TrainerConfig (JSON).")],
 ) -> None:

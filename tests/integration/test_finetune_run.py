@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import write_jsonl
 from finetune_operator.cli import app
 from finetune_operator.manifests import check_documents
 from finetune_operator.render import render_trainer_config
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.publish import sha256_file, verify_manifest
-
-from conftest import write_jsonl
 
 runner = CliRunner()
 
@@ -42,16 +42,30 @@ def test_run_publishes_a_complete_verifiable_adapter(make_job: Any) -> None:
     out = out_dir(job)
     assert verify_manifest(out) == []
     names = {p.name for p in out.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "metrics.json", "README.md",
-            "manifest.json", "tokenizer.json"} <= names
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.json",
+        "README.md",
+        "manifest.json",
+        "tokenizer.json",
+    } <= names
     manifest = json.loads((out / "manifest.json").read_text())
     assert {f["path"] for f in manifest["files"]} == names - {"manifest.json"}
     assert manifest["spec"]["jobName"] == "tiny"
     assert manifest["spec"]["model"]["trustRemoteCode"] is False
 
     metrics = metrics_of(out)
-    for key in ("trainLoss", "evalLoss", "evalLossBefore", "exactMatch", "exactMatchBefore",
-                "tokensPerSecond", "wallSeconds", "trainSeconds"):
+    for key in (
+        "trainLoss",
+        "evalLoss",
+        "evalLossBefore",
+        "exactMatch",
+        "exactMatchBefore",
+        "tokensPerSecond",
+        "wallSeconds",
+        "trainSeconds",
+    ):
         assert metrics[key] is not None, key
     assert metrics["steps"] == 12
     losses = [h["loss"] for h in metrics["history"]]
@@ -76,8 +90,13 @@ def test_published_adapter_reloads_to_the_evaluated_model(make_job: Any) -> None
     base_dir = Path(config.model.uri.removeprefix("file://"))
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out)
-    data = prepare_data(tokenizer, config.dataset, max_length=config.training.max_seq_length,
-                        seed=config.training.seed, eval_samples=0)
+    data = prepare_data(
+        tokenizer,
+        config.dataset,
+        max_length=config.training.max_seq_length,
+        seed=config.training.seed,
+        eval_samples=0,
+    )
     reloaded = evaluation_loss(model, data.validation, 4, tokenizer.pad_token_id)
     assert reloaded == pytest.approx(metrics_of(out)["evalLoss"], rel=1e-5)
     with model.disable_adapter():
@@ -104,8 +123,12 @@ def test_gradient_accumulation_weighs_every_token_equally(make_job: Any, tmp_pat
     different lengths, so the micro-batches hold different numbers of label tokens.
     """
     rows = [
-        {"messages": [{"role": "user", "content": f"q{i}"},
-                      {"role": "assistant", "content": "red " * (1 + 5 * (i % 4))}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": "red " * (1 + 5 * (i % 4))},
+            ]
+        }
         for i in range(8)
     ]
     train = write_jsonl(tmp_path / "uneven.jsonl", rows)
@@ -113,8 +136,12 @@ def test_gradient_accumulation_weighs_every_token_equally(make_job: Any, tmp_pat
     for batch, accumulation, out in ((8, 1, "one"), (4, 2, "two")):
         job = make_job(
             dataset={"train": f"file://{train}"},
-            training={"batchSize": batch, "gradientAccumulation": accumulation, "maxSteps": 1,
-                      "maxGradNorm": 0},
+            training={
+                "batchSize": batch,
+                "gradientAccumulation": accumulation,
+                "maxSteps": 1,
+                "maxGradNorm": 0,
+            },
             output={"uri": f"file://{tmp_path / out}"},
         )
         assert run_cli("run", str(job)).exit_code == 0
@@ -135,13 +162,14 @@ def test_warmup_then_cosine_decay(make_job: Any) -> None:
     assert peak == pytest.approx(3e-2)
     assert rates.index(peak) == 2  # 3 warmup steps: 1/3, 2/3, then the peak
     assert rates[0] < rates[1] < peak
-    assert all(a >= b for a, b in zip(rates[2:], rates[3:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates[2:]))
     assert rates[-1] < 0.05 * peak
 
 
 def test_qlora_trains_on_cpu(make_job: Any) -> None:
-    job = make_job(method={"type": "qlora", "lora": None,
-                           "qlora": {"r": 8, "alpha": 16, "dropout": 0.0}})
+    job = make_job(
+        method={"type": "qlora", "lora": None, "qlora": {"r": 8, "alpha": 16, "dropout": 0.0}}
+    )
     result = run_cli("run", str(job))
     assert result.exit_code == 0, result.output
     metrics = metrics_of(out_dir(job))
@@ -155,8 +183,9 @@ def test_qlora_trains_on_cpu(make_job: Any) -> None:
 
 def test_output_and_max_steps_flags_override_the_spec(make_job: Any, tmp_path: Path) -> None:
     job = make_job()
-    result = run_cli("run", str(job), "--output", f"file://{tmp_path / 'elsewhere'}",
-                     "--max-steps", "3")
+    result = run_cli(
+        "run", str(job), "--output", f"file://{tmp_path / 'elsewhere'}", "--max-steps", "3"
+    )
     assert result.exit_code == 0, result.output
     assert metrics_of(tmp_path / "elsewhere")["steps"] == 3
     assert not out_dir(job).exists()
@@ -177,8 +206,11 @@ def test_train_reads_a_rendered_trainer_config(make_job: Any, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("patch", "exit_code", "fragments"),
     [
-        ({"dataset": {"columns": {"messages": "conversation"}}}, 3,
-         ["dataset.train row 0", "column 'conversation' is missing", "dataset.columns.messages"]),
+        (
+            {"dataset": {"columns": {"messages": "conversation"}}},
+            3,
+            ["dataset.train row 0", "column 'conversation' is missing", "dataset.columns.messages"],
+        ),
         ({"training": {"precision": "fp16"}}, 2, ["training.precision", "fp16 needs a CUDA GPU"]),
         ({"model": {"uri": "file:///nonexistent/model"}}, 4, ["no model directory", "config.json"]),
         ({"model": {"uri": "s3://models-bucket/smol"}}, 5, ["s3://", "not available"]),
@@ -203,3 +235,18 @@ def test_invalid_manifest_is_rejected_before_any_work(make_job: Any) -> None:
     result = run_cli("run", str(job))
     assert result.exit_code == 2
     assert "spec.training.learningRate" in result.output
+
+
+def test_verify_accepts_a_published_set_and_rejects_a_tampered_one(make_job: Any) -> None:
+    job = make_job(training={"maxSteps": 1})
+    assert run_cli("run", str(job)).exit_code == 0
+    out = out_dir(job)
+    ok = run_cli("verify", f"file://{out}")
+    assert ok.exit_code == 0, ok.output
+    with (out / "adapter_model.safetensors").open("ab") as handle:
+        handle.write(b"\0")
+    bad = run_cli("verify", f"file://{out}")
+    assert bad.exit_code == 1
+    assert "adapter_model.safetensors: size or sha256 differs" in bad.output
+    (out / "manifest.json").unlink()
+    assert "incomplete" in run_cli("verify", f"file://{out}").output

@@ -89,8 +89,10 @@ DatasetUri = Annotated[
 OutputUri = Annotated[
     str,
     _uri_validator(Role.OUTPUT),
-    Field(description="Where artifacts are published: file://path, pvc://claim/path or "
-          "s3://bucket/prefix."),
+    Field(
+        description="Where artifacts are published: file://path, pvc://claim/path or "
+        "s3://bucket/prefix."
+    ),
 ]
 
 
@@ -123,21 +125,30 @@ DatasetFormat = Literal["messages", "instruction", "prompt-completion", "text"]
 class ColumnMapping(CamelModel):
     """Which dataset columns hold each field; the defaults are the usual names."""
 
-    messages: str = Field(default="messages", min_length=1,
-                          description="Format messages: a list of {role, content}.")
-    instruction: str = Field(default="instruction", min_length=1,
-                             description="Format instruction: the task.")
-    input: str = Field(default="input", min_length=1,
-                       description="Format instruction: optional context for the task.")
-    output: str = Field(default="output", min_length=1,
-                        description="Format instruction: the answer.")
-    prompt: str = Field(default="prompt", min_length=1,
-                        description="Format prompt-completion: the prompt.")
-    completion: str = Field(default="completion", min_length=1,
-                            description="Format prompt-completion: the completion.")
+    messages: str = Field(
+        default="messages", min_length=1, description="Format messages: a list of {role, content}."
+    )
+    instruction: str = Field(
+        default="instruction", min_length=1, description="Format instruction: the task."
+    )
+    input: str = Field(
+        default="input",
+        min_length=1,
+        description="Format instruction: optional context for the task.",
+    )
+    output: str = Field(
+        default="output", min_length=1, description="Format instruction: the answer."
+    )
+    prompt: str = Field(
+        default="prompt", min_length=1, description="Format prompt-completion: the prompt."
+    )
+    completion: str = Field(
+        default="completion", min_length=1, description="Format prompt-completion: the completion."
+    )
     text: str = Field(default="text", min_length=1, description="Format text: raw text.")
     system: str | None = Field(
-        default=None, min_length=1,
+        default=None,
+        min_length=1,
         description="Formats instruction and prompt-completion: a column with a system "
         "prompt per row.",
     )
@@ -192,6 +203,7 @@ class DatasetSpec(CamelModel):
 
 # --------------------------------------------------------------------------- methods
 
+
 def _one_error_for_target_modules(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     """One clear message instead of one per union member."""
     try:
@@ -203,7 +215,8 @@ def _one_error_for_target_modules(value: Any, handler: ValidatorFunctionWrapHand
 
 
 TargetModules = Annotated[
-    Literal["all-linear"] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)],
+    Literal["all-linear"]
+    | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)],
     WrapValidator(_one_error_for_target_modules),
 ]
 
@@ -212,7 +225,9 @@ class LoraSpec(CamelModel):
     """LoRA: low-rank adapters beside frozen weights."""
 
     r: int = Field(default=16, ge=1, le=1024, description="Rank of the adapter matrices.")
-    alpha: float = Field(default=32, gt=0, description="Scaling numerator (scale = alpha/r).")
+    alpha: int = Field(
+        default=32, ge=1, le=65536, description="Scaling numerator (scale = alpha/r)."
+    )
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: TargetModules = Field(
         default="all-linear",
@@ -324,7 +339,9 @@ class EvaluationSpec(CamelModel):
 
     batch_size: int = Field(default=16, ge=1, le=4096, description="Sequences per eval batch.")
     exact_match_samples: int = Field(
-        default=64, ge=0, le=100000,
+        default=64,
+        ge=0,
+        le=100000,
         description="Validation rows whose greedy generation is compared with the reference "
         "answer; 0 skips exact match.",
     )
@@ -346,8 +363,9 @@ class JobSections(CamelModel):
     """The sections a FineTuneJob spec and a TrainerConfig have in common."""
 
     task: Literal["causal-lm"] = Field(
-        default="causal-lm", description="causal-lm: supervised fine-tuning or continued "
-        "pretraining of a decoder language model."
+        default="causal-lm",
+        description="causal-lm: supervised fine-tuning or continued "
+        "pretraining of a decoder language model.",
     )
     model: ModelSource
     dataset: DatasetSpec

@@ -44,8 +44,12 @@ def evaluation_loss(
     total_loss, total_tokens = 0.0, 0
     lengths = [len(e.input_ids) for e in examples]
     for batch in length_grouped_batches(lengths, batch_size, seed=0, shuffle=False):
-        tensors = {k: v.to(device) for k, v in collate([examples[i] for i in batch], pad_id).items()}
-        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+        tensors = {
+            k: v.to(device) for k, v in collate([examples[i] for i in batch], pad_id).items()
+        }
+        logits = model(
+            input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]
+        ).logits
         shift_logits = logits[:, :-1].float()
         shift_labels = tensors["labels"][:, 1:]
         total_loss += torch.nn.functional.cross_entropy(

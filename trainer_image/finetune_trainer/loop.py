@@ -132,8 +132,14 @@ def train(
         result.seconds = time.perf_counter() - started
         result.steps, result.train_loss = step, loss_sum
         learning_rate = scheduler.get_last_lr()[0]
-        result.history.append({"step": step, "epoch": round(epoch, 4), "loss": loss_sum,
-                               "learningRate": learning_rate})
+        result.history.append(
+            {
+                "step": step,
+                "epoch": round(epoch, 4),
+                "loss": loss_sum,
+                "learningRate": learning_rate,
+            }
+        )
         on_step(
             StepReport(
                 step=step,

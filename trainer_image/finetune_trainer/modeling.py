@@ -45,19 +45,16 @@ def resolve_compute(precision: str, device: torch.device | None = None) -> Compu
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
-    if precision == "auto":
-        if cuda:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
+    if precision == "auto" and not cuda:
+        precision = "fp32"
+    elif precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and not cuda:
         raise ConfigError(
             "training.precision: fp16 needs a CUDA GPU; use fp32 or bf16 on CPU, or auto"
         )
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ConfigError(
-            "training.precision: this GPU does not support bf16; use fp16 or auto"
-        )
+        raise ConfigError("training.precision: this GPU does not support bf16; use fp16 or auto")
     return Compute(device, precision)
 
 
@@ -100,7 +97,7 @@ def load_base_model(
         # memory) while trainable adapters stay fp32 (peft's autocast_adapter_dtype).
         kwargs["dtype"] = compute.dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load the model from {model_dir}: {exc}") from exc
     if quantization is None:

@@ -32,8 +32,11 @@ def sha256_file(path: Path) -> str:
 def file_entries(directory: Path) -> list[dict[str, Any]]:
     """Every file under ``directory`` but the manifest, with size and sha256, sorted."""
     return [
-        {"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size,
-         "sha256": sha256_file(p)}
+        {
+            "path": p.relative_to(directory).as_posix(),
+            "size": p.stat().st_size,
+            "sha256": sha256_file(p),
+        }
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     ]

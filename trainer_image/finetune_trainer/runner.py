@@ -73,12 +73,22 @@ class _ProgressBar:
     def __init__(self, total: int) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, unit="step", desc="training", dynamic_ncols=True,
-                         mininterval=1.0, file=sys.stderr)
+        self._bar = tqdm(
+            total=total,
+            unit="step",
+            desc="training",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            file=sys.stderr,
+        )
 
     def __call__(self, report: StepReport) -> None:
-        self._bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learning_rate:.2e}",
-                              tok_s=f"{report.tokens_per_second:.0f}", refresh=False)
+        self._bar.set_postfix(
+            loss=f"{report.loss:.4f}",
+            lr=f"{report.learning_rate:.2e}",
+            tok_s=f"{report.tokens_per_second:.0f}",
+            refresh=False,
+        )
         self._bar.update(1)
 
     def close(self) -> None:
@@ -101,8 +111,14 @@ def run_training(config: TrainerConfig) -> RunResult:
 
     run = fine_tune(config)
     with tempfile.TemporaryDirectory(prefix="finetune-publish-") as staging:
-        stage_artifacts(Path(staging), run.model, run.tokenizer, config, run.metrics,
-                        base_model_ref(config.model.uri))
+        stage_artifacts(
+            Path(staging),
+            run.model,
+            run.tokenizer,
+            config,
+            run.metrics,
+            base_model_ref(config.model.uri),
+        )
         publish(Path(staging), config.output.uri)
     log.info("published to %s", config.output.uri)
     return RunResult(config.output.uri, run.metrics)
@@ -136,8 +152,13 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
     compute = Compute(accelerator.device, wanted.precision)
     method = get_method(config.method.type)
     options = config.method.options()
-    log.info("job %s: %s on %s, %s", config.job_name, config.method.type, compute.device,
-             compute.precision)
+    log.info(
+        "job %s: %s on %s, %s",
+        config.job_name,
+        config.method.type,
+        compute.device,
+        compute.precision,
+    )
 
     backend, parsed = backend_for(config.model.uri, Role.MODEL)
     model_dir = backend.local_model_dir(parsed, config.model.revision)
@@ -152,35 +173,59 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
     )
     log.info("data: %s", data.report.as_dict())
     model = load_base_model(
-        model_dir, compute, trust_remote_code=trust, quantization=method.quantization(options, compute)
+        model_dir,
+        compute,
+        trust_remote_code=trust,
+        quantization=method.quantization(options, compute),
     )
 
     def _evaluate(m: Any, when: str) -> Any:
         started = time.perf_counter()
-        result = evaluate(m, tokenizer, data.validation, data.eval_samples,
-                          batch_size=config.evaluation.batch_size,
-                          max_new_tokens=config.evaluation.max_new_tokens)
-        log.info("eval %s: loss %s, exact match %s (%.0fs)", when, result.loss,
-                 result.exact_match, time.perf_counter() - started)
+        result = evaluate(
+            m,
+            tokenizer,
+            data.validation,
+            data.eval_samples,
+            batch_size=config.evaluation.batch_size,
+            max_new_tokens=config.evaluation.max_new_tokens,
+        )
+        log.info(
+            "eval %s: loss %s, exact match %s (%.0fs)",
+            when,
+            result.loss,
+            result.exact_match,
+            time.perf_counter() - started,
+        )
         return result
 
     before = _evaluate(model, "before training")
     model = method.apply(model, options, compute)
     trainable, total = count_parameters(model)
     steps = total_steps(len(data.train), config.training)
-    log.info("training %d steps; %d of %d parameters trainable (%.3f%%)", steps, trainable,
-             total, 100 * trainable / total)
+    log.info(
+        "training %d steps; %d of %d parameters trainable (%.3f%%)",
+        steps,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
 
     bar = _ProgressBar(steps)
     try:
-        result = train(model, data.train, config.training, pad_id=tokenizer.pad_token_id,
-                       accelerator=accelerator, on_step=bar)
+        result = train(
+            model,
+            data.train,
+            config.training,
+            pad_id=tokenizer.pad_token_id,
+            accelerator=accelerator,
+            on_step=bar,
+        )
     finally:
         bar.close()
     model = accelerator.unwrap_model(model)
     after = _evaluate(model, "after training")
 
-    tail = [h["loss"] for h in result.history[-max(1, len(result.history) // 10):]]
+    tail = [h["loss"] for h in result.history[-max(1, len(result.history) // 10) :]]
     metrics: dict[str, Any] = {
         "trainLoss": sum(tail) / len(tail),
         "firstStepLoss": result.history[0]["loss"],

@@ -53,6 +53,4 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, Any]
 
 def count_label_tokens(examples: Sequence[TokenizedExample]) -> int:
     """Tokens that contribute to the loss after the causal shift (first label never does)."""
-    return sum(
-        sum(1 for label in e.labels[1:] if label != IGNORE_INDEX) for e in examples
-    )
+    return sum(sum(1 for label in e.labels[1:] if label != IGNORE_INDEX) for e in examples)

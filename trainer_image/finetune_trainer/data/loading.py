@@ -33,15 +33,23 @@ def _read_json(path: Path, label: str) -> list[Row]:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(f"{label}: a .json dataset must be a list of rows (or {{\"data\": [...]}})")
+        raise DataError(f'{label}: a .json dataset must be a list of rows (or {{"data": [...]}})')
     return data
 
 
 def _read_csv(path: Path, label: str) -> list[Row]:
+    import csv
+
+    import pyarrow as pa
     import pyarrow.csv as pcsv
 
+    # Every column is text: left to inference, pyarrow would turn answers such as
+    # 2021-03-05 or 4 into dates and numbers, which the formats rightly refuse.
     try:
-        return pcsv.read_csv(path).to_pylist()
+        with path.open(encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle), [])
+        text = pcsv.ConvertOptions(column_types={name: pa.string() for name in header})
+        return pcsv.read_csv(path, convert_options=text).to_pylist()
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends
         raise DataError(f"{label}: cannot read CSV: {exc}") from None
 

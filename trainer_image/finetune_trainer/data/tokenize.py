@@ -43,7 +43,9 @@ def _render(tokenizer: Any, messages: Sequence[Message], *, generation_prompt: b
     return str(text)
 
 
-def assistant_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer: Any, messages: Sequence[Message]
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns."""
     full = _render(tokenizer, messages, generation_prompt=False)
     spans = []
@@ -63,9 +65,7 @@ def assistant_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, l
     return full, spans
 
 
-def tokenize_chat(
-    tokenizer: Any, messages: Sequence[Message], max_length: int
-) -> TokenizedExample:
+def tokenize_chat(tokenizer: Any, messages: Sequence[Message], max_length: int) -> TokenizedExample:
     """Input ids for the whole conversation; labels on assistant turns only."""
     text, spans = assistant_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -39,6 +39,9 @@ class LocalBackend:
     def __init__(self, root_for: type[_PathResolver]) -> None:
         self._resolve = root_for()
 
+    def resolve(self, uri: ParsedUri) -> Path:
+        return self._resolve(uri)
+
     def local_file(self, uri: ParsedUri) -> Path:
         path = self._resolve(uri)
         if not path.is_file():
@@ -163,6 +166,14 @@ BACKENDS: dict[str, Backend] = {
     "hf": HubBackend(),
     "s3": _NotYet("s3"),
 }
+
+
+def local_dir_for(uri: str) -> Path:
+    """The local directory of an output URI on a local scheme (file://, pvc://)."""
+    backend, parsed = backend_for(uri, Role.OUTPUT)
+    if not isinstance(backend, LocalBackend):
+        raise StorageError(f"{uri}: only file:// and pvc:// locations can be read here")
+    return backend.resolve(parsed)
 
 
 def backend_for(uri: str, role: Role) -> tuple[Backend, ParsedUri]:

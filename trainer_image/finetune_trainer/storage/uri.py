@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from urllib.parse import unquote
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """What a URI points at; not every scheme can serve every role."""
 
     MODEL = "model"
@@ -143,6 +143,5 @@ def data_suffix(uri: ParsedUri) -> str | None:
         if lowered.endswith(suffix):
             return suffix
     raise UriError(
-        f"cannot tell the file type of '{uri}'; name a file ending in "
-        + ", ".join(DATA_SUFFIXES)
+        f"cannot tell the file type of '{uri}'; name a file ending in " + ", ".join(DATA_SUFFIXES)
     )

