@@ -12,10 +12,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.loop import StepReport
+from finetune_trainer.loop import StepReport, TrainResult
+
+if TYPE_CHECKING:
+    from finetune_trainer.evaluation import EvalResult
 
 log = logging.getLogger("finetune.trainer")
 
@@ -126,23 +129,18 @@ def run_training(config: TrainerConfig) -> RunResult:
 
 def fine_tune(config: TrainerConfig) -> TrainedRun:
     """Load, evaluate, train and evaluate again; publishing is the caller's."""
-    import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from finetune_trainer.data.prepare import prepare_data
-    from finetune_trainer.evaluation import evaluate
     from finetune_trainer.loop import total_steps, train
     from finetune_trainer.methods import get_method
     from finetune_trainer.modeling import (
         Compute,
         count_parameters,
         load_base_model,
-        load_tokenizer,
         resolve_compute,
     )
-    from finetune_trainer.storage.backends import backend_for
-    from finetune_trainer.storage.uri import Role
 
     _quiet_libraries()
     wall_start = time.perf_counter()
@@ -150,20 +148,12 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
     wanted = resolve_compute(config.training.precision)
     accelerator = Accelerator(mixed_precision=wanted.mixed_precision, cpu=not wanted.is_cuda)
     compute = Compute(accelerator.device, wanted.precision)
-    method = get_method(config.method.type)
-    options = config.method.options()
+    method, options = get_method(config.method.type), config.method.options()
     log.info(
-        "job %s: %s on %s, %s",
-        config.job_name,
-        config.method.type,
-        compute.device,
-        compute.precision,
+        "job %s: %s on %s, %s", config.job_name, method.name, compute.device, compute.precision
     )
 
-    backend, parsed = backend_for(config.model.uri, Role.MODEL)
-    model_dir = backend.local_model_dir(parsed, config.model.revision)
-    trust = config.model.trust_remote_code
-    tokenizer = load_tokenizer(model_dir, trust)
+    model_dir, tokenizer = _fetch_model(config)
     data = prepare_data(
         tokenizer,
         config.dataset,
@@ -175,30 +165,10 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
     model = load_base_model(
         model_dir,
         compute,
-        trust_remote_code=trust,
+        trust_remote_code=config.model.trust_remote_code,
         quantization=method.quantization(options, compute),
     )
-
-    def _evaluate(m: Any, when: str) -> Any:
-        started = time.perf_counter()
-        result = evaluate(
-            m,
-            tokenizer,
-            data.validation,
-            data.eval_samples,
-            batch_size=config.evaluation.batch_size,
-            max_new_tokens=config.evaluation.max_new_tokens,
-        )
-        log.info(
-            "eval %s: loss %s, exact match %s (%.0fs)",
-            when,
-            result.loss,
-            result.exact_match,
-            time.perf_counter() - started,
-        )
-        return result
-
-    before = _evaluate(model, "before training")
+    before = _evaluate(model, tokenizer, data, config, "before training")
     model = method.apply(model, options, compute)
     trainable, total = count_parameters(model)
     steps = total_steps(len(data.train), config.training)
@@ -209,7 +179,6 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
         total,
         100 * trainable / total,
     )
-
     bar = _ProgressBar(steps)
     try:
         result = train(
@@ -223,31 +192,75 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
     finally:
         bar.close()
     model = accelerator.unwrap_model(model)
-    after = _evaluate(model, "after training")
+    after = _evaluate(model, tokenizer, data, config, "after training")
+
+    metrics = run_metrics(result, before, after, data.report.as_dict())
+    metrics.update(
+        trainableParameters=trainable,
+        totalParameters=total,
+        device=str(compute.device),
+        precision=compute.precision,
+        wallSeconds=time.perf_counter() - wall_start,
+    )
+    return TrainedRun(model, tokenizer, metrics, data.validation)
+
+
+def _fetch_model(config: TrainerConfig) -> tuple[Path, Any]:
+    """The base model's local directory and its tokenizer."""
+    from finetune_trainer.modeling import load_tokenizer
+    from finetune_trainer.storage.backends import backend_for
+    from finetune_trainer.storage.uri import Role
+
+    backend, parsed = backend_for(config.model.uri, Role.MODEL)
+    model_dir = backend.local_model_dir(parsed, config.model.revision)
+    return model_dir, load_tokenizer(model_dir, config.model.trust_remote_code)
+
+
+def _evaluate(model: Any, tokenizer: Any, data: Any, config: TrainerConfig, when: str) -> Any:
+    from finetune_trainer.evaluation import evaluate
+
+    started = time.perf_counter()
+    result = evaluate(
+        model,
+        tokenizer,
+        data.validation,
+        data.eval_samples,
+        batch_size=config.evaluation.batch_size,
+        max_new_tokens=config.evaluation.max_new_tokens,
+    )
+    log.info(
+        "eval %s: loss %s, exact match %s (%.0fs)",
+        when,
+        result.loss,
+        result.exact_match,
+        time.perf_counter() - started,
+    )
+    return result
+
+
+def run_metrics(
+    result: TrainResult, before: EvalResult, after: EvalResult, data: dict[str, int]
+) -> dict[str, Any]:
+    """What metrics.json reports (camelCase, like the FineTuneJob status)."""
+    import torch
 
     tail = [h["loss"] for h in result.history[-max(1, len(result.history) // 10) :]]
-    metrics: dict[str, Any] = {
+    return {
         "trainLoss": sum(tail) / len(tail),
         "firstStepLoss": result.history[0]["loss"],
         "evalLossBefore": before.loss,
         "evalLoss": after.loss,
         "exactMatchBefore": before.exact_match,
         "exactMatch": after.exact_match,
-        "exactMatchSamples": len(data.eval_samples),
+        "exactMatchSamples": len(after.predictions),
         "steps": result.steps,
         "tokensPerSecond": result.tokens_per_second,
         "trainSeconds": result.seconds,
-        "trainableParameters": trainable,
-        "totalParameters": total,
-        "device": str(compute.device),
-        "precision": compute.precision,
         "torchVersion": torch.__version__,
-        "data": data.report.as_dict(),
+        "data": data,
         "history": result.history,
         "predictions": [
             {"answer": p.answer, "generated": p.generated, "correct": p.correct}
             for p in after.predictions[:20]
         ],
     }
-    metrics["wallSeconds"] = time.perf_counter() - wall_start
-    return TrainedRun(model, tokenizer, metrics, data.validation)
