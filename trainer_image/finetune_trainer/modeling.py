@@ -102,7 +102,23 @@ def load_base_model(
         raise ModelError(f"cannot load the model from {model_dir}: {exc}") from exc
     if quantization is None:
         model.to(compute.device)
+    else:
+        keep_4bit_layers_trainable(model)
     return model
+
+
+def keep_4bit_layers_trainable(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, a 4-bit layer's first forward in eval mode without grad
+    (the evaluation before training) repacks its weights for a faster kernel that has no
+    backward; training afterwards silently drops the gradient through every frozen
+    layer, so only adapters near the output learn. Evaluating in the training layout
+    costs some speed and keeps evaluation and training on the same weights.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
