@@ -285,3 +285,17 @@ def test_output_outside_its_prefix_is_refused(tmp_path: Path, uri: str) -> None:
     staging = make_tree(tmp_path / "staging")
     with pytest.raises(StorageError):
         publish(staging, uri)
+
+
+def test_verify_reports_files_the_manifest_does_not_list(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": file_entries(tmp_path)}))
+    assert verify_manifest(tmp_path) == []
+    (tmp_path / "stray.bin").write_bytes(b"\0")
+    assert verify_manifest(tmp_path) == ["stray.bin: not listed in the manifest"]
+
+
+def test_a_nested_file_named_manifest_is_an_ordinary_artifact(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "manifest.json").write_text("{}")
+    assert [e["path"] for e in file_entries(tmp_path)] == ["sub/manifest.json"]

@@ -29,16 +29,24 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def artifact_paths(directory: Path) -> list[str]:
+    """Every file under ``directory`` but its top-level manifest, relative and sorted."""
+    return [
+        p.relative_to(directory).as_posix()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p != directory / MANIFEST
+    ]
+
+
 def file_entries(directory: Path) -> list[dict[str, Any]]:
-    """Every file under ``directory`` but the manifest, with size and sha256, sorted."""
+    """Every artifact file with its size and sha256."""
     return [
         {
-            "path": p.relative_to(directory).as_posix(),
-            "size": p.stat().st_size,
-            "sha256": sha256_file(p),
+            "path": rel,
+            "size": (directory / rel).stat().st_size,
+            "sha256": sha256_file(directory / rel),
         }
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        for rel in artifact_paths(directory)
     ]
 
 
@@ -60,18 +68,26 @@ def build_manifest(
 
 
 def verify_manifest(directory: Path) -> list[str]:
-    """Problems found checking ``directory`` against its manifest; empty when it matches."""
+    """Problems found checking ``directory`` against its manifest; empty when it matches.
+
+    Files the manifest does not list count as problems too: the set a reader gets must
+    be exactly the set the trainer vouched for.
+    """
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         return [f"{directory}: no {MANIFEST}, the artifact set is incomplete"]
     manifest = json.loads(manifest_path.read_text())
     problems = []
+    listed = set()
     for entry in manifest["files"]:
+        listed.add(entry["path"])
         path = directory / entry["path"]
         if not path.is_file():
             problems.append(f"{entry['path']}: missing")
         elif path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: size or sha256 differs from the manifest")
+    for extra in sorted(set(artifact_paths(directory)) - listed):
+        problems.append(f"{extra}: not listed in the manifest")
     return problems
 
 

@@ -63,11 +63,10 @@ class LocalBackend:
             target.mkdir(parents=True, exist_ok=True)
             # An old manifest would vouch for files we are about to replace.
             (target / MANIFEST).unlink(missing_ok=True)
-            files = sorted(p for p in staging.rglob("*") if p.is_file())
-            for src in files:
-                if src.name != MANIFEST:
-                    _atomic_copy(src, target / src.relative_to(staging))
             manifest = staging / MANIFEST
+            files = sorted(p for p in staging.rglob("*") if p.is_file() and p != manifest)
+            for src in files:
+                _atomic_copy(src, target / src.relative_to(staging))
             if manifest.exists():
                 _atomic_copy(manifest, target / MANIFEST)
         except OSError as exc:
