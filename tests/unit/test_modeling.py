@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from finetune_trainer.config import QLoraSpec
-from finetune_trainer.methods import get_method
+from finetune_trainer.methods import MethodContext, get_method
 from finetune_trainer.modeling import load_base_model, resolve_compute
 
 OPTIONS = QLoraSpec(r=4, alpha=8, dropout=0.0)
@@ -34,7 +34,8 @@ def lora_gradients(model_dir: Path, *, evaluate_first: bool) -> dict[str, torch.
         with torch.no_grad():
             base(input_ids=IDS)
     torch.manual_seed(0)
-    model = get_method("qlora").apply(base, OPTIONS, resolve_compute("fp32"))
+    context = MethodContext(resolve_compute("fp32"), 1, "causal-lm", model_dir, None)
+    model = get_method("qlora").apply(base, OPTIONS, context)
     for name, param in model.named_parameters():
         if "lora_B" in name:  # zero at init, which would hide the gradient into lora_A
             torch.nn.init.normal_(param, std=0.02)

@@ -88,6 +88,10 @@ def make_scheduler(optimizer: Any, spec: TrainingSpec, steps: int) -> Any:
     )
 
 
+def _no_report(report: StepReport) -> None:
+    return None
+
+
 def train(
     model: Any,
     examples: list[TokenizedExample],
@@ -95,12 +99,23 @@ def train(
     *,
     pad_id: int,
     accelerator: Any,
-    on_step: Callable[[StepReport], None] = lambda report: None,
+    param_groups: list[dict[str, Any]] | None = None,
+    after_step: Callable[[Any, int], None] | None = None,
+    on_step: Callable[[StepReport], None] = _no_report,
 ) -> TrainResult:
-    """Run ``total_steps`` optimizer steps over ``examples``; return what happened."""
+    """Run ``total_steps`` optimizer steps over ``examples``; return what happened.
+
+    ``param_groups`` (default: everything that requires a gradient, at the spec's
+    learning rate) lets a method train groups at different rates; ``after_step`` runs
+    after every optimizer step, before gradients are cleared (AdaLoRA needs them).
+    """
     steps = total_steps(len(examples), spec)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    if param_groups is None:
+        param_groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    params = [p for group in param_groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(
+        param_groups, lr=spec.learning_rate, weight_decay=spec.weight_decay
+    )
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per
     # process, which is right for its dataloaders but not for our per-step count.
     scheduler = make_scheduler(optimizer, spec, steps)
@@ -127,6 +142,8 @@ def train(
             grad_norm = float(accelerator.clip_grad_norm_(params, spec.max_grad_norm))
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step(accelerator.unwrap_model(model), step)
         optimizer.zero_grad(set_to_none=True)
 
         result.seconds = time.perf_counter() - started

@@ -134,7 +134,7 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
 
     from finetune_trainer.data.prepare import prepare_data
     from finetune_trainer.loop import total_steps, train
-    from finetune_trainer.methods import get_method
+    from finetune_trainer.methods import MethodContext, get_method, trainable_groups
     from finetune_trainer.modeling import (
         Compute,
         count_parameters,
@@ -169,9 +169,10 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
         quantization=method.quantization(options, compute),
     )
     before = _evaluate(model, tokenizer, data, config, "before training")
-    model = method.apply(model, options, compute)
-    trainable, total = count_parameters(model)
     steps = total_steps(len(data.train), config.training)
+    context = MethodContext(compute, steps, config.task, model_dir, tokenizer)
+    model = method.apply(model, options, context)
+    trainable, total = count_parameters(model)
     log.info(
         "training %d steps; %d of %d parameters trainable (%.3f%%)",
         steps,
@@ -187,6 +188,8 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
             config.training,
             pad_id=tokenizer.pad_token_id,
             accelerator=accelerator,
+            param_groups=trainable_groups(model, options, config.training.learning_rate, method),
+            after_step=method.after_step,
             on_step=bar,
         )
     finally:

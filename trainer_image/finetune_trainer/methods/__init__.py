@@ -1,29 +1,58 @@
 """The fine-tuning method registry: one entry per ``method.type``.
 
-A method says how to load the base model (``quantization``) and how to turn it into
-the model that trains (``apply``). Adding a method is one spec class in
-``finetune_trainer.config`` and one module here calling :func:`register`.
+A method says how to load the base model (``quantization``), how to turn it into the
+model that trains (``apply``), and, when it needs them, how its parameters split into
+optimizer groups (``param_groups``, e.g. LoRA+ or per-layer learning rates) and what
+runs after each optimizer step (``after_step``, e.g. AdaLoRA's rank reallocation).
+Adding a method is one options class in ``finetune_trainer.config.methods`` and one
+module here calling :func:`register`; :data:`MODULES` lists those modules.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from finetune_trainer.modeling import Compute
 
 
 @dataclass(frozen=True)
+class MethodContext:
+    """What a method may need to know about the run when it builds the model."""
+
+    compute: Compute
+    total_steps: int
+    task: str
+    model_dir: Path
+    tokenizer: Any
+
+
+def _no_quantization(options: Any, compute: Compute) -> Any | None:
+    return None
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
-    apply: Callable[[Any, Any, Compute], Any]
-    """(base model, method options, compute) -> the model to train."""
-    quantization: Callable[[Any, Compute], Any | None] = lambda options, compute: None
+    apply: Callable[[Any, Any, MethodContext], Any]
+    """(base model, method options, context) -> the model to train."""
+    quantization: Callable[[Any, Compute], Any | None] = _no_quantization
     """(method options, compute) -> a transformers quantization config, or None."""
+    param_groups: Callable[[Any, Any, float], list[dict[str, Any]]] | None = None
+    """(model, options, base learning rate) -> optimizer parameter groups."""
+    after_step: Callable[[Any, int], None] | None = None
+    """(model, global step) -> None, called after each optimizer step."""
+    artifact: Literal["adapter", "model"] = "adapter"
+    """adapter: PeftModel.from_pretrained(base, dir) loads it; model: from_pretrained(dir)."""
 
 
 REGISTRY: dict[str, Method] = {}
+
+MODULES = ("lora", "qlora")
+"""Modules under ``finetune_trainer.methods`` that register a method when imported."""
 
 
 def register(method: Method) -> Method:
@@ -35,6 +64,14 @@ def register(method: Method) -> Method:
 
 def get_method(name: str) -> Method:
     # Importing the modules registers them; done here so importing the registry is cheap.
-    from finetune_trainer.methods import lora, qlora  # noqa: F401
-
+    for module in MODULES:
+        importlib.import_module(f"finetune_trainer.methods.{module}")
     return REGISTRY[name]
+
+
+def trainable_groups(model: Any, options: Any, lr: float, method: Method) -> list[dict[str, Any]]:
+    """The optimizer groups for ``model``: the method's own, or one group of everything
+    that requires a gradient."""
+    if method.param_groups is not None:
+        return method.param_groups(model, options, lr)
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]

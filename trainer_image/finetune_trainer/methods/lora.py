@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from finetune_trainer.config import LoraSpec
-from finetune_trainer.methods import Method, register
-from finetune_trainer.modeling import Compute
+from finetune_trainer.methods import Method, MethodContext, register
 
 
 def lora_config(options: LoraSpec) -> Any:
@@ -23,7 +22,7 @@ def lora_config(options: LoraSpec) -> Any:
     )
 
 
-def apply_lora(model: Any, options: LoraSpec, compute: Compute) -> Any:
+def apply_lora(model: Any, options: LoraSpec, ctx: MethodContext) -> Any:
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(options))

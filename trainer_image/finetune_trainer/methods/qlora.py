@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from finetune_trainer.config import QLoraSpec
-from finetune_trainer.methods import Method, register
+from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.lora import lora_config
 from finetune_trainer.modeling import Compute
 
@@ -37,7 +37,7 @@ def quantization(options: QLoraSpec, compute: Compute) -> Any:
     )
 
 
-def apply_qlora(model: Any, options: QLoraSpec, compute: Compute) -> Any:
+def apply_qlora(model: Any, options: QLoraSpec, ctx: MethodContext) -> Any:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
