@@ -50,8 +50,10 @@ def evaluation_loss(
         logits = model(
             input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]
         ).logits
-        shift_logits = logits[:, :-1].float()
-        shift_labels = tensors["labels"][:, 1:]
+        labels = tensors["labels"]
+        # Prompt-learning methods prepend virtual tokens: score the real positions only.
+        shift_logits = logits[:, -labels.size(1) : -1].float()
+        shift_labels = labels[:, 1:]
         total_loss += torch.nn.functional.cross_entropy(
             shift_logits.reshape(-1, shift_logits.size(-1)),
             shift_labels.reshape(-1),

@@ -40,6 +40,16 @@ class TrainingSpec(CamelModel):
     )
     seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Makes runs repeatable.")
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    loss_on: Literal["completion", "all"] = Field(
+        default="completion",
+        description="completion: loss on the assistant turns / completions only; all: on "
+        "every token (raw text always trains on all).",
+    )
+    packing: bool = Field(
+        default=False,
+        description="Pack several examples into each sequence of maxSeqLength tokens; no "
+        "example attends to another (block-diagonal attention, positions restart).",
+    )
     max_grad_norm: float = Field(
         default=1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off."
     )
