@@ -7,15 +7,18 @@ stripping surrounding whitespace: strict on purpose, it is the number users read
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from finetune_trainer.data.batching import collate, length_grouped_batches
 from finetune_trainer.data.prepare import EvalSample
 from finetune_trainer.data.tokenize import TokenizedExample
+from finetune_trainer.losses import shifted
 
 
 @dataclass(frozen=True)
@@ -32,36 +35,56 @@ def normalize(text: str) -> str:
     return text.strip()
 
 
+@dataclass(frozen=True)
+class TokenScores:
+    """Next-token scores over every label token of a set of examples."""
+
+    loss: float
+    accuracy: float
+    tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 50.0))
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "evalLoss": self.loss,
+            "perplexity": self.perplexity,
+            "tokenAccuracy": self.accuracy,
+        }
+
+
 @torch.no_grad()
-def evaluation_loss(
+def token_scores(
     model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
-) -> float | None:
-    """Mean cross-entropy per label token over all of ``examples``."""
+) -> TokenScores | None:
+    """Token-weighted cross-entropy and greedy next-token accuracy over ``examples``."""
     if not examples:
         return None
     model.eval()
     device = next(model.parameters()).device
-    total_loss, total_tokens = 0.0, 0
+    total_loss, total_correct, total_tokens = 0.0, 0, 0
     lengths = [len(e.input_ids) for e in examples]
     for batch in length_grouped_batches(lengths, batch_size, seed=0, shuffle=False):
         tensors = {
             k: v.to(device) for k, v in collate([examples[i] for i in batch], pad_id).items()
         }
-        logits = model(
-            input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]
-        ).logits
-        labels = tensors["labels"]
-        # Prompt-learning methods prepend virtual tokens: score the real positions only.
-        shift_logits = logits[:, -labels.size(1) : -1].float()
-        shift_labels = labels[:, 1:]
-        total_loss += torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)),
-            shift_labels.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        ).item()
-        total_tokens += int((shift_labels != -100).sum())
-    return total_loss / max(total_tokens, 1)
+        labels = tensors.pop("labels")
+        logits, target = shifted(model(**tensors).logits, labels)
+        total_loss += F.cross_entropy(logits.float(), target, reduction="sum").item()
+        total_correct += int((logits.argmax(dim=-1) == target).sum())
+        total_tokens += int(target.numel())
+    n = max(total_tokens, 1)
+    return TokenScores(total_loss / n, total_correct / n, total_tokens)
+
+
+def evaluation_loss(
+    model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
+) -> float | None:
+    """Mean cross-entropy per label token over all of ``examples``."""
+    scores = token_scores(model, examples, batch_size, pad_id)
+    return None if scores is None else scores.loss
 
 
 @torch.no_grad()
@@ -103,6 +126,21 @@ def generate_answers(
     return predictions
 
 
+def rouge_l(predictions: Sequence[Prediction]) -> float | None:
+    """Mean ROUGE-L F1 (0-1) of generations against references (torchmetrics)."""
+    if not predictions:
+        return None
+    from torchmetrics.functional.text.rouge import rouge_score
+
+    scores = rouge_score(
+        [p.generated for p in predictions],
+        [p.answer for p in predictions],
+        rouge_keys="rougeL",
+        accumulate="avg",
+    )
+    return float(scores["rougeL_fmeasure"])
+
+
 def exact_match(predictions: Sequence[Prediction]) -> float | None:
     """Percentage (0-100) of correct predictions; None when there were none to score."""
     if not predictions:
@@ -112,9 +150,14 @@ def exact_match(predictions: Sequence[Prediction]) -> float | None:
 
 @dataclass(frozen=True)
 class EvalResult:
-    loss: float | None
+    scores: TokenScores | None
     exact_match: float | None
+    rouge_l: float | None
     predictions: list[Prediction]
+
+    @property
+    def loss(self) -> float | None:
+        return None if self.scores is None else self.scores.loss
 
 
 def evaluate(
@@ -126,8 +169,8 @@ def evaluate(
     batch_size: int,
     max_new_tokens: int,
 ) -> EvalResult:
-    loss = evaluation_loss(model, validation, batch_size, tokenizer.pad_token_id)
+    scores = token_scores(model, validation, batch_size, tokenizer.pad_token_id)
     predictions = generate_answers(
         model, tokenizer, samples, batch_size=batch_size, max_new_tokens=max_new_tokens
     )
-    return EvalResult(loss, exact_match(predictions), predictions)
+    return EvalResult(scores, exact_match(predictions), rouge_l(predictions), predictions)

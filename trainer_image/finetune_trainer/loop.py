@@ -19,8 +19,11 @@ from typing import Any
 import torch
 
 from finetune_trainer.config import TrainingSpec
+from finetune_trainer.config.training import LOWER_IS_BETTER, EarlyStoppingSpec
 from finetune_trainer.data.batching import collate, count_label_tokens, length_grouped_batches
 from finetune_trainer.data.tokenize import TokenizedExample
+from finetune_trainer.losses import LossFn, causal_lm_loss
+from finetune_trainer.optim import make_optimizer, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class TrainResult:
     tokens: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    best_step: int | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -76,20 +82,70 @@ def _step_groups(
         epoch += 1
 
 
-def make_scheduler(optimizer: Any, spec: TrainingSpec, steps: int) -> Any:
-    from transformers import get_scheduler
-
-    name = "constant_with_warmup" if spec.scheduler == "constant" else spec.scheduler
-    return get_scheduler(
-        name,
-        optimizer,
-        num_warmup_steps=round(spec.warmup_ratio * steps),
-        num_training_steps=steps,
-    )
-
-
 def _no_report(report: StepReport) -> None:
     return None
+
+
+class EarlyStopper:
+    """Tracks an evaluation metric; says when it improved and when patience ran out."""
+
+    def __init__(self, spec: EarlyStoppingSpec) -> None:
+        self.spec = spec
+        self.lower_is_better = spec.metric in LOWER_IS_BETTER
+        self.best: float | None = None
+        self.best_step = 0
+        self.bad_evaluations = 0
+
+    def update(self, value: float, step: int) -> bool:
+        """Record ``value``; True when it is the best so far (by at least minDelta)."""
+        if self.best is None:
+            improved = True
+        else:
+            gain = self.best - value if self.lower_is_better else value - self.best
+            improved = gain > self.spec.min_delta
+        if improved:
+            self.best, self.best_step, self.bad_evaluations = value, step, 0
+            return True
+        self.bad_evaluations += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_evaluations >= self.spec.patience
+
+
+@dataclass
+class TrainHooks:
+    """How a run customises the loop; every field has a plain default."""
+
+    param_groups: list[dict[str, Any]] | None = None
+    """Optimizer groups (default: everything that requires a gradient)."""
+    after_step: Callable[[Any, int], None] | None = None
+    """Runs after each optimizer step, before gradients are cleared (AdaLoRA)."""
+    on_step: Callable[[StepReport], None] = _no_report
+    compute_loss: LossFn = causal_lm_loss
+    step_weight: Callable[[list[TokenizedExample]], int] = count_label_tokens
+    """The units a step's loss is averaged over (label tokens for language models)."""
+    evaluate: Callable[[Any], dict[str, float]] | None = None
+    """Periodic evaluation (``evaluation.everySteps``), on the unwrapped model."""
+    eval_every: int | None = None
+    early_stopping: EarlyStoppingSpec | None = None
+
+
+def count_input_tokens(examples: list[TokenizedExample]) -> int:
+    """Real (non-padding) tokens the model processed: the tokens/s numerator."""
+    return sum(len(e.input_ids) for e in examples)
+
+
+def _snapshot(model: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore(model: Any, snapshot: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in snapshot:
+                param.copy_(snapshot[name])
 
 
 def train(
@@ -99,51 +155,48 @@ def train(
     *,
     pad_id: int,
     accelerator: Any,
-    param_groups: list[dict[str, Any]] | None = None,
-    after_step: Callable[[Any, int], None] | None = None,
-    on_step: Callable[[StepReport], None] = _no_report,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Run ``total_steps`` optimizer steps over ``examples``; return what happened.
 
-    ``param_groups`` (default: everything that requires a gradient, at the spec's
-    learning rate) lets a method train groups at different rates; ``after_step`` runs
-    after every optimizer step, before gradients are cleared (AdaLoRA needs them).
+    With early stopping, training ends once the metric has not improved for
+    ``patience`` evaluations, and the best weights seen are restored before returning.
     """
+    hooks = hooks or TrainHooks()
     steps = total_steps(len(examples), spec)
-    if param_groups is None:
-        param_groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    params = [p for group in param_groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(
-        param_groups, lr=spec.learning_rate, weight_decay=spec.weight_decay
-    )
+    groups = hooks.param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    params = [p for group in groups for p in group["params"]]
+    optimizer = make_optimizer(groups, spec)
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per
     # process, which is right for its dataloaders but not for our per-step count.
     scheduler = make_scheduler(optimizer, spec, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+    stopper = EarlyStopper(hooks.early_stopping) if hooks.early_stopping else None
+    best: dict[str, torch.Tensor] | None = None
 
-    groups = _step_groups(examples, spec)
+    step_groups = _step_groups(examples, spec)
     result = TrainResult(steps=0, train_loss=float("nan"), tokens=0, seconds=0.0)
     started = time.perf_counter()
     for step in range(1, steps + 1):
-        epoch, micro_batches = next(groups)
-        n_label_tokens = count_label_tokens([e for mb in micro_batches for e in mb])
+        epoch, micro_batches = next(step_groups)
+        weight = max(1, hooks.step_weight([e for mb in micro_batches for e in mb]))
         loss_sum = 0.0
         for i, micro in enumerate(micro_batches):
             batch = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
             last = i == len(micro_batches) - 1
             with nullcontext() if last else accelerator.no_sync(model):
-                loss = model(**batch, num_items_in_batch=n_label_tokens).loss
+                loss = hooks.compute_loss(model, batch, weight)
                 accelerator.backward(loss)
             loss_sum += loss.item()
-            result.tokens += int(batch["attention_mask"].sum())
+            result.tokens += count_input_tokens(micro)
         grad_norm = None
         if spec.max_grad_norm > 0:
             grad_norm = float(accelerator.clip_grad_norm_(params, spec.max_grad_norm))
         optimizer.step()
         scheduler.step()
-        if after_step is not None:
-            after_step(accelerator.unwrap_model(model), step)
+        if hooks.after_step is not None:
+            hooks.after_step(accelerator.unwrap_model(model), step)
         optimizer.zero_grad(set_to_none=True)
 
         result.seconds = time.perf_counter() - started
@@ -157,7 +210,7 @@ def train(
                 "learningRate": learning_rate,
             }
         )
-        on_step(
+        hooks.on_step(
             StepReport(
                 step=step,
                 total_steps=steps,
@@ -169,5 +222,21 @@ def train(
                 grad_norm=grad_norm,
             )
         )
+        if hooks.evaluate is None or not hooks.eval_every or step % hooks.eval_every:
+            continue
+        scores = hooks.evaluate(accelerator.unwrap_model(model))
+        model.train()
+        result.eval_history.append({"step": step, **scores})
+        if stopper is None:
+            continue
+        if stopper.update(scores[stopper.spec.metric], step):
+            best = _snapshot(accelerator.unwrap_model(model))
+        elif stopper.should_stop:
+            result.stopped_early = True
+            break
+    if best is not None and stopper is not None and stopper.best_step != result.steps:
+        _restore(accelerator.unwrap_model(model), best)
+    if stopper is not None:
+        result.best_step = stopper.best_step
     model.eval()
     return result

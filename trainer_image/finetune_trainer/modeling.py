@@ -83,11 +83,18 @@ def load_base_model(
     *,
     trust_remote_code: bool,
     quantization: Any | None = None,
+    dropout: float | None = None,
 ) -> Any:
-    """The base model on ``compute.device`` in its training dtype (or quantized)."""
-    from transformers import AutoModelForCausalLM
+    """The base model on ``compute.device`` in its training dtype (or quantized).
+
+    ``dropout`` overrides every dropout probability the model's config declares.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dropout is not None:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        kwargs.update(dropout_overrides(config, dropout))
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": compute.device}
@@ -95,7 +102,9 @@ def load_base_model(
     else:
         # Mixed precision keeps frozen weights in the low-precision dtype (half the
         # memory) while trainable adapters stay fp32 (peft's autocast_adapter_dtype).
-        kwargs["dtype"] = compute.dtype
+        # fp16 keeps fp32 master weights (autocast computes in fp16, the scaler guards
+        # the gradients): fp16 *parameters* cannot be unscaled by the GradScaler.
+        kwargs["dtype"] = torch.float32 if compute.precision == "fp16" else compute.dtype
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -119,6 +128,34 @@ def keep_4bit_layers_trainable(model: Any) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+DROPOUT_ATTRIBUTES = (
+    "attention_dropout",
+    "hidden_dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "mlp_dropout",
+)
+
+
+def dropout_overrides(config: Any, probability: float) -> dict[str, float]:
+    """The config keyword arguments that set every dropout the model declares."""
+    return {name: probability for name in DROPOUT_ATTRIBUTES if hasattr(config, name)}
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute activations in backward; inputs need grads so frozen embeddings still
+    pass gradients to adapters behind them."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    if hasattr(model, "config"):
+        model.config.use_cache = False
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

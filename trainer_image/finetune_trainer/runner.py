@@ -130,14 +130,16 @@ def run_training(config: TrainerConfig) -> RunResult:
 def fine_tune(config: TrainerConfig) -> TrainedRun:
     """Load, evaluate, train and evaluate again; publishing is the caller's."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     from finetune_trainer.data.prepare import prepare_data
-    from finetune_trainer.loop import total_steps, train
+    from finetune_trainer.loop import TrainHooks, total_steps, train
     from finetune_trainer.methods import MethodContext, get_method, trainable_groups
     from finetune_trainer.modeling import (
         Compute,
         count_parameters,
+        enable_gradient_checkpointing,
         load_base_model,
         resolve_compute,
     )
@@ -146,6 +148,9 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
     wall_start = time.perf_counter()
     set_seed(config.training.seed)
     wanted = resolve_compute(config.training.precision)
+    # accelerate keeps process-wide state; a second run in one process (tests, notebooks)
+    # may want another precision, so each run starts from a clean slate.
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=wanted.mixed_precision, cpu=not wanted.is_cuda)
     compute = Compute(accelerator.device, wanted.precision)
     method, options = get_method(config.method.type), config.method.options()
@@ -167,6 +172,7 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
         compute,
         trust_remote_code=config.model.trust_remote_code,
         quantization=method.quantization(options, compute),
+        dropout=config.training.model_dropout,
     )
     before = _evaluate(model, tokenizer, data, config, "before training")
     steps = total_steps(len(data.train), config.training)
@@ -180,7 +186,18 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
         total,
         100 * trainable / total,
     )
+    if config.training.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     bar = _ProgressBar(steps)
+    hooks = TrainHooks(
+        param_groups=trainable_groups(model, options, config.training.learning_rate, method),
+        after_step=method.after_step,
+        on_step=bar,
+        compute_loss=_loss_function(config, compute, model.config.vocab_size),
+        evaluate=lambda m: _periodic_scores(m, tokenizer, data.validation, config),
+        eval_every=config.evaluation.every_steps,
+        early_stopping=config.training.early_stopping,
+    )
     try:
         result = train(
             model,
@@ -188,9 +205,7 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
             config.training,
             pad_id=tokenizer.pad_token_id,
             accelerator=accelerator,
-            param_groups=trainable_groups(model, options, config.training.learning_rate, method),
-            after_step=method.after_step,
-            on_step=bar,
+            hooks=hooks,
         )
     finally:
         bar.close()
@@ -219,6 +234,44 @@ def _fetch_model(config: TrainerConfig) -> tuple[Path, Any]:
     return model_dir, load_tokenizer(model_dir, config.model.trust_remote_code)
 
 
+def _loss_function(config: TrainerConfig, compute: Any, student_vocab: int) -> Any:
+    """The loss the loop minimises: the model's own, or distillation from a teacher."""
+    from finetune_trainer.errors import ConfigError
+    from finetune_trainer.losses import DistillationLoss, causal_lm_loss
+    from finetune_trainer.modeling import load_base_model
+    from finetune_trainer.storage.backends import backend_for
+    from finetune_trainer.storage.uri import Role
+
+    spec = config.training.distillation
+    if spec is None:
+        return causal_lm_loss
+    backend, parsed = backend_for(spec.teacher_uri, Role.MODEL)
+    teacher_dir = backend.local_model_dir(parsed, spec.teacher_revision)
+    teacher = load_base_model(
+        teacher_dir, compute, trust_remote_code=config.model.trust_remote_code
+    )
+    if teacher.config.vocab_size != student_vocab:
+        raise ConfigError(
+            f"training.distillation.teacherUri: the teacher's vocabulary has "
+            f"{teacher.config.vocab_size} tokens, the student's {student_vocab}; distillation "
+            "needs the same tokenizer (pick a teacher from the same model family)"
+        )
+    log.info(
+        "distilling from %s (T=%s, weight %s)", spec.teacher_uri, spec.temperature, spec.weight
+    )
+    return DistillationLoss(teacher, spec.temperature, spec.weight)
+
+
+def _periodic_scores(
+    model: Any, tokenizer: Any, validation: list[Any], config: TrainerConfig
+) -> dict[str, float]:
+    """The cheap evaluation run every evaluation.everySteps (no generation)."""
+    from finetune_trainer.evaluation import token_scores
+
+    scores = token_scores(model, validation, config.evaluation.batch_size, tokenizer.pad_token_id)
+    return {} if scores is None else scores.as_metrics()
+
+
 def _evaluate(model: Any, tokenizer: Any, data: Any, config: TrainerConfig, when: str) -> Any:
     from finetune_trainer.evaluation import evaluate
 
@@ -241,6 +294,14 @@ def _evaluate(model: Any, tokenizer: Any, data: Any, config: TrainerConfig, when
     return result
 
 
+def _scores(suffix: str, result: EvalResult) -> dict[str, float | None]:
+    scores = result.scores
+    return {
+        f"perplexity{suffix}": None if scores is None else scores.perplexity,
+        f"tokenAccuracy{suffix}": None if scores is None else scores.accuracy,
+    }
+
+
 def run_metrics(
     result: TrainResult, before: EvalResult, after: EvalResult, data: dict[str, int]
 ) -> dict[str, Any]:
@@ -255,6 +316,13 @@ def run_metrics(
         "evalLoss": after.loss,
         "exactMatchBefore": before.exact_match,
         "exactMatch": after.exact_match,
+        "rougeLBefore": before.rouge_l,
+        "rougeL": after.rouge_l,
+        **_scores("Before", before),
+        **_scores("", after),
+        "evalHistory": result.eval_history,
+        "stoppedEarly": result.stopped_early,
+        "bestStep": result.best_step,
         "exactMatchSamples": len(after.predictions),
         "steps": result.steps,
         "tokensPerSecond": result.tokens_per_second,

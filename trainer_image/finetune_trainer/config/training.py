@@ -4,11 +4,49 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from finetune_trainer.config.base import CamelModel
+from finetune_trainer.config.base import CamelModel, ModelUri
+
+EvalMetric = Literal["evalLoss", "perplexity", "tokenAccuracy", "accuracy", "macroF1"]
+LOWER_IS_BETTER: frozenset[str] = frozenset({"evalLoss", "perplexity"})
+
+
+class EarlyStoppingSpec(CamelModel):
+    """Stop when the metric has not improved for `patience` evaluations; the best
+    weights seen are the ones published."""
+
+    metric: EvalMetric = Field(
+        default="evalLoss",
+        description="What decides: evalLoss and perplexity lower is better; tokenAccuracy, "
+        "accuracy and macroF1 (classification) higher is better.",
+    )
+    patience: int = Field(
+        default=3, ge=1, le=10000, description="Evaluations without improvement before stopping."
+    )
+    min_delta: float = Field(
+        default=0.0, ge=0, description="The smallest change that counts as an improvement."
+    )
+
+
+class DistillationSpec(CamelModel):
+    """Knowledge distillation from a teacher causal LM sharing the student's vocabulary."""
+
+    teacher_uri: ModelUri
+    teacher_revision: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Revision of an hf:// teacher."
+    )
+    temperature: float = Field(
+        default=2.0, gt=0, le=100, description="Softens both distributions before the KL term."
+    )
+    weight: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Loss = (1 - weight) x cross-entropy + weight x temperature^2 x "
+        "KL(teacher || student), over the label tokens.",
+    )
+
 
 # --------------------------------------------------------------------------- training
 
@@ -39,7 +77,36 @@ class TrainingSpec(CamelModel):
         description="auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.",
     )
     seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Makes runs repeatable.")
-    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    optimizer: Literal["adamw", "adamw-8bit", "sgd", "adafactor"] = Field(
+        default="adamw",
+        description="adamw (torch), adamw-8bit (bitsandbytes, 8-bit optimizer states), sgd "
+        "(with momentum), adafactor (factored second moments, least memory).",
+    )
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Decoupled weight decay (adamw, adafactor) or L2 (sgd).",
+    )
+    model_dropout: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Overrides the model's own dropout probabilities (attention and hidden) "
+        "for training. Default: the model's config.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass: much less memory, ~30% "
+        "more compute.",
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None, description="Needs evaluation.everySteps."
+    )
+    distillation: DistillationSpec | None = Field(
+        default=None, description="Also learn from a teacher model's token distributions."
+    )
     loss_on: Literal["completion", "all"] = Field(
         default="completion",
         description="completion: loss on the assistant turns / completions only; all: on "
@@ -68,4 +135,10 @@ class EvaluationSpec(CamelModel):
     )
     max_new_tokens: int = Field(
         default=64, ge=1, le=4096, description="Generation budget per exact-match sample."
+    )
+    every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Also evaluate (loss, perplexity, token accuracy) every N optimizer steps. "
+        "Default: only before and after training.",
     )

@@ -1,0 +1,78 @@
+"""Optimizers and learning-rate schedules, one registry entry per ``training.optimizer``.
+
+Parameter groups come from the method (LoRA+ and per-layer rates set their own
+``lr``); every group without one gets ``training.learningRate``. Weight decay is
+applied to matrices only, never to biases and norm weights (1-D tensors), as is usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from finetune_trainer.config import TrainingSpec
+
+
+def _split_decay(groups: list[dict[str, Any]], weight_decay: float) -> list[dict[str, Any]]:
+    out = []
+    for group in groups:
+        matrices = [p for p in group["params"] if p.ndim >= 2]
+        vectors = [p for p in group["params"] if p.ndim < 2]
+        rest = {k: v for k, v in group.items() if k != "params"}
+        if matrices:
+            out.append({**rest, "params": matrices, "weight_decay": weight_decay})
+        if vectors:
+            out.append({**rest, "params": vectors, "weight_decay": 0.0})
+    return out
+
+
+def _adamw(groups: list[dict[str, Any]], spec: TrainingSpec) -> Any:
+    return torch.optim.AdamW(groups, lr=spec.learning_rate)
+
+
+def _adamw_8bit(groups: list[dict[str, Any]], spec: TrainingSpec) -> Any:
+    from bitsandbytes.optim.adamw import AdamW8bit
+
+    return AdamW8bit(groups, lr=spec.learning_rate)
+
+
+def _sgd(groups: list[dict[str, Any]], spec: TrainingSpec) -> Any:
+    return torch.optim.SGD(groups, lr=spec.learning_rate, momentum=spec.momentum)
+
+
+def _adafactor(groups: list[dict[str, Any]], spec: TrainingSpec) -> Any:
+    # transformers' Adafactor with an absolute step size, as recommended for fine-tuning.
+    # torch's scales each update by the parameter's RMS, which freezes zero-initialised
+    # parameters such as LoRA's B matrices.
+    from transformers.optimization import Adafactor
+
+    return Adafactor(
+        groups, lr=spec.learning_rate, scale_parameter=False, relative_step=False,
+        warmup_init=False,
+    )
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], TrainingSpec], Any]] = {
+    "adamw": _adamw,
+    "adamw-8bit": _adamw_8bit,
+    "sgd": _sgd,
+    "adafactor": _adafactor,
+}
+
+
+def make_optimizer(groups: list[dict[str, Any]], spec: TrainingSpec) -> Any:
+    return OPTIMIZERS[spec.optimizer](_split_decay(groups, spec.weight_decay), spec)
+
+
+def make_scheduler(optimizer: Any, spec: TrainingSpec, steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if spec.scheduler == "constant" else spec.scheduler
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=round(spec.warmup_ratio * steps),
+        num_training_steps=steps,
+    )
