@@ -174,3 +174,25 @@ def test_count_label_tokens_of_unlabelled_examples_is_zero() -> None:
     assert count_label_tokens([TokenizedExample([1, 2, 3], [X, X, X])]) == 0
     assert count_label_tokens([TokenizedExample([1], [1])]) == 0
     assert count_label_tokens([]) == 0
+
+
+def test_classification_examples_collate_to_one_class_id_per_row() -> None:
+    examples = [
+        TokenizedExample([5, 6, 7], [X, X, X], label=2),
+        TokenizedExample([8], [X], label=0),
+    ]
+
+    batch = collate(examples, pad_id=0)
+
+    assert batch["labels"].tolist() == [2, 0]
+    assert batch["labels"].dtype == torch.long
+    assert batch["labels"].dim() == 1
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    # The loss of a classification step is averaged over examples, not tokens.
+    assert count_label_tokens(examples) == 2
+
+
+def test_class_id_zero_is_a_class_not_a_missing_label() -> None:
+    batch = collate([TokenizedExample([1, 2], [X, X], label=0)], pad_id=0)
+    assert batch["labels"].tolist() == [0]

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from finetune_operator.api import FineTuneJobSpec, FineTuneJobStatus
 from finetune_operator.crd import build_crd, render_crd_yaml
-from finetune_trainer.config import DatasetSpec, MethodSpec
+from finetune_trainer.config import DatasetSpec, JobSections, MethodSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "finetunejobs.finetune-operator.io.yaml"
@@ -264,7 +264,9 @@ def test_top_level_shape(schema: dict[str, Any]) -> None:
     assert set(schema["properties"]) == {"apiVersion", "kind", "metadata", "spec", "status"}
     assert at(schema, "spec")["required"] == ["model", "dataset"]
     assert at(schema, "spec.model")["required"] == ["uri"]
-    assert at(schema, "spec.dataset")["required"] == ["train"]
+    # train or mixture: neither is required alone, a CEL rule asks for exactly one.
+    assert "required" not in at(schema, "spec.dataset")
+    assert at(schema, "spec.dataset.mixture")["items"]["required"] == ["train"]
 
 
 # --------------------------------------------------------------------------- faithful to pydantic
@@ -412,13 +414,31 @@ def test_target_modules_keeps_its_union(schema: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- CEL twins
 
 
-def test_dataset_cel_rule(schema: dict[str, Any]) -> None:
+def test_dataset_cel_rules(schema: dict[str, Any]) -> None:
     rules = at(schema, "spec.dataset")["x-kubernetes-validations"]
     assert rules == DatasetSpec.model_json_schema()["x-kubernetes-validations"]
-    (rule,) = rules
-    assert "has(self.validation)" in rule["rule"]
-    assert "has(self.validationSplit)" in rule["rule"]
-    assert "not both" in rule["message"]
+    validation, train = rules
+    assert "has(self.validation)" in validation["rule"]
+    assert "has(self.validationSplit)" in validation["rule"]
+    assert "not both" in validation["message"]
+    assert train["rule"] == "has(self.train) != has(self.mixture)"
+    assert "exactly one of train" in train["message"]
+    # CEL over a list needs a bound for the API server's cost estimate.
+    assert at(schema, "spec.dataset.mixture")["maxItems"] == 64
+
+
+def test_task_cel_rules_pair_classification_with_its_task(schema: dict[str, Any]) -> None:
+    rules = at(schema, "spec")["x-kubernetes-validations"]
+    assert rules == JobSections.model_json_schema()["x-kubernetes-validations"]
+    fmt, mixture, packing = rules
+    assert "self.task == 'sequence-classification'" in fmt["rule"]
+    assert "self.dataset.format == 'classification'" in fmt["rule"]
+    assert "self.dataset.mixture.all(m, !has(m.format)" in mixture["rule"]
+    assert "self.training.packing" in packing["rule"]
+    # every field a rule names exists where the rule looks for it
+    for path in ("task", "dataset.format", "dataset.mixture", "training.packing"):
+        at(schema, f"spec.{path}")
+    assert at(schema, "spec.task")["enum"] == ["causal-lm", "sequence-classification"]
 
 
 def test_method_cel_rules_cover_every_section(schema: dict[str, Any]) -> None:

@@ -210,6 +210,59 @@ def test_text_must_be_a_string() -> None:
         convert("text", {"text": ["a", "b"]})
 
 
+# --------------------------------------------------------------------------- classification
+
+
+@pytest.mark.parametrize("label", ["positive", 3, 0])
+def test_classification_rows_carry_text_and_label(label: str | int) -> None:
+    example = convert("classification", {"text": "great film", "label": label})
+
+    assert example == Example(text="great film", label=label)
+    assert example.is_classification
+    assert example.text_pair is None
+    # Not a conversation: no exact-match sample.
+    assert example.answer is None and example.prompt is None
+
+
+def test_classification_pairs_and_renamed_columns() -> None:
+    cols = ColumnMapping(text="premise", text_pair="hypothesis", label="gold")
+    row = {"premise": "A man sleeps.", "hypothesis": "A person rests.", "gold": "entailment"}
+
+    example = convert("classification", row, cols)
+
+    assert example == Example(text="A man sleeps.", text_pair="A person rests.", label="entailment")
+
+
+def test_a_configured_pair_column_must_be_there() -> None:
+    cols = ColumnMapping(text_pair="hypothesis")
+    with pytest.raises(
+        DataError, match=r"column 'hypothesis' is missing.*dataset\.columns\.textPair"
+    ):
+        convert("classification", {"text": "x", "label": 1}, cols)
+
+
+def test_a_whole_float_label_is_the_integer() -> None:
+    # pandas writes an integer column with gaps to Parquet as floats.
+    assert convert("classification", {"text": "x", "label": 2.0}).label == 2
+
+
+@pytest.mark.parametrize(
+    ("label", "fragment"),
+    [
+        (0.5, "string or an integer label, got float 0.5"),
+        (True, "string or an integer label, got bool True"),
+        (["a"], "got list"),
+        ("  ", "holds an empty label"),
+    ],
+)
+def test_bad_labels_are_refused_with_the_row(label: object, fragment: str) -> None:
+    with pytest.raises(DataError) as info:
+        to_examples([{"text": "x", "label": label}], "classification", DEFAULT, "dataset.train")
+    assert str(info.value).startswith("dataset.train row 0 (format classification):")
+    assert fragment in str(info.value)
+    assert "column 'label'" in str(info.value)
+
+
 # --------------------------------------------------------------------------- missing columns
 
 
@@ -222,6 +275,8 @@ def test_text_must_be_a_string() -> None:
         ("prompt-completion", {"completion": "x"}, "prompt", "prompt"),
         ("prompt-completion", {"prompt": "x", "completion": None}, "completion", "completion"),
         ("text", {"body": "x"}, "text", "text"),
+        ("classification", {"label": "pos"}, "text", "text"),
+        ("classification", {"text": "x"}, "label", "label"),
     ],
 )
 def test_a_missing_column_names_the_setting_and_the_row(
@@ -234,6 +289,7 @@ def test_a_missing_column_names_the_setting_and_the_row(
         "instruction": {"instruction": "q", "output": "a"},
         "prompt-completion": {"prompt": "q", "completion": "a"},
         "text": {"text": "t"},
+        "classification": {"text": "t", "label": "pos"},
     }[fmt]
 
     with pytest.raises(DataError) as info:

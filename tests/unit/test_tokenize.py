@@ -18,6 +18,7 @@ from finetune_trainer.data.tokenize import (
     TokenizedExample,
     generation_prompt_ids,
     tokenize_chat,
+    tokenize_classification,
     tokenize_example,
     tokenize_text,
 )
@@ -187,3 +188,90 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(tiny_tokenizer: Any) 
         tokenize_chat(tokenizer, messages, max_length=512)
     # The shared fixture is untouched.
     assert tokenize_chat(tiny_tokenizer, messages, max_length=512).trained_tokens > 0
+
+
+# --------------------------------------------------------------------------- lossOn: all
+
+
+def test_loss_on_all_labels_every_token_of_the_conversation(tiny_tokenizer: Any) -> None:
+    completion = tokenize_chat(tiny_tokenizer, MULTI_TURN, max_length=512)
+    everything = tokenize_chat(tiny_tokenizer, MULTI_TURN, max_length=512, loss_on="all")
+
+    assert everything.input_ids == completion.input_ids
+    assert everything.labels == everything.input_ids
+    assert everything.trained_tokens == len(everything.input_ids) > completion.trained_tokens
+
+
+def test_loss_on_all_truncates_like_completion(tiny_tokenizer: Any) -> None:
+    full = tokenize_chat(tiny_tokenizer, MULTI_TURN, max_length=512, loss_on="all")
+    cut = tokenize_chat(tiny_tokenizer, MULTI_TURN, max_length=20, loss_on="all")
+
+    assert cut.truncated
+    assert cut.input_ids == cut.labels == full.input_ids[:20]
+
+
+def test_tokenize_example_passes_loss_on_to_chat_only(tiny_tokenizer: Any) -> None:
+    chat = Example(messages=tuple(MULTI_TURN))
+    assert tokenize_example(tiny_tokenizer, chat, 512, loss_on="all") == tokenize_chat(
+        tiny_tokenizer, MULTI_TURN, 512, loss_on="all"
+    )
+    # Raw text trains on every token either way.
+    text = Example(text="colour red")
+    assert tokenize_example(tiny_tokenizer, text, 512, loss_on="completion") == tokenize_text(
+        tiny_tokenizer, "colour red", 512
+    )
+
+
+# --------------------------------------------------------------------------- classification
+
+
+@pytest.fixture
+def pairing_tokenizer(tiny_tokenizer: Any) -> Any:
+    """The tiny tokenizer with a BERT-like post-processor: specials around each text."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    start, end = "<|im_start|>", IM_END
+    ids = [(t, tokenizer.convert_tokens_to_ids(t)) for t in (start, end)]
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{start} $A {end}", pair=f"{start} $A {end} $B:1 {end}:1", special_tokens=ids
+    )
+    return tokenizer
+
+
+def test_classification_encodes_with_the_tokenizers_special_tokens(pairing_tokenizer: Any) -> None:
+    tokenized = tokenize_example(
+        pairing_tokenizer, Example(text="colour red", label="pos"), max_length=64
+    )
+
+    assert pairing_tokenizer.decode(tokenized.input_ids) == f"<|im_start|>colour red{IM_END}"
+    # The target is one class, set from the vocabulary later; no token is a label.
+    assert tokenized.labels == [IGNORE_INDEX] * len(tokenized.input_ids)
+    assert tokenized.label is None
+    assert not tokenized.truncated
+
+
+def test_classification_pairs_are_encoded_as_the_tokenizer_pairs_them(
+    pairing_tokenizer: Any,
+) -> None:
+    tokenized = tokenize_classification(pairing_tokenizer, "colour red", "the answer", 64)
+
+    assert tokenized.input_ids == pairing_tokenizer("colour red", "the answer")["input_ids"]
+    assert pairing_tokenizer.decode(tokenized.input_ids) == (
+        f"<|im_start|>colour red{IM_END}the answer{IM_END}"
+    )
+
+
+def test_classification_truncation_cuts_the_longer_text_and_keeps_the_specials(
+    pairing_tokenizer: Any,
+) -> None:
+    long_text = "colour red green blue yellow " * 20
+    full = tokenize_classification(pairing_tokenizer, long_text, "the answer", 10_000)
+    cut = tokenize_classification(pairing_tokenizer, long_text, "the answer", 24)
+
+    assert len(full.input_ids) > 24
+    assert cut.truncated
+    assert len(cut.input_ids) == 24
+    decoded = pairing_tokenizer.decode(cut.input_ids)
+    assert decoded.startswith("<|im_start|>colour red")
+    assert decoded.endswith(f"{IM_END}the answer{IM_END}")  # the short pair survives whole

@@ -165,6 +165,9 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
         max_length=config.training.max_seq_length,
         seed=config.training.seed,
         eval_samples=config.evaluation.exact_match_samples,
+        loss_on=config.training.loss_on,
+        packing=config.training.packing,
+        task=config.task,
     )
     log.info("data: %s", data.report.as_dict())
     model = load_base_model(

@@ -1,4 +1,8 @@
-"""The ``dataset`` section: where rows come from and how they are read."""
+"""The ``dataset`` section: where rows come from, how they are read and cleaned.
+
+Rows come either from one ``train`` file or from a ``mixture`` of weighted sources
+(multi-task fine-tuning); exactly one of the two is set.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,13 @@ from finetune_trainer.config.base import CamelModel, DatasetUri
 
 # --------------------------------------------------------------------------- dataset
 
-DatasetFormat = Literal["messages", "instruction", "prompt-completion", "text"]
+DatasetFormat = Literal["messages", "instruction", "prompt-completion", "text", "classification"]
+
+_FORMAT_DESCRIPTION = (
+    "messages (chat turns), instruction (instruction/input/output), prompt-completion, "
+    "text (continued pretraining on raw text), or classification (a text, optionally a "
+    "second text, and a label; needs task: sequence-classification)."
+)
 
 
 class ColumnMapping(CamelModel):
@@ -40,7 +50,25 @@ class ColumnMapping(CamelModel):
     completion: str = Field(
         default="completion", min_length=1, description="Format prompt-completion: the completion."
     )
-    text: str = Field(default="text", min_length=1, description="Format text: raw text.")
+    text: str = Field(
+        default="text",
+        min_length=1,
+        description="Formats text and classification: the text.",
+    )
+    text_pair: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Format classification: a second text column for sentence-pair tasks "
+        "(e.g. premise and hypothesis), encoded with the first as the tokenizer pairs them. "
+        "Unset: single texts.",
+    )
+    label: str = Field(
+        default="label",
+        min_length=1,
+        description="Format classification: the class of each row, a string or an integer. "
+        "Class ids are the training set's labels sorted (numerically when every label is an "
+        "integer).",
+    )
     system: str | None = Field(
         default=None,
         min_length=1,
@@ -49,38 +77,91 @@ class ColumnMapping(CamelModel):
     )
 
 
+class MixtureSource(CamelModel):
+    """One source of a dataset mixture and its share of the training set."""
+
+    train: DatasetUri = Field(
+        description="This source's rows: a .jsonl, .json, .csv or .parquet file "
+        "(file://, pvc://, s3:// or hf://datasets/org/name)."
+    )
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="This source's share of the mixed training set, relative to the other "
+        "weights (2 and 1: two thirds and one third of the rows). The mixed set has as many "
+        "rows as all sources together; a source is subsampled or repeated to its share.",
+    )
+    format: DatasetFormat | None = Field(
+        default=None, description="How this source's rows are read. Default: dataset.format."
+    )
+    columns: ColumnMapping | None = Field(
+        default=None,
+        description="Column names of this source; replaces dataset.columns for it (unset "
+        "names take their usual defaults). Default: dataset.columns.",
+    )
+
+
+MAX_MIXTURE_SOURCES = 64
+"""Bounded so the API server can estimate the cost of CEL rules over the list."""
+
+
 class DatasetSpec(CamelModel):
     """The training data, its validation data and how to read rows."""
 
-    # The CEL twin of `_one_validation_source`, so the API server refuses it too.
+    # The CEL twins of the model validators below, so the API server refuses these too.
     model_config = CamelModel.model_config | ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "!(has(self.validation) && has(self.validationSplit))",
                     "message": "set either validation or validationSplit, not both",
-                }
+                },
+                {
+                    "rule": "has(self.train) != has(self.mixture)",
+                    "message": "set exactly one of train (one file) or mixture (weighted sources)",
+                },
             ]
         }
     )
 
-    train: DatasetUri
+    train: DatasetUri | None = Field(
+        default=None,
+        description="The training rows: a .jsonl, .json, .csv or .parquet file (file://, "
+        "pvc://, s3:// or hf://datasets/org/name). Set train or mixture.",
+    )
+    mixture: list[MixtureSource] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_MIXTURE_SOURCES,
+        description="Several training sources mixed by weight (multi-task fine-tuning), "
+        "instead of train. Sampled once, seeded by training.seed; validationSplit holds "
+        "out that fraction of each source before sampling.",
+    )
     validation: DatasetUri | None = Field(
-        default=None, description="Held-out rows. Default: split from train (validationSplit)."
+        default=None,
+        description="Held-out rows, read with format and columns. Default: split from "
+        "train, or from each mixture source (validationSplit).",
     )
     validation_split: float | None = Field(
         default=None,
         gt=0,
         lt=1,
-        description="Fraction of train held out for evaluation when no validation set is "
-        "given. Default: 0.1.",
+        description="Fraction of train (of each mixture source) held out for evaluation "
+        "when no validation set is given. Default: 0.1.",
     )
-    format: DatasetFormat = Field(
-        default="messages",
-        description="messages (chat turns), instruction (instruction/input/output), "
-        "prompt-completion, or text (continued pretraining on raw text).",
-    )
+    format: DatasetFormat = Field(default="messages", description=_FORMAT_DESCRIPTION)
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    overlong: Literal["truncate", "drop"] = Field(
+        default="truncate",
+        description="Rows longer than training.maxSeqLength tokens: truncate keeps their "
+        "first maxSeqLength tokens, drop leaves them out. Both are counted in metrics.json.",
+    )
+    deduplicate: bool = Field(
+        default=True,
+        description="Drop rows whose content repeats an earlier row of the same file "
+        "(compared after Unicode NFC, CRLF to LF and trimming). Turn off to keep "
+        "deliberate repeats; mixture weights are the cleaner way to upsample.",
+    )
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> Self:
@@ -88,6 +169,20 @@ class DatasetSpec(CamelModel):
             raise ValueError(
                 "set either validation (a held-out file) or validationSplit (a fraction of "
                 "train), not both"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _train_or_mixture(self) -> Self:
+        if self.train is None and self.mixture is None:
+            raise ValueError(
+                "no training data: set train (one file) or mixture (a list of {train, "
+                "weight} sources)"
+            )
+        if self.train is not None and self.mixture is not None:
+            raise ValueError(
+                "set either train (one file) or mixture (weighted sources), not both; "
+                "to mix train with other data, make it a mixture source"
             )
         return self
 

@@ -4,10 +4,13 @@ TrainerConfig the trainer reads."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import (
+    ConfigDict,
     Field,
+    JsonValue,
+    model_validator,
 )
 
 from finetune_trainer.config.base import TRAINER_CONFIG_VERSION, CamelModel, ModelUri, OutputUri
@@ -45,19 +48,75 @@ class OutputTarget(CamelModel):
     uri: OutputUri
 
 
+Task = Literal["causal-lm", "sequence-classification"]
+
+_IS_CLASSIFICATION_TASK = "(has(self.task) && self.task == 'sequence-classification')"
+_TASK_CEL_RULES: list[JsonValue] = [
+    # The CEL twins of `JobSections._task_matches_data`.
+    {
+        "rule": f"{_IS_CLASSIFICATION_TASK} == "
+        "(has(self.dataset.format) && self.dataset.format == 'classification')",
+        "message": "dataset.format classification goes with task sequence-classification, "
+        "and task sequence-classification with dataset.format classification",
+    },
+    {
+        "rule": "!has(self.dataset.mixture) || self.dataset.mixture.all(m, !has(m.format) "
+        f"|| ((m.format == 'classification') == {_IS_CLASSIFICATION_TASK}))",
+        "message": "a dataset.mixture source's format must be classification exactly when "
+        "task is sequence-classification",
+    },
+    {
+        "rule": f"!{_IS_CLASSIFICATION_TASK} || !has(self.training) || "
+        "!has(self.training.packing) || !self.training.packing",
+        "message": "training.packing is for causal-lm; a sequence-classification example "
+        "is one sequence with one label",
+    },
+]
+
+
 class JobSections(CamelModel):
     """The sections a FineTuneJob spec and a TrainerConfig have in common."""
 
-    task: Literal["causal-lm"] = Field(
+    model_config = CamelModel.model_config | ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": _TASK_CEL_RULES}
+    )
+
+    task: Task = Field(
         default="causal-lm",
-        description="causal-lm: supervised fine-tuning or continued "
-        "pretraining of a decoder language model.",
+        description="causal-lm: supervised fine-tuning or continued pretraining of a decoder "
+        "language model. sequence-classification: a classification head on the model, "
+        "trained on dataset.format classification.",
     )
     model: ModelSource
     dataset: DatasetSpec
     method: MethodSpec = Field(default_factory=MethodSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @model_validator(mode="after")
+    def _task_matches_data(self) -> Self:
+        classifying = self.task == "sequence-classification"
+        where = {"dataset.format": self.dataset.format}
+        for i, source in enumerate(self.dataset.mixture or []):
+            if source.format is not None:
+                where[f"dataset.mixture[{i}].format"] = source.format
+        for field, fmt in where.items():
+            if classifying and fmt != "classification":
+                raise ValueError(
+                    f"task is sequence-classification but {field} is {fmt}; set {field}: "
+                    "classification (rows with a text and a label column), or task: causal-lm"
+                )
+            if not classifying and fmt == "classification":
+                raise ValueError(
+                    f"{field} is classification but task is {self.task}; set task: "
+                    "sequence-classification to train a classification head"
+                )
+        if classifying and self.training.packing:
+            raise ValueError(
+                "training.packing is for causal-lm: a sequence-classification example is one "
+                "sequence with one label; remove packing or set it to false"
+            )
+        return self
 
 
 _JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

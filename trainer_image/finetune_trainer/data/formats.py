@@ -1,8 +1,9 @@
 """Dataset formats: one registry entry per ``dataset.format``.
 
-Each entry turns a row into an :class:`Example`: either a chat conversation (trained
-on the assistant turns only) or raw text (every token trained). Column names come
-from ``dataset.columns``; a missing column is reported with the setting that fixes it.
+Each entry turns a row into an :class:`Example`: a chat conversation (trained on the
+assistant turns only), a raw text (every token trained), or a text to classify (a text,
+optionally a second text, and a label). Column names come from ``dataset.columns``; a
+missing column is reported with the setting that fixes it.
 """
 
 from __future__ import annotations
@@ -18,12 +19,25 @@ Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
 
+Label = str | int
+
+
 @dataclass(frozen=True)
 class Example:
-    """A conversation (``messages``) or a raw text (``text``); exactly one is set."""
+    """A conversation (``messages``) or a text (``text``); exactly one is set.
+
+    A text with a ``label`` is a classification example (``text_pair`` optionally
+    holds its second text); a text without one is continued pretraining.
+    """
 
     messages: tuple[Message, ...] | None = None
     text: str | None = None
+    text_pair: str | None = None
+    label: Label | None = None
+
+    @property
+    def is_classification(self) -> bool:
+        return self.label is not None
 
     @property
     def answer(self) -> str | None:
@@ -109,11 +123,35 @@ def _raw_text(row: dict[str, Any], cols: ColumnMapping) -> Example:
     return Example(text=_text(_column(row, cols.text, "text"), "text"))
 
 
+def _label(value: Any, column: str) -> Label:
+    # Parquet written from pandas stores an integer column with gaps as floats.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RowError(
+            f"column '{column}' must hold a string or an integer label, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    if isinstance(value, str) and not value.strip():
+        raise RowError(f"column '{column}' holds an empty label")
+    return value
+
+
+def _classification(row: dict[str, Any], cols: ColumnMapping) -> Example:
+    text = _text(_column(row, cols.text, "text"), "text")
+    pair = None
+    if cols.text_pair is not None:
+        pair = _text(_column(row, cols.text_pair, "textPair"), "textPair")
+    label = _label(_column(row, cols.label, "label"), cols.label)
+    return Example(text=text, text_pair=pair, label=label)
+
+
 FORMATS: dict[str, Callable[[dict[str, Any], ColumnMapping], Example]] = {
     "messages": _messages,
     "instruction": _instruction,
     "prompt-completion": _prompt_completion,
     "text": _raw_text,
+    "classification": _classification,
 }
 
 

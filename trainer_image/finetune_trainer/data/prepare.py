@@ -1,27 +1,40 @@
 """From dataset URIs to tokenized train and validation sets, with a report of counts.
 
-This is the one place that reads data for a run: it resolves URIs through the storage
-registry, converts rows by format, splits off validation when no file is given
-(seeded, so every rank and every retry gets the same split), tokenizes, and drops
-examples with nothing to learn. The counts go into the run's metrics.
+This is the one place that reads data for a run. For each file (``dataset.train``,
+``dataset.validation`` or each ``dataset.mixture`` source) it resolves the URI through
+the storage registry, converts rows by format, drops empty rows and exact duplicates
+(``data.cleaning``), and tokenizes, through the tokenization cache (``data.cache``).
+Then it splits off validation when no file is given (seeded, so every rank and every
+retry gets the same split; per source for a mixture), drops or counts examples longer
+than ``maxSeqLength`` (``dataset.overlong``) and examples with nothing to learn, mixes
+the sources by weight (``data.mixture``), assigns class ids for classification
+(``data.labels``) and packs (``data.packing``) when asked. Every count goes into the
+run's metrics (``DataReport``), on a cache hit as on a miss.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from finetune_trainer.config import DatasetSpec
+from finetune_trainer.config import ColumnMapping, DatasetSpec
+from finetune_trainer.data import cache
+from finetune_trainer.data.cleaning import clean
 from finetune_trainer.data.formats import Example, to_examples
+from finetune_trainer.data.labels import LabelVocabulary
 from finetune_trainer.data.loading import read_rows
+from finetune_trainer.data.mixture import mixture_plan
+from finetune_trainer.data.packing import pack_examples
 from finetune_trainer.data.tokenize import (
+    LossOn,
     TemplateError,
     TokenizedExample,
     generation_prompt_ids,
     tokenize_example,
 )
-from finetune_trainer.errors import DataError
+from finetune_trainer.errors import ConfigError, DataError
 from finetune_trainer.storage.backends import backend_for
 from finetune_trainer.storage.uri import Role, data_suffix
 
@@ -36,15 +49,34 @@ class EvalSample:
 
 @dataclass
 class DataReport:
+    """Counts for metrics.json ``data``. Row counts are examples of the files, each once
+    (a mixture's repeats are not counted again); ``train_rows`` and ``validation_rows``
+    are what training and evaluation use, after every drop and the mixing."""
+
+    rows_read: int = 0
+    dropped_empty: int = 0
+    dropped_duplicates: int = 0
+    truncated: int = 0
+    dropped_overlong: int = 0
+    dropped_no_labels: int = 0
     train_rows: int = 0
     validation_rows: int = 0
-    truncated: int = 0
-    dropped_no_labels: int = 0
     train_tokens: int = 0
     trained_tokens: int = 0
+    packed_sequences: int = 0
+    """Sequences after packing; 0 when training.packing is off."""
+    classes: int = 0
+    """Classification: the number of labels (the classifier's outputs)."""
+    files_tokenized: int = 0
+    files_from_cache: int = 0
+    mixture: list[dict[str, Any]] = field(default_factory=list)
+    """Per mixture source: its URI, weight, usable training rows and rows sampled."""
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        if not self.mixture:
+            del out["mixture"]
+        return out
 
 
 @dataclass
@@ -53,78 +85,281 @@ class PreparedData:
     validation: list[TokenizedExample]
     eval_samples: list[EvalSample]
     report: DataReport = field(default_factory=DataReport)
+    labels: LabelVocabulary | None = None
+    """Classification: class names in id order (``label2id``/``id2label`` for the head)."""
 
 
-def load_examples(uri: str, spec: DatasetSpec, label: str) -> list[Example]:
+@dataclass(frozen=True)
+class TokenizeSettings:
+    """Everything besides the file and the tokenizer that decides the tokens."""
+
+    max_length: int
+    loss_on: LossOn = "completion"
+    task: str = "causal-lm"
+    deduplicate: bool = True
+
+    def cache_settings(self, fmt: str, columns: ColumnMapping) -> dict[str, Any]:
+        return {
+            "format": fmt,
+            "columns": columns.model_dump(mode="json"),
+            "max_length": self.max_length,
+            "loss_on": self.loss_on,
+            "task": self.task,
+            "deduplicate": self.deduplicate,
+        }
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One usable example: what it says, its tokens, and where it came from."""
+
+    example: Example
+    tokens: TokenizedExample
+    where: str
+
+
+@dataclass
+class _Source:
+    """One file's examples after cleaning, and their tokens (same order)."""
+
+    label: str
+    uri: str
+    examples: list[Example]
+    rows: list[int]
+    tokens: list[TokenizedExample]
+
+    def item(self, i: int) -> _Item:
+        return _Item(self.examples[i], self.tokens[i], f"{self.label} row {self.rows[i]}")
+
+
+class _Reader:
+    """Reads files into tokenized sources, counting into one report."""
+
+    def __init__(
+        self, tokenizer: Any, settings: TokenizeSettings, report: DataReport, *, use_cache: bool
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.report = report
+        self.use_cache = use_cache
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
+        return self._fingerprint
+
+    def read(self, uri: str, fmt: str, columns: ColumnMapping, label: str) -> _Source:
+        path, suffix = _local_file(uri, label)
+        rows = read_rows(path, suffix, f"{label} ({uri})")
+        examples = to_examples(rows, fmt, columns, label)
+        kept, counts = clean(examples, deduplicate=self.settings.deduplicate)
+        self.report.rows_read += len(examples)
+        self.report.dropped_empty += counts.empty
+        self.report.dropped_duplicates += counts.duplicates
+        examples = [examples[i] for i in kept]
+        tokens = self._tokens(path, fmt, columns, examples, kept, label)
+        return _Source(label, uri, examples, kept, tokens)
+
+    def _tokens(
+        self,
+        path: Path,
+        fmt: str,
+        columns: ColumnMapping,
+        examples: list[Example],
+        rows: list[int],
+        label: str,
+    ) -> list[TokenizedExample]:
+        key = None
+        if self.use_cache:
+            settings = self.settings.cache_settings(fmt, columns)
+            key = cache.cache_key(cache.file_digest(path), self.fingerprint(), settings)
+            cached = cache.load(path, key, len(examples))
+            if cached is not None:
+                self.report.files_from_cache += 1
+                return cached
+        tokens = []
+        for example, row in zip(examples, rows, strict=True):
+            try:
+                tokens.append(
+                    tokenize_example(
+                        self.tokenizer,
+                        example,
+                        self.settings.max_length,
+                        loss_on=self.settings.loss_on,
+                    )
+                )
+            except TemplateError as exc:
+                raise DataError(f"{label} row {row}: {exc}") from None
+        self.report.files_tokenized += 1
+        if key is not None:
+            cache.store(path, key, tokens)
+        return tokens
+
+
+def _local_file(uri: str, label: str) -> tuple[Path, str]:
+    """The file behind ``uri`` on this machine (through its storage backend) and its type."""
     backend, parsed = backend_for(uri, Role.DATASET)
     suffix = data_suffix(parsed)
     if suffix is None:
         raise DataError(f"{label}: {uri} has no file type this trainer can read yet")
-    rows = read_rows(backend.local_file(parsed), suffix, f"{label} ({uri})")
-    return to_examples(rows, spec.format, spec.columns, label)
+    return backend.local_file(parsed), suffix
 
 
-def split_validation(
-    examples: list[Example], fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
-    """A seeded random split; at least one example on each side."""
-    if len(examples) < 2:
+def split_indices(n: int, fraction: float, seed: int, label: str) -> tuple[list[int], list[int]]:
+    """A seeded random split of ``range(n)``; at least one index on each side, each side
+    in the original order."""
+    if n < 2:
         raise DataError(
-            "dataset.train has fewer than 2 rows, too few to split off validation; "
+            f"{label} has fewer than 2 usable rows, too few to split off validation; "
             "add rows or set dataset.validation"
         )
-    order = list(range(len(examples)))
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    n_val = min(max(1, round(len(examples) * fraction)), len(examples) - 1)
+    n_val = min(max(1, round(n * fraction)), n - 1)
     held = set(order[:n_val])
-    train = [e for i, e in enumerate(examples) if i not in held]
-    validation = [e for i, e in enumerate(examples) if i in held]
-    return train, validation
+    return [i for i in range(n) if i not in held], sorted(held)
 
 
-def _tokenize_all(
-    tokenizer: Any, examples: list[Example], max_length: int, label: str, report: DataReport
-) -> list[TokenizedExample]:
-    out = []
-    for index, example in enumerate(examples):
-        try:
-            tokenized = tokenize_example(tokenizer, example, max_length)
-        except TemplateError as exc:
-            raise DataError(f"{label} row {index}: {exc}") from None
-        report.truncated += tokenized.truncated
-        if tokenized.trained_tokens < 2:
+def _usable(source: _Source, indices: list[int], overlong: str, report: DataReport) -> list[_Item]:
+    """The examples at ``indices`` that train something, counting those that do not."""
+    items = []
+    for i in indices:
+        item = source.item(i)
+        if item.tokens.truncated:
+            if overlong == "drop":
+                report.dropped_overlong += 1
+                continue
+            report.truncated += 1
+        if not (item.example.is_classification or item.tokens.has_target):
             # Nothing left to learn, typically an answer cut off by maxSeqLength.
             report.dropped_no_labels += 1
             continue
-        out.append(tokenized)
+        items.append(item)
+    return items
+
+
+def _round_robin(parts: list[list[_Item]]) -> list[_Item]:
+    """Interleaved, so the first exact-match samples come from every source."""
+    out = []
+    for k in range(max((len(p) for p in parts), default=0)):
+        out += [p[k] for p in parts if k < len(p)]
+    return out
+
+
+def _single(
+    reader: _Reader, spec: DatasetSpec, seed: int, report: DataReport
+) -> tuple[list[_Item], list[_Item]]:
+    assert spec.train is not None
+    source = reader.read(spec.train, spec.format, spec.columns, "dataset.train")
+    if spec.validation is not None:
+        held_out = reader.read(spec.validation, spec.format, spec.columns, "dataset.validation")
+        train_idx = list(range(len(source.examples)))
+        validation = _usable(held_out, list(range(len(held_out.examples))), spec.overlong, report)
+    else:
+        train_idx, val_idx = split_indices(
+            len(source.examples), spec.effective_validation_split, seed, "dataset.train"
+        )
+        validation = _usable(source, val_idx, spec.overlong, report)
+    return _usable(source, train_idx, spec.overlong, report), validation
+
+
+def _mixture(
+    reader: _Reader, spec: DatasetSpec, seed: int, report: DataReport
+) -> tuple[list[_Item], list[_Item]]:
+    assert spec.mixture is not None
+    parts, held_parts = [], []
+    for i, entry in enumerate(spec.mixture):
+        label = f"dataset.mixture[{i}]"
+        source = reader.read(
+            entry.train, entry.format or spec.format, entry.columns or spec.columns, label
+        )
+        train_idx = list(range(len(source.examples)))
+        if spec.validation is None:
+            train_idx, val_idx = split_indices(
+                len(source.examples), spec.effective_validation_split, seed + i, label
+            )
+            held_parts.append(_usable(source, val_idx, spec.overlong, report))
+        parts.append(_usable(source, train_idx, spec.overlong, report))
+        if not parts[-1]:
+            raise DataError(
+                f"{label} ({entry.train}): no row has anything to learn after cleaning and "
+                "tokenization; check its format and columns, or remove it from the mixture"
+            )
+    plan = mixture_plan([len(p) for p in parts], [e.weight for e in spec.mixture], seed)
+    sampled = [0] * len(parts)
+    for source_index, _ in plan:
+        sampled[source_index] += 1
+    report.mixture = [
+        {"train": e.train, "weight": e.weight, "rows": len(p), "sampled": n}
+        for e, p, n in zip(spec.mixture, parts, sampled, strict=True)
+    ]
+    train = [parts[s][j] for s, j in plan]
+    if spec.validation is not None:
+        held_out = reader.read(spec.validation, spec.format, spec.columns, "dataset.validation")
+        return train, _usable(held_out, list(range(len(held_out.examples))), spec.overlong, report)
+    return train, _round_robin(held_parts)
+
+
+def _with_class_ids(items: list[_Item], vocabulary: LabelVocabulary) -> list[TokenizedExample]:
+    out = []
+    for item in items:
+        assert item.example.label is not None
+        out.append(replace(item.tokens, label=vocabulary.id_of(item.example.label, item.where)))
     return out
 
 
 def prepare_data(
-    tokenizer: Any, spec: DatasetSpec, *, max_length: int, seed: int, eval_samples: int
+    tokenizer: Any,
+    spec: DatasetSpec,
+    *,
+    max_length: int,
+    seed: int,
+    eval_samples: int,
+    loss_on: LossOn = "completion",
+    packing: bool = False,
+    task: str = "causal-lm",
+    use_cache: bool = True,
 ) -> PreparedData:
-    train_examples = load_examples(spec.train, spec, "dataset.train")
-    if spec.validation is not None:
-        validation_examples = load_examples(spec.validation, spec, "dataset.validation")
+    """Train and validation examples for a run, as the spec and training options say."""
+    if packing and task != "causal-lm":
+        raise ConfigError("training.packing is for causal-lm; set it to false for " + task)
+    report = DataReport()
+    settings = TokenizeSettings(max_length, loss_on, task, spec.deduplicate)
+    reader = _Reader(tokenizer, settings, report, use_cache=use_cache)
+    if spec.mixture is not None:
+        train_items, validation_items = _mixture(reader, spec, seed, report)
     else:
-        train_examples, validation_examples = split_validation(
-            train_examples, spec.effective_validation_split, seed
-        )
-    report = DataReport(train_rows=len(train_examples), validation_rows=len(validation_examples))
-    train = _tokenize_all(tokenizer, train_examples, max_length, "dataset.train", report)
-    validation = _tokenize_all(
-        tokenizer, validation_examples, max_length, "dataset.validation", report
-    )
-    if not train:
+        train_items, validation_items = _single(reader, spec, seed, report)
+    if not train_items:
         raise DataError(
-            "dataset.train: no example has anything to learn after tokenization; check the "
-            "format and columns, or raise training.maxSeqLength"
+            "dataset.train: no example has anything to learn after cleaning and tokenization; "
+            "check the format and columns, or raise training.maxSeqLength"
         )
+
+    vocabulary = None
+    if task == "sequence-classification":
+        vocabulary = LabelVocabulary.from_labels(
+            i.example.label for i in train_items if i.example.label is not None
+        )
+        train = _with_class_ids(train_items, vocabulary)
+        validation = _with_class_ids(validation_items, vocabulary)
+        report.classes = len(vocabulary)
+    else:
+        train = [i.tokens for i in train_items]
+        validation = [i.tokens for i in validation_items]
+
+    report.train_rows, report.validation_rows = len(train), len(validation)
     report.train_tokens = sum(len(e.input_ids) for e in train)
     report.trained_tokens = sum(e.trained_tokens for e in train)
-    samples = [
-        EvalSample(generation_prompt_ids(tokenizer, e.prompt), e.answer)
-        for e in validation_examples[:eval_samples]
-        if e.prompt is not None and e.answer is not None
-    ]
-    return PreparedData(train, validation, samples, report)
+    if packing:
+        train = list(pack_examples(train, max_length))
+        report.packed_sequences = len(train)
+    samples: list[EvalSample] = []
+    for item in validation_items:
+        if len(samples) >= eval_samples:
+            break
+        prompt, answer = item.example.prompt, item.example.answer
+        if prompt is not None and answer is not None:
+            samples.append(EvalSample(generation_prompt_ids(tokenizer, prompt), answer))
+    return PreparedData(train, validation, samples, report, vocabulary)

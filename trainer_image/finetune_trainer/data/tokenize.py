@@ -7,29 +7,45 @@ it, so the end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, EOS) is *in* the l
 the model learns to stop. Spans are found on the rendered text and mapped to tokens
 through the tokenizer's offsets, which works for any template whose rendering of a
 conversation prefix is a prefix of the whole; templates that rewrite earlier turns are
-reported rather than silently mis-masked.
+reported rather than silently mis-masked. With ``training.lossOn: all`` every token of
+the conversation is a label instead.
+
+Classification examples are encoded as the tokenizer encodes a text (or a text pair)
+for a sequence classifier, special tokens included; their target is one class id
+(``TokenizedExample.label``), not a token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from finetune_trainer.data.formats import Example, Message
 
 IGNORE_INDEX = -100
+
+LossOn = Literal["completion", "all"]
 
 
 @dataclass(frozen=True)
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
+    """Per-token labels (``IGNORE_INDEX`` where no loss); all ignored for classification."""
     truncated: bool = False
+    label: int | None = None
+    """Classification: the class id (see ``data.labels``); None for language modelling."""
 
     @property
     def trained_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    @property
+    def has_target(self) -> bool:
+        """Whether training on this example teaches anything: a class, or two labelled
+        tokens (the first label is never predicted, there is nothing before it)."""
+        return self.label is not None or self.trained_tokens >= 2
 
 
 class TemplateError(ValueError):
@@ -65,11 +81,21 @@ def assistant_spans(
     return full, spans
 
 
-def tokenize_chat(tokenizer: Any, messages: Sequence[Message], max_length: int) -> TokenizedExample:
-    """Input ids for the whole conversation; labels on assistant turns only."""
+def tokenize_chat(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    max_length: int,
+    *,
+    loss_on: LossOn = "completion",
+) -> TokenizedExample:
+    """Input ids for the whole conversation; labels on assistant turns only, or on every
+    token with ``loss_on="all"``."""
+    if loss_on == "all":
+        ids = _encode_plain(tokenizer, _render(tokenizer, messages, generation_prompt=False))
+        return _truncate(ids, list(ids), max_length)
     text, spans = assistant_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = encoded["input_ids"]
+    ids = encoded["input_ids"]
     labels = [
         token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
         for token, (begin, _) in zip(ids, encoded["offset_mapping"], strict=True)
@@ -85,16 +111,41 @@ def tokenize_text(tokenizer: Any, text: str, max_length: int) -> TokenizedExampl
     return _truncate(ids, list(ids), max_length)
 
 
+def _encode_plain(tokenizer: Any, text: str) -> list[int]:
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def tokenize_classification(
+    tokenizer: Any, text: str, pair: str | None, max_length: int
+) -> TokenizedExample:
+    """The text (and pair) as the tokenizer encodes them for a classifier, special tokens
+    included; too long, the longer of the two texts is cut first (``longest_first``).
+    The class id is set by the caller, which knows the label vocabulary."""
+    ids: list[int] = tokenizer(text, pair, add_special_tokens=True)["input_ids"]
+    truncated = len(ids) > max_length
+    if truncated:
+        ids = tokenizer(
+            text, pair, add_special_tokens=True, truncation="longest_first", max_length=max_length
+        )["input_ids"]
+    return TokenizedExample(ids, [IGNORE_INDEX] * len(ids), truncated=truncated)
+
+
 def _truncate(ids: list[int], labels: list[int], max_length: int) -> TokenizedExample:
     if len(ids) <= max_length:
         return TokenizedExample(ids, labels)
     return TokenizedExample(ids[:max_length], labels[:max_length], truncated=True)
 
 
-def tokenize_example(tokenizer: Any, example: Example, max_length: int) -> TokenizedExample:
+def tokenize_example(
+    tokenizer: Any, example: Example, max_length: int, *, loss_on: LossOn = "completion"
+) -> TokenizedExample:
+    """Dispatch on the kind of example; ``truncated`` says when ``max_length`` cut it."""
     if example.messages is not None:
-        return tokenize_chat(tokenizer, example.messages, max_length)
+        return tokenize_chat(tokenizer, example.messages, max_length, loss_on=loss_on)
     assert example.text is not None
+    if example.is_classification:
+        return tokenize_classification(tokenizer, example.text, example.text_pair, max_length)
     return tokenize_text(tokenizer, example.text, max_length)
 
 

@@ -1,0 +1,438 @@
+"""prepare_data: cleaning counts, overlong rows, lossOn, classification ids, packing,
+mixtures, reading through storage URIs, and the tokenization cache."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import colour_rows, write_jsonl
+from finetune_trainer.config import DatasetSpec
+from finetune_trainer.data import cache, prepare
+from finetune_trainer.data.packing import PackedExample
+from finetune_trainer.data.prepare import PreparedData, prepare_data
+from finetune_trainer.errors import DataError
+
+
+def chat_row(question: str, answer: str) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+
+
+def distinct_rows(n: int, prefix: str = "q") -> list[dict[str, Any]]:
+    return [chat_row(f"{prefix} {i}?", f"answer {i}") for i in range(n)]
+
+
+def spec(**fields: Any) -> DatasetSpec:
+    return DatasetSpec.model_validate(fields)
+
+
+def prepared(tokenizer: Any, dataset: DatasetSpec, **options: Any) -> PreparedData:
+    settings: dict[str, Any] = {"max_length": 64, "seed": 0, "eval_samples": 4}
+    return prepare_data(tokenizer, dataset, **(settings | options))
+
+
+class Explode:
+    """Stands in for tokenize_example where a test proves it is not called."""
+
+    calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).calls += 1
+        raise AssertionError("tokenized although the cache holds these examples")
+
+
+# --------------------------------------------------------------------------- cleaning
+
+
+def test_duplicates_and_empty_rows_are_dropped_and_counted(
+    tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    rows = [
+        *distinct_rows(6),
+        chat_row("q 1?", "answer 1"),  # duplicate of row 1
+        chat_row("q 2?  ", "answer 2\r\n"),  # duplicate after trimming
+        chat_row("q 9?", "   "),  # empty answer
+        chat_row("q 10?", ""),  # empty answer
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    validation = write_jsonl(tmp_path / "val.jsonl", [*distinct_rows(2), *distinct_rows(2)])
+
+    data = prepared(
+        tiny_tokenizer, spec(train=f"file://{train}", validation=f"file://{validation}")
+    )
+
+    report = data.report
+    assert report.rows_read == 10 + 4
+    assert report.dropped_duplicates == 2 + 2
+    assert report.dropped_empty == 2
+    assert (report.train_rows, report.validation_rows) == (6, 2)
+    assert len(data.train) == 6 and len(data.validation) == 2
+    assert [s.answer for s in data.eval_samples] == ["answer 0", "answer 1"]
+
+
+def test_deduplicate_off_keeps_repeated_rows(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", colour_rows(12))
+
+    kept = prepared(tiny_tokenizer, spec(train=f"file://{train}", deduplicate=False))
+    deduplicated = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+
+    assert kept.report.dropped_duplicates == 0
+    assert kept.report.train_rows + kept.report.validation_rows == 12
+    assert deduplicated.report.dropped_duplicates == 8  # four distinct colour questions
+    assert deduplicated.report.train_rows + deduplicated.report.validation_rows == 4
+
+
+# --------------------------------------------------------------------------- overlong rows
+
+
+def overlong_dataset(tmp_path: Path, **fields: Any) -> DatasetSpec:
+    rows = [*distinct_rows(4), chat_row("colour " * 40 + "?", "answer long")]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    validation = write_jsonl(tmp_path / "val.jsonl", distinct_rows(2, prefix="v"))
+    return spec(train=f"file://{train}", validation=f"file://{validation}", **fields)
+
+
+def test_overlong_truncate_keeps_the_start_and_counts_it(
+    tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    data = prepared(tiny_tokenizer, overlong_dataset(tmp_path), max_length=32)
+
+    # The long row's answer is cut off entirely: truncated, then nothing left to learn.
+    assert data.report.truncated == 1
+    assert data.report.dropped_no_labels == 1
+    assert data.report.dropped_overlong == 0
+    assert data.report.train_rows == 4
+
+
+def test_overlong_truncate_keeps_a_row_whose_answer_survives(
+    tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    rows = [*distinct_rows(4), chat_row("q?", "colour red " * 40)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    dataset = spec(train=f"file://{train}", validation=f"file://{train}")
+
+    data = prepared(tiny_tokenizer, dataset, max_length=32)
+
+    assert data.report.truncated == 2  # once in train, once in validation
+    assert data.report.train_rows == 5
+    assert max(len(e.input_ids) for e in data.train) == 32
+
+
+def test_overlong_drop_leaves_the_row_out(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    data = prepared(tiny_tokenizer, overlong_dataset(tmp_path, overlong="drop"), max_length=32)
+
+    assert data.report.dropped_overlong == 1
+    assert data.report.truncated == 0
+    assert data.report.dropped_no_labels == 0
+    assert data.report.train_rows == 4
+    assert all(not e.truncated for e in data.train)
+
+
+# --------------------------------------------------------------------------- lossOn, packing
+
+
+def test_loss_on_all_trains_the_prompt_too(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(6))
+    dataset = spec(train=f"file://{train}", validation=f"file://{train}")
+
+    completion = prepared(tiny_tokenizer, dataset)
+    everything = prepared(tiny_tokenizer, dataset, loss_on="all")
+
+    assert everything.report.train_tokens == completion.report.train_tokens
+    assert everything.report.trained_tokens == everything.report.train_tokens
+    assert completion.report.trained_tokens < completion.report.train_tokens / 2
+    assert all(e.labels == e.input_ids for e in everything.validation)
+
+
+def test_packing_packs_train_only(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(20))
+    dataset = spec(train=f"file://{train}", validation=f"file://{train}")
+
+    plain = prepared(tiny_tokenizer, dataset)
+    packed = prepared(tiny_tokenizer, dataset, packing=True)
+
+    assert all(isinstance(e, PackedExample) for e in packed.train)
+    assert packed.report.packed_sequences == len(packed.train) < len(plain.train) / 2
+    assert sum(len(e.lengths) for e in packed.train) == packed.report.train_rows == 20
+    assert sorted(len(e.input_ids) for e in plain.train) == sorted(
+        n for e in packed.train for n in e.lengths
+    )
+    assert all(len(e.input_ids) <= 64 for e in packed.train)
+    # Validation stays one example per row, so eval loss compares with unpacked runs.
+    assert packed.validation == plain.validation
+    assert plain.report.packed_sequences == 0
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def test_classification_ids_follow_the_sorted_training_labels(
+    tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    labels = ["positive", "negative", "neutral"]
+    rows = [{"text": f"review {i}", "label": labels[i % 3]} for i in range(9)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    validation = write_jsonl(tmp_path / "val.jsonl", [{"text": "fine", "label": "neutral"}])
+    dataset = spec(
+        train=f"file://{train}", validation=f"file://{validation}", format="classification"
+    )
+
+    data = prepared(tiny_tokenizer, dataset, task="sequence-classification")
+
+    assert data.labels is not None
+    assert data.labels.names == ("negative", "neutral", "positive")
+    assert data.report.classes == 3
+    assert [e.label for e in data.train] == [2, 0, 1] * 3
+    assert [e.label for e in data.validation] == [1]
+    assert data.eval_samples == []
+
+
+def test_a_validation_label_unseen_in_training_is_an_error(
+    tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}]
+    )
+    validation = write_jsonl(
+        tmp_path / "val.jsonl", [{"text": "c", "label": 1}, {"text": "d", "label": 7}]
+    )
+    dataset = spec(
+        train=f"file://{train}", validation=f"file://{validation}", format="classification"
+    )
+
+    with pytest.raises(DataError, match=r"dataset.validation row 1: label '7' does not occur"):
+        prepared(tiny_tokenizer, dataset, task="sequence-classification")
+
+
+# --------------------------------------------------------------------------- mixture
+
+
+def mixture_files(tmp_path: Path) -> tuple[Path, Path]:
+    big = write_jsonl(tmp_path / "big.jsonl", distinct_rows(40, prefix="big"))
+    small = tmp_path / "small.jsonl"
+    small.write_text(
+        "".join(
+            json.dumps({"instruction": f"small {i}", "output": f"o{i}"}) + "\n" for i in range(10)
+        )
+    )
+    return big, small
+
+
+def test_mixture_samples_each_source_its_share(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    big, small = mixture_files(tmp_path)
+    dataset = spec(
+        mixture=[
+            {"train": f"file://{big}", "weight": 1},
+            {"train": f"file://{small}", "weight": 1, "format": "instruction"},
+        ],
+        validationSplit=0.1,
+    )
+
+    data = prepared(tiny_tokenizer, dataset)
+
+    # 36 + 9 rows after holding out 10% of each source; 45 mixed 50/50 (23 / 22).
+    assert data.report.mixture == [
+        {"train": f"file://{big}", "weight": 1.0, "rows": 36, "sampled": 23},
+        {"train": f"file://{small}", "weight": 1.0, "rows": 9, "sampled": 22},
+    ]
+    assert data.report.train_rows == len(data.train) == 45
+    # Validation is held out per source (4 + 1), interleaved for exact match.
+    assert data.report.validation_rows == 5
+    answers = [s.answer for s in data.eval_samples]
+    assert answers[0].startswith("answer") and answers[1].startswith("o")
+    # The small source is repeated (22 draws from 9 rows); the big one subsampled.
+    decoded = Counter(tiny_tokenizer.decode(e.input_ids) for e in data.train)
+    assert max(decoded.values()) == 3
+    assert sum(1 for text in decoded if "big" in text) == 23
+
+
+def test_mixture_is_the_same_for_the_same_seed(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    big, small = mixture_files(tmp_path)
+    dataset = spec(
+        mixture=[
+            {"train": f"file://{big}", "weight": 3},
+            {"train": f"file://{small}", "format": "instruction"},
+        ]
+    )
+
+    first, again = prepared(tiny_tokenizer, dataset), prepared(tiny_tokenizer, dataset)
+    other = prepared(tiny_tokenizer, dataset, seed=1)
+
+    assert first.train == again.train
+    assert first.validation == again.validation
+    assert first.train != other.train
+
+
+def test_a_mixture_source_with_nothing_to_learn_is_named(
+    tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    big, _ = mixture_files(tmp_path)
+    blank = write_jsonl(tmp_path / "blank.jsonl", [chat_row(f"q{i}", " ") for i in range(3)])
+    dataset = spec(
+        mixture=[{"train": f"file://{big}"}, {"train": f"file://{blank}"}],
+        validation=f"file://{big}",
+    )
+
+    with pytest.raises(DataError, match=r"dataset.mixture\[1\] \(file://.*blank.jsonl\): no row"):
+        prepared(tiny_tokenizer, dataset)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_every_file_type_reads_through_a_pvc_uri(
+    tiny_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(6)]
+    directory = tmp_path / "claims" / "data-claim" / "sets"
+    directory.mkdir(parents=True)
+    path = directory / f"train{suffix}"
+    table = pa.Table.from_pylist(rows)
+    if suffix == ".csv":
+        pcsv.write_csv(table, path)
+    elif suffix == ".parquet":
+        pq.write_table(table, path)
+    else:
+        path.write_text(json.dumps(rows))
+    monkeypatch.setenv("FINETUNE_PVC_ROOT", str(tmp_path / "claims"))
+    dataset = spec(train=f"pvc://data-claim/sets/train{suffix}", format="prompt-completion")
+
+    data = prepared(tiny_tokenizer, dataset)
+
+    assert data.report.rows_read == 6
+    assert data.report.train_rows + data.report.validation_rows == 6
+    assert (directory / cache.LOCAL_DIR_NAME).is_dir()
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_entries(directory: Path) -> list[Path]:
+    return sorted((directory / cache.LOCAL_DIR_NAME).glob("*.npz"))
+
+
+def test_a_second_run_reads_the_cache_and_gets_identical_data(
+    tiny_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [*distinct_rows(10), *distinct_rows(3), chat_row("blank", " ")]
+    rows.append(chat_row("colour " * 40, "long"))
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    dataset = spec(train=f"file://{train}")
+
+    first = prepared(tiny_tokenizer, dataset, max_length=32)
+    assert first.report.files_tokenized == 1 and first.report.files_from_cache == 0
+    assert len(cache_entries(tmp_path)) == 1
+
+    monkeypatch.setattr(prepare, "tokenize_example", Explode())
+    second = prepared(tiny_tokenizer, dataset, max_length=32)
+
+    assert second.report.files_from_cache == 1 and second.report.files_tokenized == 0
+    assert second.train == first.train
+    assert second.validation == first.validation
+    assert second.eval_samples == first.eval_samples
+    # Every count is reported on a hit as on a miss.
+    counts = {k: v for k, v in first.report.as_dict().items() if not k.startswith("files_")}
+    assert {k: second.report.as_dict()[k] for k in counts} == counts
+    assert counts["dropped_duplicates"] == 3 and counts["dropped_empty"] == 1
+    assert counts["truncated"] + counts["dropped_no_labels"] >= 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["max_length", "loss_on", "file", "columns", "tokenizer"],
+)
+def test_what_changes_the_tokens_misses_the_cache(
+    tiny_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    import copy
+
+    train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(8))
+    dataset = spec(train=f"file://{train}")
+    prepared(tiny_tokenizer, dataset)
+    calls: list[Any] = []
+    real = prepare.tokenize_example
+    monkeypatch.setattr(
+        prepare, "tokenize_example", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+
+    tokenizer, options = tiny_tokenizer, {}
+    if change == "max_length":
+        options = {"max_length": 48}
+    elif change == "loss_on":
+        options = {"loss_on": "all"}
+    elif change == "file":
+        write_jsonl(train, distinct_rows(9))
+    elif change == "columns":
+        dataset = spec(train=f"file://{train}", columns={"messages": "messages", "system": "sys"})
+    else:
+        tokenizer = copy.deepcopy(tiny_tokenizer)
+        tokenizer.chat_template += "{# another template #}"
+    data = prepared(tokenizer, dataset, **options)
+
+    assert data.report.files_tokenized == 1
+    assert calls, "the tokenizer was not called"
+    assert len(cache_entries(tmp_path)) == 2
+
+
+def test_overlong_and_seed_share_the_cache(
+    tiny_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(8))
+    prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+    monkeypatch.setattr(prepare, "tokenize_example", Explode())
+
+    data = prepared(tiny_tokenizer, spec(train=f"file://{train}", overlong="drop"), seed=5)
+
+    assert data.report.files_from_cache == 1
+
+
+def test_the_cache_falls_back_to_the_cache_dir_when_the_data_dir_is_unusable(
+    tiny_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "readonly"
+    data_dir.mkdir()
+    train = write_jsonl(data_dir / "train.jsonl", distinct_rows(8))
+    (data_dir / cache.LOCAL_DIR_NAME).write_text("not a directory")  # mkdir fails, even as root
+    fallback = tmp_path / "cache-home"
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(fallback))
+
+    prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+    assert len(list(fallback.glob("train.jsonl.*.npz"))) == 1
+
+    monkeypatch.setattr(prepare, "tokenize_example", Explode())
+    assert prepared(tiny_tokenizer, spec(train=f"file://{train}")).report.files_from_cache == 1
+
+
+def test_a_corrupt_cache_entry_is_tokenized_again(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(8))
+    first = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+    [entry] = cache_entries(tmp_path)
+    entry.write_bytes(b"garbage")
+
+    again = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+
+    assert again.report.files_tokenized == 1
+    assert again.train == first.train
+
+
+def test_use_cache_false_neither_reads_nor_writes(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(8))
+
+    data = prepared(tiny_tokenizer, spec(train=f"file://{train}"), use_cache=False)
+
+    assert data.report.files_tokenized == 1
+    assert not (tmp_path / cache.LOCAL_DIR_NAME).exists()

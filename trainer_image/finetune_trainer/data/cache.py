@@ -1,0 +1,168 @@
+"""The tokenization cache: a dataset file is tokenized once per tokenizer and settings.
+
+Tokenizing (chat templates rendered several times per conversation, offsets mapped to
+labels) is the slow part of preparing data; rerunning a job, resuming after
+preemption, or starting every rank of a multi-node job would otherwise redo it.
+
+*Key*: a sha256 over the file's content (read streaming, so size does not matter;
+renaming or touching the file keeps the key, editing it changes it), the tokenizer's
+identity (its full ``tokenizer.json`` serialisation, chat template, special tokens and
+class), and every setting that changes the tokens: format, columns, deduplicate,
+maxSeqLength, lossOn and task, plus :data:`CACHE_VERSION`, bumped whenever the
+tokenization code changes what it produces. ``dataset.overlong`` is not in the key:
+the cache holds every example tokenized and truncated with its ``truncated`` flag, and
+dropping overlong examples happens after the cache, so both settings share one entry.
+
+*Value*: one ``.npz`` file (uncompressed numpy arrays): all input ids and labels
+concatenated as int32, per-example offsets and truncation flags; the examples are the
+file's rows after cleaning, in order. Class ids are not stored (they depend on the
+whole training set), only tokens.
+
+*Where*: ``.finetune-cache/`` beside the data file when that directory is writable
+(so the cache travels with the data, e.g. on a shared volume), else
+``$FINETUNE_CACHE_DIR`` (default ``~/.cache/finetune-operator``). Entries are written
+to a temporary name and renamed, so concurrent ranks never read half a file. A cache
+that cannot be read or written is a slower run, never a failed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.data.tokenize import TokenizedExample
+
+log = logging.getLogger("finetune.trainer")
+
+CACHE_VERSION = 1
+CACHE_DIR_ENV = "FINETUNE_CACHE_DIR"
+LOCAL_DIR_NAME = ".finetune-cache"
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """What makes this tokenizer produce the ids it produces."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts = {
+        "class": type(tokenizer).__name__,
+        "tokenizer": backend.to_str() if backend is not None else repr(tokenizer),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "special": {
+            name: getattr(tokenizer, name, None)
+            for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+        },
+        "flags": {
+            name: getattr(tokenizer, name, None)
+            for name in ("add_bos_token", "add_eos_token", "padding_side", "truncation_side")
+        },
+    }
+    encoded = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def cache_key(data_digest: str, tokenizer_id: str, settings: Mapping[str, Any]) -> str:
+    body = {
+        "version": CACHE_VERSION,
+        "data": data_digest,
+        "tokenizer": tokenizer_id,
+        "settings": dict(settings),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def cache_dirs(data_file: Path) -> list[Path]:
+    """Where to look for and write entries, in order of preference."""
+    fallback = Path(os.environ.get(CACHE_DIR_ENV) or "~/.cache/finetune-operator").expanduser()
+    return [data_file.resolve().parent / LOCAL_DIR_NAME, fallback]
+
+
+def _entry_name(data_file: Path, key: str) -> str:
+    return f"{data_file.name}.{key[:32]}.npz"
+
+
+def load(data_file: Path, key: str, expected: int) -> list[TokenizedExample] | None:
+    """The cached examples for ``key``, or None (absent, unreadable or not ``expected``
+    examples long)."""
+    import numpy as np
+
+    for directory in cache_dirs(data_file):
+        path = directory / _entry_name(data_file, key)
+        if not path.is_file():
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                if str(arrays["key"]) != key:
+                    continue
+                ids, labels = arrays["input_ids"], arrays["labels"]
+                offsets, truncated = arrays["offsets"], arrays["truncated"]
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("tokenization cache %s is unreadable (%s); tokenizing again", path, exc)
+            continue
+        if len(truncated) != expected:
+            log.warning(
+                "tokenization cache %s holds %d examples, not %d; tokenizing again",
+                path,
+                len(truncated),
+                expected,
+            )
+            continue
+        bounds = offsets.tolist()
+        id_list, label_list, flags = ids.tolist(), labels.tolist(), truncated.tolist()
+        return [
+            TokenizedExample(id_list[a:b], label_list[a:b], truncated=flag)
+            for a, b, flag in zip(bounds[:-1], bounds[1:], flags, strict=True)
+        ]
+    return None
+
+
+def store(data_file: Path, key: str, examples: Sequence[TokenizedExample]) -> Path | None:
+    """Write the entry to the first writable cache directory; its path, or None."""
+    import numpy as np
+
+    lengths = [len(e.input_ids) for e in examples]
+    offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    count = int(offsets[-1])
+    ids = np.fromiter((t for e in examples for t in e.input_ids), dtype=np.int32, count=count)
+    labels = np.fromiter((t for e in examples for t in e.labels), dtype=np.int32, count=count)
+    truncated = np.array([e.truncated for e in examples], dtype=bool)
+    for directory in cache_dirs(data_file):
+        target = directory / _entry_name(data_file, key)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    np.savez(
+                        handle,
+                        key=np.array(key),
+                        input_ids=ids,
+                        labels=labels,
+                        offsets=offsets,
+                        truncated=truncated,
+                    )
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            log.info("tokenization cache: cannot write in %s (%s)", directory, exc)
+            continue
+        return target
+    log.warning("tokenization cache: no writable directory; set %s", CACHE_DIR_ENV)
+    return None

@@ -1,0 +1,72 @@
+"""Cleaning examples before tokenization: empty rows and exact duplicates go.
+
+Both are common in scraped and merged datasets and both waste steps: an empty answer
+teaches only the end-of-turn token, and a repeated row is trained on several times per
+epoch, which overweights it and (when it lands on both sides of a validation split)
+inflates the held-out scores. Each dropped row is counted for the run's report.
+
+*Empty* means nothing to learn from: a conversation whose assistant turns are all
+blank, or a text (or, for a pair, either text) that is blank. *Duplicate* means the
+same content as an earlier example of the same file after light normalisation:
+Unicode NFC, CRLF to LF, and leading/trailing whitespace trimmed per field. Case and
+inner whitespace are kept: in code and in formatting tasks they are the content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from dataclasses import dataclass
+
+from finetune_trainer.data.formats import Example
+
+
+def normalize(text: str) -> str:
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n")).strip()
+
+
+def is_empty(example: Example) -> bool:
+    if example.messages is not None:
+        return all(not m["content"].strip() for m in example.messages if m["role"] == "assistant")
+    texts = [example.text or ""]
+    if example.text_pair is not None:
+        texts.append(example.text_pair)
+    return any(not t.strip() for t in texts)
+
+
+def content_key(example: Example) -> bytes:
+    """A digest of the example's normalised content: equal digests, equal examples."""
+    if example.messages is not None:
+        body: object = [[m["role"], normalize(m["content"])] for m in example.messages]
+    else:
+        pair = None if example.text_pair is None else normalize(example.text_pair)
+        label = None if example.label is None else str(example.label)
+        body = [normalize(example.text or ""), pair, label]
+    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.blake2b(encoded, digest_size=16).digest()
+
+
+@dataclass
+class CleanCounts:
+    empty: int = 0
+    duplicates: int = 0
+
+
+def clean(examples: list[Example], *, deduplicate: bool) -> tuple[list[int], CleanCounts]:
+    """Indices of the examples to keep, in order, and what was dropped."""
+    counts = CleanCounts()
+    seen: set[bytes] = set()
+    kept = []
+    for index, example in enumerate(examples):
+        if is_empty(example):
+            counts.empty += 1
+            continue
+        if deduplicate:
+            key = content_key(example)
+            if key in seen:
+                counts.duplicates += 1
+                continue
+            seen.add(key)
+        kept.append(index)
+    return kept, counts
