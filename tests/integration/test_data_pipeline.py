@@ -1,0 +1,135 @@
+"""The data side through `finetune run`: cleaning counts and the tokenization cache in
+metrics.json, packing that trains exactly like unpacked batches, and mixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import colour_rows, write_jsonl
+from finetune_operator.cli import app
+
+runner = CliRunner()
+
+
+def run(job: Path) -> dict[str, Any]:
+    result = runner.invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = job.parent / "out"
+    return json.loads((out / "metrics.json").read_text())
+
+
+def uneven_rows(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": "red " * (1 + 5 * (i % 4))},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+def test_cleaning_counts_reach_metrics_and_a_rerun_uses_the_cache(
+    make_job: Any, tmp_path: Path
+) -> None:
+    rows = [
+        *colour_rows(8),
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]},
+    ]
+    train = write_jsonl(tmp_path / "messy.jsonl", rows)
+    job = make_job(dataset={"train": f"file://{train}"}, training={"maxSteps": 2})
+
+    first = run(job)["data"]
+    second = run(job)["data"]
+
+    # colour_rows(8) holds 4 distinct questions, each twice, and the blank answer is empty.
+    assert first["rows_read"] == 9 + 8
+    assert first["dropped_duplicates"] == 4 + 4
+    assert first["dropped_empty"] == 1
+    assert (first["train_rows"], first["validation_rows"]) == (4, 4)
+    assert (first["files_tokenized"], first["files_from_cache"]) == (2, 0)
+    assert (second["files_tokenized"], second["files_from_cache"]) == (0, 2)
+    assert {k: v for k, v in second.items() if not k.startswith("files_")} == {
+        k: v for k, v in first.items() if not k.startswith("files_")
+    }
+    assert sorted(p.name.split(".")[0] for p in (tmp_path / ".finetune-cache").iterdir()) == [
+        "messy",
+        "validation",
+    ]
+
+
+def test_a_packed_step_equals_the_unpacked_step(make_job: Any, tmp_path: Path) -> None:
+    """All examples in one step: same loss, same gradient, same adapter, packed or not."""
+    train = write_jsonl(tmp_path / "uneven.jsonl", uneven_rows(8))
+    weights, losses, data = [], [], []
+    for packing, out in ((False, "plain"), (True, "packed")):
+        job = make_job(
+            dataset={"train": f"file://{train}"},
+            training={"batchSize": 8, "maxSteps": 1, "maxGradNorm": 0, "packing": packing},
+            output={"uri": f"file://{tmp_path / out}"},
+        )
+        result = runner.invoke(app, ["run", str(job)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((tmp_path / out / "metrics.json").read_text())
+        losses.append(metrics["history"][0]["loss"])
+        data.append(metrics["data"])
+        weights.append(load_file(tmp_path / out / "adapter_model.safetensors"))
+    # The premise: packing really put several examples in a sequence.
+    assert 0 < data[1]["packed_sequences"] < data[1]["train_rows"] == data[0]["train_rows"]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, atol=1e-6, rtol=1e-5)
+
+
+def test_a_packed_run_learns(make_job: Any) -> None:
+    job = make_job(
+        dataset={"deduplicate": False},
+        training={"packing": True, "batchSize": 2, "maxSteps": 12},
+    )
+
+    metrics = run(job)
+
+    data = metrics["data"]
+    assert data["train_rows"] == 48
+    assert data["packed_sequences"] <= 48 // 3  # ~15 tokens each in rows of 64
+    losses = [h["loss"] for h in metrics["history"]]
+    assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
+    assert metrics["evalLoss"] < metrics["evalLossBefore"]
+    assert metrics["exactMatch"] >= 50.0
+
+
+def test_a_mixture_run_trains_on_every_source(make_job: Any, tmp_path: Path) -> None:
+    colours = write_jsonl(tmp_path / "colours.jsonl", colour_rows(4))
+    instructions = tmp_path / "upper.csv"
+    instructions.write_text(
+        "instruction,output\n" + "".join(f"Say {w},{w}\n" for w in ("red", "blue", "green"))
+    )
+    job = make_job(
+        dataset={
+            "train": None,
+            "validation": None,
+            "validationSplit": 0.25,
+            "mixture": [
+                {"train": f"file://{colours}", "weight": 3},
+                {"train": f"file://{instructions}", "format": "instruction"},
+            ],
+        },
+        training={"maxSteps": 3, "lossOn": "all"},
+    )
+
+    metrics = run(job)
+
+    data = metrics["data"]
+    # 3 + 2 rows after holding out a quarter of each source; 5 mixed 3:1.
+    assert [(s["rows"], s["sampled"]) for s in data["mixture"]] == [(3, 4), (2, 1)]
+    assert (data["train_rows"], data["validation_rows"]) == (5, 2)
+    assert data["trained_tokens"] == data["train_tokens"]  # lossOn: all
+    assert metrics["steps"] == 3
