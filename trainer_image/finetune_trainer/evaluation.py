@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -77,6 +77,53 @@ def token_scores(
         total_tokens += int(target.numel())
     n = max(total_tokens, 1)
     return TokenScores(total_loss / n, total_correct / n, total_tokens)
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Classification scores over a set of examples."""
+
+    loss: float
+    accuracy: float
+    macro_f1: float
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"evalLoss": self.loss, "accuracy": self.accuracy, "macroF1": self.macro_f1}
+
+
+@torch.no_grad()
+def class_scores(
+    model: Any,
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_id: int,
+    num_labels: int,
+) -> ClassScores | None:
+    """Mean cross-entropy, accuracy and macro-F1 (torchmetrics) of a classifier."""
+    if not examples:
+        return None
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, predictions, targets = 0.0, [], []
+    for start in range(0, len(examples), batch_size):
+        tensors = {
+            k: v.to(device)
+            for k, v in collate(examples[start : start + batch_size], pad_id).items()
+        }
+        labels = tensors.pop("labels")
+        logits = model(**tensors).logits.float()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        predictions.append(logits.argmax(dim=-1).cpu())
+        targets.append(labels.cpu())
+    predicted, target = torch.cat(predictions), torch.cat(targets)
+    f1 = multiclass_f1_score(predicted, target, num_classes=num_labels, average="macro")
+    return ClassScores(
+        loss=total_loss / len(examples),
+        accuracy=float((predicted == target).float().mean()),
+        macro_f1=float(f1),
+    )
 
 
 def evaluation_loss(
@@ -150,14 +197,36 @@ def exact_match(predictions: Sequence[Prediction]) -> float | None:
 
 @dataclass(frozen=True)
 class EvalResult:
-    scores: TokenScores | None
-    exact_match: float | None
-    rouge_l: float | None
-    predictions: list[Prediction]
+    scores: TokenScores | ClassScores | None
+    exact_match: float | None = None
+    rouge_l: float | None = None
+    predictions: list[Prediction] = field(default_factory=list)
 
     @property
     def loss(self) -> float | None:
         return None if self.scores is None else self.scores.loss
+
+    def as_metrics(self, suffix: str = "") -> dict[str, float | None]:
+        """Every score under its metrics.json name, each followed by ``suffix``."""
+        values: dict[str, float | None] = {"evalLoss": None}
+        if self.scores is not None:
+            values.update(self.scores.as_metrics())
+        if not isinstance(self.scores, ClassScores):
+            values.update(exactMatch=self.exact_match, rougeL=self.rouge_l)
+        return {f"{name}{suffix}": value for name, value in values.items()}
+
+
+def scores_for(
+    model: Any,
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_id: int,
+    num_labels: int | None,
+) -> TokenScores | ClassScores | None:
+    """Class scores for a classifier (``num_labels`` set), token scores otherwise."""
+    if num_labels is not None:
+        return class_scores(model, examples, batch_size, pad_id, num_labels)
+    return token_scores(model, examples, batch_size, pad_id)
 
 
 def evaluate(
@@ -168,8 +237,13 @@ def evaluate(
     *,
     batch_size: int,
     max_new_tokens: int,
+    num_labels: int | None = None,
 ) -> EvalResult:
-    scores = token_scores(model, validation, batch_size, tokenizer.pad_token_id)
+    """The full evaluation: scores on every validation example, plus greedy generations
+    scored by exact match and ROUGE-L for language models."""
+    scores = scores_for(model, validation, batch_size, tokenizer.pad_token_id, num_labels)
+    if num_labels is not None:
+        return EvalResult(scores)
     predictions = generate_answers(
         model, tokenizer, samples, batch_size=batch_size, max_new_tokens=max_new_tokens
     )

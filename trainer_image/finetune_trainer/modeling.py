@@ -84,14 +84,26 @@ def load_base_model(
     trust_remote_code: bool,
     quantization: Any | None = None,
     dropout: float | None = None,
+    task: str = "causal-lm",
+    labels: Any | None = None,
+    pad_token_id: int | None = None,
 ) -> Any:
-    """The base model on ``compute.device`` in its training dtype (or quantized).
+    """The base model for ``task`` on ``compute.device`` in its training dtype (or
+    quantized).
 
-    ``dropout`` overrides every dropout probability the model's config declares.
+    ``dropout`` overrides every dropout probability the model's config declares. For
+    classification, ``labels`` (a LabelVocabulary) sizes the new head and names its
+    outputs; ``pad_token_id`` lets decoder classifiers find each row's last real token.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from finetune_trainer.tasks import auto_model_class
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if labels is not None:
+        kwargs.update(num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id)
+    if pad_token_id is not None and task == "sequence-classification":
+        kwargs["pad_token_id"] = pad_token_id
     if dropout is not None:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         kwargs.update(dropout_overrides(config, dropout))
@@ -106,7 +118,7 @@ def load_base_model(
         # the gradients): fp16 *parameters* cannot be unscaled by the GradScaler.
         kwargs["dtype"] = torch.float32 if compute.precision == "fp16" else compute.dtype
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        model: Any = auto_model_class(task).from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load the model from {model_dir}: {exc}") from exc
     if quantization is None:

@@ -19,6 +19,7 @@ from finetune_trainer.loop import StepReport, TrainResult
 
 if TYPE_CHECKING:
     from finetune_trainer.evaluation import EvalResult
+    from finetune_trainer.tasks import Task
 
 log = logging.getLogger("finetune.trainer")
 
@@ -31,6 +32,12 @@ class RunResult:
     def summary(self) -> str:
         m = self.metrics
         lines = []
+        if m.get("accuracy") is not None:
+            before, after = 100 * m["accuracyBefore"], 100 * m["accuracy"]
+            lines.append(
+                f"held-out accuracy: base model {before:.1f}% -> fine-tuned {after:.1f}% "
+                f"({after - before:+.1f} points; macro-F1 {m['macroF1']:.3f})"
+            )
         if m.get("exactMatch") is not None:
             before, after = m["exactMatchBefore"], m["exactMatch"]
             lines.append(
@@ -143,6 +150,7 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
         load_base_model,
         resolve_compute,
     )
+    from finetune_trainer.tasks import TASKS
 
     _quiet_libraries()
     wall_start = time.perf_counter()
@@ -154,6 +162,8 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
     accelerator = Accelerator(mixed_precision=wanted.mixed_precision, cpu=not wanted.is_cuda)
     compute = Compute(accelerator.device, wanted.precision)
     method, options = get_method(config.method.type), config.method.options()
+    task = TASKS[config.task]
+    _check_options(config, task)
     log.info(
         "job %s: %s on %s, %s", config.job_name, method.name, compute.device, compute.precision
     )
@@ -176,6 +186,9 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
         trust_remote_code=config.model.trust_remote_code,
         quantization=method.quantization(options, compute),
         dropout=config.training.model_dropout,
+        task=config.task,
+        labels=data.labels,
+        pad_token_id=tokenizer.pad_token_id,
     )
     before = _evaluate(model, tokenizer, data, config, "before training")
     steps = total_steps(len(data.train), config.training)
@@ -196,8 +209,9 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
         param_groups=trainable_groups(model, options, config.training.learning_rate, method),
         after_step=method.after_step,
         on_step=bar,
-        compute_loss=_loss_function(config, compute, model.config.vocab_size),
-        evaluate=lambda m: _periodic_scores(m, tokenizer, data.validation, config),
+        compute_loss=_loss_function(config, compute, model.config.vocab_size, task),
+        step_weight=task.step_weight,
+        evaluate=lambda m: _periodic_scores(m, tokenizer, data, config),
         eval_every=config.evaluation.every_steps,
         early_stopping=config.training.early_stopping,
     )
@@ -237,17 +251,17 @@ def _fetch_model(config: TrainerConfig) -> tuple[Path, Any]:
     return model_dir, load_tokenizer(model_dir, config.model.trust_remote_code)
 
 
-def _loss_function(config: TrainerConfig, compute: Any, student_vocab: int) -> Any:
-    """The loss the loop minimises: the model's own, or distillation from a teacher."""
+def _loss_function(config: TrainerConfig, compute: Any, student_vocab: int, task: Task) -> Any:
+    """The loss the loop minimises: the task's own, or distillation from a teacher."""
     from finetune_trainer.errors import ConfigError
-    from finetune_trainer.losses import DistillationLoss, causal_lm_loss
+    from finetune_trainer.losses import DistillationLoss
     from finetune_trainer.modeling import load_base_model
     from finetune_trainer.storage.backends import backend_for
     from finetune_trainer.storage.uri import Role
 
     spec = config.training.distillation
     if spec is None:
-        return causal_lm_loss
+        return task.loss
     backend, parsed = backend_for(spec.teacher_uri, Role.MODEL)
     teacher_dir = backend.local_model_dir(parsed, spec.teacher_revision)
     teacher = load_base_model(
@@ -265,13 +279,23 @@ def _loss_function(config: TrainerConfig, compute: Any, student_vocab: int) -> A
     return DistillationLoss(teacher, spec.temperature, spec.weight)
 
 
+def _num_labels(data: Any) -> int | None:
+    return None if data.labels is None else len(data.labels)
+
+
 def _periodic_scores(
-    model: Any, tokenizer: Any, validation: list[Any], config: TrainerConfig
+    model: Any, tokenizer: Any, data: Any, config: TrainerConfig
 ) -> dict[str, float]:
     """The cheap evaluation run every evaluation.everySteps (no generation)."""
-    from finetune_trainer.evaluation import token_scores
+    from finetune_trainer.evaluation import scores_for
 
-    scores = token_scores(model, validation, config.evaluation.batch_size, tokenizer.pad_token_id)
+    scores = scores_for(
+        model,
+        data.validation,
+        config.evaluation.batch_size,
+        tokenizer.pad_token_id,
+        _num_labels(data),
+    )
     return {} if scores is None else scores.as_metrics()
 
 
@@ -286,23 +310,29 @@ def _evaluate(model: Any, tokenizer: Any, data: Any, config: TrainerConfig, when
         data.eval_samples,
         batch_size=config.evaluation.batch_size,
         max_new_tokens=config.evaluation.max_new_tokens,
+        num_labels=_num_labels(data),
     )
-    log.info(
-        "eval %s: loss %s, exact match %s (%.0fs)",
-        when,
-        result.loss,
-        result.exact_match,
-        time.perf_counter() - started,
-    )
+    shown = {k: round(v, 4) for k, v in result.as_metrics().items() if v is not None}
+    log.info("eval %s: %s (%.0fs)", when, shown, time.perf_counter() - started)
     return result
 
 
-def _scores(suffix: str, result: EvalResult) -> dict[str, float | None]:
-    scores = result.scores
-    return {
-        f"perplexity{suffix}": None if scores is None else scores.perplexity,
-        f"tokenAccuracy{suffix}": None if scores is None else scores.accuracy,
-    }
+def _check_options(config: TrainerConfig, task: Task) -> None:
+    """Combinations the trainer cannot honour for this task, refused before any work."""
+    from finetune_trainer.errors import ConfigError
+
+    stopping = config.training.early_stopping
+    if stopping is not None and config.evaluation.every_steps is None:
+        raise ConfigError(
+            "training.earlyStopping needs periodic evaluation: set evaluation.everySteps"
+        )
+    if stopping is not None and stopping.metric not in task.metrics:
+        raise ConfigError(
+            f"training.earlyStopping.metric: {stopping.metric} is not measured for task "
+            f"{task.name}; use one of {', '.join(task.metrics)}"
+        )
+    if config.training.distillation is not None and task.name != "causal-lm":
+        raise ConfigError("training.distillation is for task causal-lm; remove it")
 
 
 def run_metrics(
@@ -315,18 +345,12 @@ def run_metrics(
     return {
         "trainLoss": sum(tail) / len(tail),
         "firstStepLoss": result.history[0]["loss"],
-        "evalLossBefore": before.loss,
-        "evalLoss": after.loss,
-        "exactMatchBefore": before.exact_match,
-        "exactMatch": after.exact_match,
-        "rougeLBefore": before.rouge_l,
-        "rougeL": after.rouge_l,
-        **_scores("Before", before),
-        **_scores("", after),
+        **before.as_metrics("Before"),
+        **after.as_metrics(),
         "evalHistory": result.eval_history,
         "stoppedEarly": result.stopped_early,
         "bestStep": result.best_step,
-        "exactMatchSamples": len(after.predictions),
+        "exactMatchSamples": len(after.predictions) if after.exact_match is not None else None,
         "steps": result.steps,
         "tokensPerSecond": result.tokens_per_second,
         "trainSeconds": result.seconds,
