@@ -30,8 +30,11 @@ def classification_job(make_job: Any, tmp_path: Path, **extra: Any) -> Path:
     validation = write_jsonl(tmp_path / "cls-val.jsonl", sentiment_rows(16, offset=100))
     return make_job(
         task="sequence-classification",
-        dataset={"train": f"file://{train}", "validation": f"file://{validation}",
-                 "format": "classification"},
+        dataset={
+            "train": f"file://{train}",
+            "validation": f"file://{validation}",
+            "format": "classification",
+        },
         training={"maxSteps": 40, "learningRate": 1e-2, "batchSize": 8},
         **extra,
     )
@@ -69,8 +72,14 @@ def test_classifier_reloads_with_its_labels(make_job: Any, tmp_path: Path) -> No
         config.model.uri.removeprefix("file://"), num_labels=2, pad_token_id=tokenizer.pad_token_id
     )
     model = PeftModel.from_pretrained(base, out)
-    data = prepare_data(tokenizer, config.dataset, max_length=64, seed=config.training.seed,
-                        eval_samples=0, task="sequence-classification")
+    data = prepare_data(
+        tokenizer,
+        config.dataset,
+        max_length=64,
+        seed=config.training.seed,
+        eval_samples=0,
+        task="sequence-classification",
+    )
     scores = class_scores(model, data.validation, 8, tokenizer.pad_token_id, 2)
     assert scores is not None
     assert scores.accuracy == pytest.approx(metrics["accuracy"])
@@ -79,7 +88,9 @@ def test_classifier_reloads_with_its_labels(make_job: Any, tmp_path: Path) -> No
 
 def test_early_stopping_on_accuracy(make_job: Any, tmp_path: Path) -> None:
     job = classification_job(
-        make_job, tmp_path, evaluation={"everySteps": 2},
+        make_job,
+        tmp_path,
+        evaluation={"everySteps": 2},
     )
     import yaml
 

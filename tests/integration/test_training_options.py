@@ -74,8 +74,12 @@ def test_accumulated_steps_match_one_big_batch(
     from conftest import write_jsonl
 
     rows = [
-        {"messages": [{"role": "user", "content": f"q{i}"},
-                      {"role": "assistant", "content": "red " * (1 + 5 * (i % 4))}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": "red " * (1 + 5 * (i % 4))},
+            ]
+        }
         for i in range(8)
     ]
     train_file = write_jsonl(tmp_path / "uneven.jsonl", rows)
@@ -90,18 +94,24 @@ def test_accumulated_steps_match_one_big_batch(
         result = runner.invoke(app, ["run", str(job)], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         metrics = json.loads((tmp_path / out / "metrics.json").read_text())
-        results.append((losses(metrics)[0], load_file(tmp_path / out / "adapter_model.safetensors")))
+        results.append(
+            (losses(metrics)[0], load_file(tmp_path / out / "adapter_model.safetensors"))
+        )
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     for name, tensor in results[0][1].items():
         torch.testing.assert_close(tensor, results[1][1][name], atol=1e-6, rtol=1e-5)
 
 
 def test_gradient_checkpointing_gives_the_same_training(make_job: Any, tmp_path: Path) -> None:
-    plain = run_job(make_job(name="plain", output={"uri": f"file://{tmp_path / 'p'}"}),
-                    tmp_path / "p")
+    plain = run_job(
+        make_job(name="plain", output={"uri": f"file://{tmp_path / 'p'}"}), tmp_path / "p"
+    )
     checkpointed = run_job(
-        make_job(name="ckpt", training={"gradientCheckpointing": True},
-                 output={"uri": f"file://{tmp_path / 'c'}"}),
+        make_job(
+            name="ckpt",
+            training={"gradientCheckpointing": True},
+            output={"uri": f"file://{tmp_path / 'c'}"},
+        ),
         tmp_path / "c",
     )
     assert losses(checkpointed) == pytest.approx(losses(plain), rel=1e-4)
@@ -113,8 +123,10 @@ def test_gradient_checkpointing_is_switched_on(tiny_model_dir: Path) -> None:
 
     from finetune_trainer.modeling import enable_gradient_checkpointing
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, target_modules="all-linear"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=2, target_modules="all-linear"),
+    )
     enable_gradient_checkpointing(model)
     assert model.base_model.model.is_gradient_checkpointing
     assert model.base_model.model.config.use_cache is False
@@ -127,11 +139,18 @@ def test_model_dropout_reaches_the_model(make_job: Any, tmp_path: Path) -> None:
 
     assert dropout_overrides(LlamaConfig(), 0.2) == {"attention_dropout": 0.2}
     assert dropout_overrides(BertConfig(), 0.2) == {
-        "hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2}
-    plain = run_job(make_job(name="plain", output={"uri": f"file://{tmp_path / 'p'}"}),
-                    tmp_path / "p")
-    dropped = run_job(make_job(name="drop", training={"modelDropout": 0.5},
-                               output={"uri": f"file://{tmp_path / 'd'}"}), tmp_path / "d")
+        "hidden_dropout_prob": 0.2,
+        "attention_probs_dropout_prob": 0.2,
+    }
+    plain = run_job(
+        make_job(name="plain", output={"uri": f"file://{tmp_path / 'p'}"}), tmp_path / "p"
+    )
+    dropped = run_job(
+        make_job(
+            name="drop", training={"modelDropout": 0.5}, output={"uri": f"file://{tmp_path / 'd'}"}
+        ),
+        tmp_path / "d",
+    )
     # Dropout is random in training, so the very first loss already differs.
     assert losses(dropped)[0] != pytest.approx(losses(plain)[0], rel=1e-4)
     # Evaluation runs without dropout: the base model's eval loss is unchanged.
@@ -205,8 +224,10 @@ def test_early_stopping_restores_and_publishes_the_best_weights(tiny_model_dir: 
         for r in colour_rows(16)
     ]
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, target_modules="all-linear"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, target_modules="all-linear"),
+    )
     scripted = iter([1.0, 0.5, 0.9, 0.8, 0.1])
     seen: list[dict[str, torch.Tensor]] = []
 
@@ -216,9 +237,16 @@ def test_early_stopping_restores_and_publishes_the_best_weights(tiny_model_dir: 
 
     spec = TrainingSpec(maxSteps=10, learningRate=3e-2, batchSize=4, warmupRatio=0)
     result = train(
-        model, examples, spec, pad_id=tokenizer.eos_token_id, accelerator=Accelerator(cpu=True),
-        hooks=TrainHooks(evaluate=evaluate, eval_every=2,
-                         early_stopping=EarlyStoppingSpec(metric="evalLoss", patience=2)),
+        model,
+        examples,
+        spec,
+        pad_id=tokenizer.eos_token_id,
+        accelerator=Accelerator(cpu=True),
+        hooks=TrainHooks(
+            evaluate=evaluate,
+            eval_every=2,
+            early_stopping=EarlyStoppingSpec(metric="evalLoss", patience=2),
+        ),
     )
     assert result.stopped_early
     assert result.steps == 8 and result.best_step == 4
@@ -252,8 +280,10 @@ def test_distillation_loss_terms(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    examples = [tokenize_example(tokenizer, Example(messages=tuple(r["messages"])), 64)
-                for r in colour_rows(4)]
+    examples = [
+        tokenize_example(tokenizer, Example(messages=tuple(r["messages"])), 64)
+        for r in colour_rows(4)
+    ]
     batch = collate(examples, tokenizer.eos_token_id)
     weight = count_label_tokens(examples)
     student = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -261,24 +291,37 @@ def test_distillation_loss_terms(tiny_model_dir: Path, tmp_path: Path) -> None:
     other = AutoModelForCausalLM.from_pretrained(_perturbed_copy(tiny_model_dir, tmp_path / "t"))
     ce = causal_lm_loss(student, batch, weight)
     # weight 0: plain cross-entropy; identical teacher: zero KL.
-    assert DistillationLoss(other, 2.0, 0.0)(student, batch, weight).item() == pytest.approx(ce.item())
-    assert DistillationLoss(same, 2.0, 1.0)(student, batch, weight).item() == pytest.approx(0, abs=1e-5)
+    assert DistillationLoss(other, 2.0, 0.0)(student, batch, weight).item() == pytest.approx(
+        ce.item()
+    )
+    assert DistillationLoss(same, 2.0, 1.0)(student, batch, weight).item() == pytest.approx(
+        0, abs=1e-5
+    )
     assert DistillationLoss(other, 2.0, 1.0)(student, batch, weight).item() > 1e-3
 
 
-def test_distillation_run_and_vocabulary_check(make_job: Any, tiny_model_dir: Path,
-                                               tmp_path: Path) -> None:
+def test_distillation_run_and_vocabulary_check(
+    make_job: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     teacher = _perturbed_copy(tiny_model_dir, tmp_path / "teacher")
-    metrics = run_job(make_job(training={"distillation": {"teacherUri": f"file://{teacher}",
-                                                          "weight": 0.5}}))
+    metrics = run_job(
+        make_job(training={"distillation": {"teacherUri": f"file://{teacher}", "weight": 0.5}})
+    )
     assert falls(losses(metrics)), losses(metrics)
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     small = tmp_path / "small-vocab"
-    LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
-                                 num_hidden_layers=1, num_attention_heads=2,
-                                 num_key_value_heads=1)).save_pretrained(small)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).save_pretrained(small)
     job = make_job(name="mismatch", training={"distillation": {"teacherUri": f"file://{small}"}})
     result = runner.invoke(app, ["run", str(job)], catch_exceptions=False)
     assert result.exit_code == 2
