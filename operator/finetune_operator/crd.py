@@ -51,7 +51,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
         return _convert(merged, defs)
     if node.get("x-kubernetes-preserve-unknown-fields"):
-        return _keep(node, "description") | {"x-kubernetes-preserve-unknown-fields": True}
+        out = _keep(node, "description") | {"x-kubernetes-preserve-unknown-fields": True}
+        if any(branch.get("type") == "null" for branch in node.get("anyOf", [])):
+            out["nullable"] = True
+        return out
     if node.get("x-kubernetes-int-or-string"):
         out = _keep(node, "description", "pattern")
         return out | {

@@ -166,7 +166,12 @@ def _advice(err: Any, loc: Sequence[Any], root: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         known = _known_fields(root, loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-        fix = f"did you mean '{hint[0]}'?" if hint else f"known fields here: {', '.join(known)}"
+        if hint:
+            fix = f"did you mean '{hint[0]}'?"
+        elif known:
+            fix = f"known fields here: {', '.join(known)}"
+        else:
+            fix = "this section takes no fields; leave it empty ({}) or remove it"
         return f"unknown field; {fix}"
     if kind == "missing":
         return "required field is missing"

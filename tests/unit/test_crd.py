@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from finetune_operator.api import FineTuneJobSpec, FineTuneJobStatus
 from finetune_operator.crd import build_crd, render_crd_yaml
-from finetune_trainer.config import DatasetSpec, JobSections, MethodSpec
+from finetune_trainer.config import DatasetSpec, JobSections, MethodSpec, MethodType
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "finetunejobs.finetune-operator.io.yaml"
@@ -286,7 +286,17 @@ def test_named_bounds(schema: dict[str, Any]) -> None:
     assert (lr["minimum"], lr["exclusiveMinimum"]) == (0, True)
     assert lr["maximum"] == 1
     assert "exclusiveMaximum" not in lr
-    assert at(schema, "spec.method.type")["enum"] == ["lora", "qlora"]
+    assert at(schema, "spec.method.type")["enum"] == [
+        "lora",
+        "qlora",
+        "adalora",
+        "ia3",
+        "full",
+        "freeze",
+        "prefix",
+        "prompt",
+        "p-tuning",
+    ]
     assert at(schema, "spec.model.trustRemoteCode")["type"] == "boolean"
 
 
@@ -405,10 +415,14 @@ def test_quantities_are_int_or_string_with_the_kubernetes_pattern(schema: dict[s
 
 
 def test_target_modules_keeps_its_union(schema: dict[str, Any]) -> None:
-    for section in ("lora", "qlora"):
-        node = at(schema, f"spec.method.{section}.targetModules")
+    paths = ["lora", "qlora", "adalora", "ia3"]
+    for path in [f"{s}.targetModules" for s in paths] + ["ia3.feedforwardModules"]:
+        node = at(schema, f"spec.method.{path}")
         assert node["x-kubernetes-preserve-unknown-fields"] is True
         assert "type" not in node
+    # optional ones may be null, like every optional field
+    assert at(schema, "spec.method.ia3.targetModules")["nullable"] is True
+    assert "nullable" not in at(schema, "spec.method.lora.targetModules")
 
 
 # --------------------------------------------------------------------------- CEL twins
@@ -430,29 +444,46 @@ def test_dataset_cel_rules(schema: dict[str, Any]) -> None:
 def test_task_cel_rules_pair_classification_with_its_task(schema: dict[str, Any]) -> None:
     rules = at(schema, "spec")["x-kubernetes-validations"]
     assert rules == JobSections.model_json_schema()["x-kubernetes-validations"]
-    fmt, mixture, packing = rules
+    fmt, mixture, packing, prompt_learning_packing = rules
     assert "self.task == 'sequence-classification'" in fmt["rule"]
     assert "self.dataset.format == 'classification'" in fmt["rule"]
     assert "self.dataset.mixture.all(m, !has(m.format)" in mixture["rule"]
     assert "self.training.packing" in packing["rule"]
+    assert prompt_learning_packing["rule"].endswith(
+        "!(self.method.type in ['p-tuning', 'prefix', 'prompt'])"
+    )
     # every field a rule names exists where the rule looks for it
-    for path in ("task", "dataset.format", "dataset.mixture", "training.packing"):
+    for path in ("task", "dataset.format", "dataset.mixture", "training.packing", "method.type"):
         at(schema, f"spec.{path}")
     assert at(schema, "spec.task")["enum"] == ["causal-lm", "sequence-classification"]
 
 
 def test_method_cel_rules_cover_every_section(schema: dict[str, Any]) -> None:
     rules = at(schema, "spec.method")["x-kubernetes-validations"]
+    types = list(typing.get_args(MethodType))
     sections = MethodSpec.section_names()
-    assert sections == ["lora", "qlora"]
-    assert len(rules) == len(sections)
-    for section, rule in zip(sections, rules, strict=True):
+    # the wire name of a type's section: camelCase of the type with '-' read as '_'
+    assert sections == [
+        "lora",
+        "qlora",
+        "adalora",
+        "ia3",
+        "full",
+        "freeze",
+        "prefix",
+        "prompt",
+        "pTuning",
+    ]
+    assert len(rules) == len(sections) == len(types)
+    for method_type, section, rule in zip(types, sections, rules, strict=True):
         assert rule["rule"] == (
-            f"!has(self.{section}) || (has(self.type) ? self.type : 'lora') == '{section}'"
+            f"!has(self.{section}) || (has(self.type) ? self.type : 'lora') == '{method_type}'"
         )
         assert section in rule["message"]
         # the section must exist in the schema for has(self.<section>) to compile
         assert section in at(schema, "spec.method")["properties"]
+    assert rules[-1]["rule"].startswith("!has(self.pTuning) ||")
+    assert rules[-1]["rule"].endswith("== 'p-tuning'")
 
 
 def test_metadata_name_cel_rule(schema: dict[str, Any]) -> None:

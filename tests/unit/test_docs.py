@@ -64,7 +64,10 @@ def test_rows_carry_type_default_bounds_and_description(rows: dict[str, FieldRow
     r = rows["spec.method.lora.r"]
     assert (r.type, r.default, r.allowed) == ("integer", "`16`", "≥ 1, ≤ 1024")
     method = rows["spec.method.type"]
-    assert (method.default, method.allowed) == ("`lora`", "`lora`, `qlora`")
+    assert method.default == "`lora`"
+    assert method.allowed == (
+        "`lora`, `qlora`, `adalora`, `ia3`, `full`, `freeze`, `prefix`, `prompt`, `p-tuning`"
+    )
     assert rows["spec.model.uri"].default == "required"
     assert rows["spec.model.trustRemoteCode"].default == "`false`"
     assert rows["spec.method.lora.targetModules"].type == "string or []string"

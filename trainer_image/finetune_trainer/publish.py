@@ -91,15 +91,22 @@ def verify_manifest(directory: Path) -> list[str]:
     return problems
 
 
-def model_card(config: TrainerConfig, metrics: dict[str, Any], base_model_ref: str) -> str:
+def model_card(
+    config: TrainerConfig,
+    metrics: dict[str, Any],
+    base_model_ref: str,
+    artifact: str = "adapter",
+) -> str:
+    """The README.md of the artifact; ``artifact`` is the method's (adapter or model)."""
     options = config.method.options().model_dump(mode="json")
     rows = "\n".join(
         f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |"
         for name, value in metrics.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     )
+    what = "adapter" if artifact == "adapter" else "fine-tuned model"
     return f"""---
-library_name: peft
+library_name: {"peft" if artifact == "adapter" else "transformers"}
 base_model: {base_model_ref}
 tags:
 - finetune-operator
@@ -108,7 +115,7 @@ tags:
 
 # {config.job_name}
 
-A {config.method.type.upper()} adapter for `{config.model.uri}`, trained by finetune-operator
+A {config.method.type.upper()} {what} of `{config.model.uri}`, trained by finetune-operator
 {__version__} on `{config.dataset.train}` (format `{config.dataset.format}`).
 
 ## Results on the validation set
@@ -125,17 +132,28 @@ A {config.method.type.upper()} adapter for `{config.model.uri}`, trained by fine
 
 ## Use it
 
-```python
+{_USAGE[artifact]}
+
+`manifest.json` lists every file with its sha256 and the full spec of the run.
+"""
+
+
+_USAGE = {
+    "adapter": """```python
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 base = AutoModelForCausalLM.from_pretrained("<base model path or id>")
 model = PeftModel.from_pretrained(base, "<this directory>")
 tokenizer = AutoTokenizer.from_pretrained("<this directory>")
-```
+```""",
+    "model": """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-`manifest.json` lists every file with its sha256 and the full spec of the run.
-"""
+model = AutoModelForCausalLM.from_pretrained("<this directory>")
+tokenizer = AutoTokenizer.from_pretrained("<this directory>")
+```""",
+}
 
 
 def stage_artifacts(
@@ -146,12 +164,20 @@ def stage_artifacts(
     metrics: dict[str, Any],
     base_model_ref: str,
 ) -> None:
-    """Write everything a run publishes into ``staging``, manifest last."""
-    model.save_pretrained(staging)
+    """Write everything a run publishes into ``staging``, manifest last.
+
+    The method writes its weights (an adapter, or the whole model for full and freeze).
+    """
+    from finetune_trainer.methods import get_method
+
+    method = get_method(config.method.type)
+    method.save(model, staging)
     _point_adapter_at(staging, base_model_ref)
     tokenizer.save_pretrained(staging)
     (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-    (staging / MODEL_CARD).write_text(model_card(config, _headline(metrics), base_model_ref))
+    (staging / MODEL_CARD).write_text(
+        model_card(config, _headline(metrics), base_model_ref, method.artifact)
+    )
     manifest = build_manifest(file_entries(staging), config, _headline(metrics))
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 

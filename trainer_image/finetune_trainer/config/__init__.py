@@ -20,26 +20,47 @@ from finetune_trainer.config.base import (
 )
 from finetune_trainer.config.data import ColumnMapping, DatasetFormat, DatasetSpec
 from finetune_trainer.config.job import JobSections, ModelSource, OutputTarget, TrainerConfig
-from finetune_trainer.config.methods import LoraSpec, MethodSpec, MethodType, QLoraSpec
+from finetune_trainer.config.methods import (
+    AdaLoraSpec,
+    FreezeSpec,
+    FullSpec,
+    IA3Spec,
+    LoraSpec,
+    MethodOptions,
+    MethodSpec,
+    MethodType,
+    PrefixSpec,
+    PromptSpec,
+    PTuningSpec,
+    QLoraSpec,
+)
 from finetune_trainer.config.training import EvaluationSpec, TrainingSpec
 
 __all__ = [
     "API_GROUP",
     "TRAINER_CONFIG_VERSION",
+    "AdaLoraSpec",
     "CamelModel",
     "ColumnMapping",
     "DatasetFormat",
     "DatasetSpec",
     "DatasetUri",
     "EvaluationSpec",
+    "FreezeSpec",
+    "FullSpec",
+    "IA3Spec",
     "JobSections",
     "LoraSpec",
+    "MethodOptions",
     "MethodSpec",
     "MethodType",
     "ModelSource",
     "ModelUri",
     "OutputTarget",
     "OutputUri",
+    "PTuningSpec",
+    "PrefixSpec",
+    "PromptSpec",
     "QLoraSpec",
     "TrainerConfig",
     "TrainingSpec",

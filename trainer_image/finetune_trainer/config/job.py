@@ -15,7 +15,7 @@ from pydantic import (
 
 from finetune_trainer.config.base import TRAINER_CONFIG_VERSION, CamelModel, ModelUri, OutputUri
 from finetune_trainer.config.data import DatasetSpec
-from finetune_trainer.config.methods import MethodSpec
+from finetune_trainer.config.methods import PROMPT_LEARNING_METHODS, MethodSpec
 from finetune_trainer.config.training import EvaluationSpec, TrainingSpec
 
 # --------------------------------------------------------------------------- model
@@ -73,12 +73,24 @@ _TASK_CEL_RULES: list[JsonValue] = [
     },
 ]
 
+_PROMPT_LEARNING_CEL = ", ".join(f"'{m}'" for m in sorted(PROMPT_LEARNING_METHODS))
+_METHOD_CEL_RULES: list[JsonValue] = [
+    # The CEL twin of `JobSections._packing_fits_the_method`.
+    {
+        "rule": "!has(self.training) || !has(self.training.packing) || !self.training.packing "
+        "|| !has(self.method) || !has(self.method.type) || "
+        f"!(self.method.type in [{_PROMPT_LEARNING_CEL}])",
+        "message": "training.packing cannot be used with the prompt-learning methods (prefix, "
+        "prompt, p-tuning): they add virtual tokens to every sequence",
+    },
+]
+
 
 class JobSections(CamelModel):
     """The sections a FineTuneJob spec and a TrainerConfig have in common."""
 
     model_config = CamelModel.model_config | ConfigDict(
-        json_schema_extra={"x-kubernetes-validations": _TASK_CEL_RULES}
+        json_schema_extra={"x-kubernetes-validations": _TASK_CEL_RULES + _METHOD_CEL_RULES}
     )
 
     task: Task = Field(
@@ -115,6 +127,16 @@ class JobSections(CamelModel):
             raise ValueError(
                 "training.packing is for causal-lm: a sequence-classification example is one "
                 "sequence with one label; remove packing or set it to false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _packing_fits_the_method(self) -> Self:
+        if self.training.packing and self.method.type in PROMPT_LEARNING_METHODS:
+            raise ValueError(
+                f"training.packing cannot be used with method.type {self.method.type}: it adds "
+                "virtual tokens to every sequence, and a packed sequence holds several "
+                "examples under one block mask; set packing: false, or use lora"
             )
         return self
 

@@ -2,8 +2,10 @@
 
 A method says how to load the base model (``quantization``), how to turn it into the
 model that trains (``apply``), and, when it needs them, how its parameters split into
-optimizer groups (``param_groups``, e.g. LoRA+ or per-layer learning rates) and what
-runs after each optimizer step (``after_step``, e.g. AdaLoRA's rank reallocation).
+optimizer groups (``param_groups``, e.g. LoRA+ or per-layer learning rates), what
+runs after each optimizer step (``after_step``, e.g. AdaLoRA's rank reallocation), what
+it publishes (``artifact``: a PEFT adapter or a whole model) and how it writes that
+(``save``, e.g. PiSSA's conversion to a plain adapter).
 Adding a method is one options class in ``finetune_trainer.config.methods`` and one
 module here calling :func:`register`; :data:`MODULES` lists those modules.
 """
@@ -34,6 +36,11 @@ def _no_quantization(options: Any, compute: Compute) -> Any | None:
     return None
 
 
+def save_pretrained(model: Any, directory: Path) -> None:
+    """The usual way: an adapter for a PeftModel, the whole model otherwise."""
+    model.save_pretrained(directory)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -47,11 +54,23 @@ class Method:
     """(model, global step) -> None, called after each optimizer step."""
     artifact: Literal["adapter", "model"] = "adapter"
     """adapter: PeftModel.from_pretrained(base, dir) loads it; model: from_pretrained(dir)."""
+    save: Callable[[Any, Path], None] = save_pretrained
+    """(trained model, directory) -> None: writes the artifact's weights and config."""
 
 
 REGISTRY: dict[str, Method] = {}
 
-MODULES = ("lora", "qlora")
+MODULES = (
+    "lora",
+    "qlora",
+    "adalora",
+    "ia3",
+    "full",
+    "freeze",
+    "prefix",
+    "prompt",
+    "p_tuning",
+)
 """Modules under ``finetune_trainer.methods`` that register a method when imported."""
 
 

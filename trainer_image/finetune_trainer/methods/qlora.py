@@ -2,7 +2,9 @@
 
 bitsandbytes quantizes the linear weights at load time; peft's
 ``prepare_model_for_kbit_training`` casts the remaining small parameters (norms,
-embeddings) to fp32 and enables input gradients so the adapters can learn.
+embeddings) to fp32 and enables input gradients so the adapters can learn. Every LoRA
+option applies (DoRA included, which bitsandbytes supports on CPU too) except the PiSSA
+and OLoRA initialisations, which the options refuse: they rewrite the base weights.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import torch
 
 from finetune_trainer.config import QLoraSpec
 from finetune_trainer.methods import Method, MethodContext, register
-from finetune_trainer.methods.lora import lora_config
+from finetune_trainer.methods.common import wrap_peft
+from finetune_trainer.methods.lora import lora_config, lora_param_groups
 from finetune_trainer.modeling import Compute
 
 _COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,10 +41,17 @@ def quantization(options: QLoraSpec, compute: Compute) -> Any:
 
 
 def apply_qlora(model: Any, options: QLoraSpec, ctx: MethodContext) -> Any:
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, lora_config(options))
+    return wrap_peft(model, lora_config(options, ctx), "qlora")
 
 
-register(Method(name="qlora", apply=apply_qlora, quantization=quantization))
+register(
+    Method(
+        name="qlora",
+        apply=apply_qlora,
+        quantization=quantization,
+        param_groups=lora_param_groups,
+    )
+)

@@ -1,0 +1,123 @@
+"""Freeze: train only the top ``trainableLayers`` transformer blocks, the head (lm_head,
+or a classifier's ``score``/``classifier``) and the final norm; everything below stays
+frozen. Optionally BitFit (``trainBiasOnly``: only the bias terms of those modules) and
+a separate learning rate for the head (``headLrMultiplier``). The whole model is the
+artifact.
+
+The blocks are found without knowing the architecture: the ModuleList of the model's
+``_no_split_modules`` class (the decoder layer), else its longest ModuleList. The final
+norms are the norm modules beside that list in the backbone.
+
+BitFit on a model without biases (Llama, SmolLM2, Mistral) is an error rather than
+silently training norms instead: a user asking for bias-only training would otherwise
+get a different method than the one named.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from finetune_trainer.config import FreezeSpec
+from finetune_trainer.errors import ConfigError
+from finetune_trainer.methods import Method, MethodContext, register
+from finetune_trainer.methods.common import trainable_in_fp32
+
+_HEAD_NAMES = ("score", "classifier")
+
+
+def transformer_blocks(model: Any) -> tuple[Any, torch.nn.ModuleList]:
+    """(the backbone module holding them, the list of transformer blocks)."""
+    layer_classes = set(getattr(model, "_no_split_modules", None) or [])
+    lists = [
+        (parent, child)
+        for parent in model.modules()
+        for child in parent.children()
+        if isinstance(child, torch.nn.ModuleList) and len(child) > 0
+    ]
+    if not lists:
+        raise ConfigError(
+            f"method.freeze: {type(model).__name__} has no list of transformer blocks to "
+            "choose the top ones from; use type: full or lora"
+        )
+    for parent, child in lists:
+        if type(child[0]).__name__ in layer_classes:
+            return parent, child
+    return max(lists, key=lambda pair: len(pair[1]))
+
+
+def head_module(model: Any) -> torch.nn.Module:
+    """The output head: the language-model head, or a classifier's score/classifier."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        head = next((getattr(model, name) for name in _HEAD_NAMES if hasattr(model, name)), None)
+    if not isinstance(head, torch.nn.Module):
+        raise ConfigError(
+            f"method.freeze: cannot find the output head of {type(model).__name__} (no "
+            "lm_head, score or classifier); use type: full or lora"
+        )
+    return head
+
+
+def final_norms(backbone: Any, blocks: torch.nn.ModuleList) -> list[torch.nn.Module]:
+    return [
+        child
+        for child in backbone.children()
+        if child is not blocks and "norm" in type(child).__name__.lower()
+    ]
+
+
+def apply_freeze(model: Any, options: FreezeSpec, ctx: MethodContext) -> Any:
+    backbone, blocks = transformer_blocks(model)
+    if options.trainable_layers > len(blocks):
+        raise ConfigError(
+            f"method.freeze.trainableLayers is {options.trainable_layers} but "
+            f"{type(model).__name__} has {len(blocks)} transformer blocks; use at most "
+            f"{len(blocks)} (or type: full to train everything)"
+        )
+    top = list(blocks)[len(blocks) - options.trainable_layers :]
+    selected = [*top, head_module(model), *final_norms(backbone, blocks)]
+    model.requires_grad_(False)
+    for module in selected:
+        for name, param in module.named_parameters():
+            if not options.train_bias_only or name.rsplit(".", 1)[-1] == "bias":
+                param.requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        if options.train_bias_only:
+            raise ConfigError(
+                f"method.freeze.trainBiasOnly: {type(model).__name__} has no bias terms in "
+                f"its top {options.trainable_layers} blocks, head or final norm, so BitFit "
+                "has nothing to train; set trainBiasOnly: false to train those modules "
+                "fully, raise trainableLayers, or use a model with biases (e.g. Qwen2)"
+            )
+        raise ConfigError(
+            "method.freeze: nothing to train (trainableLayers: 0 and a head without "
+            "parameters); raise trainableLayers"
+        )
+    return trainable_in_fp32(model)
+
+
+def freeze_param_groups(model: Any, options: FreezeSpec, lr: float) -> list[dict[str, Any]]:
+    """The head at lr x headLrMultiplier, every other trainable parameter at lr."""
+    head = {id(p) for p in head_module(model).parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) not in head], "lr": lr, "name": "body"},
+        {
+            "params": [p for p in trainable if id(p) in head],
+            "lr": lr * options.head_lr_multiplier,
+            "name": "head",
+        },
+    ]
+    return [g for g in groups if g["params"]]
+
+
+register(
+    Method(
+        name="freeze",
+        apply=apply_freeze,
+        param_groups=freeze_param_groups,
+        artifact="model",
+    )
+)

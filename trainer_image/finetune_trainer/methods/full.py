@@ -1,0 +1,22 @@
+"""Full fine-tuning: every parameter of the model trains, and the whole model is the
+artifact (``AutoModelForCausalLM.from_pretrained(dir)`` loads it).
+
+Under mixed precision the weights are kept in fp32 (the optimizer's master copy) while
+autocast computes in bf16/fp16: training bf16 weights directly loses small updates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_trainer.config import FullSpec
+from finetune_trainer.methods import Method, MethodContext, register
+from finetune_trainer.methods.common import trainable_in_fp32
+
+
+def apply_full(model: Any, options: FullSpec, ctx: MethodContext) -> Any:
+    model.requires_grad_(True)
+    return trainable_in_fp32(model)
+
+
+register(Method(name="full", apply=apply_full, artifact="model"))

@@ -1,0 +1,26 @@
+"""Prefix tuning: learned key/value prefixes in every attention layer, the base model
+frozen (peft.PrefixTuningConfig). With ``projection`` the prefixes come from a
+two-layer MLP while training; peft publishes the prefixes it produces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_trainer.config import PrefixSpec
+from finetune_trainer.methods import Method, MethodContext, register
+from finetune_trainer.methods.common import peft_task_type, trainable_in_fp32, wrap_peft
+
+
+def apply_prefix(model: Any, options: PrefixSpec, ctx: MethodContext) -> Any:
+    from peft import PrefixTuningConfig
+
+    config = PrefixTuningConfig(
+        task_type=peft_task_type(ctx),
+        num_virtual_tokens=options.num_virtual_tokens,
+        prefix_projection=options.projection,
+        encoder_hidden_size=options.encoder_hidden_size or model.config.hidden_size,
+    )
+    return trainable_in_fp32(wrap_peft(model, config, "prefix"))
+
+
+register(Method(name="prefix", apply=apply_prefix))
