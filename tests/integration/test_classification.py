@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from finetune_operator.cli import app
-
 from conftest import write_jsonl
+from finetune_operator.cli import app
 
 WORDS = {"good": ["great", "lovely", "good", "fine"], "bad": ["awful", "bad", "poor", "sad"]}
 

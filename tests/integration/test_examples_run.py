@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -26,8 +25,8 @@ EXAMPLES = sorted(
 
 
 def test_examples_cover_every_method_and_task() -> None:
-    from finetune_trainer.config.methods import MethodSpec
     from finetune_trainer.config.job import JobSections
+    from finetune_trainer.config.methods import MethodSpec
 
     specs = [yaml.safe_load(p.read_text())["spec"] for p in EXAMPLES]
     methods = {s.get("method", {}).get("type", "lora") for s in specs}

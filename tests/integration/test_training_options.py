@@ -12,12 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import colour_rows
 from finetune_operator.cli import app
 from finetune_trainer.config import TrainingSpec
 from finetune_trainer.config.training import EarlyStoppingSpec
 from finetune_trainer.loop import EarlyStopper, TrainHooks, train
-
-from conftest import colour_rows
 
 runner = CliRunner()
 
@@ -271,13 +270,12 @@ def _perturbed_copy(source: Path, target: Path) -> Path:
 
 
 def test_distillation_loss_terms(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetune_trainer.data.batching import collate, count_label_tokens
     from finetune_trainer.data.formats import Example
     from finetune_trainer.data.tokenize import tokenize_example
     from finetune_trainer.losses import DistillationLoss, causal_lm_loss
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     examples = [

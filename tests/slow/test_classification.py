@@ -32,8 +32,10 @@ def minilm_dir() -> Path:
 @pytest.mark.parametrize(
     ("method", "lr"),
     [
-        ({"type": "lora", "lora": {"r": 8, "alpha": 16, "targetModules": ["query", "value"]}},
-         1e-3),
+        (
+            {"type": "lora", "lora": {"r": 8, "alpha": 16, "targetModules": ["query", "value"]}},
+            1e-3,
+        ),
         ({"type": "prefix", "prefix": {"numVirtualTokens": 16}}, 1e-2),
     ],
     ids=["lora", "prefix"],
