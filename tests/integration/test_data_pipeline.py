@@ -51,14 +51,14 @@ def test_cleaning_counts_reach_metrics_and_a_rerun_uses_the_cache(
     second = run(job)["data"]
 
     # colour_rows(8) holds 4 distinct questions, each twice, and the blank answer is empty.
-    assert first["rows_read"] == 9 + 8
-    assert first["dropped_duplicates"] == 4 + 4
-    assert first["dropped_empty"] == 1
-    assert (first["train_rows"], first["validation_rows"]) == (4, 4)
-    assert (first["files_tokenized"], first["files_from_cache"]) == (2, 0)
-    assert (second["files_tokenized"], second["files_from_cache"]) == (0, 2)
-    assert {k: v for k, v in second.items() if not k.startswith("files_")} == {
-        k: v for k, v in first.items() if not k.startswith("files_")
+    assert first["rowsRead"] == 9 + 8
+    assert first["droppedDuplicates"] == 4 + 4
+    assert first["droppedEmpty"] == 1
+    assert (first["trainRows"], first["validationRows"]) == (4, 4)
+    assert (first["filesTokenized"], first["filesFromCache"]) == (2, 0)
+    assert (second["filesTokenized"], second["filesFromCache"]) == (0, 2)
+    assert {k: v for k, v in second.items() if not k.startswith("files")} == {
+        k: v for k, v in first.items() if not k.startswith("files")
     }
     assert sorted(p.name.split(".")[0] for p in (tmp_path / ".finetune-cache").iterdir()) == [
         "messy",
@@ -83,7 +83,7 @@ def test_a_packed_step_equals_the_unpacked_step(make_job: Any, tmp_path: Path) -
         data.append(metrics["data"])
         weights.append(load_file(tmp_path / out / "adapter_model.safetensors"))
     # The premise: packing really put several examples in a sequence.
-    assert 0 < data[1]["packed_sequences"] < data[1]["train_rows"] == data[0]["train_rows"]
+    assert 0 < data[1]["packedSequences"] < data[1]["trainRows"] == data[0]["trainRows"]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, atol=1e-6, rtol=1e-5)
@@ -98,8 +98,8 @@ def test_a_packed_run_learns(make_job: Any) -> None:
     metrics = run(job)
 
     data = metrics["data"]
-    assert data["train_rows"] == 48
-    assert data["packed_sequences"] <= 48 // 3  # ~15 tokens each in rows of 64
+    assert data["trainRows"] == 48
+    assert data["packedSequences"] <= 48 // 3  # ~15 tokens each in rows of 64
     losses = [h["loss"] for h in metrics["history"]]
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
     assert metrics["evalLoss"] < metrics["evalLossBefore"]
@@ -130,6 +130,6 @@ def test_a_mixture_run_trains_on_every_source(make_job: Any, tmp_path: Path) -> 
     data = metrics["data"]
     # 3 + 2 rows after holding out a quarter of each source; 5 mixed 3:1.
     assert [(s["rows"], s["sampled"]) for s in data["mixture"]] == [(3, 4), (2, 1)]
-    assert (data["train_rows"], data["validation_rows"]) == (5, 2)
-    assert data["trained_tokens"] == data["train_tokens"]  # lossOn: all
+    assert (data["trainRows"], data["validationRows"]) == (5, 2)
+    assert data["trainedTokens"] == data["trainTokens"]  # lossOn: all
     assert metrics["steps"] == 3

@@ -61,4 +61,4 @@ def test_encoder_learns_sentiment(
     assert metrics["accuracy"] >= 0.8, metrics
     assert metrics["macroF1"] >= 0.8
     assert metrics["accuracy"] > metrics["accuracyBefore"] + 0.2
-    assert metrics["data"]["duplicatesDropped"] > 0  # the set has repeats on purpose
+    assert metrics["data"]["droppedDuplicates"] > 0  # the set has repeats on purpose

@@ -345,10 +345,10 @@ def test_a_second_run_reads_the_cache_and_gets_identical_data(
     assert second.validation == first.validation
     assert second.eval_samples == first.eval_samples
     # Every count is reported on a hit as on a miss.
-    counts = {k: v for k, v in first.report.as_dict().items() if not k.startswith("files_")}
+    counts = {k: v for k, v in first.report.as_dict().items() if not k.startswith("files")}
     assert {k: second.report.as_dict()[k] for k in counts} == counts
-    assert counts["dropped_duplicates"] == 3 and counts["dropped_empty"] == 1
-    assert counts["truncated"] + counts["dropped_no_labels"] >= 1
+    assert counts["droppedDuplicates"] == 3 and counts["droppedEmpty"] == 1
+    assert counts["truncated"] + counts["droppedNoLabels"] >= 1
 
 
 @pytest.mark.parametrize(

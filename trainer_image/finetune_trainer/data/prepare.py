@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from finetune_trainer.config import ColumnMapping, DatasetSpec
 from finetune_trainer.data import cache
 from finetune_trainer.data.cleaning import clean
@@ -73,8 +75,11 @@ class DataReport:
     """Per mixture source: its URI, weight, usable training rows and rows sampled."""
 
     def as_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        if not self.mixture:
+        """The counts under camelCase names, like every other key of metrics.json."""
+        out = {to_camel(k): v for k, v in self.__dict__.items()}
+        if self.mixture:
+            out["mixture"] = [{to_camel(k): v for k, v in m.items()} for m in self.mixture]
+        else:
             del out["mixture"]
         return out
 
