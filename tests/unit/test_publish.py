@@ -299,3 +299,48 @@ def test_a_nested_file_named_manifest_is_an_ordinary_artifact(tmp_path: Path) ->
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "manifest.json").write_text("{}")
     assert [e["path"] for e in file_entries(tmp_path)] == ["sub/manifest.json"]
+
+
+def _config(**spec: Any) -> TrainerConfig:
+    base = {
+        "jobName": "card",
+        "model": {"uri": "hf://org/base"},
+        "dataset": {"train": "file://t.jsonl"},
+        "output": {"uri": "file://./o"},
+    }
+    return TrainerConfig.model_validate({**base, **spec})
+
+
+def test_model_card_loads_with_the_tasks_auto_class() -> None:
+    from finetune_trainer.publish import model_card
+
+    causal = model_card(_config(), {"evalLoss": 0.5}, "org/base")
+    assert "AutoModelForCausalLM.from_pretrained" in causal
+    assert "PeftModel.from_pretrained" in causal
+    classifier = model_card(
+        _config(
+            task="sequence-classification",
+            dataset={"train": "file://t.jsonl", "format": "classification"},
+        ),
+        {"accuracy": 0.9},
+        "org/base",
+        artifact="model",
+    )
+    assert "AutoModelForSequenceClassification.from_pretrained" in classifier
+    assert "PeftModel" not in classifier
+
+
+def test_model_card_names_every_mixture_source() -> None:
+    from finetune_trainer.publish import model_card
+
+    card = model_card(
+        _config(
+            dataset={
+                "mixture": [{"train": "file://a.jsonl", "weight": 2}, {"train": "file://b.jsonl"}]
+            }
+        ),
+        {},
+        "org/base",
+    )
+    assert "`file://a.jsonl` (weight 2)" in card and "`file://b.jsonl` (weight 1)" in card
+    assert "None" not in card

@@ -49,7 +49,10 @@ def _adafactor(groups: list[dict[str, Any]], spec: TrainingSpec) -> Any:
     from transformers.optimization import Adafactor
 
     return Adafactor(
-        groups, lr=spec.learning_rate, scale_parameter=False, relative_step=False,
+        groups,
+        lr=spec.learning_rate,
+        scale_parameter=False,
+        relative_step=False,
         warmup_init=False,
     )
 

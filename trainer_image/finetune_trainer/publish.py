@@ -98,6 +98,8 @@ def model_card(
     artifact: str = "adapter",
 ) -> str:
     """The README.md of the artifact; ``artifact`` is the method's (adapter or model)."""
+    from finetune_trainer.tasks import TASKS  # torch-backed; `finetune verify` needs none
+
     options = config.method.options().model_dump(mode="json")
     rows = "\n".join(
         f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |"
@@ -116,7 +118,7 @@ tags:
 # {config.job_name}
 
 A {config.method.type.upper()} {what} of `{config.model.uri}`, trained by finetune-operator
-{__version__} on `{config.dataset.train}` (format `{config.dataset.format}`).
+{__version__} on {_data_summary(config)}.
 
 ## Results on the validation set
 
@@ -132,28 +134,37 @@ A {config.method.type.upper()} {what} of `{config.model.uri}`, trained by finetu
 
 ## Use it
 
-{_USAGE[artifact]}
+{usage(artifact, TASKS[config.task].auto_class)}
 
 `manifest.json` lists every file with its sha256 and the full spec of the run.
 """
 
 
-_USAGE = {
-    "adapter": """```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+def _data_summary(config: TrainerConfig) -> str:
+    spec = config.dataset
+    if spec.mixture:
+        sources = ", ".join(f"`{m.train}` (weight {m.weight:g})" for m in spec.mixture)
+        return f"a mixture of {sources}"
+    return f"`{spec.train}` (format `{spec.format}`)"
 
-base = AutoModelForCausalLM.from_pretrained("<base model path or id>")
+
+def usage(artifact: str, auto_class: str) -> str:
+    """How to load what was published, with the Auto class of the job's task."""
+    if artifact == "adapter":
+        return f"""```python
+from peft import PeftModel
+from transformers import {auto_class}, AutoTokenizer
+
+base = {auto_class}.from_pretrained("<base model path or id>")
 model = PeftModel.from_pretrained(base, "<this directory>")
 tokenizer = AutoTokenizer.from_pretrained("<this directory>")
-```""",
-    "model": """```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
+```"""
+    return f"""```python
+from transformers import {auto_class}, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained("<this directory>")
+model = {auto_class}.from_pretrained("<this directory>")
 tokenizer = AutoTokenizer.from_pretrained("<this directory>")
-```""",
-}
+```"""
 
 
 def stage_artifacts(

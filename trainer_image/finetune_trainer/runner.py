@@ -41,7 +41,7 @@ class RunResult:
         if m.get("exactMatch") is not None:
             before, after = m["exactMatchBefore"], m["exactMatch"]
             lines.append(
-                f"held-out exact match: base model {before:.1f}% -> with adapter {after:.1f}% "
+                f"held-out exact match: base model {before:.1f}% -> fine-tuned {after:.1f}% "
                 f"({after - before:+.1f} points, {m['exactMatchSamples']} examples)"
             )
         if m.get("evalLoss") is not None:
