@@ -55,28 +55,42 @@ def build_tokenizer() -> Any:
     )
 
 
-def build_tiny_model(directory: Path) -> Path:
-    """Save a 2-layer random Llama and its tokenizer to ``directory``."""
+def tiny_llama_config(tokenizer: Any, **overrides: Any) -> Any:
+    """The tiny Llama's config: 2 layers, hidden size 64; ``overrides`` change any field."""
+    from transformers import LlamaConfig
+
+    fields: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": None,
+        "bos_token_id": None,
+        "tie_word_embeddings": False,
+        "initializer_range": INIT_RANGE,
+    }
+    return LlamaConfig(**{**fields, **overrides})
+
+
+def build_tiny_model(
+    directory: Path, model_class: str = "LlamaForCausalLM", **overrides: Any
+) -> Path:
+    """Save a 2-layer random Llama (of ``model_class``) and its tokenizer to ``directory``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=None,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-        initializer_range=INIT_RANGE,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
+    model = getattr(transformers, model_class)(tiny_llama_config(tokenizer, **overrides))
+    with torch.no_grad():  # random biases (when there are any), so that moving them matters
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(std=INIT_RANGE)
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

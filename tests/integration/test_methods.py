@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import build_tokenizer
+from conftest import build_tiny_model, build_tokenizer
 from finetune_operator.cli import app
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.publish import verify_manifest
@@ -505,36 +505,9 @@ def test_prompt_text_init_starts_from_the_texts_token_embeddings(tiny_model_dir:
 @pytest.fixture(scope="module")
 def biased_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama with attention and MLP biases, for BitFit."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from conftest import INIT_RANGE
-
-    directory = tmp_path_factory.mktemp("tiny-llama-biases")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=None,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-        initializer_range=INIT_RANGE,
-        attention_bias=True,
-        mlp_bias=True,
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny-llama-biases"), attention_bias=True, mlp_bias=True
     )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # random biases, so that moving them moves the logits
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.normal_(std=INIT_RANGE)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def test_bitfit_trains_only_the_bias_terms(make_job: Any, biased_model_dir: Path) -> None:
@@ -587,24 +560,15 @@ def test_freeze_refuses_more_layers_than_the_model_has(make_job: Any) -> None:
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama with a 3-class score head (sequence classification)."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
     directory = tmp_path_factory.mktemp("tiny-llama-classifier")
     tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    return build_tiny_model(
+        directory,
+        "LlamaForSequenceClassification",
         pad_token_id=tokenizer.eos_token_id,
         num_labels=3,
+        initializer_range=0.02,
     )
-    LlamaForSequenceClassification(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 CLASSIFIER_OPTIONS = {
