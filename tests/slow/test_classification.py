@@ -49,7 +49,7 @@ def test_encoder_learns_sentiment(
     for key in ("train", "validation"):
         spec["dataset"][key] = f"file://{REPO / 'examples' / 'classification' / f'{key}.jsonl'}"
     spec["method"] = method
-    spec["training"].update({"epochs": 3, "learningRate": lr})
+    spec["training"]["learningRate"] = lr
     spec["output"] = {"uri": f"file://{tmp_path / 'out'}"}
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(manifest))
@@ -58,7 +58,7 @@ def test_encoder_learns_sentiment(
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     # Two balanced classes: chance is 50%. The untrained head is near chance.
-    assert metrics["accuracy"] >= 0.8, metrics
-    assert metrics["macroF1"] >= 0.8
+    assert metrics["accuracy"] >= 0.9, metrics
+    assert metrics["macroF1"] >= 0.9
     assert metrics["accuracy"] > metrics["accuracyBefore"] + 0.2
     assert metrics["data"]["droppedDuplicates"] > 0  # the set has repeats on purpose
