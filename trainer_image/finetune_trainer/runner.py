@@ -204,12 +204,13 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
     )
     if config.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    loss = _loss_function(config, compute, model.config.vocab_size, task)  # may load a teacher
     bar = _ProgressBar(steps)
     hooks = TrainHooks(
         param_groups=trainable_groups(model, options, config.training.learning_rate, method),
         after_step=method.after_step,
         on_step=bar,
-        compute_loss=_loss_function(config, compute, model.config.vocab_size, task),
+        compute_loss=loss,
         step_weight=task.step_weight,
         evaluate=lambda m: _periodic_scores(m, tokenizer, data, config),
         eval_every=config.evaluation.every_steps,
