@@ -29,6 +29,10 @@ lint: $(STAMP)
 crd: $(STAMP)
 	$(BIN)/finetune crd > crds/finetunejobs.finetune-operator.io.yaml
 
+# The README's field reference, regenerated from the models (tests check it is current).
+docs: $(STAMP)
+	$(BIN)/python scripts/update_readme_fields.py
+
 install: $(STAMP)
 model: $(MODEL)/config.json $(ENCODER)/config.json
 

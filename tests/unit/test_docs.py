@@ -20,8 +20,8 @@ from finetune_operator.docs import (
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 FIX = (
-    f"run `.venv/bin/finetune docs` and put its output in README.md between "
-    f"{START_MARKER} and {END_MARKER}"
+    f"run `make docs` (or put the output of `finetune docs` in README.md between "
+    f"{START_MARKER} and {END_MARKER})"
 )
 
 
