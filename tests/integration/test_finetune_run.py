@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from conftest import write_jsonl
 from finetune_operator.cli import app
 from finetune_operator.manifests import check_documents
 from finetune_operator.render import render_trainer_config
@@ -114,44 +112,6 @@ def test_same_seed_same_run_other_seed_other_run(make_job: Any, tmp_path: Path) 
     assert histories[0] == histories[1]
     assert adapters[0] == adapters[1]
     assert histories[0] != histories[2]
-
-
-def test_gradient_accumulation_weighs_every_token_equally(make_job: Any, tmp_path: Path) -> None:
-    """One step of batch 8 equals one step of 2 x batch 4, even with uneven lengths.
-
-    A mean of per-micro-batch means would differ here: the answers are of very
-    different lengths, so the micro-batches hold different numbers of label tokens.
-    """
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"q{i}"},
-                {"role": "assistant", "content": "red " * (1 + 5 * (i % 4))},
-            ]
-        }
-        for i in range(8)
-    ]
-    train = write_jsonl(tmp_path / "uneven.jsonl", rows)
-    weights, losses = [], []
-    for batch, accumulation, out in ((8, 1, "one"), (4, 2, "two")):
-        job = make_job(
-            dataset={"train": f"file://{train}"},
-            training={
-                "batchSize": batch,
-                "gradientAccumulation": accumulation,
-                "maxSteps": 1,
-                "maxGradNorm": 0,
-            },
-            output={"uri": f"file://{tmp_path / out}"},
-        )
-        assert run_cli("run", str(job)).exit_code == 0
-        from safetensors.torch import load_file
-
-        weights.append(load_file(tmp_path / out / "adapter_model.safetensors"))
-        losses.append(metrics_of(tmp_path / out)["history"][0]["loss"])
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    for name, tensor in weights[0].items():
-        torch.testing.assert_close(tensor, weights[1][name], atol=1e-6, rtol=1e-5)
 
 
 def test_warmup_then_cosine_decay(make_job: Any) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from finetune_operator.api import FineTuneJobSpec, FineTuneJobStatus
 from finetune_operator.crd import build_crd, render_crd_yaml
+from finetune_operator.manifests import model_in
 from finetune_trainer.config import DatasetSpec, JobSections, MethodSpec, MethodType
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -309,20 +310,10 @@ def _models_with_schemas(
         assert wire in node["properties"], f"{path}.{wire} missing from the CRD"
         sub = node["properties"][wire]
         yield f"{path}.{wire}", info, sub
-        nested = _model_in(info.annotation)
+        nested = model_in(info.annotation)
         if nested is not None:
             target = sub["items"] if sub.get("type") == "array" else sub
             yield from _models_with_schemas(nested, target, f"{path}.{wire}")
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _all_fields(schema: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
@@ -383,7 +374,7 @@ def test_required_lists_match_pydantic(schema: dict[str, Any]) -> None:
         "spec": (FineTuneJobSpec, at(schema, "spec"))
     }
     for path, info, node in _all_fields(schema):
-        model = _model_in(info.annotation)
+        model = model_in(info.annotation)
         if model is not None:
             nodes[path] = (model, node["items"] if node.get("type") == "array" else node)
     for path, (model, node) in nodes.items():

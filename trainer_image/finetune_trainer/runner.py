@@ -244,11 +244,9 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
 def _fetch_model(config: TrainerConfig) -> tuple[Path, Any]:
     """The base model's local directory and its tokenizer."""
     from finetune_trainer.modeling import load_tokenizer
-    from finetune_trainer.storage.backends import backend_for
-    from finetune_trainer.storage.uri import Role
+    from finetune_trainer.storage.backends import fetch_model_dir
 
-    backend, parsed = backend_for(config.model.uri, Role.MODEL)
-    model_dir = backend.local_model_dir(parsed, config.model.revision)
+    model_dir = fetch_model_dir(config.model.uri, config.model.revision)
     return model_dir, load_tokenizer(model_dir, config.model.trust_remote_code)
 
 
@@ -257,14 +255,12 @@ def _loss_function(config: TrainerConfig, compute: Any, student_vocab: int, task
     from finetune_trainer.errors import ConfigError
     from finetune_trainer.losses import DistillationLoss
     from finetune_trainer.modeling import load_base_model
-    from finetune_trainer.storage.backends import backend_for
-    from finetune_trainer.storage.uri import Role
+    from finetune_trainer.storage.backends import fetch_model_dir
 
     spec = config.training.distillation
     if spec is None:
         return task.loss
-    backend, parsed = backend_for(spec.teacher_uri, Role.MODEL)
-    teacher_dir = backend.local_model_dir(parsed, spec.teacher_revision)
+    teacher_dir = fetch_model_dir(spec.teacher_uri, spec.teacher_revision)
     teacher = load_base_model(
         teacher_dir, compute, trust_remote_code=config.model.trust_remote_code
     )

@@ -167,6 +167,12 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
+def fetch_model_dir(uri: str, revision: str | None) -> Path:
+    """A local directory holding the model at ``uri`` (downloaded if need be)."""
+    backend, parsed = backend_for(uri, Role.MODEL)
+    return backend.local_model_dir(parsed, revision)
+
+
 def local_dir_for(uri: str) -> Path:
     """The local directory of an output URI on a local scheme (file://, pvc://)."""
     backend, parsed = backend_for(uri, Role.OUTPUT)
