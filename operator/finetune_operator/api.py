@@ -11,13 +11,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from finetune_trainer.config import (
     API_GROUP,
     CamelModel,
     JobSections,
+    OutputOptions,
     OutputUri,
+    Strategy,
 )
 
 VERSION = "v1alpha1"
@@ -67,7 +69,7 @@ def _check_quantity(value: Any) -> Any:
     return value
 
 
-class OutputSpec(CamelModel):
+class OutputSpec(OutputOptions):
     """Where the adapter, metrics, model card and manifest are published."""
 
     uri: OutputUri | None = Field(
@@ -97,12 +99,30 @@ class Toleration(CamelModel):
 class Resources(CamelModel):
     """What each training node gets; used by the operator to build pods."""
 
+    model_config = CamelModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.strategy) || self.strategy != 'fsdp' || "
+                    "(has(self.gpus) && self.gpus > 0)",
+                    "message": "strategy fsdp shards the model across GPUs: set gpus",
+                }
+            ]
+        }
+    )
+
     gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per node.")
     cpu: Quantity | None = Field(default=None, description="CPU request and limit per node.")
     memory: Quantity | None = Field(
         default=None, description="Memory request and limit per node, e.g. 32Gi."
     )
     nodes: int = Field(default=1, ge=1, le=1024, description="Training nodes (pods).")
+    strategy: Strategy = Field(
+        default="auto",
+        description="How several processes share the model: ddp replicates it on every "
+        "device; fsdp shards parameters, gradients and optimizer state across devices, for "
+        "models that do not fit one GPU (needs GPUs); auto is ddp.",
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the training pods require."
     )
@@ -111,6 +131,15 @@ class Resources(CamelModel):
     )
 
     _cpu = field_validator("cpu", "memory", mode="before")(_check_quantity)
+
+    @model_validator(mode="after")
+    def _fsdp_needs_gpus(self) -> Resources:
+        if self.strategy == "fsdp" and self.gpus == 0:
+            raise ValueError(
+                "strategy fsdp shards the model across GPUs: set gpus (per node), or use "
+                "strategy ddp for CPU training"
+            )
+        return self
 
     @field_validator("node_selector")
     @classmethod

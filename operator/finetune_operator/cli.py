@@ -103,7 +103,7 @@ def run(
     job = doc.job
     try:
         config = render_trainer_config(
-            job, output or job.spec.output.uri or local_output_uri(job.metadata.name)
+            job, output or job.spec.output.uri or local_output_uri(job.metadata.name), local=True
         )
     except (RenderError, ValueError) as exc:
         _err(f"{file}: {exc}")

@@ -8,7 +8,7 @@ is why a job that works locally works in the cluster.
 from __future__ import annotations
 
 from finetune_operator.api import FineTuneJob
-from finetune_trainer.config import OutputTarget, TrainerConfig
+from finetune_trainer.config import DistributedSpec, OutputTarget, TrainerConfig
 
 
 class RenderError(ValueError):
@@ -20,8 +20,14 @@ def local_output_uri(job_name: str) -> str:
     return f"file://./artifacts/{job_name}"
 
 
-def render_trainer_config(job: FineTuneJob, output_uri: str | None = None) -> TrainerConfig:
-    """The TrainerConfig for ``job``; ``output_uri`` overrides ``spec.output.uri``."""
+def render_trainer_config(
+    job: FineTuneJob, output_uri: str | None = None, *, local: bool = False
+) -> TrainerConfig:
+    """The TrainerConfig for ``job``; ``output_uri`` overrides ``spec.output.uri``.
+
+    ``local`` renders for ``finetune run``: one process, whatever ``spec.resources`` asks
+    of a cluster. Otherwise the trainer expects ``nodes`` pods of one process per GPU.
+    """
     spec = job.spec
     uri = output_uri or spec.output.uri
     if uri is None:
@@ -32,6 +38,22 @@ def render_trainer_config(job: FineTuneJob, output_uri: str | None = None) -> Tr
     sections = spec.model_dump(
         include={"task", "model", "dataset", "method", "training", "evaluation"}
     )
+    output = OutputTarget.model_validate({**spec.output.model_dump(exclude={"uri"}), "uri": uri})
+    resources = spec.resources
+    distributed = (
+        DistributedSpec()
+        if local
+        else DistributedSpec(
+            nodes=resources.nodes,
+            processes_per_node=max(1, resources.gpus),
+            strategy=resources.strategy,
+        )
+    )
     return TrainerConfig.model_validate(
-        {**sections, "job_name": job.metadata.name, "output": OutputTarget(uri=uri)}
+        {
+            **sections,
+            "job_name": job.metadata.name,
+            "output": output,
+            "distributed": distributed,
+        }
     )

@@ -24,7 +24,7 @@ from finetune_trainer.publish import (
     stage_artifacts,
     verify_manifest,
 )
-from finetune_trainer.storage import backends
+from finetune_trainer.storage import backends, store
 from finetune_trainer.storage.backends import BACKENDS, MANIFEST, LocalBackend, backend_for
 from finetune_trainer.storage.uri import Role
 
@@ -216,14 +216,14 @@ def test_manifest_is_copied_last_after_the_stale_one_is_removed(
     (target / "README.md").write_text("old card\n")
 
     seen: list[tuple[str, bool]] = []
-    real_copy = backends._atomic_copy
+    real_copy = store._atomic_copy
 
     def recording_copy(src: Path, dst: Path) -> None:
         seen.append((dst.relative_to(target).as_posix(), (target / MANIFEST).exists()))
         real_copy(src, dst)
 
-    monkeypatch.setattr(backends, "_atomic_copy", recording_copy)
-    BACKENDS["file"].publish_dir(staging, backend_for(f"file://{target}", Role.OUTPUT)[1])
+    monkeypatch.setattr(store, "_atomic_copy", recording_copy)
+    publish(staging, f"file://{target}")
 
     names = [name for name, _ in seen]
     assert names[-1] == MANIFEST
@@ -242,15 +242,15 @@ def test_a_failed_publish_leaves_no_manifest(
     target = tmp_path / "out"
     target.mkdir()
     (target / MANIFEST).write_text('{"files": []}')
-    real_copy = backends._atomic_copy
+    real_copy = store._atomic_copy
 
     def failing_copy(src: Path, dst: Path) -> None:
         if dst.name == "adapter_model.safetensors":
             raise OSError(28, "No space left on device")
         real_copy(src, dst)
 
-    monkeypatch.setattr(backends, "_atomic_copy", failing_copy)
-    with pytest.raises(StorageError, match=r"cannot publish to .*No space left on device"):
+    monkeypatch.setattr(store, "_atomic_copy", failing_copy)
+    with pytest.raises(StorageError, match=r"cannot write .*No space left on device"):
         publish(staging, f"file://{target}")
 
     assert not (target / MANIFEST).exists()

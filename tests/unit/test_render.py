@@ -67,8 +67,36 @@ def test_kubernetes_only_fields_stay_behind() -> None:
     assert "resources" not in dumped
     assert set(dumped) == {
         "task", "model", "dataset", "method", "training", "evaluation",
-        "apiVersion", "jobName", "output",
+        "apiVersion", "jobName", "output", "distributed",
     }  # fmt: skip
+
+
+def test_distributed_comes_from_resources_in_the_cluster_and_is_one_process_locally() -> None:
+    many = job(resources={"gpus": 4, "nodes": 2, "strategy": "fsdp"})
+    cluster = render_trainer_config(many).distributed
+    assert (cluster.nodes, cluster.processes_per_node, cluster.strategy) == (2, 4, "fsdp")
+    assert cluster.world_size == 8
+    assert render_trainer_config(many, local=True).distributed.world_size == 1
+    cpu_only = render_trainer_config(job(resources={"nodes": 3})).distributed
+    assert (cpu_only.processes_per_node, cpu_only.world_size) == (1, 3)
+
+
+def test_fsdp_without_gpus_is_refused() -> None:
+    with pytest.raises(ValidationError, match="strategy fsdp shards the model across GPUs"):
+        job(resources={"strategy": "fsdp"})
+
+
+def test_output_options_reach_the_trainer() -> None:
+    output = {
+        "uri": "s3://artifacts-bucket/x",
+        "checkpointEvery": 25,
+        "keepCheckpoints": 3,
+        "credentialsSecret": "minio-creds",
+        "retryDeadlineSeconds": 60,
+    }
+    config = render_trainer_config(job(output=output)).output
+    assert (config.checkpoint_every, config.keep_checkpoints) == (25, 3)
+    assert (config.credentials_secret, config.retry_deadline_seconds) == ("minio-creds", 60)
 
 
 def test_spec_output_is_used() -> None:

@@ -38,6 +38,8 @@ class StepReport:
     tokens_per_second: float
     eta_seconds: float
     grad_norm: float | None
+    samples: int
+    """Training examples (packed sequences count as one) consumed so far."""
 
 
 @dataclass
@@ -46,6 +48,7 @@ class TrainResult:
     train_loss: float
     tokens: int
     seconds: float
+    samples: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     eval_history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
@@ -190,6 +193,7 @@ def train(
                 accelerator.backward(loss)
             loss_sum += loss.item()
             result.tokens += count_input_tokens(micro)
+            result.samples += len(micro)
         grad_norm = None
         if spec.max_grad_norm > 0:
             grad_norm = float(accelerator.clip_grad_norm_(params, spec.max_grad_norm))
@@ -220,6 +224,7 @@ def train(
                 tokens_per_second=result.tokens_per_second,
                 eta_seconds=result.seconds / step * (steps - step),
                 grad_norm=grad_norm,
+                samples=result.samples,
             )
         )
         if hooks.evaluate is None or not hooks.eval_every or step % hooks.eval_every:

@@ -16,8 +16,8 @@ from typing import Any
 
 from finetune_trainer import __version__
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.storage.backends import MANIFEST, backend_for
-from finetune_trainer.storage.uri import Role
+from finetune_trainer.storage.backends import Access, open_store
+from finetune_trainer.storage.store import MANIFEST, local_files, publish_dir
 
 MANIFEST_KIND = "ArtifactManifest"
 METRICS = "metrics.json"
@@ -29,15 +29,6 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def artifact_paths(directory: Path) -> list[str]:
-    """Every file under ``directory`` but its top-level manifest, relative and sorted."""
-    return [
-        p.relative_to(directory).as_posix()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p != directory / MANIFEST
-    ]
-
-
 def file_entries(directory: Path) -> list[dict[str, Any]]:
     """Every artifact file with its size and sha256."""
     return [
@@ -46,7 +37,7 @@ def file_entries(directory: Path) -> list[dict[str, Any]]:
             "size": (directory / rel).stat().st_size,
             "sha256": sha256_file(directory / rel),
         }
-        for rel in artifact_paths(directory)
+        for rel in local_files(directory)
     ]
 
 
@@ -86,7 +77,7 @@ def verify_manifest(directory: Path) -> list[str]:
             problems.append(f"{entry['path']}: missing")
         elif path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: size or sha256 differs from the manifest")
-    for extra in sorted(set(artifact_paths(directory)) - listed):
+    for extra in sorted(set(local_files(directory)) - listed):
         problems.append(f"{extra}: not listed in the manifest")
     return problems
 
@@ -206,6 +197,6 @@ def _point_adapter_at(staging: Path, base_model_ref: str) -> None:
         path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
 
 
-def publish(staging: Path, uri: str) -> None:
-    backend, parsed = backend_for(uri, Role.OUTPUT)
-    backend.publish_dir(staging, parsed)
+def publish(staging: Path, uri: str, access: Access | None = None) -> None:
+    """Publish the staged artifact set to ``uri``, ``manifest.json`` last."""
+    publish_dir(staging, open_store(uri, access))

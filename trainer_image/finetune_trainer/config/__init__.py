@@ -17,9 +17,18 @@ from finetune_trainer.config.base import (
     DatasetUri,
     ModelUri,
     OutputUri,
+    SecretName,
 )
 from finetune_trainer.config.data import ColumnMapping, DatasetFormat, DatasetSpec
-from finetune_trainer.config.job import JobSections, ModelSource, OutputTarget, TrainerConfig
+from finetune_trainer.config.job import (
+    DistributedSpec,
+    JobSections,
+    ModelSource,
+    OutputOptions,
+    OutputTarget,
+    Strategy,
+    TrainerConfig,
+)
 from finetune_trainer.config.methods import (
     AdaLoraSpec,
     FreezeSpec,
@@ -45,6 +54,7 @@ __all__ = [
     "DatasetFormat",
     "DatasetSpec",
     "DatasetUri",
+    "DistributedSpec",
     "EvaluationSpec",
     "FreezeSpec",
     "FullSpec",
@@ -56,12 +66,15 @@ __all__ = [
     "MethodType",
     "ModelSource",
     "ModelUri",
+    "OutputOptions",
     "OutputTarget",
     "OutputUri",
     "PTuningSpec",
     "PrefixSpec",
     "PromptSpec",
     "QLoraSpec",
+    "SecretName",
+    "Strategy",
     "TrainerConfig",
     "TrainingSpec",
 ]

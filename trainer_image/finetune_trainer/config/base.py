@@ -81,3 +81,16 @@ OutputUri = Annotated[
         "s3://bucket/prefix."
     ),
 ]
+
+SecretName = Annotated[
+    str,
+    Field(
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="A Kubernetes Secret in the job's namespace whose keys are mounted as "
+        "files for this storage (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, AWS_S3_ADDRESSING_STYLE, "
+        "HF_TOKEN). Unset: the standard AWS and Hugging Face environment, shared files "
+        "and workload identity.",
+    ),
+]

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from finetune_trainer.config.base import CamelModel, DatasetUri
+from finetune_trainer.config.base import CamelModel, DatasetUri, SecretName
 
 # --------------------------------------------------------------------------- dataset
 
@@ -162,6 +162,7 @@ class DatasetSpec(CamelModel):
         "(compared after Unicode NFC, CRLF to LF and trimming). Turn off to keep "
         "deliberate repeats; mixture weights are the cleaner way to upsample.",
     )
+    credentials_secret: SecretName | None = None
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> Self:

@@ -13,7 +13,13 @@ from pydantic import (
     model_validator,
 )
 
-from finetune_trainer.config.base import TRAINER_CONFIG_VERSION, CamelModel, ModelUri, OutputUri
+from finetune_trainer.config.base import (
+    TRAINER_CONFIG_VERSION,
+    CamelModel,
+    ModelUri,
+    OutputUri,
+    SecretName,
+)
 from finetune_trainer.config.data import DatasetSpec
 from finetune_trainer.config.methods import PROMPT_LEARNING_METHODS, MethodSpec
 from finetune_trainer.config.training import EvaluationSpec, TrainingSpec
@@ -37,15 +43,60 @@ class ModelSource(CamelModel):
         description="Run Python code shipped with the model. Off by default: only turn it "
         "on for models whose code you trust.",
     )
+    credentials_secret: SecretName | None = None
 
 
 # --------------------------------------------------------------------------- output
 
 
-class OutputTarget(CamelModel):
+class OutputOptions(CamelModel):
+    """How artifacts and checkpoints are stored; shared by the spec and the TrainerConfig."""
+
+    checkpoint_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="Save a checkpoint to <uri>/checkpoints/step-N every this many optimizer "
+        "steps (and at the end of every epoch). A run whose output holds a complete "
+        "checkpoint resumes from the newest one. Default: only at the end of each epoch.",
+    )
+    keep_checkpoints: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Complete checkpoints kept; older ones are deleted once a newer one is "
+        "complete.",
+    )
+    credentials_secret: SecretName | None = None
+    retry_deadline_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="How long a storage operation of this job (download, checkpoint, "
+        "publish) retries transient errors (timeouts, 5xx, throttling) before it fails. "
+        "Permanent errors (403, 404, no such bucket) fail at once.",
+    )
+
+
+class OutputTarget(OutputOptions):
     """Where the trainer publishes (the URI is always known by the time it runs)."""
 
     uri: OutputUri
+
+
+Strategy = Literal["auto", "ddp", "fsdp"]
+
+
+class DistributedSpec(CamelModel):
+    """How many training processes the trainer must find itself among, and how they share
+    the model. Rendered by the operator from spec.resources; `finetune run` is one process."""
+
+    nodes: int = Field(default=1, ge=1, le=1024)
+    processes_per_node: int = Field(default=1, ge=1, le=64)
+    strategy: Strategy = "auto"
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.processes_per_node
 
 
 Task = Literal["causal-lm", "sequence-classification"]
@@ -150,6 +201,7 @@ class TrainerConfig(JobSections):
     api_version: Literal["trainer.finetune-operator.io/v1alpha1"] = TRAINER_CONFIG_VERSION
     job_name: str = Field(max_length=63, pattern=_JOB_NAME.pattern)
     output: OutputTarget
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True)

@@ -77,6 +77,13 @@ class TrainingSpec(CamelModel):
         description="auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.",
     )
     seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Makes runs repeatable.")
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port of the trainer's Prometheus /metrics endpoint (rank 0 only); 0 "
+        "turns it off. `finetune run` warns and goes on when the port is taken.",
+    )
     optimizer: Literal["adamw", "adamw-8bit", "sgd", "adafactor"] = Field(
         default="adamw",
         description="adamw (torch), adamw-8bit (bitsandbytes, 8-bit optimizer states), sgd "

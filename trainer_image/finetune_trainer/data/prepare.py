@@ -37,7 +37,7 @@ from finetune_trainer.data.tokenize import (
     tokenize_example,
 )
 from finetune_trainer.errors import ConfigError, DataError
-from finetune_trainer.storage.backends import backend_for
+from finetune_trainer.storage.backends import Access, backend_for
 from finetune_trainer.storage.uri import Role, data_suffix
 
 
@@ -208,7 +208,7 @@ def _local_file(uri: str, label: str) -> tuple[Path, str]:
     suffix = data_suffix(parsed)
     if suffix is None:
         raise DataError(f"{label}: {uri} has no file type this trainer can read yet")
-    return backend.local_file(parsed), suffix
+    return backend.local_file(parsed, Access()), suffix
 
 
 def split_indices(n: int, fraction: float, seed: int, label: str) -> tuple[list[int], list[int]]:

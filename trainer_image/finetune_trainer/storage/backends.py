@@ -9,28 +9,37 @@ complete set; a prefix without one is incomplete by definition.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from finetune_trainer.errors import ModelError, StorageError
+from finetune_trainer.storage.store import MANIFEST, LocalStore, Store
 from finetune_trainer.storage.uri import ParsedUri, Role, UriError, parse_uri
 
-MANIFEST = "manifest.json"
+__all__ = ["BACKENDS", "MANIFEST", "Access", "Backend", "fetch_model_dir", "open_store"]
+
 PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
 """Where pvc:// claims are mounted (the operator mounts claim C at $ROOT/C)."""
 
 
+@dataclass(frozen=True)
+class Access:
+    """How to reach a URI: which mounted Secret holds its credentials, how long to retry."""
+
+    credentials_secret: str | None = None
+    deadline_seconds: float = 300.0
+
+
 class Backend(Protocol):
-    def local_file(self, uri: ParsedUri) -> Path:
+    def local_file(self, uri: ParsedUri, access: Access) -> Path:
         """A local path holding the object at ``uri`` (downloaded if need be)."""
 
-    def local_model_dir(self, uri: ParsedUri, revision: str | None) -> Path:
+    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         """A local directory holding the model at ``uri`` in Hugging Face layout."""
 
-    def publish_dir(self, staging: Path, uri: ParsedUri) -> None:
-        """Copy every file of ``staging`` to ``uri``, ``manifest.json`` last."""
+    def store(self, uri: ParsedUri, access: Access) -> Store:
+        """The output location ``uri`` as a :class:`Store` (artifacts, checkpoints)."""
 
 
 class LocalBackend:
@@ -42,13 +51,13 @@ class LocalBackend:
     def resolve(self, uri: ParsedUri) -> Path:
         return self._resolve(uri)
 
-    def local_file(self, uri: ParsedUri) -> Path:
+    def local_file(self, uri: ParsedUri, access: Access) -> Path:
         path = self._resolve(uri)
         if not path.is_file():
             raise StorageError(f"{uri}: no such file ({path})")
         return path
 
-    def local_model_dir(self, uri: ParsedUri, revision: str | None) -> Path:
+    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         path = self._resolve(uri)
         if not (path / "config.json").is_file():
             raise ModelError(
@@ -57,33 +66,8 @@ class LocalBackend:
             )
         return path
 
-    def publish_dir(self, staging: Path, uri: ParsedUri) -> None:
-        target = self._resolve(uri)
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-            # An old manifest would vouch for files we are about to replace.
-            (target / MANIFEST).unlink(missing_ok=True)
-            manifest = staging / MANIFEST
-            files = sorted(p for p in staging.rglob("*") if p.is_file() and p != manifest)
-            for src in files:
-                _atomic_copy(src, target / src.relative_to(staging))
-            if manifest.exists():
-                _atomic_copy(manifest, target / MANIFEST)
-        except OSError as exc:
-            raise StorageError(f"{uri}: cannot publish to {target}: {exc.strerror or exc}") from exc
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    """Copy to a temporary name beside ``dst`` and rename: readers never see half a file."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def store(self, uri: ParsedUri, access: Access) -> Store:
+        return LocalStore(str(uri), self._resolve(uri))
 
 
 class _PathResolver(Protocol):
@@ -109,13 +93,13 @@ class HubBackend:
     """hf://org/name: the Hugging Face Hub through huggingface_hub (HF_TOKEN, HF_ENDPOINT,
     HF_HUB_OFFLINE are honoured by the library itself)."""
 
-    def local_file(self, uri: ParsedUri) -> Path:
+    def local_file(self, uri: ParsedUri, access: Access) -> Path:
         raise StorageError(
             f"{uri}: Hub datasets are not readable by this trainer version yet; "
             "download the file and use file:// or pvc://"
         )
 
-    def local_model_dir(self, uri: ParsedUri, revision: str | None) -> Path:
+    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -133,7 +117,7 @@ class HubBackend:
                 "the revision and HF_TOKEN for gated or private models"
             ) from exc
 
-    def publish_dir(self, staging: Path, uri: ParsedUri) -> None:
+    def store(self, uri: ParsedUri, access: Access) -> Store:
         raise StorageError(f"{uri}: publishing to the Hub is not supported")
 
 
@@ -149,13 +133,13 @@ class _NotYet:
             "use file:// or pvc://"
         )
 
-    def local_file(self, uri: ParsedUri) -> Path:
+    def local_file(self, uri: ParsedUri, access: Access) -> Path:
         raise self._fail(uri)
 
-    def local_model_dir(self, uri: ParsedUri, revision: str | None) -> Path:
+    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         raise self._fail(uri)
 
-    def publish_dir(self, staging: Path, uri: ParsedUri) -> None:
+    def store(self, uri: ParsedUri, access: Access) -> Store:
         raise self._fail(uri)
 
 
@@ -167,10 +151,22 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def fetch_model_dir(uri: str, revision: str | None) -> Path:
+def fetch_model_dir(uri: str, revision: str | None, access: Access | None = None) -> Path:
     """A local directory holding the model at ``uri`` (downloaded if need be)."""
     backend, parsed = backend_for(uri, Role.MODEL)
-    return backend.local_model_dir(parsed, revision)
+    return backend.local_model_dir(parsed, revision, access or Access())
+
+
+def fetch_file(uri: str, role: Role, access: Access | None = None) -> Path:
+    """A local path holding the file at ``uri`` (downloaded if need be)."""
+    backend, parsed = backend_for(uri, role)
+    return backend.local_file(parsed, access or Access())
+
+
+def open_store(uri: str, access: Access | None = None) -> Store:
+    """The output URI ``uri`` as a :class:`Store`."""
+    backend, parsed = backend_for(uri, Role.OUTPUT)
+    return backend.store(parsed, access or Access())
 
 
 def local_dir_for(uri: str) -> Path:
