@@ -49,7 +49,10 @@ def test_run_publishes_a_complete_verifiable_adapter(make_job: Any) -> None:
         "tokenizer.json",
     } <= names
     manifest = json.loads((out / "manifest.json").read_text())
-    assert {f["path"] for f in manifest["files"]} == names - {"manifest.json"}
+    assert {f["path"] for f in manifest["files"]} == names - {"manifest.json", "checkpoints"}
+    # The final step's checkpoint stays beside the artifacts, outside their manifest.
+    steps = metrics_of(out)["steps"]
+    assert (out / "checkpoints" / f"step-{steps}" / "manifest.json").is_file()
     assert manifest["spec"]["jobName"] == "tiny"
     assert manifest["spec"]["model"]["trustRemoteCode"] is False
 

@@ -59,29 +59,55 @@ class TrainResult:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def steps_per_epoch(n_examples: int, spec: TrainingSpec) -> int:
+def steps_per_epoch(n_examples: int, spec: TrainingSpec, world_size: int = 1) -> int:
     batches = math.ceil(n_examples / spec.batch_size)
-    return max(1, math.ceil(batches / spec.gradient_accumulation))
+    return max(1, math.ceil(batches / (spec.gradient_accumulation * world_size)))
 
 
-def total_steps(n_examples: int, spec: TrainingSpec) -> int:
+def total_steps(n_examples: int, spec: TrainingSpec, world_size: int = 1) -> int:
     if spec.max_steps is not None:
         return spec.max_steps
-    return spec.epochs * steps_per_epoch(n_examples, spec)
+    return spec.epochs * steps_per_epoch(n_examples, spec, world_size)
 
 
-def _step_groups(
-    examples: list[TokenizedExample], spec: TrainingSpec
-) -> Iterator[tuple[float, list[list[TokenizedExample]]]]:
-    """Endless (epoch, micro-batches of one optimizer step); a new order every epoch."""
+@dataclass(frozen=True)
+class StepGroup:
+    """The micro-batches of one optimizer step, for every rank."""
+
+    epoch: float
+    end_of_epoch: bool
+    per_rank: list[list[list[TokenizedExample]]]
+    """``per_rank[r]``: rank r's micro-batches (possibly none at the end of an epoch)."""
+
+    def all_examples(self) -> list[TokenizedExample]:
+        return [e for rank in self.per_rank for mb in rank for e in mb]
+
+
+def step_groups(
+    examples: list[TokenizedExample], spec: TrainingSpec, world_size: int = 1
+) -> Iterator[StepGroup]:
+    """Endless optimizer steps; a new seeded order every epoch.
+
+    Every rank computes the same sequence (same seed), so each knows the whole step: it
+    trains on its own share (batches ``r, r + world, ...`` of the step) and normalises
+    by the label tokens of all shares. Resuming is skipping the steps already taken.
+    """
     lengths = [len(e.input_ids) for e in examples]
+    per_step = spec.gradient_accumulation * world_size
     epoch = 0
     while True:
         batches = length_grouped_batches(lengths, spec.batch_size, seed=spec.seed + epoch)
-        per_epoch = math.ceil(len(batches) / spec.gradient_accumulation)
+        per_epoch = math.ceil(len(batches) / per_step)
         for k in range(per_epoch):
-            group = batches[k * spec.gradient_accumulation : (k + 1) * spec.gradient_accumulation]
-            yield epoch + (k + 1) / per_epoch, [[examples[i] for i in b] for b in group]
+            group = batches[k * per_step : (k + 1) * per_step]
+            yield StepGroup(
+                epoch=epoch + (k + 1) / per_epoch,
+                end_of_epoch=k == per_epoch - 1,
+                per_rank=[
+                    [[examples[i] for i in b] for b in group[r::world_size]]
+                    for r in range(world_size)
+                ],
+            )
         epoch += 1
 
 
@@ -118,6 +144,53 @@ class EarlyStopper:
 
 
 @dataclass
+class LoopState:
+    """Everything a checkpoint restores besides the objects' own state dicts.
+
+    Plain data (JSON-ready), so a checkpoint never has to unpickle anything to resume.
+    """
+
+    step: int
+    tokens: int
+    samples: int
+    seconds: float
+    history: list[dict[str, float]]
+    eval_history: list[dict[str, float]]
+    stopper: dict[str, Any] | None = None
+    """EarlyStopper's best value, best step and bad evaluations."""
+    carry: dict[str, Any] = field(default_factory=dict)
+    """What the caller wants back on resume (e.g. the scores before training)."""
+
+
+@dataclass
+class Resume:
+    """A checkpoint loaded into memory, ready to hand to :func:`train`."""
+
+    state: LoopState
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any] | None = None
+    best: dict[str, torch.Tensor] | None = None
+    """Early stopping's best weights so far, when they are not the current ones."""
+    restore_rng: Callable[[], None] = field(default=lambda: None)
+    """Puts this rank's random generators back where they were; called last."""
+
+
+@dataclass
+class Checkpointable:
+    """The live objects a checkpoint is taken from (the model unwrapped)."""
+
+    state: LoopState
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any | None
+    best: dict[str, torch.Tensor] | None
+    end_of_epoch: bool
+
+
+@dataclass
 class TrainHooks:
     """How a run customises the loop; every field has a plain default."""
 
@@ -133,6 +206,14 @@ class TrainHooks:
     """Periodic evaluation (``evaluation.everySteps``), on the unwrapped model."""
     eval_every: int | None = None
     early_stopping: EarlyStoppingSpec | None = None
+    checkpoint_every: int | None = None
+    """Save every this many steps (and always at the end of an epoch) when ``save`` is set."""
+    save: Callable[[Checkpointable], None] | None = None
+    resume: Resume | None = None
+    stop_requested: Callable[[], bool] = lambda: False
+    """Polled after every step (SIGTERM): True saves a checkpoint and raises Preempted."""
+    carry: dict[str, Any] = field(default_factory=dict)
+    """JSON-ready data saved with every checkpoint (``LoopState.carry``)."""
 
 
 def count_input_tokens(examples: list[TokenizedExample]) -> int:
@@ -140,15 +221,42 @@ def count_input_tokens(examples: list[TokenizedExample]) -> int:
     return sum(len(e.input_ids) for e in examples)
 
 
-def _snapshot(model: Any) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The parameters being trained, detached copies on the CPU, by name."""
+    return {
+        n: p.detach().to("cpu", copy=True).contiguous()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
-def _restore(model: Any, snapshot: dict[str, torch.Tensor]) -> None:
+def load_trainable(model: Any, weights: dict[str, torch.Tensor]) -> None:
+    """Copy ``weights`` into the model's trainable parameters; every one must be there."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in snapshot:
-                param.copy_(snapshot[name])
+        for name, param in params.items():
+            param.copy_(weights[name])
+
+
+def _all_ranks(accelerator: Any, values: list[float]) -> list[float]:
+    """Sum ``values`` over ranks (one collective); themselves on a single process."""
+    if accelerator.num_processes == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return [float(v) for v in accelerator.reduce(tensor, reduction="sum")]
+
+
+class Preempted(Exception):
+    """Raised by :func:`train` after the stop request's checkpoint is saved."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step} on request; a checkpoint holds the progress")
+        self.step = step
 
 
 def train(
@@ -162,11 +270,17 @@ def train(
 ) -> TrainResult:
     """Run ``total_steps`` optimizer steps over ``examples``; return what happened.
 
-    With early stopping, training ends once the metric has not improved for
-    ``patience`` evaluations, and the best weights seen are restored before returning.
+    With ``hooks.resume`` the run continues where a checkpoint left it: weights,
+    optimizer, scheduler, scaler, position in the data and random generators. With
+    early stopping, training ends once the metric has not improved for ``patience``
+    evaluations, and the best weights seen are restored before returning.
     """
     hooks = hooks or TrainHooks()
-    steps = total_steps(len(examples), spec)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps = total_steps(len(examples), spec, world)
+    resume = hooks.resume
+    if resume is not None:
+        load_trainable(model, resume.trainable)
     groups = hooks.param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     params = [p for group in groups for p in group["params"]]
     optimizer = make_optimizer(groups, spec)
@@ -174,26 +288,83 @@ def train(
     # process, which is right for its dataloaders but not for our per-step count.
     scheduler = make_scheduler(optimizer, spec, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
+    scaler = getattr(accelerator, "scaler", None)
     stopper = EarlyStopper(hooks.early_stopping) if hooks.early_stopping else None
     best: dict[str, torch.Tensor] | None = None
-
-    step_groups = _step_groups(examples, spec)
     result = TrainResult(steps=0, train_loss=float("nan"), tokens=0, seconds=0.0)
-    started = time.perf_counter()
-    for step in range(1, steps + 1):
-        epoch, micro_batches = next(step_groups)
-        weight = max(1, hooks.step_weight([e for mb in micro_batches for e in mb]))
-        loss_sum = 0.0
-        for i, micro in enumerate(micro_batches):
+    groups_iter = step_groups(examples, spec, world)
+    first = 1
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        if scaler is not None and resume.scaler is not None:
+            scaler.load_state_dict(resume.scaler)
+        state = resume.state
+        result.tokens, result.samples, result.seconds = state.tokens, state.samples, state.seconds
+        result.history, result.eval_history = list(state.history), list(state.eval_history)
+        result.steps = state.step
+        if stopper is not None and state.stopper is not None:
+            stopper.best = state.stopper["best"]
+            stopper.best_step = state.stopper["bestStep"]
+            stopper.bad_evaluations = state.stopper["badEvaluations"]
+        best = resume.best
+        if best is None and stopper is not None and stopper.best_step == state.step:
+            best = resume.trainable  # the checkpoint's own weights were the best
+        for _ in range(state.step):
+            next(groups_iter)
+        first = state.step + 1
+        resume.restore_rng()
+    model.train()
+
+    def checkpointable(step: int, end_of_epoch: bool) -> Checkpointable:
+        return Checkpointable(
+            state=LoopState(
+                step=step,
+                tokens=result.tokens,
+                samples=result.samples,
+                seconds=result.seconds,
+                history=result.history,
+                eval_history=result.eval_history,
+                carry=hooks.carry,
+                stopper=None
+                if stopper is None
+                else {
+                    "best": stopper.best,
+                    "bestStep": stopper.best_step,
+                    "badEvaluations": stopper.bad_evaluations,
+                },
+            ),
+            model=accelerator.unwrap_model(model),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            # The best weights travel only when they are not the checkpoint's own.
+            best=best if stopper is not None and stopper.best_step != step else None,
+            end_of_epoch=end_of_epoch,
+        )
+
+    session_start, seconds_before = time.perf_counter(), result.seconds
+    for step in range(first, steps + 1):
+        group = next(groups_iter)
+        weight = max(1, hooks.step_weight(group.all_examples()))
+        mine, factor = group.per_rank[rank], float(world)
+        if not mine:
+            # The epoch's last step can leave a rank without a batch; it still has to join
+            # the gradient all-reduce, so it runs someone's batch with a weight of zero.
+            mine, factor = group.per_rank[0][:1], 0.0
+        loss_sum, tokens, samples = 0.0, 0, 0
+        for i, micro in enumerate(mine):
             batch = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
-            last = i == len(micro_batches) - 1
+            last = i == len(mine) - 1
             with nullcontext() if last else accelerator.no_sync(model):
                 loss = hooks.compute_loss(model, batch, weight)
-                accelerator.backward(loss)
-            loss_sum += loss.item()
-            result.tokens += count_input_tokens(micro)
-            result.samples += len(micro)
+                # DDP averages gradients over ranks; scaled by the world size, each rank's
+                # share of the step's token sum adds up to the step's loss.
+                accelerator.backward(loss if world == 1 else loss * factor)
+            if factor:
+                loss_sum += loss.item()
+                tokens += count_input_tokens(micro)
+                samples += len(micro)
         grad_norm = None
         if spec.max_grad_norm > 0:
             grad_norm = float(accelerator.clip_grad_norm_(params, spec.max_grad_norm))
@@ -203,45 +374,57 @@ def train(
             hooks.after_step(accelerator.unwrap_model(model), step)
         optimizer.zero_grad(set_to_none=True)
 
-        result.seconds = time.perf_counter() - started
+        stop_requested = hooks.stop_requested()
+        loss_sum, tokens_all, samples_all, stop_votes = _all_ranks(
+            accelerator, [loss_sum, tokens, samples, float(stop_requested)]
+        )
+        result.tokens += int(tokens_all)
+        result.samples += int(samples_all)
+        result.seconds = seconds_before + time.perf_counter() - session_start
         result.steps, result.train_loss = step, loss_sum
         learning_rate = scheduler.get_last_lr()[0]
         result.history.append(
             {
                 "step": step,
-                "epoch": round(epoch, 4),
+                "epoch": round(group.epoch, 4),
                 "loss": loss_sum,
                 "learningRate": learning_rate,
             }
         )
+        elapsed = time.perf_counter() - session_start
         hooks.on_step(
             StepReport(
                 step=step,
                 total_steps=steps,
-                epoch=epoch,
+                epoch=group.epoch,
                 loss=loss_sum,
                 learning_rate=learning_rate,
                 tokens_per_second=result.tokens_per_second,
-                eta_seconds=result.seconds / step * (steps - step),
+                eta_seconds=elapsed / (step - first + 1) * (steps - step),
                 grad_norm=grad_norm,
                 samples=result.samples,
             )
         )
-        if hooks.evaluate is None or not hooks.eval_every or step % hooks.eval_every:
-            continue
-        scores = hooks.evaluate(accelerator.unwrap_model(model))
-        model.train()
-        result.eval_history.append({"step": step, **scores})
-        if stopper is None:
-            continue
-        if stopper.update(scores[stopper.spec.metric], step):
-            best = _snapshot(accelerator.unwrap_model(model))
-        elif stopper.should_stop:
-            result.stopped_early = True
+        stopping = False
+        if hooks.evaluate is not None and hooks.eval_every and step % hooks.eval_every == 0:
+            scores = hooks.evaluate(accelerator.unwrap_model(model))
+            model.train()
+            result.eval_history.append({"step": step, **scores})
+            if stopper is not None and stopper.update(scores[stopper.spec.metric], step):
+                best = trainable_state(accelerator.unwrap_model(model))
+            stopping = stopper is not None and stopper.should_stop
+            result.stopped_early = stopping
+        due = hooks.checkpoint_every is not None and step % hooks.checkpoint_every == 0
+        last = step == steps or stopping
+        if hooks.save is not None and (due or last or group.end_of_epoch or stop_votes > 0):
+            hooks.save(checkpointable(step, group.end_of_epoch))
+        if stop_votes > 0 and step < steps and not stopping:
+            raise Preempted(step)
+        if stopping:
             break
-    if best is not None and stopper is not None and stopper.best_step != result.steps:
-        _restore(accelerator.unwrap_model(model), best)
     if stopper is not None:
         result.best_step = stopper.best_step
+        if best is not None and stopper.best_step != result.steps:
+            load_trainable(accelerator.unwrap_model(model), best)
     model.eval()
     return result

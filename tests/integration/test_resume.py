@@ -1,0 +1,154 @@
+"""Checkpoints and resume, the way a cluster exercises them: `finetune train` processes
+killed with SIGKILL (a node lost) and stopped with SIGTERM (a pod evicted), restarted on
+the same output, ending where an uninterrupted run with the same seed ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from finetune_trainer.checkpoint import complete_checkpoints, prefix_for
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.publish import verify_manifest
+from finetune_trainer.storage.store import MANIFEST, LocalStore
+from conftest import colour_rows, write_jsonl
+
+FINETUNE = str(Path(sys.executable).parent / "finetune")
+STEPS = 60
+
+
+def trainer_config(tmp: Path, model_dir: Path, out: Path, **output: Any) -> Path:
+    """A TrainerConfig with dropout (so random state matters) and frequent checkpoints."""
+    train = write_jsonl(tmp / "train.jsonl", colour_rows(96))
+    validation = write_jsonl(tmp / "validation.jsonl", colour_rows(16))
+    config = TrainerConfig.model_validate(
+        {
+            "jobName": "resume",
+            "model": {"uri": f"file://{model_dir}"},
+            "dataset": {
+                "train": f"file://{train}",
+                "validation": f"file://{validation}",
+                "deduplicate": False,
+            },
+            "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.1}},
+            "training": {
+                "maxSteps": STEPS,
+                "learningRate": 1e-2,
+                "batchSize": 4,
+                "maxSeqLength": 64,
+                "metricsPort": 0,
+            },
+            "evaluation": {"exactMatchSamples": 0},
+            "output": {"uri": f"file://{out}", "checkpointEvery": 4, **output},
+        }
+    )
+    path = tmp / f"config-{out.name}.json"
+    path.write_text(config.to_json())
+    return path
+
+
+def start(config: Path, tmp: Path) -> subprocess.Popen[bytes]:
+    log = (tmp / "trainer.log").open("ab")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [FINETUNE, "train", "--config", str(config), "--termination-log", str(tmp / "term")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def newest_complete(out: Path) -> int:
+    steps = complete_checkpoints(LocalStore("file://out", out))
+    return max((s for s, keys in steps.items() if MANIFEST in keys), default=0)
+
+
+def wait_for_checkpoint_after(proc: subprocess.Popen[bytes], out: Path, step: int) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        newest = newest_complete(out)
+        if newest > step:
+            return newest
+        assert proc.poll() is None, f"trainer exited early ({proc.returncode})"
+        time.sleep(0.02)
+    raise AssertionError("no new checkpoint within 120 s")
+
+
+def metrics(out: Path) -> dict[str, Any]:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_killed_and_terminated_run_resumes_to_the_same_result(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    rng = random.Random()
+    kill_after = rng.choice([4, 8, 12, 16])
+    reference_out, out = tmp_path / "reference", tmp_path / "interrupted"
+
+    reference = subprocess.run(
+        [
+            FINETUNE,
+            "train",
+            "--config",
+            str(trainer_config(tmp_path, tiny_model_dir, reference_out)),
+        ],
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert reference.returncode == 0, reference.stderr.decode()[-3000:]
+
+    config = trainer_config(tmp_path, tiny_model_dir, out)
+    # 1. SIGKILL (no chance to save) a moment after a random checkpoint: a lost node.
+    proc = start(config, tmp_path)
+    reached = wait_for_checkpoint_after(proc, out, kill_after - 1)
+    time.sleep(rng.uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = newest_complete(out)
+    assert killed_at >= reached
+
+    # 2. Restart: it resumes by itself; SIGTERM once it has made progress: an eviction.
+    proc = start(config, tmp_path)
+    wait_for_checkpoint_after(proc, out, killed_at)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, (tmp_path / "trainer.log").read_text()[-3000:]
+    terminated_at = newest_complete(out)
+    assert killed_at < terminated_at < STEPS
+    termination = json.loads((tmp_path / "term").read_text())
+    assert termination["reason"] == "Preempted"
+    assert not (out / MANIFEST).exists(), "a preempted run must not publish"
+
+    # 3. Restart again: it finishes and publishes.
+    proc = start(config, tmp_path)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+    log = (tmp_path / "trainer.log").read_text()
+    assert f"resuming from file://{out}/{prefix_for(killed_at)}" in log
+    assert f"resuming from file://{out}/{prefix_for(terminated_at)}" in log
+
+    assert verify_manifest(out) == []
+    resumed, uninterrupted = metrics(out), metrics(reference_out)
+    assert resumed["steps"] == uninterrupted["steps"] == STEPS
+    assert len(resumed["history"]) == STEPS
+    assert resumed["evalLoss"] == pytest.approx(uninterrupted["evalLoss"], rel=0.01)
+    # Same seed, same data order, same random state: on one CPU thread, the same weights.
+    a = load_file(out / "adapter_model.safetensors")
+    b = load_file(reference_out / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max() < 1e-4, name
+    # keepCheckpoints (2) newest complete sets remain, nothing half-written.
+    left = complete_checkpoints(LocalStore("file://out", out))
+    assert sorted(left) == [STEPS - 4, STEPS]
+    assert all(MANIFEST in keys for keys in left.values())
