@@ -10,12 +10,14 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.loop import StepReport, TrainResult
+from finetune_trainer.telemetry import Progress, Telemetry
 
 if TYPE_CHECKING:
     from finetune_trainer.evaluation import EvalResult
@@ -115,11 +117,15 @@ class TrainedRun:
     validation: list[Any]
 
 
-def run_training(config: TrainerConfig) -> RunResult:
-    """Fine-tune as ``config`` says and publish to ``config.output.uri``."""
+def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> RunResult:
+    """Fine-tune as ``config`` says and publish to ``config.output.uri``.
+
+    ``telemetry`` receives the progress (metrics, JSON lines, the last step); the caller
+    starts and closes it, so /metrics is up from model loading to publishing.
+    """
     from finetune_trainer.publish import publish, stage_artifacts
 
-    run = fine_tune(config)
+    run = fine_tune(config, telemetry)
     with tempfile.TemporaryDirectory(prefix="finetune-publish-") as staging:
         stage_artifacts(
             Path(staging),
@@ -134,8 +140,11 @@ def run_training(config: TrainerConfig) -> RunResult:
     return RunResult(config.output.uri, run.metrics)
 
 
-def fine_tune(config: TrainerConfig) -> TrainedRun:
-    """Load, evaluate, train and evaluate again; publishing is the caller's."""
+def fine_tune(config: TrainerConfig, telemetry: Telemetry | None = None) -> TrainedRun:
+    """Load, evaluate, train and evaluate again; publishing is the caller's.
+
+    Without ``telemetry`` the run reports nothing but the progress bar (tests, notebooks).
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -205,14 +214,15 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
     if config.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     loss = _loss_function(config, compute, model.config.vocab_size, task)  # may load a teacher
-    bar = _ProgressBar(steps)
+    telemetry = telemetry or Telemetry(progress=Progress(json_lines=False, bar=True))
+    bar = _ProgressBar(steps) if telemetry.progress.bar else None
     hooks = TrainHooks(
         param_groups=trainable_groups(model, options, config.training.learning_rate, method),
         after_step=method.after_step,
-        on_step=bar,
+        on_step=_reporters(bar, telemetry),
         compute_loss=loss,
         step_weight=task.step_weight,
-        evaluate=lambda m: _periodic_scores(m, tokenizer, data, config),
+        evaluate=lambda m: _reported(_periodic_scores(m, tokenizer, data, config), telemetry),
         eval_every=config.evaluation.every_steps,
         early_stopping=config.training.early_stopping,
     )
@@ -226,7 +236,8 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
             hooks=hooks,
         )
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     model = accelerator.unwrap_model(model)
     after = _evaluate(model, tokenizer, data, config, "after training")
 
@@ -239,6 +250,23 @@ def fine_tune(config: TrainerConfig) -> TrainedRun:
         wallSeconds=time.perf_counter() - wall_start,
     )
     return TrainedRun(model, tokenizer, metrics, data.validation)
+
+
+def _reporters(bar: _ProgressBar | None, telemetry: Telemetry) -> Callable[[StepReport], None]:
+    """One on_step hook feeding the bar (when shown) and the telemetry."""
+
+    def on_step(report: StepReport) -> None:
+        if bar is not None:
+            bar(report)
+        telemetry.on_step(report)
+
+    return on_step
+
+
+def _reported(scores: dict[str, float], telemetry: Telemetry) -> dict[str, float]:
+    """Periodic evaluation scores, also sent to the telemetry (gauges and a JSON line)."""
+    telemetry.on_eval(scores)
+    return scores
 
 
 def _fetch_model(config: TrainerConfig) -> tuple[Path, Any]:
