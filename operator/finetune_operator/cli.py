@@ -7,13 +7,18 @@ so ``validate`` and ``crd`` work with the operator's dependencies alone.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from finetune_operator.manifests import Document, ManifestError, check_documents, read_file
 from finetune_operator.render import RenderError, local_output_uri, render_trainer_config
+
+if TYPE_CHECKING:
+    from finetune_trainer.config import TrainerConfig
+    from finetune_trainer.outcome import Outcome
 
 app = typer.Typer(
     name="finetune",
@@ -111,7 +116,7 @@ def run(
     if max_steps is not None:
         training = config.training.model_copy(update={"max_steps": max_steps})
         config = config.model_copy(update={"training": training})
-    _run_trainer(config)
+    _run_trainer(config, pod=False)
 
 
 @app.command()
@@ -142,30 +147,72 @@ def verify(
 @app.command()
 def train(
     config: Annotated[Path, typer.Option("--config", help="A rendered TrainerConfig (JSON).")],
+    termination_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--termination-log",
+            help="Write the outcome summary (JSON) here. Default: $FINETUNE_TERMINATION_LOG, "
+            "else /dev/termination-log when it exists (the kubelet creates it in a pod).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the trainer from a TrainerConfig file (the training pod's entrypoint)."""
+    """Run the trainer from a TrainerConfig file (the training pod's entrypoint).
+
+    Logs one JSON line per step; exit code and termination message: see the README."""
     from pydantic import ValidationError
 
     from finetune_trainer.config import TrainerConfig
+    from finetune_trainer.errors import ConfigError
+    from finetune_trainer.outcome import failed
 
     try:
         trainer_config = TrainerConfig.from_json(config.read_bytes())
     except (OSError, ValidationError) as exc:
-        _err(f"{config}: not a valid TrainerConfig: {exc}")
-        raise typer.Exit(EXIT_INVALID) from None
-    _run_trainer(trainer_config)
+        outcome = failed(ConfigError(f"{config}: not a valid TrainerConfig: {exc}"))
+        _err(f"error: {outcome.message}")
+        _finish(outcome, termination_log, pod=True)
+    _run_trainer(trainer_config, pod=True, termination_log=termination_log)
 
 
-def _run_trainer(config: object) -> None:
-    from finetune_trainer.errors import TrainerError
+def _run_trainer(
+    config: TrainerConfig, *, pod: bool, termination_log: Path | None = None
+) -> NoReturn:
+    """Run the trainer in this process and exit with the code that classifies the end.
+
+    Every exception is classified (finetune_trainer.outcome), not only the trainer's own:
+    an out-of-memory error from deep inside torch must still exit with its own code.
+    Unforeseen errors keep their traceback on stderr; foreseen ones print a message."""
+    import traceback
+
+    from finetune_trainer.outcome import failed, succeeded
     from finetune_trainer.runner import run_training
+    from finetune_trainer.telemetry import Telemetry, progress_for
 
+    telemetry = Telemetry.from_config(config, progress=progress_for(pod=pod))
     try:
-        result = run_training(config)  # type: ignore[arg-type]
-    except TrainerError as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(exc.exit_code) from None
-    typer.echo(result.summary())
+        with telemetry:
+            result = run_training(config, telemetry)
+    except Exception as exc:
+        outcome = failed(exc, telemetry.last_step)
+        if outcome.exit_code == 1:
+            traceback.print_exception(exc, file=sys.stderr)
+        _err(f"error: {outcome.message}")
+        _finish(outcome, termination_log, pod=pod)
+    summary = result.summary()
+    typer.echo(summary)
+    _finish(succeeded(telemetry.last_step, result.output_uri, summary), termination_log, pod=pod)
+
+
+def _finish(outcome: Outcome, termination_log: Path | None, *, pod: bool) -> NoReturn:
+    """Leave the termination message (pods only) and exit with the outcome's code."""
+    from finetune_trainer.outcome import termination_log_path, write_termination_message
+
+    if pod:
+        path, explicit = termination_log_path(termination_log)
+        warning = write_termination_message(outcome, path, explicit=explicit)
+        if warning is not None:
+            _err(warning)
+    raise typer.Exit(outcome.exit_code)
 
 
 def main() -> None:

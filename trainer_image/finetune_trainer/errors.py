@@ -41,3 +41,12 @@ class StorageError(TrainerError):
 
     exit_code = 5
     reason = "StorageError"
+
+
+class OutOfMemory(TrainerError):
+    """GPU or host memory ran out. The same spec on the same hardware fails the same way:
+    the fix is a smaller batch or sequence length, gradient checkpointing, quantization
+    (qlora) or a bigger machine."""
+
+    exit_code = 6
+    reason = "OutOfMemory"
