@@ -14,6 +14,7 @@ from finetune_trainer.storage.uri import (
     Role,
     UriError,
     data_suffix,
+    hf_dataset_parts,
     parse_uri,
     schemes_for,
 )
@@ -33,6 +34,8 @@ MODEL, DATA, OUT = Role.MODEL, Role.DATASET, Role.OUTPUT
         ("hf://gpt2", MODEL, "hf", "gpt2"),
         ("hf://datasets/org/chat-data", DATA, "hf", "datasets/org/chat-data"),
         ("hf://datasets/squad", DATA, "hf", "datasets/squad"),
+        ("hf://datasets/org/name/train.jsonl", DATA, "hf", "datasets/org/name/train.jsonl"),
+        ("hf://datasets/org/name/data/x.parquet", DATA, "hf", "datasets/org/name/data/x.parquet"),
         ("file://./data/train.jsonl", DATA, "file", "./data/train.jsonl"),
         ("file:///abs/data/train.jsonl", DATA, "file", "/abs/data/train.jsonl"),
         ("file://../shared/models/base", MODEL, "file", "../shared/models/base"),
@@ -67,7 +70,9 @@ def test_accepted(uri: str, role: Role, scheme: str, location: str) -> None:
         ("hf://org/name/extra", MODEL, "is not a Hub repository id"),
         ("hf://-org/name", MODEL, "is not a Hub repository id"),
         ("hf://org/chat-data", DATA, "Hub datasets are written hf://datasets/<org>/<name>"),
-        ("hf://datasets/org/name/extra", DATA, "is not a Hub repository id"),
+        ("hf://datasets/-org/name/train.jsonl", DATA, "is not a Hub repository id"),
+        ("hf://datasets/org/name/../other/x.jsonl", DATA, "'..' path segments are not allowed"),
+        ("hf://datasets/org/name/a//x.jsonl", DATA, "is not a file path inside the repository"),
         ("hf://datasets/org/name", MODEL, "is not a Hub repository id"),
         ("s3://ab/key", DATA, "'ab' is not a valid bucket name"),
         ("s3://My_Bucket/key", DATA, "'My_Bucket' is not a valid bucket name"),
@@ -154,6 +159,7 @@ def test_scheme_registry_roles() -> None:
         ("pvc://data/rows.csv", ".csv"),
         ("s3://my-bucket/sets/part-0.parquet", ".parquet"),
         ("hf://datasets/org/name", None),
+        ("hf://datasets/org/name/sub/train.CSV", ".csv"),
     ],
 )
 def test_data_suffix(uri: str, suffix: str | None) -> None:
@@ -161,8 +167,27 @@ def test_data_suffix(uri: str, suffix: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "uri", ["file://./data/train.txt", "s3://my-bucket/sets/", "pvc://d/x.jsonl.gz"]
+    "uri",
+    [
+        "file://./data/train.txt",
+        "s3://my-bucket/sets/",
+        "pvc://d/x.jsonl.gz",
+        "hf://datasets/org/name/extra",
+    ],
 )
 def test_data_suffix_unknown(uri: str) -> None:
     with pytest.raises(UriError, match=r"name a file ending in \.jsonl, \.json, \.csv, \.parquet"):
         data_suffix(parse_uri(uri, DATA))
+
+
+@pytest.mark.parametrize(
+    ("location", "parts"),
+    [
+        ("datasets/squad", ("squad", None)),
+        ("datasets/org/name", ("org/name", None)),
+        ("datasets/org/name/train.jsonl", ("org/name", "train.jsonl")),
+        ("datasets/org/name/a/b/c.csv", ("org/name", "a/b/c.csv")),
+    ],
+)
+def test_hub_dataset_parts(location: str, parts: tuple[str, str | None]) -> None:
+    assert hf_dataset_parts(location) == parts

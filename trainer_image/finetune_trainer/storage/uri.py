@@ -83,10 +83,28 @@ def _check_hf(location: str, role: Role) -> None:
     repo = location
     if role is Role.DATASET:
         if not location.startswith("datasets/"):
-            raise UriError("Hub datasets are written hf://datasets/<org>/<name>")
-        repo = location.removeprefix("datasets/")
+            raise UriError(
+                "Hub datasets are written hf://datasets/<org>/<name>[/<file in the repository>]"
+            )
+        repo, path = hf_dataset_parts(location)
+        if path is not None:
+            _check_segments(path)
+            if any(not part for part in path.split("/")):
+                raise UriError(f"'{path}' is not a file path inside the repository")
     if not _HF_REPO.match(repo):
         raise UriError(f"'{repo}' is not a Hub repository id; write hf://<org>/<name>")
+
+
+def hf_dataset_parts(location: str) -> tuple[str, str | None]:
+    """``datasets/<org>/<name>[/<path>]`` split into the repository id and the file in it.
+
+    The first two segments are the repository (``org/name``); anything after them names
+    one file of the repository. A one-segment id (``datasets/squad``) has no file part.
+    """
+    parts = location.removeprefix("datasets/").split("/", 2)
+    if len(parts) <= 2:
+        return "/".join(parts), None
+    return f"{parts[0]}/{parts[1]}", parts[2]
 
 
 @dataclass(frozen=True)
@@ -135,10 +153,15 @@ DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 def data_suffix(uri: ParsedUri) -> str | None:
-    """The file type of a dataset URI, or None for Hub datasets (the Hub says)."""
+    """The file type of a dataset URI, or None for a whole Hub dataset repository (the
+    file found in the repository says, see ``HubBackend.local_file``)."""
+    location = uri.location
     if uri.scheme == "hf":
-        return None
-    lowered = uri.location.lower()
+        _, path = hf_dataset_parts(location)
+        if path is None:
+            return None
+        location = path
+    lowered = location.lower()
     for suffix in DATA_SUFFIXES:
         if lowered.endswith(suffix):
             return suffix

@@ -1,0 +1,184 @@
+"""Credentials and connection settings for object stores, and keeping them out of text.
+
+A job names a Kubernetes Secret per storage location (``output.credentialsSecret``,
+``dataset.credentialsSecret``, ``model.credentialsSecret``); the operator mounts Secret
+``NAME`` at ``$FINETUNE_SECRETS_ROOT/NAME/`` (default ``/var/run/secrets/finetune``), one
+file per key. The keys we read are :data:`SECRET_KEYS`. When a Secret is named but not
+mounted (``finetune run`` on a laptop), one warning is logged and the standard chain is
+used, so a manifest that works in the cluster also works locally with ``aws configure``.
+
+Without a Secret, boto3's standard chain applies unchanged: environment variables,
+``~/.aws`` shared files and profiles, web identity tokens (IRSA, EKS Pod Identity),
+instance metadata. botocore itself honours ``AWS_ENDPOINT_URL`` and
+``AWS_ENDPOINT_URL_S3``; ``AWS_S3_ADDRESSING_STYLE`` (``path``, ``virtual``, ``auto``) is
+our extension, because MinIO and Ceph usually need path-style requests and botocore has
+no environment variable for it.
+
+Secret values live only inside the boto3 session. They are never formatted into
+messages; :func:`redact` scrubs them out of any text built from a third-party exception,
+as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+SECRETS_ROOT_ENV = "FINETUNE_SECRETS_ROOT"
+DEFAULT_SECRETS_ROOT = "/var/run/secrets/finetune"
+SECRET_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_S3_ADDRESSING_STYLE",
+    "HF_TOKEN",
+)
+"""The keys of a credentials Secret this trainer reads; others are ignored."""
+
+ADDRESSING_ENV = "AWS_S3_ADDRESSING_STYLE"
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+CONNECT_TIMEOUT_ENV = "FINETUNE_S3_CONNECT_TIMEOUT"
+READ_TIMEOUT_ENV = "FINETUNE_S3_READ_TIMEOUT"
+BOTOCORE_ATTEMPTS = 2
+"""botocore's own attempts per request: low, so that the job's retry deadline governs."""
+
+_warned: set[str] = set()
+
+
+def secrets_root() -> Path:
+    return Path(os.environ.get(SECRETS_ROOT_ENV) or DEFAULT_SECRETS_ROOT)
+
+
+def read_secret(name: str | None) -> dict[str, str]:
+    """The known keys of the mounted Secret ``name``; empty when unnamed or not mounted."""
+    if not name:
+        return {}
+    directory = secrets_root() / name
+    if not directory.is_dir():
+        if name not in _warned:
+            _warned.add(name)
+            log.warning(
+                "credentials Secret %r is not mounted at %s; using the standard AWS / "
+                "Hugging Face credentials of this environment instead",
+                name,
+                directory,
+            )
+        return {}
+    values = {}
+    for key in SECRET_KEYS:
+        path = directory / key
+        if path.is_file():
+            value = path.read_text().strip()
+            if value:
+                values[key] = value
+    return values
+
+
+def hf_token(secret_name: str | None) -> str | None:
+    """HF_TOKEN from the Secret, or None (huggingface_hub then reads HF_TOKEN itself)."""
+    return read_secret(secret_name).get("HF_TOKEN")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Everything needed to build an S3 client; credentials are hidden from ``repr``."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    source: str = "the standard AWS credential chain"
+    """Where the credentials come from, for messages (never the values)."""
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in any text we produce."""
+        return [v for v in (self.secret_access_key, self.session_token) if v]
+
+
+def s3_settings(secret_name: str | None) -> S3Settings:
+    """Settings from the mounted Secret ``secret_name`` over the environment."""
+    values = read_secret(secret_name)
+    key_id, secret = values.get("AWS_ACCESS_KEY_ID"), values.get("AWS_SECRET_ACCESS_KEY")
+    if bool(key_id) != bool(secret):
+        raise StorageError(
+            f"credentials Secret {secret_name!r} holds only one of AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY; it needs both (or neither, to use workload identity)"
+        )
+    style = values.get("AWS_S3_ADDRESSING_STYLE") or os.environ.get(ADDRESSING_ENV) or None
+    if style is not None and style not in ADDRESSING_STYLES:
+        raise StorageError(
+            f"AWS_S3_ADDRESSING_STYLE={style!r} is not one of {', '.join(ADDRESSING_STYLES)} "
+            "(use path for MinIO and Ceph)"
+        )
+    return S3Settings(
+        endpoint_url=values.get("AWS_ENDPOINT_URL"),
+        region=values.get("AWS_REGION") or os.environ.get("AWS_REGION") or None,
+        addressing_style=style,
+        connect_timeout=_seconds(CONNECT_TIMEOUT_ENV, 10.0),
+        read_timeout=_seconds(READ_TIMEOUT_ENV, 60.0),
+        source=f"credentials Secret {secret_name!r}" if key_id else _chain_name(secret_name),
+        access_key_id=key_id,
+        secret_access_key=secret,
+        session_token=values.get("AWS_SESSION_TOKEN"),
+    )
+
+
+def _chain_name(secret_name: str | None) -> str:
+    if secret_name and (secrets_root() / secret_name).is_dir():
+        return f"the standard AWS credential chain (Secret {secret_name!r} holds no keys)"
+    return "the standard AWS credential chain"
+
+
+def _seconds(env: str, default: float) -> float:
+    raw = os.environ.get(env)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{env}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise StorageError(f"{env}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def s3_client(settings: S3Settings) -> Any:
+    """A boto3 S3 client for ``settings``: short timeouts, few botocore retries."""
+    import boto3  # type: ignore[import-untyped]
+    from botocore.config import Config  # type: ignore[import-untyped]
+
+    session = boto3.session.Session(
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        aws_session_token=settings.session_token,
+        region_name=settings.region,
+    )
+    config = Config(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        retries={"mode": "standard", "total_max_attempts": BOTOCORE_ATTEMPTS},
+        s3={"addressing_style": settings.addressing_style} if settings.addressing_style else None,
+        user_agent_extra="finetune-operator",
+    )
+    return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret value replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

@@ -1,0 +1,560 @@
+"""s3:// storage: AWS S3 and S3-compatible stores (MinIO, Ceph RGW, GCS interop, R2).
+
+Built on boto3, the reference client: it brings the whole credential chain (env, shared
+files, web identity/IRSA), ``AWS_ENDPOINT_URL``, request signing and, through
+s3transfer, multipart uploads and ranged downloads that stream from and to disk. What
+this module adds is policy:
+
+* Retry by deadline. Transient failures (connection refused/reset, timeouts, 5xx,
+  429/SlowDown) are retried with exponential backoff and full jitter until the job's
+  ``output.retryDeadlineSeconds`` would be exceeded; botocore's own retries are kept low
+  so the deadline, not a count, is what a user tunes. Permanent failures (403, 404,
+  NoSuchBucket, bad keys) fail at once with the URI and the likely cause.
+* Safe keys. Keys written go through :func:`~.store.safe_key`; keys read from a listing
+  (a model prefix) must be safe too, or the download is refused: an object named
+  ``prefix/../../x`` never becomes a file outside the cache.
+* Verified downloads into the URI+version-keyed cache (:mod:`.cache`): the size always,
+  and the content against a full-object SHA-256 or CRC32 checksum or a single-part MD5
+  ETag, whichever the store gives.
+* No secrets in text: messages carry the URI, the error code and a hint, never a
+  credential, and anything derived from a third-party message is redacted.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import json
+import logging
+import re
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from finetune_trainer.errors import ModelError, StorageError
+from finetune_trainer.storage import cache
+from finetune_trainer.storage.credentials import S3Settings, redact, s3_client, s3_settings
+from finetune_trainer.storage.store import ObjectInfo, join_key, safe_key
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+    from finetune_trainer.storage.backends import Access
+    from finetune_trainer.storage.uri import ParsedUri
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+"""Files above this are uploaded in parts (and downloaded in ranges)."""
+MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
+"""The part size: 10,000 parts (S3's limit) of 16 MiB allow files up to 160 GiB."""
+DELETE_BATCH = 1000
+"""DeleteObjects takes at most 1000 keys per request."""
+
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+        "BadDigest",  # body corrupted in transit: sending it again fixes it
+        "XMinioServerNotInitialized",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+
+_SECRET_HINT = "the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the keys of the "
+_REGION_HINT = "set AWS_REGION (or AWS_REGION in the credentials Secret) to the bucket's region"
+PERMANENT_HINTS = {
+    "NoSuchBucket": "the bucket does not exist: check the bucket name in the URI, and that "
+    "AWS_ENDPOINT_URL points at the store that holds it",
+    "InvalidAccessKeyId": "the store does not know this access key: check "
+    + _SECRET_HINT
+    + "credentials Secret) and that AWS_ENDPOINT_URL is the store the key belongs to",
+    "SignatureDoesNotMatch": "the request signature does not match: check the secret key in "
+    + _SECRET_HINT
+    + "credentials Secret) and the region",
+    "AccessDenied": "access denied: the credentials are valid but may not use this bucket or "
+    "prefix; grant s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject",
+    "AllAccessDisabled": "access to this bucket is disabled by its owner",
+    "ExpiredToken": "the session token has expired: refresh AWS_SESSION_TOKEN or the web "
+    "identity token",
+    "InvalidToken": "the session token is not valid: check AWS_SESSION_TOKEN",
+    "NoSuchKey": "no object at this key: check the URI",
+    "NotFound": "no object at this key: check the URI",
+    "AuthorizationHeaderMalformed": "the request was signed for the wrong region: " + _REGION_HINT,
+    "PermanentRedirect": "the bucket lives in another region: " + _REGION_HINT,
+    "IllegalLocationConstraintException": "the bucket lives in another region: " + _REGION_HINT,
+    "NoCredentials": "no credentials were found: set AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY, a shared credentials file or profile, web identity (IRSA), or "
+    "name a credentials Secret",
+}
+_STATUS_HINTS = {
+    400: "the store rejected the request; check the region and AWS_S3_ADDRESSING_STYLE",
+    301: "the bucket lives in another region: " + _REGION_HINT,
+    403: "access denied: check the credentials, and that they may use this bucket and prefix",
+    404: "no such object or bucket: check the bucket name and key in the URI, and that "
+    "AWS_ENDPOINT_URL points at the store that holds them",
+}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The botocore error behind boto3's and s3transfer's wrappers."""
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+    seen = 0
+    while seen < 10 and not isinstance(exc, ClientError | BotoCoreError):
+        inner = getattr(exc, "last_exception", None) or exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc, seen = inner, seen + 1
+    return exc
+
+
+def error_code(exc: BaseException) -> tuple[str, int | None]:
+    """A ClientError's code and HTTP status; ('', None) for anything else."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return "", None
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(error.get("Code", "")), status
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth trying again: the network or the store's load, not the request itself."""
+    from botocore.exceptions import ConnectionError, HTTPClientError, IncompleteReadError
+
+    cause = root_cause(exc)
+    if isinstance(cause, HTTPClientError | ConnectionError | IncompleteReadError):
+        return True
+    if isinstance(cause, builtins.ConnectionError | TimeoutError):
+        return True
+    code, status = error_code(cause)
+    if code:
+        return code in TRANSIENT_CODES or status == 429 or (status or 0) >= 500
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong in a few words: the error code and status, or the error type."""
+    from botocore.exceptions import NoCredentialsError
+
+    cause = root_cause(exc)
+    code, status = error_code(cause)
+    if code:
+        return f"{code} (HTTP {status})" if status else code
+    if isinstance(cause, NoCredentialsError):
+        return "NoCredentials"
+    text = str(cause).splitlines()[0] if str(cause) else ""
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def hint(exc: BaseException) -> str:
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    cause = root_cause(exc)
+    if isinstance(cause, NoCredentialsError | PartialCredentialsError):
+        return PERMANENT_HINTS["NoCredentials"]
+    code, status = error_code(cause)
+    if code in PERMANENT_HINTS:
+        return PERMANENT_HINTS[code]
+    return _STATUS_HINTS.get(status or 0, "see the store's error code")
+
+
+def _public_endpoint(url: str | None) -> str:
+    """The endpoint for messages, without any user:password@ part."""
+    if not url:
+        return "the AWS default endpoint"
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+# --------------------------------------------------------------------------- client
+
+
+class S3Client:
+    """One bucket through boto3, every call retried by deadline and errors made readable."""
+
+    def __init__(self, bucket: str, settings: S3Settings, deadline: float) -> None:
+        from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+
+        self.bucket = bucket
+        self.settings = settings
+        self.deadline = max(0.0, float(deadline))
+        self.client = s3_client(settings)
+        self.endpoint = _public_endpoint(self.client.meta.endpoint_url)
+        self.transfer = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_CHUNKSIZE,
+            max_concurrency=4,
+        )
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def call(self, what: str, key: str, fn: Callable[[], T], *, deadline: float | None = None) -> T:
+        """``fn()`` retried on transient errors until the deadline; StorageError otherwise."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        from tenacity import Retrying, retry_if_exception, stop_before_delay
+        from tenacity import wait_random_exponential as backoff_with_jitter
+
+        limit = self.deadline if deadline is None else deadline
+        started = time.monotonic()
+        retrying = Retrying(
+            stop=stop_before_delay(limit),
+            wait=backoff_with_jitter(multiplier=0.5, max=10),
+            retry=retry_if_exception(is_transient),
+            before_sleep=self._log_retry(what, key),
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except StorageError:
+            raise
+        except Exception as exc:
+            cause = root_cause(exc)
+            if not isinstance(cause, ClientError | BotoCoreError | OSError):
+                raise
+            raise self.error(what, key, exc, time.monotonic() - started, limit) from exc
+
+    def error(
+        self, what: str, key: str, exc: BaseException, elapsed: float, limit: float
+    ) -> StorageError:
+        uri = self.uri(key)
+        if is_transient(exc):
+            message = (
+                f"{uri}: cannot {what}: {describe(exc)}; still failing after {elapsed:.0f}s "
+                f"of retries (retry deadline {limit:g}s). Check that {self.endpoint} is "
+                "reachable, or raise output.retryDeadlineSeconds"
+            )
+        else:
+            message = (
+                f"{uri}: cannot {what}: {describe(exc)}: {hint(exc)} "
+                f"(endpoint {self.endpoint}, credentials from {self.settings.source})"
+            )
+        return StorageError(redact(message, self.settings.secrets()))
+
+    def _log_retry(self, what: str, key: str) -> Callable[[RetryCallState], None]:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "%s: %s failed (%s), attempt %d; retrying in %.1fs",
+                self.uri(key),
+                what,
+                redact(describe(exc), self.settings.secrets()) if exc else "?",
+                state.attempt_number,
+                wait,
+            )
+
+        return before_sleep
+
+    # --- operations, each one attempt; callers wrap them in call()
+
+    def upload(self, src: Path, key: str) -> None:
+        self.client.upload_file(str(src), self.bucket, key, Config=self.transfer)
+
+    def head(self, key: str) -> dict[str, Any]:
+        response: dict[str, Any] = self.client.head_object(
+            Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+        )
+        return response
+
+    def download(self, key: str, dst: Path, etag: str | None = None) -> None:
+        """``key`` into ``dst`` (s3transfer writes a temporary file and renames), verified
+        against the object's size and checksum; ``etag``: the version the caller expects.
+
+        A file that does not match is fetched once more (a flaky proxy or disk), then
+        refused: a store whose checksum keeps disagreeing needs a person, not a retry.
+        """
+        head = self.head(key)
+        if etag is not None and head.get("ETag") != etag:
+            raise StorageError(
+                f"{self.uri(key)}: the object changed while it was being read; run again"
+            )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        problem = None
+        for _ in range(2):
+            self.client.download_file(self.bucket, key, str(dst), Config=self.transfer)
+            problem = verify_download(dst, head)
+            if problem is None:
+                return
+            dst.unlink(missing_ok=True)
+        raise StorageError(f"{self.uri(key)}: the download is corrupt: {problem}")
+
+    def objects(self, prefix: str) -> list[dict[str, Any]]:
+        """Every object under ``prefix`` (raw ListObjectsV2 entries), all pages."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        out: list[dict[str, Any]] = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            out += page.get("Contents", [])
+        return out
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            response = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+            )
+            errors = response.get("Errors") or []
+            failed = [e for e in errors if e.get("Code") != "NoSuchKey"]
+            if failed:
+                first = failed[0]
+                from botocore.exceptions import ClientError
+
+                raise ClientError(
+                    {"Error": {"Code": first.get("Code", ""), "Message": ""}},
+                    f"DeleteObjects ({len(failed)} of {len(batch)} keys, first {first.get('Key')})",
+                )
+
+
+def verify_download(path: Path, head: dict[str, Any]) -> str | None:
+    """Why ``path`` is not the object ``head`` describes, or None when it matches.
+
+    Checked: the size; then the strongest content check the store offers for the whole
+    object: a full-object SHA-256 or CRC32 checksum, else an MD5 ETag (single-part
+    uploads without KMS or customer-key encryption, whose ETags are no MD5).
+    """
+    size = path.stat().st_size
+    etag = str(head.get("ETag", "")).strip('"')
+    if "ContentLength" in head and size != head["ContentLength"]:
+        return f"downloaded {size} bytes, the store lists {head['ContentLength']}"
+    # A checksum covers the whole object when the store says so (ChecksumType), or when
+    # the object was uploaded in one part (an ETag without "-N"); multipart checksums
+    # are usually of the parts' checksums and cannot be recomputed from the file.
+    multipart = "-" in etag
+    whole = head.get("ChecksumType") == "FULL_OBJECT" or (
+        not multipart and head.get("ChecksumType") != "COMPOSITE"
+    )
+    sha = head.get("ChecksumSHA256")
+    crc = head.get("ChecksumCRC32")
+    if sha and whole and "-" not in sha:
+        actual = base64.b64encode(_digest(path, hashlib.sha256()).digest()).decode()
+        return None if actual == sha else "SHA-256 differs from the store's checksum"
+    if crc and whole and "-" not in crc:
+        actual = base64.b64encode(_crc32(path).to_bytes(4, "big")).decode()
+        return None if actual == crc else "CRC32 differs from the store's checksum"
+    encrypted = head.get("ServerSideEncryption") == "aws:kms" or head.get("SSECustomerAlgorithm")
+    if re.fullmatch(r"[0-9a-f]{32}", etag) and not encrypted:
+        actual = _digest(path, hashlib.md5(usedforsecurity=False)).hexdigest()
+        return None if actual == etag else "MD5 differs from the store's ETag"
+    return None
+
+
+def _digest(path: Path, hasher: Any) -> Any:
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher
+
+
+def _crc32(path: Path) -> int:
+    value = 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            value = zlib.crc32(block, value)
+    return value
+
+
+# --------------------------------------------------------------------------- store
+
+
+class S3Store:
+    """An ``s3://bucket/prefix`` output location as a :class:`~.store.Store`.
+
+    A PUT replaces an object atomically for readers, so ``put_file`` needs no temporary
+    key; ``publish_dir`` gives the set its manifest-last order.
+    """
+
+    def __init__(self, uri: str, s3: S3Client, prefix: str) -> None:
+        self.uri = uri
+        self.s3 = s3
+        self.prefix = prefix.strip("/")
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, safe_key(key)) if self.prefix else safe_key(key)
+
+    def _dir(self, prefix: str) -> str:
+        """The listing prefix of a directory-like ``prefix`` ('' is the root)."""
+        base = self._key(prefix) if prefix else self.prefix
+        return f"{base}/" if base else ""
+
+    def put_file(self, src: Path, key: str) -> None:
+        full = self._key(key)
+        self.s3.call("upload", full, lambda: self.s3.upload(src, full))
+
+    def get_file(self, key: str, dst: Path) -> None:
+        full = self._key(key)
+        self.s3.call("download", full, lambda: self.s3.download(full, dst))
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._dir(prefix)
+        raw = self.s3.call("list", base, lambda: self.s3.objects(base))
+        root = f"{self.prefix}/" if self.prefix else ""
+        out = []
+        for rel, obj in relative_objects(raw, root):
+            try:
+                out.append(ObjectInfo(safe_key(rel), int(obj["Size"])))
+            except StorageError:
+                log.warning("%s: ignoring object %r, not a safe relative key", self.uri, rel)
+        return sorted(out, key=lambda o: o.key)
+
+    def exists(self, key: str) -> bool:
+        full = self._key(key)
+        return self.s3.call("check", full, lambda: self._exists(full))
+
+    def _exists(self, full: str) -> bool:
+        try:
+            self.s3.head(full)
+        except Exception as exc:
+            if error_code(root_cause(exc))[1] == 404:
+                return False
+            raise
+        return True
+
+    def delete(self, keys: Iterable[str]) -> None:
+        full = [self._key(k) for k in keys]
+        if full:
+            self.s3.call("delete", full[0], lambda: self.s3.delete(full))
+
+
+def relative_objects(raw: list[dict[str, Any]], root: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Listing entries with their key relative to ``root``; folder markers skipped."""
+    for obj in raw:
+        rel = str(obj["Key"])[len(root) :]
+        if rel and not rel.endswith("/"):
+            yield rel, obj
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def split_location(location: str) -> tuple[str, str]:
+    bucket, _, key = location.partition("/")
+    return bucket, key
+
+
+class S3Backend:
+    """The ``s3`` registry entry: models and datasets through the cache, outputs as stores."""
+
+    def client(self, bucket: str, access: Access) -> S3Client:
+        return S3Client(bucket, s3_settings(access.credentials_secret), access.deadline_seconds)
+
+    def store(self, uri: ParsedUri, access: Access) -> S3Store:
+        bucket, prefix = split_location(uri.location)
+        return S3Store(str(uri), self.client(bucket, access), prefix)
+
+    def local_file(self, uri: ParsedUri, access: Access) -> Path:
+        """The object at ``uri`` in the cache, keyed by its ETag; downloaded when new."""
+        bucket, key = split_location(uri.location)
+        name = Path(key).name
+        s3 = self.client(bucket, access)
+        head = _probe_or_cached(
+            str(uri), lambda limit: s3.call("read", key, lambda: s3.head(key), deadline=limit)
+        )
+        if isinstance(head, Path):
+            return head / name
+        etag = head.get("ETag")
+
+        def populate(directory: Path) -> None:
+            s3.call("download", key, lambda: s3.download(key, directory / name, etag))
+
+        version = json.dumps([etag, head.get("ContentLength")])
+        return cache.fill(str(uri), "s3", version, populate) / name
+
+    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
+        """Every object under the prefix, in the cache keyed by the listing's ETags."""
+        if revision is not None:
+            log.warning("%s: model.revision applies to hf:// models; ignored for s3://", uri)
+        bucket, key = split_location(uri.location)
+        prefix = key.rstrip("/") + "/"
+        s3 = self.client(bucket, access)
+        listed = _probe_or_cached(
+            str(uri),
+            lambda limit: s3.call("list", prefix, lambda: s3.objects(prefix), deadline=limit),
+        )
+        if isinstance(listed, Path):
+            return listed
+        files = model_files(str(uri), listed, prefix)
+
+        def populate(directory: Path) -> None:
+            for rel, obj in files:
+                full, dst, etag = prefix + rel, directory / rel, obj.get("ETag")
+                s3.call("download", full, lambda: s3.download(full, dst, etag))  # noqa: B023
+
+        version = json.dumps([[rel, obj.get("ETag"), obj.get("Size")] for rel, obj in files])
+        target = cache.fill(str(uri), "s3", version, populate)
+        if not (target / "config.json").is_file():
+            raise ModelError(
+                f"{uri}: no config.json under this prefix; point model.uri at a prefix holding "
+                "a model saved with save_pretrained"
+            )
+        return target
+
+
+def model_files(
+    uri: str, listed: list[dict[str, Any]], prefix: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """The objects of a model prefix with safe relative keys; any other key is refused."""
+    files = []
+    for rel, obj in relative_objects(listed, prefix):
+        try:
+            files.append((safe_key(rel), obj))
+        except StorageError as exc:
+            raise StorageError(
+                f"{uri}: refusing to download object {obj['Key']!r}: its key would leave the "
+                f"model directory ({exc})"
+            ) from None
+    if not files:
+        raise ModelError(
+            f"{uri}: no objects under this prefix; check the bucket and the key "
+            "(a model is a prefix holding config.json and the weights)"
+        )
+    return sorted(files, key=lambda f: f[0])
+
+
+def _probe_or_cached(uri: str, probe: Callable[[float | None], T]) -> T | Path:
+    """``probe(deadline)`` the store for the current version of ``uri``.
+
+    With a complete copy in the cache there is no point waiting out the retry deadline:
+    one attempt, and when the store cannot be reached, the cached copy (with a warning).
+    Permanent errors (credentials, no such bucket) are raised either way.
+    """
+    cached = cache.latest(uri, "s3")
+    if cached is None:
+        return probe(None)
+    try:
+        return probe(0.0)
+    except StorageError as exc:
+        if exc.__cause__ is None or not is_transient(exc.__cause__):
+            raise
+        log.warning(
+            "%s: the store cannot be reached (%s); using the cached copy at %s",
+            uri,
+            describe(exc.__cause__),
+            cached,
+        )
+        return cached
