@@ -179,3 +179,29 @@ def smollm2_dir() -> Path:
             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
         )
     return SMOLLM2_DIR
+
+
+# --------------------------------------------------------------------------- S3
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Any:
+    """moto's S3 server on 127.0.0.1 for the whole session (see tests/s3_server.py)."""
+    from s3_server import S3Server
+
+    server = S3Server()
+    server.start()
+    yield server
+    server.end_outage()
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh bucket on the S3 server, and this process's environment pointed at it the
+    way a trainer pod's would be (AWS_ENDPOINT_URL, keys, path-style, private cache)."""
+    from s3_server import S3Env, trainer_environment
+
+    s3_server.end_outage()  # a previous test's outage ends here
+    trainer_environment(s3_server, tmp_path, monkeypatch)
+    return S3Env(s3_server, s3_server.new_bucket(), s3_server.client())

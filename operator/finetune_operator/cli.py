@@ -122,20 +122,31 @@ def run(
 @app.command()
 def verify(
     uri: Annotated[
-        str, typer.Argument(help="A published artifact location, e.g. file://./artifacts/x")
+        str,
+        typer.Argument(
+            help="A published artifact location, e.g. file://./artifacts/x or s3://bucket/x"
+        ),
     ],
 ) -> None:
-    """Check a published artifact set against its manifest.json (sizes and sha256)."""
+    """Check a published artifact set against its manifest.json (sizes and sha256).
+
+    Remote locations (s3://) use the standard AWS credentials of this environment
+    (AWS_* variables, ~/.aws files, AWS_ENDPOINT_URL, AWS_S3_ADDRESSING_STYLE).
+    """
     from finetune_trainer.errors import TrainerError
-    from finetune_trainer.publish import verify_manifest
-    from finetune_trainer.storage.backends import local_dir_for
+    from finetune_trainer.publish import verify_manifest, verify_store
+    from finetune_trainer.storage.backends import LocalBackend, backend_for, open_store
+    from finetune_trainer.storage.uri import Role
 
     try:
-        directory = local_dir_for(uri)
+        backend, parsed = backend_for(uri, Role.OUTPUT)
+        if isinstance(backend, LocalBackend):
+            problems = verify_manifest(backend.resolve(parsed))
+        else:
+            problems = verify_store(open_store(uri))
     except TrainerError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
-    problems = verify_manifest(directory)
     for problem in problems:
         _err(f"  - {problem}")
     if problems:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 from finetune_trainer import __version__
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.storage.backends import Access, open_store
-from finetune_trainer.storage.store import MANIFEST, local_files, publish_dir
+from finetune_trainer.storage.store import MANIFEST, Store, local_files, publish_dir
 
 MANIFEST_KIND = "ArtifactManifest"
 METRICS = "metrics.json"
@@ -67,17 +69,51 @@ def verify_manifest(directory: Path) -> list[str]:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         return [f"{directory}: no {MANIFEST}, the artifact set is incomplete"]
+    present = {rel: (directory / rel).stat().st_size for rel in local_files(directory)}
     manifest = json.loads(manifest_path.read_text())
+    return compare_to_manifest(manifest, present, lambda rel: sha256_file(directory / rel))
+
+
+def verify_store(store: Store) -> list[str]:
+    """:func:`verify_manifest` for any store (``s3://`` included).
+
+    Sizes come from the listing; each listed file of the right size is then downloaded,
+    one at a time into a temporary directory, hashed and deleted, so the check needs the
+    disk space of the largest file, never of the set, and no memory to speak of.
+    """
+    present = {o.key: o.size for o in store.list()}
+    if MANIFEST not in present:
+        return [f"{store.uri}: no {MANIFEST}, the artifact set is incomplete"]
+    del present[MANIFEST]
+    with tempfile.TemporaryDirectory(prefix="finetune-verify-") as tmp:
+        store.get_file(MANIFEST, Path(tmp) / MANIFEST)
+        manifest = json.loads((Path(tmp) / MANIFEST).read_text())
+
+        def remote_sha256(rel: str) -> str:
+            local = Path(tmp) / "file"
+            store.get_file(rel, local)
+            try:
+                return sha256_file(local)
+            finally:
+                local.unlink(missing_ok=True)
+
+        return compare_to_manifest(manifest, present, remote_sha256)
+
+
+def compare_to_manifest(
+    manifest: dict[str, Any], present: dict[str, int], sha256_of: Callable[[str], str]
+) -> list[str]:
+    """Problems between a manifest and the files ``present`` (relative path to size)."""
     problems = []
     listed = set()
     for entry in manifest["files"]:
         listed.add(entry["path"])
-        path = directory / entry["path"]
-        if not path.is_file():
+        size = present.get(entry["path"])
+        if size is None:
             problems.append(f"{entry['path']}: missing")
-        elif path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+        elif size != entry["size"] or sha256_of(entry["path"]) != entry["sha256"]:
             problems.append(f"{entry['path']}: size or sha256 differs from the manifest")
-    for extra in sorted(set(local_files(directory)) - listed):
+    for extra in sorted(set(present) - listed):
         problems.append(f"{extra}: not listed in the manifest")
     return problems
 

@@ -272,9 +272,10 @@ def _reported(scores: dict[str, float], telemetry: Telemetry) -> dict[str, float
 def _fetch_model(config: TrainerConfig) -> tuple[Path, Any]:
     """The base model's local directory and its tokenizer."""
     from finetune_trainer.modeling import load_tokenizer
-    from finetune_trainer.storage.backends import fetch_model_dir
+    from finetune_trainer.storage.backends import Access, fetch_model_dir
 
-    model_dir = fetch_model_dir(config.model.uri, config.model.revision)
+    access = Access(config.model.credentials_secret, config.output.retry_deadline_seconds)
+    model_dir = fetch_model_dir(config.model.uri, config.model.revision, access)
     return model_dir, load_tokenizer(model_dir, config.model.trust_remote_code)
 
 

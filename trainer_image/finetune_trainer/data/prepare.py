@@ -38,7 +38,7 @@ from finetune_trainer.data.tokenize import (
 )
 from finetune_trainer.errors import ConfigError, DataError
 from finetune_trainer.storage.backends import Access, backend_for
-from finetune_trainer.storage.uri import Role, data_suffix
+from finetune_trainer.storage.uri import DATA_SUFFIXES, Role, data_suffix
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,16 @@ class _Reader:
     """Reads files into tokenized sources, counting into one report."""
 
     def __init__(
-        self, tokenizer: Any, settings: TokenizeSettings, report: DataReport, *, use_cache: bool
+        self,
+        tokenizer: Any,
+        settings: TokenizeSettings,
+        report: DataReport,
+        *,
+        use_cache: bool,
+        access: Access | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.access = access or Access()
         self.settings = settings
         self.report = report
         self.use_cache = use_cache
@@ -155,7 +162,7 @@ class _Reader:
         return self._fingerprint
 
     def read(self, uri: str, fmt: str, columns: ColumnMapping, label: str) -> _Source:
-        path, suffix = _local_file(uri, label)
+        path, suffix = _local_file(uri, label, self.access)
         rows = read_rows(path, suffix, f"{label} ({uri})")
         examples = to_examples(rows, fmt, columns, label)
         kept, counts = clean(examples, deduplicate=self.settings.deduplicate)
@@ -202,13 +209,20 @@ class _Reader:
         return tokens
 
 
-def _local_file(uri: str, label: str) -> tuple[Path, str]:
-    """The file behind ``uri`` on this machine (through its storage backend) and its type."""
+def _local_file(uri: str, label: str, access: Access) -> tuple[Path, str]:
+    """The file behind ``uri`` on this machine (through its storage backend, downloaded
+    into the cache for remote schemes) and its type.
+
+    A whole Hub dataset repository has no suffix in its URI; the file found in it says.
+    """
     backend, parsed = backend_for(uri, Role.DATASET)
     suffix = data_suffix(parsed)
+    path = backend.local_file(parsed, access)
     if suffix is None:
-        raise DataError(f"{label}: {uri} has no file type this trainer can read yet")
-    return backend.local_file(parsed, Access()), suffix
+        suffix = path.suffix.lower()
+        if suffix not in DATA_SUFFIXES:
+            raise DataError(f"{label}: {uri} resolved to {path.name}, not a data file")
+    return path, suffix
 
 
 def split_indices(n: int, fraction: float, seed: int, label: str) -> tuple[list[int], list[int]]:
@@ -331,7 +345,8 @@ def prepare_data(
         raise ConfigError("training.packing is for causal-lm; set it to false for " + task)
     report = DataReport()
     settings = TokenizeSettings(max_length, loss_on, task, spec.deduplicate)
-    reader = _Reader(tokenizer, settings, report, use_cache=use_cache)
+    access = Access(spec.credentials_secret)
+    reader = _Reader(tokenizer, settings, report, use_cache=use_cache, access=access)
     if spec.mixture is not None:
         train_items, validation_items = _mixture(reader, spec, seed, report)
     else:
