@@ -209,8 +209,11 @@ def _run_trainer(
             traceback.print_exception(exc, file=sys.stderr)
         _err(f"error: {outcome.message}")
         _finish(outcome, termination_log, pod=pod)
-    summary = result.summary()
-    typer.echo(summary)
+    # Only rank 0 evaluates and reports; the other ranks of a distributed run have no
+    # metrics to summarise.
+    summary = result.summary() if telemetry.reporting else ""
+    if summary:
+        typer.echo(summary)
     _finish(succeeded(telemetry.last_step, result.output_uri, summary), termination_log, pod=pod)
 
 

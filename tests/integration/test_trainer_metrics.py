@@ -160,7 +160,9 @@ def test_invalid_data_exits_3_with_a_termination_message(
         "InvalidData",
         3,
     )
-    assert "line 2 is not valid JSON" in message["message"]
+    assert message["message"] == (
+        f"dataset.train (file://{bad}): line 2 is not valid JSON (Expecting value)"
+    )
     assert (message["lastStep"], message["artifactUri"]) == (0, None)
     assert "line 2 is not valid JSON" in result.stderr
     assert "Traceback" not in result.output

@@ -152,3 +152,11 @@ def test_pods_log_json_lines_without_a_bar() -> None:
     assert progress_for(pod=True) == Progress(json_lines=True, bar=False)
     # Under pytest neither stream is a terminal: lines, and no bar to garble a log file.
     assert progress_for(pod=False) == Progress(json_lines=True, bar=False)
+
+
+def test_the_readme_documents_every_metric() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in [*GAUGES, "eval_score{name}", "job_info{job,method,task}"]:
+        assert f"`finetune_trainer_{name}`" in readme, name
