@@ -60,6 +60,10 @@ def rng_file(rank: int) -> str:
     return f"rng/rank-{rank}.pt"
 
 
+def optimizer_shard(rank: int) -> str:
+    return f"optimizer/rank-{rank}.pt"
+
+
 # --------------------------------------------------------------------------- identity
 
 
@@ -148,13 +152,23 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-def _write_shared(directory: Path, cp: Checkpointable) -> None:
+def _write_state_dicts(directory: Path, cp: Checkpointable, main: bool, rank: int) -> None:
+    """Rank 0 writes the shared parts; with FSDP every rank also writes its optimizer
+    shard. Gathering sharded weights is collective, so every rank takes part in it."""
+    from finetune_trainer.distributed import localize_optimizer_state
     from finetune_trainer.loop import trainable_state
 
-    save_file(trainable_state(cp.model), directory / TRAINABLE)
+    weights = trainable_state(cp.model)
+    optimizer, sharded = localize_optimizer_state(cp.optimizer.state_dict())
+    if sharded:
+        torch.save(optimizer, directory / optimizer_shard(rank))
+    if not main:
+        return
+    save_file(weights, directory / TRAINABLE)
     if cp.best is not None:
         save_file(cp.best, directory / BEST)
-    torch.save(cp.optimizer.state_dict(), directory / OPTIMIZER)
+    if not sharded:
+        torch.save(optimizer, directory / OPTIMIZER)
     torch.save(cp.scheduler.state_dict(), directory / SCHEDULER)
     if cp.scaler is not None:
         torch.save(cp.scaler.state_dict(), directory / SCALER)
@@ -179,9 +193,10 @@ def save(
     with tempfile.TemporaryDirectory(prefix="finetune-checkpoint-") as tmp:
         staging = Path(tmp)
         (staging / "rng").mkdir()
+        (staging / "optimizer").mkdir()
         torch.save(_rng_state(), staging / rng_file(rank))
+        _write_state_dicts(staging, cp, main, rank)
         if main:
-            _write_shared(staging, cp)
             state = {**asdict(cp.state), "worldSize": accelerator.num_processes}
             (staging / STATE).write_text(json.dumps(state) + "\n")
         entries = file_entries(staging)
@@ -224,10 +239,12 @@ def load(store: Store, step: int, *, rank: int) -> Resume:
     with tempfile.TemporaryDirectory(prefix="finetune-resume-") as tmp:
         local = Path(tmp)
         manifest = read_manifest(store, step, local)
-        mine = {e["path"]: e for e in manifest["files"] if not e["path"].startswith("rng/")}
-        rng_entry = next((e for e in manifest["files"] if e["path"] == rng_file(rank)), None)
-        if rng_entry is not None:
-            mine[rng_entry["path"]] = rng_entry
+        # The shared files, and of the per-rank ones (rng/, optimizer/) only this rank's.
+        per_rank = {rng_file(rank), optimizer_shard(rank)}
+        mine = {
+            e["path"]: e for e in manifest["files"] if "/" not in e["path"] or e["path"] in per_rank
+        }
+        rng_entry = mine.get(rng_file(rank))
         for path, entry in mine.items():
             target = local / path
             store.get_file(join_key(prefix, path), target)
@@ -244,7 +261,12 @@ def load(store: Store, step: int, *, rank: int) -> Resume:
         return Resume(
             state=LoopState(**state),
             trainable=load_file(local / TRAINABLE),
-            optimizer=torch.load(local / OPTIMIZER, weights_only=True, map_location="cpu"),
+            optimizer=torch.load(
+                local / (OPTIMIZER if (local / OPTIMIZER).exists() else optimizer_shard(rank)),
+                weights_only=True,
+                map_location="cpu",
+            ),
+            optimizer_sharded=not (local / OPTIMIZER).exists(),
             scheduler=torch.load(local / SCHEDULER, weights_only=True),
             scaler=torch.load(local / SCALER, weights_only=True)
             if (local / SCALER).exists()

@@ -57,21 +57,127 @@ def make_accelerator(spec: DistributedSpec, mixed_precision: str, use_cuda: bool
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    if spec.strategy == "fsdp" and not use_cuda:
-        raise ConfigError(
-            "resources.strategy fsdp shards the model across GPUs, and this process has none; "
-            "use ddp (or auto) for CPU training"
-        )
     # accelerate keeps process-wide state; a second run in one process (tests, notebooks)
     # may want another precision, so each run starts from a clean slate.
     AcceleratorState._reset_state(reset_partial_state=True)
-    kwargs: dict[str, Any] = {"mixed_precision": mixed_precision, "cpu": not use_cuda}
-    if spec.strategy == "fsdp":
-        from accelerate.utils import FullyShardedDataParallelPlugin
-
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            fsdp_version=2, reshard_after_forward=True, auto_wrap_policy="transformer_based_wrap"
-        )
-    accelerator = Accelerator(**kwargs)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not use_cuda)
     check_world(spec, accelerator.num_processes, os.environ)
     return accelerator
+
+
+# --------------------------------------------------------------------------- FSDP
+#
+# ``fsdp`` is PyTorch's FSDP2 (``fully_shard``) applied here rather than through
+# accelerate's plugin: each transformer block becomes one unit whose parameters,
+# gradients and optimizer state are split across the ranks (DTensors), gathered for
+# its forward and backward only. accelerate then sees plain modules and only prepares
+# the optimizer. The same code runs on GPUs (NCCL) and CPUs (gloo), which is how the
+# tests exercise it without a GPU.
+
+
+def is_sharded(model: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def shard_model(model: Any) -> None:
+    """Shard ``model`` in place: every transformer block (the model's own
+    ``_no_split_modules``) is one FSDP unit, the rest goes with the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = set(_no_split_modules(model))
+    if not blocks:
+        raise ConfigError(
+            "resources.strategy fsdp: this model does not name its transformer blocks "
+            "(_no_split_modules), so it cannot be sharded block by block; use ddp"
+        )
+    for module in list(model.modules()):
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+
+
+def reshard(model: Any) -> None:
+    """Put a sharded model's parameters back into shards after an evaluation.
+
+    FSDP2 keeps the root unit's parameters gathered after a forward pass without
+    gradients; until resharded, ``model.parameters()`` would hand out those gathered
+    copies, and an optimizer built on them would update tensors the next gather
+    overwrites."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.reshard()
+
+
+def _no_split_modules(model: Any) -> list[str]:
+    for candidate in (model, getattr(model, "base_model", None), getattr(model, "model", None)):
+        names = getattr(candidate, "_no_split_modules", None)
+        if names:
+            return list(names)
+    return []
+
+
+def full_state_dict(model: Any) -> dict[str, Any]:
+    """The whole model's weights on rank 0's CPU (empty elsewhere); collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)
+
+
+def full_tensor(tensor: Any) -> Any:
+    """The whole tensor of a shard (a collective: every rank must call it)."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def copy_into(param: Any, value: Any) -> None:
+    """Copy a whole tensor into ``param``, keeping only this rank's shard of it."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+    param.copy_(value)
+
+
+def localize_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """An optimizer state dict with every DTensor replaced by this rank's shard.
+
+    Returns the dict and whether anything was sharded (then every rank saves its own).
+    """
+    from torch.distributed.tensor import DTensor
+
+    sharded = False
+    state: dict[Any, dict[str, Any]] = {}
+    for index, values in state_dict["state"].items():
+        state[index] = {}
+        for key, value in values.items():
+            if isinstance(value, DTensor):
+                sharded = True
+                value = value.to_local()
+            state[index][key] = value
+    return {"state": state, "param_groups": state_dict["param_groups"]}, sharded
+
+
+def rebuild_optimizer_state(state_dict: dict[str, Any], params: list[Any]) -> dict[str, Any]:
+    """The inverse of :func:`localize_optimizer_state` for the same sharding: a saved
+    shard of parameter ``i``'s state becomes a DTensor laid out like the parameter."""
+    from torch.distributed.tensor import DTensor
+
+    state: dict[Any, dict[str, Any]] = {}
+    for index, values in state_dict["state"].items():
+        param = params[int(index)]
+        state[index] = {
+            key: DTensor.from_local(
+                value.to(param.device), param.device_mesh, param.placements, run_check=False
+            )
+            if isinstance(param, DTensor)
+            and hasattr(value, "shape")
+            and value.shape == param.to_local().shape
+            else value
+            for key, value in values.items()
+        }
+    return {"state": state, "param_groups": state_dict["param_groups"]}

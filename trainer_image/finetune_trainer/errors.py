@@ -50,3 +50,12 @@ class OutOfMemory(TrainerError):
 
     exit_code = 6
     reason = "OutOfMemory"
+
+
+class Preempted(TrainerError):
+    """SIGTERM (a pod being evicted, preempted or deleted) stopped the run after a
+    checkpoint was saved; the next attempt resumes from it. 143 is 128 + SIGTERM, what
+    a process killed by the signal would have returned."""
+
+    exit_code = 143
+    reason = "Preempted"

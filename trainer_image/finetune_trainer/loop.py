@@ -22,6 +22,7 @@ from finetune_trainer.config import TrainingSpec
 from finetune_trainer.config.training import LOWER_IS_BETTER, EarlyStoppingSpec
 from finetune_trainer.data.batching import collate, count_label_tokens, length_grouped_batches
 from finetune_trainer.data.tokenize import TokenizedExample
+from finetune_trainer.distributed import is_sharded, rebuild_optimizer_state
 from finetune_trainer.losses import LossFn, causal_lm_loss
 from finetune_trainer.optim import make_optimizer, make_scheduler
 
@@ -173,6 +174,8 @@ class Resume:
     scaler: dict[str, Any] | None = None
     best: dict[str, torch.Tensor] | None = None
     """Early stopping's best weights so far, when they are not the current ones."""
+    optimizer_sharded: bool = False
+    """``optimizer`` holds this rank's shards of an FSDP optimizer state."""
     restore_rng: Callable[[], None] = field(default=lambda: None)
     """Puts this rank's random generators back where they were; called last."""
 
@@ -222,9 +225,14 @@ def count_input_tokens(examples: list[TokenizedExample]) -> int:
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    """The parameters being trained, detached copies on the CPU, by name."""
+    """The parameters being trained, whole, as detached copies on the CPU, by name.
+
+    With a sharded (FSDP) model this gathers every shard: all ranks must call it.
+    """
+    from finetune_trainer.distributed import full_tensor
+
     return {
-        n: p.detach().to("cpu", copy=True).contiguous()
+        n: full_tensor(p.detach()).to("cpu", copy=True).contiguous()
         for n, p in model.named_parameters()
         if p.requires_grad
     }
@@ -232,6 +240,8 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 def load_trainable(model: Any, weights: dict[str, torch.Tensor]) -> None:
     """Copy ``weights`` into the model's trainable parameters; every one must be there."""
+    from finetune_trainer.distributed import copy_into
+
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
     if missing or unexpected:
@@ -240,7 +250,12 @@ def load_trainable(model: Any, weights: dict[str, torch.Tensor]) -> None:
         )
     with torch.no_grad():
         for name, param in params.items():
-            param.copy_(weights[name])
+            copy_into(param, weights[name])
+
+
+def _in_optimizer_order(optimizer: Any) -> list[Any]:
+    """Parameters in the order the optimizer's state dict numbers them."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _all_ranks(accelerator: Any, values: list[float]) -> list[float]:
@@ -287,7 +302,10 @@ def train(
     # The scheduler is stepped by hand: accelerate's wrapper would step it once per
     # process, which is right for its dataloaders but not for our per-step count.
     scheduler = make_scheduler(optimizer, spec, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if is_sharded(model):
+        optimizer = accelerator.prepare(optimizer)  # FSDP: the model is already distributed
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     scaler = getattr(accelerator, "scaler", None)
     stopper = EarlyStopper(hooks.early_stopping) if hooks.early_stopping else None
     best: dict[str, torch.Tensor] | None = None
@@ -295,7 +313,12 @@ def train(
     groups_iter = step_groups(examples, spec, world)
     first = 1
     if resume is not None:
-        optimizer.load_state_dict(resume.optimizer)
+        saved = resume.optimizer
+        optimizer.load_state_dict(
+            rebuild_optimizer_state(saved, _in_optimizer_order(optimizer))
+            if resume.optimizer_sharded
+            else saved
+        )
         scheduler.load_state_dict(resume.scheduler)
         if scaler is not None and resume.scaler is not None:
             scaler.load_state_dict(resume.scaler)

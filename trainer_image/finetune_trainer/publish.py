@@ -22,6 +22,8 @@ from finetune_trainer.storage.backends import Access, open_store
 from finetune_trainer.storage.store import MANIFEST, Store, local_files, publish_dir
 
 MANIFEST_KIND = "ArtifactManifest"
+CHECKPOINTS = "checkpoints"
+"""Reserved under every output: the run's checkpoints, not part of the artifact set."""
 METRICS = "metrics.json"
 MODEL_CARD = "README.md"
 
@@ -113,7 +115,10 @@ def compare_to_manifest(
             problems.append(f"{entry['path']}: missing")
         elif size != entry["size"] or sha256_of(entry["path"]) != entry["sha256"]:
             problems.append(f"{entry['path']}: size or sha256 differs from the manifest")
-    for extra in sorted(set(present) - listed):
+    # checkpoints/ is the run's own workspace (each checkpoint has its own manifest),
+    # not part of the published set.
+    unlisted = {p for p in present if not p.startswith(f"{CHECKPOINTS}/")} - listed
+    for extra in sorted(unlisted):
         problems.append(f"{extra}: not listed in the manifest")
     return problems
 
@@ -201,15 +206,18 @@ def stage_artifacts(
     config: TrainerConfig,
     metrics: dict[str, Any],
     base_model_ref: str,
+    *,
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
     """Write everything a run publishes into ``staging``, manifest last.
 
-    The method writes its weights (an adapter, or the whole model for full and freeze).
+    The method writes its weights (an adapter, or the whole model for full and freeze);
+    ``state_dict`` replaces the model's own where the weights were gathered from shards.
     """
     from finetune_trainer.methods import get_method
 
     method = get_method(config.method.type)
-    method.save(model, staging)
+    method.save(model, staging, state_dict)
     _point_adapter_at(staging, base_model_ref)
     tokenizer.save_pretrained(staging)
     (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -11,16 +11,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune_trainer import errors
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.loop import StepReport, TrainResult
+from finetune_trainer.loop import Preempted, StepReport, TrainResult
+from finetune_trainer.storage.backends import Access, open_store
 from finetune_trainer.telemetry import Progress, Telemetry
 
 if TYPE_CHECKING:
     from finetune_trainer.evaluation import EvalResult
+    from finetune_trainer.preemption import StopRequest
     from finetune_trainer.tasks import Task
 
 log = logging.getLogger("finetune.trainer")
@@ -115,6 +119,10 @@ class TrainedRun:
     tokenizer: Any
     metrics: dict[str, Any]
     validation: list[Any]
+    main: bool = True
+    """Whether this process is rank 0, the one that evaluates and publishes."""
+    state_dict: dict[str, Any] | None = None
+    """The whole model's weights gathered from an FSDP-sharded model (rank 0)."""
 
 
 def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> RunResult:
@@ -123,9 +131,19 @@ def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> R
     ``telemetry`` receives the progress (metrics, JSON lines, the last step); the caller
     starts and closes it, so /metrics is up from model loading to publishing.
     """
+    from finetune_trainer.preemption import handle_sigterm
+
+    with handle_sigterm() as stop:
+        run = fine_tune(config, telemetry, stop=stop)
+        if not run.main:
+            return RunResult(config.output.uri, {})
+        _publish(run, config)
+    return RunResult(config.output.uri, run.metrics)
+
+
+def _publish(run: TrainedRun, config: TrainerConfig) -> None:
     from finetune_trainer.publish import publish, stage_artifacts
 
-    run = fine_tune(config, telemetry)
     with tempfile.TemporaryDirectory(prefix="finetune-publish-") as staging:
         stage_artifacts(
             Path(staging),
@@ -134,22 +152,38 @@ def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> R
             config,
             run.metrics,
             base_model_ref(config.model.uri),
+            state_dict=run.state_dict,
         )
-        publish(Path(staging), config.output.uri)
+        publish(Path(staging), config.output.uri, output_access(config))
     log.info("published to %s", config.output.uri)
-    return RunResult(config.output.uri, run.metrics)
 
 
-def fine_tune(config: TrainerConfig, telemetry: Telemetry | None = None) -> TrainedRun:
+def output_access(config: TrainerConfig) -> Access:
+    """How the run reaches its output: the mounted Secret and the retry deadline."""
+    return Access(config.output.credentials_secret, config.output.retry_deadline_seconds)
+
+
+def fine_tune(
+    config: TrainerConfig, telemetry: Telemetry | None = None, *, stop: StopRequest | None = None
+) -> TrainedRun:
     """Load, evaluate, train and evaluate again; publishing is the caller's.
+
+    A complete checkpoint of this configuration in the output resumes the run from it;
+    ``stop`` (SIGTERM) ends training with a checkpoint and :class:`errors.Preempted`.
 
     Without ``telemetry`` the run reports nothing but the progress bar (tests, notebooks).
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    import torch
     from accelerate.utils import set_seed
 
+    from finetune_trainer import checkpoint
     from finetune_trainer.data.prepare import prepare_data
+    from finetune_trainer.distributed import (
+        full_state_dict,
+        make_accelerator,
+        reshard,
+        shard_model,
+    )
     from finetune_trainer.loop import TrainHooks, total_steps, train
     from finetune_trainer.methods import MethodContext, get_method, trainable_groups
     from finetune_trainer.modeling import (
@@ -165,11 +199,13 @@ def fine_tune(config: TrainerConfig, telemetry: Telemetry | None = None) -> Trai
     wall_start = time.perf_counter()
     set_seed(config.training.seed)
     wanted = resolve_compute(config.training.precision)
-    # accelerate keeps process-wide state; a second run in one process (tests, notebooks)
-    # may want another precision, so each run starts from a clean slate.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=wanted.mixed_precision, cpu=not wanted.is_cuda)
+    accelerator = make_accelerator(config.distributed, wanted.mixed_precision, wanted.is_cuda)
+    main = accelerator.is_main_process
     compute = Compute(accelerator.device, wanted.precision)
+    # FSDP loads on the CPU: the model is moved to the devices shard by shard, so no one
+    # device ever holds all of it.
+    sharding = config.distributed.strategy == "fsdp"
+    load_compute = Compute(torch.device("cpu"), wanted.precision) if sharding else compute
     method, options = get_method(config.method.type), config.method.options()
     task = TASKS[config.task]
     _check_options(config, task)
@@ -177,6 +213,8 @@ def fine_tune(config: TrainerConfig, telemetry: Telemetry | None = None) -> Trai
         "job %s: %s on %s, %s", config.job_name, method.name, compute.device, compute.precision
     )
 
+    store = open_store(config.output.uri, output_access(config))
+    _, resume = checkpoint.find_and_load(store, config, accelerator)
     model_dir, tokenizer = _fetch_model(config)
     data = prepare_data(
         tokenizer,
@@ -191,17 +229,24 @@ def fine_tune(config: TrainerConfig, telemetry: Telemetry | None = None) -> Trai
     log.info("data: %s", data.report.as_dict())
     model = load_base_model(
         model_dir,
-        compute,
+        load_compute,
         trust_remote_code=config.model.trust_remote_code,
-        quantization=method.quantization(options, compute),
+        quantization=method.quantization(options, load_compute),
         dropout=config.training.model_dropout,
         task=config.task,
         labels=data.labels,
         pad_token_id=tokenizer.pad_token_id,
     )
-    before = _evaluate(model, tokenizer, data, config, "before training")
-    steps = total_steps(len(data.train), config.training)
-    context = MethodContext(compute, steps, config.task, model_dir, tokenizer)
+    # Scores before training come from the first attempt when resuming; only rank 0
+    # reports them (and everything else the manifest holds). A sharded model is
+    # evaluated once sharded, by every rank, since its forward passes are collective.
+    before: dict[str, Any] = {}
+    if resume is not None:
+        before = resume.state.carry.get("before", {})
+    elif main and not sharding:
+        before = _evaluate(model, tokenizer, data, config, "before training").as_metrics("Before")
+    steps = total_steps(len(data.train), config.training, accelerator.num_processes)
+    context = MethodContext(load_compute, steps, config.task, model_dir, tokenizer)
     model = method.apply(model, options, context)
     trainable, total = count_parameters(model)
     log.info(
@@ -213,6 +258,13 @@ def fine_tune(config: TrainerConfig, telemetry: Telemetry | None = None) -> Trai
     )
     if config.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if sharding:
+        shard_model(model)
+        if resume is None:
+            with _base_only(model):
+                scores = _evaluate(model, tokenizer, data, config, "before training")
+            before = scores.as_metrics("Before")
+            reshard(model)
     loss = _loss_function(config, compute, model.config.vocab_size, task)  # may load a teacher
     telemetry = telemetry or Telemetry(progress=Progress(json_lines=False, bar=True))
     bar = _ProgressBar(steps) if telemetry.progress.bar else None
@@ -225,21 +277,34 @@ def fine_tune(config: TrainerConfig, telemetry: Telemetry | None = None) -> Trai
         evaluate=lambda m: _reported(_periodic_scores(m, tokenizer, data, config), telemetry),
         eval_every=config.evaluation.every_steps,
         early_stopping=config.training.early_stopping,
+        checkpoint_every=config.output.checkpoint_every,
+        save=lambda cp: checkpoint.save(store, cp, config=config, accelerator=accelerator),
+        resume=resume,
+        stop_requested=stop or (lambda: False),
+        carry={"before": before},
     )
     try:
-        result = train(
-            model,
-            data.train,
-            config.training,
-            pad_id=tokenizer.pad_token_id,
-            accelerator=accelerator,
-            hooks=hooks,
-        )
+        with stop.during_training() if stop is not None else nullcontext():
+            result = train(
+                model,
+                data.train,
+                config.training,
+                pad_id=tokenizer.pad_token_id,
+                accelerator=accelerator,
+                hooks=hooks,
+            )
+    except Preempted as exc:
+        raise errors.Preempted(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
     model = accelerator.unwrap_model(model)
+    if not main and not sharding:
+        return TrainedRun(model, tokenizer, {}, data.validation, main=False)
     after = _evaluate(model, tokenizer, data, config, "after training")
+    whole = full_state_dict(model) if sharding else None  # gathered on rank 0
+    if not main:
+        return TrainedRun(model, tokenizer, {}, data.validation, main=False)
 
     metrics = run_metrics(result, before, after, data.report.as_dict())
     metrics.update(
@@ -249,7 +314,13 @@ def fine_tune(config: TrainerConfig, telemetry: Telemetry | None = None) -> Trai
         precision=compute.precision,
         wallSeconds=time.perf_counter() - wall_start,
     )
-    return TrainedRun(model, tokenizer, metrics, data.validation)
+    return TrainedRun(model, tokenizer, metrics, data.validation, state_dict=whole)
+
+
+def _base_only(model: Any) -> Any:
+    """The base model's behaviour: a PEFT model with its adapter switched off."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if disable is not None else nullcontext()
 
 
 def _reporters(bar: _ProgressBar | None, telemetry: Telemetry) -> Callable[[StepReport], None]:
@@ -272,7 +343,7 @@ def _reported(scores: dict[str, float], telemetry: Telemetry) -> dict[str, float
 def _fetch_model(config: TrainerConfig) -> tuple[Path, Any]:
     """The base model's local directory and its tokenizer."""
     from finetune_trainer.modeling import load_tokenizer
-    from finetune_trainer.storage.backends import Access, fetch_model_dir
+    from finetune_trainer.storage.backends import fetch_model_dir
 
     access = Access(config.model.credentials_secret, config.output.retry_deadline_seconds)
     model_dir = fetch_model_dir(config.model.uri, config.model.revision, access)
@@ -313,6 +384,7 @@ def _periodic_scores(
     model: Any, tokenizer: Any, data: Any, config: TrainerConfig
 ) -> dict[str, float]:
     """The cheap evaluation run every evaluation.everySteps (no generation)."""
+    from finetune_trainer.distributed import reshard
     from finetune_trainer.evaluation import scores_for
 
     scores = scores_for(
@@ -322,6 +394,7 @@ def _periodic_scores(
         tokenizer.pad_token_id,
         _num_labels(data),
     )
+    reshard(model)
     return {} if scores is None else scores.as_metrics()
 
 
@@ -359,10 +432,15 @@ def _check_options(config: TrainerConfig, task: Task) -> None:
         )
     if config.training.distillation is not None and task.name != "causal-lm":
         raise ConfigError("training.distillation is for task causal-lm; remove it")
+    if config.distributed.strategy == "fsdp" and config.method.type == "qlora":
+        raise ConfigError(
+            "resources.strategy fsdp cannot shard qlora's 4-bit weights; use strategy ddp "
+            "(each GPU holds the quantized model, which is what qlora is for) or method lora"
+        )
 
 
 def run_metrics(
-    result: TrainResult, before: EvalResult, after: EvalResult, data: dict[str, int]
+    result: TrainResult, before: dict[str, Any], after: EvalResult, data: dict[str, int]
 ) -> dict[str, Any]:
     """What metrics.json reports (camelCase, like the FineTuneJob status)."""
     import torch
@@ -371,7 +449,7 @@ def run_metrics(
     return {
         "trainLoss": sum(tail) / len(tail),
         "firstStepLoss": result.history[0]["loss"],
-        **before.as_metrics("Before"),
+        **before,
         **after.as_metrics(),
         "evalHistory": result.eval_history,
         "stoppedEarly": result.stopped_early,

@@ -36,9 +36,16 @@ def _no_quantization(options: Any, compute: Compute) -> Any | None:
     return None
 
 
-def save_pretrained(model: Any, directory: Path) -> None:
-    """The usual way: an adapter for a PeftModel, the whole model otherwise."""
-    model.save_pretrained(directory)
+def save_pretrained(model: Any, directory: Path, state_dict: dict[str, Any] | None) -> None:
+    """The usual way: an adapter for a PeftModel, the whole model otherwise.
+
+    ``state_dict`` (the whole model's, gathered from FSDP shards) replaces the model's own:
+    both transformers and PEFT take the weights to write from it when given.
+    """
+    if state_dict is None:
+        model.save_pretrained(directory)
+    else:
+        model.save_pretrained(directory, state_dict=state_dict)
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,9 @@ class Method:
     """(model, global step) -> None, called after each optimizer step."""
     artifact: Literal["adapter", "model"] = "adapter"
     """adapter: PeftModel.from_pretrained(base, dir) loads it; model: from_pretrained(dir)."""
-    save: Callable[[Any, Path], None] = save_pretrained
-    """(trained model, directory) -> None: writes the artifact's weights and config."""
+    save: Callable[[Any, Path, dict[str, Any] | None], None] = save_pretrained
+    """(trained model, directory, gathered state dict or None) -> None: writes the
+    artifact's weights and config."""
 
 
 REGISTRY: dict[str, Method] = {}

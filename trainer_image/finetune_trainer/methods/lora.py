@@ -59,16 +59,13 @@ def keep_initial_adapter(model: Any) -> None:
     setattr(model, _INITIAL_ADAPTER, directory)  # removed with the model
 
 
-def save_lora(model: Any, directory: Path) -> None:
+def save_lora(model: Any, directory: Path, state_dict: dict[str, Any] | None) -> None:
     """A plain LoRA adapter; PiSSA/OLoRA ones converted to apply to the original base."""
     initial = getattr(model, _INITIAL_ADAPTER, None)
-    if initial is None:
-        model.save_pretrained(directory)
-        return
-    model.save_pretrained(
-        directory,
-        path_initial_model_for_weight_conversion=str(Path(initial.name) / "initial"),
-    )
+    kwargs: dict[str, Any] = {} if state_dict is None else {"state_dict": state_dict}
+    if initial is not None:
+        kwargs["path_initial_model_for_weight_conversion"] = str(Path(initial.name) / "initial")
+    model.save_pretrained(directory, **kwargs)
 
 
 def apply_lora(model: Any, options: LoraSpec, ctx: MethodContext) -> Any:
