@@ -16,25 +16,69 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 SUBJECTS = [
-    "the battery", "this blender", "the hotel room", "our waiter", "the delivery",
-    "the screen", "this jacket", "the customer service", "the new update", "the headphones",
-    "the pizza", "this novel", "the train journey", "the app", "the hiking boots",
-    "the keyboard", "the concert", "the vacuum cleaner", "the coffee", "the tutorial",
+    "the battery",
+    "this blender",
+    "the hotel room",
+    "our waiter",
+    "the delivery",
+    "the screen",
+    "this jacket",
+    "the customer service",
+    "the new update",
+    "the headphones",
+    "the pizza",
+    "this novel",
+    "the train journey",
+    "the app",
+    "the hiking boots",
+    "the keyboard",
+    "the concert",
+    "the vacuum cleaner",
+    "the coffee",
+    "the tutorial",
 ]
 POSITIVE = [
-    "works perfectly", "exceeded my expectations", "is absolutely wonderful",
-    "was a delight", "is worth every penny", "made my day", "is excellent",
-    "is fantastic", "was better than I hoped", "is a joy to use", "impressed everyone",
-    "is brilliant", "was superb", "feels really well made", "was lovely",
-    "is outstanding", "was flawless", "is great value", "was very pleasant",
+    "works perfectly",
+    "exceeded my expectations",
+    "is absolutely wonderful",
+    "was a delight",
+    "is worth every penny",
+    "made my day",
+    "is excellent",
+    "is fantastic",
+    "was better than I hoped",
+    "is a joy to use",
+    "impressed everyone",
+    "is brilliant",
+    "was superb",
+    "feels really well made",
+    "was lovely",
+    "is outstanding",
+    "was flawless",
+    "is great value",
+    "was very pleasant",
     "is a pleasure",
 ]
 NEGATIVE = [
-    "broke after two days", "was a complete waste of money", "is terrible",
-    "was a huge disappointment", "stopped working", "is awful", "was rude and slow",
-    "feels cheap and flimsy", "is useless", "was a nightmare", "ruined the evening",
-    "is painfully slow", "was dirty", "is frustrating", "was badly damaged",
-    "is the worst I have owned", "was horrible", "is unreliable", "was cold and bland",
+    "broke after two days",
+    "was a complete waste of money",
+    "is terrible",
+    "was a huge disappointment",
+    "stopped working",
+    "is awful",
+    "was rude and slow",
+    "feels cheap and flimsy",
+    "is useless",
+    "was a nightmare",
+    "ruined the evening",
+    "is painfully slow",
+    "was dirty",
+    "is frustrating",
+    "was badly damaged",
+    "is the worst I have owned",
+    "was horrible",
+    "is unreliable",
+    "was cold and bland",
     "keeps crashing",
 ]
 SHAPES = [
@@ -46,8 +90,7 @@ SHAPES = [
     "Review: {subject} {judgement}!",
 ]
 CODA = {
-    "positive": ["I would buy it again.", "highly recommended.", "five stars.",
-                 "I am very happy."],
+    "positive": ["I would buy it again.", "highly recommended.", "five stars.", "I am very happy."],
     "negative": ["never again.", "I want a refund.", "one star.", "avoid it."],
 }
 HELD_OUT = 5  # the last judgements of each list appear only in validation
@@ -56,8 +99,10 @@ HELD_OUT = 5  # the last judgements of each list appear only in validation
 def sentence(rng: random.Random, label: str, judgements: list[str]) -> dict[str, str]:
     subject = rng.choice(SUBJECTS)
     text = rng.choice(SHAPES).format(
-        subject=subject, Subject=subject[0].upper() + subject[1:],
-        judgement=rng.choice(judgements), coda=rng.choice(CODA[label]),
+        subject=subject,
+        Subject=subject[0].upper() + subject[1:],
+        judgement=rng.choice(judgements),
+        coda=rng.choice(CODA[label]),
     )
     return {"text": text[0].upper() + text[1:], "label": label}
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
+from conftest import colour_rows, write_jsonl
 from finetune_trainer.checkpoint import complete_checkpoints, prefix_for
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.publish import verify_manifest
 from finetune_trainer.storage.store import MANIFEST, LocalStore
-from conftest import colour_rows, write_jsonl
 
 FINETUNE = str(Path(sys.executable).parent / "finetune")
 STEPS = 60

@@ -127,7 +127,8 @@ def latest_usable(store: Store, wanted: dict[str, str], scratch: Path) -> int | 
 
 
 def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state: Any = np.random.get_state(legacy=True)  # a tuple, not the dict form
+    kind, keys, pos, has_gauss, cached = numpy_state
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
