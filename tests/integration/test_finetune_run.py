@@ -176,10 +176,9 @@ def test_train_reads_a_rendered_trainer_config(make_job: Any, tmp_path: Path) ->
         ),
         ({"training": {"precision": "fp16"}}, 2, ["training.precision", "fp16 needs a CUDA GPU"]),
         ({"model": {"uri": "file:///nonexistent/model"}}, 4, ["no model directory", "config.json"]),
-        ({"model": {"uri": "s3://models-bucket/smol"}}, 5, ["s3://", "not available"]),
         ({"dataset": {"train": "file:///nonexistent/train.jsonl"}}, 5, ["no such file"]),
     ],
-    ids=["missing-column", "fp16-on-cpu", "no-model", "s3-not-yet", "no-dataset"],
+    ids=["missing-column", "fp16-on-cpu", "no-model", "no-dataset"],
 )
 def test_failures_exit_with_their_class_and_a_fix(
     make_job: Any, patch: dict[str, Any], exit_code: int, fragments: list[str]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,13 @@ def test_the_s3_example_runs_with_its_mounted_secret(
     manifest = s3_env.client.get_object(Bucket=out_bucket, Key=f"{out_prefix}/{MANIFEST}")
     assert json.loads(manifest["Body"].read())["jobName"] == "quickstart-s3"
     assert TEST_SECRET not in result.output
+
+
+def test_a_missing_bucket_exits_with_the_storage_code_at_once(s3_env: S3Env, make_job: Any) -> None:
+    job = make_job(model={"uri": "s3://no-such-models-bucket/smol"})
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert result.exit_code == 5, result.output
+    assert "s3://no-such-models-bucket/smol/: cannot list: NoSuchBucket" in result.output
+    assert "Traceback" not in result.output
+    assert time.monotonic() - started < 10, "a permanent error must not wait for the deadline"
