@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from finetune_operator.cli import app
-from finetune_trainer.errors import ModelError, StorageError
+from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
 from finetune_trainer.storage import s3 as s3_module
 from finetune_trainer.storage.backends import Access, fetch_file, fetch_model_dir, open_store
 from finetune_trainer.storage.store import MANIFEST, delete_set, publish_dir
@@ -180,7 +180,7 @@ def test_publish_fails_cleanly_when_the_outage_outlasts_the_deadline(
     outage_during_publish(s3_env, store, monkeypatch, seconds=None)
 
     started = time.monotonic()
-    with pytest.raises(StorageError) as info:
+    with pytest.raises(StorageUnavailable) as info:  # exit 7: a later attempt may succeed
         publish_dir(staging, store)
     elapsed = time.monotonic() - started
     s3_env.server.end_outage()
@@ -206,6 +206,7 @@ def test_no_such_bucket_fails_at_once(s3_env: S3Env, tmp_path: Path) -> None:
     message = str(info.value)
     assert message.startswith("s3://no-such-bucket-here/job/")
     assert "NoSuchBucket" in message and "check the bucket name" in message
+    assert info.value.exit_code == 5  # a refusal, not an outage: retrying will not help
 
 
 def test_a_missing_dataset_object_fails_at_once_naming_it(s3_env: S3Env) -> None:

@@ -123,3 +123,47 @@ def test_a_missing_bucket_exits_with_the_storage_code_at_once(s3_env: S3Env, mak
     assert "s3://no-such-models-bucket/smol/: cannot list: NoSuchBucket" in result.output
     assert "Traceback" not in result.output
     assert time.monotonic() - started < 10, "a permanent error must not wait for the deadline"
+
+
+def test_a_run_resumes_from_its_checkpoint_in_s3(
+    s3_env: S3Env, make_job: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Checkpoints live beside the artifacts in the bucket; a rerun whose newest complete
+    checkpoint is step 8 (step 12's never completed: its manifest is gone) continues from
+    step 8 and ends with the weights the uninterrupted run published."""
+    from safetensors.torch import load_file
+
+    prefix = "adapters/resumed"
+    job = make_job(
+        dataset={"deduplicate": False},  # 48 rows in batches of 8: epochs end at steps 6, 12
+        method={"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.1}},
+        output={"uri": s3_env.uri(prefix), "checkpointEvery": 4, "keepCheckpoints": 3},
+    )
+    run = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert run.exit_code == 0, run.output
+    first = tmp_path / "first.safetensors"
+    s3_env.client.download_file(s3_env.bucket, f"{prefix}/adapter_model.safetensors", str(first))
+    steps = {k.split("/")[3] for k in s3_env.objects(f"{prefix}/checkpoints/")}
+    # Every 4 steps and at each epoch's end (4, 6, 8, 12); keepCheckpoints: 3.
+    assert steps == {"step-6", "step-8", "step-12"}
+
+    # The pod died while step 12's checkpoint was being written, and before publishing.
+    s3_env.client.delete_object(
+        Bucket=s3_env.bucket, Key=f"{prefix}/checkpoints/step-12/{MANIFEST}"
+    )
+    s3_env.client.delete_object(Bucket=s3_env.bucket, Key=f"{prefix}/{MANIFEST}")
+
+    with caplog.at_level("INFO", logger="finetune.trainer"):
+        again = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert f"resuming from {s3_env.uri(prefix)}/checkpoints/step-8" in caplog.text
+    second = tmp_path / "second.safetensors"
+    s3_env.client.download_file(s3_env.bucket, f"{prefix}/adapter_model.safetensors", str(second))
+    a, b = load_file(first), load_file(second)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max() < 1e-5, name
+    metrics = json.loads(
+        s3_env.client.get_object(Bucket=s3_env.bucket, Key=f"{prefix}/metrics.json")["Body"].read()
+    )
+    assert metrics["steps"] == 12 and len(metrics["history"]) == 12

@@ -45,7 +45,8 @@ def wrapped(inner: BaseException, outer: BaseException) -> BaseException:
         (errors.ConfigError("training.precision: fp16 needs a GPU"), 2, "InvalidConfig", "Failed"),
         (errors.DataError("dataset.train row 3: no messages"), 3, "InvalidData", "Failed"),
         (errors.ModelError("no model directory"), 4, "ModelLoadFailed", "Failed"),
-        (errors.StorageError("s3: timed out"), 5, "StorageError", "Failed"),
+        (errors.StorageError("s3://b/k: 403 AccessDenied"), 5, "StorageError", "Failed"),
+        (errors.StorageUnavailable("s3: timed out"), 7, "StorageUnavailable", "Failed"),
         (errors.OutOfMemory("batch too big"), 6, "OutOfMemory", "Failed"),
         (
             torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),

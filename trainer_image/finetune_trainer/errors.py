@@ -37,10 +37,19 @@ class ModelError(TrainerError):
 
 
 class StorageError(TrainerError):
-    """Reading inputs or publishing artifacts failed."""
+    """Storage refused the run: no such bucket, key or file, access denied, a damaged
+    download. Retrying the same spec will not help."""
 
     exit_code = 5
     reason = "StorageError"
+
+
+class StorageUnavailable(StorageError):
+    """A store kept failing with transient errors (timeouts, 5xx, throttling) until the
+    retry deadline ran out: unlike a refusal (403, 404), a later attempt may succeed."""
+
+    exit_code = 7
+    reason = "StorageUnavailable"
 
 
 class OutOfMemory(TrainerError):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from finetune_trainer.errors import ModelError, StorageError
+from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
 from finetune_trainer.storage import cache
 from finetune_trainer.storage.credentials import S3Settings, redact, s3_client, s3_settings
 from finetune_trainer.storage.store import ObjectInfo, join_key, safe_key
@@ -243,18 +243,23 @@ class S3Client:
         self, what: str, key: str, exc: BaseException, elapsed: float, limit: float
     ) -> StorageError:
         uri = self.uri(key)
+        secrets = self.settings.secrets()
         if is_transient(exc):
-            message = (
-                f"{uri}: cannot {what}: {describe(exc)}; still failing after {elapsed:.0f}s "
-                f"of retries (retry deadline {limit:g}s). Check that {self.endpoint} is "
-                "reachable, or raise output.retryDeadlineSeconds"
+            return StorageUnavailable(
+                redact(
+                    f"{uri}: cannot {what}: {describe(exc)}; still failing after {elapsed:.0f}s "
+                    f"of retries (retry deadline {limit:g}s). Check that {self.endpoint} is "
+                    "reachable, or raise output.retryDeadlineSeconds",
+                    secrets,
+                )
             )
-        else:
-            message = (
+        return StorageError(
+            redact(
                 f"{uri}: cannot {what}: {describe(exc)}: {hint(exc)} "
-                f"(endpoint {self.endpoint}, credentials from {self.settings.source})"
+                f"(endpoint {self.endpoint}, credentials from {self.settings.source})",
+                secrets,
             )
-        return StorageError(redact(message, self.settings.secrets()))
+        )
 
     def _log_retry(self, what: str, key: str) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:
