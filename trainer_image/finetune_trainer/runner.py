@@ -345,9 +345,14 @@ def _fetch_model(config: TrainerConfig) -> tuple[Path, Any]:
     from finetune_trainer.modeling import load_tokenizer
     from finetune_trainer.storage.backends import fetch_model_dir
 
-    access = Access(config.model.credentials_secret, config.output.retry_deadline_seconds)
-    model_dir = fetch_model_dir(config.model.uri, config.model.revision, access)
+    model_dir = fetch_model_dir(config.model.uri, config.model.revision, model_access(config))
     return model_dir, load_tokenizer(model_dir, config.model.trust_remote_code)
+
+
+def model_access(config: TrainerConfig) -> Access:
+    """How the run reaches its base model (and a distillation teacher): the model's
+    Secret and the job's retry deadline."""
+    return Access(config.model.credentials_secret, config.output.retry_deadline_seconds)
 
 
 def _loss_function(config: TrainerConfig, compute: Any, student_vocab: int, task: Task) -> Any:
@@ -360,7 +365,7 @@ def _loss_function(config: TrainerConfig, compute: Any, student_vocab: int, task
     spec = config.training.distillation
     if spec is None:
         return task.loss
-    teacher_dir = fetch_model_dir(spec.teacher_uri, spec.teacher_revision)
+    teacher_dir = fetch_model_dir(spec.teacher_uri, spec.teacher_revision, model_access(config))
     teacher = load_base_model(
         teacher_dir, compute, trust_remote_code=config.model.trust_remote_code
     )

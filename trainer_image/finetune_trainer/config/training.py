@@ -32,7 +32,9 @@ class EarlyStoppingSpec(CamelModel):
 class DistillationSpec(CamelModel):
     """Knowledge distillation from a teacher causal LM sharing the student's vocabulary."""
 
-    teacher_uri: ModelUri
+    teacher_uri: ModelUri = Field(
+        description="The teacher model, read like model.uri (with model.credentialsSecret)."
+    )
     teacher_revision: str | None = Field(
         default=None, min_length=1, max_length=255, description="Revision of an hf:// teacher."
     )
