@@ -36,6 +36,7 @@ QUANTITY_PATTERN = (
     r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 _QUANTITY = re.compile(QUANTITY_PATTERN)
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -129,8 +130,25 @@ class Resources(CamelModel):
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Taints the training pods tolerate."
     )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="A Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity), "
+        "copied to the training pods as written.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=_DNS_SUBDOMAIN,
+        description="The PriorityClass of the training pods (preemption order).",
+    )
+    shared_memory: Quantity = Field(
+        default="2Gi",
+        description="Size of the memory-backed /dev/shm of each training pod (data loaders "
+        "and NCCL use it; the container runtime's 64Mi default is too small).",
+    )
 
-    _cpu = field_validator("cpu", "memory", mode="before")(_check_quantity)
+    _cpu = field_validator("cpu", "memory", "shared_memory", mode="before")(_check_quantity)
 
     @model_validator(mode="after")
     def _fsdp_needs_gpus(self) -> Resources:
@@ -150,16 +168,56 @@ class Resources(CamelModel):
         return value
 
 
+class RunPolicy(CamelModel):
+    """How the training Job is retried and bounded (copied to the batch/v1 Job)."""
+
+    backoff_limit: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Failed pods retried before the job fails. Pods stopped by a disruption "
+        "(preemption, node drain, eviction) are retried without counting; a retried pod "
+        "resumes from the last checkpoint. Invalid configuration or data fails at once.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job when it has run this long in total."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the finished Job and its pods after this long (the FineTuneJob "
+        "and the published artifacts stay).",
+    )
+
+
+IMMUTABLE_EXCEPT = frozenset({"suspend"})
+"""Spec fields that may change after creation; the CRD refuses changes to the others."""
+
+
 class FineTuneJobSpec(JobSections):
     """What to fine-tune, on what, how, and where the result goes."""
 
     output: OutputSpec = Field(default_factory=OutputSpec)
     resources: Resources = Field(default_factory=Resources)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    suspend: bool = Field(
+        default=False,
+        description="Suspend the training Job (its pods are stopped; a checkpoint is saved on "
+        "the way out) and resume it when set back to false. The only field that may change "
+        "after creation.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="A Kueue LocalQueue: the Job is created suspended with the "
+        "kueue.x-k8s.io/queue-name label, and Kueue decides when it runs.",
+    )
 
 
 # --------------------------------------------------------------------------- status
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
 
 class Condition(CamelModel):
@@ -215,6 +273,8 @@ class FineTuneJobStatus(CamelModel):
     artifacts: Artifacts | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None
+    restarts: int = Field(default=0, ge=0, description="Trainer pod restarts so far.")
+    job_name: str | None = Field(default=None, description="The batch/v1 Job running the trainer.")
     observed_generation: int | None = Field(default=None, ge=0)
 
 

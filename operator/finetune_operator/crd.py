@@ -24,6 +24,7 @@ from finetune_operator.api import (
     SHORT_NAMES,
     SINGULAR,
     VERSION,
+    IMMUTABLE_EXCEPT,
     FineTuneJobSpec,
     FineTuneJobStatus,
 )
@@ -126,7 +127,7 @@ def _json_type(value: Any) -> str:
 
 def build_crd() -> dict[str, Any]:
     """The whole CustomResourceDefinition object."""
-    spec_schema = openapi_schema(FineTuneJobSpec)
+    spec_schema = with_immutability(openapi_schema(FineTuneJobSpec))
     status_schema = openapi_schema(FineTuneJobStatus)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -172,6 +173,41 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+def with_immutability(spec: dict[str, Any]) -> dict[str, Any]:
+    """CEL transition rules: no spec field but ``suspend`` changes after creation.
+
+    A rule on each property refuses a changed value; one on the spec refuses adding or
+    removing an optional property (a property's own rule only runs when both old and
+    new objects have it). The operator refuses the same changes (a Job already runs the
+    old spec), so a cluster without CEL (before 1.25) is still protected.
+    """
+    frozen = [name for name in spec["properties"] if name not in IMMUTABLE_EXCEPT]
+    properties = {
+        name: {
+            **schema,
+            "x-kubernetes-validations": [
+                *schema.get("x-kubernetes-validations", []),
+                {
+                    "rule": "self == oldSelf",
+                    "message": f"spec.{name} is immutable: create a new FineTuneJob (only "
+                    "spec.suspend may change)",
+                },
+            ],
+        }
+        if name in frozen
+        else schema
+        for name, schema in spec["properties"].items()
+    }
+    presence = " && ".join(f"has(self.{name}) == has(oldSelf.{name})" for name in frozen)
+    rule = {
+        "rule": presence,
+        "message": "spec fields cannot be added or removed after creation (only spec.suspend "
+        "may change): create a new FineTuneJob",
+    }
+    rules = [*spec.get("x-kubernetes-validations", []), rule]
+    return {**spec, "properties": properties, "x-kubernetes-validations": rules}
+
+
 def _printer_columns() -> list[dict[str, Any]]:
     return [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -180,6 +216,19 @@ def _printer_columns() -> list[dict[str, Any]]:
             "type": "string",
             "jsonPath": ".status.progress.percent",
             "description": "Percent of optimizer steps done",
+        },
+        {
+            "name": "Step",
+            "type": "integer",
+            "jsonPath": ".status.progress.step",
+            "priority": 1,
+        },
+        {
+            "name": "ETA",
+            "type": "integer",
+            "jsonPath": ".status.progress.etaSeconds",
+            "description": "Estimated seconds to the last step",
+            "priority": 1,
         },
         {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri"},

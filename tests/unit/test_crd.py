@@ -239,7 +239,9 @@ def test_one_served_storage_version_with_status_subresource(version: dict[str, A
 
 def test_printer_columns(version: dict[str, Any]) -> None:
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Progress", "Method", "Model", "Age"]
+    assert list(columns) == ["Phase", "Progress", "Step", "ETA", "Method", "Model", "Age"]
+    # Step and ETA show with `kubectl get ftj -o wide`.
+    assert columns["Step"]["priority"] == columns["ETA"]["priority"] == 1
     assert columns["Phase"]["jsonPath"] == ".status.phase"
     assert columns["Progress"]["jsonPath"] == ".status.progress.percent"
     assert columns["Method"]["jsonPath"] == ".spec.method.type"
@@ -420,8 +422,9 @@ def test_target_modules_keeps_its_union(schema: dict[str, Any]) -> None:
 
 
 def test_dataset_cel_rules(schema: dict[str, Any]) -> None:
-    rules = at(schema, "spec.dataset")["x-kubernetes-validations"]
+    *rules, immutable = at(schema, "spec.dataset")["x-kubernetes-validations"]
     assert rules == DatasetSpec.model_json_schema()["x-kubernetes-validations"]
+    assert immutable["rule"] == "self == oldSelf"
     validation, train = rules
     assert "has(self.validation)" in validation["rule"]
     assert "has(self.validationSplit)" in validation["rule"]
@@ -433,8 +436,9 @@ def test_dataset_cel_rules(schema: dict[str, Any]) -> None:
 
 
 def test_task_cel_rules_pair_classification_with_its_task(schema: dict[str, Any]) -> None:
-    rules = at(schema, "spec")["x-kubernetes-validations"]
+    *rules, presence = at(schema, "spec")["x-kubernetes-validations"]
     assert rules == JobSections.model_json_schema()["x-kubernetes-validations"]
+    assert "has(self.model) == has(oldSelf.model)" in presence["rule"]
     fmt, mixture, packing, prompt_learning_packing = rules
     assert "self.task == 'sequence-classification'" in fmt["rule"]
     assert "self.dataset.format == 'classification'" in fmt["rule"]
@@ -450,7 +454,8 @@ def test_task_cel_rules_pair_classification_with_its_task(schema: dict[str, Any]
 
 
 def test_method_cel_rules_cover_every_section(schema: dict[str, Any]) -> None:
-    rules = at(schema, "spec.method")["x-kubernetes-validations"]
+    *rules, immutable = at(schema, "spec.method")["x-kubernetes-validations"]
+    assert immutable["rule"] == "self == oldSelf"
     types = list(typing.get_args(MethodType))
     sections = MethodSpec.section_names()
     # the wire name of a type's section: camelCase of the type with '-' read as '_'
@@ -481,3 +486,16 @@ def test_metadata_name_cel_rule(schema: dict[str, Any]) -> None:
     (rule,) = schema["x-kubernetes-validations"]
     assert "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')" in rule["rule"]
     assert "size(self.metadata.name) <= 63" in rule["rule"]
+
+
+def test_every_spec_field_but_suspend_is_immutable(schema: dict[str, Any]) -> None:
+    spec = at(schema, "spec")
+    for name, prop in spec["properties"].items():
+        rules = [r["rule"] for r in prop.get("x-kubernetes-validations", [])]
+        if name == "suspend":
+            assert "self == oldSelf" not in rules
+        else:
+            assert "self == oldSelf" in rules, name
+    presence = spec["x-kubernetes-validations"][-1]["rule"]
+    assert "has(self.runPolicy) == has(oldSelf.runPolicy)" in presence
+    assert "suspend" not in presence
