@@ -20,7 +20,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from finetune_trainer.errors import StorageError
+from finetune_trainer.errors import StorageError, StorageUnavailable
 from finetune_trainer.storage import cache, credentials
 from finetune_trainer.storage.credentials import S3Settings, redact, s3_settings
 from finetune_trainer.storage.s3 import S3Client, describe, is_transient, verify_download
@@ -124,9 +124,10 @@ def test_retrying_stops_at_the_deadline() -> None:
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket/k")
 
     started = time.monotonic()
-    with pytest.raises(StorageError, match=r"retry deadline 1\.5s"):
+    with pytest.raises(StorageUnavailable, match=r"retry deadline 1\.5s"):
         s3client(1.5).call("upload", "k", down)
-    assert time.monotonic() - started < 1.5 + 0.5
+    # Ends near the deadline (the slack is for a loaded CI machine), not after many more.
+    assert time.monotonic() - started < 1.5 + 1.5
     assert len(calls) >= 2
 
 
