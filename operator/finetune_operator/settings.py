@@ -1,0 +1,53 @@
+"""The operator's own settings: what every training Job gets that no spec says.
+
+Read once from the environment (the Helm chart sets these on the Deployment), so the
+builders stay pure functions of (FineTuneJob, Settings).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Settings:
+    trainer_image: str = "ghcr.io/finetune-operator/trainer:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    trainer_service_account: str | None = None
+    """The trainer pods' ServiceAccount; None: the namespace's default. Trainers need
+    no API rights (progress is scraped from them), so the chart's has none."""
+    termination_grace_seconds: int = 300
+    """Time between SIGTERM and SIGKILL: one optimizer step plus one checkpoint upload."""
+    cache_size: str = "50Gi"
+    """The emptyDir where the trainer caches downloaded models and datasets."""
+    run_as_user: int = 1000
+    namespaces: tuple[str, ...] = field(default=())
+    """Namespaces to watch; empty: the whole cluster."""
+    metrics_port: int = 8000
+    health_port: int = 8080
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def words(name: str) -> tuple[str, ...]:
+            return tuple(w for w in env.get(name, "").replace(",", " ").split() if w)
+
+        return cls(
+            trainer_image=env.get("FINETUNE_TRAINER_IMAGE", defaults.trainer_image),
+            image_pull_policy=env.get("FINETUNE_TRAINER_PULL_POLICY", defaults.image_pull_policy),
+            image_pull_secrets=words("FINETUNE_TRAINER_PULL_SECRETS"),
+            trainer_service_account=env.get("FINETUNE_TRAINER_SERVICE_ACCOUNT") or None,
+            termination_grace_seconds=int(
+                env.get("FINETUNE_TERMINATION_GRACE_SECONDS", defaults.termination_grace_seconds)
+            ),
+            cache_size=env.get("FINETUNE_CACHE_SIZE", defaults.cache_size),
+            run_as_user=int(env.get("FINETUNE_RUN_AS_USER", defaults.run_as_user)),
+            namespaces=words("FINETUNE_WATCH_NAMESPACES"),
+            metrics_port=int(env.get("FINETUNE_METRICS_PORT", defaults.metrics_port)),
+            health_port=int(env.get("FINETUNE_HEALTH_PORT", defaults.health_port)),
+        )
