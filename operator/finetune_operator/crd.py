@@ -19,12 +19,12 @@ from typing import Any
 import yaml
 
 from finetune_operator.api import (
+    IMMUTABLE_EXCEPT,
     KIND,
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
     VERSION,
-    IMMUTABLE_EXCEPT,
     FineTuneJobSpec,
     FineTuneJobStatus,
 )
