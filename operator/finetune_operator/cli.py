@@ -214,7 +214,16 @@ def _run_trainer(
     summary = result.summary() if telemetry.reporting else ""
     if summary:
         typer.echo(summary)
-    _finish(succeeded(telemetry.last_step, result.output_uri, summary), termination_log, pod=pod)
+    # The published files and headline metrics ride in the termination message, so the
+    # operator fills status.artifacts without credentials for the store (rank 0 only).
+    outcome = succeeded(
+        telemetry.last_step,
+        result.output_uri,
+        summary,
+        files=result.files if telemetry.reporting else None,
+        metrics=result.metrics if telemetry.reporting else None,
+    )
+    _finish(outcome, termination_log, pod=pod)
 
 
 def _finish(outcome: Outcome, termination_log: Path | None, *, pod: bool) -> NoReturn:

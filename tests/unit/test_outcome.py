@@ -206,3 +206,90 @@ def test_termination_log_path_prefers_the_option_then_the_environment(
     monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(tmp_path / "env"))
     assert termination_log_path(None) == (tmp_path / "env", True)
     assert termination_log_path(tmp_path / "opt") == (tmp_path / "opt", True)
+
+
+def _files(count: int) -> list[dict[str, object]]:
+    return [
+        {"path": f"model-{i:05d}-of-{count:05d}.safetensors", "size": 1000 + i, "sha256": "ab" * 32}
+        for i in range(count)
+    ]
+
+
+RUN_METRICS = {
+    "trainLoss": 0.81,
+    "evalLoss": 0.92,
+    "evalLossBefore": 1.74,
+    "exactMatch": 62.5,
+    "exactMatchBefore": 12.5,
+    "tokensPerSecond": 5310.2,
+    "steps": 12,
+    "trainSeconds": 40.1,
+    "exactMatchSamples": 8,  # not a headline: left to metrics.json
+    "history": [{"step": 1, "loss": 2.0}],  # lists never go in
+    "accuracy": None,  # a classification score the run did not have
+}
+
+
+def test_success_carries_the_published_files_and_headline_metrics() -> None:
+    result = succeeded(12, "s3://bucket/jobs/a", "done", files=_files(3), metrics=RUN_METRICS)
+    data = json.loads(termination_message(result))
+    assert data["files"] == _files(3)
+    assert data["metrics"] == {
+        "trainLoss": 0.81,
+        "evalLoss": 0.92,
+        "evalLossBefore": 1.74,
+        "exactMatch": 62.5,
+        "exactMatchBefore": 12.5,
+        "tokensPerSecond": 5310.2,
+        "steps": 12,
+        "trainSeconds": 40.1,
+    }
+    assert "filesOmitted" not in data
+
+
+def test_manifest_entries_keep_only_path_size_and_sha256() -> None:
+    entry = {**_files(1)[0], "extra": "dropped"}
+    assert succeeded(1, "file:///o", files=[entry]).files == (_files(1)[0],)
+
+
+def test_non_finite_metrics_are_left_out_json_has_no_nan() -> None:
+    result = succeeded(1, "file:///o", metrics={"evalLoss": float("nan"), "trainLoss": 0.5})
+    assert result.metrics == {"trainLoss": 0.5}
+    assert "NaN" not in termination_message(result)
+
+
+def test_too_many_files_are_dropped_whole_and_flagged() -> None:
+    result = succeeded(12, "s3://b/o", "done", files=_files(60), metrics=RUN_METRICS)
+    text = termination_message(result)
+    assert len(text.encode()) <= MAX_TERMINATION_BYTES
+    data = json.loads(text)
+    assert "files" not in data
+    assert data["filesOmitted"] is True
+    assert data["metrics"]["evalLoss"] == 0.92  # the metrics survive
+    assert data["message"] == "done"
+
+
+def test_metrics_go_after_the_files_and_before_the_message() -> None:
+    metrics = {"trainLoss": 1.0, "evalLoss": 1.0}  # 34 bytes as JSON
+    bare_size = len(termination_message(succeeded(3, "s3://b/o", ""))) + len(',"filesOmitted":true')
+    # A summary that fits beside neither files nor metrics, but alone it does.
+    summary = "s" * (MAX_TERMINATION_BYTES - bare_size - 10)
+    result = succeeded(3, "s3://b/o", summary, files=_files(5), metrics=metrics)
+    text = termination_message(result)
+    data = json.loads(text)
+    assert "files" not in data and "metrics" not in data
+    assert data["filesOmitted"] is True
+    assert data["message"] == summary  # still whole: dropping the rest made room
+    assert len(text) == MAX_TERMINATION_BYTES - 10
+
+    longer = succeeded(3, "s3://b/o", "s" * 5000, files=_files(5), metrics=metrics)
+    text = termination_message(longer)
+    assert len(text.encode()) <= MAX_TERMINATION_BYTES
+    cut = json.loads(text)
+    assert cut["message"].endswith("[truncated]")
+    assert (cut["artifactUri"], cut["lastStep"], cut["filesOmitted"]) == ("s3://b/o", 3, True)
+
+
+def test_failures_carry_no_files_or_metrics_keys() -> None:
+    data = json.loads(termination_message(failed(errors.DataError("bad"))))
+    assert not {"files", "metrics", "filesOmitted"} & data.keys()

@@ -5,18 +5,19 @@ container's exit code and the short text it left in its termination message file
 (``/dev/termination-log``, at most 4096 bytes). So every ending is classified here, by
 pure functions, into a code from a documented table and a small JSON summary:
 
-====  ==============  =========================================================
-code  reason          retry?
-====  ==============  =========================================================
-0     Succeeded       -
-1     Unexpected      maybe (a bug or a crash the trainer did not foresee)
-2     InvalidConfig   no: the spec must change
-3     InvalidData     no: the dataset must change
-4     ModelLoadFailed maybe (a registry or network hiccup; or a wrong URI)
-5     StorageError    yes: storage hiccups pass
-6     OutOfMemory     no: on the same hardware it fails the same way
-143   Preempted       yes: SIGTERM, a checkpoint was saved; the next attempt resumes
-====  ==============  =========================================================
+====  ==================  =====================================================
+code  reason              retry?
+====  ==================  =====================================================
+0     Succeeded           -
+1     Unexpected          maybe (a bug or a crash the trainer did not foresee)
+2     InvalidConfig       no: the spec must change
+3     InvalidData         no: the dataset must change
+4     ModelLoadFailed     maybe (a registry or network hiccup; or a wrong URI)
+5     StorageError        no: a refusal (no such bucket or key, access denied)
+6     OutOfMemory         no: on the same hardware it fails the same way
+7     StorageUnavailable  yes: transient storage errors outlasted the deadline
+143   Preempted           yes: SIGTERM, a checkpoint was saved; the next attempt resumes
+====  ==================  =====================================================
 
 A :class:`~finetune_trainer.errors.TrainerError` is classified by its own ``exit_code`` and
 ``reason`` attributes, so a new failure class needs no change here. Out-of-memory is
@@ -26,14 +27,22 @@ its fix is the same whatever raised it.
 The message goes to the pod status, which anyone who can read pods sees: it carries the
 exception's own message only (never the environment or the config), with URL passwords,
 ``token=...``-style values and the values of secret-looking environment variables masked.
+
+A success also carries what was published: the manifest's ``files`` (path, size, sha256)
+and the headline ``metrics``, so the operator fills the FineTuneJob's status from the pod
+alone, without credentials for the output store. Within the 4096 bytes the file list
+goes first (``"filesOmitted": true`` says so; ``manifest.json`` still has it), then the
+metrics, then the tail of the message.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,9 +77,13 @@ class Outcome:
     message: str
     last_step: int = 0
     artifact_uri: str | None = None
+    files: tuple[Mapping[str, Any], ...] | None = None
+    """Published files (path, size, sha256) on success; None elsewhere."""
+    metrics: Mapping[str, float] | None = None
+    """Headline metrics (:data:`HEADLINE_METRICS`) on success; None elsewhere."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "outcome": self.outcome,
             "reason": self.reason,
             "message": self.message,
@@ -78,10 +91,64 @@ class Outcome:
             "lastStep": self.last_step,
             "artifactUri": self.artifact_uri,
         }
+        if self.files is not None:
+            data["files"] = [dict(entry) for entry in self.files]
+        if self.metrics is not None:
+            data["metrics"] = dict(self.metrics)
+        return data
 
 
-def succeeded(last_step: int, artifact_uri: str, summary: str = "") -> Outcome:
-    return Outcome(EXIT_SUCCESS, SUCCEEDED, SUCCEEDED, summary, last_step, artifact_uri)
+HEADLINE_METRICS = (
+    "trainLoss",
+    "evalLoss",
+    "evalLossBefore",
+    "exactMatch",
+    "exactMatchBefore",
+    "accuracy",
+    "accuracyBefore",
+    "macroF1",
+    "tokensPerSecond",
+    "steps",
+    "trainSeconds",
+)
+"""The run metrics a success message carries, when the run has them."""
+
+
+def succeeded(
+    last_step: int,
+    artifact_uri: str,
+    summary: str = "",
+    *,
+    files: Iterable[Mapping[str, Any]] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Outcome:
+    """A published run. ``files`` are the manifest's entries; ``metrics`` the run's
+    metrics, of which the finite numbers named in :data:`HEADLINE_METRICS` are kept."""
+    return Outcome(
+        EXIT_SUCCESS,
+        SUCCEEDED,
+        SUCCEEDED,
+        summary,
+        last_step,
+        artifact_uri,
+        files=None if files is None else tuple(_file_entry(entry) for entry in files),
+        metrics=None if metrics is None else headline_metrics(metrics),
+    )
+
+
+def _file_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {"path": entry["path"], "size": entry["size"], "sha256": entry["sha256"]}
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The headline numbers of ``metrics``: JSON has no NaN, and lists do not fit."""
+    return {
+        name: metrics[name]
+        for name in HEADLINE_METRICS
+        if isinstance(metrics.get(name), int | float)
+        and not isinstance(metrics[name], bool)
+        and math.isfinite(metrics[name])
+    }
 
 
 def failed(exc: BaseException, last_step: int = 0) -> Outcome:
@@ -166,7 +233,12 @@ def redact(text: str, environ: dict[str, str] | None = None) -> str:
 
 
 def termination_message(outcome: Outcome, limit: int = MAX_TERMINATION_BYTES) -> str:
-    """The outcome as compact JSON within ``limit`` bytes: the message is cut to fit.
+    """The outcome as compact JSON within ``limit`` bytes.
+
+    What does not fit goes in this order: the file list (``filesOmitted`` is set: the
+    operator then says so rather than show an empty list as the truth), the metrics,
+    then the message's tail. The first two are all or nothing, since a partial list
+    would look complete.
 
     ASCII JSON, so characters are bytes; a non-ASCII character takes up to 6 of them
     (``\\u00e9``), hence a search for the longest prefix that fits, not arithmetic.
@@ -175,6 +247,17 @@ def termination_message(outcome: Outcome, limit: int = MAX_TERMINATION_BYTES) ->
     text = _json(data)
     if len(text) <= limit:
         return text
+    if "files" in data:
+        del data["files"]
+        data["filesOmitted"] = True
+        text = _json(data)
+        if len(text) <= limit:
+            return text
+    if "metrics" in data:
+        del data["metrics"]
+        text = _json(data)
+        if len(text) <= limit:
+            return text
     message: str = data["message"]
     fits, too_long = 0, len(message)  # prefix lengths: fits fits, too_long does not
     while too_long - fits > 1:

@@ -6,6 +6,7 @@ call. It orchestrates; the work is in the modules it calls.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import tempfile
@@ -34,6 +35,9 @@ log = logging.getLogger("finetune.trainer")
 class RunResult:
     output_uri: str
     metrics: dict[str, Any]
+    files: tuple[dict[str, Any], ...] = ()
+    """The published files as the manifest lists them (path, size, sha256); rank 0 only.
+    They go to the termination message, so the operator needs no storage credentials."""
 
     def summary(self) -> str:
         m = self.metrics
@@ -137,12 +141,14 @@ def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> R
         run = fine_tune(config, telemetry, stop=stop)
         if not run.main:
             return RunResult(config.output.uri, {})
-        _publish(run, config)
-    return RunResult(config.output.uri, run.metrics)
+        files = _publish(run, config)
+    return RunResult(config.output.uri, run.metrics, files)
 
 
-def _publish(run: TrainedRun, config: TrainerConfig) -> None:
+def _publish(run: TrainedRun, config: TrainerConfig) -> tuple[dict[str, Any], ...]:
+    """Stage and publish; return the manifest's file entries."""
     from finetune_trainer.publish import publish, stage_artifacts
+    from finetune_trainer.storage.store import MANIFEST
 
     with tempfile.TemporaryDirectory(prefix="finetune-publish-") as staging:
         stage_artifacts(
@@ -154,8 +160,10 @@ def _publish(run: TrainedRun, config: TrainerConfig) -> None:
             base_model_ref(config.model.uri),
             state_dict=run.state_dict,
         )
+        manifest = json.loads((Path(staging) / MANIFEST).read_text())
         publish(Path(staging), config.output.uri, output_access(config))
     log.info("published to %s", config.output.uri)
+    return tuple(manifest["files"])
 
 
 def output_access(config: TrainerConfig) -> Access:
