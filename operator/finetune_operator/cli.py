@@ -185,6 +185,54 @@ def train(
     _run_trainer(trainer_config, pod=True, termination_log=termination_log)
 
 
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            help="Watch only this namespace (repeatable). Default: $FINETUNE_WATCH_NAMESPACES, "
+            "else the whole cluster.",
+        ),
+    ] = None,
+    peering: Annotated[
+        str | None,
+        typer.Option(
+            help="kopf peering name: replicas sharing it elect one active operator (needs the "
+            "chart's KopfPeering resources). Default: standalone, for one replica."
+        ),
+    ] = None,
+    liveness: Annotated[
+        str,
+        typer.Option(
+            help="Where kopf serves the liveness check; readiness is /readyz on the metrics "
+            "port ($FINETUNE_METRICS_PORT, 8000)."
+        ),
+    ] = "http://0.0.0.0:8080/healthz",
+) -> None:
+    """Run the operator: watch FineTuneJobs and run them as training Jobs."""
+    import kopf
+
+    from finetune_operator.handlers import start_runtime  # registers the handlers
+    from finetune_operator.probes import STARTUP
+    from finetune_operator.settings import Settings
+
+    settings = Settings.from_env()
+    namespaces = list(namespace or settings.namespaces)
+    memo = start_runtime(settings)
+    kopf.configure(verbose=False)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=peering is None,
+        peering_name=peering,
+        liveness_endpoint=liveness,
+        memo=memo,
+        ready_flag=memo.readiness.flag(STARTUP),
+    )
+
+
 def _run_trainer(
     config: TrainerConfig, *, pod: bool, termination_log: Path | None = None
 ) -> NoReturn:

@@ -1,0 +1,244 @@
+"""The kopf handlers: thin shells around the builders, the status derivation and the API.
+
+* A FineTuneJob appears (or the operator restarts and finds one): validate it with the
+  same models as ``finetune validate``; if invalid, say so in status and an Event and
+  create nothing; if valid, create (or adopt) its ConfigMap, Service and Job.
+* A trainer Job or pod changes, or the progress timer fires: read the FineTuneJob's Job
+  and pods, scrape the trainer's metrics, derive the status, write it if it changed,
+  and post an Event when the phase changed.
+* ``spec.suspend`` changes: suspend or resume the Job. Any other spec change is refused
+  (the Job runs the spec it was created with): a Warning Event says so.
+
+The operator writes only the FineTuneJob's ``status`` (through the status subresource)
+and kopf's bookkeeping annotations; never ``spec`` or anything a GitOps tool owns.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+import kopf
+
+from finetune_operator import builders, names, progress, status
+from finetune_operator.api import KIND, PLURAL, VERSION, FineTuneJob
+from finetune_operator.kube import Kube, NotOurs, default_api_client
+from finetune_operator.manifests import validate_body
+from finetune_operator.metrics import OperatorMetrics
+from finetune_operator.probes import Readiness, register_probes
+from finetune_operator.render import RenderError, render_trainer_config
+from finetune_operator.settings import Settings
+from finetune_trainer.config import API_GROUP
+
+log = logging.getLogger("finetune.operator")
+
+FTJ = (API_GROUP, VERSION, PLURAL)
+OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+PROGRESS_INTERVAL = 15.0
+"""Seconds between progress scrapes of a running trainer (the issue asks for <= 30)."""
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+# --------------------------------------------------------------------------- startup
+
+
+def start_runtime(settings: Settings) -> kopf.Memo:
+    """What the handlers share, started before kopf: the API client, the metrics server
+    (with ``/readyz``, ready once kopf's startup is done) and the health probes."""
+    readiness = Readiness()
+    metrics = OperatorMetrics()
+    server = metrics.serve(settings.metrics_port, readiness=readiness)
+    register_probes(readiness=readiness, server=server, metrics=metrics)
+    return kopf.Memo(
+        settings=settings,
+        kube=Kube(default_api_client()),
+        metrics=metrics,
+        metrics_server=server,
+        readiness=readiness,
+    )
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf's bookkeeping goes to annotations under our own prefix, not to status (ours)
+    # and not to spec; nothing needs a finalizer (children go with ownerReferences).
+    prefix = "finetune-operator.io"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own Events say what happened
+    settings.watching.server_timeout = 300
+    # Tests hand in their own memo parts; a bare operator gets defaults.
+    if memo.get("settings") is None:
+        memo.settings = Settings.from_env()
+    if memo.get("kube") is None:
+        memo.kube = Kube(default_api_client())
+    if memo.get("metrics") is None:
+        memo.metrics = OperatorMetrics()
+
+
+@kopf.on.cleanup()
+def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    server = memo.get("metrics_server")
+    if server is not None:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- creation
+
+
+@kopf.on.resume(*FTJ)
+@kopf.on.create(*FTJ)
+def reconcile(body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Validate, then create or adopt the children; idempotent, so a restart is safe."""
+    kube: Kube = memo.kube
+    metrics: OperatorMetrics = memo.metrics
+    ftj = dict(body)
+    namespace = _namespaced(namespace)
+    with metrics.timed("reconcile"):
+        job, problem = _validated(ftj)
+        if job is None:
+            _write(kube, metrics, ftj, status.invalid_spec(ftj, problem, now()))
+            return
+        config = render_trainer_config(job)
+        children = builders.build_children(job, config, body.metadata.uid, memo.settings)
+        try:
+            for child in children:
+                if kube.create_or_adopt(child, body.metadata.uid):
+                    log.info("%s/%s: created %s", namespace, name, child["kind"])
+        except NotOurs as exc:
+            _write(kube, metrics, ftj, status.invalid_spec(ftj, str(exc), now()))
+            return
+        if not (body.get("status") or {}).get("phase"):
+            _write(kube, metrics, ftj, status.accepted(ftj, names.job_name(name), now()))
+        refresh(kube, metrics, namespace, name)
+
+
+def _validated(ftj: dict[str, Any]) -> tuple[FineTuneJob | None, str]:
+    """The FineTuneJob, or why it cannot run: the same checks as ``finetune validate``."""
+    job, problems = validate_body({k: v for k, v in ftj.items() if k != "status"})
+    if job is None:
+        return None, "; ".join(str(p) for p in problems)
+    try:
+        render_trainer_config(job)
+    except (RenderError, ValueError) as exc:
+        return None, str(exc)
+    cluster = builders.cluster_problems(job)
+    if cluster:
+        return None, "; ".join(cluster)
+    return job, ""
+
+
+# --------------------------------------------------------------------------- changes
+
+
+@kopf.on.field(*FTJ, field="spec.suspend")
+def suspend(
+    name: str, namespace: str | None, old: Any, new: Any, memo: kopf.Memo, **_: Any
+) -> None:
+    """Suspend or resume the Job; with Kueue, clearing it hands the Job back to the queue."""
+    if old is None and new is None:
+        return
+    kube: Kube = memo.kube
+    namespace = _namespaced(namespace)
+    if kube.get_job(namespace, names.job_name(name)) is None:
+        return  # not created yet: the Job will be built with the current value
+    kube.set_job_suspended(namespace, names.job_name(name), bool(new))
+    refresh(kube, memo.metrics, namespace, name)
+
+
+@kopf.on.update(*FTJ)
+def refuse_spec_changes(body: kopf.Body, diff: kopf.Diff, **_: Any) -> None:
+    """The Job runs the spec it was created with; only ``spec.suspend`` may change."""
+    changed = sorted(
+        {
+            ".".join(str(part) for part in field)
+            for _, field, _, _ in diff
+            if field[:1] == ("spec",) and field[:2] != ("spec", "suspend")
+        }
+    )
+    if changed:
+        kopf.warn(
+            body,
+            reason="SpecChangeRejected",
+            message=f"{', '.join(changed)} changed after creation and is ignored: the running "
+            "Job keeps the original spec. Create a new FineTuneJob to train with the new one.",
+        )
+
+
+# --------------------------------------------------------------------------- status
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OURS)
+@kopf.on.event("", "v1", "pods", labels=OURS)
+def child_changed(labels: Any, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    owner = labels.get(names.LABEL_JOB)
+    if owner:
+        refresh(memo.kube, memo.metrics, _namespaced(namespace), owner)
+
+
+@kopf.timer(*FTJ, interval=PROGRESS_INTERVAL, idle=0, field="status.phase", value="Running")
+def progress_timer(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    refresh(memo.kube, memo.metrics, _namespaced(namespace), name)
+
+
+@kopf.on.event(*FTJ)
+def forget_deleted(type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        memo.metrics.forget(_namespaced(namespace), name)
+
+
+def _namespaced(namespace: str | None) -> str:
+    if namespace is None:  # FineTuneJobs, Jobs and Pods are all namespaced
+        raise kopf.PermanentError("a namespaced object without a namespace")
+    return namespace
+
+
+def refresh(kube: Kube, metrics: OperatorMetrics, namespace: str, name: str) -> None:
+    """Read the FineTuneJob's Job and pods and the trainer's progress; write the status."""
+    with metrics.timed("status"):
+        ftj = kube.get_ftj(namespace, name)
+        if ftj is None or _validated(ftj)[0] is None:
+            return  # deleted, or invalid (its status says so already)
+        job = kube.get_job(namespace, names.job_name(name))
+        pods = kube.list_pods(namespace, name) if job is not None else []
+        scraped = _scrape(ftj, pods)
+        _write(kube, metrics, ftj, status.derive(ftj, job, pods, scraped, now()))
+
+
+def _scrape(ftj: dict[str, Any], pods: list[dict[str, Any]]) -> progress.TrainerProgress | None:
+    port = ((ftj.get("spec") or {}).get("training") or {}).get("metricsPort", 9090)
+    pod = progress.rank0_pod(pods)
+    url = progress.metrics_url(pod, port) if pod is not None and port else None
+    return progress.scrape(url) if url else None
+
+
+def _write(
+    kube: Kube, metrics: OperatorMetrics, ftj: dict[str, Any], update: status.StatusUpdate
+) -> None:
+    meta = ftj["metadata"]
+    current = ftj.get("status") or {}
+    if any(current.get(k) != v for k, v in update.patch.items()):
+        kube.patch_ftj_status(meta["namespace"], meta["name"], update.patch)
+    phase = update.patch.get("phase", current.get("phase"))
+    if phase:
+        metrics.observe(ftj, phase, update.patch)
+    if update.event is not None:
+        kind, reason, message = update.event
+        reference = kopf.Body(
+            {
+                "apiVersion": f"{API_GROUP}/{VERSION}",
+                "kind": KIND,
+                "metadata": {
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta["uid"],
+                },
+            }
+        )
+        kopf.event(reference, type=kind, reason=reason, message=message)

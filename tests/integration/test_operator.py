@@ -1,0 +1,398 @@
+"""The real operator (finetune_operator.handlers, kopf) against an emulated Kubernetes API.
+
+Nothing runs the Jobs here: each test plays the job controller and the kubelet, writing
+Job and Pod status through ``/status`` as they would (tests/kube_api.py says what the
+emulator does and does not do: it scripts ``generation``, the status subresource, label
+selectors and garbage collection, which kmock lacks).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import kopf
+import pytest
+
+import finetune_operator.handlers  # noqa: F401  (registers the operator's handlers)
+from finetune_operator import names
+from finetune_operator.kube import Kube as OperatorKube
+from finetune_operator.metrics import OperatorMetrics
+from finetune_operator.settings import Settings
+from finetune_trainer.config import TrainerConfig
+from kube_api import Kube, RunningOperator, run_operator, wait_for
+
+NS = "ml"
+IMAGE = "registry.example/finetune-trainer:test"
+
+
+def ftj(name: str = "sft", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "dataset": {"train": "s3://data-bucket/chat/train.jsonl"},
+        "output": {"uri": f"s3://artifacts-bucket/adapters/{name}"},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "finetune-operator.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": body,
+    }
+
+
+@pytest.fixture
+def operator(kube: Kube) -> Iterator[RunningOperator]:
+    with running(kube) as op:
+        yield op
+
+
+def running(kube: Kube) -> Any:
+    memo = kopf.Memo(
+        settings=Settings(trainer_image=IMAGE, trainer_service_account="finetune-trainer"),
+        kube=OperatorKube(kube.api_client()),
+        metrics=OperatorMetrics(),
+    )
+    return run_operator(kube, kopf.get_default_registry(), namespaces=[NS], memo=memo)
+
+
+def status_of(kube: Kube, name: str = "sft") -> dict[str, Any]:
+    obj = kube.get("FineTuneJob", NS, name) or {}
+    return obj.get("status") or {}
+
+
+def wait_phase(kube: Kube, phase: str, name: str = "sft", timeout: float = 10) -> dict[str, Any]:
+    return wait_for(
+        lambda: (s := status_of(kube, name)).get("phase") == phase and s,
+        timeout,
+        what=f"phase {phase}; status now {status_of(kube, name)}",
+    )
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    (found,) = [c for c in status["conditions"] if c["type"] == kind]
+    return found
+
+
+def pod(
+    name: str, owner: str = "sft", *, phase: str = "Running", ip: str = "10.0.0.7", **status: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": names.labels(owner)},
+        "spec": {"containers": [{"name": "trainer", "image": IMAGE}]},
+        "status": {"phase": phase, "podIP": ip, **status},
+    }
+
+
+def running_container() -> dict[str, Any]:
+    return {
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": "2026-11-22T10:00:05Z"}},
+            }
+        ]
+    }
+
+
+def terminated(exit_code: int, message: dict[str, Any] | str) -> dict[str, Any]:
+    text = message if isinstance(message, str) else json.dumps(message)
+    return {
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "state": {
+                    "terminated": {
+                        "exitCode": exit_code,
+                        "reason": "Completed" if exit_code == 0 else "Error",
+                        "message": text,
+                    }
+                },
+            }
+        ]
+    }
+
+
+def start_pod(kube: Kube, name: str = "sft-abcde", owner: str = "sft", **kw: Any) -> None:
+    """The job controller creates a pod; the kubelet reports it running."""
+    created = pod(name, owner, **kw)
+    status = created.pop("status")
+    kube.create(created)
+    kube.patch_status("Pod", NS, name, {**status, **running_container()})
+
+
+# --------------------------------------------------------------------------- creation
+
+
+def test_a_valid_job_gets_its_config_map_and_job(kube: Kube, operator: RunningOperator) -> None:
+    kube.create(ftj(training={"maxSteps": 50}))
+
+    job = wait_for(lambda: kube.get("Job", NS, "sft"), what="the Job")
+    config_map = wait_for(lambda: kube.get("ConfigMap", NS, "sft-config"), what="ConfigMap")
+    owner = kube.get("FineTuneJob", NS, "sft")
+    assert owner is not None
+    for child in (job, config_map):
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"]) == (
+            "FineTuneJob",
+            "sft",
+            owner["metadata"]["uid"],
+        )
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == IMAGE
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "finetune-trainer"
+    config = TrainerConfig.from_json(config_map["data"][names.CONFIG_KEY])
+    assert config.training.max_steps == 50 and config.job_name == "sft"
+    assert kube.get("Service", NS, "sft") is None  # one node: no rendezvous service
+
+    status = wait_phase(kube, "Pending")
+    assert condition(status, "Validated")["status"] == "True"
+    assert status["jobName"] == "sft"
+    assert status["observedGeneration"] == owner["metadata"]["generation"]
+    # The operator wrote only status and its own annotations: the spec is as applied.
+    assert kube.get("FineTuneJob", NS, "sft")["spec"] == ftj(training={"maxSteps": 50})["spec"]
+
+
+def test_a_multi_node_job_gets_an_indexed_job_and_a_headless_service(
+    kube: Kube, operator: RunningOperator
+) -> None:
+    kube.create(ftj("wide", resources={"gpus": 2, "nodes": 3}))
+    job = wait_for(lambda: kube.get("Job", NS, "wide"), what="the Job")
+    assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 3)
+    service = wait_for(lambda: kube.get("Service", NS, "wide"), what="the Service")
+    assert service["spec"]["clusterIP"] == "None"
+
+
+def test_an_invalid_spec_fails_with_the_field_path_and_creates_nothing(
+    kube: Kube, operator: RunningOperator
+) -> None:
+    # What a cluster without CEL (or an older CRD) would let through: the operator checks
+    # with the same models as `finetune validate`.
+    kube.create(ftj("bad", method={"type": "lora", "lora": {"r": 0}}))
+    status = wait_phase(kube, "Failed", "bad")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "InvalidSpec" and "spec.method.lora.r" in failed["message"]
+    assert condition(status, "Validated")["status"] == "False"
+    events = wait_for(lambda: kube.events(NS, "bad"), what="an Event")
+    assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in events)
+    assert kube.get("Job", NS, "bad") is None
+    assert kube.get("ConfigMap", NS, "bad-config") is None
+
+
+def test_a_job_without_an_output_uri_is_refused(kube: Kube, operator: RunningOperator) -> None:
+    spec = ftj("nowhere")
+    del spec["spec"]["output"]
+    kube.create(spec)
+    failed = condition(wait_phase(kube, "Failed", "nowhere"), "Failed")
+    assert "spec.output.uri is required" in failed["message"]
+    assert kube.get("Job", NS, "nowhere") is None
+
+
+# --------------------------------------------------------------------------- life
+
+
+def test_job_and_pod_states_become_status_and_events(kube: Kube, operator: RunningOperator) -> None:
+    kube.create(ftj())
+    wait_for(lambda: kube.get("Job", NS, "sft"), what="the Job")
+    wait_phase(kube, "Pending")
+
+    kube.patch_status("Job", NS, "sft", {"active": 1, "startTime": "2026-11-22T10:00:00Z"})
+    start_pod(kube)
+    status = wait_phase(kube, "Running")
+    assert condition(status, "Running")["status"] == "True"
+    assert status["startTime"].startswith("2026-11-22T10:00:00")
+
+    files = [{"path": "adapter_model.safetensors", "size": 1234, "sha256": "ab" * 32}]
+    message = {
+        "outcome": "Succeeded",
+        "reason": "Succeeded",
+        "message": "",
+        "exitCode": 0,
+        "lastStep": 50,
+        "artifactUri": "s3://artifacts-bucket/adapters/sft",
+        "files": files,
+        "metrics": {"evalLoss": 0.5, "evalLossBefore": 2.0},
+    }
+    kube.patch_status("Pod", NS, "sft-abcde", {"phase": "Succeeded", **terminated(0, message)})
+    kube.patch_status(
+        "Job",
+        NS,
+        "sft",
+        {
+            "active": 0,
+            "succeeded": 1,
+            "completionTime": "2026-11-22T11:00:00Z",
+            "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True"},
+                {"type": "Complete", "status": "True"},
+            ],
+        },
+    )
+    status = wait_phase(kube, "Succeeded")
+    assert status["artifacts"]["uri"] == "s3://artifacts-bucket/adapters/sft"
+    assert status["artifacts"]["files"] == files
+    assert status["metrics"]["evalLoss"] == 0.5
+    assert condition(status, "Succeeded")["status"] == "True"
+    assert condition(status, "Running")["status"] == "False"
+    assert status["completionTime"].startswith("2026-11-22T11:00:00")
+
+    reasons = wait_for(
+        lambda: (r := [e["reason"] for e in kube.events(NS, "sft")]) and len(r) >= 2 and r,
+        what="phase Events",
+    )
+    assert any("Succeeded" in r or "Published" in r for r in reasons), reasons
+
+
+def test_the_trainers_termination_message_decides_a_failure(
+    kube: Kube, operator: RunningOperator
+) -> None:
+    kube.create(ftj())
+    wait_for(lambda: kube.get("Job", NS, "sft"), what="the Job")
+    kube.patch_status("Job", NS, "sft", {"active": 1})
+    start_pod(kube)
+    wait_phase(kube, "Running")
+
+    message = {
+        "outcome": "Failed",
+        "reason": "InvalidData",
+        "message": "dataset.train (s3://data-bucket/chat/train.jsonl): line 2 is not valid JSON",
+        "exitCode": 3,
+        "lastStep": 0,
+        "artifactUri": None,
+    }
+    kube.patch_status("Pod", NS, "sft-abcde", {"phase": "Failed", **terminated(3, message)})
+    kube.patch_status(
+        "Job",
+        NS,
+        "sft",
+        {
+            "active": 0,
+            "failed": 1,
+            "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}],
+        },
+    )
+    status = wait_phase(kube, "Failed")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "InvalidData"
+    assert "line 2 is not valid JSON" in failed["message"]
+    events = wait_for(
+        lambda: [e for e in kube.events(NS, "sft") if e["type"] == "Warning"], what="Warning"
+    )
+    assert any(e["reason"] == "InvalidData" for e in events)
+
+
+def test_suspend_and_resume(kube: Kube, operator: RunningOperator) -> None:
+    kube.create(ftj())
+    wait_for(lambda: kube.get("Job", NS, "sft"), what="the Job")
+
+    kube.patch("FineTuneJob", NS, "sft", {"spec": {"suspend": True}})
+    wait_for(lambda: kube.get("Job", NS, "sft")["spec"]["suspend"] is True, what="suspended Job")
+    kube.patch_status("Job", NS, "sft", {"conditions": [{"type": "Suspended", "status": "True"}]})
+    status = wait_phase(kube, "Suspended")
+    assert condition(status, "Suspended")["status"] == "True"
+
+    kube.patch("FineTuneJob", NS, "sft", {"spec": {"suspend": False}})
+    wait_for(lambda: kube.get("Job", NS, "sft")["spec"]["suspend"] is False, what="resumed Job")
+
+
+def test_a_queued_job_is_created_suspended_for_kueue(kube: Kube, operator: RunningOperator) -> None:
+    kube.create(ftj(queueName="team-a"))
+    job = wait_for(lambda: kube.get("Job", NS, "sft"), what="the Job")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][names.LABEL_KUEUE_QUEUE] == "team-a"
+
+
+def test_other_spec_changes_are_refused(kube: Kube, operator: RunningOperator) -> None:
+    kube.create(ftj(training={"maxSteps": 50}))
+    config_map = wait_for(lambda: kube.get("ConfigMap", NS, "sft-config"), what="ConfigMap")
+    kube.patch("FineTuneJob", NS, "sft", {"spec": {"training": {"maxSteps": 500}}})
+    events = wait_for(
+        lambda: [e for e in kube.events(NS, "sft") if e["reason"] == "SpecChangeRejected"],
+        what="SpecChangeRejected",
+    )
+    assert "spec.training.maxSteps" in events[0]["message"]
+    assert kube.get("ConfigMap", NS, "sft-config")["data"] == config_map["data"]
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+def test_a_restarted_operator_adopts_instead_of_duplicating(kube: Kube) -> None:
+    with running(kube):
+        kube.create(ftj())
+        first = wait_for(lambda: kube.get("Job", NS, "sft"), what="the Job")
+        wait_phase(kube, "Pending")
+    with running(kube):
+        kube.patch_status("Job", NS, "sft", {"active": 1})
+        start_pod(kube)
+        wait_phase(kube, "Running")
+    jobs = kube.list("Job", NS)
+    assert [j["metadata"]["name"] for j in jobs] == ["sft"]
+    assert jobs[0]["metadata"]["uid"] == first["metadata"]["uid"]
+    assert len(kube.list("ConfigMap", NS)) == 1
+
+
+def test_deleting_the_finetunejob_removes_its_children(
+    kube: Kube, operator: RunningOperator
+) -> None:
+    kube.create(ftj(resources={"nodes": 2}))
+    wait_for(lambda: kube.get("Service", NS, "sft"), what="the Service")
+    kube.delete("FineTuneJob", NS, "sft")
+    wait_for(
+        lambda: (
+            not kube.list("Job", NS)
+            and not kube.list("ConfigMap", NS)
+            and not kube.list("Service", NS)
+        ),
+        what="children collected",
+    )
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_is_read_from_the_trainers_metrics_endpoint(
+    kube: Kube, operator: RunningOperator
+) -> None:
+    """A real trainer Telemetry serves /metrics on 127.0.0.1 (the pod's IP here)."""
+    from finetune_trainer.loop import StepReport
+    from finetune_trainer.telemetry import Telemetry
+
+    telemetry = Telemetry(job_name="sft", method="lora", task="causal-lm", port=0, addr="127.0.0.1")
+    try:
+        telemetry.start()
+        port = telemetry.port
+        assert port is not None
+        telemetry.on_step(
+            StepReport(
+                step=30,
+                total_steps=120,
+                epoch=0.25,
+                loss=1.25,
+                learning_rate=1e-4,
+                tokens_per_second=2500.0,
+                eta_seconds=90.0,
+                grad_norm=None,
+                samples=240,
+            )
+        )
+        kube.create(ftj(training={"metricsPort": port}))
+        wait_for(lambda: kube.get("Job", NS, "sft"), what="the Job")
+        kube.patch_status("Job", NS, "sft", {"active": 1})
+        start_pod(kube, ip="127.0.0.1")
+        status = wait_for(
+            lambda: (s := status_of(kube)).get("progress", {}).get("step") == 30 and s,
+            what="progress from the trainer",
+        )
+    finally:
+        telemetry.close()
+    assert status["progress"]["totalSteps"] == 120
+    assert status["progress"]["percent"] == 25
+    assert status["progress"]["etaSeconds"] == 90
+    assert status["metrics"]["trainLoss"] == 1.25
