@@ -1,0 +1,100 @@
+"""The Argo CD health check in the README, run by a real Lua interpreter (lupa) against
+statuses the operator's own status derivation produces."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_operator import status
+
+lupa = pytest.importorskip("lupa")
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
+
+
+def health_lua() -> str:
+    section = README.read_text().split("### Argo CD health", 1)[1]
+    match = re.search(r"```lua\n(.*?)```", section, re.S)
+    assert match, "README: no lua block under 'Argo CD health'"
+    return match.group(1)
+
+
+def health(obj: dict[str, Any]) -> tuple[str, str]:
+    """What Argo CD would report: the script sees the object as the global ``obj``."""
+    runtime = lupa.LuaRuntime(unpack_returned_tuples=True)
+    runtime.globals().obj = to_lua(runtime, obj)
+    result = runtime.execute(health_lua())
+    return str(result["status"]), str(result["message"])
+
+
+def to_lua(runtime: Any, value: Any) -> Any:
+    if isinstance(value, dict):
+        return runtime.table_from({k: to_lua(runtime, v) for k, v in value.items()})
+    if isinstance(value, list):
+        return runtime.table_from([to_lua(runtime, v) for v in value])
+    return value
+
+
+def ftj(**status_fields: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "finetune-operator.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "sft", "namespace": "ml", "generation": 1, "uid": "u"},
+        "spec": {"model": {"uri": "hf://o/m"}, "dataset": {"train": "s3://bucket-a/t.jsonl"}},
+    }
+    if status_fields:
+        obj["status"] = status_fields
+    return obj
+
+
+def job(**status_fields: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "sft", "namespace": "ml", "uid": "j"},
+        "spec": {},
+        "status": status_fields,
+    }
+
+
+def test_a_new_job_is_progressing() -> None:
+    assert health(ftj())[0] == "Progressing"
+    accepted = status.accepted(ftj(), "sft", NOW).patch
+    assert health(ftj(**accepted))[0] == "Progressing"
+
+
+def test_an_invalid_spec_is_degraded_with_its_reason() -> None:
+    patch = status.invalid_spec(ftj(), "spec.method.lora.r: must be >= 1", NOW).patch
+    state, message = health(ftj(**patch))
+    assert state == "Degraded"
+    assert message.startswith("InvalidSpec") and "spec.method.lora.r" in message
+
+
+def test_succeeded_is_healthy_and_failed_is_degraded() -> None:
+    done = status.derive(
+        ftj(), job(succeeded=1, conditions=[{"type": "Complete", "status": "True"}]), [], None, NOW
+    ).patch
+    assert health(ftj(**done))[0] == "Healthy"
+    failed = status.derive(
+        ftj(),
+        job(
+            failed=4,
+            conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}],
+        ),
+        [],
+        None,
+        NOW,
+    ).patch
+    state, message = health(ftj(**failed))
+    assert state == "Degraded" and "BackoffLimitExceeded" in message
+
+
+def test_a_suspended_job_is_suspended() -> None:
+    suspended = status.derive(
+        ftj(), job(conditions=[{"type": "Suspended", "status": "True"}]), [], None, NOW
+    ).patch
+    assert health(ftj(**suspended))[0] == "Suspended"
