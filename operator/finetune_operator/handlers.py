@@ -73,6 +73,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.watching.server_timeout = 300
+    # Resources are resolved once at startup (the chart installs the CRD first): no
+    # cluster-wide watches of namespaces or CRDs, so no RBAC for them.
+    settings.scanning.disabled = True
     # Tests hand in their own memo parts; a bare operator gets defaults.
     if memo.get("settings") is None:
         memo.settings = Settings.from_env()
