@@ -124,6 +124,11 @@ def test_metrics_mid_run_json_lines_and_success_message(
 
     message = json.loads(log.read_text())
     assert "trained 12 steps" in message.pop("message")
+    # The published files travel in the message, so the operator needs no storage access.
+    published = {f["path"]: f for f in message.pop("files")}
+    manifest = json.loads((job.parent / "out" / "manifest.json").read_text())
+    assert published == {f["path"]: f for f in manifest["files"]}
+    assert message.pop("metrics")["steps"] == 12
     assert message == {
         "outcome": "Succeeded",
         "reason": "Succeeded",
