@@ -246,6 +246,9 @@ class Metrics(CamelModel):
     eval_loss_before: float | None = None
     exact_match: float | None = None
     exact_match_before: float | None = None
+    accuracy: float | None = None
+    accuracy_before: float | None = None
+    macro_f1: float | None = None
     tokens_per_second: float | None = None
 
 
