@@ -621,6 +621,7 @@ def test_success_carries_artifacts_final_metrics_and_completion_time() -> None:
         "evalLossBefore": 1.74,
         "exactMatch": 62.5,
         "exactMatchBefore": 12.5,
+        "accuracy": 0.5,
         "tokensPerSecond": 5310.2,
     }
     assert update.patch["completionTime"] == "2025-03-01T11:50:02Z"
