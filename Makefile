@@ -28,6 +28,8 @@ lint: $(STAMP)
 
 crd: $(STAMP)
 	$(BIN)/finetune crd > crds/finetunejobs.finetune-operator.io.yaml
+	# The chart's copy (a template renders it, so `helm upgrade` upgrades the CRD too).
+	cp crds/finetunejobs.finetune-operator.io.yaml charts/finetune-operator/files/crds/
 
 # The README's field reference, regenerated from the models (tests check it is current).
 docs: $(STAMP)
