@@ -205,3 +205,14 @@ def s3_env(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     s3_server.end_outage()  # a previous test's outage ends here
     trainer_environment(s3_server, tmp_path, monkeypatch)
     return S3Env(s3_server, s3_server.new_bucket(), s3_server.client())
+
+
+@pytest.fixture
+def kube() -> Any:
+    """A fresh emulated Kubernetes API on 127.0.0.1 for one test (FineTuneJob CRD, core,
+    batch, events, leases), stopped after it; the ``kubernetes`` client's default
+    configuration points at it meanwhile (see tests/kube_api.py)."""
+    from kube_api import serve_kube
+
+    with serve_kube() as api:
+        yield api

@@ -334,6 +334,32 @@ def build_job(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
+def suspend_patch(ftj_spec: dict[str, Any], job: dict[str, Any]) -> dict[str, Any] | None:
+    """The patch that brings the Job's ``suspend`` in line with the FineTuneJob, or None.
+
+    Level-based (it reads both objects, not a diff), so a change made while the operator
+    was down or while kopf was busy with an earlier one is still applied. With a Kueue
+    ``queueName`` Kueue owns ``suspend``: the operator suspends on the user's request and
+    lifts only a suspension it made itself (marked on the Job), leaving admission to Kueue.
+    """
+    want = bool(ftj_spec.get("suspend"))
+    queued = bool(ftj_spec.get("queueName"))
+    suspended = bool((job.get("spec") or {}).get("suspend"))
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    ours = annotations.get(names.ANNOTATION_SUSPENDED_BY_USER) == "true"
+    if want and not (suspended and ours):
+        return {
+            "metadata": {"annotations": {names.ANNOTATION_SUSPENDED_BY_USER: "true"}},
+            "spec": {"suspend": True},
+        }
+    if not want and suspended and (ours or not queued):
+        return {
+            "metadata": {"annotations": {names.ANNOTATION_SUSPENDED_BY_USER: None}},
+            "spec": {"suspend": False},
+        }
+    return None
+
+
 def cluster_problems(job: FineTuneJob) -> list[str]:
     """What a valid spec still cannot do as a Job in a cluster (beyond rendering)."""
     problems = []

@@ -7,6 +7,7 @@ so ``validate`` and ``crd`` work with the operator's dependencies alone.
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -203,6 +204,13 @@ def operator(
             "chart's KopfPeering resources). Default: standalone, for one replica."
         ),
     ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            help="This replica's kopf peering priority (the highest acts). Default: random, "
+            "so replicas never tie."
+        ),
+    ] = None,
     liveness: Annotated[
         str,
         typer.Option(
@@ -222,11 +230,15 @@ def operator(
     namespaces = list(namespace or settings.namespaces)
     memo = start_runtime(settings)
     kopf.configure(verbose=False)
+    # kopf pauses every peer when the highest priority is shared: each replica draws its
+    # own, and the one with the highest acts while the others stand by.
+    rank = priority if priority is not None else random.SystemRandom().randint(1, 2**31 - 1)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=peering is None,
         peering_name=peering,
+        priority=rank if peering is not None else None,
         liveness_endpoint=liveness,
         memo=memo,
         ready_flag=memo.readiness.flag(STARTUP),

@@ -6,8 +6,8 @@
 * A trainer Job or pod changes, or the progress timer fires: read the FineTuneJob's Job
   and pods, scrape the trainer's metrics, derive the status, write it if it changed,
   and post an Event when the phase changed.
-* ``spec.suspend`` changes: suspend or resume the Job. Any other spec change is refused
-  (the Job runs the spec it was created with): a Warning Event says so.
+* The spec changes: suspend or resume the Job as ``spec.suspend`` says. Any other spec
+  change is refused (the Job runs the spec it was created with): a Warning Event says so.
 
 The operator writes only the FineTuneJob's ``status`` (through the status subresource)
 and kopf's bookkeeping annotations; never ``spec`` or anything a GitOps tool owns.
@@ -119,6 +119,7 @@ def reconcile(body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo
             return
         if not (body.get("status") or {}).get("phase"):
             _write(kube, metrics, ftj, status.accepted(ftj, names.job_name(name), now()))
+        sync_suspension(kube, metrics, ftj)  # a change made while no operator ran
         refresh(kube, metrics, namespace, name)
 
 
@@ -140,24 +141,11 @@ def _validated(ftj: dict[str, Any]) -> tuple[FineTuneJob | None, str]:
 # --------------------------------------------------------------------------- changes
 
 
-@kopf.on.field(*FTJ, field="spec.suspend")
-def suspend(
-    name: str, namespace: str | None, old: Any, new: Any, memo: kopf.Memo, **_: Any
-) -> None:
-    """Suspend or resume the Job; with Kueue, clearing it hands the Job back to the queue."""
-    if old is None and new is None:
-        return
-    kube: Kube = memo.kube
-    namespace = _namespaced(namespace)
-    if kube.get_job(namespace, names.job_name(name)) is None:
-        return  # not created yet: the Job will be built with the current value
-    kube.set_job_suspended(namespace, names.job_name(name), bool(new))
-    refresh(kube, memo.metrics, namespace, name)
-
-
 @kopf.on.update(*FTJ)
-def refuse_spec_changes(body: kopf.Body, diff: kopf.Diff, **_: Any) -> None:
-    """The Job runs the spec it was created with; only ``spec.suspend`` may change."""
+def spec_changed(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, **_: Any) -> None:
+    """Bring the Job's suspension in line with ``spec.suspend``; refuse any other change
+    (the Job runs the spec it was created with)."""
+    sync_suspension(memo.kube, memo.metrics, dict(body))
     changed = sorted(
         {
             ".".join(str(part) for part in field)
@@ -172,6 +160,18 @@ def refuse_spec_changes(body: kopf.Body, diff: kopf.Diff, **_: Any) -> None:
             message=f"{', '.join(changed)} changed after creation and is ignored: the running "
             "Job keeps the original spec. Create a new FineTuneJob to train with the new one.",
         )
+
+
+def sync_suspension(kube: Kube, metrics: OperatorMetrics, ftj: dict[str, Any]) -> None:
+    """Suspend or resume the Job as ``spec.suspend`` says (see builders.suspend_patch)."""
+    meta = ftj["metadata"]
+    job = kube.get_job(meta["namespace"], names.job_name(meta["name"]))
+    if job is None:
+        return  # not created yet: it will be built with the current value
+    patch = builders.suspend_patch(ftj.get("spec") or {}, job)
+    if patch is not None:
+        kube.patch_job(meta["namespace"], names.job_name(meta["name"]), patch)
+        refresh(kube, metrics, meta["namespace"], meta["name"])
 
 
 # --------------------------------------------------------------------------- status

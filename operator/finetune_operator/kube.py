@@ -115,8 +115,8 @@ class Kube:
             if p.get("metadata", {}).get("labels", {}).get(names.LABEL_JOB) == ftj_name
         ]
 
-    def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
-        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.batch.patch_namespaced_job(name, namespace, patch)
 
     # ----------------------------------------------------------------- FineTuneJobs
 

@@ -18,6 +18,8 @@ LABEL_JOB = "finetune-operator.io/job"
 """The owning FineTuneJob's name, on every child and every trainer pod."""
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_CONFIG_HASH = "finetune-operator.io/config-sha256"
+ANNOTATION_SUSPENDED_BY_USER = "finetune-operator.io/suspended-by-user"
+"""On a Job the operator suspended because spec.suspend said so (not Kueue's queueing)."""
 
 CONTAINER = "trainer"
 CONFIG_KEY = "trainer-config.json"

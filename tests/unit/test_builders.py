@@ -299,3 +299,35 @@ def test_a_multi_node_name_must_leave_room_for_the_pod_index() -> None:
     (problem,) = builders.cluster_problems(ftj("a" * 62, resources={"nodes": 16}))
     assert problem.startswith("metadata.name:") and "shorten the name by 2" in problem
     assert builders.cluster_problems(ftj("a" * 60, resources={"nodes": 16})) == []
+
+
+def job_state(suspend: bool, by_user: bool = False) -> dict[str, Any]:
+    annotations = {names.ANNOTATION_SUSPENDED_BY_USER: "true"} if by_user else {}
+    return {"metadata": {"annotations": annotations}, "spec": {"suspend": suspend}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "job", "expected"),
+    [
+        ({}, job_state(False), None),  # running as wanted
+        ({"suspend": True}, job_state(False), True),  # suspend it
+        ({"suspend": True}, job_state(True, by_user=True), None),  # done already
+        ({}, job_state(True, by_user=True), False),  # resume
+        ({}, job_state(True), False),  # no queue: a suspended Job is ours to resume
+        # Kueue: a queued (suspended) Job is Kueue's to admit, not ours to unsuspend...
+        ({"queueName": "q"}, job_state(True), None),
+        # ...but a suspension the user asked for is marked, and lifted when cleared.
+        ({"queueName": "q", "suspend": True}, job_state(True), True),
+        ({"queueName": "q"}, job_state(True, by_user=True), False),
+    ],
+)
+def test_suspension_follows_the_spec_and_leaves_queued_jobs_to_kueue(
+    spec: dict[str, Any], job: dict[str, Any], expected: bool | None
+) -> None:
+    patch = builders.suspend_patch(spec, job)
+    if expected is None:
+        assert patch is None
+        return
+    assert patch is not None and patch["spec"] == {"suspend": expected}
+    marker = patch["metadata"]["annotations"][names.ANNOTATION_SUSPENDED_BY_USER]
+    assert marker == ("true" if expected else None)

@@ -23,6 +23,7 @@ from finetune_trainer.config.training import LOWER_IS_BETTER, EarlyStoppingSpec
 from finetune_trainer.data.batching import collate, count_label_tokens, length_grouped_batches
 from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.distributed import is_sharded, rebuild_optimizer_state
+from finetune_trainer.errors import Preempted
 from finetune_trainer.losses import LossFn, causal_lm_loss
 from finetune_trainer.optim import make_optimizer, make_scheduler
 
@@ -266,14 +267,6 @@ def _all_ranks(accelerator: Any, values: list[float]) -> list[float]:
     return [float(v) for v in accelerator.reduce(tensor, reduction="sum")]
 
 
-class Preempted(Exception):
-    """Raised by :func:`train` after the stop request's checkpoint is saved."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"stopped at step {step} on request; a checkpoint holds the progress")
-        self.step = step
-
-
 def train(
     model: Any,
     examples: list[TokenizedExample],
@@ -442,7 +435,9 @@ def train(
         if hooks.save is not None and (due or last or group.end_of_epoch or stop_votes > 0):
             hooks.save(checkpointable(step, group.end_of_epoch))
         if stop_votes > 0 and step < steps and not stopping:
-            raise Preempted(step)
+            raise Preempted(
+                f"stopped at step {step} on SIGTERM; checkpoint {step} holds the progress"
+            )
         if stopping:
             break
     if stopper is not None:

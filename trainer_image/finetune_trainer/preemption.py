@@ -1,7 +1,7 @@
 """SIGTERM handling: what Kubernetes sends a pod before it kills it.
 
 While the loop trains, the signal only raises a flag; the loop sees it after the
-current optimizer step, saves a checkpoint and stops (``loop.Preempted``), so the
+current optimizer step, saves a checkpoint and raises ``Preempted``, so the
 work of the run survives the pod. Before and after training there is nothing worth
 saving that a restart would not redo, so the signal ends the run at once. Either way
 the exit is :class:`~finetune_trainer.errors.Preempted` (code 143).

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune_trainer import errors
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.loop import Preempted, StepReport, TrainResult
+from finetune_trainer.loop import StepReport, TrainResult
 from finetune_trainer.storage.backends import Access, open_store
 from finetune_trainer.telemetry import Progress, Telemetry
 
@@ -301,8 +300,6 @@ def fine_tune(
                 accelerator=accelerator,
                 hooks=hooks,
             )
-    except Preempted as exc:
-        raise errors.Preempted(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
