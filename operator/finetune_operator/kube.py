@@ -132,7 +132,13 @@ class Kube:
         return _json(response)
 
     def patch_ftj_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge ``status`` into the FineTuneJob's status subresource (never its spec)."""
-        self.custom.patch_namespaced_custom_object_status(
-            API_GROUP, VERSION, namespace, PLURAL, name, {"status": status}
-        )
+        """Merge ``status`` into the FineTuneJob's status subresource (never its spec).
+
+        A FineTuneJob deleted meanwhile has no status to write: that is not an error."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                API_GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

@@ -350,6 +350,7 @@ def test_deleting_the_finetunejob_removes_its_children(
             and not kube.list("ConfigMap", NS)
             and not kube.list("Service", NS)
         ),
+        timeout=20,
         what="children collected",
     )
 
