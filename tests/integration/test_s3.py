@@ -397,3 +397,28 @@ def test_dataset_from_s3_is_cached_by_etag(s3_env: S3Env) -> None:
     s3_env.client.put_object(Bucket=s3_env.bucket, Key="sets/train.jsonl", Body=b'{"a": 2}\n')
     second = fetch_file(uri, Role.DATASET)
     assert second != first and second.read_bytes() == b'{"a": 2}\n'
+
+
+def test_workload_identity_through_the_standard_chain(
+    s3_env: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IRSA-style: no keys anywhere, only a projected token file and a role ARN. boto3's
+    chain exchanges the token at STS (moto's, on the same endpoint) for temporary
+    credentials, and the store uses them."""
+    staging = stage(tmp_path / "staging")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.sig")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/finetune-trainer")
+    monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "finetune-test")
+
+    store = open_store(s3_env.uri("irsa"), Access(None, 10))
+    publish_dir(staging, store)
+    assert f"irsa/{MANIFEST}" in s3_env.objects("irsa/")
+
+    # Without the token (and without keys) the same call has no credentials at all.
+    monkeypatch.delenv("AWS_WEB_IDENTITY_TOKEN_FILE")
+    with pytest.raises(StorageError):
+        open_store(s3_env.uri("irsa"), Access(None, 2)).list()
