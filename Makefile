@@ -10,7 +10,7 @@ MODEL  := models/SmolLM2-135M-Instruct
 ENCODER := models/all-MiniLM-L6-v2
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint crd docs install model clean
+.PHONY: demo test test-fast e2e lint crd docs install model clean
 
 demo: $(STAMP) $(MODEL)/config.json
 	$(BIN)/finetune run examples/quickstart.yaml
@@ -21,6 +21,10 @@ test: $(STAMP) $(MODEL)/config.json $(ENCODER)/config.json
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
+
+# The end-to-end flows on 127.0.0.1 (emulated API, moto S3, operator process, node agent).
+e2e: $(STAMP)
+	$(BIN)/pytest e2e -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check operator trainer_image tests scripts

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kube_api import Kube, serve_kube  # noqa: E402
+from kube_api import CRD_PATH, Kube, Resource, serve_kube  # noqa: E402
 from node_agent import NodeAgent  # noqa: E402
 from s3_server import REGION, TEST_KEY_ID, TEST_SECRET, S3Server  # noqa: E402
 
@@ -168,15 +168,32 @@ def tiny_model(s3: S3Server, workdir: Path) -> tuple[str, Path]:
     return "s3://models/tiny", directory
 
 
+CHART_CRD = REPO / "charts" / "finetune-operator" / "files" / "crds" / (
+    "finetunejobs.finetune-operator.io.yaml"
+)
+
+
 @pytest.fixture(scope="session")
 def kube() -> Iterator[Kube]:
-    with serve_kube() as k:
+    # The emulator serves FineTuneJobs as crds/ declares them (tests/kube_api.py); the
+    # chart installs its own copy, which must be that same file.
+    assert CHART_CRD.read_bytes() == CRD_PATH.read_bytes(), "make crd: the chart's CRD is stale"
+    crd = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
+    with serve_kube(kinds={"CustomResourceDefinition": crd}) as k:
         yield k
 
 
 @pytest.fixture(scope="session")
 def kubeconfig(kube: Kube, workdir: Path) -> Path:
-    return write_kubeconfig(workdir / "kubeconfig", kube.url)
+    path = write_kubeconfig(workdir / "kubeconfig", kube.url)
+    # The chart's CRD, installed with kubectl as `helm install` would create it.
+    installed = subprocess.run(
+        [kubectl(), "apply", "--validate=false", "-f", str(CHART_CRD)],
+        env={"KUBECONFIG": str(path), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert installed.returncode == 0, installed.stderr
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -240,7 +257,7 @@ def cluster(operator: OperatorProcess, agent: NodeAgent, kube: Kube) -> dict[str
 
 
 def kubectl() -> str:
-    found = shutil.which("kubectl")
+    found = shutil.which("kubectl") or shutil.which("kubectl", path=str(BIN))
     if found is None:
         pytest.skip("kubectl is not on PATH")
     return found
