@@ -73,6 +73,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.watching.server_timeout = 300
+    # After its own patch kopf waits for the watch event carrying that resourceVersion
+    # before it handles the object again; when the wait runs out it handles the stale body
+    # it has, which lacks kopf's own progress annotations, and runs the create handler a
+    # second time. The default 5 s runs out whenever the operator is more than 5 s behind
+    # (a burst of hundreds of FineTuneJobs): benchmarks/README.md measured 2.7 reconciles
+    # per job at 1,000 jobs, each with its API calls, which slowed everything further.
+    # On a live watch that event always comes, so the longer wait costs time only when it
+    # is lost (a broken watch): then that one object is handled up to 60 s late.
+    settings.persistence.consistency_timeout = 60.0
     # Resources are resolved once at startup (the chart installs the CRD first): no
     # cluster-wide watches of namespaces or CRDs, so no RBAC for them.
     settings.scanning.disabled = True
