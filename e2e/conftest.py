@@ -29,9 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kube_api import CRD_PATH, Kube, Resource, serve_kube  # noqa: E402
 from node_agent import NodeAgent  # noqa: E402
+
+from kube_api import CRD_PATH, Kube, Resource, serve_kube  # noqa: E402
 from s3_server import REGION, TEST_KEY_ID, TEST_SECRET, S3Server  # noqa: E402
+
 
 def _tests_conftest() -> Any:
     """tests/conftest.py under another name (this file is ``conftest`` too)."""
@@ -91,9 +93,7 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.starts += 1
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBERNETES_"))
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBERNETES_"))}
         env.update(
             KUBECONFIG=str(self.kubeconfig),
             FINETUNE_TRAINER_IMAGE="registry.example/finetune-trainer:e2e",
@@ -168,8 +168,13 @@ def tiny_model(s3: S3Server, workdir: Path) -> tuple[str, Path]:
     return "s3://models/tiny", directory
 
 
-CHART_CRD = REPO / "charts" / "finetune-operator" / "files" / "crds" / (
-    "finetunejobs.finetune-operator.io.yaml"
+CHART_CRD = (
+    REPO
+    / "charts"
+    / "finetune-operator"
+    / "files"
+    / "crds"
+    / ("finetunejobs.finetune-operator.io.yaml")
 )
 
 
@@ -189,8 +194,10 @@ def kubeconfig(kube: Kube, workdir: Path) -> Path:
     # The chart's CRD, installed with kubectl as `helm install` would create it.
     installed = subprocess.run(
         [kubectl(), "apply", "--validate=false", "-f", str(CHART_CRD)],
-        env={"KUBECONFIG": str(path), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
+        env=kubectl_env(path),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert installed.returncode == 0, installed.stderr
     return path
@@ -254,6 +261,15 @@ def agent(kube: Kube, s3: S3Server, workdir: Path) -> Iterator[NodeAgent]:
 @pytest.fixture(scope="session")
 def cluster(operator: OperatorProcess, agent: NodeAgent, kube: Kube) -> dict[str, Any]:
     return {"operator": operator, "agent": agent, "kube": kube}
+
+
+def kubectl_env(kubeconfig: Path) -> dict[str, str]:
+    """kubectl's environment: its discovery cache goes under HOME, kept in the tmp dir."""
+    return {
+        "KUBECONFIG": str(kubeconfig),
+        "HOME": str(kubeconfig.parent / "home"),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
 
 
 def kubectl() -> str:

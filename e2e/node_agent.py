@@ -28,6 +28,7 @@ Indexed Jobs, no images (the command runs from this virtualenv).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import logging
 import os
@@ -74,7 +75,12 @@ class JobState:
 
 class NodeAgent:
     def __init__(
-        self, kube: Kube, namespace: str, root: Path, extra_env: dict[str, str], interval: float = 0.2
+        self,
+        kube: Kube,
+        namespace: str,
+        root: Path,
+        extra_env: dict[str, str],
+        interval: float = 0.2,
     ) -> None:
         self.kube = kube
         self.ns = namespace
@@ -185,9 +191,7 @@ class NodeAgent:
             return
         if state.suspended:
             state.suspended = False
-            self._job_status(
-                name, {}, condition("Suspended", "False", "JobResumed", "Job resumed")
-            )
+            self._job_status(name, {}, condition("Suspended", "False", "JobResumed", "Job resumed"))
         self._start_pod(job, state)
 
     # pods ---------------------------------------------------------------------------------
@@ -234,7 +238,11 @@ class NodeAgent:
         command = [rewrite(arg, mounts) for arg in container["command"] + container.get("args", [])]
         output = (root / "output.log").open("wb")
         proc = subprocess.Popen(
-            command, env=env, cwd=root, stdout=output, stderr=subprocess.STDOUT,
+            command,
+            env=env,
+            cwd=root,
+            stdout=output,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         state.current = Attempt(pod_name, root, proc)
@@ -324,8 +332,18 @@ class NodeAgent:
             self._job_status(
                 name,
                 {"active": 0, "ready": 0, "succeeded": 1, "completionTime": ended},
-                condition("SuccessCriteriaMet", "True", "CompletionsReached", "Reached expected number of succeeded pods"),
-                condition("Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods"),
+                condition(
+                    "SuccessCriteriaMet",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                ),
+                condition(
+                    "Complete",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                ),
             )
             return
         action = self._policy(job, exit_code, attempt.disrupted)
@@ -411,10 +429,8 @@ class NodeAgent:
     @staticmethod
     def _kill(attempt: Attempt) -> None:
         if attempt.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(attempt.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             attempt.proc.wait(10)
 
 
@@ -438,5 +454,3 @@ def rewrite(value: str, mounts: dict[str, str]) -> str:
         if mount.startswith(value.rstrip("/") + "/"):
             return local[: len(local) - len(mount)] + value
     return value
-
-

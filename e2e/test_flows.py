@@ -9,7 +9,6 @@ is neither reachable nor fast here) and ``maxSteps`` cuts the run short.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import signal
@@ -18,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from conftest import NS, REPO, free_port, kubectl
 
+from conftest import NS, REPO, free_port, kubectl, kubectl_env
 from kube_api import Kube, wait_for
 
 EXAMPLE = REPO / "examples" / "quickstart-s3.yaml"
@@ -34,7 +32,6 @@ SHORT = 60
 def manifest(name: str, model_uri: str, *, max_steps: int = 12, **training: Any) -> dict[str, Any]:
     """examples/quickstart-s3.yaml, renamed, with the tiny model and a short run."""
     body = yaml.safe_load(EXAMPLE.read_text())
-    body = copy.deepcopy(body)
     body["metadata"] = {"name": name, "namespace": NS}
     # The tiny model lives in the same bucket store as the data, behind the same Secret.
     body["spec"]["model"] = {"uri": model_uri, "credentialsSecret": "s3-creds"}
@@ -73,6 +70,17 @@ def keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
+def wait_checkpoint(s3: Any, name: str) -> None:
+    """Until the job's first complete checkpoint (its manifest is written last) is in S3."""
+    prefix = f"adapters/{name}/checkpoints/"
+    wait_for(
+        lambda: any(k.endswith("manifest.json") for k in keys(s3, "artifacts", prefix)),
+        240,
+        interval=0.2,
+        what="a first complete checkpoint",
+    )
+
+
 def trained_steps(output: str) -> list[int]:
     """The steps a trainer logged (one JSON line per optimizer step)."""
     steps = []
@@ -96,10 +104,13 @@ def test_happy_path(cluster: Any, kube: Kube, s3: Any, tiny_model: Any, workdir:
     name = "happy"
     path = workdir / "happy.yaml"
     path.write_text(yaml.safe_dump(manifest(name, model_uri, max_steps=TOTAL)))
-    env = {"KUBECONFIG": str(cluster["operator"].kubeconfig), "PATH": "/usr/bin:/bin"}
+    env = kubectl_env(cluster["operator"].kubeconfig)
     applied = subprocess.run(
         [kubectl(), "apply", "--validate=false", "-f", str(path)],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert applied.returncode == 0, applied.stderr
     assert "finetunejob.finetune-operator.io/happy created" in applied.stdout
@@ -125,8 +136,12 @@ def test_happy_path(cluster: Any, kube: Kube, s3: Any, tiny_model: Any, workdir:
     prefix = f"adapters/{name}/"
     stored = keys(s3, "artifacts", prefix)
     names = {k.removeprefix(prefix) for k in stored}
-    assert {"adapter_model.safetensors", "adapter_config.json", "metrics.json",
-            "manifest.json"} <= names
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "metrics.json",
+        "manifest.json",
+    } <= names
     published = s3_json(s3, "artifacts", prefix + "manifest.json")
     for entry in published["files"]:
         body = s3.client().get_object(Bucket="artifacts", Key=prefix + entry["path"])["Body"]
@@ -164,14 +179,9 @@ def test_preemption_resumes_from_the_s3_checkpoint(
     agent = cluster["agent"]
     name = "preempt"
     total = SHORT
-    kube.create(manifest(name, tiny_model[0], max_steps=total, ))
+    kube.create(manifest(name, tiny_model[0], max_steps=total))
     # checkpoints every 20 steps (the example's checkpointEvery)
-    first = wait_for(
-        lambda: keys(s3, "artifacts", f"adapters/{name}/checkpoints/") and
-        any(k.endswith("manifest.json") for k in keys(s3, "artifacts", f"adapters/{name}/checkpoints/")),
-        240, interval=0.2, what="a first complete checkpoint",
-    )
-    assert first
+    wait_checkpoint(s3, name)
     pod = agent.disrupt(name, signal.SIGTERM)
     final = wait_phase(kube, name, "Succeeded", "Failed", timeout=300)
     assert final["phase"] == "Succeeded", json.dumps(final)
@@ -212,7 +222,9 @@ def test_invalid_manifest(cluster: Any, kube: Kube, tiny_model: Any) -> None:
 def test_invalid_data_fails_at_once(cluster: Any, kube: Kube, s3: Any, tiny_model: Any) -> None:
     """A trainer exit 3 (InvalidData): Failed at once, no retry, reason and message from
     the termination message."""
-    s3.client().put_object(Bucket="training-data", Key="broken/train.jsonl", Body=b'{"messages": [\nnot json\n')
+    s3.client().put_object(
+        Bucket="training-data", Key="broken/train.jsonl", Body=b'{"messages": [\nnot json\n'
+    )
     name = "baddata"
     body = manifest(name, tiny_model[0])
     body["spec"]["dataset"]["train"] = "s3://training-data/broken/train.jsonl"
@@ -261,16 +273,14 @@ def test_suspend_and_resume(cluster: Any, kube: Kube, s3: Any, tiny_model: Any) 
     name = "suspend"
     total = SHORT
     kube.create(manifest(name, tiny_model[0], max_steps=total))
-    wait_for(
-        lambda: any(k.endswith("manifest.json") for k in keys(s3, "artifacts", f"adapters/{name}/checkpoints/")),
-        240, interval=0.2, what="a first complete checkpoint",
-    )
+    wait_checkpoint(s3, name)
     kube.patch("FineTuneJob", NS, name, {"spec": {"suspend": True}})
     s = wait_phase(kube, name, "Suspended", timeout=120)
     assert cond(s, "Suspended")["status"] == "True"
     wait_for(
         lambda: not kube.list("Pod", NS, label_selector=f"batch.kubernetes.io/job-name={name}"),
-        60, what="the pod to go",
+        60,
+        what="the pod to go",
     )
     kube.patch("FineTuneJob", NS, name, {"spec": {"suspend": False}})
     final = wait_phase(kube, name, "Succeeded", "Failed", timeout=300)
