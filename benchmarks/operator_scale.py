@@ -352,6 +352,15 @@ def _measure(
             "max": round(max(latencies, default=float("nan")), 4),
             "mean": round(statistics.fmean(latencies), 4) if latencies else None,
         },
+        "p99_by_tenth_seconds": [  # in creation order: does latency grow as jobs pile up?
+            round(
+                percentile(
+                    latencies[i * len(latencies) // 10 : (i + 1) * len(latencies) // 10], 99
+                ),
+                3,
+            )
+            for i in range(10)
+        ],
         "throughput_jobs_per_second": round(len(done) / (max(done) - started), 1) if done else 0,
         "last_job_after_seconds": round(max(done) - started, 3) if done else None,
         "waited_for_all_jobs_seconds": round(all_jobs_at - started, 3),
