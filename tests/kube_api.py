@@ -62,7 +62,7 @@ What kmock does not do (or does wrongly), and how :class:`Emulator` scripts it:
   ``a``, ``!a``) and by ``metadata.name``/``metadata.namespace`` field selectors; any other
   field selector is refused with 400 rather than silently ignored. A watch does not turn an
   object that stops matching into DELETED.
-- garbage collection: kmock has none. After each update or delete, Emulator deletes objects
+- garbage collection: kmock has none. After each create, update or delete, Emulator deletes objects
   whose ``ownerReferences`` uids all no longer exist (repeatedly, so it cascades), honouring
   their finalizers, with watch events. Deletion is immediate (no foreground/background
   distinction, no ``blockOwnerDeletion``).
@@ -299,7 +299,9 @@ class Emulator(kmock.KubernetesEmulator):
         try:
             return await super()._handle(request)
         finally:
-            if request.action == kmock.action.DELETE:
+            # After a create too: a child created after its owner was deleted (a
+            # reconcile racing the deletion) is an orphan the real GC collects.
+            if request.action in (kmock.action.DELETE, kmock.action.CREATE):
                 await self._collect_garbage()
 
     def _prepare_create(self, request: rendering.Request) -> None:
