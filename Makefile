@@ -27,7 +27,7 @@ e2e: $(STAMP)
 	$(BIN)/pytest e2e -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator trainer_image tests scripts
+	$(BIN)/ruff check operator trainer_image tests scripts e2e benchmarks
 	$(BIN)/mypy
 
 crd: $(STAMP)
