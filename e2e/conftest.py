@@ -99,6 +99,8 @@ class OperatorProcess:
             FINETUNE_TRAINER_IMAGE="registry.example/finetune-trainer:e2e",
             FINETUNE_METRICS_PORT=str(free_port()),
             FINETUNE_HEALTH_PORT=str(free_port()),
+            # Tiny runs finish within the default 15 s between progress scrapes.
+            FINETUNE_PROGRESS_INTERVAL="2",
             PYTHONUNBUFFERED="1",
         )
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
