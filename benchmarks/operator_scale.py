@@ -28,7 +28,6 @@ import collections
 import datetime
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -130,31 +129,6 @@ kube_api.Emulator._collect_garbage = _no_garbage  # type: ignore[method-assign]
 # --------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters:
-- name: bench
-  cluster: {{server: "{url}", insecure-skip-tls-verify: true}}
-users:
-- name: bench
-  user: {{token: bench-token}}
-contexts:
-- name: bench
-  context: {{cluster: bench, user: bench, namespace: {NS}}}
-current-context: bench
-"""
-    )
-    return path
-
-
 def finetunejob(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "finetune-operator.io/v1alpha1",
@@ -213,14 +187,14 @@ def run_size(jobs: int, idle: float, quiet: float, rate: float, workdir: Path) -
     global RECORDER
     RECORDER = Recorder()
     with kube_api.serve_kube() as kube:
-        kubeconfig = write_kubeconfig(workdir / "kubeconfig", kube.url)
-        metrics_port = free_port()
+        kubeconfig = kube.write_kubeconfig(workdir / "kubeconfig", NS, "bench")
+        metrics_port = kube_api.free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBERNETES_"))}
         env.update(
             KUBECONFIG=str(kubeconfig),
             FINETUNE_TRAINER_IMAGE="registry.example/finetune-trainer:bench",
             FINETUNE_METRICS_PORT=str(metrics_port),
-            FINETUNE_HEALTH_PORT=str(free_port()),
+            FINETUNE_HEALTH_PORT=str(kube_api.free_port()),
             PYTHONUNBUFFERED="1",
         )
         log_path = workdir / f"operator-{jobs}.log"
@@ -232,7 +206,7 @@ def run_size(jobs: int, idle: float, quiet: float, rate: float, workdir: Path) -
                     "-n",
                     NS,
                     "--liveness",
-                    f"http://127.0.0.1:{free_port()}/healthz",
+                    f"http://127.0.0.1:{kube_api.free_port()}/healthz",
                 ],
                 env=env,
                 stdout=log,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from node_agent import NodeAgent  # noqa: E402
 
-from kube_api import CRD_PATH, Kube, Resource, serve_kube  # noqa: E402
+from kube_api import CRD_PATH, Kube, Resource, free_port, serve_kube  # noqa: E402
 from s3_server import REGION, TEST_KEY_ID, TEST_SECRET, S3Server  # noqa: E402
 
 
@@ -49,37 +48,6 @@ def _tests_conftest() -> Any:
 build_tiny_model = _tests_conftest().build_tiny_model
 NS = "e2e"
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: {url}
-    insecure-skip-tls-verify: true
-users:
-- name: e2e
-  user:
-    token: e2e-token
-contexts:
-- name: e2e
-  context:
-    cluster: e2e
-    user: e2e
-    namespace: {NS}
-current-context: e2e
-"""
-    )
-    return path
 
 
 class OperatorProcess:
@@ -192,7 +160,7 @@ def kube() -> Iterator[Kube]:
 
 @pytest.fixture(scope="session")
 def kubeconfig(kube: Kube, workdir: Path) -> Path:
-    path = write_kubeconfig(workdir / "kubeconfig", kube.url)
+    path = kube.write_kubeconfig(workdir / "kubeconfig", NS, "e2e")
     # The chart's CRD, installed with kubectl as `helm install` would create it.
     installed = subprocess.run(
         [kubectl(), "apply", "--validate=false", "-f", str(CHART_CRD)],

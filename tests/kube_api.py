@@ -95,6 +95,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -628,6 +629,34 @@ class Kube:
 
     def connection_info(self) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=self.url, insecure=True, default_namespace="default")
+
+    def write_kubeconfig(self, path: Path, namespace: str, name: str = "emulator") -> Path:
+        """A kubeconfig pointing here, for processes that log in as they would outside a
+        cluster (``finetune operator``, ``kubectl``): plain HTTP, a dummy token."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": name, "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}
+            ],
+            "users": [{"name": name, "user": {"token": f"{name}-token"}}],
+            "contexts": [
+                {
+                    "name": name,
+                    "context": {"cluster": name, "user": name, "namespace": namespace},
+                }
+            ],
+            "current-context": name,
+        }
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers a test starts in another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
