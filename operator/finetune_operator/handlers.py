@@ -217,12 +217,19 @@ def refresh(kube: Kube, metrics: OperatorMetrics, namespace: str, name: str) -> 
     """Read the FineTuneJob's Job and pods and the trainer's progress; write the status."""
     with metrics.timed("status"):
         ftj = kube.get_ftj(namespace, name)
-        if ftj is None or _validated(ftj)[0] is None:
+        if ftj is None or _marked_invalid(ftj):
             return  # deleted, or invalid (its status says so already)
         job = kube.get_job(namespace, names.job_name(name))
         pods = kube.list_pods(namespace, name) if job is not None else []
         scraped = _scrape(ftj, pods)
         _write(kube, metrics, ftj, status.derive(ftj, job, pods, scraped, now()))
+
+
+def _marked_invalid(ftj: dict[str, Any]) -> bool:
+    """Whether reconcile found the spec invalid. The spec is immutable, so its verdict
+    stands; refreshes (every Job and pod event) need not validate and render it again."""
+    conditions = (ftj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Validated" and c.get("status") == "False" for c in conditions)
 
 
 def _scrape(ftj: dict[str, Any], pods: list[dict[str, Any]]) -> progress.TrainerProgress | None:

@@ -283,8 +283,10 @@ def find_and_load(
     """The newest usable checkpoint of this run, loaded; rank 0 decides which for all."""
     from accelerate.utils import broadcast_object_list
 
-    with tempfile.TemporaryDirectory(prefix="finetune-scan-") as tmp:
-        found = [latest_usable(store, fingerprint(config), Path(tmp))]
+    found: list[int | None] = [None]
+    if accelerator.is_main_process:  # one scan of the store, not one per rank
+        with tempfile.TemporaryDirectory(prefix="finetune-scan-") as tmp:
+            found = [latest_usable(store, fingerprint(config), Path(tmp))]
     if accelerator.num_processes > 1:
         broadcast_object_list(found, from_process=0)
     step = found[0]

@@ -208,8 +208,8 @@ def stage_artifacts(
     base_model_ref: str,
     *,
     state_dict: dict[str, Any] | None = None,
-) -> None:
-    """Write everything a run publishes into ``staging``, manifest last.
+) -> dict[str, Any]:
+    """Write everything a run publishes into ``staging``, manifest last; return the manifest.
 
     The method writes its weights (an adapter, or the whole model for full and freeze);
     ``state_dict`` replaces the model's own where the weights were gathered from shards.
@@ -226,6 +226,7 @@ def stage_artifacts(
     )
     manifest = build_manifest(file_entries(staging), config, _headline(metrics))
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

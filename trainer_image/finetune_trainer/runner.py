@@ -6,7 +6,6 @@ call. It orchestrates; the work is in the modules it calls.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import tempfile
@@ -147,10 +146,9 @@ def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> R
 def _publish(run: TrainedRun, config: TrainerConfig) -> tuple[dict[str, Any], ...]:
     """Stage and publish; return the manifest's file entries."""
     from finetune_trainer.publish import publish, stage_artifacts
-    from finetune_trainer.storage.store import MANIFEST
 
     with tempfile.TemporaryDirectory(prefix="finetune-publish-") as staging:
-        stage_artifacts(
+        manifest = stage_artifacts(
             Path(staging),
             run.model,
             run.tokenizer,
@@ -159,7 +157,6 @@ def _publish(run: TrainedRun, config: TrainerConfig) -> tuple[dict[str, Any], ..
             base_model_ref(config.model.uri),
             state_dict=run.state_dict,
         )
-        manifest = json.loads((Path(staging) / MANIFEST).read_text())
         publish(Path(staging), config.output.uri, output_access(config))
     log.info("published to %s", config.output.uri)
     return tuple(manifest["files"])
