@@ -344,3 +344,29 @@ def test_model_card_names_every_mixture_source() -> None:
     )
     assert "`file://a.jsonl` (weight 2)" in card and "`file://b.jsonl` (weight 1)" in card
     assert "None" not in card
+
+
+def test_a_local_listing_survives_a_directory_vanishing_during_the_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer prunes an old checkpoint while a reader lists the output (it happened in
+    the resume test: the listing raised FileNotFoundError)."""
+    import os
+    import shutil
+
+    from finetune_trainer.storage.store import LocalStore
+
+    for name in ("checkpoints/step-4/rng/rank-0.pt", "checkpoints/step-8/x.pt", "a/.tmp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir_after_prune(path: Any = ".") -> Any:
+        if str(path).endswith("step-4"):
+            shutil.rmtree(path)  # pruned just as the walk reaches it
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_after_prune)
+    keys = [o.key for o in LocalStore("file://x", tmp_path).list()]
+    assert keys == ["checkpoints/step-8/x.pt"]
+    assert LocalStore("file://x", tmp_path / "missing").list() == []

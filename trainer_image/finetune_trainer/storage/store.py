@@ -110,14 +110,22 @@ class LocalStore:
             raise StorageError(f"{self.uri}: cannot read {key}: {exc.strerror or exc}") from exc
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every file under ``prefix``, hidden (temporary) ones aside. A writer may add or
+        prune files meanwhile (a running trainer's checkpoints): what vanishes during the
+        walk is simply not listed, as an object store's listing would not show it."""
         base = self.path(prefix) if prefix else self.root
-        if not base.is_dir():
-            return []
-        return [
-            ObjectInfo(p.relative_to(self.root).as_posix(), p.stat().st_size)
-            for p in sorted(base.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")
-        ]
+        found = []
+        for directory, _, files in os.walk(base):  # os.walk skips vanished directories
+            for name in files:
+                if name.startswith("."):
+                    continue
+                path = Path(directory) / name
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    continue
+                found.append(ObjectInfo(path.relative_to(self.root).as_posix(), size))
+        return sorted(found, key=lambda o: o.key)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
