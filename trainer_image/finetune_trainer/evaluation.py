@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from finetune_trainer.data.batching import collate, length_grouped_batches
 from finetune_trainer.data.prepare import EvalSample
 from finetune_trainer.data.tokenize import TokenizedExample
-from finetune_trainer.losses import shifted
+from finetune_trainer.losses import label_logits
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def token_scores(
             k: v.to(device) for k, v in collate([examples[i] for i in batch], pad_id).items()
         }
         labels = tensors.pop("labels")
-        logits, target = shifted(model(**tensors).logits, labels)
+        logits, target = label_logits(model, tensors, labels)
         total_loss += F.cross_entropy(logits.float(), target, reduction="sum").item()
         total_correct += int((logits.argmax(dim=-1) == target).sum())
         total_tokens += int(target.numel())

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.loop import StepReport, TrainResult
+from finetune_trainer.losses import with_term
 from finetune_trainer.storage.backends import Access, open_store
 from finetune_trainer.telemetry import Progress, Telemetry
 
@@ -270,6 +271,8 @@ def fine_tune(
             before = scores.as_metrics("Before")
             reshard(model)
     loss = _loss_function(config, compute, model.config.vocab_size, task)  # may load a teacher
+    if method.loss_term is not None:
+        loss = with_term(loss, method.loss_term)
     telemetry = telemetry or Telemetry(progress=Progress(json_lines=False, bar=True))
     bar = _ProgressBar(steps) if telemetry.progress.bar else None
     hooks = TrainHooks(

@@ -4,6 +4,7 @@ A method says how to load the base model (``quantization``), how to turn it into
 model that trains (``apply``), and, when it needs them, how its parameters split into
 optimizer groups (``param_groups``, e.g. LoRA+ or per-layer learning rates), what
 runs after each optimizer step (``after_step``, e.g. AdaLoRA's rank reallocation), what
+it adds to the loss (``loss_term``, AdaLoRA's orthogonal regularisation), what
 it publishes (``artifact``: a PEFT adapter or a whole model) and how it writes that
 (``save``, e.g. PiSSA's conversion to a plain adapter).
 Adding a method is one options class in ``finetune_trainer.config.methods`` and one
@@ -59,6 +60,10 @@ class Method:
     """(model, options, base learning rate) -> optimizer parameter groups."""
     after_step: Callable[[Any, int], None] | None = None
     """(model, global step) -> None, called after each optimizer step."""
+    loss_term: Callable[[Any], Any] | None = None
+    """(model) -> a tensor added to each micro-batch's loss (AdaLoRA's orthogonal
+    regularisation: peft adds it only to a loss the model computes itself, and the trainer
+    computes its losses from selected logits)."""
     artifact: Literal["adapter", "model"] = "adapter"
     """adapter: PeftModel.from_pretrained(base, dir) loads it; model: from_pretrained(dir)."""
     save: Callable[[Any, Path, dict[str, Any] | None], None] = save_pretrained

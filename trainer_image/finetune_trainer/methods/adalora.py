@@ -62,4 +62,30 @@ def reallocate_ranks(model: Any, step: int) -> None:
     model.base_model.update_and_allocate(step)
 
 
-register(Method(name="adalora", apply=apply_adalora, after_step=reallocate_ranks))
+def orthogonal_regularization(model: Any) -> Any:
+    """``orth_reg_weight`` x the mean ||PP^T - I||_F over the adapter's P and Q factors:
+    what peft's AdaLoraModel.forward adds to a loss the model computes itself."""
+    import torch
+
+    tuner = getattr(model, "module", model).base_model  # through DDP, then the PeftModel
+    adapter = tuner.trainable_adapter_name
+    weight = tuner.peft_config[adapter].orth_reg_weight
+    norms = [
+        torch.linalg.matrix_norm(
+            (cov := p @ p.T if "lora_A" in name else p.T @ p)
+            - torch.eye(*cov.shape, device=cov.device, dtype=cov.dtype)
+        )
+        for name, p in tuner.model.named_parameters()
+        if ("lora_A" in name or "lora_B" in name) and adapter in name
+    ]
+    return weight * torch.stack(norms).mean() if norms else 0.0
+
+
+register(
+    Method(
+        name="adalora",
+        apply=apply_adalora,
+        after_step=reallocate_ranks,
+        loss_term=orthogonal_regularization,
+    )
+)

@@ -36,11 +36,14 @@ def linear_module_names(model: Any) -> list[str]:
 
 
 def wrap_peft(model: Any, config: Any, section: str) -> Any:
-    """``get_peft_model`` with peft's ValueErrors reported against ``method.<section>``."""
+    """``get_peft_model`` with peft's ValueErrors reported against ``method.<section>``,
+    and adapter dropout that is cheaper on CPUs (:mod:`finetune_trainer.dropout`)."""
     from peft import get_peft_model
 
+    from finetune_trainer.dropout import use_cpu_dropout
+
     try:
-        return get_peft_model(model, config)
+        peft_model = get_peft_model(model, config)
     except ValueError as exc:
         message = str(exc)
         hint = ""
@@ -50,6 +53,8 @@ def wrap_peft(model: Any, config: Any, section: str) -> Any:
                 f"method.{section}.targetModules to some of them, or to all-linear)"
             )
         raise ConfigError(f"method.{section}: {message}{hint}") from exc
+    use_cpu_dropout(peft_model)
+    return peft_model
 
 
 def trainable_in_fp32(model: Any) -> Any:
