@@ -616,6 +616,26 @@ class Kube:
             e for e in events if involved_name in (None, e.get("involvedObject", {}).get("name"))
         ]
 
+    def requests_made(self, since: int = 0) -> list[str]:
+        """``"VERB path"`` of the requests answered so far (from the ``since``-th on), other
+        than this class's own and watch streams: what the code under test asked for."""
+        assert self.emulator is not None
+        log = list(self.emulator._requests)[since:]
+        made = []
+        for request in log:
+            if "python-urllib3" in (request.headers or {}).get("User-Agent", ""):
+                continue
+            url = urllib.parse.urlsplit(str(request.url))
+            if "watch=true" in url.query:
+                continue
+            made.append(f"{str(request.method).rsplit('.', 1)[-1]} {url.path}")
+        return made
+
+    def request_count(self) -> int:
+        """How many requests the log holds: a mark for :meth:`requests_made`."""
+        assert self.emulator is not None
+        return len(self.emulator._requests)
+
     # clients for the code under test ----------------------------------------------------
 
     def configuration(self) -> kubernetes.client.Configuration:

@@ -63,11 +63,11 @@ class Kube:
 
     # ----------------------------------------------------------------- children
 
-    def create_or_adopt(self, obj: dict[str, Any], owner_uid: str) -> bool:
+    def create_or_adopt(self, obj: dict[str, Any], owner_uid: str) -> tuple[dict[str, Any], bool]:
         """Create ``obj``; if it exists already and is this owner's, keep it.
 
-        Returns whether it was created. An existing object of another owner is not
-        touched: :class:`NotOurs`.
+        Returns the object as the server has it, and whether it was created. An existing
+        object of another owner is not touched: :class:`NotOurs`.
         """
         kind, meta = obj["kind"], obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -80,8 +80,7 @@ class Kube:
             "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
         }[kind]
         try:
-            create(namespace, obj, _preload_content=False)
-            return True
+            return _json(create(namespace, obj, _preload_content=False)), True
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -92,7 +91,7 @@ class Kube:
                 f"a {kind} named {name} already exists in {namespace} and is not this "
                 "FineTuneJob's; delete it or rename the FineTuneJob"
             )
-        return False
+        return existing, False
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -9,6 +9,7 @@ selectors and garbage collection, which kmock lacks).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -248,6 +249,12 @@ def test_job_and_pod_states_become_status_and_events(kube: Kube, operator: Runni
         what=f"the Succeeded Event; Events now {[e['reason'] for e in kube.events(NS, 'sft')]}",
     )
     assert {"JobCreated", "Training", "Succeeded"} <= set(reasons), reasons  # one per phase
+    # kopf's timers hold a finalizer while the progress timer runs (Running); it goes
+    # with the phase, so deleting a finished FineTuneJob needs no operator.
+    wait_for(
+        lambda: not (kube.get("FineTuneJob", NS, "sft") or {})["metadata"].get("finalizers"),
+        what="the finalizer removed after Running",
+    )
 
 
 def test_the_trainers_termination_message_decides_a_failure(
@@ -398,3 +405,69 @@ def test_progress_is_read_from_the_trainers_metrics_endpoint(
     assert status["progress"]["percent"] == 25
     assert status["progress"]["etaSeconds"] == 90
     assert status["metrics"]["trainLoss"] == 1.25
+
+
+# --------------------------------------------------------------------------- API requests
+
+
+def quiet_requests(kube: Kube, since: int, quiet: float = 1.5) -> list[str]:
+    """The operator's requests since the mark, once it has made none for ``quiet`` s."""
+    seen, settled = -1, 0.0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        made = kube.requests_made(since)
+        if len(made) != seen:
+            seen, settled = len(made), time.monotonic()
+        elif time.monotonic() - settled >= quiet:
+            return made
+        time.sleep(0.1)
+    raise AssertionError(f"the operator did not settle: {kube.requests_made(since)}")
+
+
+def test_requests_per_job_creating_pending_and_running(
+    kube: Kube, operator: RunningOperator
+) -> None:
+    """Creating a FineTuneJob costs its ConfigMap, its Job, one status write, one Event and
+    kopf's annotation patch; a Pending job costs nothing; a pod event that changes the
+    status costs one read and one write, and one that changes nothing costs none (the
+    Job and pods come from the watches)."""
+    quiet_requests(kube, 0)  # kopf's startup: discovery, lists
+    mark = kube.request_count()
+    kube.create(ftj())
+    wait_phase(kube, "Pending")
+    wait_for(lambda: kube.events(NS, "sft"), what="the JobCreated Event")
+    made = quiet_requests(kube, mark)
+    base = f"/apis/finetune-operator.io/v1alpha1/namespaces/{NS}/finetunejobs/sft"
+    assert sorted(made) == sorted(
+        [
+            f"POST /api/v1/namespaces/{NS}/configmaps",
+            f"POST /apis/batch/v1/namespaces/{NS}/jobs",
+            f"PATCH {base}/status",
+            f"PATCH {base}",  # kopf: its last-handled configuration
+            f"POST /api/v1/namespaces/{NS}/events",
+        ]
+    ), made
+
+    mark = kube.request_count()
+    time.sleep(2)
+    assert kube.requests_made(mark) == []  # Pending: no polling
+
+    mark = kube.request_count()
+    kube.patch_status("Job", NS, "sft", {"active": 1, "startTime": "2026-11-22T10:00:00Z"})
+    start_pod(kube, ip="")  # no address yet: nothing to scrape
+    wait_phase(kube, "Running")
+    wait_for(
+        lambda: any(e["reason"] == "Training" for e in kube.events(NS, "sft")),
+        what="the Training Event",
+    )
+    made = quiet_requests(kube, mark)
+    # three changes (Job active, pod created, pod running): a read and a write each, the
+    # Event, and kopf's finalizer for the progress timer of a Running job
+    assert made.count(f"GET {base}") == made.count(f"PATCH {base}/status") == 3, made
+    assert made.count(f"PATCH {base}") == 1, made
+    assert len(made) == 8, made
+
+    mark = kube.request_count()
+    kube.patch("Pod", NS, "sft-abcde", {"metadata": {"annotations": {"touched": "yes"}}})
+    time.sleep(1.5)
+    assert kube.requests_made(mark) == []
