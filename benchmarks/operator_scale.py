@@ -201,7 +201,7 @@ def run_size(jobs: int, idle: float, quiet: float, rate: float, workdir: Path) -
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [
-                    str(BIN / "finetune"),
+                    *_operator_command(workdir / f"operator-{jobs}.prof"),
                     "operator",
                     "-n",
                     NS,
@@ -225,6 +225,14 @@ def run_size(jobs: int, idle: float, quiet: float, rate: float, workdir: Path) -
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
+
+
+def _operator_command(profile: Path) -> list[str]:
+    """``finetune``, or under cProfile with ``BENCH_PROFILE=1`` (stats written to ``profile``
+    when the operator stops; read them with ``python -m pstats``)."""
+    if os.environ.get("BENCH_PROFILE"):
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "finetune_operator.cli"]
+    return [str(BIN / "finetune")]
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:

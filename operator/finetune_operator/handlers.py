@@ -144,16 +144,19 @@ def reconcile(
         config = render_trainer_config(job)
         children = builders.build_children(job, config, body.metadata.uid, memo.settings)
         trainer_job: dict[str, Any] | None = None
+        made = []
         try:
             for child in children:
-                obj, made = kube.create_or_adopt(child, body.metadata.uid)
-                if made:
-                    log.info("%s/%s: created %s", namespace, name, child["kind"])
+                obj, created = kube.create_or_adopt(child, body.metadata.uid)
+                if created:
+                    made.append(child["kind"])
                 if child["kind"] == "Job":
                     trainer_job = obj
         except NotOurs as exc:
             _write(kube, metrics, ftj, status.invalid_spec(ftj, str(exc), now()))
             return
+        if made:
+            log.info("%s/%s: created %s", namespace, name, ", ".join(made))
         if not resuming and not (body.get("status") or {}).get("phase"):
             first = status.accepted(ftj, names.job_name(name), now())
             ftj = {**ftj, "status": {**(ftj.get("status") or {}), **first.patch}}
@@ -223,8 +226,10 @@ def sync_suspension(
 # --------------------------------------------------------------------------- status
 
 
+# Indexers are coroutines: kopf runs plain functions in its thread pool, a hop per event
+# of every FineTuneJob, Job and pod for what is a dictionary lookup.
 @kopf.index(*FTJ)
-def ftj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+async def ftj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     """FineTuneJobs by (namespace, name): what a status derivation reads of them (not
     kopf's annotations, whose last-handled copy of the spec would double the memory)."""
     meta = body.metadata
@@ -241,14 +246,14 @@ def ftj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> An
 
 
 @kopf.index("batch", "v1", "jobs", labels=OURS)
-def job_index(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> Any:
+async def job_index(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> Any:
     """Trainer Jobs by (namespace, FineTuneJob name)."""
     owner = labels.get(names.LABEL_JOB)
     return {(namespace, owner): dict(body)} if owner else None
 
 
 @kopf.index("", "v1", "pods", labels=OURS)
-def pod_index(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> Any:
+async def pod_index(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> Any:
     """Trainer pods by (namespace, FineTuneJob name)."""
     owner = labels.get(names.LABEL_JOB)
     return {(namespace, owner): dict(body)} if owner else None
@@ -297,10 +302,14 @@ def progress_timer(name: str, namespace: str | None, memo: kopf.Memo, **kwargs: 
     refresh(memo.kube, memo.metrics, _namespaced(namespace), name, Cache.of(kwargs))
 
 
-@kopf.on.event(*FTJ)
-def forget_deleted(type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if type == "DELETED":
-        memo.metrics.forget(_namespaced(namespace), name)
+def _deleted(type: str, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+# Filtered with ``when``, so kopf neither invokes nor logs it for the other events.
+@kopf.on.event(*FTJ, when=_deleted)
+async def forget_deleted(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    memo.metrics.forget(_namespaced(namespace), name)
 
 
 def _namespaced(namespace: str | None) -> str:
