@@ -305,6 +305,68 @@ def random_model(source: Path, target: Path) -> Path:
     return target
 
 
+def profile_step(model_dir: Path, threads: int, max_length: int) -> None:
+    """Where a step's time goes: one LoRA step (8 examples of the benchmark's data, padded)
+    under torch.profiler, with the model's own loss over full logits (what TRL's
+    SFTTrainer computes, before its entropy and accuracy metrics) and with ours (logits at
+    label positions, 16-bit CPU dropout). Prints the top operators of each, and the step
+    time of a few repeats."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer.data.batching import collate, count_label_tokens
+    from finetune_trainer.data.formats import Example
+    from finetune_trainer.data.tokenize import tokenize_example
+    from finetune_trainer.dropout import use_cpu_dropout
+    from finetune_trainer.losses import causal_lm_loss
+    from finetune_trainer.modeling import load_tokenizer
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(model_dir, False)
+    rows = sorted(chat_rows(64, seed=3), key=lambda r: len(r["messages"][0]["content"]))[-8:]
+    examples = [
+        tokenize_example(tokenizer, Example(messages=tuple(r["messages"])), max_length)
+        for r in rows
+    ]
+    batch = {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id).items()}
+    weight = count_label_tokens(examples)
+    lora = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=TARGETS,
+        task_type="CAUSAL_LM",
+    )
+    base = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
+    model = get_peft_model(base, lora).train()
+    tokens = int(batch["attention_mask"].sum())
+
+    def models_own(m: Any, b: dict[str, Any], w: int) -> Any:
+        return m(**b, num_items_in_batch=w).loss
+
+    for name, loss_fn, cheaper_dropout in (
+        ("model's own loss, torch dropout", models_own, False),
+        ("ours", causal_lm_loss, True),
+    ):
+        if cheaper_dropout:
+            use_cpu_dropout(model)
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            loss_fn(model, batch, weight).backward()
+            model.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - started)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            loss_fn(model, batch, weight).backward()
+            model.zero_grad(set_to_none=True)
+        print(f"\n== {name}: {tokens} tokens, step {min(times[1:]):.2f} s (best of 2 after one)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def parameters(model_dir: Path) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -331,7 +393,16 @@ def main() -> None:
     parser.add_argument("--name", help=argparse.SUPPRESS)
     parser.add_argument("--train-examples", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--train-tokens", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile-step", action="store_true", help="profile one step of each loss and exit"
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="add to the results already in --out (same data)"
+    )
     args = parser.parse_args()
+    if args.profile_step:
+        profile_step(args.model, args.threads, args.max_length)
+        return
     if args.child:
         args.name = args.child
         child(args)
@@ -353,17 +424,44 @@ def main() -> None:
     peak = matmul_flops()
     n_params = parameters(model)
     results: dict[str, Any] = {}
+    if args.merge and args.out.exists():  # configurations run earlier on the same data
+        results = json.loads(args.out.read_text())["results"]
+
+    def write_report() -> dict[str, Any]:
+        trl = [r for k, r in results.items() if k.startswith("trl") and "error" not in r]
+        best = max(trl, key=lambda r: r["tokensPerSecond"]) if trl else None
+        for name, result in results.items():
+            if best is not None and "error" not in result and name.startswith("ours"):
+                result["vsTrlBest"] = {
+                    "tokensPerSecond": result["tokensPerSecond"] / best["tokensPerSecond"],
+                    "peakMemory": result["peakMemoryBytes"] / best["peakMemoryBytes"],
+                    "heldOutLoss": result["heldOutLoss"] / best["heldOutLoss"],
+                }
+        report = {
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "threads": args.threads,
+            "precision": precision(),
+            "model": str(args.model) + (" (random init)" if args.random_init else ""),
+            "parameters": n_params,
+            "trainExamples": n_examples,
+            "trainTokens": n_tokens,
+            "epochs": args.epochs,
+            "maxLength": args.max_length,
+            "matmulFlops": peak,
+            "torch": torch.__version__,
+            "results": results,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        return report
+
     for name in args.only.split(","):
         started = time.perf_counter()
         command = [sys.executable, __file__, "--child", name, "--work", str(work)]
         command += ["--model", str(model), "--epochs", str(args.epochs)]
         command += ["--max-length", str(args.max_length), "--threads", str(args.threads)]
         command += ["--train-examples", str(n_examples), "--train-tokens", str(n_tokens)]
-        proc = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-        )
+        proc = subprocess.run(command, capture_output=True, text=True)
         if os.environ.get("BENCH_PROFILE"):
             print(proc.stderr[-12000:], file=sys.stderr)
         if proc.returncode != 0:
@@ -379,32 +477,8 @@ def main() -> None:
         )
         results[name] = result
         print(name, json.dumps(result), flush=True)
-    trl = [r for k, r in results.items() if k.startswith("trl") and "error" not in r]
-    best = max(trl, key=lambda r: r["tokensPerSecond"]) if trl else None
-    for name, result in results.items():
-        if best is not None and "error" not in result and name.startswith("ours"):
-            result["vsTrlBest"] = {
-                "tokensPerSecond": result["tokensPerSecond"] / best["tokensPerSecond"],
-                "peakMemory": result["peakMemoryBytes"] / best["peakMemoryBytes"],
-                "heldOutLoss": result["heldOutLoss"] / best["heldOutLoss"],
-            }
-    report = {
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "threads": args.threads,
-        "precision": precision(),
-        "model": str(args.model) + (" (random init)" if args.random_init else ""),
-        "parameters": n_params,
-        "trainExamples": n_examples,
-        "trainTokens": n_tokens,
-        "epochs": args.epochs,
-        "maxLength": args.max_length,
-        "matmulFlops": peak,
-        "torch": torch.__version__,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+        write_report()  # after each configuration: a long run stopped early keeps its results
+    print(json.dumps(write_report(), indent=2))
 
 
 if __name__ == "__main__":

@@ -147,8 +147,8 @@ def reconcile(
         made = []
         try:
             for child in children:
-                obj, created = kube.create_or_adopt(child, body.metadata.uid)
-                if created:
+                obj, new = kube.create_or_adopt(child, body.metadata.uid)
+                if new:
                     made.append(child["kind"])
                 if child["kind"] == "Job":
                     trainer_job = obj
