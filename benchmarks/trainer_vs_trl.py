@@ -137,10 +137,22 @@ def run_ours(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     return {"trainSeconds": metrics["trainSeconds"], "steps": metrics["steps"], "batch": batch}
 
 
+def peft_lora() -> Any:
+    """The benchmark's LoRA as a peft config (TRL's run and the step profile)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=TARGETS,
+        task_type="CAUSAL_LM",
+    )
+
+
 def run_trl(args: argparse.Namespace, packing: bool, checkpointing: bool) -> dict[str, Any]:
     import torch
     from datasets import load_dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -170,13 +182,7 @@ def run_trl(args: argparse.Namespace, packing: bool, checkpointing: bool) -> dic
         dataloader_num_workers=0,
         seed=42,
     )
-    lora = LoraConfig(
-        r=LORA["r"],
-        lora_alpha=LORA["alpha"],
-        lora_dropout=LORA["dropout"],
-        target_modules=TARGETS,
-        task_type="CAUSAL_LM",
-    )
+    lora = peft_lora()
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -312,7 +318,7 @@ def profile_step(model_dir: Path, threads: int, max_length: int) -> None:
     label positions, 16-bit CPU dropout). Prints the top operators of each, and the step
     time of a few repeats."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModelForCausalLM
 
@@ -334,13 +340,7 @@ def profile_step(model_dir: Path, threads: int, max_length: int) -> None:
     ]
     batch = {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id).items()}
     weight = count_label_tokens(examples)
-    lora = LoraConfig(
-        r=LORA["r"],
-        lora_alpha=LORA["alpha"],
-        lora_dropout=LORA["dropout"],
-        target_modules=TARGETS,
-        task_type="CAUSAL_LM",
-    )
+    lora = peft_lora()
     base = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
     model = get_peft_model(base, lora).train()
     tokens = int(batch["attention_mask"].sum())
