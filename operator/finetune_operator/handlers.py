@@ -234,8 +234,9 @@ async def ftj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any)
     kopf's annotations, whose last-handled copy of the spec would double the memory)."""
     meta = body.metadata
     essentials = {"name": name, "namespace": namespace, "uid": meta.uid}
-    if meta.get("generation") is not None:
-        essentials["generation"] = meta["generation"]
+    for key in ("generation", "creationTimestamp"):  # observedGeneration; time to running
+        if meta.get(key) is not None:
+            essentials[key] = meta[key]
     return {
         (namespace, name): {
             "metadata": essentials,
