@@ -27,7 +27,8 @@ e2e: $(STAMP)
 	$(BIN)/pytest e2e -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator trainer_image tests scripts e2e benchmarks
+	$(BIN)/ruff check api cli operator trainer_image tests scripts e2e benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 crd: $(STAMP)

@@ -231,7 +231,7 @@ def _operator_command(profile: Path) -> list[str]:
     """``finetune``, or under cProfile with ``BENCH_PROFILE=1`` (stats written to ``profile``
     when the operator stops; read them with ``python -m pstats``)."""
     if os.environ.get("BENCH_PROFILE"):
-        return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "finetune_operator.cli"]
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "finetune_cli.app"]
     return [str(BIN / "finetune")]
 
 

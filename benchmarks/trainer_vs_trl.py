@@ -99,7 +99,7 @@ def packed_batch(args: argparse.Namespace) -> int:
 
 
 def run_ours(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
-    from finetune_trainer.config import TrainerConfig
+    from finetune_api.config import TrainerConfig
     from finetune_trainer.publish import stage_artifacts
     from finetune_trainer.runner import fine_tune
 
@@ -240,7 +240,7 @@ def held_out_loss(model_dir: Path, adapter: Path, validation: Path, max_length: 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from finetune_trainer.config import DatasetSpec
+    from finetune_api.config import DatasetSpec
     from finetune_trainer.data.prepare import prepare_data
     from finetune_trainer.evaluation import token_scores
     from finetune_trainer.modeling import load_tokenizer
@@ -264,7 +264,7 @@ def held_out_loss(model_dir: Path, adapter: Path, validation: Path, max_length: 
 def train_tokens(model_dir: Path, train: Path, max_length: int) -> tuple[int, int]:
     """Examples and non-padding tokens of the training set (our tokenization, the same
     chat template TRL applies)."""
-    from finetune_trainer.config import DatasetSpec
+    from finetune_api.config import DatasetSpec
     from finetune_trainer.data.prepare import prepare_data
     from finetune_trainer.modeling import load_tokenizer
 

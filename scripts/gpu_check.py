@@ -23,7 +23,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "operator"), str(REPO / "trainer_image")]
 
-ENTRY = "from finetune_operator.cli import main; main()"
+ENTRY = "from finetune_cli.app import main; main()"
 
 
 def build(out: Path) -> tuple[Path, Path, Path]:
@@ -38,7 +38,7 @@ def build(out: Path) -> tuple[Path, Path, Path]:
 
 
 def config(out: Path, name: str, model: Path, train: Path, validation: Path, **kw: Any) -> Path:
-    from finetune_trainer.config import TrainerConfig
+    from finetune_api.config import TrainerConfig
 
     training = {
         "maxSteps": 20,

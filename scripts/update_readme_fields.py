@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune_operator.docs import render_field_table
+from finetune_api.docs import render_field_table
 
 START, END = "<!-- fields:start -->\n", "<!-- fields:end -->"
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -22,10 +22,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from finetune_api.config import TrainerConfig
+from finetune_api.resource import FineTuneJob
 from finetune_operator import names
-from finetune_operator.api import FineTuneJob
 from finetune_operator.settings import Settings
-from finetune_trainer.config import TrainerConfig
 
 NOT_RETRYABLE_EXIT_CODES = [2, 3, 5, 6]
 """InvalidConfig, InvalidData, StorageError (a refusal), OutOfMemory: see the README."""

@@ -29,15 +29,15 @@ from typing import Any
 
 import kopf
 
+from finetune_api.config import API_GROUP
+from finetune_api.manifests import validate_body
+from finetune_api.render import RenderError, render_trainer_config
+from finetune_api.resource import KIND, PLURAL, VERSION, FineTuneJob
 from finetune_operator import builders, names, progress, status
-from finetune_operator.api import KIND, PLURAL, VERSION, FineTuneJob
 from finetune_operator.kube import Kube, NotOurs, default_api_client
-from finetune_operator.manifests import validate_body
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.probes import Readiness, register_probes
-from finetune_operator.render import RenderError, render_trainer_config
 from finetune_operator.settings import Settings
-from finetune_trainer.config import API_GROUP
 
 log = logging.getLogger("finetune.operator")
 

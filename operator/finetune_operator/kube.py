@@ -15,9 +15,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.config import API_GROUP
+from finetune_api.resource import PLURAL, VERSION
 from finetune_operator import names
-from finetune_operator.api import PLURAL, VERSION
-from finetune_trainer.config import API_GROUP
 
 
 class NotOurs(Exception):

@@ -31,7 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from prometheus_client.registry import Collector
 
-from finetune_operator.api import Phase
+from finetune_api.resource import Phase
 
 if TYPE_CHECKING:
     from finetune_operator.probes import Readiness

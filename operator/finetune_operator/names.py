@@ -7,7 +7,7 @@ creating a second one. Labels let the watches and `kubectl` find a job's childre
 
 from __future__ import annotations
 
-from finetune_operator.api import API_VERSION, KIND
+from finetune_api.resource import API_VERSION, KIND
 
 MANAGED_BY = "finetune-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -67,7 +67,7 @@ Every other field:
   ``percent`` is floor(100 * step / totalSteps). On success step is the last step and
   percent 100.
 - ``metrics``: trainLoss and evalLoss live; on success every field of
-  :class:`~finetune_operator.api.Metrics` the trainer's message carries.
+  :class:`~finetune_api.resource.Metrics` the trainer's message carries.
 - ``artifacts``: on success, the URI and files from the trainer's message.
 - ``startTime``: first set wins (the Job resets its own on resume): the Job's, else the
   first running container's. ``completionTime``: the Job's, else the condition's time.
@@ -93,8 +93,8 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from annotated_types import MaxLen
 
+from finetune_api.resource import Condition, Metrics
 from finetune_operator import names
-from finetune_operator.api import Condition, Metrics
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = (
     "Pending",

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_jsonl
-from finetune_operator.cli import app
+from finetune_cli.app import app
 
 WORDS = {"good": ["great", "lovely", "good", "fine"], "bad": ["awful", "bad", "poor", "sad"]}
 
@@ -58,7 +58,7 @@ def test_classifier_reloads_with_its_labels(make_job: Any, tmp_path: Path) -> No
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from finetune_trainer.config import TrainerConfig
+    from finetune_api.config import TrainerConfig
     from finetune_trainer.data.prepare import prepare_data
     from finetune_trainer.evaluation import class_scores
 

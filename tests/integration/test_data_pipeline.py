@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import colour_rows, write_jsonl
-from finetune_operator.cli import app
+from finetune_cli.app import app
 
 runner = CliRunner()
 

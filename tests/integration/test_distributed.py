@@ -20,7 +20,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import colour_rows, write_jsonl
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.publish import verify_manifest
 
 DRIVER = """
@@ -28,7 +28,7 @@ import os, sys
 from pathlib import Path
 from safetensors.torch import save_file
 import finetune_trainer.runner as runner
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.loop import trainable_state
 
 rank = os.environ.get("RANK", "0")
@@ -165,7 +165,7 @@ def test_a_plain_process_refuses_a_two_process_job(tmp_path: Path, tiny_model_di
     ],
 )
 def test_world_size_mismatches_are_refused(env: dict[str, str], seen: int, message: str) -> None:
-    from finetune_trainer.config import DistributedSpec
+    from finetune_api.config import DistributedSpec
     from finetune_trainer.distributed import check_world
     from finetune_trainer.errors import ConfigError
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from finetune_operator.cli import app
+from finetune_cli.app import app
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(
@@ -33,8 +33,8 @@ def reads_local_data(example: Path) -> bool:
 
 
 def test_examples_cover_every_method_and_task() -> None:
-    from finetune_trainer.config.job import JobSections
-    from finetune_trainer.config.methods import MethodSpec
+    from finetune_api.config.job import JobSections
+    from finetune_api.config.methods import MethodSpec
 
     specs = [yaml.safe_load(p.read_text())["spec"] for p in EXAMPLES]
     methods = {s.get("method", {}).get("type", "lora") for s in specs}

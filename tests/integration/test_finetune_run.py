@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from finetune_operator.cli import app
-from finetune_operator.manifests import check_documents
-from finetune_operator.render import render_trainer_config
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
+from finetune_api.manifests import check_documents
+from finetune_api.render import render_trainer_config
+from finetune_cli.app import app
 from finetune_trainer.publish import sha256_file, verify_manifest
 
 runner = CliRunner()

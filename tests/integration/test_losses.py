@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import colour_rows
-from finetune_trainer.config.job import PROMPT_LEARNING_METHODS
+from finetune_api.config.job import PROMPT_LEARNING_METHODS
 
 METHODS = {
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
@@ -28,7 +28,7 @@ METHODS = {
 def _model(method: str, model_dir: Path, tokenizer: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from finetune_trainer.config import MethodSpec
+    from finetune_api.config import MethodSpec
     from finetune_trainer.methods import MethodContext, get_method
     from finetune_trainer.modeling import resolve_compute
 

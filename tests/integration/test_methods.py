@@ -20,8 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import build_tiny_model, build_tokenizer
-from finetune_operator.cli import app
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
+from finetune_cli.app import app
 from finetune_trainer.publish import verify_manifest
 
 runner = CliRunner()
@@ -454,7 +454,7 @@ def test_pissa_and_olora_move_the_base_weights_into_the_adapter(
     base keeps the residual, so the model's function is unchanged at the start."""
     from transformers import AutoModelForCausalLM
 
-    from finetune_trainer.config import LoraSpec
+    from finetune_api.config import LoraSpec
     from finetune_trainer.methods import MethodContext, get_method
     from finetune_trainer.modeling import resolve_compute
 
@@ -481,7 +481,7 @@ def test_pissa_and_olora_move_the_base_weights_into_the_adapter(
 def test_prompt_text_init_starts_from_the_texts_token_embeddings(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_trainer.config import PromptSpec
+    from finetune_api.config import PromptSpec
     from finetune_trainer.methods import MethodContext, get_method
     from finetune_trainer.modeling import resolve_compute
 
@@ -592,7 +592,7 @@ def test_sequence_classification_trains_the_classifier_head(
     task type would leave that head frozen at its random initialisation."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from finetune_trainer.config import MethodSpec
+    from finetune_api.config import MethodSpec
     from finetune_trainer.methods import MethodContext, get_method
     from finetune_trainer.modeling import resolve_compute
 
@@ -623,7 +623,7 @@ def test_adalora_keeps_its_rank_count_fixed_under_mixed_precision(tiny_model_dir
     the scale, which is never saved) trainable; the method freezes it again."""
     from transformers import AutoModelForCausalLM
 
-    from finetune_trainer.config import AdaLoraSpec
+    from finetune_api.config import AdaLoraSpec
     from finetune_trainer.methods import MethodContext, get_method
     from finetune_trainer.modeling import resolve_compute
 

@@ -17,11 +17,11 @@ import kopf
 import pytest
 
 import finetune_operator.handlers  # noqa: F401  (registers the operator's handlers)
+from finetune_api.config import TrainerConfig
 from finetune_operator import names
 from finetune_operator.kube import Kube as OperatorKube
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.settings import Settings
-from finetune_trainer.config import TrainerConfig
 from kube_api import Kube, RunningOperator, run_operator, wait_for
 
 NS = "ml"

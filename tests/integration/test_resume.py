@@ -18,8 +18,8 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import colour_rows, write_jsonl
+from finetune_api.config import TrainerConfig
 from finetune_trainer.checkpoint import complete_checkpoints, prefix_for
-from finetune_trainer.config import TrainerConfig
 from finetune_trainer.publish import verify_manifest
 from finetune_trainer.storage.store import MANIFEST, LocalStore
 

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from finetune_operator.cli import app
+from finetune_api.uri import Role
+from finetune_cli.app import app
 from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
 from finetune_trainer.storage import s3 as s3_module
 from finetune_trainer.storage.backends import Access, fetch_file, fetch_model_dir, open_store
 from finetune_trainer.storage.store import MANIFEST, delete_set, publish_dir
-from finetune_trainer.storage.uri import Role
 from s3_server import S3Env
 
 

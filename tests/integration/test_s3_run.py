@@ -18,7 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from finetune_operator.cli import app
+from finetune_cli.app import app
 from finetune_trainer.storage.store import MANIFEST
 from s3_server import TEST_KEY_ID, TEST_SECRET, S3Env
 

@@ -18,9 +18,9 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from finetune_operator.cli import app
-from finetune_operator.manifests import check_documents
-from finetune_operator.render import render_trainer_config
+from finetune_api.manifests import check_documents
+from finetune_api.render import render_trainer_config
+from finetune_cli.app import app
 from finetune_trainer import loop
 from finetune_trainer.loop import StepReport
 from finetune_trainer.telemetry import Telemetry

@@ -13,9 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import colour_rows
-from finetune_operator.cli import app
-from finetune_trainer.config import TrainingSpec
-from finetune_trainer.config.training import EarlyStoppingSpec
+from finetune_api.config import TrainingSpec
+from finetune_api.config.training import EarlyStoppingSpec
+from finetune_cli.app import app
 from finetune_trainer.loop import EarlyStopper, TrainHooks, train
 
 runner = CliRunner()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from finetune_operator.cli import app
+from finetune_cli.app import app
 
 REPO = Path(__file__).resolve().parents[2]
 ENCODER = REPO / "models" / "all-MiniLM-L6-v2"

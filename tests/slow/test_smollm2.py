@@ -34,7 +34,7 @@ ADAPTER_EFFECT_MIN = 1.0
 
 
 def trainer_config(method: str, smollm2_dir: Path, validation: Path, out: Path) -> Any:
-    from finetune_trainer.config import TrainerConfig
+    from finetune_api.config import TrainerConfig
 
     return TrainerConfig.model_validate(
         {

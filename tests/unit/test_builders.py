@@ -8,11 +8,11 @@ from typing import Any
 import kubernetes_validate.utils as kv  # type: ignore[import-untyped]
 import pytest
 
+from finetune_api.config import TrainerConfig
+from finetune_api.render import render_trainer_config
+from finetune_api.resource import FineTuneJob
 from finetune_operator import builders, names
-from finetune_operator.api import FineTuneJob
-from finetune_operator.render import render_trainer_config
 from finetune_operator.settings import Settings
-from finetune_trainer.config import TrainerConfig
 
 UID = "0f6c1a7e-5d2b-4a57-9c1e-2b5f3f0a9e11"
 SETTINGS = Settings(trainer_image="registry.example/trainer:1.2.3", trainer_service_account="ft")

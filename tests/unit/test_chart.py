@@ -21,11 +21,11 @@ import kubernetes_validate.utils as kv  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from finetune_api.crd import build_crd, render_crd_yaml
+from finetune_api.manifests import validate_body
+from finetune_api.render import render_trainer_config
+from finetune_api.resource import FineTuneJob
 from finetune_operator import builders, names
-from finetune_operator.api import FineTuneJob
-from finetune_operator.crd import build_crd, render_crd_yaml
-from finetune_operator.manifests import validate_body
-from finetune_operator.render import render_trainer_config
 from finetune_operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -610,7 +610,7 @@ def test_deployment_probes(default_docs: list[dict[str, Any]]) -> None:
 def operator_cli_options() -> set[str]:
     import typer.main
 
-    from finetune_operator.cli import app
+    from finetune_cli.app import app
 
     command = typer.main.get_command(app).commands["operator"]  # type: ignore[attr-defined]
     return {opt for param in command.params for opt in param.opts}

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from finetune_api.config import TrainerConfig
 from finetune_trainer import checkpoint
-from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import Preempted, StorageError
 from finetune_trainer.loop import Checkpointable, LoopState
 from finetune_trainer.preemption import handle_sigterm

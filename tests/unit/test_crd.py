@@ -18,10 +18,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from finetune_operator.api import FineTuneJobSpec, FineTuneJobStatus
-from finetune_operator.crd import build_crd, render_crd_yaml
-from finetune_operator.manifests import model_in
-from finetune_trainer.config import DatasetSpec, JobSections, MethodSpec, MethodType
+from finetune_api.config import DatasetSpec, JobSections, MethodSpec, MethodType
+from finetune_api.crd import build_crd, render_crd_yaml
+from finetune_api.manifests import model_in
+from finetune_api.resource import FineTuneJobSpec, FineTuneJobStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "finetunejobs.finetune-operator.io.yaml"

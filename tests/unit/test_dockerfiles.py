@@ -20,9 +20,9 @@ from pathlib import Path
 import dockerfile
 import pytest
 
+from finetune_api.config.training import TrainingSpec
 from finetune_operator import names
 from finetune_operator.settings import Settings
-from finetune_trainer.config.training import TrainingSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINER = ROOT / "trainer_image" / "Dockerfile"

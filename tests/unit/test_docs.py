@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from finetune_operator.api import FineTuneJobSpec
-from finetune_operator.cli import app
-from finetune_operator.docs import (
+from finetune_api.docs import (
     END_MARKER,
     START_MARKER,
     FieldRow,
     field_rows,
     render_field_table,
 )
+from finetune_api.resource import FineTuneJobSpec
+from finetune_cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.config import ColumnMapping
+from finetune_api.config import ColumnMapping
 from finetune_trainer.data.formats import FORMATS, Example, to_examples
 from finetune_trainer.errors import DataError
 
@@ -22,7 +22,7 @@ def convert(fmt: str, row: dict[str, Any], cols: ColumnMapping = DEFAULT) -> Exa
 def test_every_declared_format_has_a_converter() -> None:
     from typing import get_args
 
-    from finetune_trainer.config import DatasetFormat
+    from finetune_api.config import DatasetFormat
 
     assert set(FORMATS) == set(get_args(DatasetFormat))
 

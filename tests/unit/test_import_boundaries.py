@@ -41,12 +41,12 @@ def heavy_modules_after(code: str) -> list[str]:
 @pytest.mark.parametrize(
     "module",
     [
-        "finetune_operator.cli",
-        "finetune_operator.crd",
-        "finetune_operator.api",
-        "finetune_operator.manifests",
-        "finetune_operator.render",
-        "finetune_operator.docs",
+        "finetune_cli.app",
+        "finetune_api.crd",
+        "finetune_api.resource",
+        "finetune_api.manifests",
+        "finetune_api.render",
+        "finetune_api.docs",
         "finetune_operator.builders",
         "finetune_operator.status",
         "finetune_operator.metrics",
@@ -54,8 +54,8 @@ def heavy_modules_after(code: str) -> list[str]:
         "finetune_operator.progress",
         "finetune_operator.kube",
         "finetune_operator.handlers",
-        "finetune_trainer.config",
-        "finetune_trainer.storage.uri",
+        "finetune_api.config",
+        "finetune_api.uri",
     ],
 )
 def test_import_stays_light(module: str) -> None:
@@ -65,7 +65,7 @@ def test_import_stays_light(module: str) -> None:
 def test_validate_crd_and_docs_commands_stay_light() -> None:
     code = (
         "import contextlib, io\n"
-        "from finetune_operator.cli import app\n"
+        "from finetune_cli.app import app\n"
         f"for args in (['validate', {str(MINIMAL)!r}], ['crd'], ['docs']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()):\n"
         "        try:\n"

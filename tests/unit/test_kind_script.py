@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from finetune_operator.manifests import check_documents
+from finetune_api.manifests import check_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND = ROOT / "e2e" / "kind"

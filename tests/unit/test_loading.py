@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from finetune_api.uri import DATA_SUFFIXES
 from finetune_trainer.data.loading import READERS, read_rows
 from finetune_trainer.errors import DataError
-from finetune_trainer.storage.uri import DATA_SUFFIXES
 
 ROWS: list[dict[str, Any]] = [
     {"prompt": "2+2=", "completion": "4"},

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.manifests import check_documents
-from finetune_trainer.config import (
+from finetune_api.config import (
     AdaLoraSpec,
     FreezeSpec,
     FullSpec,
@@ -25,6 +24,7 @@ from finetune_trainer.config import (
     QLoraSpec,
     TrainerConfig,
 )
+from finetune_api.manifests import check_documents
 
 SPEC_CLASSES = {
     "lora": LoraSpec,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.config import QLoraSpec
+from finetune_api.config import QLoraSpec
 from finetune_trainer.methods import MethodContext, get_method
 from finetune_trainer.modeling import load_base_model, resolve_compute
 

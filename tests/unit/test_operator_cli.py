@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import finetune_operator.handlers as handlers
-from finetune_operator.cli import app
+from finetune_cli.app import app
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import colour_rows, write_jsonl
-from finetune_trainer.config import DatasetSpec
+from finetune_api.config import DatasetSpec
 from finetune_trainer.data import cache, prepare
 from finetune_trainer.data.packing import PackedExample
 from finetune_trainer.data.prepare import PreparedData, prepare_data

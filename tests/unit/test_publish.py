@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
+from finetune_api.uri import Role
 from finetune_trainer.errors import StorageError
 from finetune_trainer.publish import (
     MANIFEST_KIND,
@@ -26,7 +27,6 @@ from finetune_trainer.publish import (
 )
 from finetune_trainer.storage import backends, store
 from finetune_trainer.storage.backends import BACKENDS, MANIFEST, LocalBackend, backend_for
-from finetune_trainer.storage.uri import Role
 
 CONFIG = TrainerConfig.model_validate(
     {

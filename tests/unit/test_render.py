@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_operator.api import FineTuneJob
-from finetune_operator.render import RenderError, local_output_uri, render_trainer_config
-from finetune_trainer.config import TRAINER_CONFIG_VERSION, TrainerConfig
+from finetune_api.config import TRAINER_CONFIG_VERSION, TrainerConfig
+from finetune_api.render import RenderError, local_output_uri, render_trainer_config
+from finetune_api.resource import FineTuneJob
 
 
 def job(**spec_overrides: Any) -> FineTuneJob:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from finetune_api.resource import FineTuneJobStatus
 from finetune_operator import builders, names, status
-from finetune_operator.api import FineTuneJobStatus
 from finetune_operator.status import StatusUpdate
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from finetune_api.uri import Role
 from finetune_trainer.errors import StorageError
 from finetune_trainer.storage.backends import Access, fetch_file
-from finetune_trainer.storage.uri import Role
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_trainer.storage.uri import (
+from finetune_api.uri import (
     SCHEMES,
     ParsedUri,
     Role,

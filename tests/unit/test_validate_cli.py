@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from finetune_operator.api import FineTuneJob
-from finetune_operator.cli import EXIT_INVALID, app
-from finetune_operator.manifests import check_documents, load_yaml_documents, validate_body
-from finetune_operator.render import render_trainer_config
+from finetune_api.manifests import check_documents, load_yaml_documents, validate_body
+from finetune_api.render import render_trainer_config
+from finetune_api.resource import FineTuneJob
+from finetune_cli.app import EXIT_INVALID, app
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "tests" / "manifests"
@@ -159,7 +159,7 @@ def test_console_script_entry_point() -> None:
     # The real process: exit status and streams as a shell or CI sees them.
     bad = MANIFESTS / "invalid" / "validation-and-split.yaml"
     proc = subprocess.run(
-        [sys.executable, "-m", "finetune_operator.cli", "validate", str(MINIMAL), str(bad)],
+        [sys.executable, "-m", "finetune_cli.app", "validate", str(MINIMAL), str(bad)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.errors import StorageError
 from finetune_trainer.loop import Checkpointable, LoopState, Resume
 from finetune_trainer.publish import CHECKPOINTS, file_entries, sha256_file

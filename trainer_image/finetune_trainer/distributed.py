@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from finetune_trainer.config import DistributedSpec
+from finetune_api.config import DistributedSpec
 from finetune_trainer.errors import ConfigError
 
 

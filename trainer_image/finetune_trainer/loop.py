@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.config import TrainingSpec
-from finetune_trainer.config.training import LOWER_IS_BETTER, EarlyStoppingSpec
+from finetune_api.config import TrainingSpec
+from finetune_api.config.training import LOWER_IS_BETTER, EarlyStoppingSpec
 from finetune_trainer.data.batching import collate, count_label_tokens, length_grouped_batches
 from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.distributed import is_sharded, rebuild_optimizer_state

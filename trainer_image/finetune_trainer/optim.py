@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.config import TrainingSpec
+from finetune_api.config import TrainingSpec
 
 
 def _split_decay(groups: list[dict[str, Any]], weight_decay: float) -> list[dict[str, Any]]:

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finetune_api.config import TrainerConfig
 from finetune_trainer import __version__
-from finetune_trainer.config import TrainerConfig
 from finetune_trainer.storage.backends import Access, open_store
 from finetune_trainer.storage.store import MANIFEST, Store, local_files, publish_dir
 

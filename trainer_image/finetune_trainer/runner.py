@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.loop import StepReport, TrainResult
 from finetune_trainer.losses import with_term
 from finetune_trainer.storage.backends import Access, open_store

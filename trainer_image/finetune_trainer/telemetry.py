@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Gauge, Info, ProcessCollector, 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from finetune_trainer.config import TrainerConfig
+    from finetune_api.config import TrainerConfig
     from finetune_trainer.loop import StepReport
 
 PREFIX = "finetune_trainer"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_trainer.config import ColumnMapping
+from finetune_api.config import ColumnMapping
 from finetune_trainer.errors import DataError
 
 Message = dict[str, str]

@@ -21,7 +21,8 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from finetune_trainer.config import ColumnMapping, DatasetSpec
+from finetune_api.config import ColumnMapping, DatasetSpec
+from finetune_api.uri import DATA_SUFFIXES, Role, data_suffix
 from finetune_trainer.data import cache
 from finetune_trainer.data.cleaning import clean
 from finetune_trainer.data.formats import Example, to_examples
@@ -38,7 +39,6 @@ from finetune_trainer.data.tokenize import (
 )
 from finetune_trainer.errors import ConfigError, DataError
 from finetune_trainer.storage.backends import Access, backend_for
-from finetune_trainer.storage.uri import DATA_SUFFIXES, Role, data_suffix
 
 
 @dataclass(frozen=True)

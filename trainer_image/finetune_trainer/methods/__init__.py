@@ -7,7 +7,7 @@ runs after each optimizer step (``after_step``, e.g. AdaLoRA's rank reallocation
 it adds to the loss (``loss_term``, AdaLoRA's orthogonal regularisation), what
 it publishes (``artifact``: a PEFT adapter or a whole model) and how it writes that
 (``save``, e.g. PiSSA's conversion to a plain adapter).
-Adding a method is one options class in ``finetune_trainer.config.methods`` and one
+Adding a method is one options class in ``finetune_api.config.methods`` and one
 module here calling :func:`register`; :data:`MODULES` lists those modules.
 """
 

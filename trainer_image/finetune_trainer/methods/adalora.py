@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_trainer.config import AdaLoraSpec
+from finetune_api.config import AdaLoraSpec
 from finetune_trainer.errors import ConfigError
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import peft_task_type, wrap_peft

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.config import FreezeSpec
+from finetune_api.config import FreezeSpec
 from finetune_trainer.errors import ConfigError
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import trainable_in_fp32

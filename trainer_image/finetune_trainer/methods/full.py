@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_trainer.config import FullSpec
+from finetune_api.config import FullSpec
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import trainable_in_fp32
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_trainer.config import IA3Spec
+from finetune_api.config import IA3Spec
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import peft_task_type, wrap_peft
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.config import LoraSpec
+from finetune_api.config import LoraSpec
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import peft_task_type, wrap_peft
 

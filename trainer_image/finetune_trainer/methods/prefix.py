@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_trainer.config import PrefixSpec
+from finetune_api.config import PrefixSpec
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import peft_task_type, trainable_in_fp32, wrap_peft
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.config import QLoraSpec
+from finetune_api.config import QLoraSpec
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import wrap_peft
 from finetune_trainer.methods.lora import lora_config, lora_param_groups

@@ -14,11 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from finetune_trainer.errors import ModelError, StorageError, TrainerError
-from finetune_trainer.storage.credentials import hf_token
-from finetune_trainer.storage.s3 import S3Backend
-from finetune_trainer.storage.store import MANIFEST, LocalStore, Store
-from finetune_trainer.storage.uri import (
+from finetune_api.uri import (
     DATA_SUFFIXES,
     ParsedUri,
     Role,
@@ -26,6 +22,10 @@ from finetune_trainer.storage.uri import (
     hf_dataset_parts,
     parse_uri,
 )
+from finetune_trainer.errors import ModelError, StorageError, TrainerError
+from finetune_trainer.storage.credentials import hf_token
+from finetune_trainer.storage.s3 import S3Backend
+from finetune_trainer.storage.store import MANIFEST, LocalStore, Store
 
 __all__ = ["BACKENDS", "MANIFEST", "Access", "Backend", "fetch_model_dir", "open_store"]
 

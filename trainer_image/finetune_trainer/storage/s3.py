@@ -43,8 +43,8 @@ from finetune_trainer.storage.store import ObjectInfo, join_key, safe_key
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
+    from finetune_api.uri import ParsedUri
     from finetune_trainer.storage.backends import Access
-    from finetune_trainer.storage.uri import ParsedUri
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ is why a job that works locally works in the cluster.
 
 from __future__ import annotations
 
-from finetune_operator.api import FineTuneJob
-from finetune_trainer.config import DistributedSpec, OutputTarget, TrainerConfig
+from finetune_api.config import DistributedSpec, OutputTarget, TrainerConfig
+from finetune_api.resource import FineTuneJob
 
 
 class RenderError(ValueError):

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from finetune_operator.api import API_VERSION, KIND, FineTuneJob
+from finetune_api.resource import API_VERSION, KIND, FineTuneJob
 
 
 class _Yaml12Loader(yaml.SafeLoader):

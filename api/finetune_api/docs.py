@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from finetune_operator.api import FineTuneJobSpec
+from finetune_api.resource import FineTuneJobSpec
 
 START_MARKER = "<!-- fields:start -->"
 END_MARKER = "<!-- fields:end -->"

@@ -12,7 +12,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from finetune_trainer.storage.uri import Role, UriError, data_suffix, parse_uri
+from finetune_api.uri import Role, UriError, data_suffix, parse_uri
 
 API_GROUP = "finetune-operator.io"
 # Final with a literal value, so mypy types it as the Literal the field below expects.

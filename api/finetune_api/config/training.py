@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from finetune_trainer.config.base import CamelModel, ModelUri
+from finetune_api.config.base import CamelModel, ModelUri
 
 EvalMetric = Literal["evalLoss", "perplexity", "tokenAccuracy", "accuracy", "macroF1"]
 LOWER_IS_BETTER: frozenset[str] = frozenset({"evalLoss", "perplexity"})

@@ -1,8 +1,8 @@
 """The FineTuneJob custom resource, v1alpha1: spec, status and the whole object.
 
 These pydantic models are the single source of truth for the API: `finetune validate`,
-the operator and the CRD generator (:mod:`finetune_operator.crd`) all use them.
-The spec sections shared with the trainer come from :mod:`finetune_trainer.config`.
+the operator and the CRD generator (:mod:`finetune_api.crd`) all use them.
+The spec sections shared with the trainer come from :mod:`finetune_api.config`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from finetune_trainer.config import (
+from finetune_api.config import (
     API_GROUP,
     CamelModel,
     JobSections,

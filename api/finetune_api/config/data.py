@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from finetune_trainer.config.base import CamelModel, DatasetUri, SecretName
+from finetune_api.config.base import CamelModel, DatasetUri, SecretName
 
 # --------------------------------------------------------------------------- dataset
 

@@ -13,16 +13,16 @@ from pydantic import (
     model_validator,
 )
 
-from finetune_trainer.config.base import (
+from finetune_api.config.base import (
     TRAINER_CONFIG_VERSION,
     CamelModel,
     ModelUri,
     OutputUri,
     SecretName,
 )
-from finetune_trainer.config.data import DatasetSpec
-from finetune_trainer.config.methods import PROMPT_LEARNING_METHODS, MethodSpec
-from finetune_trainer.config.training import EvaluationSpec, TrainingSpec
+from finetune_api.config.data import DatasetSpec
+from finetune_api.config.methods import PROMPT_LEARNING_METHODS, MethodSpec
+from finetune_api.config.training import EvaluationSpec, TrainingSpec
 
 # --------------------------------------------------------------------------- model
 

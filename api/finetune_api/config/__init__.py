@@ -7,10 +7,10 @@ Field names are camelCase on the wire (the Kubernetes convention) and snake_case
 Python. Unknown keys are errors everywhere: a typo must never be dropped silently.
 
 The sections live in submodules (``data``, ``methods``, ``training``, ``job``); this
-package re-exports them so callers import from ``finetune_trainer.config``.
+package re-exports them so callers import from ``finetune_api.config``.
 """
 
-from finetune_trainer.config.base import (
+from finetune_api.config.base import (
     API_GROUP,
     TRAINER_CONFIG_VERSION,
     CamelModel,
@@ -19,8 +19,8 @@ from finetune_trainer.config.base import (
     OutputUri,
     SecretName,
 )
-from finetune_trainer.config.data import ColumnMapping, DatasetFormat, DatasetSpec
-from finetune_trainer.config.job import (
+from finetune_api.config.data import ColumnMapping, DatasetFormat, DatasetSpec
+from finetune_api.config.job import (
     DistributedSpec,
     JobSections,
     ModelSource,
@@ -29,7 +29,7 @@ from finetune_trainer.config.job import (
     Strategy,
     TrainerConfig,
 )
-from finetune_trainer.config.methods import (
+from finetune_api.config.methods import (
     AdaLoraSpec,
     FreezeSpec,
     FullSpec,
@@ -43,7 +43,7 @@ from finetune_trainer.config.methods import (
     PTuningSpec,
     QLoraSpec,
 )
-from finetune_trainer.config.training import EvaluationSpec, TrainingSpec
+from finetune_api.config.training import EvaluationSpec, TrainingSpec
 
 __all__ = [
     "API_GROUP",

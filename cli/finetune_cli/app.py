@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from finetune_operator.manifests import Document, ManifestError, check_documents, read_file
-from finetune_operator.render import RenderError, local_output_uri, render_trainer_config
+from finetune_api.manifests import Document, ManifestError, check_documents, read_file
+from finetune_api.render import RenderError, local_output_uri, render_trainer_config
 
 if TYPE_CHECKING:
-    from finetune_trainer.config import TrainerConfig
+    from finetune_api.config import TrainerConfig
     from finetune_trainer.outcome import Outcome
 
 app = typer.Typer(
@@ -69,7 +69,7 @@ def validate(
 @app.command()
 def crd() -> None:
     """Print the FineTuneJob CustomResourceDefinition generated from the models."""
-    from finetune_operator.crd import render_crd_yaml
+    from finetune_api.crd import render_crd_yaml
 
     typer.echo(render_crd_yaml(), nl=False)
 
@@ -77,7 +77,7 @@ def crd() -> None:
 @app.command()
 def docs() -> None:
     """Print the spec field reference (Markdown) that the README carries."""
-    from finetune_operator.docs import render_field_table
+    from finetune_api.docs import render_field_table
 
     typer.echo(render_field_table(), nl=False)
 
@@ -134,10 +134,10 @@ def verify(
     Remote locations (s3://) use the standard AWS credentials of this environment
     (AWS_* variables, ~/.aws files, AWS_ENDPOINT_URL, AWS_S3_ADDRESSING_STYLE).
     """
+    from finetune_api.uri import Role
     from finetune_trainer.errors import TrainerError
     from finetune_trainer.publish import verify_manifest, verify_store
     from finetune_trainer.storage.backends import LocalBackend, backend_for, open_store
-    from finetune_trainer.storage.uri import Role
 
     try:
         backend, parsed = backend_for(uri, Role.OUTPUT)
@@ -173,7 +173,7 @@ def train(
     Logs one JSON line per step; exit code and termination message: see the README."""
     from pydantic import ValidationError
 
-    from finetune_trainer.config import TrainerConfig
+    from finetune_api.config import TrainerConfig
     from finetune_trainer.errors import ConfigError
     from finetune_trainer.outcome import failed
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from finetune_operator.api import (
+from finetune_api.config import API_GROUP
+from finetune_api.resource import (
     IMMUTABLE_EXCEPT,
     KIND,
     PLURAL,
@@ -28,7 +29,6 @@ from finetune_operator.api import (
     FineTuneJobSpec,
     FineTuneJobStatus,
 )
-from finetune_trainer.config import API_GROUP
 
 _DROP = {"title", "default", "examples", "additionalProperties_false", "$defs"}
 _NAME_RULE = {

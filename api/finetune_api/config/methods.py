@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
-from finetune_trainer.config.base import CamelModel
+from finetune_api.config.base import CamelModel
 
 # --------------------------------------------------------------------------- shared fields
 

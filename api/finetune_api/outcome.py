@@ -1,0 +1,296 @@
+"""How a trainer run ends, as both sides read it: the exit code table and the termination
+message.
+
+After a trainer container stops, the operator learns why from the pod status alone: the
+container's exit code and the short text the trainer left in its termination message
+file (``/dev/termination-log``, at most 4096 bytes). Both are defined here, once: the
+trainer classifies its ending into an :class:`ExitCode` and writes a
+:class:`TerminationMessage` with :meth:`TerminationMessage.to_text`; the operator reads
+the message with :meth:`TerminationMessage.parse`, names an exit code with
+:func:`exit_reason` and builds the Job's ``podFailurePolicy`` from
+:data:`NOT_RETRYABLE_EXIT_CODES`. Nothing else writes these numbers.
+
+====  ==================  =====================================================
+code  reason              retry?
+====  ==================  =====================================================
+0     Succeeded           -
+1     Unexpected          maybe (a bug or a crash the trainer did not foresee)
+2     InvalidConfig       no: the spec must change
+3     InvalidData         no: the dataset must change
+4     ModelLoadFailed     maybe (a registry or network hiccup; or a wrong URI)
+5     StorageError        no: a refusal (no such bucket or key, access denied)
+6     OutOfMemory         no: on the same hardware it fails the same way
+7     StorageUnavailable  yes: transient storage errors outlasted the deadline
+143   Preempted           yes: SIGTERM, a checkpoint was saved; the next attempt resumes
+====  ==================  =====================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final, Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+
+class ExitCode(IntEnum):
+    """The trainer's exit codes; the member's name in CamelCase is its reason."""
+
+    SUCCEEDED = 0
+    UNEXPECTED = 1
+    INVALID_CONFIG = 2
+    INVALID_DATA = 3
+    MODEL_LOAD_FAILED = 4
+    STORAGE_ERROR = 5
+    OUT_OF_MEMORY = 6
+    STORAGE_UNAVAILABLE = 7
+    PREEMPTED = 143
+    """128 + SIGTERM, what a shell reports for a process killed by TERM."""
+
+    @property
+    def reason(self) -> str:
+        return EXIT_REASONS[int(self)]
+
+
+@dataclass(frozen=True)
+class _ExitInfo:
+    reason: str
+    retried: bool
+    """Whether the Job retries a pod that exited so (podFailurePolicy)."""
+
+
+_EXITS: Final[dict[ExitCode, _ExitInfo]] = {
+    ExitCode.SUCCEEDED: _ExitInfo("Succeeded", retried=False),
+    ExitCode.UNEXPECTED: _ExitInfo("Unexpected", retried=True),
+    ExitCode.INVALID_CONFIG: _ExitInfo("InvalidConfig", retried=False),
+    ExitCode.INVALID_DATA: _ExitInfo("InvalidData", retried=False),
+    ExitCode.MODEL_LOAD_FAILED: _ExitInfo("ModelLoadFailed", retried=True),
+    ExitCode.STORAGE_ERROR: _ExitInfo("StorageError", retried=False),
+    ExitCode.OUT_OF_MEMORY: _ExitInfo("OutOfMemory", retried=False),
+    ExitCode.STORAGE_UNAVAILABLE: _ExitInfo("StorageUnavailable", retried=True),
+    ExitCode.PREEMPTED: _ExitInfo("Preempted", retried=True),
+}
+
+EXIT_REASONS: Final[dict[int, str]] = {int(code): info.reason for code, info in _EXITS.items()}
+"""Every exit code's reason, e.g. {3: 'InvalidData'}."""
+NOT_RETRYABLE_EXIT_CODES: Final[tuple[int, ...]] = tuple(
+    int(code) for code, info in _EXITS.items() if code != ExitCode.SUCCEEDED and not info.retried
+)
+"""The codes the Job's podFailurePolicy fails at once: a retry would fail the same way."""
+
+
+def exit_reason(code: int) -> str | None:
+    """The reason of one of the trainer's exit codes; None for a code it never uses."""
+    return EXIT_REASONS.get(code)
+
+
+# --------------------------------------------------------------------------- the message
+
+MAX_TERMINATION_BYTES: Final = 4096
+"""Kubernetes truncates a termination message beyond this."""
+_TRUNCATED = " ...[truncated]"
+
+Ending = Literal["Succeeded", "Failed", "Preempted"]
+
+HEADLINE_METRICS: Final = (
+    "trainLoss",
+    "evalLoss",
+    "evalLossBefore",
+    "exactMatch",
+    "exactMatchBefore",
+    "accuracy",
+    "accuracyBefore",
+    "macroF1",
+    "tokensPerSecond",
+    "steps",
+    "trainSeconds",
+)
+"""The run metrics a success message carries, when the run has them."""
+
+
+class PublishedFile(TypedDict):
+    """One published file as the manifest lists it."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+class TerminationMessage(BaseModel):
+    """What the trainer leaves in its termination message: how the run ended and, on
+    success, what it published (so the operator fills the FineTuneJob's status from the
+    pod alone, without credentials for the output store).
+
+    A message read from a pod may also be the kubelet's stand-in: with
+    ``terminationMessagePolicy: FallbackToLogsOnError`` the log's tail is put there when
+    the trainer wrote nothing (killed, crashed early). :meth:`parse` returns such text as
+    a bare ``message`` with ``outcome`` None (:attr:`structured` is False).
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
+        extra="ignore",
+    )
+
+    outcome: Ending | None = None
+    """Succeeded, Failed or Preempted; None for text the trainer did not write."""
+    reason: str | None = None
+    message: str = ""
+    exit_code: int | None = None
+    last_step: int | None = None
+    artifact_uri: str | None = None
+    files: tuple[PublishedFile, ...] | None = None
+    """Published files on success; None elsewhere."""
+    files_omitted: bool = False
+    """The file list did not fit in the message (``manifest.json`` still has it)."""
+    metrics: dict[str, float] | None = None
+    """Headline metrics (:data:`HEADLINE_METRICS`) on success; None elsewhere."""
+
+    @property
+    def structured(self) -> bool:
+        """Whether the trainer wrote it (not a log tail)."""
+        return self.outcome is not None
+
+    # ------------------------------------------------------------------ writing
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object the trainer writes (files and metrics only when present)."""
+        data: dict[str, Any] = {
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "message": self.message,
+            "exitCode": self.exit_code,
+            "lastStep": self.last_step,
+            "artifactUri": self.artifact_uri,
+        }
+        if self.files is not None:
+            data["files"] = [dict(f) for f in self.files]
+        if self.files_omitted:
+            data["filesOmitted"] = True
+        if self.metrics is not None:
+            data["metrics"] = dict(self.metrics)
+        return data
+
+    def to_text(self, limit: int = MAX_TERMINATION_BYTES) -> str:
+        """The message as compact JSON within ``limit`` bytes.
+
+        What does not fit goes in this order: the file list (``filesOmitted`` is set: the
+        operator then says so rather than show an empty list as the truth), the metrics,
+        then the message's tail. The first two are all or nothing, since a partial list
+        would look complete.
+
+        ASCII JSON, so characters are bytes; a non-ASCII character takes up to 6 of them
+        (``\\u00e9``), hence a search for the longest prefix that fits, not arithmetic.
+        """
+        data = self.as_dict()
+        text = _json(data)
+        if len(text) <= limit:
+            return text
+        if "files" in data:
+            del data["files"]
+            data["filesOmitted"] = True
+            text = _json(data)
+            if len(text) <= limit:
+                return text
+        if "metrics" in data:
+            del data["metrics"]
+            text = _json(data)
+            if len(text) <= limit:
+                return text
+        message: str = data["message"]
+        fits, too_long = 0, len(message)  # prefix lengths: fits fits, too_long does not
+        while too_long - fits > 1:
+            middle = (fits + too_long) // 2
+            if len(_json({**data, "message": message[:middle] + _TRUNCATED})) <= limit:
+                fits = middle
+            else:
+                too_long = middle
+        data["message"] = message[:fits] + _TRUNCATED if fits else ""
+        text = _json(data)
+        if len(text) > limit:  # only a giant artifact URI could get here
+            text = _json({**data, "message": "", "artifactUri": None})
+        return text
+
+    # ------------------------------------------------------------------ reading
+
+    @classmethod
+    def parse(cls, text: str | None) -> TerminationMessage | None:
+        """The trainer's message; any other text (a log tail, garbage) as a bare
+        message; None when there is no text. Never raises: a pod's message is input."""
+        if not text or not text.strip():
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("outcome"), str):
+            return cls(message=text.strip())
+        try:
+            return cls.model_validate(_tolerant(data))
+        except ValidationError:
+            return cls(message=str(data.get("message") or text.strip()))
+
+
+def _tolerant(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a structured message that have the right shape; a field of the
+    wrong type is dropped rather than discarding what the rest says."""
+    out: dict[str, Any] = {"outcome": data["outcome"]}
+    if data["outcome"] not in ("Succeeded", "Failed", "Preempted"):
+        out["outcome"] = "Failed"
+    out["message"] = str(data.get("message") or "")
+    for key in ("reason", "artifactUri"):
+        if isinstance(data.get(key), str):
+            out[key] = data[key]
+    for key in ("exitCode", "lastStep"):
+        value = data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[key] = value
+    files = data.get("files")
+    if isinstance(files, list):
+        out["files"] = [
+            {"path": f["path"], "size": f["size"], "sha256": f["sha256"]}
+            for f in files
+            if _is_file_entry(f)
+        ]
+    out["filesOmitted"] = data.get("filesOmitted") is True
+    metrics = data.get("metrics")
+    if isinstance(metrics, dict):
+        out["metrics"] = headline_metrics(metrics, only_headline=False)
+    return out
+
+
+def _is_file_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and isinstance(entry.get("size"), int)
+        and not isinstance(entry.get("size"), bool)
+        and entry["size"] >= 0
+        and isinstance(entry.get("sha256"), str)
+    )
+
+
+def headline_metrics(metrics: Mapping[str, Any], *, only_headline: bool = True) -> dict[str, float]:
+    """The finite numbers of ``metrics`` (JSON has no NaN, and lists do not fit), of
+    :data:`HEADLINE_METRICS` unless ``only_headline`` is False."""
+    names: Iterable[str] = HEADLINE_METRICS if only_headline else list(metrics)
+    return {
+        name: metrics[name]
+        for name in names
+        if isinstance(metrics.get(name), int | float)
+        and not isinstance(metrics[name], bool)
+        and math.isfinite(metrics[name])
+    }
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
