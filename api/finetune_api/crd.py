@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from finetune_api import rules
 from finetune_api.config import API_GROUP
 from finetune_api.resource import (
     IMMUTABLE_EXCEPT,
@@ -164,7 +165,10 @@ def build_crd() -> dict[str, Any]:
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },
-                            "x-kubernetes-validations": [_NAME_RULE],
+                            "x-kubernetes-validations": [
+                                _NAME_RULE,
+                                *rules.cel_rules(on_object=True),
+                            ],
                         }
                     },
                 }

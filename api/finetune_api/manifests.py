@@ -13,14 +13,16 @@ from __future__ import annotations
 import difflib
 import re
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from finetune_api import rules
 from finetune_api.resource import API_VERSION, KIND, FineTuneJob
+from finetune_api.rules import Scope
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -97,20 +99,36 @@ def read_file(path: str) -> str:
         raise ManifestError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def check_documents(text: str, source: str) -> list[Document]:
-    """Validate each document of a YAML text as a FineTuneJob."""
+def check_documents(text: str, source: str, scope: Scope = "job") -> list[Document]:
+    """Validate each document of a YAML text as a FineTuneJob (see :func:`validate_body`)."""
     documents = [
         Document(source, i, body) for i, body in enumerate(load_yaml_documents(text, source))
     ]
     if not documents:
         raise ManifestError(f"{source}: no YAML documents found")
     for doc in documents:
-        doc.job, doc.problems = validate_body(doc.body)
+        doc.job, doc.problems = validate_body(doc.body, scope)
     return documents
 
 
-def validate_body(body: Any) -> tuple[FineTuneJob | None, list[Problem]]:
-    """Validate one parsed document; return the job or the problems, never raise."""
+def validate_body(body: Any, scope: Scope = "job") -> tuple[FineTuneJob | None, list[Problem]]:
+    """Validate one parsed document; return the job or the problems, never raise.
+
+    ``scope`` cluster also applies the rules of a spec that runs in a cluster
+    (:mod:`finetune_api.rules`): what the operator's admission refuses before it creates
+    anything, and what ``finetune validate --cluster`` reports.
+    """
+    job, problems = _validate_model(body)
+    if job is None or scope == "job":
+        return job, problems
+    cluster = [
+        Problem(_rule_path(v.field, "spec"), v.message)
+        for v in rules.violations(job.spec.facts(job.metadata.name), "cluster")
+    ]
+    return (None, cluster) if cluster else (job, [])
+
+
+def _validate_model(body: Any) -> tuple[FineTuneJob | None, list[Problem]]:
     if not isinstance(body, dict):
         return None, [
             Problem("", f"expected a mapping (a Kubernetes object), got {_kind_of(body)}")
@@ -145,8 +163,21 @@ def explain(exc: ValidationError, root: type[BaseModel]) -> list[Problem]:
     for err in exc.errors(include_url=False):
         loc = [part for part in err["loc"] if not _is_union_branch(part)]
         path = _dotted(loc)
+        if err["type"] == rules.RULE_ERROR:
+            # A cross-field rule: each violation at its own field, under the model's path.
+            ctx = err.get("ctx") or {}
+            for field, message in zip(ctx["fields"], ctx["messages"], strict=True):
+                problems.append(Problem(_rule_path(field, path), message))
+            continue
         problems.append(Problem(path, _advice(err, loc, root)))
     return _dedupe(problems)
+
+
+def _rule_path(field: str, model_path: str) -> str:
+    """A rule's field under the model it was checked on; metadata is the object's own."""
+    if field.startswith("metadata.") or not model_path:
+        return field
+    return f"{model_path}.{field}"
 
 
 def _is_union_branch(part: Any) -> bool:
@@ -228,7 +259,3 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
             out.append(problem)
     return out
 
-
-def iter_jobs(paths: Sequence[str]) -> Iterator[Document]:
-    for path in paths:
-        yield from check_documents(read_file(path), path)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
+from finetune_api import rules
 from finetune_api.config import (
     API_GROUP,
     CamelModel,
@@ -194,8 +195,16 @@ IMMUTABLE_EXCEPT = frozenset({"suspend"})
 """Spec fields that may change after creation; the CRD refuses changes to the others."""
 
 
+_SECTION_CEL: list[JsonValue] = JobSections.model_json_schema().get("x-kubernetes-validations", [])
+
+
 class FineTuneJobSpec(JobSections):
     """What to fine-tune, on what, how, and where the result goes."""
+
+    # The CEL twins of the cross-field rules (finetune_api.rules) after the sections' own.
+    model_config = JobSections.model_config | ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [*_SECTION_CEL, *rules.cel_rules()]}
+    )
 
     output: OutputSpec = Field(default_factory=OutputSpec)
     resources: Resources = Field(default_factory=Resources)
@@ -213,6 +222,24 @@ class FineTuneJobSpec(JobSections):
         description="A Kueue LocalQueue: the Job is created suspended with the "
         "kueue.x-k8s.io/queue-name label, and Kueue decides when it runs.",
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        """The cross-field rules of every target (finetune_api.rules)."""
+        rules.enforce(self.facts())
+        return self
+
+    def facts(self, name: str | None = None) -> rules.Facts:
+        """What the rules read of this spec; ``name`` is the object's metadata.name."""
+        r = self.resources
+        return rules.spec_facts(
+            self,
+            strategy=r.strategy,
+            nodes=r.nodes,
+            gpus=r.gpus,
+            name=name,
+            output_uri=self.output.uri,
+        )
 
 
 # --------------------------------------------------------------------------- status

@@ -49,12 +49,22 @@ def _report(doc: Document) -> None:
 @app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(help="YAML files; multi-document files are fine.")],
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Also apply what a cluster needs (an output URI, a GPU for fp16, pod names "
+            "that fit): exactly what the operator refuses before creating anything.",
+        ),
+    ] = False,
 ) -> None:
     """Check FineTuneJob manifests; exit 0 only when every document is valid."""
     failed = False
     for path in files:
         try:
-            documents = check_documents(read_file(str(path)), str(path))
+            documents = check_documents(
+                read_file(str(path)), str(path), "cluster" if cluster else "job"
+            )
         except ManifestError as exc:
             _err(str(exc))
             failed = True
@@ -171,16 +181,14 @@ def train(
     """Run the trainer from a TrainerConfig file (the training pod's entrypoint).
 
     Logs one JSON line per step; exit code and termination message: see the README."""
-    from pydantic import ValidationError
-
-    from finetune_api.config import TrainerConfig
     from finetune_trainer.errors import ConfigError
     from finetune_trainer.outcome import failed
+    from finetune_trainer.config_file import load_trainer_config
 
     try:
-        trainer_config = TrainerConfig.from_json(config.read_bytes())
-    except (OSError, ValidationError) as exc:
-        outcome = failed(ConfigError(f"{config}: not a valid TrainerConfig: {exc}"))
+        trainer_config = load_trainer_config(config)
+    except ConfigError as exc:
+        outcome = failed(exc)
         _err(f"error: {outcome.message}")
         _finish(outcome, termination_log, pod=True)
     _run_trainer(trainer_config, pod=True, termination_log=termination_log)

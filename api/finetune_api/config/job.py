@@ -23,6 +23,8 @@ from finetune_api.config.base import (
 from finetune_api.config.data import DatasetSpec
 from finetune_api.config.methods import PROMPT_LEARNING_METHODS, MethodSpec
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
+from finetune_api.rules import Facts, enforce
+from finetune_api.tasks import TaskName
 
 # --------------------------------------------------------------------------- model
 
@@ -99,7 +101,7 @@ class DistributedSpec(CamelModel):
         return self.nodes * self.processes_per_node
 
 
-Task = Literal["causal-lm", "sequence-classification"]
+Task = TaskName
 
 _IS_CLASSIFICATION_TASK = "(has(self.task) && self.task == 'sequence-classification')"
 _TASK_CEL_RULES: list[JsonValue] = [
@@ -202,6 +204,13 @@ class TrainerConfig(JobSections):
     job_name: str = Field(max_length=63, pattern=_JOB_NAME.pattern)
     output: OutputTarget
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        """The cross-field rules (finetune_api.rules) the FineTuneJob spec obeyed too:
+        a TrainerConfig written by hand, or by an older operator, is held to them."""
+        enforce(Facts(self, self.distributed.strategy, "distributed.strategy"))
+        return self
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True)

@@ -7,9 +7,16 @@ from typing import Literal
 from pydantic import Field
 
 from finetune_api.config.base import CamelModel, ModelUri
+from finetune_api.tasks import LOWER_IS_BETTER, EvalMetric
 
-EvalMetric = Literal["evalLoss", "perplexity", "tokenAccuracy", "accuracy", "macroF1"]
-LOWER_IS_BETTER: frozenset[str] = frozenset({"evalLoss", "perplexity"})
+__all__ = [
+    "LOWER_IS_BETTER",
+    "DistillationSpec",
+    "EarlyStoppingSpec",
+    "EvalMetric",
+    "EvaluationSpec",
+    "TrainingSpec",
+]
 
 
 class EarlyStoppingSpec(CamelModel):
@@ -111,10 +118,12 @@ class TrainingSpec(CamelModel):
         "more compute.",
     )
     early_stopping: EarlyStoppingSpec | None = Field(
-        default=None, description="Needs evaluation.everySteps."
+        default=None,
+        description="Needs evaluation.everySteps, and a metric the task measures.",
     )
     distillation: DistillationSpec | None = Field(
-        default=None, description="Also learn from a teacher model's token distributions."
+        default=None,
+        description="Also learn from a teacher model's token distributions (task causal-lm).",
     )
     loss_on: Literal["completion", "all"] = Field(
         default="completion",

@@ -1,0 +1,341 @@
+"""The cross-field rules of a FineTuneJob: one table, read by every place that judges a spec.
+
+A rule that depends only on the spec is checked before anything runs, by everyone, the
+same way: ``finetune validate`` and ``finetune run`` (through the FineTuneJob model), the
+operator's admission (before any child object exists) and the trainer (through the
+TrainerConfig model it parses at start), with the same field path and message. Where CEL
+can say it, the rule has a CEL twin in the CRD, so a real API server refuses the object at
+``kubectl apply``; ``tests/unit/test_rule_parity.py`` runs every rule through all of
+them, each side of it.
+
+Rules on a single section (a LoRA option, a dataset's two sources) stay validators of
+that section's model, where pydantic reports them at their own field. The ones here span
+sections. Each is a :class:`Rule`: where it points, the check (on :class:`Facts`, which
+a FineTuneJob spec and a TrainerConfig both give), its CEL twin over the spec, and the
+scope it applies to:
+
+- ``job``: every target. The FineTuneJob model refuses it, and so does the TrainerConfig
+  when the facts are in it.
+- ``cluster``: only a spec that runs in a cluster (the operator, ``finetune validate
+  --cluster``, and the CRD's CEL): what Kubernetes objects need (a name short enough for
+  every pod) or what ``finetune run`` supplies itself on a laptop (the output URI, a GPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+from pydantic_core import PydanticCustomError
+
+from finetune_api.tasks import TASKS
+
+if TYPE_CHECKING:
+    from finetune_api.config.job import JobSections
+
+Scope = Literal["job", "cluster"]
+
+RULE_ERROR: Final = "spec_rule"
+"""The pydantic error type of a broken rule; its context carries each field path."""
+
+MAX_NAME_LENGTH: Final = 63
+"""Pod names are DNS labels."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the rules read, from a FineTuneJob spec or a TrainerConfig.
+
+    A TrainerConfig knows the processes but not the pods: ``gpus`` and ``name`` are None
+    there and the cluster rules, which need them, do not apply to it.
+    """
+
+    sections: JobSections
+    strategy: str
+    """resources.strategy (spec) or distributed.strategy (TrainerConfig)."""
+    strategy_field: str
+    nodes: int = 1
+    gpus: int | None = None
+    name: str | None = None
+    output_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    """Path under the spec (under the TrainerConfig for its own fields)."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+Check = Callable[[Facts], Violation | None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    scope: Scope
+    check: Check
+    cel: str | None
+    """The CEL twin (None: CEL cannot say it), over ``self`` = the spec, or the whole
+    object when ``cel_on_object`` (a rule that needs metadata.name)."""
+    cel_message: str
+    cel_on_object: bool = False
+
+
+# --------------------------------------------------------------------------- helpers
+
+_TASK = "(has(self.task) ? self.task : 'causal-lm')"
+
+
+def _cel_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in sorted(values)) + "]"
+
+
+def _tasks_with(feature: Callable[[str], bool]) -> list[str]:
+    return [name for name in TASKS if feature(name)]
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def _early_stopping_needs_periodic_evaluation(facts: Facts) -> Violation | None:
+    s = facts.sections
+    if s.training.early_stopping is not None and s.evaluation.every_steps is None:
+        return Violation(
+            "training.earlyStopping",
+            "needs periodic evaluation: set evaluation.everySteps (e.g. 50), or remove "
+            "earlyStopping",
+        )
+    return None
+
+
+def _early_stopping_metric_is_measured(facts: Facts) -> Violation | None:
+    s = facts.sections
+    stopping = s.training.early_stopping
+    task = TASKS[s.task]
+    if stopping is not None and stopping.metric not in task.metrics:
+        return Violation(
+            "training.earlyStopping.metric",
+            f"{stopping.metric} is not measured for task {task.name}; use one of "
+            f"{', '.join(task.metrics)}",
+        )
+    return None
+
+
+def _early_stopping_metric_cel() -> str:
+    metric = (
+        "(has(self.training.earlyStopping.metric) ? self.training.earlyStopping.metric "
+        ": 'evalLoss')"
+    )
+    per_task = " || ".join(
+        f"({_TASK} == '{name}' && {metric} in {_cel_list(info.metrics)})"
+        for name, info in TASKS.items()
+    )
+    return f"!has(self.training) || !has(self.training.earlyStopping) || {per_task}"
+
+
+def _distillation_fits_the_task(facts: Facts) -> Violation | None:
+    s = facts.sections
+    if s.training.distillation is not None and not TASKS[s.task].distillation:
+        allowed = ", ".join(_tasks_with(lambda t: TASKS[t].distillation))
+        return Violation(
+            "training.distillation",
+            f"learns a teacher's token distributions, which task {s.task} does not "
+            f"predict; remove it (it is for task {allowed})",
+        )
+    return None
+
+
+def _fsdp_cannot_shard_4bit_weights(facts: Facts) -> Violation | None:
+    if facts.strategy == "fsdp" and facts.sections.method.type == "qlora":
+        return Violation(
+            facts.strategy_field,
+            "fsdp cannot shard qlora's 4-bit weights; use strategy ddp (each GPU holds the "
+            "quantized model, which is what qlora is for) or method.type lora",
+        )
+    return None
+
+
+def _adalora_leaves_steps_to_reallocate(facts: Facts) -> Violation | None:
+    s = facts.sections
+    steps = s.training.max_steps
+    if s.method.type != "adalora" or steps is None:
+        return None
+    options = s.method.adalora
+    tinit, tfinal = (0, 0) if options is None else (options.tinit, options.tfinal)
+    if tinit + tfinal >= steps:
+        return Violation(
+            "method.adalora",
+            f"tinit ({tinit}) + tfinal ({tfinal}) leave no step of training.maxSteps "
+            f"({steps}) for reallocating ranks; lower tinit or tfinal, or raise maxSteps",
+        )
+    return None
+
+
+def _cluster_needs_an_output(facts: Facts) -> Violation | None:
+    if facts.output_uri is None:
+        return Violation(
+            "output.uri",
+            "is required in a cluster (a pod's filesystem goes with it): set it, e.g. "
+            f"s3://my-bucket/adapters/{facts.name or '<name>'} or pvc://claim/path",
+        )
+    return None
+
+
+def _pod_names_fit(facts: Facts) -> Violation | None:
+    if facts.name is None or facts.nodes <= 1:
+        return None
+    longest = len(f"{facts.name}-{facts.nodes - 1}")
+    if longest > MAX_NAME_LENGTH:
+        return Violation(
+            "metadata.name",
+            f"a {facts.nodes}-node job's pods are named <name>-<index> (at most "
+            f"{MAX_NAME_LENGTH} characters); shorten the name by "
+            f"{longest - MAX_NAME_LENGTH} characters",
+        )
+    return None
+
+
+def _fp16_needs_a_gpu(facts: Facts) -> Violation | None:
+    if facts.gpus == 0 and facts.sections.training.precision == "fp16":
+        return Violation(
+            "training.precision",
+            "fp16 needs a CUDA GPU but resources.gpus is 0 (the pod trains on CPU); set "
+            "resources.gpus, or precision auto, bf16 or fp32",
+        )
+    return None
+
+
+RULES: Final[tuple[Rule, ...]] = (
+    Rule(
+        "early-stopping-needs-periodic-evaluation",
+        "job",
+        _early_stopping_needs_periodic_evaluation,
+        "!has(self.training) || !has(self.training.earlyStopping) || "
+        "(has(self.evaluation) && has(self.evaluation.everySteps))",
+        "training.earlyStopping needs periodic evaluation: set evaluation.everySteps",
+    ),
+    Rule(
+        "early-stopping-metric-is-measured",
+        "job",
+        _early_stopping_metric_is_measured,
+        _early_stopping_metric_cel(),
+        "training.earlyStopping.metric is not measured for this task ("
+        + "; ".join(f"{n}: {', '.join(i.metrics)}" for n, i in TASKS.items())
+        + ")",
+    ),
+    Rule(
+        "distillation-fits-the-task",
+        "job",
+        _distillation_fits_the_task,
+        "!has(self.training) || !has(self.training.distillation) || "
+        f"{_TASK} in {_cel_list(_tasks_with(lambda t: TASKS[t].distillation))}",
+        "training.distillation is for task "
+        + ", ".join(_tasks_with(lambda t: TASKS[t].distillation)),
+    ),
+    Rule(
+        "fsdp-cannot-shard-4bit-weights",
+        "job",
+        _fsdp_cannot_shard_4bit_weights,
+        "!has(self.resources) || !has(self.resources.strategy) || "
+        "self.resources.strategy != 'fsdp' || !has(self.method) || !has(self.method.type) "
+        "|| self.method.type != 'qlora'",
+        "resources.strategy fsdp cannot shard qlora's 4-bit weights; use strategy ddp",
+    ),
+    Rule(
+        "adalora-leaves-steps-to-reallocate",
+        "job",
+        _adalora_leaves_steps_to_reallocate,
+        "!has(self.method) || !has(self.method.type) || self.method.type != 'adalora' || "
+        "!has(self.training) || !has(self.training.maxSteps) || "
+        "(has(self.method.adalora) && has(self.method.adalora.tinit) ? "
+        "self.method.adalora.tinit : 0) + (has(self.method.adalora) && "
+        "has(self.method.adalora.tfinal) ? self.method.adalora.tfinal : 0) < "
+        "self.training.maxSteps",
+        "method.adalora: tinit + tfinal must leave steps of training.maxSteps for "
+        "reallocating ranks",
+    ),
+    Rule(
+        "cluster-needs-an-output",
+        "cluster",
+        _cluster_needs_an_output,
+        "has(self.output) && has(self.output.uri)",
+        "output.uri is required in a cluster: set it, e.g. s3://my-bucket/adapters/<name>",
+    ),
+    Rule(
+        "pod-names-fit",
+        "cluster",
+        _pod_names_fit,
+        "!has(self.spec.resources) || !has(self.spec.resources.nodes) || "
+        "self.spec.resources.nodes <= 1 || "
+        f"size(self.metadata.name) + 1 + size(string(self.spec.resources.nodes - 1)) <= "
+        f"{MAX_NAME_LENGTH}",
+        "a multi-node job's pods are named <metadata.name>-<index>, at most "
+        f"{MAX_NAME_LENGTH} characters: shorten metadata.name",
+        cel_on_object=True,
+    ),
+    Rule(
+        "fp16-needs-a-gpu",
+        "cluster",
+        _fp16_needs_a_gpu,
+        "!has(self.training) || !has(self.training.precision) || "
+        "self.training.precision != 'fp16' || (has(self.resources) && "
+        "has(self.resources.gpus) && self.resources.gpus > 0)",
+        "training.precision fp16 needs a GPU: set resources.gpus, or precision auto",
+    ),
+)
+
+
+def violations(facts: Facts, scope: Scope = "job") -> list[Violation]:
+    """Every rule ``facts`` break; ``scope`` cluster checks the cluster rules too."""
+    wanted = {"job"} if scope == "job" else {"job", "cluster"}
+    found = (rule.check(facts) for rule in RULES if rule.scope in wanted)
+    return [v for v in found if v is not None]
+
+
+def enforce(facts: Facts) -> None:
+    """Raise the job rules ``facts`` break as one pydantic error, for a model validator.
+
+    Its context keeps each violation's field path, so :func:`finetune_api.manifests.explain`
+    reports every one at its own field (``spec.training.earlyStopping: ...``) rather than
+    at the model the validator belongs to.
+    """
+    broken = violations(facts)
+    if broken:
+        raise PydanticCustomError(
+            RULE_ERROR,
+            "{summary}",
+            {
+                "summary": "; ".join(str(v) for v in broken),
+                "fields": [v.field for v in broken],
+                "messages": [v.message for v in broken],
+            },
+        )
+
+
+def cel_rules(*, on_object: bool = False) -> list[dict[str, str]]:
+    """The CEL twins, as ``x-kubernetes-validations`` entries: those over the spec, or
+    (``on_object``) those over the whole object. A CRD only ever serves a cluster, so
+    the cluster rules have their twins there too."""
+    return [
+        {"rule": rule.cel, "message": rule.cel_message}
+        for rule in RULES
+        if rule.cel is not None and rule.cel_on_object == on_object
+    ]
+
+
+def spec_facts(
+    sections: JobSections,
+    *,
+    strategy: str,
+    nodes: int,
+    gpus: int,
+    name: str | None,
+    output_uri: str | None,
+) -> Facts:
+    """The facts of a FineTuneJob spec (``name`` from its metadata, when known)."""
+    return Facts(sections, strategy, "resources.strategy", nodes, gpus, name, output_uri)
