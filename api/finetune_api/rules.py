@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
+from pydantic import JsonValue
 from pydantic_core import PydanticCustomError
 
 from finetune_api.tasks import TASKS
@@ -317,15 +318,16 @@ def enforce(facts: Facts) -> None:
         )
 
 
-def cel_rules(*, on_object: bool = False) -> list[dict[str, str]]:
+def cel_rules(*, on_object: bool = False) -> list[JsonValue]:
     """The CEL twins, as ``x-kubernetes-validations`` entries: those over the spec, or
     (``on_object``) those over the whole object. A CRD only ever serves a cluster, so
     the cluster rules have their twins there too."""
-    return [
+    entries: list[JsonValue] = [
         {"rule": rule.cel, "message": rule.cel_message}
         for rule in RULES
         if rule.cel is not None and rule.cel_on_object == on_object
     ]
+    return entries
 
 
 def spec_facts(

@@ -1,23 +1,8 @@
 """How a run ended, in the two forms Kubernetes keeps: an exit code and a termination message.
 
-After a trainer container stops, the operator learns why from the pod status alone: the
-container's exit code and the short text it left in its termination message file
-(``/dev/termination-log``, at most 4096 bytes). So every ending is classified here, by
-pure functions, into a code from a documented table and a small JSON summary:
-
-====  ==================  =====================================================
-code  reason              retry?
-====  ==================  =====================================================
-0     Succeeded           -
-1     Unexpected          maybe (a bug or a crash the trainer did not foresee)
-2     InvalidConfig       no: the spec must change
-3     InvalidData         no: the dataset must change
-4     ModelLoadFailed     maybe (a registry or network hiccup; or a wrong URI)
-5     StorageError        no: a refusal (no such bucket or key, access denied)
-6     OutOfMemory         no: on the same hardware it fails the same way
-7     StorageUnavailable  yes: transient storage errors outlasted the deadline
-143   Preempted           yes: SIGTERM, a checkpoint was saved; the next attempt resumes
-====  ==================  =====================================================
+The codes, their reasons and the termination message's shape are the contract's
+(:mod:`finetune_api.outcome`), which the operator reads with the same model; this module
+classifies an ending into them and writes the message where the kubelet looks.
 
 A :class:`~finetune_trainer.errors.TrainerError` is classified by its own ``exit_code`` and
 ``reason`` attributes, so a new failure class needs no change here. Out-of-memory is
@@ -30,15 +15,11 @@ exception's own message only (never the environment or the config), with URL pas
 
 A success also carries what was published: the manifest's ``files`` (path, size, sha256)
 and the headline ``metrics``, so the operator fills the FineTuneJob's status from the pod
-alone, without credentials for the output store. Within the 4096 bytes the file list
-goes first (``"filesOmitted": true`` says so; ``manifest.json`` still has it), then the
-metrics, then the tail of the message.
+alone, without credentials for the output store.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import sys
@@ -47,18 +28,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_api.outcome import (
+    MAX_TERMINATION_BYTES,
+    Ending,
+    ExitCode,
+    PublishedFile,
+    TerminationMessage,
+    headline_metrics,
+)
 from finetune_trainer.errors import OutOfMemory, TrainerError
 
-SUCCEEDED, FAILED, PREEMPTED = "Succeeded", "Failed", "Preempted"
-EXIT_SUCCESS = 0
-EXIT_UNEXPECTED = 1
-EXIT_OUT_OF_MEMORY = OutOfMemory.exit_code
-EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a process killed by TERM
+__all__ = ["MAX_TERMINATION_BYTES", "Outcome", "failed", "headline_metrics", "succeeded"]
+
+SUCCEEDED: Ending = "Succeeded"
+FAILED: Ending = "Failed"
+PREEMPTED: Ending = "Preempted"
 
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
-MAX_TERMINATION_BYTES = 4096  # Kubernetes truncates a termination message beyond this
-_TRUNCATED = " ...[truncated]"
 
 OOM_HINT = (
     "reduce training.batchSize or training.maxSeqLength (raise gradientAccumulation to keep "
@@ -72,46 +59,31 @@ class Outcome:
     """How a run ended: what the CLI exits with and writes to the termination log."""
 
     exit_code: int
-    outcome: str
+    outcome: Ending
     reason: str
     message: str
     last_step: int = 0
     artifact_uri: str | None = None
-    files: tuple[Mapping[str, Any], ...] | None = None
+    files: tuple[PublishedFile, ...] | None = None
     """Published files (path, size, sha256) on success; None elsewhere."""
     metrics: Mapping[str, float] | None = None
-    """Headline metrics (:data:`HEADLINE_METRICS`) on success; None elsewhere."""
+    """Headline metrics (finetune_api.outcome.HEADLINE_METRICS) on success; None elsewhere."""
+
+    def as_message(self) -> TerminationMessage:
+        """The contract's termination message for this ending."""
+        return TerminationMessage(
+            outcome=self.outcome,
+            reason=self.reason,
+            message=self.message,
+            exit_code=self.exit_code,
+            last_step=self.last_step,
+            artifact_uri=self.artifact_uri,
+            files=self.files,
+            metrics=None if self.metrics is None else dict(self.metrics),
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "message": self.message,
-            "exitCode": self.exit_code,
-            "lastStep": self.last_step,
-            "artifactUri": self.artifact_uri,
-        }
-        if self.files is not None:
-            data["files"] = [dict(entry) for entry in self.files]
-        if self.metrics is not None:
-            data["metrics"] = dict(self.metrics)
-        return data
-
-
-HEADLINE_METRICS = (
-    "trainLoss",
-    "evalLoss",
-    "evalLossBefore",
-    "exactMatch",
-    "exactMatchBefore",
-    "accuracy",
-    "accuracyBefore",
-    "macroF1",
-    "tokensPerSecond",
-    "steps",
-    "trainSeconds",
-)
-"""The run metrics a success message carries, when the run has them."""
+        return self.as_message().as_dict()
 
 
 def succeeded(
@@ -125,7 +97,7 @@ def succeeded(
     """A published run. ``files`` are the manifest's entries; ``metrics`` the run's
     metrics, of which the finite numbers named in :data:`HEADLINE_METRICS` are kept."""
     return Outcome(
-        EXIT_SUCCESS,
+        ExitCode.SUCCEEDED,
         SUCCEEDED,
         SUCCEEDED,
         summary,
@@ -136,19 +108,8 @@ def succeeded(
     )
 
 
-def _file_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+def _file_entry(entry: Mapping[str, Any]) -> PublishedFile:
     return {"path": entry["path"], "size": entry["size"], "sha256": entry["sha256"]}
-
-
-def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The headline numbers of ``metrics``: JSON has no NaN, and lists do not fit."""
-    return {
-        name: metrics[name]
-        for name in HEADLINE_METRICS
-        if isinstance(metrics.get(name), int | float)
-        and not isinstance(metrics[name], bool)
-        and math.isfinite(metrics[name])
-    }
 
 
 def failed(exc: BaseException, last_step: int = 0) -> Outcome:
@@ -157,14 +118,18 @@ def failed(exc: BaseException, last_step: int = 0) -> Outcome:
     oom = next((e for e in chain if is_out_of_memory(e)), None)
     if oom is not None:
         message = f"out of memory: {_first_line(oom) or type(oom).__name__}; {OOM_HINT}"
-        return Outcome(EXIT_OUT_OF_MEMORY, FAILED, OutOfMemory.reason, redact(message), last_step)
+        return Outcome(
+            ExitCode.OUT_OF_MEMORY, FAILED, OutOfMemory.reason, redact(message), last_step
+        )
     known = next((e for e in chain if isinstance(e, TrainerError)), None)
     if known is not None:
         code = known.exit_code
-        kind = PREEMPTED if code == EXIT_PREEMPTED else FAILED
+        kind = PREEMPTED if code == ExitCode.PREEMPTED else FAILED
         return Outcome(code, kind, known.reason, redact(str(known)), last_step)
     message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return Outcome(EXIT_UNEXPECTED, FAILED, "Unexpected", redact(message), last_step)
+    return Outcome(
+        ExitCode.UNEXPECTED, FAILED, ExitCode.UNEXPECTED.reason, redact(message), last_step
+    )
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:
@@ -233,48 +198,9 @@ def redact(text: str, environ: dict[str, str] | None = None) -> str:
 
 
 def termination_message(outcome: Outcome, limit: int = MAX_TERMINATION_BYTES) -> str:
-    """The outcome as compact JSON within ``limit`` bytes.
-
-    What does not fit goes in this order: the file list (``filesOmitted`` is set: the
-    operator then says so rather than show an empty list as the truth), the metrics,
-    then the message's tail. The first two are all or nothing, since a partial list
-    would look complete.
-
-    ASCII JSON, so characters are bytes; a non-ASCII character takes up to 6 of them
-    (``\\u00e9``), hence a search for the longest prefix that fits, not arithmetic.
-    """
-    data = outcome.as_dict()
-    text = _json(data)
-    if len(text) <= limit:
-        return text
-    if "files" in data:
-        del data["files"]
-        data["filesOmitted"] = True
-        text = _json(data)
-        if len(text) <= limit:
-            return text
-    if "metrics" in data:
-        del data["metrics"]
-        text = _json(data)
-        if len(text) <= limit:
-            return text
-    message: str = data["message"]
-    fits, too_long = 0, len(message)  # prefix lengths: fits fits, too_long does not
-    while too_long - fits > 1:
-        middle = (fits + too_long) // 2
-        if len(_json({**data, "message": message[:middle] + _TRUNCATED})) <= limit:
-            fits = middle
-        else:
-            too_long = middle
-    data["message"] = message[:fits] + _TRUNCATED if fits else ""
-    text = _json(data)
-    if len(text) > limit:  # only a giant artifact URI could get here
-        text = _json({**data, "message": "", "artifactUri": None})
-    return text
-
-
-def _json(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    """The outcome as the contract's JSON within ``limit`` bytes (what does not fit goes
+    first: see :meth:`finetune_api.outcome.TerminationMessage.to_text`)."""
+    return outcome.as_message().to_text(limit)
 
 
 def termination_log_path(option: Path | None) -> tuple[Path, bool]:
