@@ -150,3 +150,58 @@ def render_field_table(rows: list[FieldRow] | None = None) -> str:
         cells = (f"`{row.path}`", row.type, row.default, row.allowed, row.description)
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- rules, exit codes
+
+RULES_START, RULES_END = "<!-- rules:start -->", "<!-- rules:end -->"
+EXIT_CODES_START, EXIT_CODES_END = "<!-- exit-codes:start -->", "<!-- exit-codes:end -->"
+
+
+def render_rules_table() -> str:
+    """The cross-field rules (finetune_api.rules) as the README lists them."""
+    from finetune_api.rules import RULES
+
+    where = {
+        "job": "everywhere: `finetune validate`/`run`, the operator, the trainer",
+        "cluster": "in a cluster: `finetune validate --cluster`, the operator",
+    }
+    lines = ["| Field | Rule | Checked | CEL twin |", "|---|---|---|---|"]
+    for rule in RULES:
+        path = rule.field if rule.field.startswith("metadata.") else f"spec.{rule.field}"
+        twin = "no" if rule.cel is None else ("yes (object)" if rule.cel_on_object else "yes")
+        cells = (f"`{path}`", rule.summary, where[rule.scope], twin)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_exit_code_table() -> str:
+    """The trainer's exit codes (finetune_api.outcome) as the README lists them."""
+    from finetune_api.outcome import EXITS
+
+    lines = [
+        "| code | reason | meaning | retrying helps? | the Job retries it |",
+        "|---|---|---|---|---|",
+    ]
+    for code, info in EXITS.items():
+        retried = "-" if code == 0 else ("yes" if info.retried else "no (podFailurePolicy)")
+        cells = (f"`{int(code)}`", f"`{info.reason}`", info.meaning, info.retry_advice, retried)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+GENERATED_SECTIONS: dict[str, tuple[str, str]] = {
+    "fields": (START_MARKER, END_MARKER),
+    "rules": (RULES_START, RULES_END),
+    "exit-codes": (EXIT_CODES_START, EXIT_CODES_END),
+}
+"""README sections written by `make docs`, by name: (start marker, end marker)."""
+
+
+def render_section(name: str) -> str:
+    renderers = {
+        "fields": render_field_table,
+        "rules": render_rules_table,
+        "exit-codes": render_exit_code_table,
+    }
+    return renderers[name]()

@@ -32,10 +32,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
+from typing_extensions import TypedDict  # pydantic refuses typing's before Python 3.12
 
 
 class ExitCode(IntEnum):
@@ -58,28 +59,77 @@ class ExitCode(IntEnum):
 
 
 @dataclass(frozen=True)
-class _ExitInfo:
+class ExitInfo:
+    """What one exit code means, for the operator (retry or not) and for people."""
+
     reason: str
     retried: bool
     """Whether the Job retries a pod that exited so (podFailurePolicy)."""
+    meaning: str
+    retry_advice: str
 
 
-_EXITS: Final[dict[ExitCode, _ExitInfo]] = {
-    ExitCode.SUCCEEDED: _ExitInfo("Succeeded", retried=False),
-    ExitCode.UNEXPECTED: _ExitInfo("Unexpected", retried=True),
-    ExitCode.INVALID_CONFIG: _ExitInfo("InvalidConfig", retried=False),
-    ExitCode.INVALID_DATA: _ExitInfo("InvalidData", retried=False),
-    ExitCode.MODEL_LOAD_FAILED: _ExitInfo("ModelLoadFailed", retried=True),
-    ExitCode.STORAGE_ERROR: _ExitInfo("StorageError", retried=False),
-    ExitCode.OUT_OF_MEMORY: _ExitInfo("OutOfMemory", retried=False),
-    ExitCode.STORAGE_UNAVAILABLE: _ExitInfo("StorageUnavailable", retried=True),
-    ExitCode.PREEMPTED: _ExitInfo("Preempted", retried=True),
+EXITS: Final[dict[ExitCode, ExitInfo]] = {
+    ExitCode.SUCCEEDED: ExitInfo("Succeeded", False, "trained and published", "-"),
+    ExitCode.UNEXPECTED: ExitInfo(
+        "Unexpected",
+        True,
+        "an error the trainer did not foresee (its traceback is on stderr)",
+        "maybe",
+    ),
+    ExitCode.INVALID_CONFIG: ExitInfo(
+        "InvalidConfig",
+        False,
+        "the configuration cannot work (e.g. fp16 without a GPU, an unreadable TrainerConfig)",
+        "no: change the spec",
+    ),
+    ExitCode.INVALID_DATA: ExitInfo(
+        "InvalidData",
+        False,
+        "the dataset is unreadable or does not match its declared format",
+        "no: fix the data",
+    ),
+    ExitCode.MODEL_LOAD_FAILED: ExitInfo(
+        "ModelLoadFailed",
+        True,
+        "the base model cannot be found or loaded",
+        "maybe (a registry hiccup), usually no",
+    ),
+    ExitCode.STORAGE_ERROR: ExitInfo(
+        "StorageError",
+        False,
+        "storage refused: no such bucket, key or file, access denied (403), a download that "
+        "does not match its checksum",
+        "no: fix the URI or the credentials",
+    ),
+    ExitCode.OUT_OF_MEMORY: ExitInfo(
+        "OutOfMemory",
+        False,
+        "GPU or host memory ran out (`torch.OutOfMemoryError`, `MemoryError`, an "
+        'allocator\'s "out of memory"), even when wrapped in another error',
+        "no, not with the same spec and hardware: lower `batchSize` or `maxSeqLength`, "
+        "enable `gradientCheckpointing`, use `qlora`, or ask for more memory",
+    ),
+    ExitCode.STORAGE_UNAVAILABLE: ExitInfo(
+        "StorageUnavailable",
+        True,
+        "the store kept failing with transient errors (timeouts, 5xx, throttling) past "
+        "`output.retryDeadlineSeconds`",
+        "yes",
+    ),
+    ExitCode.PREEMPTED: ExitInfo(
+        "Preempted",
+        True,
+        "SIGTERM (eviction, preemption, deletion): a checkpoint was saved",
+        "yes: the next attempt resumes",
+    ),
 }
+"""The exit code table; the README's is generated from it (``make docs``)."""
 
-EXIT_REASONS: Final[dict[int, str]] = {int(code): info.reason for code, info in _EXITS.items()}
+EXIT_REASONS: Final[dict[int, str]] = {int(code): info.reason for code, info in EXITS.items()}
 """Every exit code's reason, e.g. {3: 'InvalidData'}."""
 NOT_RETRYABLE_EXIT_CODES: Final[tuple[int, ...]] = tuple(
-    int(code) for code, info in _EXITS.items() if code != ExitCode.SUCCEEDED and not info.retried
+    int(code) for code, info in EXITS.items() if code != ExitCode.SUCCEEDED and not info.retried
 )
 """The codes the Job's podFailurePolicy fails at once: a retry would fail the same way."""
 
@@ -230,7 +280,7 @@ class TerminationMessage(BaseModel):
             return None
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a log tail of "[[[[..."
             data = None
         if not isinstance(data, dict) or not isinstance(data.get("outcome"), str):
             return cls(message=text.strip())
@@ -283,13 +333,16 @@ def headline_metrics(metrics: Mapping[str, Any], *, only_headline: bool = True) 
     """The finite numbers of ``metrics`` (JSON has no NaN, and lists do not fit), of
     :data:`HEADLINE_METRICS` unless ``only_headline`` is False."""
     names: Iterable[str] = HEADLINE_METRICS if only_headline else list(metrics)
-    return {
-        name: metrics[name]
-        for name in names
-        if isinstance(metrics.get(name), int | float)
-        and not isinstance(metrics[name], bool)
-        and math.isfinite(metrics[name])
-    }
+    return {name: metrics[name] for name in names if _is_finite_number(metrics.get(name))}
+
+
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond a float's range
+        return False
 
 
 def _json(data: dict[str, Any]) -> str:

@@ -78,12 +78,15 @@ Check = Callable[[Facts], Violation | None]
 @dataclass(frozen=True)
 class Rule:
     name: str
+    field: str
+    """Where a violation points, under the spec (``metadata.name`` is the object's)."""
     scope: Scope
     check: Check
+    summary: str
+    """What the rule says, in one sentence: the CEL twin's message and the README's."""
     cel: str | None
     """The CEL twin (None: CEL cannot say it), over ``self`` = the spec, or the whole
     object when ``cel_on_object`` (a rule that needs metadata.name)."""
-    cel_message: str
     cel_on_object: bool = False
 
 
@@ -214,79 +217,87 @@ def _fp16_needs_a_gpu(facts: Facts) -> Violation | None:
 RULES: Final[tuple[Rule, ...]] = (
     Rule(
         "early-stopping-needs-periodic-evaluation",
+        "training.earlyStopping",
         "job",
         _early_stopping_needs_periodic_evaluation,
+        "training.earlyStopping needs periodic evaluation: set evaluation.everySteps",
         "!has(self.training) || !has(self.training.earlyStopping) || "
         "(has(self.evaluation) && has(self.evaluation.everySteps))",
-        "training.earlyStopping needs periodic evaluation: set evaluation.everySteps",
     ),
     Rule(
         "early-stopping-metric-is-measured",
+        "training.earlyStopping.metric",
         "job",
         _early_stopping_metric_is_measured,
-        _early_stopping_metric_cel(),
         "training.earlyStopping.metric is not measured for this task ("
         + "; ".join(f"{n}: {', '.join(i.metrics)}" for n, i in TASKS.items())
         + ")",
+        _early_stopping_metric_cel(),
     ),
     Rule(
         "distillation-fits-the-task",
+        "training.distillation",
         "job",
         _distillation_fits_the_task,
-        "!has(self.training) || !has(self.training.distillation) || "
-        f"{_TASK} in {_cel_list(_tasks_with(lambda t: TASKS[t].distillation))}",
         "training.distillation is for task "
         + ", ".join(_tasks_with(lambda t: TASKS[t].distillation)),
+        "!has(self.training) || !has(self.training.distillation) || "
+        f"{_TASK} in {_cel_list(_tasks_with(lambda t: TASKS[t].distillation))}",
     ),
     Rule(
         "fsdp-cannot-shard-4bit-weights",
+        "resources.strategy",
         "job",
         _fsdp_cannot_shard_4bit_weights,
+        "resources.strategy fsdp cannot shard qlora's 4-bit weights; use strategy ddp",
         "!has(self.resources) || !has(self.resources.strategy) || "
         "self.resources.strategy != 'fsdp' || !has(self.method) || !has(self.method.type) "
         "|| self.method.type != 'qlora'",
-        "resources.strategy fsdp cannot shard qlora's 4-bit weights; use strategy ddp",
     ),
     Rule(
         "adalora-leaves-steps-to-reallocate",
+        "method.adalora",
         "job",
         _adalora_leaves_steps_to_reallocate,
+        "method.adalora: tinit + tfinal must leave steps of training.maxSteps for "
+        "reallocating ranks",
         "!has(self.method) || !has(self.method.type) || self.method.type != 'adalora' || "
         "!has(self.training) || !has(self.training.maxSteps) || "
         "(has(self.method.adalora) && has(self.method.adalora.tinit) ? "
         "self.method.adalora.tinit : 0) + (has(self.method.adalora) && "
         "has(self.method.adalora.tfinal) ? self.method.adalora.tfinal : 0) < "
         "self.training.maxSteps",
-        "method.adalora: tinit + tfinal must leave steps of training.maxSteps for "
-        "reallocating ranks",
     ),
     Rule(
         "cluster-needs-an-output",
+        "output.uri",
         "cluster",
         _cluster_needs_an_output,
-        "has(self.output) && has(self.output.uri)",
         "output.uri is required in a cluster: set it, e.g. s3://my-bucket/adapters/<name>",
+        "has(self.output) && has(self.output.uri)",
     ),
     Rule(
         "pod-names-fit",
+        "metadata.name",
         "cluster",
         _pod_names_fit,
+        "a multi-node job's pods are named <metadata.name>-<index>, at most "
+        f"{MAX_NAME_LENGTH} characters: shorten metadata.name",
         "!has(self.spec.resources) || !has(self.spec.resources.nodes) || "
         "self.spec.resources.nodes <= 1 || "
         f"size(self.metadata.name) + 1 + size(string(self.spec.resources.nodes - 1)) <= "
         f"{MAX_NAME_LENGTH}",
-        "a multi-node job's pods are named <metadata.name>-<index>, at most "
-        f"{MAX_NAME_LENGTH} characters: shorten metadata.name",
         cel_on_object=True,
     ),
     Rule(
         "fp16-needs-a-gpu",
+        "training.precision",
         "cluster",
         _fp16_needs_a_gpu,
+        "training.precision fp16 needs a GPU: set resources.gpus, or precision auto",
         "!has(self.training) || !has(self.training.precision) || "
         "self.training.precision != 'fp16' || (has(self.resources) && "
         "has(self.resources.gpus) && self.resources.gpus > 0)",
-        "training.precision fp16 needs a GPU: set resources.gpus, or precision auto",
     ),
 )
 
@@ -323,7 +334,7 @@ def cel_rules(*, on_object: bool = False) -> list[JsonValue]:
     (``on_object``) those over the whole object. A CRD only ever serves a cluster, so
     the cluster rules have their twins there too."""
     entries: list[JsonValue] = [
-        {"rule": rule.cel, "message": rule.cel_message}
+        {"rule": rule.cel, "message": rule.summary}
         for rule in RULES
         if rule.cel is not None and rule.cel_on_object == on_object
     ]

@@ -95,3 +95,31 @@ def test_pipes_in_cells_are_escaped() -> None:
     row = FieldRow("spec.x", "string", "", "pattern `a|b`", "one | two")
     line = render_field_table([row]).splitlines()[-1]
     assert line == "| `spec.x` | string |  | pattern `a\\|b` | one \\| two |"
+
+
+# --------------------------------------------------------------------------- rules, exit codes
+
+
+@pytest.mark.parametrize("name", ["rules", "exit-codes"])
+def test_readme_carries_the_generated_rules_and_exit_codes(name: str) -> None:
+    from finetune_api.docs import GENERATED_SECTIONS, render_section
+
+    start, end = GENERATED_SECTIONS[name]
+    text = README.read_text(encoding="utf-8")
+    assert text.count(start) == 1 and text.count(end) == 1, f"README.md needs {start}; {FIX}"
+    between = text.split(start, 1)[1].split(end, 1)[0]
+    assert between.strip() == render_section(name).strip(), f"README {name} is stale; {FIX}"
+
+
+def test_the_rules_table_has_a_row_per_rule_and_the_exit_table_a_row_per_code() -> None:
+    from finetune_api.docs import render_exit_code_table, render_rules_table
+    from finetune_api.outcome import ExitCode
+    from finetune_api.rules import RULES
+
+    rules = render_rules_table().splitlines()[2:]
+    assert len(rules) == len(RULES)
+    for rule, row in zip(RULES, rules, strict=True):
+        assert rule.field in row and rule.summary.split(":")[0] in row
+    codes = render_exit_code_table().splitlines()[2:]
+    assert [row.split("|")[1].strip() for row in codes] == [f"`{int(c)}`" for c in ExitCode]
+    assert "| `6` | `OutOfMemory` |" in render_exit_code_table()
