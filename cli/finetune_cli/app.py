@@ -181,9 +181,9 @@ def train(
     """Run the trainer from a TrainerConfig file (the training pod's entrypoint).
 
     Logs one JSON line per step; exit code and termination message: see the README."""
+    from finetune_trainer.config_file import load_trainer_config
     from finetune_trainer.errors import ConfigError
     from finetune_trainer.outcome import failed
-    from finetune_trainer.config_file import load_trainer_config
 
     try:
         trainer_config = load_trainer_config(config)
@@ -220,18 +220,19 @@ def operator(
         ),
     ] = None,
     liveness: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Where kopf serves the liveness check; readiness is /readyz on the metrics "
-            "port ($FINETUNE_METRICS_PORT, 8000)."
+            help="Where kopf serves the liveness check. Default: "
+            "http://0.0.0.0:$FINETUNE_HEALTH_PORT/healthz (port 8080); readiness is /readyz "
+            "on the metrics port ($FINETUNE_METRICS_PORT, 8000)."
         ),
-    ] = "http://0.0.0.0:8080/healthz",
+    ] = None,
 ) -> None:
     """Run the operator: watch FineTuneJobs and run them as training Jobs."""
     import kopf
 
     from finetune_operator.handlers import start_runtime  # registers the handlers
-    from finetune_operator.probes import STARTUP
+    from finetune_operator.observation.probes import STARTUP, liveness_endpoint
     from finetune_operator.settings import Settings
 
     settings = Settings.from_env()
@@ -247,7 +248,7 @@ def operator(
         standalone=peering is None,
         peering_name=peering,
         priority=rank if peering is not None else None,
-        liveness_endpoint=liveness,
+        liveness_endpoint=liveness or liveness_endpoint(settings.health_port),
         memo=memo,
         ready_flag=memo.readiness.flag(STARTUP),
     )

@@ -23,13 +23,10 @@ import hashlib
 from typing import Any
 
 from finetune_api.config import TrainerConfig
+from finetune_api.outcome import NOT_RETRYABLE_EXIT_CODES, ExitCode
 from finetune_api.resource import FineTuneJob
 from finetune_operator import names
 from finetune_operator.settings import Settings
-
-NOT_RETRYABLE_EXIT_CODES = [2, 3, 5, 6]
-"""InvalidConfig, InvalidData, StorageError (a refusal), OutOfMemory: see the README."""
-PREEMPTED_EXIT_CODE = 143
 
 
 def config_hash(config: TrainerConfig) -> str:
@@ -103,6 +100,9 @@ def trainer_command(job: FineTuneJob) -> list[str]:
 
 
 def pod_failure_policy() -> dict[str, Any]:
+    """The contract's exit codes as Job rules (:mod:`finetune_api.outcome`): the codes a
+    retry would end the same way fail the Job at once; a disruption, or the trainer's
+    exit after SIGTERM with a checkpoint saved, is retried without counting a failure."""
     return {
         "rules": [
             {
@@ -110,7 +110,7 @@ def pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": names.CONTAINER,
                     "operator": "In",
-                    "values": NOT_RETRYABLE_EXIT_CODES,
+                    "values": list(NOT_RETRYABLE_EXIT_CODES),
                 },
             },
             {
@@ -122,7 +122,7 @@ def pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": names.CONTAINER,
                     "operator": "In",
-                    "values": [PREEMPTED_EXIT_CODE],
+                    "values": [int(ExitCode.PREEMPTED)],
                 },
             },
         ]
@@ -216,7 +216,7 @@ def _env(job: FineTuneJob) -> list[Any]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if job.spec.resources.nodes > 1:
-        annotation = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        annotation = f"metadata.annotations['{names.COMPLETION_INDEX}']"
         env.append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": annotation}}})
     return env
 

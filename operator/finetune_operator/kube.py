@@ -35,11 +35,6 @@ def default_api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
-def _labels(obj: dict[str, Any]) -> dict[str, str]:
-    labels: dict[str, str] = (obj.get("metadata") or {}).get("labels") or {}
-    return labels
-
-
 def _json(response: Any) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(response.data)
     return data

@@ -20,6 +20,9 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_CONFIG_HASH = "finetune-operator.io/config-sha256"
 ANNOTATION_SUSPENDED_BY_USER = "finetune-operator.io/suspended-by-user"
 """On a Job the operator suspended because spec.suspend said so (not Kueue's queueing)."""
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+"""Set by Kubernetes on an Indexed Job's pods (annotation; also a label since 1.28): the
+node rank of a multi-node job."""
 
 CONTAINER = "trainer"
 CONFIG_KEY = "trainer-config.json"

@@ -27,7 +27,10 @@ class Settings:
     namespaces: tuple[str, ...] = field(default=())
     """Namespaces to watch; empty: the whole cluster."""
     metrics_port: int = 8000
+    """``/metrics`` and ``/readyz``."""
     health_port: int = 8080
+    """kopf's ``/healthz`` (liveness and startup probes), where ``finetune operator`` has
+    kopf serve it unless ``--liveness`` says otherwise."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

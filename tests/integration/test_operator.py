@@ -20,7 +20,7 @@ import finetune_operator.handlers  # noqa: F401  (registers the operator's handl
 from finetune_api.config import TrainerConfig
 from finetune_operator import names
 from finetune_operator.kube import Kube as OperatorKube
-from finetune_operator.metrics import OperatorMetrics
+from finetune_operator.observation.metrics import OperatorMetrics
 from finetune_operator.settings import Settings
 from kube_api import Kube, RunningOperator, run_operator, wait_for
 

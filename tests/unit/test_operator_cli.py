@@ -17,7 +17,7 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(kopf, "run", lambda **kw: calls.append(kw))
     monkeypatch.setattr(kopf, "configure", lambda **kw: None)
-    from finetune_operator.probes import Readiness
+    from finetune_operator.observation.probes import Readiness
 
     monkeypatch.setattr(handlers, "start_runtime", lambda s: kopf.Memo(readiness=Readiness()))
     return calls
@@ -53,3 +53,15 @@ def test_standalone_and_namespaced_by_default_when_namespaces_are_given(
     monkeypatch.delenv("FINETUNE_WATCH_NAMESPACES")
     invoke()
     assert runs[-1]["clusterwide"] is True
+
+
+def test_liveness_is_served_on_the_health_port_unless_given(
+    runs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    invoke()
+    assert runs[-1]["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
+    monkeypatch.setenv("FINETUNE_HEALTH_PORT", "9090")  # what the chart's healthPort sets
+    invoke()
+    assert runs[-1]["liveness_endpoint"] == "http://0.0.0.0:9090/healthz"
+    invoke("--liveness", "http://127.0.0.1:7000/healthz")
+    assert runs[-1]["liveness_endpoint"] == "http://127.0.0.1:7000/healthz"

@@ -17,8 +17,8 @@ from kopf._cogs.structs import ephemera
 from kopf._core.engines import indexing, probing
 from prometheus_client.parser import text_string_to_metric_families
 
-from finetune_operator.metrics import PHASES, OperatorMetrics
-from finetune_operator.probes import (
+from finetune_operator.observation.metrics import PHASES, OperatorMetrics
+from finetune_operator.observation.probes import (
     LIVENESS_PATH,
     READINESS_PATH,
     STARTUP,

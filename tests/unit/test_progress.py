@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.progress import (
-    COMPLETION_INDEX,
+from finetune_operator.names import COMPLETION_INDEX
+from finetune_operator.observation.progress import (
     TrainerProgress,
     metrics_url,
     parse,

@@ -1,4 +1,4 @@
-"""Status derivation: every row of finetune_operator.status's table, from plain dicts
+"""Status derivation: every row of finetune_operator.status.verdict's table, from plain dicts
 shaped as the Kubernetes API returns Jobs and Pods."""
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from typing import Any
 
 import pytest
 
+from finetune_api.outcome import (
+    EXIT_REASONS,
+    NOT_RETRYABLE_EXIT_CODES,
+    ExitCode,
+    TerminationMessage,
+)
 from finetune_api.resource import FineTuneJobStatus
 from finetune_operator import builders, names, status
 from finetune_operator.status import StatusUpdate
@@ -237,7 +243,8 @@ SUCCESS_MESSAGE = trainer_message(
 
 @dataclass(frozen=True)
 class Reading:
-    """Stands in for finetune_operator.progress.TrainerProgress (the same fields)."""
+    """Stands in for finetune_operator.observation.progress.TrainerProgress (the same
+    fields)."""
 
     step: int
     total_steps: int | None = None
@@ -533,9 +540,29 @@ def test_a_not_retried_exit_code_is_failing_without_an_event() -> None:
     assert update.event is None
 
 
-def test_not_retried_codes_match_the_pod_failure_policy() -> None:
-    assert set(builders.NOT_RETRYABLE_EXIT_CODES) == status.NOT_RETRIED_EXIT_CODES
-    assert builders.PREEMPTED_EXIT_CODE == status.EXIT_PREEMPTED
+def test_the_pod_failure_policy_follows_the_contracts_exit_codes() -> None:
+    rules = builders.pod_failure_policy()["rules"]
+    (fail,) = [r for r in rules if r["action"] == "FailJob"]
+    assert set(fail["onExitCodes"]["values"]) == set(NOT_RETRYABLE_EXIT_CODES)
+    ignored = [r["onExitCodes"]["values"] for r in rules if "onExitCodes" in r and r is not fail]
+    assert ignored == [[ExitCode.PREEMPTED]]
+
+
+@pytest.mark.parametrize("code", sorted(set(EXIT_REASONS) - {0, ExitCode.PREEMPTED}))
+def test_an_ended_pod_is_failing_exactly_for_the_contracts_not_retryable_codes(
+    code: int,
+) -> None:
+    ended = terminated(code, "Traceback ...")
+    update = run(after(_running_status()), job(failed=1), [pod(phase="Failed", ended=ended)])
+    expected = "Failing" if code in NOT_RETRYABLE_EXIT_CODES else "Retrying"
+    assert conditions(update)["Running"]["reason"] == expected
+
+
+@pytest.mark.parametrize("code", sorted(set(EXIT_REASONS) - {0, ExitCode.PREEMPTED}))
+def test_a_failed_pods_exit_code_is_named_by_the_contract(code: int) -> None:
+    ended = terminated(code, "Traceback ...")
+    update = run(ftj(), _failed_job("BackoffLimitExceeded"), [pod(phase="Failed", ended=ended)])
+    assert conditions(update)["Failed"]["reason"] == EXIT_REASONS[code]
 
 
 # --------------------------------------------------------------------------- Suspended
@@ -923,14 +950,31 @@ def test_changes_lists_only_what_differs() -> None:
 def test_termination_messages_parse_and_garbage_is_a_message(
     text: str, structured: bool, reason: str | None, message: str
 ) -> None:
-    parsed = status.parse_termination_message(text)
+    parsed = TerminationMessage.parse(text)
     assert parsed is not None
     assert (parsed.structured, parsed.reason, parsed.message) == (structured, reason, message)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 4000,  # a log tail json.loads gives up on (RecursionError)
+        '{"outcome":"Succeeded","metrics":{"trainLoss":1' + "0" * 400 + "}}",  # no float
+    ],
+)
+def test_a_pathological_termination_message_neither_raises_nor_breaks_the_status(
+    text: str,
+) -> None:
+    assert TerminationMessage.parse(text) is not None
+    done = job(cond("Complete"), active=0, succeeded=1, completion="2025-03-01T11:50:05Z")
+    update = run(ftj(), done, [pod(phase="Succeeded", ended=terminated(0, text))])
+    assert update.phase == "Succeeded"
+    assert "trainLoss" not in update.patch.get("metrics", {})
+
+
 def test_an_empty_termination_message_is_none() -> None:
-    assert status.parse_termination_message(None) is None
-    assert status.parse_termination_message("  \n") is None
+    assert TerminationMessage.parse(None) is None
+    assert TerminationMessage.parse("  \n") is None
 
 
 def test_the_trainers_own_success_message_round_trips() -> None:
@@ -940,7 +984,7 @@ def test_the_trainers_own_success_message_round_trips() -> None:
     text = termination_message(
         succeeded(7, "s3://b/o", "ok", files=files, metrics={"evalLoss": 0.5})
     )
-    parsed = status.parse_termination_message(text)
+    parsed = TerminationMessage.parse(text)
     assert parsed is not None
     assert (parsed.outcome, parsed.last_step, parsed.artifact_uri) == ("Succeeded", 7, "s3://b/o")
     assert list(parsed.files) == files

@@ -9,7 +9,7 @@ answering and Kubernetes restarts the pod: that is the point of the probe. kopf 
 serving it only after the startup handlers have finished, so the chart gives the pod a
 ``startupProbe`` on the same path rather than a long ``initialDelaySeconds``.
 
-Readiness is ``/readyz`` on the metrics port (see :mod:`finetune_operator.metrics`):
+Readiness is ``/readyz`` on the metrics port (see :mod:`.metrics`, which serves it):
 kopf's endpoint has room for one path only, and a readiness failure must not count as
 a liveness failure (that would restart an operator that is merely starting). It is
 ready when every gate of its :class:`Readiness` is up; the default gate is kopf's
@@ -17,7 +17,8 @@ ready when every gate of its :class:`Readiness` is up; the default gate is kopf'
 it starts its watches (FineTuneJobs included). Serving ``/readyz`` at all proves the
 metrics server is up.
 
-The chart's probes (ports from ``FINETUNE_HEALTH_PORT`` and ``FINETUNE_METRICS_PORT``):
+The chart's probes (ports from ``FINETUNE_HEALTH_PORT``, which ``finetune operator``
+hands kopf through :func:`liveness_endpoint`, and ``FINETUNE_METRICS_PORT``):
 
 - liveness and startup: ``GET http://<pod>:8080/healthz``
 - readiness: ``GET http://<pod>:8000/readyz``
@@ -28,15 +29,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 
-if TYPE_CHECKING:
-    from finetune_operator.metrics import MetricsServer, OperatorMetrics
+from finetune_operator.observation.metrics import READINESS_PATH as READINESS_PATH
+from finetune_operator.observation.metrics import MetricsServer, OperatorMetrics
 
 LIVENESS_PATH = "/healthz"
-READINESS_PATH = "/readyz"
 STARTUP = "startup"
 """The gate kopf raises (as ``ready_flag``) when its startup handlers have finished."""
 

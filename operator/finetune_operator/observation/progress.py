@@ -15,22 +15,23 @@ while a job runs, and the caller simply keeps the last progress it had.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import logging
 import math
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from finetune_operator.status.pods import completion_index
+from finetune_operator.values import EPOCH, finite, get, parse_time, whole
+
 log = logging.getLogger(__name__)
 
 PREFIX = "finetune_trainer_"
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 MAX_BYTES = 1 << 20
 """A trainer's /metrics is a few KiB; anything past 1 MiB is not one."""
 
@@ -71,15 +72,6 @@ class TrainerProgress:
         return max(0, min(100, math.floor(100 * self.step / self.total_steps)))
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _whole(value: float | None) -> int | None:
-    finite = _finite(value)
-    return None if finite is None else int(finite)
-
-
 def parse(text: str) -> TrainerProgress | None:
     """The progress in a Prometheus text exposition; None when it holds no
     ``finetune_trainer_step`` (it is some other program's metrics)."""
@@ -98,20 +90,20 @@ def parse(text: str) -> TrainerProgress | None:
                 job_name = sample.labels.get("job") or None
             elif not sample.labels:
                 plain[name] = sample.value
-    step = _whole(plain.get("step"))
+    step = whole(plain.get("step"))
     if step is None:
         return None
     return TrainerProgress(
         step=step,
-        total_steps=_whole(plain.get("total_steps")),
-        epoch=_finite(plain.get("epoch")),
-        train_loss=_finite(plain.get("train_loss")),
-        eval_loss=_finite(plain.get("eval_loss")),
-        learning_rate=_finite(plain.get("learning_rate")),
-        tokens_per_second=_finite(plain.get("tokens_per_second")),
-        eta_seconds=_finite(plain.get("eta_seconds")),
-        samples_seen=_whole(plain.get("samples_seen")),
-        peak_memory_bytes=_whole(plain.get("peak_memory_bytes")),
+        total_steps=whole(plain.get("total_steps")),
+        epoch=finite(plain.get("epoch")),
+        train_loss=finite(plain.get("train_loss")),
+        eval_loss=finite(plain.get("eval_loss")),
+        learning_rate=finite(plain.get("learning_rate")),
+        tokens_per_second=finite(plain.get("tokens_per_second")),
+        eta_seconds=finite(plain.get("eta_seconds")),
+        samples_seen=whole(plain.get("samples_seen")),
+        peak_memory_bytes=whole(plain.get("peak_memory_bytes")),
         eval_scores=scores,
         job_name=job_name,
     )
@@ -121,8 +113,8 @@ def scrape(url: str, timeout: float = 5) -> TrainerProgress | None:
     """GET the trainer's /metrics and parse it; None on any failure (refused, timed
     out, an HTTP error, not Prometheus text, not a trainer), logged at debug level.
 
-    Blocking: from a coroutine use :func:`scrape_async`. ``timeout`` bounds each socket
-    operation (connect, each read), as urllib does.
+    Blocking: kopf runs the (plain) handlers that call it on its worker threads.
+    ``timeout`` bounds each socket operation (connect, each read), as urllib does.
     """
     try:
         with _OPENER.open(url, timeout=timeout) as response:
@@ -140,11 +132,6 @@ def scrape(url: str, timeout: float = 5) -> TrainerProgress | None:
         return None
 
 
-async def scrape_async(url: str, timeout: float = 5) -> TrainerProgress | None:
-    """:func:`scrape` on a worker thread, so kopf's event loop is never blocked."""
-    return await asyncio.to_thread(scrape, url, timeout)
-
-
 def metrics_url(pod: Mapping[str, Any], port: int) -> str | None:
     """The trainer's /metrics URL on a pod (``status.podIP``), None before it has an IP."""
     ip = (pod.get("status") or {}).get("podIP")
@@ -154,28 +141,14 @@ def metrics_url(pod: Mapping[str, Any], port: int) -> str | None:
     return f"http://{host}:{port}/metrics"
 
 
-def completion_index(pod: Mapping[str, Any]) -> str | None:
-    """An Indexed Job's pod index: the annotation, or the label Kubernetes 1.28+ adds."""
-    metadata = pod.get("metadata") or {}
-    for where in ("annotations", "labels"):
-        value = (metadata.get(where) or {}).get(COMPLETION_INDEX)
-        if value is not None:
-            return str(value)
-    return None
-
-
 def _created(pod: Mapping[str, Any]) -> datetime:
-    stamp = (pod.get("metadata") or {}).get("creationTimestamp")
-    if not stamp:
-        return datetime.min.replace(tzinfo=UTC)
-    moment = datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return parse_time(get(pod, "metadata").get("creationTimestamp")) or EPOCH
 
 
 def _running(pod: Mapping[str, Any]) -> bool:
-    metadata = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    return status.get("phase") == "Running" and not metadata.get("deletionTimestamp")
+    return get(pod, "status").get("phase") == "Running" and not get(pod, "metadata").get(
+        "deletionTimestamp"
+    )
 
 
 def rank0_pod(pods: Iterable[Pod]) -> Pod | None:

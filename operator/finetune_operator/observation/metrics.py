@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, get_args
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, get_args
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -32,15 +32,16 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from prometheus_client.registry import Collector
 
 from finetune_api.resource import Phase
-
-if TYPE_CHECKING:
-    from finetune_operator.probes import Readiness
+from finetune_operator.status.phases import PENDING, RUNNING, TERMINAL
+from finetune_operator.values import parse_time
 
 PREFIX = "finetune_operator"
 PHASES: tuple[str, ...] = get_args(Phase)
 """Every phase a FineTuneJob can be in; each is reported, zeros included, so a
 dashboard or an alert never sees a series vanish."""
-TERMINAL = ("Succeeded", "Failed")
+READINESS_PATH = "/readyz"
+"""Where the metrics server answers the readiness probe
+(:mod:`finetune_operator.observation.probes` keeps the gates)."""
 
 # Seconds from creation to Running: a free GPU node answers in seconds, a Kueue queue
 # or a cold image pull in minutes to hours.
@@ -54,12 +55,11 @@ JobKey = tuple[str, str]
 Timestamp = datetime | str | None
 
 
-def parse_time(value: Timestamp) -> datetime | None:
-    """A Kubernetes timestamp (``2024-05-01T12:00:00Z``) or a datetime, as aware UTC."""
-    if value is None:
-        return None
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+class ReadinessReport(Protocol):
+    """What ``/readyz`` answers from: :class:`~finetune_operator.observation.probes.Readiness`
+    is one (a protocol, so the server needs nothing of the probes module)."""
+
+    def report(self) -> tuple[bool, str]: ...
 
 
 class _PhaseCollector(Collector):
@@ -141,14 +141,14 @@ class OperatorMetrics:
         an operator restart, resuming a job that finished long ago counts nothing twice.
         """
         key = (namespace, name)
-        current = phase or "Pending"
+        current = phase or PENDING
         moment = now or datetime.now(UTC)
         with self._lock:
             previous = self._phases.get(key)
             self._phases[key] = current
             if previous is None or previous == current:
                 return
-            if current == "Running" and key not in self._ran:
+            if current == RUNNING and key not in self._ran:
                 self._ran.add(key)
                 since = parse_time(created)
                 if since is not None:
@@ -211,7 +211,7 @@ class OperatorMetrics:
     # ------------------------------------------------------------------ serving
 
     def serve(
-        self, port: int, addr: str = "0.0.0.0", readiness: Readiness | None = None
+        self, port: int, addr: str = "0.0.0.0", readiness: ReadinessReport | None = None
     ) -> MetricsServer:
         """Serve ``/metrics`` (and ``/readyz`` when a readiness is given) on a thread."""
         return MetricsServer.start(self, port, addr, readiness)
@@ -287,12 +287,12 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def _router(metrics_app: WsgiApp, readiness: Readiness | None) -> WsgiApp:
+def _router(metrics_app: WsgiApp, readiness: ReadinessReport | None) -> WsgiApp:
     """``/readyz`` answers from the readiness; every other path is prometheus-client's
     (which serves the metrics on any path, as ``start_http_server`` does)."""
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if readiness is not None and environ.get("PATH_INFO") == "/readyz":
+        if readiness is not None and environ.get("PATH_INFO") == READINESS_PATH:
             ready, body = readiness.report()
             status = "200 OK" if ready else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
@@ -311,7 +311,7 @@ class MetricsServer:
 
     @classmethod
     def start(
-        cls, metrics: OperatorMetrics, port: int, addr: str, readiness: Readiness | None
+        cls, metrics: OperatorMetrics, port: int, addr: str, readiness: ReadinessReport | None
     ) -> MetricsServer:
         """What ``prometheus_client.start_http_server`` does, with ``/readyz`` added: the
         readiness probe shares the metrics port instead of needing a third one (kopf's
@@ -343,17 +343,6 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _best_family(addr: str, port: int) -> tuple[socket.AddressFamily, str]:
