@@ -360,19 +360,6 @@ def suspend_patch(ftj_spec: dict[str, Any], job: dict[str, Any]) -> dict[str, An
     return None
 
 
-def cluster_problems(job: FineTuneJob) -> list[str]:
-    """What a valid spec still cannot do as a Job in a cluster (beyond rendering)."""
-    problems = []
-    nodes = job.spec.resources.nodes
-    longest = len(f"{job.metadata.name}-{nodes - 1}")
-    if nodes > 1 and longest > 63:
-        problems.append(
-            f"metadata.name: a {nodes}-node job's pods are named <name>-<index> (at most 63 "
-            f"characters); shorten the name by {longest - 63} characters"
-        )
-    return problems
-
-
 def build_children(
     job: FineTuneJob, config: TrainerConfig, uid: str, settings: Settings
 ) -> list[dict[str, Any]]:

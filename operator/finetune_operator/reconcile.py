@@ -33,7 +33,7 @@ import kopf
 
 from finetune_api.config import API_GROUP
 from finetune_api.manifests import validate_body
-from finetune_api.render import RenderError, render_trainer_config
+from finetune_api.render import render_trainer_config
 from finetune_api.resource import KIND, VERSION, FineTuneJob
 from finetune_operator import builders, names, status
 from finetune_operator.kube import Kube, NotOurs
@@ -104,17 +104,12 @@ def ensure_children(
 
 
 def admit(ftj: dict[str, Any]) -> tuple[FineTuneJob | None, str]:
-    """The FineTuneJob, or why it cannot run: the same checks as ``finetune validate``."""
-    job, problems = validate_body({k: v for k, v in ftj.items() if k != "status"})
+    """The FineTuneJob, or why it cannot run in a cluster: the contract's verdict, the
+    same as ``finetune validate --cluster`` (finetune_api.rules), before any child
+    object exists."""
+    job, problems = validate_body({k: v for k, v in ftj.items() if k != "status"}, "cluster")
     if job is None:
         return None, "; ".join(str(p) for p in problems)
-    try:
-        render_trainer_config(job)
-    except (RenderError, ValueError) as exc:
-        return None, str(exc)
-    cluster = builders.cluster_problems(job)
-    if cluster:
-        return None, "; ".join(cluster)
     return job, ""
 
 

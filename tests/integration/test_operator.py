@@ -191,7 +191,7 @@ def test_a_job_without_an_output_uri_is_refused(kube: Kube, operator: RunningOpe
     del spec["spec"]["output"]
     kube.create(spec)
     failed = condition(wait_phase(kube, "Failed", "nowhere"), "Failed")
-    assert "spec.output.uri is required" in failed["message"]
+    assert "spec.output.uri: is required" in failed["message"]  # the contract's "path: message"
     assert kube.get("Job", NS, "nowhere") is None
 
 

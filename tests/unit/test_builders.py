@@ -294,13 +294,6 @@ def test_no_secret_value_or_credentials_reach_the_manifests() -> None:
     assert "AWS_SECRET_ACCESS_KEY" not in text  # secrets are mounted by reference only
 
 
-def test_a_multi_node_name_must_leave_room_for_the_pod_index() -> None:
-    assert builders.cluster_problems(ftj("a" * 63)) == []  # one node: no index suffix
-    (problem,) = builders.cluster_problems(ftj("a" * 62, resources={"nodes": 16}))
-    assert problem.startswith("metadata.name:") and "shorten the name by 2" in problem
-    assert builders.cluster_problems(ftj("a" * 60, resources={"nodes": 16})) == []
-
-
 def job_state(suspend: bool, by_user: bool = False) -> dict[str, Any]:
     annotations = {names.ANNOTATION_SUSPENDED_BY_USER: "true"} if by_user else {}
     return {"metadata": {"annotations": annotations}, "spec": {"suspend": suspend}}

@@ -264,3 +264,27 @@ def rule_violation(rule: Rule, body: dict[str, Any]) -> tuple[str, str]:
     violation = rule.check(facts)
     assert violation is not None, f"{rule.name}: the breaking case does not break it"
     return violation.field, violation.message
+
+
+# --------------------------------------------------------------------------- moved here
+
+
+def cluster_problems(job: Any) -> list[str]:
+    """The pod-name rule's verdict as the operator's builders used to give it."""
+    from finetune_api.rules import violations
+
+    facts = job.spec.facts(job.metadata.name)
+    return [str(v) for v in violations(facts, "cluster") if v.field == "metadata.name"]
+
+
+def ftj(name: str, **spec: Any) -> Any:
+    from finetune_api.resource import FineTuneJob
+
+    return FineTuneJob.model_validate(manifest({"metadata.name": name, **spec}))
+
+
+def test_a_multi_node_name_must_leave_room_for_the_pod_index() -> None:
+    assert cluster_problems(ftj("a" * 63)) == []  # one node: no index suffix
+    (problem,) = cluster_problems(ftj("a" * 62, resources={"nodes": 16}))
+    assert problem.startswith("metadata.name:") and "shorten the name by 2" in problem
+    assert cluster_problems(ftj("a" * 60, resources={"nodes": 16})) == []
