@@ -28,7 +28,7 @@ import re
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from finetune_trainer.errors import StorageError
 from finetune_trainer.loop import Checkpointable, LoopState, Resume
 from finetune_trainer.publish import CHECKPOINTS, file_entries, sha256_file
 from finetune_trainer.storage.store import MANIFEST, Store, delete_set, join_key
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 log = logging.getLogger("finetune.trainer")
 
@@ -126,10 +129,23 @@ def latest_usable(store: Store, wanted: dict[str, str], scratch: Path) -> int | 
 # --------------------------------------------------------------------------- saving
 
 
-def _rng_state() -> dict[str, Any]:
+class RngState(TypedDict):
+    """One rank's random generators, as ``rng/rank-N.pt`` holds them (tensors, lists and
+    numbers only, so ``torch.load(weights_only=True)`` reads them back)."""
+
+    python: tuple[Any, ...]
+    """``random.getstate()`` (nested lists after a round trip)."""
+    numpy: list[Any]
+    """numpy's legacy state: kind, keys (as a tensor), pos, has_gauss, cached."""
+    torch: torch.Tensor
+    cuda: NotRequired[list[torch.Tensor]]
+    """Every CUDA device's state, when CUDA was in use."""
+
+
+def _rng_state() -> RngState:
     numpy_state: Any = np.random.get_state(legacy=True)  # a tuple, not the dict form
     kind, keys, pos, has_gauss, cached = numpy_state
-    state: dict[str, Any] = {
+    state: RngState = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
@@ -139,7 +155,7 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: RngState) -> None:
     random.setstate(_as_tuples(state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
@@ -180,7 +196,7 @@ def save(
     cp: Checkpointable,
     *,
     config: TrainerConfig,
-    accelerator: Any,
+    accelerator: Accelerator,
 ) -> None:
     """Write ``cp`` as ``checkpoints/step-N``, manifest last; then drop what is stale."""
     from accelerate.utils import gather_object
@@ -278,7 +294,7 @@ def load(store: Store, step: int, *, rank: int) -> Resume:
 
 
 def find_and_load(
-    store: Store, config: TrainerConfig, accelerator: Any
+    store: Store, config: TrainerConfig, accelerator: Accelerator
 ) -> tuple[int, Resume] | tuple[None, None]:
     """The newest usable checkpoint of this run, loaded; rank 0 decides which for all."""
     from accelerate.utils import broadcast_object_list

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from finetune_api.config import DistributedSpec
 from finetune_trainer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.distributed.checkpoint.state_dict import ValueType
 
 
 def check_world(spec: DistributedSpec, seen: int, env: Mapping[str, str]) -> None:
@@ -47,7 +53,7 @@ def check_world(spec: DistributedSpec, seen: int, env: Mapping[str, str]) -> Non
         )
 
 
-def make_accelerator(spec: DistributedSpec, mixed_precision: str, use_cuda: bool) -> Any:
+def make_accelerator(spec: DistributedSpec, mixed_precision: str, use_cuda: bool) -> Accelerator:
     """An Accelerator for this process, checked against ``spec``.
 
     ``ddp`` (and ``auto``) replicate the model: accelerate wraps it in
@@ -75,13 +81,13 @@ def make_accelerator(spec: DistributedSpec, mixed_precision: str, use_cuda: bool
 # tests exercise it without a GPU.
 
 
-def is_sharded(model: Any) -> bool:
+def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def shard_model(model: Any) -> None:
+def shard_model(model: torch.nn.Module) -> None:
     """Shard ``model`` in place: every transformer block (the model's own
     ``_no_split_modules``) is one FSDP unit, the rest goes with the root."""
     from torch.distributed.fsdp import fully_shard
@@ -98,7 +104,7 @@ def shard_model(model: Any) -> None:
     fully_shard(model)
 
 
-def reshard(model: Any) -> None:
+def reshard(model: torch.nn.Module) -> None:
     """Put a sharded model's parameters back into shards after an evaluation.
 
     FSDP2 keeps the root unit's parameters gathered after a forward pass without
@@ -111,7 +117,7 @@ def reshard(model: Any) -> None:
         model.reshard()
 
 
-def _no_split_modules(model: Any) -> list[str]:
+def _no_split_modules(model: torch.nn.Module) -> list[str]:
     for candidate in (model, getattr(model, "base_model", None), getattr(model, "model", None)):
         names = getattr(candidate, "_no_split_modules", None)
         if names:
@@ -119,7 +125,7 @@ def _no_split_modules(model: Any) -> list[str]:
     return []
 
 
-def full_state_dict(model: Any) -> dict[str, Any]:
+def full_state_dict(model: torch.nn.Module) -> dict[str, ValueType]:
     """The whole model's weights on rank 0's CPU (empty elsewhere); collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -127,14 +133,14 @@ def full_state_dict(model: Any) -> dict[str, Any]:
     return get_model_state_dict(model, options=options)
 
 
-def full_tensor(tensor: Any) -> Any:
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a shard (a collective: every rank must call it)."""
     from torch.distributed.tensor import DTensor
 
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def copy_into(param: Any, value: Any) -> None:
+def copy_into(param: torch.Tensor, value: torch.Tensor) -> None:
     """Copy a whole tensor into ``param``, keeping only this rank's shard of it."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -162,7 +168,9 @@ def localize_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Any]
     return {"state": state, "param_groups": state_dict["param_groups"]}, sharded
 
 
-def rebuild_optimizer_state(state_dict: dict[str, Any], params: list[Any]) -> dict[str, Any]:
+def rebuild_optimizer_state(
+    state_dict: dict[str, Any], params: list[torch.Tensor]
+) -> dict[str, Any]:
     """The inverse of :func:`localize_optimizer_state` for the same sharding: a saved
     shard of parameter ``i``'s state becomes a DTensor laid out like the parameter."""
     from torch.distributed.tensor import DTensor

@@ -15,8 +15,6 @@ saved RNG state resumes the same masks.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 _LEVELS = 1 << 16
@@ -39,7 +37,7 @@ class CpuDropout(torch.nn.Dropout):
         return torch.where(keep, x * (_LEVELS / (_LEVELS - dropped)), 0.0)
 
 
-def use_cpu_dropout(model: Any) -> int:
+def use_cpu_dropout(model: torch.nn.Module) -> int:
     """Swap every adapter dropout (peft's ``lora_dropout`` entries) for :class:`CpuDropout`
     of the same probability; returns how many were swapped. Dropout holds no weights, so
     what is saved and loaded does not change."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,19 @@ from finetune_trainer.data.batching import collate, length_grouped_batches
 from finetune_trainer.data.prepare import EvalSample
 from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.losses import label_logits
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+class _Generates(Protocol):
+    """A model's ``generate``: transformers' GenerationMixin, or PEFT's wrapper of it.
+    torch types an attribute it does not declare as ``Tensor | Module``, and
+    ``PreTrainedModel`` leaves the mixin to the concrete model classes."""
+
+    def generate(
+        self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, **options: object
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,7 @@ class TokenScores:
 
 @torch.no_grad()
 def token_scores(
-    model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
 ) -> TokenScores | None:
     """Token-weighted cross-entropy and greedy next-token accuracy over ``examples``."""
     if not examples:
@@ -93,7 +106,7 @@ class ClassScores:
 
 @torch.no_grad()
 def class_scores(
-    model: Any,
+    model: torch.nn.Module,
     examples: Sequence[TokenizedExample],
     batch_size: int,
     pad_id: int,
@@ -127,7 +140,7 @@ def class_scores(
 
 
 def evaluation_loss(
-    model: Any, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
 ) -> float | None:
     """Mean cross-entropy per label token over all of ``examples``."""
     scores = token_scores(model, examples, batch_size, pad_id)
@@ -136,8 +149,8 @@ def evaluation_loss(
 
 @torch.no_grad()
 def generate_answers(
-    model: Any,
-    tokenizer: Any,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     samples: Sequence[EvalSample],
     *,
     batch_size: int,
@@ -156,7 +169,7 @@ def generate_answers(
             n = len(sample.prompt_ids)
             ids[row, width - n :] = torch.tensor(sample.prompt_ids)
             mask[row, width - n :] = 1
-        output = model.generate(
+        output = cast(_Generates, model).generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
@@ -169,6 +182,7 @@ def generate_answers(
         )
         for row, sample in enumerate(chunk):
             text = tokenizer.decode(output[row, width:], skip_special_tokens=True)
+            assert isinstance(text, str)  # one sequence decodes to one string
             predictions.append(Prediction(sample.answer, text))
     return predictions
 
@@ -217,7 +231,7 @@ class EvalResult:
 
 
 def scores_for(
-    model: Any,
+    model: torch.nn.Module,
     examples: Sequence[TokenizedExample],
     batch_size: int,
     pad_id: int,
@@ -230,8 +244,8 @@ def scores_for(
 
 
 def evaluate(
-    model: Any,
-    tokenizer: Any,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     validation: Sequence[TokenizedExample],
     samples: Sequence[EvalSample],
     *,

@@ -21,11 +21,14 @@ import torch.nn.functional as F
 
 from finetune_trainer.data.tokenize import IGNORE_INDEX
 
-LossFn = Callable[[Any, dict[str, Any], int], torch.Tensor]
+Batch = dict[str, torch.Tensor]
+"""A collated micro-batch: the model's keyword arguments plus ``labels``."""
+
+LossFn = Callable[[torch.nn.Module, Batch, int], torch.Tensor]
 """(model, batch, step weight) -> this micro-batch's share of the step loss."""
 
 
-def causal_lm_loss(model: Any, batch: dict[str, Any], weight: int) -> torch.Tensor:
+def causal_lm_loss(model: torch.nn.Module, batch: Batch, weight: int) -> torch.Tensor:
     """Shifted cross-entropy summed over the label tokens and divided by ``weight`` (what
     the model's own loss with ``num_items_in_batch=weight`` computes, on fewer logits)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -34,7 +37,7 @@ def causal_lm_loss(model: Any, batch: dict[str, Any], weight: int) -> torch.Tens
 
 
 def label_logits(
-    model: Any, inputs: dict[str, Any], labels: torch.Tensor
+    model: torch.nn.Module, inputs: Batch, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits predicting each label token (``[K, vocab]``) and those labels (``[K]``).
 
@@ -53,7 +56,7 @@ def label_logits(
     return logits, target[keep]
 
 
-def output_head(model: Any) -> torch.nn.Module | None:
+def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
     """The module projecting hidden states to the vocabulary, through DDP's wrapper."""
     inner = getattr(model, "module", model)  # DistributedDataParallel
     getter = getattr(inner, "get_output_embeddings", None)
@@ -100,12 +103,12 @@ class DistillationLoss:
     The teacher sees exactly the student's inputs (without labels) and never trains.
     """
 
-    def __init__(self, teacher: Any, temperature: float, weight: float) -> None:
+    def __init__(self, teacher: torch.nn.Module, temperature: float, weight: float) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature = temperature
         self.weight = weight
 
-    def __call__(self, model: Any, batch: dict[str, Any], step_weight: int) -> torch.Tensor:
+    def __call__(self, model: torch.nn.Module, batch: Batch, step_weight: int) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         student_logits, labels = label_logits(model, inputs, batch["labels"])
         with torch.no_grad():
@@ -121,10 +124,10 @@ class DistillationLoss:
         return ((1 - self.weight) * ce + self.weight * t * t * kl) / step_weight
 
 
-def with_term(loss: LossFn, term: Callable[[Any], Any]) -> LossFn:
+def with_term(loss: LossFn, term: Callable[[torch.nn.Module], torch.Tensor]) -> LossFn:
     """``loss`` plus a method's own term (e.g. a regulariser) on every micro-batch."""
 
-    def total(model: Any, batch: dict[str, Any], weight: int) -> torch.Tensor:
+    def total(model: torch.nn.Module, batch: Batch, weight: int) -> torch.Tensor:
         return loss(model, batch, weight) + term(model)
 
     return total

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from finetune_trainer.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers.utils.quantization_config import QuantizationConfigMixin
+
+    from finetune_trainer.data.labels import LabelVocabulary
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -58,7 +65,7 @@ def resolve_compute(precision: str, device: torch.device | None = None) -> Compu
     return Compute(device, precision)
 
 
-def load_tokenizer(model_dir: Path, trust_remote_code: bool) -> Any:
+def load_tokenizer(model_dir: Path, trust_remote_code: bool) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -82,12 +89,12 @@ def load_base_model(
     compute: Compute,
     *,
     trust_remote_code: bool,
-    quantization: Any | None = None,
+    quantization: QuantizationConfigMixin | None = None,
     dropout: float | None = None,
     task: str = "causal-lm",
-    labels: Any | None = None,
+    labels: LabelVocabulary | None = None,
     pad_token_id: int | None = None,
-) -> Any:
+) -> PreTrainedModel:
     """The base model for ``task`` on ``compute.device`` in its training dtype (or
     quantized).
 
@@ -118,17 +125,19 @@ def load_base_model(
         # the gradients): fp16 *parameters* cannot be unscaled by the GradScaler.
         kwargs["dtype"] = torch.float32 if compute.precision == "fp16" else compute.dtype
     try:
-        model: Any = auto_model_class(task).from_pretrained(model_dir, **kwargs)
+        model: PreTrainedModel = auto_model_class(task).from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load the model from {model_dir}: {exc}") from exc
     if quantization is None:
-        model.to(compute.device)
+        # PreTrainedModel.to is decorated with functools.wraps(torch.nn.Module.to), which
+        # typeshed types as the unbound function: mypy wants the model passed again.
+        model.to(compute.device)  # type: ignore[arg-type]
     else:
         keep_4bit_layers_trainable(model)
     return model
 
 
-def keep_4bit_layers_trainable(model: Any) -> None:
+def keep_4bit_layers_trainable(model: torch.nn.Module) -> None:
     """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
 
     On CPUs with AVX512-BF16, a 4-bit layer's first forward in eval mode without grad
@@ -139,7 +148,9 @@ def keep_4bit_layers_trainable(model: Any) -> None:
     """
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+            # torch types Module.__setattr__'s value as Tensor | Module; at run time any
+            # value is set as a plain attribute, as this bitsandbytes flag (a bool) is.
+            module.support_avx512bf16_for_cpu = False  # type: ignore[assignment]
 
 
 DROPOUT_ATTRIBUTES = (
@@ -155,22 +166,26 @@ DROPOUT_ATTRIBUTES = (
 )
 
 
-def dropout_overrides(config: Any, probability: float) -> dict[str, float]:
+def dropout_overrides(config: PretrainedConfig, probability: float) -> dict[str, float]:
     """The config keyword arguments that set every dropout the model declares."""
     return {name: probability for name in DROPOUT_ATTRIBUTES if hasattr(config, name)}
 
 
-def enable_gradient_checkpointing(model: Any) -> None:
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute activations in backward; inputs need grads so frozen embeddings still
-    pass gradients to adapters behind them."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
-    if hasattr(model, "config"):
-        model.config.use_cache = False
+    pass gradients to adapters behind them.
+
+    ``model`` is what a method returns: a transformers model, or PEFT's wrapper of one.
+    """
+    wrapped = cast("PreTrainedModel | PeftModel", model)
+    wrapped.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(wrapped, "enable_input_require_grads"):
+        wrapped.enable_input_require_grads()
+    if hasattr(wrapped, "config"):
+        wrapped.config.use_cache = False
 
 
-def count_parameters(model: Any) -> tuple[int, int]:
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; 4-bit weights count as their real size."""
     trainable = total = 0
     for param in model.parameters():

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
 
 from finetune_trainer.errors import Preempted
 
@@ -59,7 +58,7 @@ def handle_sigterm() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous: Any = signal.signal(signal.SIGTERM, request.handle)
+    previous = signal.signal(signal.SIGTERM, request.handle)
     try:
         yield request
     finally:

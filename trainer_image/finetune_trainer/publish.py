@@ -14,12 +14,16 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from finetune_api.config import TrainerConfig
 from finetune_trainer import __version__
 from finetune_trainer.storage.backends import Access, open_store
 from finetune_trainer.storage.store import MANIFEST, Store, local_files, publish_dir
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 MANIFEST_KIND = "ArtifactManifest"
 CHECKPOINTS = "checkpoints"
@@ -33,7 +37,16 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def file_entries(directory: Path) -> list[dict[str, Any]]:
+class FileEntry(TypedDict):
+    """One file as a manifest lists it."""
+
+    path: str
+    """Relative to the manifest's directory, ``/``-separated."""
+    size: int
+    sha256: str
+
+
+def file_entries(directory: Path) -> list[FileEntry]:
     """Every artifact file with its size and sha256."""
     return [
         {
@@ -46,7 +59,7 @@ def file_entries(directory: Path) -> list[dict[str, Any]]:
 
 
 def build_manifest(
-    files: list[dict[str, Any]], config: TrainerConfig, metrics: dict[str, Any]
+    files: list[FileEntry], config: TrainerConfig, metrics: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "apiVersion": config.api_version,
@@ -201,8 +214,8 @@ tokenizer = AutoTokenizer.from_pretrained("<this directory>")
 
 def stage_artifacts(
     staging: Path,
-    model: Any,
-    tokenizer: Any,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     config: TrainerConfig,
     metrics: dict[str, Any],
     base_model_ref: str,

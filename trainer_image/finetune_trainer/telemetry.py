@@ -23,7 +23,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, Info, ProcessCollector, start_http_server
 
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from finetune_trainer.loop import StepReport
 
 PREFIX = "finetune_trainer"
+
+Line = dict[str, str | int | float | None]
+"""One JSON progress line: camelCase names to numbers (null when not finite) or text."""
 
 # name (without PREFIX) -> help text; the README's metric table lists the same names.
 GAUGES: dict[str, str] = {
@@ -84,9 +87,9 @@ def _number(value: float | None, digits: int | None = None) -> float | None:
     return round(value, digits) if digits is not None else value
 
 
-def step_line(report: StepReport, peak_memory: int) -> dict[str, Any]:
+def step_line(report: StepReport, peak_memory: int) -> Line:
     """The JSON progress line for one optimizer step (camelCase, like the job status)."""
-    line: dict[str, Any] = {
+    line: Line = {
         "event": "step",
         "step": report.step,
         "totalSteps": report.total_steps,
@@ -103,7 +106,7 @@ def step_line(report: StepReport, peak_memory: int) -> dict[str, Any]:
     return line
 
 
-def eval_line(step: int, scores: Mapping[str, float | None]) -> dict[str, Any]:
+def eval_line(step: int, scores: Mapping[str, float | None]) -> Line:
     """The JSON line for an evaluation: the step and every score that was measured."""
     measured = {name: _number(value) for name, value in scores.items() if value is not None}
     return {"event": "eval", "step": step, **measured}
@@ -152,7 +155,6 @@ class Telemetry:
         progress: Progress = QUIET,
         stream: IO[str] | None = None,
     ) -> None:
-        self.rank = rank
         self.reporting = rank == 0
         self.progress = progress if self.reporting else QUIET
         self.last_step = 0
@@ -276,7 +278,7 @@ class Telemetry:
             self._eval_scores.labels(name=name).set(value)
         self._write(eval_line(self.last_step if step is None else step, measured))
 
-    def _write(self, line: dict[str, Any]) -> None:
+    def _write(self, line: Line) -> None:
         if not self.progress.json_lines:
             return
         stream = self._stream or sys.stdout  # looked up per line: tests swap sys.stdout

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from finetune_trainer.data.packing import PackedExample, collate_packed
 from finetune_trainer.data.tokenize import IGNORE_INDEX, TokenizedExample
+
+if TYPE_CHECKING:
+    import torch
 
 WINDOW_BATCHES = 64
 """Batches per sorting window: larger cuts more padding but makes order less random."""
@@ -40,7 +43,7 @@ def length_grouped_batches(
     return batches
 
 
-def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, Any]:
+def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (pads never labelled).
 
     Packed examples get ``collate_packed``'s batch; classification examples get

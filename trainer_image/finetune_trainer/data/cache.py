@@ -34,14 +34,17 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.data.tokenize import TokenizedExample
+from finetune_trainer.storage.cache import CACHE_DIR_ENV, cache_root
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("finetune.trainer")
 
 CACHE_VERSION = 1
-CACHE_DIR_ENV = "FINETUNE_CACHE_DIR"
 LOCAL_DIR_NAME = ".finetune-cache"
 _CHUNK = 1 << 20
 
@@ -55,7 +58,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """What makes this tokenizer produce the ids it produces."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     parts = {
@@ -87,8 +90,7 @@ def cache_key(data_digest: str, tokenizer_id: str, settings: Mapping[str, Any]) 
 
 def cache_dirs(data_file: Path) -> list[Path]:
     """Where to look for and write entries, in order of preference."""
-    fallback = Path(os.environ.get(CACHE_DIR_ENV) or "~/.cache/finetune-operator").expanduser()
-    return [data_file.resolve().parent / LOCAL_DIR_NAME, fallback]
+    return [data_file.resolve().parent / LOCAL_DIR_NAME, cache_root()]
 
 
 def _entry_name(data_file: Path, key: str) -> str:

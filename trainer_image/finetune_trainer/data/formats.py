@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from finetune_api.config import ColumnMapping
+from finetune_trainer.data.loading import Row
 from finetune_trainer.errors import DataError
 
 Message = dict[str, str]
@@ -56,7 +56,7 @@ class RowError(ValueError):
     """What is wrong with one row; the caller adds where."""
 
 
-def _column(row: dict[str, Any], name: str, setting: str, *, optional: bool = False) -> Any:
+def _column(row: Row, name: str, setting: str, *, optional: bool = False) -> object:
     if name not in row or row[name] is None:
         if optional:
             return None
@@ -68,13 +68,13 @@ def _column(row: dict[str, Any], name: str, setting: str, *, optional: bool = Fa
     return row[name]
 
 
-def _text(value: Any, what: str) -> str:
+def _text(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise RowError(f"{what} must be a string, got {type(value).__name__}")
     return value
 
 
-def _messages(row: dict[str, Any], cols: ColumnMapping) -> Example:
+def _messages(row: Row, cols: ColumnMapping) -> Example:
     raw = _column(row, cols.messages, "messages")
     if not isinstance(raw, list) or not raw:
         raise RowError(f"column '{cols.messages}' must be a non-empty list of {{role, content}}")
@@ -91,7 +91,7 @@ def _messages(row: dict[str, Any], cols: ColumnMapping) -> Example:
     return Example(messages=tuple(messages))
 
 
-def _with_system(row: dict[str, Any], cols: ColumnMapping, turns: list[Message]) -> Example:
+def _with_system(row: Row, cols: ColumnMapping, turns: list[Message]) -> Example:
     if cols.system is not None:
         system = _column(row, cols.system, "system", optional=True)
         if system:
@@ -99,7 +99,7 @@ def _with_system(row: dict[str, Any], cols: ColumnMapping, turns: list[Message])
     return Example(messages=tuple(turns))
 
 
-def _instruction(row: dict[str, Any], cols: ColumnMapping) -> Example:
+def _instruction(row: Row, cols: ColumnMapping) -> Example:
     instruction = _text(_column(row, cols.instruction, "instruction"), "instruction")
     context = _column(row, cols.input, "input", optional=True)
     user = f"{instruction}\n\n{_text(context, 'input')}" if context else instruction
@@ -109,7 +109,7 @@ def _instruction(row: dict[str, Any], cols: ColumnMapping) -> Example:
     )
 
 
-def _prompt_completion(row: dict[str, Any], cols: ColumnMapping) -> Example:
+def _prompt_completion(row: Row, cols: ColumnMapping) -> Example:
     prompt = _text(_column(row, cols.prompt, "prompt"), "prompt")
     completion = _text(_column(row, cols.completion, "completion"), "completion")
     return _with_system(
@@ -119,11 +119,11 @@ def _prompt_completion(row: dict[str, Any], cols: ColumnMapping) -> Example:
     )
 
 
-def _raw_text(row: dict[str, Any], cols: ColumnMapping) -> Example:
+def _raw_text(row: Row, cols: ColumnMapping) -> Example:
     return Example(text=_text(_column(row, cols.text, "text"), "text"))
 
 
-def _label(value: Any, column: str) -> Label:
+def _label(value: object, column: str) -> Label:
     # Parquet written from pandas stores an integer column with gaps as floats.
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -137,7 +137,7 @@ def _label(value: Any, column: str) -> Label:
     return value
 
 
-def _classification(row: dict[str, Any], cols: ColumnMapping) -> Example:
+def _classification(row: Row, cols: ColumnMapping) -> Example:
     text = _text(_column(row, cols.text, "text"), "text")
     pair = None
     if cols.text_pair is not None:
@@ -146,7 +146,7 @@ def _classification(row: dict[str, Any], cols: ColumnMapping) -> Example:
     return Example(text=text, text_pair=pair, label=label)
 
 
-FORMATS: dict[str, Callable[[dict[str, Any], ColumnMapping], Example]] = {
+FORMATS: dict[str, Callable[[Row, ColumnMapping], Example]] = {
     "messages": _messages,
     "instruction": _instruction,
     "prompt-completion": _prompt_completion,
@@ -155,9 +155,7 @@ FORMATS: dict[str, Callable[[dict[str, Any], ColumnMapping], Example]] = {
 }
 
 
-def to_examples(
-    rows: list[dict[str, Any]], fmt: str, cols: ColumnMapping, label: str
-) -> list[Example]:
+def to_examples(rows: list[Row], fmt: str, cols: ColumnMapping, label: str) -> list[Example]:
     convert = FORMATS[fmt]
     examples = []
     for index, row in enumerate(rows):

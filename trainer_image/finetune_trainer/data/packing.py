@@ -31,9 +31,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from finetune_trainer.data.tokenize import IGNORE_INDEX, TokenizedExample
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def pack_examples(examples: Sequence[TokenizedExample], capacity: int) -> list[P
     return packed
 
 
-def collate_packed(examples: Sequence[PackedExample], pad_id: int) -> dict[str, Any]:
+def collate_packed(examples: Sequence[PackedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """``input_ids``, ``labels``, restarting ``position_ids`` and the 4-D block mask."""
     import torch
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic.alias_generators import to_camel
 
@@ -39,6 +39,9 @@ from finetune_trainer.data.tokenize import (
 )
 from finetune_trainer.errors import ConfigError, DataError
 from finetune_trainer.storage.backends import Access, backend_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,6 @@ class _Source:
     """One file's examples after cleaning, and their tokens (same order)."""
 
     label: str
-    uri: str
     examples: list[Example]
     rows: list[int]
     tokens: list[TokenizedExample]
@@ -142,7 +144,7 @@ class _Reader:
 
     def __init__(
         self,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         settings: TokenizeSettings,
         report: DataReport,
         *,
@@ -171,7 +173,7 @@ class _Reader:
         self.report.dropped_duplicates += counts.duplicates
         examples = [examples[i] for i in kept]
         tokens = self._tokens(path, fmt, columns, examples, kept, label)
-        return _Source(label, uri, examples, kept, tokens)
+        return _Source(label, examples, kept, tokens)
 
     def _tokens(
         self,
@@ -329,7 +331,7 @@ def _with_class_ids(items: list[_Item], vocabulary: LabelVocabulary) -> list[Tok
 
 
 def prepare_data(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     spec: DatasetSpec,
     *,
     max_length: int,

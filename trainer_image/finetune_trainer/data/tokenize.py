@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from finetune_trainer.data.formats import Example, Message
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 
@@ -52,7 +55,9 @@ class TemplateError(ValueError):
     """The chat template cannot be used for masked training; the message says why."""
 
 
-def _render(tokenizer: Any, messages: Sequence[Message], *, generation_prompt: bool) -> str:
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *, generation_prompt: bool
+) -> str:
     text = tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=generation_prompt
     )
@@ -60,7 +65,7 @@ def _render(tokenizer: Any, messages: Sequence[Message], *, generation_prompt: b
 
 
 def assistant_spans(
-    tokenizer: Any, messages: Sequence[Message]
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns."""
     full = _render(tokenizer, messages, generation_prompt=False)
@@ -82,7 +87,7 @@ def assistant_spans(
 
 
 def tokenize_chat(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[Message],
     max_length: int,
     *,
@@ -103,7 +108,9 @@ def tokenize_chat(
     return _truncate(ids, labels, max_length)
 
 
-def tokenize_text(tokenizer: Any, text: str, max_length: int) -> TokenizedExample:
+def tokenize_text(
+    tokenizer: PreTrainedTokenizerBase, text: str, max_length: int
+) -> TokenizedExample:
     """Continued pretraining: every token is a label, and EOS closes the document."""
     ids: list[int] = tokenizer(text, add_special_tokens=True)["input_ids"]
     if tokenizer.eos_token_id is not None:
@@ -111,13 +118,13 @@ def tokenize_text(tokenizer: Any, text: str, max_length: int) -> TokenizedExampl
     return _truncate(ids, list(ids), max_length)
 
 
-def _encode_plain(tokenizer: Any, text: str) -> list[int]:
+def _encode_plain(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids
 
 
 def tokenize_classification(
-    tokenizer: Any, text: str, pair: str | None, max_length: int
+    tokenizer: PreTrainedTokenizerBase, text: str, pair: str | None, max_length: int
 ) -> TokenizedExample:
     """The text (and pair) as the tokenizer encodes them for a classifier, special tokens
     included; too long, the longer of the two texts is cut first (``longest_first``).
@@ -138,7 +145,11 @@ def _truncate(ids: list[int], labels: list[int], max_length: int) -> TokenizedEx
 
 
 def tokenize_example(
-    tokenizer: Any, example: Example, max_length: int, *, loss_on: LossOn = "completion"
+    tokenizer: PreTrainedTokenizerBase,
+    example: Example,
+    max_length: int,
+    *,
+    loss_on: LossOn = "completion",
 ) -> TokenizedExample:
     """Dispatch on the kind of example; ``truncated`` says when ``max_length`` cut it."""
     if example.messages is not None:
@@ -149,7 +160,9 @@ def tokenize_example(
     return tokenize_text(tokenizer, example.text, max_length)
 
 
-def generation_prompt_ids(tokenizer: Any, prompt: Sequence[Message]) -> list[int]:
+def generation_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Message]
+) -> list[int]:
     """The tokens a model sees when asked to answer ``prompt``."""
     text = _render(tokenizer, prompt, generation_prompt=True)
     ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,5 +1,8 @@
-"""Where models, datasets and artifacts live: URI parsing (pure) and scheme backends.
+"""Where models, datasets and artifacts live: one backend per URI scheme.
 
-``uri`` is pure and torch-free so the contract can validate URIs; ``backends`` does
-the I/O, one registry entry per scheme.
+URI parsing is the contract's (``finetune_api.uri``, pure and torch-free, so the operator
+validates URIs the same way). Here is the I/O, layered so that imports run one way:
+``backends`` (the scheme registry) above ``local``, ``hub`` and ``s3`` (one backend
+each), above ``credentials`` and ``cache``, above ``store`` (the shared types). The
+``.importlinter`` file holds that order.
 """

@@ -32,23 +32,28 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from finetune_api.uri import ParsedUri
 from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
 from finetune_trainer.storage import cache
 from finetune_trainer.storage.credentials import S3Settings, redact, s3_client, s3_settings
-from finetune_trainer.storage.store import ObjectInfo, join_key, safe_key
+from finetune_trainer.storage.store import Access, ObjectInfo, join_key, safe_key
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
-    from finetune_api.uri import ParsedUri
-    from finetune_trainer.storage.backends import Access
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+H = TypeVar("H", bound=_Hasher)
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 """Files above this are uploaded in parts (and downloaded in ranges)."""
@@ -369,7 +374,7 @@ def verify_download(path: Path, head: dict[str, Any]) -> str | None:
     return None
 
 
-def _digest(path: Path, hasher: Any) -> Any:
+def _digest(path: Path, hasher: H) -> H:
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             hasher.update(block)

@@ -1,4 +1,9 @@
-"""A place to keep files under one URI prefix: the output, its checkpoints.
+"""What every storage scheme shares: a place to keep files under one URI prefix (the
+output, its checkpoints), how a URI is reached, and what a scheme's backend provides.
+
+The bottom of the storage package: each backend module (``local``, ``hub``, ``s3``)
+implements :class:`Backend` and builds its stores from here, and ``backends`` maps each
+URI scheme to one backend. Nothing here imports a backend, so dependencies run one way.
 
 A :class:`Store` is rooted at a URI (``file://…``, ``pvc://…``, ``s3://bucket/prefix``)
 and addresses objects by keys relative to that root, ``/``-separated. Keys come from
@@ -24,9 +29,18 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote
 
+from finetune_api.uri import ParsedUri
 from finetune_trainer.errors import StorageError
 
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Access:
+    """How to reach a URI: which mounted Secret holds its credentials, how long to retry."""
+
+    credentials_secret: str | None = None
+    deadline_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,19 @@ class Store(Protocol):
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove these objects; missing ones are not an error."""
+
+
+class Backend(Protocol):
+    """One URI scheme's I/O: reading models and datasets, and writing outputs."""
+
+    def local_file(self, uri: ParsedUri, access: Access) -> Path:
+        """A local path holding the object at ``uri`` (downloaded if need be)."""
+
+    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
+        """A local directory holding the model at ``uri`` in Hugging Face layout."""
+
+    def store(self, uri: ParsedUri, access: Access) -> Store:
+        """The output location ``uri`` as a :class:`Store` (artifacts, checkpoints)."""
 
 
 def safe_key(key: str) -> str:
