@@ -478,6 +478,43 @@ def test_pissa_and_olora_move_the_base_weights_into_the_adapter(
         torch.testing.assert_close(model(input_ids=ids).logits, logits_before, atol=1e-3, rtol=0)
 
 
+def test_qlora_takes_its_lora_options_from_the_lora_section(
+    make_job: Any, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """type: qlora as KAITO writes it: the LoRA options under lora:, only the quantisation
+    under qlora:. The adapter is the one lora: describes, on the base qlora: quantises."""
+    import dataclasses
+
+    from finetune_trainer.methods import REGISTRY, get_method
+
+    qlora = get_method("qlora")
+    quantizations: list[Any] = []
+
+    def recording(options: Any, compute: Any) -> Any:
+        quantizations.append(qlora.quantization(options, compute))
+        return quantizations[-1]
+
+    monkeypatch.setitem(REGISTRY, "qlora", dataclasses.replace(qlora, quantization=recording))
+    lora = {**TINY_LORA, "targetModules": ["q_proj", "v_proj"]}
+    job = make_job(
+        method={"type": "qlora", "lora": lora, "qlora": {"quantType": "fp4"}},
+        training={"maxSteps": 2},
+    )
+    result = runner.invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = job.parent / "out"
+
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (4, 8)
+    assert set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    shapes = Shapes.of(tiny_model_dir)
+    assert metrics_of(out)["trainableParameters"] == shapes.lora(4, ["q_proj", "v_proj"])
+    (quantization,) = quantizations
+    assert quantization.load_in_4bit
+    assert quantization.bnb_4bit_quant_type == "fp4"
+    assert verify_manifest(out) == []
+
+
 def test_prompt_text_init_starts_from_the_texts_token_embeddings(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -473,16 +473,77 @@ def test_method_cel_rules_cover_every_section(schema: dict[str, Any]) -> None:
         "prompt",
         "pTuning",
     ]
-    assert len(rules) == len(sections) == len(types)
-    for method_type, section, rule in zip(types, sections, rules, strict=True):
+    # one rule per section, then one per method that builds on another (qlora on lora)
+    section_rules, once_rules = rules[: len(sections)], rules[len(sections) :]
+    assert len(section_rules) == len(sections) == len(types)
+    for method_type, section, rule in zip(types, sections, section_rules, strict=True):
+        # lora's section also takes qlora's LoRA options
+        allowed = "in ['lora', 'qlora']" if section == "lora" else f"== '{method_type}'"
         assert rule["rule"] == (
-            f"!has(self.{section}) || (has(self.type) ? self.type : 'lora') == '{method_type}'"
+            f"!has(self.{section}) || (has(self.type) ? self.type : 'lora') {allowed}"
         )
         assert section in rule["message"]
         # the section must exist in the schema for has(self.<section>) to compile
         assert section in at(schema, "spec.method")["properties"]
-    assert rules[-1]["rule"].startswith("!has(self.pTuning) ||")
-    assert rules[-1]["rule"].endswith("== 'p-tuning'")
+    assert section_rules[-1]["rule"].startswith("!has(self.pTuning) ||")
+    assert section_rules[-1]["rule"].endswith("== 'p-tuning'")
+    (once,) = once_rules
+    assert once["rule"].startswith(
+        "(has(self.type) ? self.type : 'lora') != 'qlora' || !has(self.lora) || !has(self.qlora)"
+    )
+    assert "(has(self.lora.r) && has(self.qlora.r))" in once["rule"]
+    assert "quantType" not in once["rule"]  # qlora's own options have no twin under lora
+    assert "under both lora and qlora" in once["message"]
+
+
+def _method_cel_verdicts(method: dict[str, Any]) -> list[str]:
+    """The messages of the spec.method CEL rules that refuse ``method``."""
+    import celpy
+
+    env = celpy.Environment()
+    rules = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["method"]["x-kubernetes-validations"]
+    return [
+        rule["message"]
+        for rule in rules
+        if "oldSelf" not in rule["rule"]
+        and not env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(method)})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "refused_by"),
+    [
+        ({"type": "qlora", "lora": {"r": 8}}, None),
+        ({"type": "qlora", "lora": {"r": 8}, "qlora": {"quantType": "fp4"}}, None),
+        ({"type": "qlora", "qlora": {"r": 8, "quantType": "fp4"}}, None),
+        ({"lora": {"r": 8}}, None),
+        ({"type": "lora", "lora": {"r": 8}}, None),
+        ({"type": "adalora", "lora": {"r": 8}}, "section 'lora' is set but type is not lora"),
+        ({"type": "lora", "qlora": {"r": 8}}, "section 'qlora' is set but type is not qlora"),
+        ({"qlora": {}}, "section 'qlora' is set but type is not qlora"),
+        (
+            {"type": "qlora", "lora": {"r": 8}, "qlora": {"r": 16}},
+            "an option is set under both lora and qlora",
+        ),
+        (
+            {"type": "qlora", "lora": {"alpha": 8}, "qlora": {"loraPlusRatio": 4, "alpha": 2}},
+            "an option is set under both lora and qlora",
+        ),
+    ],
+)
+def test_method_cel_rules_agree_with_pydantic(
+    method: dict[str, Any], refused_by: str | None
+) -> None:
+    refused = _method_cel_verdicts(method)
+    if refused_by is None:
+        assert refused == []
+        MethodSpec.model_validate(method)
+    else:
+        assert len(refused) == 1 and refused[0].startswith(refused_by), refused
+        with pytest.raises(ValueError):
+            MethodSpec.model_validate(method)
 
 
 def test_metadata_name_cel_rule(schema: dict[str, Any]) -> None:

@@ -316,3 +316,111 @@ def test_peft_task_type_follows_the_job_task(tmp_path: Any) -> None:
     assert peft_task_type(context("sequence-classification")) == TaskType.SEQ_CLS
     with pytest.raises(ConfigError, match="task: translation has no PEFT task type"):
         peft_task_type(context("translation"))
+
+
+# --------------------------------------------------------------------------- qlora builds on lora
+
+
+def test_qlora_takes_its_lora_options_under_lora() -> None:
+    method = {
+        "type": "qlora",
+        "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"], "useDora": True},
+        "qlora": {"quantType": "fp4", "doubleQuant": False},
+    }
+    assert problems(method) == []
+    options = MethodSpec.model_validate(method).options()
+    assert type(options) is QLoraSpec
+    assert (options.r, options.alpha, options.target_modules) == (4, 8, ["q_proj", "v_proj"])
+    assert (options.use_dora, options.quant_type, options.double_quant) == (True, "fp4", False)
+    assert options.compute_dtype == "auto"  # defaults for what neither section gives
+    # the lora section alone is enough; the older form keeps working
+    assert MethodSpec.model_validate({"type": "qlora", "lora": {"r": 4}}).options().r == 4
+    assert MethodSpec.model_validate({"type": "qlora", "qlora": {"r": 4}}).options().r == 4
+
+
+def test_the_two_sections_can_share_out_the_lora_options() -> None:
+    spec = MethodSpec.model_validate(
+        {"type": "qlora", "lora": {"r": 4}, "qlora": {"alpha": 8, "quantType": "fp4"}}
+    )
+    options = spec.options()
+    assert (options.r, options.alpha, options.quant_type) == (4, 8, "fp4")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "fragments"),
+    [
+        (
+            {"type": "qlora", "lora": {"r": 8}, "qlora": {"r": 16, "quantType": "nf4"}},
+            "spec.method",
+            [
+                "lora.r and qlora.r are both set",
+                "give each lora option once, under lora:",
+                "keep only quantType, doubleQuant and computeDtype under qlora:",
+            ],
+        ),
+        (
+            {"type": "qlora", "lora": {"alpha": 8, "init": "gaussian"}, "qlora": {"alpha": 8}},
+            "spec.method",
+            ["lora.alpha and qlora.alpha are both set"],  # even with the same value
+        ),
+        (
+            {"type": "qlora", "lora": {"init": "pissa"}},
+            "spec.method.lora",
+            ["init pissa rewrites the base weights", "type: lora for init pissa"],
+        ),
+        (
+            {"type": "qlora", "lora": {"init": "olora"}, "qlora": {"quantType": "fp4"}},
+            "spec.method.lora",
+            ["init olora rewrites the base weights", "type: lora for init olora"],
+        ),
+        (
+            {"type": "qlora", "lora": {"r": 8}, "qlora": {"init": "pissa"}},
+            "spec.method.qlora",
+            ["init pissa rewrites the base weights"],
+        ),
+        (
+            {"type": "adalora", "lora": {"r": 8}},
+            "spec.method",
+            [
+                "section 'lora' is set but type is 'adalora'",
+                "set type: lora or qlora, or move the options under 'adalora:'",
+            ],
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_qlora_sections_mistakes(method: dict[str, Any], path: str, fragments: list[str]) -> None:
+    where, message = only_problem(method)
+    assert where == path
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_pissa_stays_a_lora_option() -> None:
+    # the qlora check on the lora section applies to type qlora only
+    assert problems({"type": "lora", "lora": {"init": "pissa"}}) == []
+
+
+def test_a_dump_writes_each_option_in_its_section_and_reads_back() -> None:
+    """Dumps fill in defaults, so a lora section dumped in full beside a qlora section
+    dumped in full would read back as every option given twice."""
+    spec = MethodSpec.model_validate(
+        {"type": "qlora", "lora": {"r": 4}, "qlora": {"alpha": 8, "quantType": "fp4"}}
+    )
+    dumped = spec.model_dump(exclude_none=True)
+    assert dumped["lora"]["r"] == 4
+    assert dumped["lora"]["alpha"] == 8  # moved to where it belongs
+    assert dumped["qlora"] == {"quantType": "fp4", "doubleQuant": True, "computeDtype": "auto"}
+    assert spec.model_dump(exclude_unset=True) == {
+        "type": "qlora",
+        "lora": {"r": 4, "alpha": 8},
+        "qlora": {"quantType": "fp4"},
+    }
+    assert spec.model_dump(by_alias=False, exclude_none=True)["qlora"]["quant_type"] == "fp4"
+    again = MethodSpec.model_validate(dumped)
+    assert again.options() == spec.options()
+    assert again.model_dump(exclude_none=True) == dumped
+    assert MethodSpec.model_validate_json(spec.model_dump_json()).options() == spec.options()
+    # the older form is written as it was
+    legacy = MethodSpec.model_validate({"type": "qlora", "qlora": {"r": 4}})
+    assert set(legacy.model_dump(exclude_none=True)) == {"type", "qlora"}

@@ -185,3 +185,28 @@ def test_config_is_frozen() -> None:
     config = render_trainer_config(job())
     with pytest.raises(ValidationError):
         config.job_name = "other"  # type: ignore[misc]
+
+
+def test_qlora_with_lora_options_under_lora_renders_where_the_trainer_reads_them() -> None:
+    from finetune_api.config import QLoraSpec
+
+    source = job(
+        method={
+            "type": "qlora",
+            "lora": {"r": 4, "targetModules": ["q_proj"]},
+            "qlora": {"quantType": "fp4"},
+        }
+    )
+    config = render_trainer_config(source)
+    options = config.method.options()  # what the trainer's qlora method is given
+    assert isinstance(options, QLoraSpec)
+    assert (options.r, options.target_modules, options.quant_type) == (4, ["q_proj"], "fp4")
+    assert options.alpha == 32
+    assert options == source.spec.method.options()
+    method = json.loads(config.to_json())["method"]
+    assert method["lora"]["r"] == 4
+    assert "quantType" not in method["lora"]
+    assert method["qlora"] == {"quantType": "fp4", "doubleQuant": True, "computeDtype": "auto"}
+    again = TrainerConfig.from_json(config.to_json())
+    assert again == config
+    assert again.method.options() == options

@@ -29,20 +29,16 @@ from finetune_api.config.job import (
     Strategy,
     TrainerConfig,
 )
-from finetune_api.config.methods import (
-    AdaLoraSpec,
-    FreezeSpec,
-    FullSpec,
-    IA3Spec,
-    LoraSpec,
-    MethodOptions,
-    MethodSpec,
-    MethodType,
-    PrefixSpec,
-    PromptSpec,
-    PTuningSpec,
-    QLoraSpec,
-)
+from finetune_api.config.methods import MethodOptions, MethodSpec, MethodType
+from finetune_api.config.methods.adalora import AdaLoraSpec
+from finetune_api.config.methods.freeze import FreezeSpec
+from finetune_api.config.methods.full import FullSpec
+from finetune_api.config.methods.ia3 import IA3Spec
+from finetune_api.config.methods.lora import LoraSpec
+from finetune_api.config.methods.p_tuning import PTuningSpec
+from finetune_api.config.methods.prefix import PrefixSpec
+from finetune_api.config.methods.prompt import PromptSpec
+from finetune_api.config.methods.qlora import QLoraSpec
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
 
 __all__ = [

@@ -10,15 +10,21 @@ on loading.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from finetune_api.config import AdaLoraSpec
+import torch
+
+from finetune_api.config.methods.adalora import ADALORA, AdaLoraSpec
 from finetune_trainer.errors import ConfigError
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import peft_task_type, wrap_peft
 
+if TYPE_CHECKING:
+    from peft import AdaLoraConfig, AdaLoraModel, PeftModel
+    from transformers import PreTrainedModel
 
-def adalora_config(options: AdaLoraSpec, ctx: MethodContext) -> Any:
+
+def adalora_config(options: AdaLoraSpec, ctx: MethodContext) -> AdaLoraConfig:
     from peft import AdaLoraConfig
 
     if options.tinit + options.tfinal >= ctx.total_steps:
@@ -45,31 +51,44 @@ def adalora_config(options: AdaLoraSpec, ctx: MethodContext) -> Any:
     )
 
 
-def apply_adalora(model: Any, options: AdaLoraSpec, ctx: MethodContext) -> Any:
-    model = wrap_peft(model, adalora_config(options, ctx), "adalora")
+def apply_adalora(model: PreTrainedModel, options: AdaLoraSpec, ctx: MethodContext) -> PeftModel:
+    peft_model = wrap_peft(model, adalora_config(options, ctx), "adalora")
     # peft upcasts bf16/fp16 adapter tensors to fp32 by re-assigning them into their
     # ParameterDict, which turns the fixed rank count (the scale's denominator, never
     # saved) into a trainable parameter; the optimizer would then move the scale.
-    for name, param in model.named_parameters():
+    for name, param in peft_model.named_parameters():
         if ".ranknum." in name:
             param.requires_grad_(False)
-    return model
+    return peft_model
 
 
-def reallocate_ranks(model: Any, step: int) -> None:
+def _tuner(model: torch.nn.Module) -> AdaLoraModel:
+    """The AdaLoraModel inside ``model`` (a PeftModel, possibly wrapped by DDP)."""
+    from peft import AdaLoraModel, PeftModel
+
+    peft_model = getattr(model, "module", model)
+    tuner = peft_model.base_model if isinstance(peft_model, PeftModel) else None
+    if not isinstance(tuner, AdaLoraModel):
+        raise TypeError(f"not an AdaLoRA model: {type(peft_model).__name__}")
+    return tuner
+
+
+def reallocate_ranks(model: torch.nn.Module, step: int) -> None:
     """Update importance scores and mask ranks to the step's budget (peft's
     ``update_and_allocate``, which must see this step's gradients)."""
-    model.base_model.update_and_allocate(step)
+    _tuner(model).update_and_allocate(step)
 
 
-def orthogonal_regularization(model: Any) -> Any:
+def orthogonal_regularization(model: torch.nn.Module) -> torch.Tensor:
     """``orth_reg_weight`` x the mean ||PP^T - I||_F over the adapter's P and Q factors:
     what peft's AdaLoraModel.forward adds to a loss the model computes itself."""
-    import torch
+    from peft import AdaLoraConfig
 
-    tuner = getattr(model, "module", model).base_model  # through DDP, then the PeftModel
+    tuner = _tuner(model)
     adapter = tuner.trainable_adapter_name
-    weight = tuner.peft_config[adapter].orth_reg_weight
+    config = tuner.peft_config[adapter]
+    assert isinstance(config, AdaLoraConfig)
+    weight = config.orth_reg_weight
     norms = [
         torch.linalg.matrix_norm(
             (cov := p @ p.T if "lora_A" in name else p.T @ p)
@@ -78,12 +97,14 @@ def orthogonal_regularization(model: Any) -> Any:
         for name, p in tuner.model.named_parameters()
         if ("lora_A" in name or "lora_B" in name) and adapter in name
     ]
-    return weight * torch.stack(norms).mean() if norms else 0.0
+    if not norms:
+        return torch.zeros(())  # a 0-dim tensor adds to a loss on any device
+    return weight * torch.stack(norms).mean()
 
 
 register(
     Method(
-        name="adalora",
+        ADALORA,
         apply=apply_adalora,
         after_step=reallocate_ranks,
         loss_term=orthogonal_regularization,

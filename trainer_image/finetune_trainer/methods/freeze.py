@@ -15,19 +15,22 @@ get a different method than the one named.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from finetune_api.config import FreezeSpec
+from finetune_api.config.methods.freeze import FREEZE, FreezeSpec
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.methods import Method, MethodContext, register
+from finetune_trainer.methods import Method, MethodContext, ParamGroup, register
 from finetune_trainer.methods.common import trainable_in_fp32
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 _HEAD_NAMES = ("score", "classifier")
 
 
-def transformer_blocks(model: Any) -> tuple[Any, torch.nn.ModuleList]:
+def transformer_blocks(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.ModuleList]:
     """(the backbone module holding them, the list of transformer blocks)."""
     layer_classes = set(getattr(model, "_no_split_modules", None) or [])
     lists = [
@@ -47,9 +50,10 @@ def transformer_blocks(model: Any) -> tuple[Any, torch.nn.ModuleList]:
     return max(lists, key=lambda pair: len(pair[1]))
 
 
-def head_module(model: Any) -> torch.nn.Module:
+def head_module(model: torch.nn.Module) -> torch.nn.Module:
     """The output head: the language-model head, or a classifier's score/classifier."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output_embeddings = getattr(model, "get_output_embeddings", None)
+    head = output_embeddings() if callable(output_embeddings) else None
     if head is None:
         head = next((getattr(model, name) for name in _HEAD_NAMES if hasattr(model, name)), None)
     if not isinstance(head, torch.nn.Module):
@@ -60,7 +64,7 @@ def head_module(model: Any) -> torch.nn.Module:
     return head
 
 
-def final_norms(backbone: Any, blocks: torch.nn.ModuleList) -> list[torch.nn.Module]:
+def final_norms(backbone: torch.nn.Module, blocks: torch.nn.ModuleList) -> list[torch.nn.Module]:
     return [
         child
         for child in backbone.children()
@@ -68,7 +72,9 @@ def final_norms(backbone: Any, blocks: torch.nn.ModuleList) -> list[torch.nn.Mod
     ]
 
 
-def apply_freeze(model: Any, options: FreezeSpec, ctx: MethodContext) -> Any:
+def apply_freeze(
+    model: PreTrainedModel, options: FreezeSpec, ctx: MethodContext
+) -> PreTrainedModel:
     backbone, blocks = transformer_blocks(model)
     if options.trainable_layers > len(blocks):
         raise ConfigError(
@@ -98,11 +104,11 @@ def apply_freeze(model: Any, options: FreezeSpec, ctx: MethodContext) -> Any:
     return trainable_in_fp32(model)
 
 
-def freeze_param_groups(model: Any, options: FreezeSpec, lr: float) -> list[dict[str, Any]]:
+def freeze_param_groups(model: torch.nn.Module, options: FreezeSpec, lr: float) -> list[ParamGroup]:
     """The head at lr x headLrMultiplier, every other trainable parameter at lr."""
     head = {id(p) for p in head_module(model).parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
+    groups: list[ParamGroup] = [
         {"params": [p for p in trainable if id(p) not in head], "lr": lr, "name": "body"},
         {
             "params": [p for p in trainable if id(p) in head],
@@ -113,11 +119,4 @@ def freeze_param_groups(model: Any, options: FreezeSpec, lr: float) -> list[dict
     return [g for g in groups if g["params"]]
 
 
-register(
-    Method(
-        name="freeze",
-        apply=apply_freeze,
-        param_groups=freeze_param_groups,
-        artifact="model",
-    )
-)
+register(Method(FREEZE, apply=apply_freeze, param_groups=freeze_param_groups))

@@ -7,16 +7,19 @@ autocast computes in bf16/fp16: training bf16 weights directly loses small updat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from finetune_api.config import FullSpec
+from finetune_api.config.methods.full import FULL, FullSpec
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import trainable_in_fp32
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def apply_full(model: Any, options: FullSpec, ctx: MethodContext) -> Any:
+
+def apply_full(model: PreTrainedModel, options: FullSpec, ctx: MethodContext) -> PreTrainedModel:
     model.requires_grad_(True)
     return trainable_in_fp32(model)
 
 
-register(Method(name="full", apply=apply_full, artifact="model"))
+register(Method(FULL, apply=apply_full))

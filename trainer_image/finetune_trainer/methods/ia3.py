@@ -4,18 +4,22 @@ trainable parameters of the adapter methods."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from finetune_api.config import IA3Spec
+from finetune_api.config.methods.ia3 import IA3, IA3Spec
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import peft_task_type, wrap_peft
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 def _modules(value: str | list[str] | None) -> str | list[str] | None:
     return value if value is None or isinstance(value, str) else list(value)
 
 
-def apply_ia3(model: Any, options: IA3Spec, ctx: MethodContext) -> Any:
+def apply_ia3(model: PreTrainedModel, options: IA3Spec, ctx: MethodContext) -> PeftModel:
     from peft import IA3Config
 
     config = IA3Config(
@@ -27,4 +31,4 @@ def apply_ia3(model: Any, options: IA3Spec, ctx: MethodContext) -> Any:
     return wrap_peft(model, config, "ia3")
 
 
-register(Method(name="ia3", apply=apply_ia3))
+register(Method(IA3, apply=apply_ia3))

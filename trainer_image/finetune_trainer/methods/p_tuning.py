@@ -5,17 +5,26 @@ adapter needs no encoder to load."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from finetune_api.config import PTuningSpec
+from finetune_api.config.methods.p_tuning import P_TUNING, PTuningSpec
 from finetune_trainer.methods import Method, MethodContext, register
-from finetune_trainer.methods.common import peft_task_type, trainable_in_fp32, wrap_peft
+from finetune_trainer.methods.common import (
+    hidden_size,
+    peft_task_type,
+    trainable_in_fp32,
+    wrap_peft,
+)
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 LSTM_LAYERS = 2
 """encoderNumLayers' default for the lstm encoder (peft's)."""
 
 
-def apply_p_tuning(model: Any, options: PTuningSpec, ctx: MethodContext) -> Any:
+def apply_p_tuning(model: PreTrainedModel, options: PTuningSpec, ctx: MethodContext) -> PeftModel:
     from peft import PromptEncoderConfig, PromptEncoderReparameterizationType
 
     lstm = options.encoder == "lstm"
@@ -27,11 +36,11 @@ def apply_p_tuning(model: Any, options: PTuningSpec, ctx: MethodContext) -> Any:
             if lstm
             else PromptEncoderReparameterizationType.MLP
         ),
-        encoder_hidden_size=options.encoder_hidden_size or model.config.hidden_size,
+        encoder_hidden_size=options.encoder_hidden_size or hidden_size(model),
         encoder_num_layers=(options.encoder_num_layers or LSTM_LAYERS) if lstm else LSTM_LAYERS,
         encoder_dropout=options.encoder_dropout,
     )
     return trainable_in_fp32(wrap_peft(model, config, "pTuning"))
 
 
-register(Method(name="p-tuning", apply=apply_p_tuning))
+register(Method(P_TUNING, apply=apply_p_tuning))

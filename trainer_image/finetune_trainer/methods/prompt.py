@@ -4,14 +4,18 @@ embeddings of a text's tokens (read with the job's own tokenizer directory)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from finetune_api.config import PromptSpec
+from finetune_api.config.methods.prompt import PROMPT, PromptSpec
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import peft_task_type, trainable_in_fp32, wrap_peft
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
-def apply_prompt(model: Any, options: PromptSpec, ctx: MethodContext) -> Any:
+
+def apply_prompt(model: PreTrainedModel, options: PromptSpec, ctx: MethodContext) -> PeftModel:
     from peft import PromptTuningConfig, PromptTuningInit
 
     text = options.init == "text"
@@ -25,4 +29,4 @@ def apply_prompt(model: Any, options: PromptSpec, ctx: MethodContext) -> Any:
     return trainable_in_fp32(wrap_peft(model, config, "prompt"))
 
 
-register(Method(name="prompt", apply=apply_prompt))
+register(Method(PROMPT, apply=apply_prompt))

@@ -5,19 +5,27 @@ bitsandbytes quantizes the linear weights at load time; peft's
 embeddings) to fp32 and enables input gradients so the adapters can learn. Every LoRA
 option applies (DoRA included, which bitsandbytes supports on CPU too) except the PiSSA
 and OLoRA initialisations, which the options refuse: they rewrite the base weights.
+
+The options arrive merged: ``method.options()`` gives one QLoraSpec from the LoRA
+options under ``lora:`` (or, the older form, ``qlora:``) and the quantisation under
+``qlora:``, so this module reads LoRA's options the way LoRA does.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from finetune_api.config import QLoraSpec
+from finetune_api.config.methods.qlora import QLORA, QLoraSpec
 from finetune_trainer.methods import Method, MethodContext, register
 from finetune_trainer.methods.common import wrap_peft
 from finetune_trainer.methods.lora import lora_config, lora_param_groups
 from finetune_trainer.modeling import Compute
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import BitsAndBytesConfig, PreTrainedModel
 
 _COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -28,7 +36,7 @@ def compute_dtype(options: QLoraSpec, compute: Compute) -> torch.dtype:
     return _COMPUTE_DTYPES[options.compute_dtype]
 
 
-def quantization(options: QLoraSpec, compute: Compute) -> Any:
+def quantization(options: QLoraSpec, compute: Compute) -> BitsAndBytesConfig:
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -40,16 +48,18 @@ def quantization(options: QLoraSpec, compute: Compute) -> Any:
     )
 
 
-def apply_qlora(model: Any, options: QLoraSpec, ctx: MethodContext) -> Any:
+def apply_qlora(model: PreTrainedModel, options: QLoraSpec, ctx: MethodContext) -> PeftModel:
     from peft import prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return wrap_peft(model, lora_config(options, ctx), "qlora")
+    prepared: PreTrainedModel = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=False
+    )
+    return wrap_peft(prepared, lora_config(options, ctx), "qlora")
 
 
 register(
     Method(
-        name="qlora",
+        QLORA,
         apply=apply_qlora,
         quantization=quantization,
         param_groups=lora_param_groups,
