@@ -232,9 +232,9 @@ class FineTuneJobSpec(JobSections):
     def facts(self, name: str | None = None) -> rules.Facts:
         """What the rules read of this spec; ``name`` is the object's metadata.name."""
         r = self.resources
-        return rules.spec_facts(
-            self,
-            strategy=r.strategy,
+        return self.rule_facts(
+            r.strategy,
+            "resources.strategy",
             nodes=r.nodes,
             gpus=r.gpus,
             name=name,

@@ -190,6 +190,13 @@ def test_every_rule_has_a_breaking_and_a_keeping_case() -> None:
     assert set(CASES) == {rule.name for rule in RULES}
 
 
+def test_the_cel_twin_knows_every_method_on_a_quantised_base() -> None:
+    from finetune_api.config.methods import METHODS
+    from finetune_api.rules import _QUANTIZED
+
+    assert [name for name, entry in METHODS.items() if entry.quantized_base] == _QUANTIZED
+
+
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_a_spec_that_keeps_the_rule_is_accepted_everywhere(rule: Rule, tmp_path: Path) -> None:
     body = manifest(CASES[rule.name][1])
@@ -247,15 +254,14 @@ def rule_violation(rule: Rule, body: dict[str, Any]) -> tuple[str, str]:
     breaks one still gives the rule its facts."""
     from finetune_api.config import JobSections
     from finetune_api.resource import Resources
-    from finetune_api.rules import spec_facts
 
     spec = body["spec"]
     keys = ("task", "model", "dataset", "method", "training", "evaluation")
     sections = JobSections.model_validate({k: spec[k] for k in keys if k in spec})
     resources = Resources.model_validate(spec.get("resources", {}))
-    facts = spec_facts(
-        sections,
-        strategy=resources.strategy,
+    facts = sections.rule_facts(
+        resources.strategy,
+        "resources.strategy",
         nodes=resources.nodes,
         gpus=resources.gpus,
         name=body["metadata"]["name"],

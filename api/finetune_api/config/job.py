@@ -13,6 +13,7 @@ from pydantic import (
     model_validator,
 )
 
+from finetune_api import rules
 from finetune_api.config.base import (
     TRAINER_CONFIG_VERSION,
     CamelModel,
@@ -21,9 +22,9 @@ from finetune_api.config.base import (
     SecretName,
 )
 from finetune_api.config.data import DatasetSpec
-from finetune_api.config.methods import PROMPT_LEARNING_METHODS, MethodSpec
+from finetune_api.config.methods import METHODS, PROMPT_LEARNING_METHODS, MethodSpec
+from finetune_api.config.methods.adalora import ADALORA
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
-from finetune_api.rules import Facts, enforce
 from finetune_api.tasks import TaskName
 
 # --------------------------------------------------------------------------- model
@@ -194,6 +195,44 @@ class JobSections(CamelModel):
         return self
 
 
+    def rule_facts(
+        self,
+        strategy: str,
+        strategy_field: str,
+        *,
+        nodes: int = 1,
+        gpus: int | None = None,
+        name: str | None = None,
+        output_uri: str | None = None,
+    ) -> rules.Facts:
+        """What the cross-field rules (finetune_api.rules) read of these sections and of
+        the resources around them (a spec's, or a TrainerConfig's processes)."""
+        method = METHODS[self.method.type]
+        reserved = None
+        if method is ADALORA:
+            options = self.method.options_for(ADALORA)
+            reserved = options.tinit + options.tfinal
+        stopping = self.training.early_stopping
+        return rules.Facts(
+            task=self.task,
+            method=method.name,
+            quantized_base=method.quantized_base,
+            reserved_steps=reserved,
+            reserved_field=f"method.{method.section}",
+            early_stopping_metric=None if stopping is None else stopping.metric,
+            every_steps=self.evaluation.every_steps,
+            distillation=self.training.distillation is not None,
+            max_steps=self.training.max_steps,
+            precision=self.training.precision,
+            strategy=strategy,
+            strategy_field=strategy_field,
+            nodes=nodes,
+            gpus=gpus,
+            name=name,
+            output_uri=output_uri,
+        )
+
+
 _JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -209,7 +248,10 @@ class TrainerConfig(JobSections):
     def _rules(self) -> Self:
         """The cross-field rules (finetune_api.rules) the FineTuneJob spec obeyed too:
         a TrainerConfig written by hand, or by an older operator, is held to them."""
-        enforce(Facts(self, self.distributed.strategy, "distributed.strategy"))
+        d = self.distributed
+        rules.enforce(
+            self.rule_facts(d.strategy, "distributed.strategy", nodes=d.nodes, gpus=None)
+        )
         return self
 
     def to_json(self) -> str:
