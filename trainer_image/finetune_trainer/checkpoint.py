@@ -36,8 +36,8 @@ from safetensors.torch import load_file, save_file
 
 from finetune_api.config import TrainerConfig
 from finetune_trainer.errors import StorageError
-from finetune_trainer.loop import Checkpointable, LoopState, Resume
 from finetune_trainer.publish import CHECKPOINTS, file_entries, sha256_file
+from finetune_trainer.state import Checkpointable, LoopState, Resume
 from finetune_trainer.storage.store import MANIFEST, Store, delete_set, join_key
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def _write_state_dicts(directory: Path, cp: Checkpointable, main: bool, rank: in
     """Rank 0 writes the shared parts; with FSDP every rank also writes its optimizer
     shard. Gathering sharded weights is collective, so every rank takes part in it."""
     from finetune_trainer.distributed import localize_optimizer_state
-    from finetune_trainer.loop import trainable_state
+    from finetune_trainer.state import trainable_state
 
     weights = trainable_state(cp.model)
     optimizer, sharded = localize_optimizer_state(cp.optimizer.state_dict())

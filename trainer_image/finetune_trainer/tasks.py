@@ -1,10 +1,10 @@
-"""Tasks: what the model predicts and how that is trained and scored.
+"""Tasks as the trainer runs them: the contract's task table plus how each is trained.
 
-``causal-lm`` predicts the next token (supervised fine-tuning and continued
-pretraining); ``sequence-classification`` puts a classification head on the model and
-predicts one class per example. Each is one entry in :data:`TASKS`, saying which
-transformers Auto class loads the model, what a step's loss is averaged over (label
-tokens, or examples), and whether generation-based scores apply.
+What a task is (its name, the transformers Auto class that loads it, the metrics it
+reports, whether generation scores apply, what its loss is averaged over) is written
+once, in :data:`finetune_api.tasks.TASKS`, which the spec rules, the CRD and the docs
+read too. This module adds only what is the trainer's own: the loss function of each
+task, and the function counting a step's units for the contract's ``loss_over``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from finetune_api.tasks import TASKS as CONTRACT_TASKS
+from finetune_api.tasks import EvalMetric, TaskInfo
 from finetune_trainer.data.batching import count_label_tokens
 from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.losses import LossFn, causal_lm_loss
 
+StepWeight = Callable[[list[TokenizedExample]], int]
+"""The units an optimizer step's loss is averaged over, counted over its examples."""
 
-def classification_loss(model: Any, batch: dict[str, Any], weight: int) -> torch.Tensor:
+
+def classification_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], weight: int
+) -> torch.Tensor:
     """Cross-entropy summed over the micro-batch's examples, divided by the step's."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs).logits
@@ -32,40 +39,63 @@ def count_examples(examples: list[TokenizedExample]) -> int:
     return len(examples)
 
 
+LOSSES: dict[str, LossFn] = {
+    "causal-lm": causal_lm_loss,
+    "sequence-classification": classification_loss,
+}
+"""Each contract task's training loss, by task name."""
+
+STEP_WEIGHTS: dict[str, StepWeight] = {
+    "label tokens": count_label_tokens,
+    "examples": count_examples,
+}
+"""How a step's units are counted, by the contract's ``TaskInfo.loss_over``."""
+
+
 @dataclass(frozen=True)
 class Task:
-    name: str
-    auto_class: str
-    """The transformers Auto class that loads a model for this task."""
+    """A contract task (``info``) with the trainer's loss and step weight for it."""
+
+    info: TaskInfo
     loss: LossFn
-    step_weight: Callable[[list[TokenizedExample]], int]
-    generates: bool
-    """Whether exact match and ROUGE-L of greedy generations apply."""
-    metrics: tuple[str, ...]
-    """Periodic evaluation metrics this task reports (early stopping picks one)."""
+    step_weight: StepWeight
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def auto_class(self) -> str:
+        """The transformers Auto class that loads a model for this task."""
+        return self.info.auto_class
+
+    @property
+    def generates(self) -> bool:
+        """Whether exact match and ROUGE-L of greedy generations apply."""
+        return self.info.generates
+
+    @property
+    def metrics(self) -> tuple[EvalMetric, ...]:
+        """Periodic evaluation metrics this task reports (early stopping picks one)."""
+        return self.info.metrics
 
 
-TASKS: dict[str, Task] = {
-    "causal-lm": Task(
-        name="causal-lm",
-        auto_class="AutoModelForCausalLM",
-        loss=causal_lm_loss,
-        step_weight=count_label_tokens,
-        generates=True,
-        metrics=("evalLoss", "perplexity", "tokenAccuracy"),
-    ),
-    "sequence-classification": Task(
-        name="sequence-classification",
-        auto_class="AutoModelForSequenceClassification",
-        loss=classification_loss,
-        step_weight=count_examples,
-        generates=False,
-        metrics=("evalLoss", "accuracy", "macroF1"),
-    ),
-}
+def _trained(info: TaskInfo) -> Task:
+    """``info`` with its loss and step weight; a contract task the trainer cannot train
+    fails at import, not in the middle of someone's run."""
+    if info.name not in LOSSES or info.loss_over not in STEP_WEIGHTS:
+        raise RuntimeError(
+            f"task {info.name} (loss over {info.loss_over}) is in the contract's task table "
+            "but the trainer has no loss or step weight for it"
+        )
+    return Task(info, LOSSES[info.name], STEP_WEIGHTS[info.loss_over])
+
+
+TASKS: dict[str, Task] = {name: _trained(info) for name, info in CONTRACT_TASKS.items()}
 
 
 def auto_model_class(task: str) -> Any:
+    """The transformers class that loads ``task``'s model (transformers types it Any)."""
     import transformers
 
     return getattr(transformers, TASKS[task].auto_class)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from finetune_api.config import TrainerConfig
-    from finetune_trainer.loop import StepReport
+    from finetune_trainer.state import StepReport
 
 PREFIX = "finetune_trainer"
 

@@ -1,0 +1,248 @@
+"""The fine-tuning recipe: the setup steps in their order, the loop, the final scores.
+
+:func:`fine_tune` is the whole run but publishing, readable top to bottom; each line is
+one step of :mod:`finetune_trainer.recipe.setup`, the loop
+(:func:`finetune_trainer.loop.train`) or an evaluation
+(:mod:`finetune_trainer.recipe.scoring`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from finetune_api.config import TrainerConfig
+from finetune_trainer import loop
+from finetune_trainer.data.tokenize import TokenizedExample
+from finetune_trainer.distributed import full_state_dict, reshard
+from finetune_trainer.evaluation import EvalResult
+from finetune_trainer.recipe.scoring import Scorer, base_only
+from finetune_trainer.recipe.setup import (
+    Hardware,
+    TrainableModel,
+    choose_method,
+    quiet_libraries,
+    setup_base_files,
+    setup_base_model,
+    setup_checkpoints,
+    setup_data,
+    setup_hardware,
+    setup_loss,
+    setup_method,
+    setup_optimizer,
+    setup_reporting,
+)
+from finetune_trainer.state import Resume, TrainResult
+from finetune_trainer.steps import total_steps
+from finetune_trainer.tasks import TASKS, Task
+from finetune_trainer.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from finetune_trainer.preemption import StopRequest
+
+log = logging.getLogger("finetune.trainer")
+
+Metrics = dict[str, Any]
+"""metrics.json's keys (camelCase, like the FineTuneJob status) and values."""
+
+
+@dataclass
+class TrainedRun:
+    """A finished run before publishing: what tests and callers may inspect."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    metrics: Metrics
+    validation: list[TokenizedExample]
+    main: bool = True
+    """Whether this process is rank 0, the one that evaluates and publishes."""
+    state_dict: dict[str, Any] | None = None
+    """The whole model's weights gathered from an FSDP-sharded model (rank 0)."""
+
+
+def fine_tune(
+    config: TrainerConfig, telemetry: Telemetry | None = None, *, stop: StopRequest | None = None
+) -> TrainedRun:
+    """Load, evaluate, train and evaluate again; publishing is the caller's.
+
+    A complete checkpoint of this configuration in the output resumes the run from it;
+    ``stop`` (SIGTERM) ends training with a checkpoint and :class:`errors.Preempted`.
+
+    Without ``telemetry`` the run reports nothing but the progress bar (tests, notebooks).
+    """
+    from accelerate.utils import set_seed
+
+    quiet_libraries()
+    wall_start = time.perf_counter()
+    set_seed(config.training.seed)
+    hardware = setup_hardware(config)
+    choice = choose_method(config)
+    task = TASKS[config.task]
+    _check_options(config, task)
+    log.info(
+        "job %s: %s on %s, %s",
+        config.job_name,
+        choice.method.name,
+        hardware.compute.device,
+        hardware.compute.precision,
+    )
+    checkpoints = setup_checkpoints(config, hardware)
+    files = setup_base_files(config)
+    data = setup_data(config, files.tokenizer)
+    base = setup_base_model(config, files, data, hardware, choice)
+    scorer = Scorer(files.tokenizer, data, config.evaluation)
+    before = _scores_before(scorer, base, checkpoints.resume, hardware)
+    steps = total_steps(len(data.train), config.training, hardware.world)
+    trainable = setup_method(config, base, choice, files, hardware, steps)
+    if hardware.sharded and checkpoints.resume is None:
+        before = _scores_before_sharded(scorer, trainable.model)
+    # The method keeps the base vocabulary, which a distillation teacher must share.
+    loss = setup_loss(config, task, choice, hardware, base.config.vocab_size)
+    optimization = setup_optimizer(
+        config, trainable.model, choice, steps, hardware, checkpoints.resume
+    )
+    reporting = setup_reporting(telemetry, steps)
+    hooks = loop.TrainHooks(
+        after_step=choice.method.after_step,
+        on_step=reporting.on_step,
+        compute_loss=loss,
+        step_weight=task.step_weight,
+        evaluate=lambda model: reporting.on_eval(scorer.periodic(model)),
+        eval_every=config.evaluation.every_steps,
+        early_stopping=config.training.early_stopping,
+        checkpoint_every=config.output.checkpoint_every,
+        save=checkpoints.save,
+        resume=checkpoints.resume,
+        stop_requested=stop or (lambda: False),
+        carry={"before": before},
+    )
+    try:
+        with _training_window(stop):
+            result = loop.train(
+                trainable.model,
+                data.train,
+                config.training,
+                pad_id=files.tokenizer.pad_token_id,
+                accelerator=hardware.accelerator,
+                hooks=hooks,
+                optimization=optimization,
+            )
+    finally:
+        reporting.close()
+    return _finish(hardware, scorer, trainable, result, before, wall_start)
+
+
+def _training_window(stop: StopRequest | None) -> AbstractContextManager[None]:
+    """While training, SIGTERM waits for the step to end (and a checkpoint) instead of
+    interrupting the run at once."""
+    return stop.during_training() if stop is not None else nullcontext()
+
+
+def _scores_before(
+    scorer: Scorer, base: torch.nn.Module, resume: Resume | None, hardware: Hardware
+) -> Metrics:
+    """The scores before training, reported by rank 0 only (with everything else the
+    manifest holds): the first attempt's when resuming, else the base model's. A sharded
+    model is evaluated once sharded (:func:`_scores_before_sharded`), since its forward
+    passes are collective."""
+    if resume is not None:
+        carried: Metrics = resume.state.carry.get("before", {})
+        return carried
+    if hardware.main and not hardware.sharded:
+        return scorer.full(base, "before training").as_metrics("Before")
+    return {}
+
+
+def _scores_before_sharded(scorer: Scorer, model: torch.nn.Module) -> Metrics:
+    """The base model's scores measured through the sharded model, its adapter off; every
+    rank takes part."""
+    with base_only(model):
+        scores = scorer.full(model, "before training")
+    reshard(model)
+    return scores.as_metrics("Before")
+
+
+def _finish(
+    hardware: Hardware,
+    scorer: Scorer,
+    trainable: TrainableModel,
+    result: TrainResult,
+    before: Metrics,
+    wall_start: float,
+) -> TrainedRun:
+    """Evaluate the trained model and gather what publishing needs; rank 0 gets the
+    metrics, the other ranks an empty run (they take part in collective steps only)."""
+    model: torch.nn.Module = hardware.accelerator.unwrap_model(trainable.model)
+    tokenizer, validation = scorer.tokenizer, scorer.data.validation
+    if not hardware.main and not hardware.sharded:
+        return TrainedRun(model, tokenizer, {}, validation, main=False)
+    after = scorer.full(model, "after training")
+    whole = full_state_dict(model) if hardware.sharded else None  # gathered on rank 0
+    if not hardware.main:
+        return TrainedRun(model, tokenizer, {}, validation, main=False)
+    metrics = run_metrics(result, before, after, scorer.data.report.as_dict())
+    metrics.update(
+        trainableParameters=trainable.trainable,
+        totalParameters=trainable.total,
+        device=str(hardware.compute.device),
+        precision=hardware.compute.precision,
+        wallSeconds=time.perf_counter() - wall_start,
+    )
+    return TrainedRun(model, tokenizer, metrics, validation, state_dict=whole)
+
+
+def _check_options(config: TrainerConfig, task: Task) -> None:
+    """Combinations the trainer cannot honour for this task, refused before any work."""
+    from finetune_trainer.errors import ConfigError
+
+    stopping = config.training.early_stopping
+    if stopping is not None and config.evaluation.every_steps is None:
+        raise ConfigError(
+            "training.earlyStopping needs periodic evaluation: set evaluation.everySteps"
+        )
+    if stopping is not None and stopping.metric not in task.metrics:
+        raise ConfigError(
+            f"training.earlyStopping.metric: {stopping.metric} is not measured for task "
+            f"{task.name}; use one of {', '.join(task.metrics)}"
+        )
+    if config.training.distillation is not None and task.name != "causal-lm":
+        raise ConfigError("training.distillation is for task causal-lm; remove it")
+    if config.distributed.strategy == "fsdp" and config.method.type == "qlora":
+        raise ConfigError(
+            "resources.strategy fsdp cannot shard qlora's 4-bit weights; use strategy ddp "
+            "(each GPU holds the quantized model, which is what qlora is for) or method lora"
+        )
+
+
+def run_metrics(
+    result: TrainResult, before: Metrics, after: EvalResult, data: dict[str, int]
+) -> Metrics:
+    """What metrics.json reports (camelCase, like the FineTuneJob status)."""
+    tail = [h["loss"] for h in result.history[-max(1, len(result.history) // 10) :]]
+    return {
+        "trainLoss": sum(tail) / len(tail),
+        "firstStepLoss": result.history[0]["loss"],
+        **before,
+        **after.as_metrics(),
+        "evalHistory": result.eval_history,
+        "stoppedEarly": result.stopped_early,
+        "bestStep": result.best_step,
+        "exactMatchSamples": len(after.predictions) if after.exact_match is not None else None,
+        "steps": result.steps,
+        "tokensPerSecond": result.tokens_per_second,
+        "trainSeconds": result.seconds,
+        "torchVersion": torch.__version__,
+        "data": data,
+        "history": result.history,
+        "predictions": [
+            {"answer": p.answer, "generated": p.generated, "correct": p.correct}
+            for p in after.predictions[:20]
+        ],
+    }

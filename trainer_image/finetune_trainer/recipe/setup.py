@@ -1,0 +1,361 @@
+"""The recipe's setup steps: each a small function from the config (and the steps before
+it) to one typed value, so a run reads as the list of things it needs before its loop.
+
+The order in :func:`finetune_trainer.recipe.run.fine_tune` is part of the numbers: the
+random generators are seeded once, then the base model is loaded, the method's new
+weights are drawn, a teacher is loaded; a step moved across another could draw
+different initial weights. Each step is otherwise independent of where it is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from finetune_api.config import TrainerConfig
+from finetune_api.config.methods import MethodOptions
+from finetune_api.config.training import DistillationSpec
+from finetune_trainer import checkpoint
+from finetune_trainer.data.prepare import PreparedData, prepare_data
+from finetune_trainer.distributed import make_accelerator, shard_model
+from finetune_trainer.errors import ConfigError
+from finetune_trainer.loop import Optimization, prepare_optimization
+from finetune_trainer.losses import DistillationLoss, LossFn, with_term
+from finetune_trainer.methods import Method, MethodContext, get_method, trainable_groups
+from finetune_trainer.modeling import (
+    Compute,
+    count_parameters,
+    enable_gradient_checkpointing,
+    load_base_model,
+    load_tokenizer,
+    resolve_compute,
+)
+from finetune_trainer.state import Checkpointable, Resume, StepReport
+from finetune_trainer.storage.backends import Access, fetch_model_dir, open_store
+from finetune_trainer.tasks import Task
+from finetune_trainer.telemetry import Progress, Telemetry
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from finetune_trainer.storage.store import Store
+
+log = logging.getLogger("finetune.trainer")
+
+
+def quiet_libraries() -> None:
+    """Keep the run's output to our progress and results: library chatter goes."""
+    import warnings
+
+    import transformers
+
+    # bitsandbytes logs at import that an optional CPU kernel package is absent; the
+    # built-in kernels it falls back to are what we use anyway.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def output_access(config: TrainerConfig) -> Access:
+    """How the run reaches its output: the mounted Secret and the retry deadline."""
+    return Access(config.output.credentials_secret, config.output.retry_deadline_seconds)
+
+
+def model_access(config: TrainerConfig) -> Access:
+    """How the run reaches its base model (and a distillation teacher): the model's
+    Secret and the job's retry deadline."""
+    return Access(config.model.credentials_secret, config.output.retry_deadline_seconds)
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where the run computes, in which precision, and with which other processes."""
+
+    accelerator: Accelerator
+    compute: Compute
+    """Where training computes: this process's device, the resolved precision."""
+    load_compute: Compute
+    """Where the base model is loaded: the CPU under FSDP, which moves it to the
+    devices shard by shard so that no one device ever holds all of it."""
+    sharded: bool
+    """FSDP: the model is split over the ranks, and its forward passes are collective."""
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that evaluates and publishes."""
+        return bool(self.accelerator.is_main_process)
+
+    @property
+    def world(self) -> int:
+        return int(self.accelerator.num_processes)
+
+
+def setup_hardware(config: TrainerConfig) -> Hardware:
+    """The accelerator for this process, checked against the world the job expects."""
+    wanted = resolve_compute(config.training.precision)
+    accelerator = make_accelerator(config.distributed, wanted.mixed_precision, wanted.is_cuda)
+    compute = Compute(accelerator.device, wanted.precision)
+    sharded = config.distributed.strategy == "fsdp"
+    load_compute = Compute(torch.device("cpu"), wanted.precision) if sharded else compute
+    return Hardware(accelerator, compute, load_compute, sharded)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where this run's checkpoints go, and the one it resumes from (None: a fresh run)."""
+
+    store: Store
+    resume: Resume | None
+    config: TrainerConfig
+    accelerator: Accelerator
+
+    def save(self, cp: Checkpointable) -> None:
+        """The loop's ``save`` hook: write ``cp`` to the output (every rank takes part)."""
+        checkpoint.save(self.store, cp, config=self.config, accelerator=self.accelerator)
+
+
+def setup_checkpoints(config: TrainerConfig, hardware: Hardware) -> Checkpoints:
+    """The output store, and the newest complete checkpoint of this configuration in it."""
+    store = open_store(config.output.uri, output_access(config))
+    _, resume = checkpoint.find_and_load(store, config, hardware.accelerator)
+    return Checkpoints(store, resume, config, hardware.accelerator)
+
+
+# --------------------------------------------------------------------------- model and data
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """The fine-tuning method of ``method.type`` and its options, defaults filled in.
+
+    The registry holds methods of every options type, so the pairing of this method
+    with these options is the config's, checked by the contract, not by the types."""
+
+    method: Method[Any]
+    options: MethodOptions
+
+
+def choose_method(config: TrainerConfig) -> MethodChoice:
+    """The implementation of the configured method, with the configured options."""
+    return MethodChoice(get_method(config.method.type), config.method.options())
+
+
+@dataclass(frozen=True)
+class BaseModelFiles:
+    """The base model's local directory and its tokenizer (the data needs the tokenizer
+    before the model is loaded, whose classification head needs the data's labels)."""
+
+    directory: Path
+    tokenizer: PreTrainedTokenizerBase
+
+
+def setup_base_files(config: TrainerConfig) -> BaseModelFiles:
+    directory = fetch_model_dir(config.model.uri, config.model.revision, model_access(config))
+    return BaseModelFiles(directory, load_tokenizer(directory, config.model.trust_remote_code))
+
+
+def setup_data(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+    """Training and validation examples, tokenized as the training options say."""
+    data = prepare_data(
+        tokenizer,
+        config.dataset,
+        max_length=config.training.max_seq_length,
+        seed=config.training.seed,
+        eval_samples=config.evaluation.exact_match_samples,
+        loss_on=config.training.loss_on,
+        packing=config.training.packing,
+        task=config.task,
+    )
+    log.info("data: %s", data.report.as_dict())
+    return data
+
+
+def setup_base_model(
+    config: TrainerConfig,
+    files: BaseModelFiles,
+    data: PreparedData,
+    hardware: Hardware,
+    choice: MethodChoice,
+) -> PreTrainedModel:
+    """The base model for the task, loaded as the method wants it (maybe quantized)."""
+    model: PreTrainedModel = load_base_model(
+        files.directory,
+        hardware.load_compute,
+        trust_remote_code=config.model.trust_remote_code,
+        quantization=choice.method.quantization(choice.options, hardware.load_compute),
+        dropout=config.training.model_dropout,
+        task=config.task,
+        labels=data.labels,
+        pad_token_id=files.tokenizer.pad_token_id,
+    )
+    return model
+
+
+@dataclass(frozen=True)
+class TrainableModel:
+    """The model that trains: the method applied (and sharded under FSDP)."""
+
+    model: torch.nn.Module
+    trainable: int
+    """Parameters that train (4-bit weights counted at their real size)."""
+    total: int
+
+
+def setup_method(
+    config: TrainerConfig,
+    base: PreTrainedModel,
+    choice: MethodChoice,
+    files: BaseModelFiles,
+    hardware: Hardware,
+    steps: int,
+) -> TrainableModel:
+    """Apply the method to ``base``; recompute activations if asked; shard under FSDP."""
+    context = MethodContext(
+        hardware.load_compute, steps, config.task, files.directory, files.tokenizer
+    )
+    model: torch.nn.Module = choice.method.apply(base, choice.options, context)
+    trainable, total = count_parameters(model)
+    log.info(
+        "training %d steps; %d of %d parameters trainable (%.3f%%)",
+        steps,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+    if config.training.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if hardware.sharded:
+        shard_model(model)
+    return TrainableModel(model, trainable, total)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def setup_loss(
+    config: TrainerConfig, task: Task, choice: MethodChoice, hardware: Hardware, vocab_size: int
+) -> LossFn:
+    """The loss the loop minimises: the task's own or distillation from a teacher, plus
+    the method's own term (AdaLoRA's regulariser) when it has one."""
+    spec = config.training.distillation
+    loss = task.loss if spec is None else _distillation(spec, config, hardware.compute, vocab_size)
+    if choice.method.loss_term is not None:
+        loss = with_term(loss, choice.method.loss_term)
+    return loss
+
+
+def _distillation(
+    spec: DistillationSpec, config: TrainerConfig, compute: Compute, student_vocab: int
+) -> LossFn:
+    """Distillation from ``spec``'s teacher, which must share the student's vocabulary
+    (the KL term compares the two distributions token by token)."""
+    teacher_dir = fetch_model_dir(spec.teacher_uri, spec.teacher_revision, model_access(config))
+    teacher = load_base_model(
+        teacher_dir, compute, trust_remote_code=config.model.trust_remote_code
+    )
+    if teacher.config.vocab_size != student_vocab:
+        raise ConfigError(
+            f"training.distillation.teacherUri: the teacher's vocabulary has "
+            f"{teacher.config.vocab_size} tokens, the student's {student_vocab}; distillation "
+            "needs the same tokenizer (pick a teacher from the same model family)"
+        )
+    log.info(
+        "distilling from %s (T=%s, weight %s)", spec.teacher_uri, spec.temperature, spec.weight
+    )
+    return DistillationLoss(teacher, spec.temperature, spec.weight)
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def setup_optimizer(
+    config: TrainerConfig,
+    model: torch.nn.Module,
+    choice: MethodChoice,
+    steps: int,
+    hardware: Hardware,
+    resume: Resume | None,
+) -> Optimization:
+    """The method's parameter groups under ``training.optimizer`` and its schedule,
+    prepared with the model; a checkpoint's weights and optimizer states put back."""
+    groups = trainable_groups(model, choice.options, config.training.learning_rate, choice.method)
+    return prepare_optimization(model, groups, config.training, steps, hardware.accelerator, resume)
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+class ProgressBar:
+    """A tqdm bar over optimizer steps showing loss, learning rate, tokens/s and ETA."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            total=total,
+            unit="step",
+            desc="training",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            file=sys.stderr,
+        )
+
+    def __call__(self, report: StepReport) -> None:
+        self._bar.set_postfix(
+            loss=f"{report.loss:.4f}",
+            lr=f"{report.learning_rate:.2e}",
+            tok_s=f"{report.tokens_per_second:.0f}",
+            refresh=False,
+        )
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@dataclass
+class Reporting:
+    """Where progress goes: the telemetry (gauges, JSON lines) and, when shown, the bar."""
+
+    telemetry: Telemetry
+    bar: ProgressBar | None = None
+
+    def on_step(self, report: StepReport) -> None:
+        """The loop's ``on_step`` hook."""
+        if self.bar is not None:
+            self.bar(report)
+        self.telemetry.on_step(report)
+
+    def on_eval(self, scores: dict[str, float]) -> dict[str, float]:
+        """Periodic evaluation scores, also sent to the telemetry (gauges and a JSON line)."""
+        self.telemetry.on_eval(scores)
+        return scores
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def setup_reporting(telemetry: Telemetry | None, steps: int) -> Reporting:
+    """The caller's telemetry, or (tests, notebooks) only a progress bar; the bar is
+    drawn when the telemetry's progress asks for one."""
+    telemetry = telemetry or Telemetry(progress=Progress(json_lines=False, bar=True))
+    return Reporting(telemetry, ProgressBar(steps) if telemetry.progress.bar else None)

@@ -1,0 +1,75 @@
+"""A run's optimizer steps: how many there are, and which examples each rank trains on.
+
+Pure functions of the examples' lengths, the training spec and the world size: every
+rank computes the same plan from the same seed, so no rank has to be told what the
+others do, and resuming is skipping the steps already taken.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from finetune_api.config import TrainingSpec
+from finetune_trainer.data.batching import length_grouped_batches
+from finetune_trainer.data.tokenize import TokenizedExample
+
+MicroBatch = list[TokenizedExample]
+
+
+def steps_per_epoch(n_examples: int, spec: TrainingSpec, world_size: int = 1) -> int:
+    batches = math.ceil(n_examples / spec.batch_size)
+    return max(1, math.ceil(batches / (spec.gradient_accumulation * world_size)))
+
+
+def total_steps(n_examples: int, spec: TrainingSpec, world_size: int = 1) -> int:
+    if spec.max_steps is not None:
+        return spec.max_steps
+    return spec.epochs * steps_per_epoch(n_examples, spec, world_size)
+
+
+@dataclass(frozen=True)
+class StepGroup:
+    """The micro-batches of one optimizer step, for every rank."""
+
+    epoch: float
+    end_of_epoch: bool
+    per_rank: list[list[MicroBatch]]
+    """``per_rank[r]``: rank r's micro-batches (possibly none at the end of an epoch)."""
+
+    def all_examples(self) -> list[TokenizedExample]:
+        return [e for rank in self.per_rank for mb in rank for e in mb]
+
+
+def step_groups(
+    examples: list[TokenizedExample], spec: TrainingSpec, world_size: int = 1
+) -> Iterator[StepGroup]:
+    """Endless optimizer steps; a new seeded order every epoch.
+
+    Every rank computes the same sequence (same seed), so each knows the whole step: it
+    trains on its own share (batches ``r, r + world, ...`` of the step) and normalises
+    by the label tokens of all shares. Resuming is skipping the steps already taken.
+    """
+    lengths = [len(e.input_ids) for e in examples]
+    per_step = spec.gradient_accumulation * world_size
+    epoch = 0
+    while True:
+        batches = length_grouped_batches(lengths, spec.batch_size, seed=spec.seed + epoch)
+        per_epoch = math.ceil(len(batches) / per_step)
+        for k in range(per_epoch):
+            group = batches[k * per_step : (k + 1) * per_step]
+            yield StepGroup(
+                epoch=epoch + (k + 1) / per_epoch,
+                end_of_epoch=k == per_epoch - 1,
+                per_rank=[
+                    [[examples[i] for i in b] for b in group[r::world_size]]
+                    for r in range(world_size)
+                ],
+            )
+        epoch += 1
+
+
+def count_input_tokens(examples: list[TokenizedExample]) -> int:
+    """Real (non-padding) tokens the model processed: the tokens/s numerator."""
+    return sum(len(e.input_ids) for e in examples)
