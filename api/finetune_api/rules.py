@@ -23,7 +23,7 @@ scope it applies to:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -55,8 +55,9 @@ class Facts:
     method: str
     quantized_base: bool
     """The method trains on a 4-bit base (finetune_api.config.methods)."""
-    reserved_steps: int | None
-    """Steps the method keeps from its own schedule (AdaLoRA's tinit + tfinal)."""
+    reserved_steps: Mapping[str, int] | None
+    """Steps the method keeps from its own schedule, by option (AdaLoRA's tinit and
+    tfinal); the rest of the run must have at least one."""
     reserved_field: str
     early_stopping_metric: str | None
     every_steps: int | None
@@ -178,12 +179,13 @@ _QUANTIZED = ["qlora"]
 
 def _method_leaves_steps_to_train(facts: Facts) -> Violation | None:
     steps, reserved = facts.max_steps, facts.reserved_steps
-    if steps is None or reserved is None or reserved < steps:
+    if steps is None or not reserved or sum(reserved.values()) < steps:
         return None
+    parts = " + ".join(f"{name} ({value})" for name, value in reserved.items())
     return Violation(
         facts.reserved_field,
-        f"tinit + tfinal ({reserved}) leave no step of training.maxSteps ({steps}) for "
-        "reallocating ranks; lower tinit or tfinal, or raise maxSteps",
+        f"{parts} leave no step of training.maxSteps ({steps}) for reallocating ranks; "
+        f"lower {' or '.join(reserved)}, or raise maxSteps",
     )
 
 

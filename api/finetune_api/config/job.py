@@ -208,10 +208,10 @@ class JobSections(CamelModel):
         """What the cross-field rules (finetune_api.rules) read of these sections and of
         the resources around them (a spec's, or a TrainerConfig's processes)."""
         method = METHODS[self.method.type]
-        reserved = None
+        reserved: dict[str, int] | None = None
         if method is ADALORA:
             options = self.method.options_for(ADALORA)
-            reserved = options.tinit + options.tfinal
+            reserved = {"tinit": options.tinit, "tfinal": options.tfinal}
         stopping = self.training.early_stopping
         return rules.Facts(
             task=self.task,

@@ -39,7 +39,7 @@ from finetune_trainer.recipe.setup import (
 )
 from finetune_trainer.state import Resume, TrainResult
 from finetune_trainer.steps import total_steps
-from finetune_trainer.tasks import TASKS, Task
+from finetune_trainer.tasks import TASKS
 from finetune_trainer.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def fine_tune(
     hardware = setup_hardware(config)
     choice = choose_method(config)
     task = TASKS[config.task]
-    _check_options(config, task)
+    # Spec-only rules were checked when the TrainerConfig was parsed (finetune_api.rules).
     log.info(
         "job %s: %s on %s, %s",
         config.job_name,
@@ -196,29 +196,6 @@ def _finish(
         wallSeconds=time.perf_counter() - wall_start,
     )
     return TrainedRun(model, tokenizer, metrics, validation, state_dict=whole)
-
-
-def _check_options(config: TrainerConfig, task: Task) -> None:
-    """Combinations the trainer cannot honour for this task, refused before any work."""
-    from finetune_trainer.errors import ConfigError
-
-    stopping = config.training.early_stopping
-    if stopping is not None and config.evaluation.every_steps is None:
-        raise ConfigError(
-            "training.earlyStopping needs periodic evaluation: set evaluation.everySteps"
-        )
-    if stopping is not None and stopping.metric not in task.metrics:
-        raise ConfigError(
-            f"training.earlyStopping.metric: {stopping.metric} is not measured for task "
-            f"{task.name}; use one of {', '.join(task.metrics)}"
-        )
-    if config.training.distillation is not None and task.name != "causal-lm":
-        raise ConfigError("training.distillation is for task causal-lm; remove it")
-    if config.distributed.strategy == "fsdp" and config.method.type == "qlora":
-        raise ConfigError(
-            "resources.strategy fsdp cannot shard qlora's 4-bit weights; use strategy ddp "
-            "(each GPU holds the quantized model, which is what qlora is for) or method lora"
-        )
 
 
 def run_metrics(
