@@ -205,10 +205,6 @@ class MethodSpecBase(CamelModel):
 
     type: MethodType = Field(default=DEFAULT_METHOD, description=_type_description())
 
-    if TYPE_CHECKING:
-        # The sections exist at run time only; to mypy one is Any. Typed: section(ENTRY).
-        def __getattr__(self, name: str) -> Any: ...
-
     def section(self, entry: MethodEntry[OptionsT]) -> OptionsT | None:
         """What ``entry``'s section holds as written (None when absent)."""
         found: OptionsT | None = getattr(self, entry.field, None)
