@@ -10,7 +10,7 @@ raw JSON Schema rather than the CRD's schema because the CRD drops defaults.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,18 +190,18 @@ def render_exit_code_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+_SECTIONS: dict[str, tuple[str, str, Callable[[], str]]] = {
+    "fields": (START_MARKER, END_MARKER, render_field_table),
+    "rules": (RULES_START, RULES_END, render_rules_table),
+    "exit-codes": (EXIT_CODES_START, EXIT_CODES_END, render_exit_code_table),
+}
+
 GENERATED_SECTIONS: dict[str, tuple[str, str]] = {
-    "fields": (START_MARKER, END_MARKER),
-    "rules": (RULES_START, RULES_END),
-    "exit-codes": (EXIT_CODES_START, EXIT_CODES_END),
+    name: (start, end) for name, (start, end, _) in _SECTIONS.items()
 }
 """README sections written by `make docs`, by name: (start marker, end marker)."""
 
 
 def render_section(name: str) -> str:
-    renderers = {
-        "fields": render_field_table,
-        "rules": render_rules_table,
-        "exit-codes": render_exit_code_table,
-    }
-    return renderers[name]()
+    """The generated text of one README section."""
+    return _SECTIONS[name][2]()

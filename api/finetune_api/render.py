@@ -21,9 +21,16 @@ def local_output_uri(job_name: str) -> str:
 
 
 def render_trainer_config(
-    job: FineTuneJob, output_uri: str | None = None, *, local: bool = False
+    job: FineTuneJob,
+    output_uri: str | None = None,
+    *,
+    local: bool = False,
+    max_steps: int | None = None,
 ) -> TrainerConfig:
-    """The TrainerConfig for ``job``; ``output_uri`` overrides ``spec.output.uri``.
+    """The TrainerConfig for ``job``; ``output_uri`` overrides ``spec.output.uri`` and
+    ``max_steps`` its ``training.maxSteps`` (``finetune run --max-steps``). Overrides go
+    through the TrainerConfig's validation like the spec's own values, so a rule they
+    break (AdaLoRA's reserved steps) is refused here, before anything runs.
 
     ``local`` renders for ``finetune run``: one process, whatever ``spec.resources`` asks
     of a cluster. Otherwise the trainer expects ``nodes`` pods of one process per GPU.
@@ -38,6 +45,8 @@ def render_trainer_config(
     sections = spec.model_dump(
         include={"task", "model", "dataset", "method", "training", "evaluation"}
     )
+    if max_steps is not None:
+        sections["training"]["maxSteps"] = max_steps  # dumped by alias
     output = OutputTarget.model_validate({**spec.output.model_dump(exclude={"uri"}), "uri": uri})
     resources = spec.resources
     distributed = (

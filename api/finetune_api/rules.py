@@ -314,9 +314,9 @@ RULES: Final[tuple[Rule, ...]] = (
 
 
 def violations(facts: Facts, scope: Scope = "job") -> list[Violation]:
-    """Every rule ``facts`` break; ``scope`` cluster checks the cluster rules too."""
-    wanted = {"job"} if scope == "job" else {"job", "cluster"}
-    found = (rule.check(facts) for rule in RULES if rule.scope in wanted)
+    """Every rule of ``scope`` that ``facts`` break. The job rules are the models' own
+    (:func:`enforce`); admission for a cluster adds the cluster ones to a valid job."""
+    found = (rule.check(facts) for rule in RULES if rule.scope == scope)
     return [v for v in found if v is not None]
 
 

@@ -28,12 +28,8 @@ class TaskInfo:
     """The transformers Auto class that loads a model for this task."""
     metrics: tuple[EvalMetric, ...]
     """Periodic evaluation metrics this task reports (early stopping picks one)."""
-    formats: frozenset[str]
-    """The dataset formats whose rows it trains on."""
     generates: bool
     """Whether exact match and ROUGE-L of greedy generations apply."""
-    packing: bool
-    """Whether several examples may share one sequence (training.packing)."""
     distillation: bool
     """Whether a teacher's token distributions can be learned from (training.distillation)."""
     loss_over: Literal["label tokens", "examples"]
@@ -45,9 +41,7 @@ TASKS: Final[dict[str, TaskInfo]] = {
         name="causal-lm",
         auto_class="AutoModelForCausalLM",
         metrics=("evalLoss", "perplexity", "tokenAccuracy"),
-        formats=frozenset({"messages", "instruction", "prompt-completion", "text"}),
         generates=True,
-        packing=True,
         distillation=True,
         loss_over="label tokens",
     ),
@@ -55,9 +49,7 @@ TASKS: Final[dict[str, TaskInfo]] = {
         name="sequence-classification",
         auto_class="AutoModelForSequenceClassification",
         metrics=("evalLoss", "accuracy", "macroF1"),
-        formats=frozenset({"classification"}),
         generates=False,
-        packing=False,
         distillation=False,
         loss_over="examples",
     ),

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from pydantic import ValidationError
 
-from finetune_api.manifests import Document, ManifestError, check_documents, read_file
+from finetune_api.config import TrainerConfig
+from finetune_api.manifests import Document, ManifestError, check_documents, explain, read_file
+from finetune_api.outcome import ExitCode
 from finetune_api.render import RenderError, local_output_uri, render_trainer_config
 
 if TYPE_CHECKING:
-    from finetune_api.config import TrainerConfig
     from finetune_trainer.outcome import Outcome
 
 app = typer.Typer(
@@ -29,8 +31,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Exit codes. The trainer's own codes (see finetune_trainer.errors) are reused by `run`.
-EXIT_INVALID = 2
+# An invalid manifest exits like an invalid configuration in the trainer (the contract's
+# table, finetune_api.outcome); `run` passes the trainer's own codes through.
+EXIT_INVALID = int(ExitCode.INVALID_CONFIG)
 
 
 def _err(message: str) -> None:
@@ -117,16 +120,16 @@ def run(
         _report(doc)
         raise typer.Exit(EXIT_INVALID)
     job = doc.job
+    uri = output or job.spec.output.uri or local_output_uri(job.metadata.name)
     try:
-        config = render_trainer_config(
-            job, output or job.spec.output.uri or local_output_uri(job.metadata.name), local=True
-        )
+        config = render_trainer_config(job, uri, local=True, max_steps=max_steps)
+    except ValidationError as exc:  # an override broke a rule or a bound
+        for problem in explain(exc, TrainerConfig):
+            _err(f"{file}: {problem}")
+        raise typer.Exit(EXIT_INVALID) from None
     except (RenderError, ValueError) as exc:
         _err(f"{file}: {exc}")
         raise typer.Exit(EXIT_INVALID) from None
-    if max_steps is not None:
-        training = config.training.model_copy(update={"max_steps": max_steps})
-        config = config.model_copy(update={"training": training})
     _run_trainer(config, pod=False)
 
 

@@ -7,6 +7,7 @@ what it drops and what it refuses decides whether a job behaves the same in both
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,3 +211,38 @@ def test_qlora_with_lora_options_under_lora_renders_where_the_trainer_reads_them
     again = TrainerConfig.from_json(config.to_json())
     assert again == config
     assert again.method.options() == options
+
+
+def test_a_max_steps_override_is_validated_like_the_spec() -> None:
+    adalora = {"type": "adalora", "adalora": {"tinit": 4, "tfinal": 2}}
+    assert render_trainer_config(job(method=adalora), max_steps=7).training.max_steps == 7
+    with pytest.raises(ValidationError, match=r"tinit \(4\) \+ tfinal \(2\) leave no step"):
+        render_trainer_config(job(method=adalora), max_steps=6)
+
+
+def test_finetune_run_refuses_a_max_steps_that_breaks_a_rule_before_loading_anything(
+    tmp_path: Path,
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from finetune_cli.app import EXIT_INVALID, app
+
+    manifest = {
+        "apiVersion": "finetune-operator.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "ada"},
+        "spec": {
+            "model": {"uri": f"file://{tmp_path / 'no-such-model'}"},
+            "dataset": {"train": f"file://{tmp_path / 'train.jsonl'}"},
+            "method": {"type": "adalora", "adalora": {"tinit": 4, "tfinal": 2}},
+        },
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    result = CliRunner().invoke(app, ["run", str(path), "--max-steps", "6"])
+    assert result.exit_code == EXIT_INVALID == 2, result.output
+    assert "method.adalora: tinit (4) + tfinal (2) leave no step of training.maxSteps (6)" in (
+        result.output
+    )
+    assert "Traceback" not in result.output

@@ -82,9 +82,6 @@ class Outcome:
             metrics=None if self.metrics is None else dict(self.metrics),
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        return self.as_message().as_dict()
-
 
 def succeeded(
     last_step: int,
@@ -113,7 +110,7 @@ def _file_entry(entry: Mapping[str, Any]) -> PublishedFile:
 
 
 def failed(exc: BaseException, last_step: int = 0) -> Outcome:
-    """Classify the exception that ended a run (see the module's table)."""
+    """Classify the exception that ended a run into the contract's exit codes."""
     chain = exception_chain(exc)
     oom = next((e for e in chain if is_out_of_memory(e)), None)
     if oom is not None:

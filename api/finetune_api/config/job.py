@@ -194,7 +194,6 @@ class JobSections(CamelModel):
             )
         return self
 
-
     def rule_facts(
         self,
         strategy: str,
