@@ -43,7 +43,7 @@ def render_trainer_config(
             f"{job.metadata.name}"
         )
     sections = spec.model_dump(
-        include={"task", "model", "dataset", "method", "training", "evaluation"}
+        include={"task", "model", "dataset", "method", "training", "evaluation", "tracking"}
     )
     if max_steps is not None:
         sections["training"]["maxSteps"] = max_steps  # dumped by alias

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetune_api.config import TrainerConfig
+from finetune_trainer.logs import kv
 from finetune_trainer.recipe import TrainedRun, fine_tune, run_metrics
-from finetune_trainer.recipe.setup import model_access, output_access
-from finetune_trainer.telemetry import Telemetry
+from finetune_trainer.recipe.setup import model_access, output_access, quiet_libraries
+from finetune_trainer.telemetry import Telemetry, rank_from_env
+from finetune_trainer.tracking import Trackers, open_trackers
 
 __all__ = [
     "RunResult",
@@ -41,6 +43,8 @@ class RunResult:
     files: tuple[dict[str, Any], ...] = ()
     """The published files as the manifest lists them (path, size, sha256); rank 0 only.
     They go to the termination message, so the operator needs no storage credentials."""
+    trackers: dict[str, str] = field(default_factory=dict)
+    """Where each experiment tracker shows the run (tracker name to URL)."""
 
     def summary(self) -> str:
         m = self.metrics
@@ -63,6 +67,7 @@ class RunResult:
             f"trained {m['steps']} steps in {m['trainSeconds']:.0f}s "
             f"({m['tokensPerSecond']:.0f} tokens/s); artifacts: {self.output_uri}"
         )
+        lines += [f"{name}: {url}" for name, url in self.trackers.items()]
         return "\n".join(lines)
 
 
@@ -79,19 +84,27 @@ def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> R
     """
     from finetune_trainer.preemption import handle_sigterm
 
-    with handle_sigterm() as stop:
-        run = fine_tune(config, telemetry, stop=stop)
+    quiet_libraries()  # before the trackers: their log lines go where the run's do
+    main = telemetry.reporting if telemetry is not None else rank_from_env() == 0
+    with handle_sigterm() as stop, open_trackers(config, main=main) as trackers:
+        if telemetry is not None:
+            telemetry.on_trackers(trackers.urls())
+        run = fine_tune(config, telemetry, stop=stop, trackers=trackers)
         if not run.main:
             return RunResult(config.output.uri, {})
-        files = _publish(run, config)
-    return RunResult(config.output.uri, run.metrics, files)
+        files = _publish(run, config, trackers)
+    return RunResult(config.output.uri, run.metrics, files, trackers.urls())
 
 
-def _publish(run: TrainedRun, config: TrainerConfig) -> tuple[dict[str, Any], ...]:
-    """Stage and publish; return the manifest's file entries."""
+def _publish(
+    run: TrainedRun, config: TrainerConfig, trackers: Trackers
+) -> tuple[dict[str, Any], ...]:
+    """Stage (the trackers' files too) and publish; return the manifest's file entries.
+    The trackers learn the run succeeded, and where it went, once it is published."""
     from finetune_trainer.publish import publish, stage_artifacts
 
     with tempfile.TemporaryDirectory(prefix="finetune-publish-") as staging:
+        trackers.stage(Path(staging), run.metrics)
         manifest = stage_artifacts(
             Path(staging),
             run.model,
@@ -102,5 +115,6 @@ def _publish(run: TrainedRun, config: TrainerConfig) -> tuple[dict[str, Any], ..
             state_dict=run.state_dict,
         )
         publish(Path(staging), config.output.uri, output_access(config))
-    log.info("published to %s", config.output.uri)
+        trackers.finish("Succeeded", run.metrics, config.output.uri)
+    log.info("published %s", kv(uri=config.output.uri))
     return tuple(manifest["files"])

@@ -179,6 +179,12 @@ class Telemetry:
         Info(f"{PREFIX}_job", "The job this trainer runs.", registry=self.registry).info(
             {"job": job_name, "method": method, "task": task}
         )
+        self._trackers = Gauge(
+            f"{PREFIX}_tracker",
+            "1 for each experiment tracker the run reports to, with the run's page (url).",
+            ["tracker", "url"],
+            registry=self.registry,
+        )
 
     @classmethod
     def from_config(
@@ -188,14 +194,16 @@ class Telemetry:
         progress: Progress = QUIET,
         rank: int | None = None,
         addr: str = "0.0.0.0",
+        free_port: bool = False,
     ) -> Telemetry:
-        """The run's telemetry: ``training.metricsPort`` (0 = none), rank from RANK."""
-        port = config.training.metrics_port
+        """The run's telemetry: /metrics on ``addr`` at ``training.metricsPort`` (0 =
+        none), or at a free port with ``free_port``; rank from RANK."""
+        port = 0 if free_port else (config.training.metrics_port or None)
         return cls(
             job_name=config.job_name,
             method=config.method.type,
             task=config.task,
-            port=port or None,
+            port=port,
             addr=addr,
             rank=rank_from_env() if rank is None else rank,
             progress=progress,
@@ -205,6 +213,11 @@ class Telemetry:
     def port(self) -> int | None:
         """The port /metrics is served on, or None when nothing is served."""
         return None if self._server is None else int(self._server.server_port)
+
+    @property
+    def url(self) -> str | None:
+        """Where /metrics is served (``addr`` as given), or None when nothing is."""
+        return None if self.port is None else f"http://{self._addr}:{self.port}/metrics"
 
     def start(self) -> None:
         """Serve /metrics. A taken port is a warning, not a failure: metrics are not
@@ -245,6 +258,13 @@ class Telemetry:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def on_trackers(self, urls: Mapping[str, str]) -> None:
+        """The experiment trackers' pages, for the operator to show in the job's status."""
+        if not self.reporting:
+            return
+        for tracker, url in urls.items():
+            self._trackers.labels(tracker=tracker, url=url).set(1)
 
     def on_step(self, report: StepReport) -> None:
         """After each optimizer step: remember it, update the gauges, log a line."""

@@ -39,6 +39,12 @@ from finetune_api.config.methods.p_tuning import PTuningSpec
 from finetune_api.config.methods.prefix import PrefixSpec
 from finetune_api.config.methods.prompt import PromptSpec
 from finetune_api.config.methods.qlora import QLoraSpec
+from finetune_api.config.tracking import (
+    MlflowTracking,
+    TensorBoardTracking,
+    TrackingSpec,
+    WandbTracking,
+)
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "JobSections",
     "LoraSpec",
     "MethodOptions",
+    "MlflowTracking",
     "MethodSpec",
     "MethodType",
     "ModelSource",
@@ -72,5 +79,8 @@ __all__ = [
     "SecretName",
     "Strategy",
     "TrainerConfig",
+    "TensorBoardTracking",
+    "TrackingSpec",
     "TrainingSpec",
+    "WandbTracking",
 ]

@@ -24,6 +24,7 @@ from finetune_api.config.base import (
 from finetune_api.config.data import DatasetSpec
 from finetune_api.config.methods import METHODS, PROMPT_LEARNING_METHODS, MethodSpec
 from finetune_api.config.methods.adalora import ADALORA
+from finetune_api.config.tracking import TrackingSpec
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
 from finetune_api.tasks import TaskName
 
@@ -158,6 +159,11 @@ class JobSections(CamelModel):
     method: MethodSpec = Field(default_factory=MethodSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec,
+        description="Experiment trackers the run reports to (MLflow, TensorBoard, Weights & "
+        "Biases); none by default.",
+    )
 
     @model_validator(mode="after")
     def _task_matches_data(self) -> Self:

@@ -21,6 +21,7 @@ from finetune_trainer import loop
 from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.distributed import full_state_dict, reshard
 from finetune_trainer.evaluation import EvalResult
+from finetune_trainer.logs import kv
 from finetune_trainer.recipe.scoring import Scorer, base_only
 from finetune_trainer.recipe.setup import (
     Hardware,
@@ -41,6 +42,7 @@ from finetune_trainer.state import Resume, TrainResult
 from finetune_trainer.steps import total_steps
 from finetune_trainer.tasks import TASKS
 from finetune_trainer.telemetry import Telemetry
+from finetune_trainer.tracking import NO_TRACKERS, Trackers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -68,14 +70,19 @@ class TrainedRun:
 
 
 def fine_tune(
-    config: TrainerConfig, telemetry: Telemetry | None = None, *, stop: StopRequest | None = None
+    config: TrainerConfig,
+    telemetry: Telemetry | None = None,
+    *,
+    stop: StopRequest | None = None,
+    trackers: Trackers = NO_TRACKERS,
 ) -> TrainedRun:
     """Load, evaluate, train and evaluate again; publishing is the caller's.
 
     A complete checkpoint of this configuration in the output resumes the run from it;
     ``stop`` (SIGTERM) ends training with a checkpoint and :class:`errors.Preempted`.
 
-    Without ``telemetry`` the run reports nothing but the progress bar (tests, notebooks).
+    Without ``telemetry`` the run reports nothing but the progress bar (tests, notebooks);
+    ``trackers`` (opened by the caller) receive every step and evaluation.
     """
     from accelerate.utils import set_seed
 
@@ -87,11 +94,13 @@ def fine_tune(
     task = TASKS[config.task]
     # Spec-only rules were checked when the TrainerConfig was parsed (finetune_api.rules).
     log.info(
-        "job %s: %s on %s, %s",
-        config.job_name,
-        choice.method.name,
-        hardware.compute.device,
-        hardware.compute.precision,
+        "job %s",
+        kv(
+            name=config.job_name,
+            method=choice.method.name,
+            device=hardware.compute.device,
+            precision=hardware.compute.precision,
+        ),
     )
     checkpoints = setup_checkpoints(config, hardware)
     files = setup_base_files(config)
@@ -108,7 +117,7 @@ def fine_tune(
     optimization = setup_optimizer(
         config, trainable.model, choice, steps, hardware, checkpoints.resume
     )
-    reporting = setup_reporting(telemetry, steps)
+    reporting = setup_reporting(telemetry, steps, trackers)
     hooks = loop.TrainHooks(
         after_step=choice.method.after_step,
         on_step=reporting.on_step,

@@ -24,6 +24,7 @@ from finetune_trainer import checkpoint
 from finetune_trainer.data.prepare import PreparedData, prepare_data
 from finetune_trainer.distributed import make_accelerator, shard_model
 from finetune_trainer.errors import ConfigError
+from finetune_trainer.logs import LOGGER, bar_width, kv, stderr_handler
 from finetune_trainer.loop import Optimization, prepare_optimization
 from finetune_trainer.losses import DistillationLoss, LossFn, with_term
 from finetune_trainer.methods import Method, MethodContext, get_method, trainable_groups
@@ -39,6 +40,7 @@ from finetune_trainer.state import Checkpointable, Resume, StepReport
 from finetune_trainer.storage.backends import Access, fetch_model_dir, open_store
 from finetune_trainer.tasks import Task
 from finetune_trainer.telemetry import Progress, Telemetry
+from finetune_trainer.tracking import NO_TRACKERS, Trackers
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -46,11 +48,13 @@ if TYPE_CHECKING:
 
     from finetune_trainer.storage.store import Store
 
-log = logging.getLogger("finetune.trainer")
+log = logging.getLogger(LOGGER)
 
 
 def quiet_libraries() -> None:
-    """Keep the run's output to our progress and results: library chatter goes."""
+    """Keep the run's output to our progress and results: library chatter goes. Our
+    own log lines go to stderr through tqdm (:mod:`finetune_trainer.logs`), unless the
+    host program configured logging itself."""
     import warnings
 
     import transformers
@@ -62,9 +66,7 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     if not logging.getLogger().handlers and not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
+        log.addHandler(stderr_handler())
         log.setLevel(logging.INFO)
 
 
@@ -184,7 +186,7 @@ def setup_data(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         packing=config.training.packing,
         task=config.task,
     )
-    log.info("data: %s", data.report.as_dict())
+    log.info("data %s", kv(**data.report.as_dict()))
     return data
 
 
@@ -234,11 +236,13 @@ def setup_method(
     model: torch.nn.Module = choice.method.apply(base, choice.options, context)
     trainable, total = count_parameters(model)
     log.info(
-        "training %d steps; %d of %d parameters trainable (%.3f%%)",
-        steps,
-        trainable,
-        total,
-        100 * trainable / total,
+        "training %s",
+        kv(
+            steps=steps,
+            trainableParameters=trainable,
+            totalParameters=total,
+            trainablePercent=round(100 * trainable / total, 3),
+        ),
     )
     if config.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -278,7 +282,8 @@ def _distillation(
             "needs the same tokenizer (pick a teacher from the same model family)"
         )
     log.info(
-        "distilling from %s (T=%s, weight %s)", spec.teacher_uri, spec.temperature, spec.weight
+        "distilling %s",
+        kv(teacher=spec.teacher_uri, temperature=spec.temperature, weight=spec.weight),
     )
     return DistillationLoss(teacher, spec.temperature, spec.weight)
 
@@ -304,21 +309,28 @@ def setup_optimizer(
 
 
 class ProgressBar:
-    """A tqdm bar over optimizer steps showing loss, learning rate, tokens/s and ETA."""
+    """A tqdm bar over optimizer steps showing loss, learning rate, tokens/s and ETA.
+
+    Its width follows the terminal, measured again at every step (a resized window), and
+    is :data:`~finetune_trainer.logs.BAR_WIDTH` where the terminal reports 0 columns."""
 
     def __init__(self, total: int) -> None:
         from tqdm.auto import tqdm
 
+        self._stream = sys.stderr
         self._bar = tqdm(
             total=total,
             unit="step",
             desc="training",
-            dynamic_ncols=True,
+            ncols=bar_width(self._stream),
             mininterval=1.0,
-            file=sys.stderr,
+            file=self._stream,
         )
 
     def __call__(self, report: StepReport) -> None:
+        width = bar_width(self._stream)
+        if width is not None:
+            self._bar.ncols = width
         self._bar.set_postfix(
             loss=f"{report.loss:.4f}",
             lr=f"{report.learning_rate:.2e}",
@@ -337,16 +349,20 @@ class Reporting:
 
     telemetry: Telemetry
     bar: ProgressBar | None = None
+    trackers: Trackers = NO_TRACKERS
 
     def on_step(self, report: StepReport) -> None:
         """The loop's ``on_step`` hook."""
         if self.bar is not None:
             self.bar(report)
         self.telemetry.on_step(report)
+        self.trackers.log_step(report)
 
     def on_eval(self, scores: dict[str, float]) -> dict[str, float]:
-        """Periodic evaluation scores, also sent to the telemetry (gauges and a JSON line)."""
+        """Periodic evaluation scores, also sent to the telemetry (gauges and a JSON line)
+        and the experiment trackers."""
         self.telemetry.on_eval(scores)
+        self.trackers.log_eval(self.telemetry.last_step, scores)
         return scores
 
     def close(self) -> None:
@@ -354,8 +370,12 @@ class Reporting:
             self.bar.close()
 
 
-def setup_reporting(telemetry: Telemetry | None, steps: int) -> Reporting:
+def setup_reporting(
+    telemetry: Telemetry | None, steps: int, trackers: Trackers = NO_TRACKERS
+) -> Reporting:
     """The caller's telemetry, or (tests, notebooks) only a progress bar; the bar is
-    drawn when the telemetry's progress asks for one."""
+    drawn when the telemetry's progress asks for one. ``trackers`` get every step and
+    evaluation too."""
     telemetry = telemetry or Telemetry(progress=Progress(json_lines=False, bar=True))
-    return Reporting(telemetry, ProgressBar(steps) if telemetry.progress.bar else None)
+    bar = ProgressBar(steps) if telemetry.progress.bar else None
+    return Reporting(telemetry, bar, trackers)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,9 @@ def secrets_root() -> Path:
     return Path(os.environ.get(SECRETS_ROOT_ENV) or DEFAULT_SECRETS_ROOT)
 
 
-def read_secret(name: str | None) -> dict[str, str]:
-    """The known keys of the mounted Secret ``name``; empty when unnamed or not mounted."""
+def read_secret(name: str | None, keys: Sequence[str] = SECRET_KEYS) -> dict[str, str]:
+    """The ``keys`` (default: the storage keys) of the mounted Secret ``name``; empty
+    when unnamed or not mounted."""
     if not name:
         return {}
     directory = secrets_root() / name
@@ -67,14 +69,14 @@ def read_secret(name: str | None) -> dict[str, str]:
         if name not in _warned:
             _warned.add(name)
             log.warning(
-                "credentials Secret %r is not mounted at %s; using the standard AWS / "
-                "Hugging Face credentials of this environment instead",
+                "credentials Secret %r is not mounted at %s; using the credentials of this "
+                "environment instead (AWS, Hugging Face, tracker variables)",
                 name,
                 directory,
             )
         return {}
     values = {}
-    for key in SECRET_KEYS:
+    for key in keys:
         path = directory / key
         if path.is_file():
             value = path.read_text().strip()
