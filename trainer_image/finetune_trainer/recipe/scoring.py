@@ -17,6 +17,7 @@ from finetune_api.config import EvaluationSpec
 from finetune_trainer.data.prepare import PreparedData
 from finetune_trainer.distributed import reshard
 from finetune_trainer.evaluation import EvalResult, evaluate, scores_for
+from finetune_trainer.logs import kv
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -51,7 +52,7 @@ class Scorer:
             num_labels=self.num_labels,
         )
         shown = {k: round(v, 4) for k, v in result.as_metrics().items() if v is not None}
-        log.info("eval %s: %s (%.0fs)", when, shown, time.perf_counter() - started)
+        log.info("eval %s", kv(when=when, **shown, seconds=round(time.perf_counter() - started)))
         return result
 
     def periodic(self, model: torch.nn.Module) -> dict[str, float]:

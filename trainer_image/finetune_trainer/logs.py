@@ -1,0 +1,82 @@
+"""The trainer's human output: log lines on stderr, as ``message key=value ...``.
+
+stdout belongs to the JSON progress stream (:mod:`finetune_trainer.telemetry`), so that
+``finetune run job.yaml > progress.jsonl`` is JSONL line by line; everything for a
+person goes to stderr. A progress bar may be drawn there too: log lines are written
+through ``tqdm.write``, which clears the bar, writes the line and redraws the bar, so
+neither ends up glued to the other.
+
+Log lines carry their values as ``key=value`` pairs (:func:`kv`), which people read and
+log tools (logfmt, Loki, ``grep``) parse, rather than Python reprs of dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from typing import IO
+
+LOGGER = "finetune.trainer"
+
+BAR_WIDTH = 100
+"""Columns of the progress bar when the terminal says it has none (``stty cols 0``,
+some CI pseudo-terminals), where tqdm would drop the bar and keep only the numbers."""
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format(value, ".6g") if math.isfinite(value) else str(value).lower()
+    text = str(value)
+    if not text or any(c.isspace() or c in '"=\\' for c in text):
+        return json.dumps(text, ensure_ascii=False)  # quoted, inner quotes escaped
+    return text
+
+
+def kv(**fields: object) -> str:
+    """``key=value`` pairs in the order given, for a log line: ``log.info("data %s",
+    kv(rows=12, uri="file:///x"))``. Text with spaces, quotes or ``=`` (or none at all)
+    is double-quoted; floats have 6 significant digits; None is ``null``."""
+    return " ".join(f"{key}={_text(value)}" for key, value in fields.items())
+
+
+class TqdmHandler(logging.Handler):
+    """Writes each record to the current ``sys.stderr`` with ``tqdm.write``: a bar drawn
+    there is cleared first and redrawn after, so the line never lands inside the bar.
+
+    ``sys.stderr`` is looked up per record (a test runner may swap it between runs)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            stream = sys.stderr
+            tqdm.write(self.format(record), file=stream)
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def stderr_handler() -> logging.Handler:
+    """The trainer's log handler: ``HH:MM:SS message`` through tqdm on stderr."""
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    return handler
+
+
+def bar_width(stream: IO[str]) -> int | None:
+    """Columns for a bar drawn on ``stream``: the terminal's width; :data:`BAR_WIDTH` when
+    the terminal reports 0 columns; None (tqdm's own default) when it is no terminal."""
+    try:
+        if not stream.isatty():
+            return None
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
+    return columns or BAR_WIDTH
