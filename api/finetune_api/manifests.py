@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from finetune_api import rules
 from finetune_api.resource import API_VERSION, KIND, FineTuneJob
 from finetune_api.rules import Scope
+from finetune_api.uri import without_credentials
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -213,7 +214,7 @@ def _advice(err: Any, loc: Sequence[Any], root: type[BaseModel]) -> str:
         and kind not in {"model_type", "dict_type"}
         and not isinstance(err["input"], dict | list)
     ):
-        message += f" (got {err['input']!r})"
+        message += f" (got {without_credentials(repr(err['input']))})"
     return message
 
 
@@ -258,4 +259,3 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
             seen.add(str(problem))
             out.append(problem)
     return out
-

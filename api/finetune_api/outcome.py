@@ -204,6 +204,8 @@ class TerminationMessage(BaseModel):
     """The file list did not fit in the message (``manifest.json`` still has it)."""
     metrics: dict[str, float] | None = None
     """Headline metrics (:data:`HEADLINE_METRICS`) on success; None elsewhere."""
+    trackers: dict[str, str] | None = None
+    """Where each experiment tracker shows the run (tracker name to URL), when any does."""
 
     @property
     def structured(self) -> bool:
@@ -228,6 +230,8 @@ class TerminationMessage(BaseModel):
             data["filesOmitted"] = True
         if self.metrics is not None:
             data["metrics"] = dict(self.metrics)
+        if self.trackers:
+            data["trackers"] = dict(self.trackers)
         return data
 
     def to_text(self, limit: int = MAX_TERMINATION_BYTES) -> str:
@@ -235,8 +239,8 @@ class TerminationMessage(BaseModel):
 
         What does not fit goes in this order: the file list (``filesOmitted`` is set: the
         operator then says so rather than show an empty list as the truth), the metrics,
-        then the message's tail. The first two are all or nothing, since a partial list
-        would look complete.
+        the tracker links, then the message's tail. The first three are all or nothing,
+        since a partial list would look complete.
 
         ASCII JSON, so characters are bytes; a non-ASCII character takes up to 6 of them
         (``\\u00e9``), hence a search for the longest prefix that fits, not arithmetic.
@@ -251,11 +255,12 @@ class TerminationMessage(BaseModel):
             text = _json(data)
             if len(text) <= limit:
                 return text
-        if "metrics" in data:
-            del data["metrics"]
-            text = _json(data)
-            if len(text) <= limit:
-                return text
+        for optional in ("metrics", "trackers"):
+            if optional in data:
+                del data[optional]
+                text = _json(data)
+                if len(text) <= limit:
+                    return text
         message: str = data["message"]
         fits, too_long = 0, len(message)  # prefix lengths: fits fits, too_long does not
         while too_long - fits > 1:
@@ -315,6 +320,11 @@ def _tolerant(data: Mapping[str, Any]) -> dict[str, Any]:
     metrics = data.get("metrics")
     if isinstance(metrics, dict):
         out["metrics"] = headline_metrics(metrics, only_headline=False)
+    trackers = data.get("trackers")
+    if isinstance(trackers, dict):
+        out["trackers"] = {
+            k: v for k, v in trackers.items() if isinstance(k, str) and isinstance(v, str)
+        }
     return out
 
 

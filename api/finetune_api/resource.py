@@ -290,6 +290,10 @@ class Artifacts(CamelModel):
     files: list[ArtifactFile] = Field(default_factory=list)
 
 
+TrackerUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s]+$")]
+"""A tracker's page: http(s) only, whatever a trainer's message says."""
+
+
 class FineTuneJobStatus(CamelModel):
     """Written by the operator only."""
 
@@ -306,6 +310,12 @@ class FineTuneJobStatus(CamelModel):
     restarts: int = Field(default=0, ge=0, description="Trainer pod restarts so far.")
     job_name: str | None = Field(default=None, description="The batch/v1 Job running the trainer.")
     observed_generation: int | None = Field(default=None, ge=0)
+    trackers: dict[str, TrackerUrl] | None = Field(
+        default=None,
+        max_length=8,
+        description="Where each experiment tracker of spec.tracking shows the run (tracker "
+        "name to URL), e.g. mlflow: http://mlflow:5000/#/experiments/1/runs/abc.",
+    )
 
 
 # --------------------------------------------------------------------------- object

@@ -133,8 +133,7 @@ def _early_stopping_metric_is_measured(facts: Facts) -> Violation | None:
     if metric is not None and metric not in task.metrics:
         return Violation(
             "training.earlyStopping.metric",
-            f"{metric} is not measured for task {task.name}; use one of "
-            f"{', '.join(task.metrics)}",
+            f"{metric} is not measured for task {task.name}; use one of {', '.join(task.metrics)}",
         )
     return None
 

@@ -126,6 +126,15 @@ SCHEMES: dict[str, Scheme] = {
 }
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``: a
+    credential pasted into a URI must not be echoed by an error, a log or a status."""
+    return _USERINFO.sub("***@", text)
+
+
 def schemes_for(role: Role) -> list[str]:
     return [name for name, s in SCHEMES.items() if role in s.roles]
 

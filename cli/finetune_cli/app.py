@@ -35,6 +35,9 @@ app = typer.Typer(
 # table, finetune_api.outcome); `run` passes the trainer's own codes through.
 EXIT_INVALID = int(ExitCode.INVALID_CONFIG)
 
+# `finetune run` serves the trainer's /metrics to this machine only.
+LOCAL_METRICS_ADDR = "127.0.0.1"
+
 
 def _err(message: str) -> None:
     typer.echo(message, err=True)
@@ -130,7 +133,10 @@ def run(
     except (RenderError, ValueError) as exc:
         _err(f"{file}: {exc}")
         raise typer.Exit(EXIT_INVALID) from None
-    _run_trainer(config, pod=False)
+    # Locally the default port (9090) is often taken, by Prometheus itself: unless the
+    # manifest chose a port, /metrics goes on a free one.
+    chosen = "metrics_port" in job.spec.training.model_fields_set
+    _run_trainer(config, pod=False, free_metrics_port=not chosen)
 
 
 @app.command()
@@ -258,9 +264,18 @@ def operator(
 
 
 def _run_trainer(
-    config: TrainerConfig, *, pod: bool, termination_log: Path | None = None
+    config: TrainerConfig,
+    *,
+    pod: bool,
+    termination_log: Path | None = None,
+    free_metrics_port: bool = False,
 ) -> NoReturn:
     """Run the trainer in this process and exit with the code that classifies the end.
+
+    stdout carries only the JSON progress lines; the summary and every other line for a
+    person go to stderr. A pod serves /metrics on every interface at
+    ``training.metricsPort`` (the Job's container port); a local run on 127.0.0.1, at a
+    free port with ``free_metrics_port``, and says where.
 
     Every exception is classified (finetune_trainer.outcome), not only the trainer's own:
     an out-of-memory error from deep inside torch must still exit with its own code.
@@ -271,9 +286,17 @@ def _run_trainer(
     from finetune_trainer.runner import run_training
     from finetune_trainer.telemetry import Telemetry, progress_for
 
-    telemetry = Telemetry.from_config(config, progress=progress_for(pod=pod))
+    progress = progress_for(pod=pod)
+    if pod:
+        telemetry = Telemetry.from_config(config, progress=progress)
+    else:
+        telemetry = Telemetry.from_config(
+            config, progress=progress, addr=LOCAL_METRICS_ADDR, free_port=free_metrics_port
+        )
     try:
         with telemetry:
+            if not pod and telemetry.url is not None:
+                _err(f"metrics: {telemetry.url}")
             result = run_training(config, telemetry)
     except Exception as exc:
         outcome = failed(exc, telemetry.last_step)
@@ -285,7 +308,7 @@ def _run_trainer(
     # metrics to summarise.
     summary = result.summary() if telemetry.reporting else ""
     if summary:
-        typer.echo(summary)
+        _err(summary)
     # The published files and headline metrics ride in the termination message, so the
     # operator fills status.artifacts without credentials for the store (rank 0 only).
     outcome = succeeded(
@@ -294,6 +317,7 @@ def _run_trainer(
         summary,
         files=result.files if telemetry.reporting else None,
         metrics=result.metrics if telemetry.reporting else None,
+        trackers=result.trackers if telemetry.reporting else None,
     )
     _finish(outcome, termination_log, pod=pod)
 

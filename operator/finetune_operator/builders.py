@@ -151,11 +151,13 @@ def claims(config: TrainerConfig) -> dict[str, bool]:
 
 
 def secrets(config: TrainerConfig) -> list[str]:
-    """Secrets named by credentialsSecret, each mounted as files where the trainer looks."""
+    """Secrets named by credentialsSecret (storage and trackers), each mounted as files
+    where the trainer looks."""
     named = [
         config.model.credentials_secret,
         config.dataset.credentials_secret,
         config.output.credentials_secret,
+        *config.tracking.secrets(),
     ]
     return sorted({s for s in named if s})
 

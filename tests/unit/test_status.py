@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -256,6 +256,7 @@ class Reading:
     eta_seconds: float | None = None
     samples_seen: int | None = None
     peak_memory_bytes: int | None = None
+    trackers: Mapping[str, str] = field(default_factory=dict)
 
 
 def run(
@@ -668,6 +669,36 @@ def test_success_without_a_message_falls_back_to_the_spec_output() -> None:
     update = _succeeded(message=None)
     assert update.patch["artifacts"] == {"uri": "s3://models/out/demo", "files": []}
     assert "metrics" not in update.patch
+
+
+MLFLOW_RUN = "http://mlflow.mlflow:5000/#/experiments/3/runs/abc"
+
+
+def test_tracker_pages_come_from_the_live_reading_and_stay_to_the_end() -> None:
+    live = run(ftj(), job(), [pod(running=True)], Reading(step=3, trackers={"mlflow": MLFLOW_RUN}))
+    assert live.patch["trackers"] == {"mlflow": MLFLOW_RUN}
+    # A failed scrape keeps them; the trainer's final message adds its own.
+    data = json.loads(SUCCESS_MESSAGE)
+    data["trackers"] = {"wandb": "https://wandb.ai/team/colours/runs/k1"}
+    update = _succeeded(live, message=json.dumps(data))
+    assert update.patch["trackers"] == {
+        "mlflow": MLFLOW_RUN,
+        "wandb": "https://wandb.ai/team/colours/runs/k1",
+    }
+
+
+def test_only_http_links_under_plain_names_reach_the_status() -> None:
+    reading = Reading(
+        step=1,
+        trackers={
+            "mlflow": "javascript:alert(1)",
+            "Bad Name": "http://x/y",
+            "wandb": "https://wandb.ai/t/p/runs/1",
+        },
+    )
+    update = run(ftj(), job(), [pod(running=True)], reading)
+    assert update.patch["trackers"] == {"wandb": "https://wandb.ai/t/p/runs/1"}
+    assert "trackers" not in run(ftj(), job(), [pod(running=True)], Reading(step=1)).patch
 
 
 def test_omitted_files_are_said_not_shown_as_empty() -> None:

@@ -68,6 +68,8 @@ class Outcome:
     """Published files (path, size, sha256) on success; None elsewhere."""
     metrics: Mapping[str, float] | None = None
     """Headline metrics (finetune_api.outcome.HEADLINE_METRICS) on success; None elsewhere."""
+    trackers: Mapping[str, str] | None = None
+    """Where each experiment tracker shows the run, on success."""
 
     def as_message(self) -> TerminationMessage:
         """The contract's termination message for this ending."""
@@ -80,6 +82,7 @@ class Outcome:
             artifact_uri=self.artifact_uri,
             files=self.files,
             metrics=None if self.metrics is None else dict(self.metrics),
+            trackers=dict(self.trackers) if self.trackers else None,
         )
 
 
@@ -90,9 +93,11 @@ def succeeded(
     *,
     files: Iterable[Mapping[str, Any]] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    trackers: Mapping[str, str] | None = None,
 ) -> Outcome:
     """A published run. ``files`` are the manifest's entries; ``metrics`` the run's
-    metrics, of which the finite numbers named in :data:`HEADLINE_METRICS` are kept."""
+    metrics, of which the finite numbers named in :data:`HEADLINE_METRICS` are kept;
+    ``trackers`` the experiment trackers' pages of the run."""
     return Outcome(
         ExitCode.SUCCEEDED,
         SUCCEEDED,
@@ -102,6 +107,7 @@ def succeeded(
         artifact_uri,
         files=None if files is None else tuple(_file_entry(entry) for entry in files),
         metrics=None if metrics is None else headline_metrics(metrics),
+        trackers=trackers or None,
     )
 
 

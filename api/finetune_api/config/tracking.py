@@ -95,7 +95,7 @@ class TensorBoardTracking(CamelModel):
 
 class WandbTracking(CamelModel):
     """A Weights & Biases run: online to a W&B server, or offline files published with the
-    artifact (``wandb sync <output>/wandb/offline-run-*`` uploads them later)."""
+    artifact (`wandb sync <output>/wandb/offline-run-*` uploads them later)."""
 
     project: TrackerName | None = Field(
         default=None,

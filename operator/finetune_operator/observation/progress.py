@@ -63,6 +63,8 @@ class TrainerProgress:
     job_name: str | None = None
     """The job the trainer says it runs (``finetune_trainer_job_info``): a pod IP can be
     reused by another pod, so a caller can check the reading is its own trainer's."""
+    trackers: Mapping[str, str] = field(default_factory=dict)
+    """Each experiment tracker's page of the run (``finetune_trainer_tracker``)."""
 
     @property
     def percent(self) -> int | None:
@@ -78,6 +80,7 @@ def parse(text: str) -> TrainerProgress | None:
     plain: dict[str, float] = {}
     scores: dict[str, float] = {}
     job_name: str | None = None
+    trackers: dict[str, str] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if not sample.name.startswith(PREFIX):
@@ -88,6 +91,10 @@ def parse(text: str) -> TrainerProgress | None:
                     scores[sample.labels["name"]] = sample.value
             elif name == "job_info":
                 job_name = sample.labels.get("job") or None
+            elif name == "tracker" and sample.value == 1:
+                tracker, url = sample.labels.get("tracker"), sample.labels.get("url")
+                if tracker and url:
+                    trackers[tracker] = url
             elif not sample.labels:
                 plain[name] = sample.value
     step = whole(plain.get("step"))
@@ -106,6 +113,7 @@ def parse(text: str) -> TrainerProgress | None:
         peak_memory_bytes=whole(plain.get("peak_memory_bytes")),
         eval_scores=scores,
         job_name=job_name,
+        trackers=trackers,
     )
 
 

@@ -24,6 +24,7 @@ Every field besides the phase and the conditions:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -76,6 +77,8 @@ class ProgressReading(Protocol):
     def tokens_per_second(self) -> float | None: ...
     @property
     def eta_seconds(self) -> float | None: ...
+    @property
+    def trackers(self) -> Mapping[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,9 @@ def derive(
         patch["artifacts"] = found.artifacts
     elif prev.get("artifacts"):
         patch["artifacts"] = prev["artifacts"]
+    trackers = _trackers(prev.get("trackers"), progress, found)
+    if trackers:
+        patch["trackers"] = trackers
     return StatusUpdate(patch, event(prev, patch, found))
 
 
@@ -298,3 +304,29 @@ def _metrics(
             if value is not None:
                 fields[key] = value
     return fields or None
+
+
+# --------------------------------------------------------------------------- trackers
+
+_TRACKER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_TRACKER_URL = re.compile(r"^https?://\S{1,2040}$")
+MAX_TRACKERS = 8
+
+
+def _trackers(
+    prev: Mapping[str, Any] | None, reading: ProgressReading | None, found: Verdict
+) -> dict[str, str] | None:
+    """The experiment trackers' pages: kept from before, then the live reading's, then
+    the trainer's final message's. Only http(s) links under plain names are shown: the
+    text comes from a pod running user code, and the status is shown in dashboards."""
+    links: dict[str, str] = dict(prev or {})
+    if reading is not None:
+        links.update(reading.trackers)
+    if found.final is not None and found.final.trackers:
+        links.update(found.final.trackers)
+    shown = {
+        name: url
+        for name, url in sorted(links.items())
+        if isinstance(url, str) and _TRACKER_NAME.match(name) and _TRACKER_URL.match(url)
+    }
+    return dict(list(shown.items())[:MAX_TRACKERS]) or None

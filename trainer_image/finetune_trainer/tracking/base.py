@@ -14,13 +14,13 @@ import hashlib
 import json
 import logging
 import math
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_api.outcome import Ending
+from finetune_api.uri import without_credentials
 
 if TYPE_CHECKING:
     from finetune_api.config import TrainerConfig
@@ -28,12 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("finetune.trainer")
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
 
 def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     """``text`` without credentials: ``user:pass@`` in any URL and every secret value."""
-    text = _USERINFO.sub("***@", text)
+    text = without_credentials(text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
