@@ -207,7 +207,9 @@ def _volume_mounts(config: TrainerConfig) -> list[Any]:
     return mounts
 
 
-def _env(job: FineTuneJob) -> list[Any]:
+def _env(job: FineTuneJob, settings: Settings) -> list[Any]:
+    """The trainer's environment: where things are mounted, then the platform's own
+    variables (``Settings.trainer_env``), which cannot replace ours."""
     env: list[dict[str, Any]] = [
         {"name": "FINETUNE_SECRETS_ROOT", "value": names.SECRETS_ROOT},
         {"name": "FINETUNE_PVC_ROOT", "value": names.PVC_ROOT},
@@ -220,6 +222,8 @@ def _env(job: FineTuneJob) -> list[Any]:
     if job.spec.resources.nodes > 1:
         annotation = f"metadata.annotations['{names.COMPLETION_INDEX}']"
         env.append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": annotation}}})
+    ours = {e["name"] for e in env}
+    env += [{"name": k, "value": v} for k, v in settings.trainer_env if k not in ours]
     return env
 
 
@@ -247,7 +251,7 @@ def _container(job: FineTuneJob, config: TrainerConfig, settings: Settings) -> d
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": trainer_command(job),
-        "env": _env(job),
+        "env": _env(job, settings),
         "resources": _resources(job),
         "volumeMounts": _volume_mounts(config),
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -6,7 +6,9 @@ builders stay pure functions of (FineTuneJob, Settings).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +33,9 @@ class Settings:
     health_port: int = 8080
     """kopf's ``/healthz`` (liveness and startup probes), where ``finetune operator`` has
     kopf serve it unless ``--liveness`` says otherwise."""
+    trainer_env: tuple[tuple[str, str], ...] = ()
+    """Environment variables of every trainer pod (the chart's ``trainer.env``), e.g.
+    ``MLFLOW_TRACKING_URI``: a platform tracks every job without touching manifests."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -53,4 +58,27 @@ class Settings:
             namespaces=words("FINETUNE_WATCH_NAMESPACES"),
             metrics_port=int(env.get("FINETUNE_METRICS_PORT", defaults.metrics_port)),
             health_port=int(env.get("FINETUNE_HEALTH_PORT", defaults.health_port)),
+            trainer_env=trainer_env(env.get("FINETUNE_TRAINER_ENV", "")),
         )
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def trainer_env(text: str) -> tuple[tuple[str, str], ...]:
+    """``FINETUNE_TRAINER_ENV``: a JSON object of names to string values; refused at
+    start-up when it is anything else, rather than half-applied to every pod."""
+    if not text.strip():
+        return ()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"FINETUNE_TRAINER_ENV is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("FINETUNE_TRAINER_ENV must be a JSON object of names to values")
+    for name, value in data.items():
+        if not _ENV_NAME.match(name) or not isinstance(value, str):
+            raise ValueError(
+                f"FINETUNE_TRAINER_ENV: {name!r} must be a variable name with a string value"
+            )
+    return tuple(sorted(data.items()))

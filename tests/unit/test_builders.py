@@ -275,6 +275,27 @@ def test_secrets_and_claims_are_mounted_where_the_trainer_looks() -> None:
     assert env["FINETUNE_PVC_ROOT"] == "/mnt/pvc"
 
 
+def test_the_platforms_trainer_env_reaches_every_pod_but_cannot_replace_ours() -> None:
+    settings = Settings(
+        trainer_env=(("MLFLOW_TRACKING_URI", "http://mlflow:5000"), ("HOME", "/elsewhere"))
+    )
+    env = container(children(ftj(), settings)["Job"])["env"]
+    values = {e["name"]: e.get("value") for e in env}
+    assert values["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert values["HOME"] == "/tmp"
+    assert [e["name"] for e in env].count("HOME") == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[1]", "{not json", '{"1BAD": "x"}', '{"OK": 1}'],
+    ids=["list", "json", "name", "value"],
+)
+def test_a_malformed_trainer_env_stops_the_operator_at_start(text: str) -> None:
+    with pytest.raises(ValueError, match="FINETUNE_TRAINER_ENV"):
+        Settings.from_env({"FINETUNE_TRAINER_ENV": text})
+
+
 def test_metrics_port_is_declared_and_can_be_turned_off() -> None:
     on = container(children(ftj(training={"metricsPort": 9300}))["Job"])
     assert on["ports"] == [{"name": "metrics", "containerPort": 9300, "protocol": "TCP"}]

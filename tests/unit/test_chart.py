@@ -45,6 +45,7 @@ CUSTOM: dict[str, Any] = {
         "terminationGracePeriodSeconds": 600,
         "cacheSize": "200Gi",
         "runAsUser": 2000,
+        "env": {"MLFLOW_TRACKING_URI": "http://mlflow.mlflow:5000", "WANDB_MODE": "offline"},
     },
     "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}],
     "nodeSelector": {"node-role.kubernetes.io/control-plane-free": "true"},
@@ -542,7 +543,9 @@ def test_trainer_service_account_cluster_wide_mode(
     assert len(of_kind(docs, "ServiceAccount")) == 1
 
 
-def test_operator_settings_reach_the_trainer_jobs(custom_docs: list[dict[str, Any]]) -> None:
+def test_operator_settings_reach_the_trainer_jobs(
+    custom_docs: list[dict[str, Any]], default_docs: list[dict[str, Any]]
+) -> None:
     """The Deployment's env, read the way the operator reads it, gives these Settings."""
     env = {k: v for k, v in env_of(operator_container(custom_docs)).items() if isinstance(v, str)}
     settings = Settings.from_env(env)
@@ -555,6 +558,13 @@ def test_operator_settings_reach_the_trainer_jobs(custom_docs: list[dict[str, An
     assert settings.run_as_user == 2000
     assert settings.namespaces == tuple(WATCHED)
     assert (settings.metrics_port, settings.health_port) == (8000, 8080)
+    assert settings.trainer_env == (
+        ("MLFLOW_TRACKING_URI", "http://mlflow.mlflow:5000"),
+        ("WANDB_MODE", "offline"),
+    )
+    defaults = env_of(operator_container(default_docs))
+    plain = {k: v for k, v in defaults.items() if isinstance(v, str)}
+    assert Settings.from_env(plain).trainer_env == ()
 
 
 def test_every_operator_setting_is_set(default_docs: list[dict[str, Any]]) -> None:
