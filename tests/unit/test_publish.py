@@ -172,6 +172,7 @@ def test_stage_artifacts_writes_a_verifiable_set(tmp_path: Path) -> None:
         "adapter_config.json",
         "adapter_model.safetensors",
         "metrics.json",
+        "plots/loss.png",  # the history's one series; nothing measured before and after
         "tokenizer.json",
     ]
     # The manifest's metrics are the headline numbers; the history is in metrics.json.
@@ -182,6 +183,7 @@ def test_stage_artifacts_writes_a_verifiable_set(tmp_path: Path) -> None:
     card = (tmp_path / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
     assert "| evalLoss | 0.5 |" in card
+    assert "![Training loss](plots/loss.png)" in card
 
 
 # --------------------------------------------------------------------------- backend

@@ -1,4 +1,4 @@
-"""Publishing a run: adapter, tokenizer, metrics, model card, and the manifest last.
+"""Publishing a run: adapter, tokenizer, metrics, plots, model card, and the manifest last.
 
 The artifact directory is assembled in a local staging directory, then handed to the
 output URI's storage backend, which copies every file and ``manifest.json`` last. The
@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from finetune_api.config import TrainerConfig
 from finetune_trainer import __version__
+from finetune_trainer.plots import titles, write_plots
 from finetune_trainer.storage.backends import Access, open_store
 from finetune_trainer.storage.store import MANIFEST, Store, local_files, publish_dir
 
@@ -141,8 +142,13 @@ def model_card(
     metrics: dict[str, Any],
     base_model_ref: str,
     artifact: str = "adapter",
+    plots: Mapping[str, str] | None = None,
 ) -> str:
-    """The README.md of the artifact; ``artifact`` is the method's (adapter or model)."""
+    """The README.md of the artifact; ``artifact`` is the method's (adapter or model).
+
+    ``plots`` are the pictures staged beside it (relative path to alt text), embedded
+    under "Training curves" in that order.
+    """
     from finetune_trainer.tasks import TASKS  # torch-backed; `finetune verify` needs none
 
     options = config.method.options().model_dump(mode="json")
@@ -170,7 +176,7 @@ A {config.method.type.upper()} {what} of `{config.model.uri}`, trained by finetu
 | metric | value |
 |---|---|
 {rows}
-
+{_plots_section(plots or {})}
 ## Method
 
 ```json
@@ -183,6 +189,13 @@ A {config.method.type.upper()} {what} of `{config.model.uri}`, trained by finetu
 
 `manifest.json` lists every file with its sha256 and the full spec of the run.
 """
+
+
+def _plots_section(plots: Mapping[str, str]) -> str:
+    if not plots:
+        return ""
+    images = "\n\n".join(f"![{alt}]({path})" for path, alt in plots.items())
+    return f"\n## Training curves\n\n{images}\n"
 
 
 def _data_summary(config: TrainerConfig) -> str:
@@ -234,8 +247,10 @@ def stage_artifacts(
     _point_adapter_at(staging, base_model_ref)
     tokenizer.save_pretrained(staging)
     (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    alt = titles(metrics)
+    plots = {path: alt[path] for path in write_plots(metrics, staging)}
     (staging / MODEL_CARD).write_text(
-        model_card(config, _headline(metrics), base_model_ref, method.artifact)
+        model_card(config, _headline(metrics), base_model_ref, method.artifact, plots)
     )
     manifest = build_manifest(file_entries(staging), config, _headline(metrics))
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
