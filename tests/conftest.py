@@ -95,6 +95,18 @@ def build_tiny_model(
     return directory
 
 
+@pytest.fixture(autouse=True)
+def private_cache_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test's own FINETUNE_CACHE_DIR (inherited by the processes it starts): the
+    trainer's caches (tokenized data, downloads) never reach the user's ~/.cache, and
+    one test's entries never turn another test's first run into a cache hit."""
+    path = tmp_path_factory.mktemp("finetune-cache")
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

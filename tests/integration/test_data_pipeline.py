@@ -38,7 +38,7 @@ def uneven_rows(n: int) -> list[dict[str, Any]]:
 
 
 def test_cleaning_counts_reach_metrics_and_a_rerun_uses_the_cache(
-    make_job: Any, tmp_path: Path
+    make_job: Any, tmp_path: Path, private_cache_dir: Path
 ) -> None:
     rows = [
         *colour_rows(8),
@@ -60,10 +60,8 @@ def test_cleaning_counts_reach_metrics_and_a_rerun_uses_the_cache(
     assert {k: v for k, v in second.items() if not k.startswith("files")} == {
         k: v for k, v in first.items() if not k.startswith("files")
     }
-    assert sorted(p.name.split(".")[0] for p in (tmp_path / ".finetune-cache").iterdir()) == [
-        "messy",
-        "validation",
-    ]
+    tokenized = private_cache_dir / "tokenized"
+    assert sorted(p.name.split(".")[0] for p in tokenized.iterdir()) == ["messy", "validation"]
 
 
 def test_a_packed_step_equals_the_unpacked_step(make_job: Any, tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def test_a_taken_metrics_port_warns_and_the_run_succeeds(make_job: Callable[...,
         job = make_job(training={"metricsPort": port, "maxSteps": 2})
         result = runner.invoke(app, ["run", str(job)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert f"cannot serve trainer metrics on 0.0.0.0:{port}" in result.stderr
+    assert f"cannot serve trainer metrics on 127.0.0.1:{port}" in result.stderr
     assert [line["step"] for line in json_lines(result.stdout)] == [1, 2]
 
 

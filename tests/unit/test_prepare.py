@@ -315,14 +315,16 @@ def test_every_file_type_reads_through_a_pvc_uri(
 
     assert data.report.rows_read == 6
     assert data.report.train_rows + data.report.validation_rows == 6
-    assert (directory / cache.LOCAL_DIR_NAME).is_dir()
+    assert [p.name.split(".")[0] for p in cache_entries()] == ["train"]
+    assert sorted(p.name for p in directory.iterdir()) == [f"train{suffix}"]
 
 
 # --------------------------------------------------------------------------- cache
 
 
-def cache_entries(directory: Path) -> list[Path]:
-    return sorted((directory / cache.LOCAL_DIR_NAME).glob("*.npz"))
+def cache_entries() -> list[Path]:
+    """The tokenization cache's entries (in this test's FINETUNE_CACHE_DIR, conftest)."""
+    return sorted(cache.cache_dir().glob("*.npz"))
 
 
 def test_a_second_run_reads_the_cache_and_gets_identical_data(
@@ -335,7 +337,7 @@ def test_a_second_run_reads_the_cache_and_gets_identical_data(
 
     first = prepared(tiny_tokenizer, dataset, max_length=32)
     assert first.report.files_tokenized == 1 and first.report.files_from_cache == 0
-    assert len(cache_entries(tmp_path)) == 1
+    assert len(cache_entries()) == 1
 
     monkeypatch.setattr(prepare, "tokenize_example", Explode())
     second = prepared(tiny_tokenizer, dataset, max_length=32)
@@ -385,7 +387,7 @@ def test_what_changes_the_tokens_misses_the_cache(
 
     assert data.report.files_tokenized == 1
     assert calls, "the tokenizer was not called"
-    assert len(cache_entries(tmp_path)) == 2
+    assert len(cache_entries()) == 2
 
 
 def test_overlong_and_seed_share_the_cache(
@@ -400,27 +402,43 @@ def test_overlong_and_seed_share_the_cache(
     assert data.report.files_from_cache == 1
 
 
-def test_the_cache_falls_back_to_the_cache_dir_when_the_data_dir_is_unusable(
+def test_the_cache_lives_in_the_cache_dir_never_beside_the_data(
     tiny_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data_dir = tmp_path / "readonly"
+    data_dir = tmp_path / "data"
     data_dir.mkdir()
     train = write_jsonl(data_dir / "train.jsonl", distinct_rows(8))
-    (data_dir / cache.LOCAL_DIR_NAME).write_text("not a directory")  # mkdir fails, even as root
-    fallback = tmp_path / "cache-home"
-    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(fallback))
+    home = tmp_path / "cache-home"
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(home))
 
     prepared(tiny_tokenizer, spec(train=f"file://{train}"))
-    assert len(list(fallback.glob("train.jsonl.*.npz"))) == 1
+    assert len(list((home / "tokenized").glob("train.jsonl.*.npz"))) == 1
+    assert [p.name for p in data_dir.iterdir()] == ["train.jsonl"]
 
     monkeypatch.setattr(prepare, "tokenize_example", Explode())
     assert prepared(tiny_tokenizer, spec(train=f"file://{train}")).report.files_from_cache == 1
 
 
+def test_an_unwritable_cache_dir_is_a_slower_run_not_a_failed_one(
+    tiny_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(8))
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")  # mkdir below it fails, even as root
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(blocked))
+
+    first = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+    again = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+
+    assert first.report.files_tokenized == again.report.files_tokenized == 1
+    assert again.train == first.train
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "train.jsonl"]
+
+
 def test_a_corrupt_cache_entry_is_tokenized_again(tiny_tokenizer: Any, tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(8))
     first = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
-    [entry] = cache_entries(tmp_path)
+    [entry] = cache_entries()
     entry.write_bytes(b"garbage")
 
     again = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
@@ -435,4 +453,4 @@ def test_use_cache_false_neither_reads_nor_writes(tiny_tokenizer: Any, tmp_path:
     data = prepared(tiny_tokenizer, spec(train=f"file://{train}"), use_cache=False)
 
     assert data.report.files_tokenized == 1
-    assert not (tmp_path / cache.LOCAL_DIR_NAME).exists()
+    assert cache_entries() == []

@@ -91,7 +91,9 @@ class TrainingSpec(CamelModel):
         ge=0,
         le=65535,
         description="Port of the trainer's Prometheus /metrics endpoint (rank 0 only); 0 "
-        "turns it off. `finetune run` warns and goes on when the port is taken.",
+        "turns it off. A pod serves it on all interfaces at this port. `finetune run` serves "
+        "it on 127.0.0.1, at a free port unless the manifest sets this field, and prints "
+        "the URL. A taken port is a warning: training goes on without /metrics.",
     )
     optimizer: Literal["adamw", "adamw-8bit", "sgd", "adafactor"] = Field(
         default="adamw",

@@ -18,11 +18,12 @@ concatenated as int32, per-example offsets and truncation flags; the examples ar
 file's rows after cleaning, in order. Class ids are not stored (they depend on the
 whole training set), only tokens.
 
-*Where*: ``.finetune-cache/`` beside the data file when that directory is writable
-(so the cache travels with the data, e.g. on a shared volume), else
-``$FINETUNE_CACHE_DIR`` (default ``~/.cache/finetune-operator``). Entries are written
-to a temporary name and renamed, so concurrent ranks never read half a file. A cache
-that cannot be read or written is a slower run, never a failed one.
+*Where*: ``tokenized/`` in the trainer's cache directory
+(:func:`finetune_trainer.storage.cache.cache_root`: ``$FINETUNE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/finetune-operator``, else ``~/.cache/finetune-operator``), never
+beside the user's data. Entries are written to a temporary name and renamed, so
+concurrent ranks never read half a file. A cache that cannot be read or written is a
+slower run, never a failed one.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("finetune.trainer")
 
 CACHE_VERSION = 1
-LOCAL_DIR_NAME = ".finetune-cache"
 _CHUNK = 1 << 20
 
 
@@ -88,9 +88,9 @@ def cache_key(data_digest: str, tokenizer_id: str, settings: Mapping[str, Any]) 
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def cache_dirs(data_file: Path) -> list[Path]:
-    """Where to look for and write entries, in order of preference."""
-    return [data_file.resolve().parent / LOCAL_DIR_NAME, cache_root()]
+def cache_dir() -> Path:
+    """Where entries are read and written: ``tokenized/`` in the trainer's cache root."""
+    return cache_root() / "tokenized"
 
 
 def _entry_name(data_file: Path, key: str) -> str:
@@ -102,38 +102,36 @@ def load(data_file: Path, key: str, expected: int) -> list[TokenizedExample] | N
     examples long)."""
     import numpy as np
 
-    for directory in cache_dirs(data_file):
-        path = directory / _entry_name(data_file, key)
-        if not path.is_file():
-            continue
-        try:
-            with np.load(path, allow_pickle=False) as arrays:
-                if str(arrays["key"]) != key:
-                    continue
-                ids, labels = arrays["input_ids"], arrays["labels"]
-                offsets, truncated = arrays["offsets"], arrays["truncated"]
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("tokenization cache %s is unreadable (%s); tokenizing again", path, exc)
-            continue
-        if len(truncated) != expected:
-            log.warning(
-                "tokenization cache %s holds %d examples, not %d; tokenizing again",
-                path,
-                len(truncated),
-                expected,
-            )
-            continue
-        bounds = offsets.tolist()
-        id_list, label_list, flags = ids.tolist(), labels.tolist(), truncated.tolist()
-        return [
-            TokenizedExample(id_list[a:b], label_list[a:b], truncated=flag)
-            for a, b, flag in zip(bounds[:-1], bounds[1:], flags, strict=True)
-        ]
-    return None
+    path = cache_dir() / _entry_name(data_file, key)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if str(arrays["key"]) != key:
+                return None
+            ids, labels = arrays["input_ids"], arrays["labels"]
+            offsets, truncated = arrays["offsets"], arrays["truncated"]
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("tokenization cache %s is unreadable (%s); tokenizing again", path, exc)
+        return None
+    if len(truncated) != expected:
+        log.warning(
+            "tokenization cache %s holds %d examples, not %d; tokenizing again",
+            path,
+            len(truncated),
+            expected,
+        )
+        return None
+    bounds = offsets.tolist()
+    id_list, label_list, flags = ids.tolist(), labels.tolist(), truncated.tolist()
+    return [
+        TokenizedExample(id_list[a:b], label_list[a:b], truncated=flag)
+        for a, b, flag in zip(bounds[:-1], bounds[1:], flags, strict=True)
+    ]
 
 
 def store(data_file: Path, key: str, examples: Sequence[TokenizedExample]) -> Path | None:
-    """Write the entry to the first writable cache directory; its path, or None."""
+    """Write the entry to the cache directory; its path, or None when it cannot be."""
     import numpy as np
 
     lengths = [len(e.input_ids) for e in examples]
@@ -143,28 +141,31 @@ def store(data_file: Path, key: str, examples: Sequence[TokenizedExample]) -> Pa
     ids = np.fromiter((t for e in examples for t in e.input_ids), dtype=np.int32, count=count)
     labels = np.fromiter((t for e in examples for t in e.labels), dtype=np.int32, count=count)
     truncated = np.array([e.truncated for e in examples], dtype=bool)
-    for directory in cache_dirs(data_file):
-        target = directory / _entry_name(data_file, key)
+    directory = cache_dir()
+    target = directory / _entry_name(data_file, key)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    np.savez(
-                        handle,
-                        key=np.array(key),
-                        input_ids=ids,
-                        labels=labels,
-                        offsets=offsets,
-                        truncated=truncated,
-                    )
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as exc:
-            log.info("tokenization cache: cannot write in %s (%s)", directory, exc)
-            continue
-        return target
-    log.warning("tokenization cache: no writable directory; set %s", CACHE_DIR_ENV)
-    return None
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(
+                    handle,
+                    key=np.array(key),
+                    input_ids=ids,
+                    labels=labels,
+                    offsets=offsets,
+                    truncated=truncated,
+                )
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        log.warning(
+            "tokenization cache: cannot write in %s (%s); set %s to a writable directory",
+            directory,
+            exc,
+            CACHE_DIR_ENV,
+        )
+        return None
+    return target

@@ -1,11 +1,12 @@
 """Local copies of remote models and datasets, keyed by URI and by the source's version.
 
-Layout: ``$FINETUNE_CACHE_DIR/downloads/<scheme>/<digest of URI>/<version>/``, where the
-version is what the source says identifies the content (an S3 ETag, a digest of a
-prefix's listing). A version directory only ever appears by renaming a temporary
-directory that was filled and verified completely, so existing means complete: a run
-killed mid-download leaves a ``.partial-*`` directory that is never read, and two
-processes filling the same entry both succeed (the second one's copy is dropped).
+Layout: ``<cache root>/downloads/<scheme>/<digest of URI>/<version>/`` (the root: see
+:func:`cache_root`), where the version is what the source says identifies the content
+(an S3 ETag, a digest of a prefix's listing). A version directory only ever appears by
+renaming a temporary directory that was filled and verified completely, so existing
+means complete: a run killed mid-download leaves a ``.partial-*`` directory that is
+never read, and two processes filling the same entry both succeed (the second one's
+copy is dropped).
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ PARTIAL = ".partial-"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_DIR_ENV) or "~/.cache/finetune-operator").expanduser()
+    """The trainer's cache directory, for downloads and tokenized data alike:
+    ``$FINETUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/finetune-operator``, else
+    ``~/.cache/finetune-operator``. A relative ``XDG_CACHE_HOME`` is ignored, as the XDG
+    base directory specification says."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path("~/.cache").expanduser()
+    return base / "finetune-operator"
 
 
 def entry_dir(uri: str, scheme: str) -> Path:
