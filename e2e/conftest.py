@@ -5,6 +5,7 @@ the operator or the trainer.
   the status subresource, selectors, garbage collection), serving the FineTuneJob CRD read
   from crds/ (the file the chart installs);
 - S3: moto's standalone server (tests/s3_server.py), with the buckets the example names;
+- MLflow: a real tracking server (tests/mlflow_server.py) for the happy path's tracker;
 - the operator: ``finetune operator -n e2e`` as a separate process, logging in through a
   kubeconfig file, exactly as it would run outside a cluster;
 - the node agent (e2e/node_agent.py): test scaffolding standing in for the Job controller
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_agent import NodeAgent  # noqa: E402
 
 from kube_api import CRD_PATH, Kube, Resource, free_port, serve_kube  # noqa: E402
+from mlflow_server import mlflow_server  # noqa: E402
 from s3_server import REGION, TEST_KEY_ID, TEST_SECRET, S3Server  # noqa: E402
 
 
@@ -125,6 +127,13 @@ def s3() -> Iterator[S3Server]:
         )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server (tests/mlflow_server.py); yields its URL."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

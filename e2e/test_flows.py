@@ -97,13 +97,18 @@ def trained_steps(output: str) -> list[int]:
 # --------------------------------------------------------------------------- flow 1
 
 
-def test_happy_path(cluster: Any, kube: Kube, s3: Any, tiny_model: Any, workdir: Path) -> None:
+def test_happy_path(
+    cluster: Any, kube: Kube, s3: Any, tiny_model: Any, workdir: Path, mlflow: str
+) -> None:
     """kubectl apply → Running with progress → Succeeded; the bucket holds what the
-    manifest lists, with matching checksums, and the adapter loads onto the base model."""
+    manifest lists, with matching checksums, and the adapter loads onto the base model.
+    The run is tracked in MLflow, and the status links to its page."""
     model_uri, model_dir = tiny_model
     name = "happy"
     path = workdir / "happy.yaml"
-    path.write_text(yaml.safe_dump(manifest(name, model_uri, max_steps=TOTAL)))
+    body = manifest(name, model_uri, max_steps=TOTAL)
+    body["spec"]["tracking"] = {"mlflow": {"trackingUri": mlflow, "experiment": "e2e"}}
+    path.write_text(yaml.safe_dump(body))
     env = kubectl_env(cluster["operator"].kubeconfig)
     applied = subprocess.run(
         [kubectl(), "apply", "--validate=false", "-f", str(path)],
@@ -117,11 +122,13 @@ def test_happy_path(cluster: Any, kube: Kube, s3: Any, tiny_model: Any, workdir:
 
     running = wait_phase(kube, name, "Running", "Succeeded")
     seen = []
+    tracked_while_running: dict[str, str] = {}
     deadline = time.monotonic() + 300
     while (s := status(kube, name)).get("phase") == "Running" and time.monotonic() < deadline:
         step = (s.get("progress") or {}).get("step")
         if step is not None and step not in seen:
             seen.append(step)
+        tracked_while_running.update(s.get("trackers") or {})
         time.sleep(0.5)
     final = wait_phase(kube, name, "Succeeded", "Failed", timeout=30)
     assert final["phase"] == "Succeeded", json.dumps(final)
@@ -166,6 +173,22 @@ def test_happy_path(cluster: Any, kube: Kube, s3: Any, tiny_model: Any, workdir:
     base = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
     loaded = peft.PeftModel.from_pretrained(base, adapter)
     assert any("lora" in n for n, _ in loaded.named_parameters())
+
+    # MLflow: the run's page is in the status from the first scrape on, and the run
+    # holds every step and where the adapter was published.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow)
+    experiment = client.get_experiment_by_name("e2e")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    page = f"{mlflow}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    assert tracked_while_running == {"mlflow": page}
+    assert final["trackers"] == {"mlflow": page}
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["finetune.artifactUri"] == f"s3://artifacts/adapters/{name}"
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in losses) == list(range(1, TOTAL + 1))
 
 
 # --------------------------------------------------------------------------- flow 2

@@ -49,7 +49,10 @@ def test_run_publishes_a_complete_verifiable_adapter(make_job: Any) -> None:
         "tokenizer.json",
     } <= names
     manifest = json.loads((out / "manifest.json").read_text())
-    assert {f["path"] for f in manifest["files"]} == names - {"manifest.json", "checkpoints"}
+    published = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    published = {p for p in published if not p.startswith("checkpoints/")}
+    assert {f["path"] for f in manifest["files"]} == published - {"manifest.json"}
+    assert "plots/loss.png" in published
     # The final step's checkpoint stays beside the artifacts, outside their manifest.
     steps = metrics_of(out)["steps"]
     assert (out / "checkpoints" / f"step-{steps}" / "manifest.json").is_file()

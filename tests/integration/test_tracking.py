@@ -5,13 +5,7 @@ published set, and each is read back with the tracker's own reader."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import struct
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +15,8 @@ from typer.testing import CliRunner
 
 from finetune_cli.app import app
 from finetune_trainer.publish import verify_manifest
+from mlflow_server import free_port
+from mlflow_server import mlflow_server as serve_mlflow
 
 runner = CliRunner()
 
@@ -29,56 +25,11 @@ TRAINING = {"maxSteps": 8}
 EVALUATION = {"everySteps": 4}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server (sqlite store, proxied artifacts) on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(mlflow),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+    with serve_mlflow(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def read_wandb_records(path: Path) -> list[Any]:
@@ -233,7 +184,7 @@ def test_an_unreachable_tracker_is_a_warning_and_its_secret_is_never_shown(
         training={"maxSteps": 2},
         tracking={
             "mlflow": {
-                "trackingUri": f"http://127.0.0.1:{_free_port()}",
+                "trackingUri": f"http://127.0.0.1:{free_port()}",
                 "credentialsSecret": "mlflow-auth",
             }
         },

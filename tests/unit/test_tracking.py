@@ -183,3 +183,16 @@ def test_validate_never_echoes_a_password_written_into_a_url() -> None:
     assert result.exit_code != 0
     assert "spec.tracking.mlflow.trackingUri" in result.output
     assert "hunter2" not in result.output and "https://***@mlflow.example.com" in result.output
+
+
+def test_wandb_online_without_a_key_says_where_the_key_goes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    trackers = Trackers(trackers_for(config(tracking={"wandb": {"project": "p"}}), env={}))
+    with caplog.at_level(logging.WARNING, logger="finetune.trainer"):
+        trackers.start()
+    assert not trackers
+    assert "tracking.wandb.credentialsSecret" in caplog.text
+    assert "mode: offline" in caplog.text

@@ -254,9 +254,7 @@ class TrainerConfig(JobSections):
         """The cross-field rules (finetune_api.rules) the FineTuneJob spec obeyed too:
         a TrainerConfig written by hand, or by an older operator, is held to them."""
         d = self.distributed
-        rules.enforce(
-            self.rule_facts(d.strategy, "distributed.strategy", nodes=d.nodes, gpus=None)
-        )
+        rules.enforce(self.rule_facts(d.strategy, "distributed.strategy", nodes=d.nodes, gpus=None))
         return self
 
     def to_json(self) -> str:
