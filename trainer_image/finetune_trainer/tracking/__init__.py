@@ -27,6 +27,7 @@ from finetune_api.config import (
     WandbTracking,
 )
 from finetune_api.outcome import Ending
+from finetune_trainer.logs import kv
 from finetune_trainer.tracking.base import Tracker, scrub
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class Trackers:
     def start(self) -> None:
         self._each("start", lambda t: t.start())
         for name, url in self.urls().items():
-            log.info("tracking %s url=%s", name, url)
+            log.info("tracking %s", kv(tracker=name, url=url))
 
     def log_step(self, report: StepReport) -> None:
         self._each("log a step", lambda t: t.log_step(report))
