@@ -67,9 +67,17 @@ def test_kubernetes_only_fields_stay_behind() -> None:
     dumped = render_trainer_config(job()).model_dump(by_alias=True)
     assert "resources" not in dumped
     assert set(dumped) == {
-        "task", "model", "dataset", "method", "training", "evaluation",
+        "task", "model", "dataset", "method", "training", "evaluation", "tracking",
         "apiVersion", "jobName", "output", "distributed",
     }  # fmt: skip
+
+
+def test_tracking_reaches_the_trainer() -> None:
+    tracked = job(tracking={"mlflow": {"trackingUri": "http://mlflow:5000"}, "tensorboard": {}})
+    config = render_trainer_config(tracked)
+    assert config.tracking.mlflow is not None
+    assert config.tracking.mlflow.tracking_uri == "http://mlflow:5000"
+    assert config.tracking.tensorboard is not None and config.tracking.wandb is None
 
 
 def test_distributed_comes_from_resources_in_the_cluster_and_is_one_process_locally() -> None:
