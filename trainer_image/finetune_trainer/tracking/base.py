@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune_api.outcome import Ending
+from finetune_api.outcome import Ending, headline_metrics
 from finetune_api.uri import without_credentials
+from finetune_trainer.storage.credentials import redact
 
 if TYPE_CHECKING:
     from finetune_api.config import TrainerConfig
@@ -31,11 +32,7 @@ log = logging.getLogger("finetune.trainer")
 
 def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     """``text`` without credentials: ``user:pass@`` in any URL and every secret value."""
-    text = without_credentials(text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    return redact(without_credentials(text), list(secrets))
 
 
 @dataclass(frozen=True)
@@ -112,14 +109,9 @@ def step_metrics(report: StepReport) -> dict[str, float]:
 
 
 def final_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The scalar results of a finished run (metrics.json's numbers, not its lists)."""
-    return {
-        name: float(value)
-        for name, value in metrics.items()
-        if isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    }
+    """The scalar results of a finished run (metrics.json's finite numbers, not its
+    lists), as floats: the contract's own selection of what a message can carry."""
+    return {k: float(v) for k, v in headline_metrics(metrics, only_headline=False).items()}
 
 
 def history_series(metrics: Mapping[str, Any]) -> Iterator[tuple[str, int, float]]:
