@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from finetune_api import rules
+from finetune_api.plan.devices import GpuType
 from finetune_api.config import (
     API_GROUP,
     CamelModel,
@@ -108,12 +109,29 @@ class Resources(CamelModel):
                     "rule": "!has(self.strategy) || self.strategy != 'fsdp' || "
                     "(has(self.gpus) && self.gpus > 0)",
                     "message": "strategy fsdp shards the model across GPUs: set gpus",
+                },
+                {
+                    "rule": "(!has(self.gpuType) && !has(self.gpuMemory)) || "
+                    "(has(self.gpus) && self.gpus > 0)",
+                    "message": "gpuType and gpuMemory describe the job's GPUs: set gpus",
                 }
             ]
         }
     )
 
     gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per node.")
+    gpu_type: GpuType | None = Field(
+        default=None,
+        description="The GPU the job runs on, for the planner: its memory decides whether "
+        "the job fits (a job that cannot fit fails with reason WontFit before any pod is "
+        "created) and its speed the estimated duration. Does not select nodes: pair it with "
+        "nodeSelector. Unknown types: set gpuMemory.",
+    )
+    gpu_memory: Quantity | None = Field(
+        default=None,
+        description="Memory of one GPU (e.g. 80Gi) for the planner's fit check; overrides "
+        "gpuType's.",
+    )
     cpu: Quantity | None = Field(default=None, description="CPU request and limit per node.")
     memory: Quantity | None = Field(
         default=None, description="Memory request and limit per node, e.g. 32Gi."
@@ -149,7 +167,19 @@ class Resources(CamelModel):
         "and NCCL use it; the container runtime's 64Mi default is too small).",
     )
 
-    _cpu = field_validator("cpu", "memory", "shared_memory", mode="before")(_check_quantity)
+    _cpu = field_validator("cpu", "memory", "shared_memory", "gpu_memory", mode="before")(
+        _check_quantity
+    )
+
+    @model_validator(mode="after")
+    def _gpu_facts_need_gpus(self) -> Resources:
+        if self.gpus == 0 and (self.gpu_type is not None or self.gpu_memory is not None):
+            field = "gpuType" if self.gpu_type is not None else "gpuMemory"
+            raise ValueError(
+                f"resources.{field} describes the GPUs the job runs on, but gpus is 0; set "
+                f"gpus, or remove {field} (a CPU job's memory is resources.memory)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fsdp_needs_gpus(self) -> Resources:
@@ -290,6 +320,31 @@ class Artifacts(CamelModel):
     files: list[ArtifactFile] = Field(default_factory=list)
 
 
+class PlanStatus(CamelModel):
+    """The planner's estimate, made before the training Job was created."""
+
+    memory_per_device: str = Field(
+        description="Predicted peak memory of one GPU (or one CPU process), e.g. 21.3Gi."
+    )
+    device: str = Field(description="What it was planned for: a gpuType, GPU or CPU.")
+    fits: bool | None = Field(
+        default=None, description="Whether it fits one device; unset when its memory is unknown."
+    )
+    largest_term: str = Field(description="The largest memory term, e.g. activations.")
+    trainable_parameters: int = Field(ge=0, description="Parameters the method trains.")
+    steps: int | None = Field(default=None, ge=0, description="Optimizer steps, when known.")
+    tokens: int | None = Field(default=None, ge=0, description="Tokens trained on, when known.")
+    estimated_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Estimated training time; the live progress.etaSeconds replaces it once "
+        "the trainer runs.",
+    )
+    estimated_duration: str | None = Field(
+        default=None, description="estimatedSeconds for people, e.g. 1h20m (kubectl get -o wide)."
+    )
+
+
 TrackerUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s]+$")]
 """A tracker's page: http(s) only, whatever a trainer's message says."""
 
@@ -310,6 +365,11 @@ class FineTuneJobStatus(CamelModel):
     restarts: int = Field(default=0, ge=0, description="Trainer pod restarts so far.")
     job_name: str | None = Field(default=None, description="The batch/v1 Job running the trainer.")
     observed_generation: int | None = Field(default=None, ge=0)
+    plan: PlanStatus | None = Field(
+        default=None,
+        description="Memory, steps and duration the planner estimated before the Job was "
+        "created (finetune plan prints the same, itemised).",
+    )
     trackers: dict[str, TrackerUrl] | None = Field(
         default=None,
         max_length=8,

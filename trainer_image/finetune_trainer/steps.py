@@ -12,21 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from finetune_api.config import TrainingSpec
+from finetune_api.config.training import steps_per_epoch as steps_per_epoch
+from finetune_api.config.training import total_steps as total_steps
 from finetune_trainer.data.batching import length_grouped_batches
 from finetune_trainer.data.tokenize import TokenizedExample
 
 MicroBatch = list[TokenizedExample]
-
-
-def steps_per_epoch(n_examples: int, spec: TrainingSpec, world_size: int = 1) -> int:
-    batches = math.ceil(n_examples / spec.batch_size)
-    return max(1, math.ceil(batches / (spec.gradient_accumulation * world_size)))
-
-
-def total_steps(n_examples: int, spec: TrainingSpec, world_size: int = 1) -> int:
-    if spec.max_steps is not None:
-        return spec.max_steps
-    return spec.epochs * steps_per_epoch(n_examples, spec, world_size)
 
 
 @dataclass(frozen=True)

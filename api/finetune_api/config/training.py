@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field
@@ -16,6 +17,8 @@ __all__ = [
     "EvalMetric",
     "EvaluationSpec",
     "TrainingSpec",
+    "steps_per_epoch",
+    "total_steps",
 ]
 
 
@@ -162,3 +165,18 @@ class EvaluationSpec(CamelModel):
         description="Also evaluate (loss, perplexity, token accuracy) every N optimizer steps. "
         "Default: only before and after training.",
     )
+
+
+def steps_per_epoch(n_examples: int, spec: TrainingSpec, world_size: int = 1) -> int:
+    """Optimizer steps in one pass over ``n_examples`` training rows (sequences, once
+    packed) shared by ``world_size`` processes: the trainer's loop and the planner
+    count them here, so an estimate and the run agree."""
+    batches = math.ceil(n_examples / spec.batch_size)
+    return max(1, math.ceil(batches / (spec.gradient_accumulation * world_size)))
+
+
+def total_steps(n_examples: int, spec: TrainingSpec, world_size: int = 1) -> int:
+    """The run's optimizer steps: maxSteps when set, else epochs x steps per epoch."""
+    if spec.max_steps is not None:
+        return spec.max_steps
+    return spec.epochs * steps_per_epoch(n_examples, spec, world_size)

@@ -1,0 +1,681 @@
+"""The planner: memory per device, time and fit of a job, from its spec and its base
+model's shape, before anything is allocated.
+
+Pure arithmetic over the contract (no torch), so the operator image uses it to refuse a
+job that cannot fit before a pod is created, and ``finetune plan`` prints it. Each
+memory term is one function of the spec and the shape, named like the term it
+computes; the constants measured on real runs are in :mod:`finetune_api.plan.devices`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from finetune_api.config.job import JobSections
+from finetune_api.config.methods import METHODS
+from finetune_api.config.methods.qlora import QLoraSpec
+from finetune_api.config.training import steps_per_epoch, total_steps
+from finetune_api.plan import devices as cal
+from finetune_api.plan.devices import GiB, Device
+from finetune_api.plan.report import (
+    MemoryTerm,
+    Phase,
+    Plan,
+    PlanData,
+    PlanMemory,
+    PlanParameters,
+    PlanTime,
+    Suggestion,
+)
+from finetune_api.plan.shape import ModelShape
+from finetune_api.plan.trainable import Trainable, trainable_for
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the job runs: the device, how many, and how they share the model."""
+
+    device: Device | None = None
+    """A GPU; None: CPU processes."""
+    devices_per_node: int = 1
+    nodes: int = 1
+    strategy: str = "auto"
+    memory_bytes: int | None = None
+    """Memory of one device (a GPU's, or a CPU process's pod); default the GPU's own."""
+    cpu_cores: float = 1.0
+    """Cores one CPU process computes on."""
+
+    @property
+    def world(self) -> int:
+        return self.devices_per_node * self.nodes
+
+    @property
+    def capacity(self) -> int | None:
+        if self.memory_bytes is not None:
+            return self.memory_bytes
+        return self.device.memory_bytes if self.device is not None else None
+
+    @property
+    def name(self) -> str:
+        return self.device.name if self.device is not None else "CPU"
+
+    @property
+    def fsdp(self) -> bool:
+        return self.strategy == "fsdp" and self.world > 1
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """The training data as tokenized (``finetune plan`` counts it where it can read it)."""
+
+    rows: int
+    """Training sequences per epoch (packed sequences when packing)."""
+    tokens: int
+    """Tokens in those sequences."""
+    label_tokens: int
+    """Tokens with a label (the loss's positions)."""
+    longest: int
+    """Tokens in the longest sequence."""
+    padded_tokens: int | None = None
+    """Tokens per epoch once micro-batches are padded to their longest row."""
+    num_labels: int = 2
+    """Classes (sequence-classification)."""
+
+
+def resolve_precision(precision: str, target: Target) -> str:
+    """What ``training.precision: auto`` becomes on the target (as the trainer decides)."""
+    if precision != "auto":
+        return precision
+    if target.device is None:
+        return "fp32"
+    return "bf16" if target.device.bf16 else "fp16"
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """Everything the terms read, resolved once."""
+
+    job: JobSections
+    shape: ModelShape
+    target: Target
+    data: DataFacts | None
+    trainable: Trainable
+    precision: str
+
+    @property
+    def gpu(self) -> bool:
+        return self.target.device is not None
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes per frozen weight: fp32 on CPU and with fp16 (fp32 master weights kept
+        for the GradScaler), 2 for bf16."""
+        return 2 if self.precision == "bf16" else 4
+
+    @property
+    def act_bytes(self) -> int:
+        return 4 if self.precision == "fp32" else 2
+
+    @property
+    def quantized(self) -> bool:
+        return METHODS[self.job.method.type].quantized_base
+
+    @property
+    def trains_base(self) -> bool:
+        return METHODS[self.job.method.type].artifact == "model"
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens of the longest sequence, with the virtual tokens prompt learning adds."""
+        t = self.job.training
+        longest = t.max_seq_length if self.data is None or t.packing else self.data.longest
+        added = 0 if self.job.method.type == "prefix" else self.trainable.virtual_tokens
+        return min(longest, t.max_seq_length) + added
+
+    @property
+    def label_fraction(self) -> float:
+        if self.data is None or self.data.tokens == 0:
+            return 1.0
+        return min(1.0, self.data.label_tokens / self.data.tokens)
+
+    @property
+    def grad_layers(self) -> int:
+        """Blocks that keep activations for backward."""
+        return self.shape.layers - self.trainable.lowest_trained_block
+
+
+def _frozen_weights(s: _Setting) -> int:
+    shape = s.shape
+    frozen = shape.total_params - (s.trainable.params if s.trains_base else 0)
+    if s.job.task == "sequence-classification" and s.trains_base:
+        frozen = max(0, frozen + _head_params(s))
+    if not s.quantized:
+        return frozen * s.weight_bytes
+    options = s.job.method.options()
+    assert isinstance(options, QLoraSpec)
+    linear = sum(lin.fan_in * lin.fan_out for lin in shape.linears)
+    # NF4/FP4: 4 bits a weight, an fp32 absmax per 64 (double quant: 8-bit absmax plus an
+    # fp32 constant per 256 of them).
+    per_weight = 0.5 + ((1 + 4 / 256) / 64 if options.double_quant else 4 / 64)
+    compute = 4 if s.precision in ("fp32", "fp16") else 2
+    return int(linear * per_weight) + (frozen - linear) * compute
+
+
+def _head_params(s: _Setting) -> int:
+    labels = s.data.num_labels if s.data is not None else 2
+    return labels * s.shape.hidden
+
+
+def _trainable_weights(s: _Setting) -> int:
+    return s.trainable.params * 4
+
+
+def _gradients(s: _Setting) -> int:
+    return s.trainable.params * 4
+
+
+def _optimizer_states(s: _Setting) -> int:
+    t = s.job.training
+    if t.optimizer == "adamw":
+        return s.trainable.params * 8
+    if t.optimizer == "adamw-8bit":
+        return s.trainable.params * 2
+    if t.optimizer == "sgd":
+        return s.trainable.params * 4 if t.momentum > 0 else 0
+    # adafactor: factored second moments (a row and a column vector) for matrices.
+    total = 0
+    for shape in s.trainable.tensors:
+        total += (shape[0] + shape[1]) * 4 if len(shape) >= 2 else shape[0] * 4
+    return total
+
+
+def _block_elements(s: _Setting) -> tuple[float, float]:
+    """Per token and block: (elements kept for backward at the activation dtype, fp32
+    elements and bytes the adapters keep)."""
+    sh = s.shape
+    a, i, q, kv = sh.hidden, sh.intermediate, sh.heads * sh.head_dim, sh.kv_dim
+    mlp = 3 * i if sh.family in ("llama", "phi3") else 2 * i
+    # Two norms (input and output), rotary q/k, attention inputs, output and
+    # log-sum-exp, the MLP's projections and activation.
+    elements = 4 * a + 2 * q + 3 * kv + mlp + sh.heads
+    if s.trainable.trained_linears:
+        elements += q + i  # inputs of o_proj and down_proj, kept for their weight grads
+    adapter_bytes = 0.0
+    per_block = len(s.trainable.adapted) / max(1, sh.layers)
+    if per_block:
+        dropout = float(getattr(s.job.method.options(), "dropout", 0.0))
+        fan_in = sum(lin.fan_in for lin in s.trainable.adapted) / sh.layers
+        rank = s.trainable.adapter_rank
+        adapter_bytes = per_block * rank * 4
+        if dropout > 0:
+            adapter_bytes += fan_in * (4 + 1)  # dropped-out input (fp32) and its mask
+        else:
+            adapter_bytes += fan_in * 4
+    return elements, adapter_bytes
+
+
+def _activations(s: _Setting) -> int:
+    t = s.job.training
+    tokens = t.batch_size * s.seq_len
+    elements, adapter_bytes = _block_elements(s)
+    full_block = elements * s.act_bytes + adapter_bytes
+    if t.gradient_checkpointing:
+        per_token = s.grad_layers * s.shape.hidden * s.act_bytes + full_block
+    else:
+        per_token = s.grad_layers * full_block
+    per_token += 4 * s.shape.hidden * s.act_bytes  # embeddings out and the final norm
+    return int(tokens * per_token * cal.ACTIVATION_FACTOR)
+
+
+def _attention_scores(s: _Setting) -> int:
+    """Attention probabilities materialised per block: on a CPU, and for a packed
+    block-diagonal mask, torch's math attention keeps batch x heads x L x L of them."""
+    t = s.job.training
+    if s.gpu or not t.packing:
+        return 0
+    layers = 1 if t.gradient_checkpointing else s.grad_layers
+    return t.batch_size * s.shape.heads * s.seq_len**2 * s.act_bytes * 2 * layers
+
+
+def _packing_mask(s: _Setting) -> int:
+    t = s.job.training
+    return t.batch_size * s.seq_len**2 * 4 if t.packing else 0
+
+
+def _logits(s: _Setting) -> int:
+    """Logits at the label positions only (the trainer selects them before the output
+    projection): the head's output, an fp32 copy, log-softmax and its gradient."""
+    if s.job.task == "sequence-classification":
+        return 0
+    t = s.job.training
+    labels = t.batch_size * s.seq_len * s.label_fraction
+    per_logit = s.act_bytes + (0 if s.act_bytes == 4 else 4) + 8
+    return int(labels * s.shape.vocab * per_logit)
+
+
+def _ddp_buckets(s: _Setting) -> int:
+    return s.trainable.params * 4 if s.target.world > 1 and not s.target.fsdp else 0
+
+
+def _runtime(s: _Setting) -> int:
+    return cal.CUDA_CONTEXT_BYTES if s.gpu else cal.CPU_PROCESS_BYTES
+
+
+def _eval_peak(s: _Setting) -> int:
+    """The evaluation's own working memory: its batch's label logits and one block's
+    transient activations (nothing is kept for backward)."""
+    e = s.job.evaluation
+    tokens = e.batch_size * s.seq_len
+    block = tokens * (2 * s.shape.hidden + 2 * s.shape.intermediate) * s.act_bytes
+    if s.job.task == "sequence-classification":
+        return int(block)
+    per_logit = s.act_bytes + (0 if s.act_bytes == 4 else 4) + 4
+    return int(block + tokens * s.label_fraction * s.shape.vocab * per_logit)
+
+
+TermFn = Callable[[_Setting], int]
+
+_STATIC: list[tuple[str, TermFn, str]] = [
+    ("weights", _frozen_weights, "frozen base weights"),
+    ("trainableWeights", _trainable_weights, "trainable weights, fp32"),
+    ("gradients", _gradients, "fp32 gradients of the trainable weights"),
+    ("optimizerStates", _optimizer_states, "the optimizer's state"),
+]
+_TRAINING: list[tuple[str, TermFn, str]] = [
+    ("activations", _activations, "kept for backward, at the peak micro-batch"),
+    ("attentionScores", _attention_scores, "materialised attention probabilities"),
+    ("packingMask", _packing_mask, "the block-diagonal float mask"),
+    ("logits", _logits, "label positions x vocabulary"),
+    ("ddpBuckets", _ddp_buckets, "DDP's gradient buckets"),
+]
+_SHARDED = frozenset({"weights", "trainableWeights", "gradients", "optimizerStates"})
+
+
+def _memory(s: _Setting) -> tuple[int, Phase, list[MemoryTerm]]:
+    world = s.target.world if s.target.fsdp else 1
+    static = [
+        MemoryTerm(name=name, bytes=fn(s) // (world if name in _SHARDED else 1), detail=detail)
+        for name, fn, detail in _STATIC
+    ]
+    if s.target.fsdp:
+        block = s.shape.block_params * s.weight_bytes * 2
+        static.append(MemoryTerm(name="fsdpGathered", bytes=block, detail="two gathered blocks"))
+    training = [MemoryTerm(name=n, bytes=fn(s), detail=d) for n, fn, d in _TRAINING]
+    training = [term for term in training if term.bytes > 0]
+    evaluation = [MemoryTerm(name="evaluation", bytes=_eval_peak(s), detail="evaluation batch")]
+    no_grads = [term for term in static if term.name != "gradients"]
+    candidates: list[tuple[Phase, list[MemoryTerm]]] = [
+        ("training", static + training),
+        ("evaluation", no_grads + evaluation),
+    ]
+    phase, terms = max(candidates, key=lambda c: sum(t.bytes for t in c[1]))
+    terms = [*terms, MemoryTerm(name="runtime", bytes=_runtime(s), detail=_runtime_detail(s))]
+    if s.gpu:
+        allocated = sum(t.bytes for t in terms)
+        terms.append(
+            MemoryTerm(
+                name="allocatorOverhead",
+                bytes=int(allocated * cal.ALLOCATOR_OVERHEAD),
+                detail="caching allocator fragmentation",
+            )
+        )
+    terms = [t for t in terms if t.bytes > 0]
+    return sum(t.bytes for t in terms), phase, terms
+
+
+def _runtime_detail(s: _Setting) -> str:
+    return "CUDA context and workspaces" if s.gpu else "Python, torch and the libraries"
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _flops_per_token(s: _Setting) -> tuple[float, float]:
+    """(FLOPs per trained token in the blocks, FLOPs per label token in the head)."""
+    sh = s.shape
+    linear = sum(lin.fan_in * lin.fan_out for lin in sh.linears)
+    context = s.seq_len / 2 if sh.decoder else s.seq_len
+    attention = 4 * sh.heads * sh.head_dim * context * sh.layers
+    forward = 2 * linear + attention
+    backward_share = s.grad_layers / sh.layers
+    backward = backward_share * forward  # gradients of the inputs
+    backward += 2 * sum(lin.fan_in * lin.fan_out for lin in s.trainable.trained_linears)
+    adapters = 6 * s.trainable.params if not s.trains_base else 0
+    recompute = backward_share * forward if s.job.training.gradient_checkpointing else 0
+    head_trains = s.trains_base and s.job.task != "sequence-classification"
+    head = 2 * sh.hidden * sh.vocab * (3 if head_trains else 2)
+    return forward + backward + adapters + recompute, head
+
+
+def _time(s: _Setting, steps: int | None, tokens: int | None) -> PlanTime:
+    block, head = _flops_per_token(s)
+    t = s.job.training
+    if s.gpu:
+        assert s.target.device is not None
+        peak = (
+            s.target.device.peak_flops_32bit
+            if s.precision == "fp32"
+            else s.target.device.peak_flops_16bit
+        )
+        rate = peak * cal.GPU_EFFICIENCY
+        latency = cal.GPU_SECONDS_PER_MICRO_BATCH_LAYER
+    else:
+        rate = cal.CPU_FLOPS_PER_CORE * s.target.cpu_cores
+        latency = cal.CPU_SECONDS_PER_MICRO_BATCH_LAYER
+    seconds = per_step = None
+    if steps is not None and tokens is not None:
+        per_rank_tokens = tokens / s.target.world
+        padded = per_rank_tokens
+        if s.data is not None and s.data.padded_tokens and s.data.tokens:
+            padded *= s.data.padded_tokens / s.data.tokens
+        compute = (padded * block + per_rank_tokens * s.label_fraction * head) / rate
+        micro_batches = steps * t.gradient_accumulation
+        seconds = compute + micro_batches * s.shape.layers * latency
+        per_step = seconds / steps if steps else None
+    return PlanTime(
+        device=s.target.name,
+        devices=s.target.world,
+        flops_per_token=block,
+        seconds=seconds,
+        seconds_per_step=per_step,
+    )
+
+
+def _data(s: _Setting) -> tuple[PlanData, int | None, int | None]:
+    t = s.job.training
+    world = s.target.world
+    if s.data is None:
+        steps = t.max_steps
+        per_step = t.batch_size * t.gradient_accumulation * world * t.max_seq_length
+        tokens = steps * per_step if steps is not None else None
+        return (
+            PlanData(source="spec", longest_sequence=t.max_seq_length, steps=steps, tokens=tokens),
+            steps,
+            tokens,
+        )
+    d = s.data
+    steps = total_steps(d.rows, t, world)
+    per_epoch = steps_per_epoch(d.rows, t, world)
+    tokens = d.tokens * t.epochs if t.max_steps is None else int(d.tokens * steps / per_epoch)
+    return (
+        PlanData(
+            source="dataset",
+            rows=d.rows,
+            tokens_per_epoch=d.tokens,
+            longest_sequence=d.longest,
+            steps=steps,
+            tokens=tokens,
+        ),
+        steps,
+        tokens,
+    )
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def format_bytes(n: int | float) -> str:
+    """``12.3 GiB``: the unit people read memory in."""
+    for unit, size in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _estimate(job: JobSections, shape: ModelShape, target: Target, data: DataFacts | None) -> tuple[_Setting, int, Phase, list[MemoryTerm]]:
+    trainable = trainable_for(shape, job, data.num_labels if data is not None else 2)
+    setting = _Setting(
+        job=job,
+        shape=shape,
+        target=target,
+        data=data,
+        trainable=trainable,
+        precision=resolve_precision(job.training.precision, target),
+    )
+    peak, phase, terms = _memory(setting)
+    return setting, peak, phase, terms
+
+
+def plan_job(
+    job: JobSections,
+    shape: ModelShape,
+    target: Target,
+    data: DataFacts | None = None,
+    *,
+    suggest: bool = True,
+) -> Plan:
+    """The plan of ``job`` on ``target``: memory per device itemised, parameters, data,
+    time and, when it does not fit, the changes that would make it fit."""
+    s, peak, phase, terms = _estimate(job, shape, target, data)
+    plan_data, steps, tokens = _data(s)
+    capacity = target.capacity
+    fits = None if capacity is None else peak <= capacity
+    largest = max(
+        (t for t in terms if t.name not in ("runtime", "allocatorOverhead")),
+        key=lambda t: t.bytes,
+    )
+    suggestions = _suggestions(job, shape, target, data) if suggest and fits is False else []
+    total = shape.total_params + (
+        _head_params(s) if job.task == "sequence-classification" else 0
+    )
+    return Plan(
+        model=f"{shape.model_type}, {shape.total_params / 1e6:,.1f}M parameters",
+        approximate=shape.approximate,
+        method=job.method.type,
+        precision=s.precision,
+        parameters=PlanParameters(
+            total=total,
+            trainable=s.trainable.params,
+            trainable_percent=round(100 * s.trainable.params / max(1, total), 4),
+        ),
+        memory=PlanMemory(
+            per_device_bytes=peak,
+            capacity_bytes=capacity,
+            phase=phase,
+            terms=terms,
+            largest=largest.name,
+        ),
+        data=plan_data,
+        time=_time(s, steps, tokens),
+        fits=fits,
+        verdict=_verdict(peak, capacity, target, largest, suggestions),
+        suggestions=suggestions,
+    )
+
+
+def _verdict(
+    peak: int,
+    capacity: int | None,
+    target: Target,
+    largest: MemoryTerm,
+    suggestions: list[Suggestion],
+) -> str:
+    where = f"per {target.name}" if target.device is not None else "per process"
+    head = f"largest term: {largest.name} {format_bytes(largest.bytes)}"
+    if capacity is None:
+        return (
+            f"needs {format_bytes(peak)} {where} ({head}); memory unknown: set "
+            "resources.gpuType or resources.gpuMemory (CPU: resources.memory) to check the fit"
+        )
+    if peak <= capacity:
+        return f"fits: {format_bytes(peak)} of {format_bytes(capacity)} {where} ({head})"
+    text = f"does not fit: needs {format_bytes(peak)} of {format_bytes(capacity)} {where} ({head})"
+    fitting = [x for x in suggestions if x.fits]
+    if fitting:
+        best = fitting[0]
+        text += f"; {best.change} needs {format_bytes(best.per_device_bytes)}"
+    else:
+        text += "; no single change found makes it fit: use a GPU with more memory"
+    return text
+
+
+# --------------------------------------------------------------------------- suggestions
+
+
+@dataclass(frozen=True)
+class _Change:
+    kind: str
+    change: str
+    set: dict[str, Any]
+    same_result: bool
+    job: JobSections
+    target: Target
+
+
+def _with_training(job: JobSections, **update: Any) -> JobSections:
+    return job.model_copy(update={"training": job.training.model_copy(update=update)})
+
+
+def _changes(job: JobSections, target: Target, data: DataFacts | None) -> list[_Change]:
+    t = job.training
+    out: list[_Change] = []
+    if not t.gradient_checkpointing:
+        out.append(
+            _Change(
+                "checkpointing",
+                "turn on gradient checkpointing",
+                {"training.gradientCheckpointing": True},
+                True,
+                _with_training(job, gradient_checkpointing=True),
+                target,
+            )
+        )
+    batch, accumulation = t.batch_size, t.gradient_accumulation
+    while batch > 1:
+        batch, accumulation = (batch + 1) // 2, accumulation * 2
+        out.append(
+            _Change(
+                "batch",
+                f"micro-batch {batch} with gradient accumulation {accumulation}",
+                {"training.batchSize": batch, "training.gradientAccumulation": accumulation},
+                True,
+                _with_training(job, batch_size=batch, gradient_accumulation=accumulation),
+                target,
+            )
+        )
+    if target.device is not None:
+        gpus = target.devices_per_node
+        while gpus < 8:
+            gpus *= 2
+            new_target = replace(target, devices_per_node=gpus, strategy="fsdp")
+            out.append(
+                _Change(
+                    "fsdp",
+                    f"{gpus} GPUs per node with FSDP",
+                    {"resources.gpus": gpus, "resources.strategy": "fsdp"},
+                    False,
+                    job,
+                    new_target,
+                )
+            )
+    method = job.method.type
+    if method in ("lora", "full"):
+        lora = job.method.options().model_dump(exclude_unset=True) if method == "lora" else {}
+        qlora = JobSections.model_validate(
+            {**job.model_dump(by_alias=True, exclude={"method"}), "method": {"type": "qlora", "lora": lora}}
+        )
+        out.append(_Change("qlora", "method qlora (a 4-bit base)", {"method.type": "qlora"}, False, qlora, target))
+    if t.optimizer == "adamw":
+        out.append(
+            _Change(
+                "optimizer",
+                "optimizer adamw-8bit",
+                {"training.optimizer": "adamw-8bit"},
+                False,
+                _with_training(job, optimizer="adamw-8bit"),
+                target,
+            )
+        )
+    length = t.max_seq_length
+    longest = data.longest if data is not None else length
+    if longest >= length and length >= 64:
+        out.append(
+            _Change(
+                "length",
+                f"maxSeqLength {length // 2}",
+                {"training.maxSeqLength": length // 2},
+                False,
+                _with_training(job, max_seq_length=length // 2),
+                target,
+            )
+        )
+    return out
+
+
+def _suggestions(
+    job: JobSections, shape: ModelShape, target: Target, data: DataFacts | None
+) -> list[Suggestion]:
+    """Each change alone with its new peak; when none fits alone, the changes that keep
+    the result (then the others) applied together, in order, until the job fits."""
+    capacity = target.capacity
+    singles: list[Suggestion] = []
+    for c in _changes(job, target, data):
+        _, peak, _, _ = _estimate(c.job, shape, c.target, data)
+        singles.append(
+            Suggestion(
+                change=c.change,
+                set=c.set,
+                per_device_bytes=peak,
+                fits=None if capacity is None else peak <= capacity,
+                same_result=c.same_result,
+            )
+        )
+    # Fitting ones first, the result-preserving first among them, then by the peak.
+    singles.sort(key=lambda x: (not x.fits, not x.same_result, x.per_device_bytes))
+    # Keep one micro-batch suggestion: the largest batch that fits, else the smallest.
+    seen_batch = False
+    kept: list[Suggestion] = []
+    for x in singles:
+        if "training.batchSize" in x.set and "training.gradientCheckpointing" not in x.set:
+            if seen_batch:
+                continue
+            seen_batch = True
+        kept.append(x)
+    singles = kept
+    if any(x.fits for x in singles):
+        return singles[:6]
+    combined = _combined(job, shape, target, data)
+    return ([combined] if combined is not None else []) + singles[:5]
+
+
+_COMBINE_ORDER = ("checkpointing", "batch", "qlora", "optimizer", "fsdp", "length")
+"""The order changes are combined in: those that keep the result first."""
+
+
+def _combined(
+    job: JobSections, shape: ModelShape, target: Target, data: DataFacts | None
+) -> Suggestion | None:
+    capacity = target.capacity
+    if capacity is None:
+        return None
+    applied: dict[str, str] = {}
+    fields: dict[str, Any] = {}
+    same = True
+    for _ in range(24):
+        changes = {c.kind: c for c in reversed(_changes(job, target, data))}
+        kind = next((k for k in _COMBINE_ORDER if k in changes), None)
+        if kind is None:
+            return None
+        c = changes[kind]
+        job, target = c.job, c.target
+        applied[kind] = c.change
+        fields.update(c.set)
+        same = same and c.same_result
+        _, peak, _, _ = _estimate(job, shape, target, data)
+        if peak <= capacity:
+            return Suggestion(
+                change=" and ".join(applied.values()),
+                set=fields,
+                per_device_bytes=peak,
+                fits=True,
+                same_result=same,
+            )
+    return None

@@ -1,0 +1,259 @@
+"""What each method trains, as tensor shapes, from the model's shape and the spec.
+
+One function per method, registered by method name, so a new method in the contract's
+registry comes with its planner entry (a test checks every registered method has one).
+Counts follow what the trainer builds: peft's adapters for the PEFT methods (a test
+compares them with peft's own count on a tiny Llama), the top blocks, head and final
+norm for freeze, everything for full.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from finetune_api.config.job import JobSections
+from finetune_api.config.methods.adalora import AdaLoraSpec
+from finetune_api.config.methods.freeze import FreezeSpec
+from finetune_api.config.methods.ia3 import IA3Spec
+from finetune_api.config.methods.lora import LoraSpec
+from finetune_api.config.methods.p_tuning import PTuningSpec
+from finetune_api.config.methods.prefix import PrefixSpec
+from finetune_api.config.methods.prompt import PromptSpec
+from finetune_api.plan.shape import Linear, ModelShape
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """What a method trains and what it changes in the frozen part."""
+
+    tensors: tuple[Shape, ...]
+    """Every trainable tensor's shape."""
+    adapted: tuple[Linear, ...] = ()
+    """Frozen linear layers that gain an adapter (their inputs are kept for backward)."""
+    trained_linears: tuple[Linear, ...] = ()
+    """Base linear layers whose own weights train (full, freeze)."""
+    lowest_trained_block: int = 0
+    """Backward runs from the head down to this block (freeze stops early)."""
+    virtual_tokens: int = 0
+    """Positions added to every sequence (prompt learning)."""
+    base_copies: int = 0
+    """Frozen parameters copied for training (peft's modules_to_save keep the original)."""
+    adapter_rank: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def params(self) -> int:
+        total = 0
+        for shape in self.tensors:
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+
+def _select(shape: ModelShape, targets: str | Sequence[str] | None, default: Sequence[str]) -> list[Linear]:
+    """The block linears ``targets`` names, as peft matches them: all-linear; a list of
+    names matching a module path's last components; a regular expression over the whole
+    path."""
+    if targets is None:
+        targets = list(default)
+    if targets == "all-linear":
+        return list(shape.linears)
+    if isinstance(targets, str):
+        pattern = re.compile(targets)
+        return [lin for lin in shape.linears if pattern.fullmatch(lin.path)]
+    names = list(targets)
+    return [
+        lin
+        for lin in shape.linears
+        if any(lin.path == name or lin.path.endswith("." + name) for name in names)
+    ]
+
+
+def _saved_modules(shape: ModelShape, names: Sequence[str] | None, task: str) -> list[Shape]:
+    """Modules peft trains in full beside the adapter (modules_to_save, and a
+    classifier's head, which peft saves for sequence classification)."""
+    found: list[Shape] = []
+    for name in names or []:
+        if name in ("lm_head", "embed_tokens", "wte", "word_embeddings"):
+            found.append((shape.vocab, shape.hidden))
+    return found
+
+
+def head_tensors(shape: ModelShape, task: str, num_labels: int) -> list[Shape]:
+    """The classification head a sequence-classification model gains (trained by every
+    method): Llama-style ``score`` has no bias, BERT's ``classifier`` has one."""
+    if task != "sequence-classification":
+        return []
+    if shape.family == "bert":
+        return [(num_labels, shape.hidden), (num_labels,)]
+    return [(num_labels, shape.hidden)]
+
+
+def _lora(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    options = job.method.options()
+    assert isinstance(options, LoraSpec)
+    adapted = _select(shape, options.target_modules, ())
+    tensors: list[Shape] = []
+    for lin in adapted:
+        tensors += [(options.r, lin.fan_in), (lin.fan_out, options.r)]
+        if options.use_dora:
+            tensors.append((lin.fan_out,))
+    saved = _saved_modules(shape, options.modules_to_save, job.task)
+    tensors += saved + head_tensors(shape, job.task, num_labels)
+    return Trainable(
+        tensors=tuple(tensors),
+        adapted=tuple(adapted),
+        base_copies=sum(a * b for a, b in saved),
+        adapter_rank=options.r,
+    )
+
+
+def _adalora(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    options = job.method.options()
+    assert isinstance(options, AdaLoraSpec)
+    adapted = _select(shape, options.target_modules, ())
+    tensors: list[Shape] = []
+    for lin in adapted:
+        tensors += [(options.init_r, lin.fan_in), (lin.fan_out, options.init_r), (options.init_r, 1)]
+    tensors += head_tensors(shape, job.task, num_labels)
+    return Trainable(tensors=tuple(tensors), adapted=tuple(adapted), adapter_rank=options.init_r)
+
+
+_IA3_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # (target modules, feed-forward modules): peft's defaults per family.
+    "llama": (("k_proj", "v_proj", "down_proj"), ("down_proj",)),
+    "phi3": (("qkv_proj", "down_proj"), ("down_proj",)),
+    "gpt2": (("c_attn", "mlp.c_proj"), ("mlp.c_proj",)),
+    "bert": (("key", "value", "output.dense"), ("output.dense",)),
+}
+
+
+def _ia3(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    options = job.method.options_for_name("ia3")
+    assert isinstance(options, IA3Spec)
+    targets, feedforward = _IA3_DEFAULTS[shape.family]
+    adapted = _select(shape, options.target_modules, targets)
+    ff = {lin.path for lin in _select(shape, options.feedforward_modules, feedforward)}
+    tensors: list[Shape] = [
+        (1, lin.fan_in) if lin.path in ff else (lin.fan_out, 1) for lin in adapted
+    ]
+    saved = _saved_modules(shape, options.modules_to_save, job.task)
+    tensors += saved + head_tensors(shape, job.task, num_labels)
+    return Trainable(
+        tensors=tuple(tensors), adapted=tuple(adapted), base_copies=sum(a * b for a, b in saved)
+    )
+
+
+def _prefix(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    options = job.method.options()
+    assert isinstance(options, PrefixSpec)
+    tokens, width = options.num_virtual_tokens, shape.layers * 2 * shape.kv_dim
+    if options.projection:
+        enc = options.encoder_hidden_size or shape.hidden
+        tensors: list[Shape] = [
+            (tokens, shape.kv_dim),
+            (enc, shape.kv_dim),
+            (enc,),
+            (width, enc),
+            (width,),
+        ]
+    else:
+        tensors = [(tokens, width)]
+    tensors += head_tensors(shape, job.task, num_labels)
+    return Trainable(tensors=tuple(tensors), virtual_tokens=tokens)
+
+
+def _prompt(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    options = job.method.options()
+    assert isinstance(options, PromptSpec)
+    tensors: list[Shape] = [(options.num_virtual_tokens, shape.hidden)]
+    tensors += head_tensors(shape, job.task, num_labels)
+    return Trainable(tensors=tuple(tensors), virtual_tokens=options.num_virtual_tokens)
+
+
+LSTM_LAYERS = 2
+"""The trainer's default LSTM depth for p-tuning (peft's mlp encoder has two layers)."""
+
+
+def _p_tuning(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    options = job.method.options()
+    assert isinstance(options, PTuningSpec)
+    h, enc, tokens = shape.hidden, options.encoder_hidden_size or shape.hidden, options.num_virtual_tokens
+    tensors: list[Shape] = [(tokens, h)]
+    if options.encoder == "lstm":
+        for layer in range(options.encoder_num_layers or LSTM_LAYERS):
+            fan_in = h if layer == 0 else 2 * enc
+            for _ in range(2):  # bidirectional
+                tensors += [(4 * enc, fan_in), (4 * enc, enc), (4 * enc,), (4 * enc,)]
+        tensors += [(2 * enc, 2 * enc), (2 * enc,), (h, 2 * enc), (h,)]
+    else:
+        tensors += [(enc, h), (enc,), (enc, enc), (enc,), (h, enc), (h,)]
+    tensors += head_tensors(shape, job.task, num_labels)
+    return Trainable(tensors=tuple(tensors), virtual_tokens=tokens)
+
+
+def _linear_tensors(linears: Sequence[Linear]) -> list[Shape]:
+    tensors: list[Shape] = []
+    for lin in linears:
+        tensors.append((lin.fan_out, lin.fan_in))
+        if lin.bias:
+            tensors.append((lin.fan_out,))
+    return tensors
+
+
+def _full(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    tensors: list[Shape] = [(shape.vocab, shape.hidden)]
+    rest = shape.embedding_params - shape.vocab * shape.hidden
+    tensors += _linear_tensors(shape.linears)
+    tensors += [(rest + shape.layers * shape.block_other + shape.final_params,)]
+    if shape.head_params:
+        tensors.append((shape.vocab, shape.hidden))
+    tensors += head_tensors(shape, job.task, num_labels)
+    return Trainable(tensors=tuple(tensors), trained_linears=shape.linears)
+
+
+def _freeze(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    options = job.method.options()
+    assert isinstance(options, FreezeSpec)
+    top = min(options.trainable_layers, shape.layers)
+    lowest = shape.layers - top
+    linears = tuple(lin for i in range(lowest, shape.layers) for lin in shape.block_linears(i))
+    tensors = _linear_tensors(linears)
+    tensors.append((top * shape.block_other + shape.final_params,))
+    if job.task == "sequence-classification":
+        tensors += head_tensors(shape, job.task, num_labels)
+    else:
+        # The language-model head; tied to the input embeddings, it trains them too.
+        tensors.append((shape.vocab, shape.hidden))
+    return Trainable(
+        tensors=tuple(tensors), trained_linears=linears, lowest_trained_block=lowest
+    )
+
+
+TrainableFn = Callable[[ModelShape, JobSections, int], Trainable]
+
+TRAINABLE: dict[str, TrainableFn] = {
+    "lora": _lora,
+    "qlora": _lora,
+    "adalora": _adalora,
+    "ia3": _ia3,
+    "prefix": _prefix,
+    "prompt": _prompt,
+    "p-tuning": _p_tuning,
+    "full": _full,
+    "freeze": _freeze,
+}
+"""The planner's entry for every ``method.type``."""
+
+
+def trainable_for(shape: ModelShape, job: JobSections, num_labels: int = 2) -> Trainable:
+    fn = TRAINABLE.get(job.method.type)
+    if fn is None:  # pragma: no cover - a test holds every method to an entry
+        raise ValueError(f"the planner has no entry for method.type {job.method.type}")
+    return fn(shape, job, num_labels)
