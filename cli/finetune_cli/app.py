@@ -18,7 +18,9 @@ from pydantic import ValidationError
 from finetune_api.config import TrainerConfig
 from finetune_api.manifests import Document, ManifestError, check_documents, explain, read_file
 from finetune_api.outcome import ExitCode
+from finetune_api.plan.devices import DEVICES
 from finetune_api.render import RenderError, local_output_uri, render_trainer_config
+from finetune_api.resource import FineTuneJob
 
 if TYPE_CHECKING:
     from finetune_trainer.outcome import Outcome
@@ -34,6 +36,8 @@ app = typer.Typer(
 # An invalid manifest exits like an invalid configuration in the trainer (the contract's
 # table, finetune_api.outcome); `run` passes the trainer's own codes through.
 EXIT_INVALID = int(ExitCode.INVALID_CONFIG)
+
+GPU_TYPES = list(DEVICES)
 
 # `finetune run` serves the trainer's /metrics to this machine only.
 LOCAL_METRICS_ADDR = "127.0.0.1"
@@ -110,22 +114,40 @@ def run(
     ] = None,
 ) -> None:
     """Fine-tune on this machine (CUDA when present, else CPU) and publish the adapter."""
+    job = _one_job(file, "run")
+    config = _local_config(file, job, output, max_steps)
+    # Locally the default port (9090) is often taken, by Prometheus itself: unless the
+    # manifest chose a port, /metrics goes on a free one.
+    chosen = "metrics_port" in job.spec.training.model_fields_set
+    _run_trainer(config, pod=False, free_metrics_port=not chosen)
+
+
+def _one_job(file: Path, command: str) -> FineTuneJob:
+    """The one valid FineTuneJob in ``file``; exit 2 with the problems otherwise."""
     try:
         documents = check_documents(read_file(str(file)), str(file))
     except ManifestError as exc:
         _err(str(exc))
         raise typer.Exit(EXIT_INVALID) from None
     if len(documents) != 1:
-        _err(f"{file}: holds {len(documents)} documents; `finetune run` takes one FineTuneJob")
+        _err(
+            f"{file}: holds {len(documents)} documents; `finetune {command}` takes one FineTuneJob"
+        )
         raise typer.Exit(EXIT_INVALID)
     doc = documents[0]
     if doc.job is None:
         _report(doc)
         raise typer.Exit(EXIT_INVALID)
-    job = doc.job
+    return doc.job
+
+
+def _local_config(
+    file: Path, job: FineTuneJob, output: str | None, max_steps: int | None
+) -> TrainerConfig:
+    """The TrainerConfig a local run of ``job`` uses; exit 2 when an override breaks a rule."""
     uri = output or job.spec.output.uri or local_output_uri(job.metadata.name)
     try:
-        config = render_trainer_config(job, uri, local=True, max_steps=max_steps)
+        return render_trainer_config(job, uri, local=True, max_steps=max_steps)
     except ValidationError as exc:  # an override broke a rule or a bound
         for problem in explain(exc, TrainerConfig):
             _err(f"{file}: {problem}")
@@ -133,10 +155,66 @@ def run(
     except (RenderError, ValueError) as exc:
         _err(f"{file}: {exc}")
         raise typer.Exit(EXIT_INVALID) from None
-    # Locally the default port (9090) is often taken, by Prometheus itself: unless the
-    # manifest chose a port, /metrics goes on a free one.
-    chosen = "metrics_port" in job.spec.training.model_fields_set
-    _run_trainer(config, pod=False, free_metrics_port=not chosen)
+
+
+@app.command()
+def plan(
+    file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (one document).")],
+    gpu: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu",
+            help="Plan for this GPU type (one per resources.gpus, at least one) instead of "
+            "the manifest's resources: " + ", ".join(GPU_TYPES) + ".",
+        ),
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("-o", "--output", help="table (default) or json.")
+    ] = "table",
+    read_data: Annotated[
+        bool,
+        typer.Option(
+            "--data/--no-data",
+            help="Tokenize the dataset to count rows, tokens and steps (the run reuses the "
+            "cache); --no-data plans from the spec alone, as the operator does.",
+        ),
+    ] = True,
+) -> None:
+    """Memory per device, steps, time and fit of a job, before anything is allocated.
+
+    Reads the base model's config.json and tokenizer (not its weights) and the dataset.
+    Without resources.gpus (and --gpu) the job is planned for this machine's CPUs and
+    memory. Exit 0 when the job fits or the memory is unknown, 6 when it does not fit."""
+    if gpu is not None and gpu not in GPU_TYPES:
+        _err(f"--gpu {gpu}: not a GPU type the planner knows; use one of {', '.join(GPU_TYPES)}")
+        raise typer.Exit(EXIT_INVALID)
+    if output_format not in ("table", "json"):
+        _err(f"-o {output_format}: use table or json")
+        raise typer.Exit(EXIT_INVALID)
+    from finetune_api.plan import ShapeError, plan_job
+    from finetune_api.plan.target import target_for
+    from finetune_api.plan.text import render_plan
+    from finetune_trainer.errors import TrainerError
+    from finetune_trainer.planning import host_cores, host_memory, plan_inputs
+
+    job = _one_job(file, "plan")
+    config = _local_config(file, job, None, None)
+    try:
+        shape, data = plan_inputs(config, read_data=read_data)
+    except TrainerError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    except ShapeError as exc:
+        _err(f"error: {config.model.uri}: {exc}")
+        raise typer.Exit(int(ExitCode.MODEL_LOAD_FAILED)) from None
+    target = target_for(job.spec, gpu=gpu, cpu_cores=host_cores(), host_memory=host_memory())
+    result = plan_job(job.spec, shape, target, data)
+    if output_format == "json":
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        typer.echo(render_plan(result, f"{job.metadata.name} ({file})"))
+    if result.fits is False:
+        raise typer.Exit(int(ExitCode.OUT_OF_MEMORY))
 
 
 @app.command()

@@ -9,17 +9,16 @@ computes; the constants measured on real runs are in :mod:`finetune_api.plan.dev
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from finetune_api.config.job import JobSections
-from finetune_api.config.methods import METHODS
+from finetune_api.config.methods import METHODS, MethodSpec
 from finetune_api.config.methods.qlora import QLoraSpec
 from finetune_api.config.training import steps_per_epoch, total_steps
 from finetune_api.plan import devices as cal
-from finetune_api.plan.devices import GiB, Device
+from finetune_api.plan.devices import Device, GiB
 from finetune_api.plan.report import (
     MemoryTerm,
     Phase,
@@ -430,7 +429,9 @@ def format_bytes(n: int | float) -> str:
     return f"{int(n)} B"
 
 
-def _estimate(job: JobSections, shape: ModelShape, target: Target, data: DataFacts | None) -> tuple[_Setting, int, Phase, list[MemoryTerm]]:
+def _estimate(
+    job: JobSections, shape: ModelShape, target: Target, data: DataFacts | None
+) -> tuple[_Setting, int, Phase, list[MemoryTerm]]:
     trainable = trainable_for(shape, job, data.num_labels if data is not None else 2)
     setting = _Setting(
         job=job,
@@ -463,9 +464,7 @@ def plan_job(
         key=lambda t: t.bytes,
     )
     suggestions = _suggestions(job, shape, target, data) if suggest and fits is False else []
-    total = shape.total_params + (
-        _head_params(s) if job.task == "sequence-classification" else 0
-    )
+    total = shape.total_params + (_head_params(s) if job.task == "sequence-classification" else 0)
     return Plan(
         model=f"{shape.model_type}, {shape.total_params / 1e6:,.1f}M parameters",
         approximate=shape.approximate,
@@ -561,6 +560,20 @@ def _changes(job: JobSections, target: Target, data: DataFacts | None) -> list[_
                 target,
             )
         )
+    if job.evaluation.batch_size > 1:
+        size = (job.evaluation.batch_size + 1) // 2
+        out.append(
+            _Change(
+                "evaluation",
+                f"evaluation batch {size}",
+                {"evaluation.batchSize": size},
+                True,
+                job.model_copy(
+                    update={"evaluation": job.evaluation.model_copy(update={"batch_size": size})}
+                ),
+                target,
+            )
+        )
     if target.device is not None:
         gpus = target.devices_per_node
         while gpus < 8:
@@ -579,10 +592,19 @@ def _changes(job: JobSections, target: Target, data: DataFacts | None) -> list[_
     method = job.method.type
     if method in ("lora", "full"):
         lora = job.method.options().model_dump(exclude_unset=True) if method == "lora" else {}
-        qlora = JobSections.model_validate(
-            {**job.model_dump(by_alias=True, exclude={"method"}), "method": {"type": "qlora", "lora": lora}}
+        qlora = job.model_copy(
+            update={"method": MethodSpec.model_validate({"type": "qlora", "lora": lora})}
         )
-        out.append(_Change("qlora", "method qlora (a 4-bit base)", {"method.type": "qlora"}, False, qlora, target))
+        out.append(
+            _Change(
+                "qlora",
+                "method qlora (a 4-bit base)",
+                {"method.type": "qlora"},
+                False,
+                qlora,
+                target,
+            )
+        )
     if t.optimizer == "adamw":
         out.append(
             _Change(
@@ -616,9 +638,12 @@ def _suggestions(
     """Each change alone with its new peak; when none fits alone, the changes that keep
     the result (then the others) applied together, in order, until the job fits."""
     capacity = target.capacity
+    _, now, _, _ = _estimate(job, shape, target, data)
     singles: list[Suggestion] = []
     for c in _changes(job, target, data):
         _, peak, _, _ = _estimate(c.job, shape, c.target, data)
+        if peak > 0.95 * now:  # saves too little to be worth a change
+            continue
         singles.append(
             Suggestion(
                 change=c.change,
@@ -646,30 +671,42 @@ def _suggestions(
     return ([combined] if combined is not None else []) + singles[:5]
 
 
-_COMBINE_ORDER = ("checkpointing", "batch", "qlora", "optimizer", "fsdp", "length")
-"""The order changes are combined in: those that keep the result first."""
-
-
 def _combined(
     job: JobSections, shape: ModelShape, target: Target, data: DataFacts | None
 ) -> Suggestion | None:
+    """Changes applied one after another until the job fits: at each turn the one that
+    lowers the peak most, except that one keeping the result wins when it saves at
+    least a tenth; a change that saves nothing is never taken."""
     capacity = target.capacity
     if capacity is None:
         return None
+    _, peak, _, _ = _estimate(job, shape, target, data)
     applied: dict[str, str] = {}
     fields: dict[str, Any] = {}
     same = True
     for _ in range(24):
-        changes = {c.kind: c for c in reversed(_changes(job, target, data))}
-        kind = next((k for k in _COMBINE_ORDER if k in changes), None)
-        if kind is None:
+        best: tuple[_Change, int] | None = None
+        best_same: tuple[_Change, int] | None = None
+        for c in {c.kind: c for c in reversed(_changes(job, target, data))}.values():
+            _, new_peak, _, _ = _estimate(c.job, shape, c.target, data)
+            if new_peak >= peak:
+                continue
+            if best is None or new_peak < best[1]:
+                best = (c, new_peak)
+            if (
+                c.same_result
+                and new_peak <= 0.9 * peak
+                and (best_same is None or new_peak < best_same[1])
+            ):
+                best_same = (c, new_peak)
+        chosen = best_same or best
+        if chosen is None:
             return None
-        c = changes[kind]
+        c, peak = chosen
         job, target = c.job, c.target
-        applied[kind] = c.change
+        applied[c.kind] = c.change
         fields.update(c.set)
         same = same and c.same_result
-        _, peak, _, _ = _estimate(job, shape, target, data)
         if peak <= capacity:
             return Suggestion(
                 change=" and ".join(applied.values()),

@@ -75,8 +75,7 @@ class Plan(CamelModel):
     model: str = Field(description="The base model's type and size.")
     approximate: bool = Field(
         default=False,
-        description="The architecture is not one the planner knows: read as a Llama-like "
-        "decoder.",
+        description="The architecture is not one the planner knows: read as a Llama-like decoder.",
     )
     method: str
     precision: str
@@ -85,7 +84,8 @@ class Plan(CamelModel):
     data: PlanData
     time: PlanTime
     fits: bool | None = Field(
-        default=None, description="Whether the peak fits one device; None when its memory is unknown."
+        default=None,
+        description="Whether the peak fits one device; None when its memory is unknown.",
     )
     verdict: str
     suggestions: list[Suggestion] = Field(default_factory=list)

@@ -16,7 +16,7 @@ from finetune_api.plan.planner import Target
 from finetune_api.plan.report import Plan
 from finetune_api.resource import FineTuneJobSpec, PlanStatus, Quantity
 
-_SUFFIX = {
+_SUFFIX: dict[str, int | Decimal] = {
     "Ki": 2**10,
     "Mi": 2**20,
     "Gi": 2**30,
@@ -81,7 +81,7 @@ def target_for(
 
 def duration_text(seconds: float) -> str:
     """``1h20m``, ``12m``, ``45s``: a duration as kubectl shows ages."""
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -110,6 +110,6 @@ def plan_status(plan: Plan) -> PlanStatus:
         trainable_parameters=plan.parameters.trainable,
         steps=plan.data.steps,
         tokens=plan.data.tokens,
-        estimated_seconds=None if seconds is None else int(round(seconds)),
+        estimated_seconds=None if seconds is None else round(seconds),
         estimated_duration=None if seconds is None else duration_text(seconds),
     )

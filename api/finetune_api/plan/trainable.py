@@ -56,7 +56,9 @@ class Trainable:
         return total
 
 
-def _select(shape: ModelShape, targets: str | Sequence[str] | None, default: Sequence[str]) -> list[Linear]:
+def _select(
+    shape: ModelShape, targets: str | Sequence[str] | None, default: Sequence[str]
+) -> list[Linear]:
     """The block linears ``targets`` names, as peft matches them: all-linear; a list of
     names matching a module path's last components; a regular expression over the whole
     path."""
@@ -120,7 +122,11 @@ def _adalora(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
     adapted = _select(shape, options.target_modules, ())
     tensors: list[Shape] = []
     for lin in adapted:
-        tensors += [(options.init_r, lin.fan_in), (lin.fan_out, options.init_r), (options.init_r, 1)]
+        tensors += [
+            (options.init_r, lin.fan_in),
+            (lin.fan_out, options.init_r),
+            (options.init_r, 1),
+        ]
     tensors += head_tensors(shape, job.task, num_labels)
     return Trainable(tensors=tuple(tensors), adapted=tuple(adapted), adapter_rank=options.init_r)
 
@@ -135,7 +141,7 @@ _IA3_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def _ia3(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
-    options = job.method.options_for_name("ia3")
+    options = job.method.options()
     assert isinstance(options, IA3Spec)
     targets, feedforward = _IA3_DEFAULTS[shape.family]
     adapted = _select(shape, options.target_modules, targets)
@@ -184,7 +190,11 @@ LSTM_LAYERS = 2
 def _p_tuning(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
     options = job.method.options()
     assert isinstance(options, PTuningSpec)
-    h, enc, tokens = shape.hidden, options.encoder_hidden_size or shape.hidden, options.num_virtual_tokens
+    h, enc, tokens = (
+        shape.hidden,
+        options.encoder_hidden_size or shape.hidden,
+        options.num_virtual_tokens,
+    )
     tensors: list[Shape] = [(tokens, h)]
     if options.encoder == "lstm":
         for layer in range(options.encoder_num_layers or LSTM_LAYERS):
@@ -231,9 +241,7 @@ def _freeze(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
     else:
         # The language-model head; tied to the input embeddings, it trains them too.
         tensors.append((shape.vocab, shape.hidden))
-    return Trainable(
-        tensors=tuple(tensors), trained_linears=linears, lowest_trained_block=lowest
-    )
+    return Trainable(tensors=tuple(tensors), trained_linears=linears, lowest_trained_block=lowest)
 
 
 TrainableFn = Callable[[ModelShape, JobSections, int], Trainable]
