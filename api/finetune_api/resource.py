@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from finetune_api import rules
-from finetune_api.plan.devices import GpuType
 from finetune_api.config import (
     API_GROUP,
     CamelModel,
@@ -23,6 +22,7 @@ from finetune_api.config import (
     OutputUri,
     Strategy,
 )
+from finetune_api.gpus import GpuType
 
 VERSION = "v1alpha1"
 API_VERSION = f"{API_GROUP}/{VERSION}"
