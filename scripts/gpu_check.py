@@ -5,8 +5,10 @@
 Builds a small random Llama (the test suite's, wider), then runs ``finetune train``
 as a pod would: bf16 LoRA; fp16 LoRA (gradient scaler) interrupted and resumed from a
 checkpoint, which must end with the uninterrupted run's weights; and FSDP under
-torchrun with NCCL. Prints one JSON line per check and exits non-zero if any failed.
-No network needed.
+torchrun with NCCL; then the planner (``finetune plan``'s) against
+``torch.cuda.max_memory_allocated`` for a few configurations of a SmolLM2-sized random
+Llama. Prints one JSON line per check and exits non-zero if any failed. No network
+needed. ``--plan-only`` runs the planner comparison alone.
 """
 
 from __future__ import annotations
@@ -88,7 +90,103 @@ def report(check: str, ok: bool, **facts: Any) -> bool:
     return ok
 
 
-def main(out: Path) -> int:
+SMOLLM2_SHAPE = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 2048,
+}
+PLAN_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("lora-b8x512", {"training": {"batchSize": 8, "maxSeqLength": 512}}),
+    (
+        "lora-ckpt-b16x1024",
+        {"training": {"batchSize": 16, "maxSeqLength": 1024, "gradientCheckpointing": True}},
+    ),
+    (
+        "full-b4x512",
+        {"method": {"type": "full"}, "training": {"batchSize": 4, "maxSeqLength": 512}},
+    ),
+    (
+        "qlora-b8x512",
+        {"method": {"type": "qlora"}, "training": {"batchSize": 8, "maxSeqLength": 512}},
+    ),
+]
+PLAN_TOLERANCE = 0.20
+"""The issue's bound on the planner's memory error."""
+
+
+def long_rows(n: int, words: int) -> list[dict[str, Any]]:
+    """Chat rows whose answers run past ``words`` tokens, so maxSeqLength is reached."""
+    from conftest import COLOURS
+
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"List colours {i}."},
+                {
+                    "role": "assistant",
+                    "content": " ".join(COLOURS[(i + k) % 4] for k in range(words)),
+                },
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+def plan_checks(out: Path) -> list[bool]:
+    """Each case trained as a pod would, its peak allocated memory against the planner's
+    prediction of what the allocator holds (the CUDA context and fragmentation are outside
+    ``max_memory_allocated``, so those two terms are left out)."""
+    import torch
+
+    from conftest import build_tiny_model, write_jsonl
+    from finetune_api.config import TrainerConfig
+    from finetune_api.plan import DEVICES, Target, plan_job
+    from finetune_trainer.planning import plan_inputs
+
+    model = build_tiny_model(out / "smol", **SMOLLM2_SHAPE)
+    train_file = write_jsonl(out / "long.jsonl", long_rows(64, 1200))
+    validation = write_jsonl(out / "long-validation.jsonl", long_rows(4, 1200))
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    gpu = next(
+        (k for k in sorted(DEVICES, key=len, reverse=True) if k.split("-")[0] in name), "H100"
+    )
+    results = []
+    for case, options in PLAN_CASES:
+        kw = {k: v for k, v in options.items() if k != "training"}
+        training = {"maxSteps": 6, "precision": "bf16", **options.get("training", {})}
+        path = config(out, f"plan-{case}", model, train_file, validation, training=training, **kw)
+        trainer_config = TrainerConfig.from_json(path.read_text())
+        shape, data = plan_inputs(trainer_config, read_data=True)
+        plan = plan_job(trainer_config, shape, Target(device=DEVICES[gpu]), data)
+        allocated = sum(
+            t.bytes for t in plan.memory.terms if t.name not in ("runtime", "allocatorOverhead")
+        )
+        run = train(path, out)
+        measured = max((x["peakMemoryBytes"] for x in run["steps"]), default=0)
+        error = (allocated - measured) / measured if measured else None
+        results.append(
+            report(
+                f"plan-{case}",
+                run["rc"] == 0 and error is not None and abs(error) <= PLAN_TOLERANCE,
+                gpu=gpu,
+                predictedBytes=allocated,
+                measuredBytes=measured,
+                error=None if error is None else round(error, 3),
+                terms={t.name: t.bytes for t in plan.memory.terms},
+                predictedSeconds=plan.time.seconds,
+                seconds=run["seconds"],
+                stderr=None if run["rc"] == 0 else run["stderr"],
+            )
+        )
+    return results
+
+
+def main(out: Path, plan_only: bool = False) -> int:
     import torch
     from safetensors.torch import load_file
 
@@ -96,6 +194,8 @@ def main(out: Path) -> int:
 
     shutil.rmtree(out, ignore_errors=True)  # an old output would be resumed, not retrained
     out.mkdir(parents=True)
+    if plan_only:
+        return 0 if all(plan_checks(out)) else 1
     model, train_file, validation = build(out)
     files = (model, train_file, validation)
     results = []
@@ -190,9 +290,10 @@ def main(out: Path) -> int:
             stderr=None if run["rc"] == 0 else run["stderr"],
         )
     )
+    results += plan_checks(out)
     report("environment", True, torch=torch.__version__, gpu=torch.cuda.get_device_name(0))
     return 0 if all(results) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), plan_only="--plan-only" in sys.argv[2:]))

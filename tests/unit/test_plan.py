@@ -477,3 +477,18 @@ def test_finetune_plan_reads_the_model_and_data_and_exits_6_when_it_cannot_fit(
     assert "does not fit" in result.stdout
     bad = CliRunner().invoke(app, ["plan", str(path), "--gpu", "Z80"])
     assert bad.exit_code == 2 and "H100" in bad.stderr
+
+
+def test_suggestions_never_pair_qlora_with_fsdp() -> None:
+    from finetune_api import rules
+
+    shape = ModelShape.from_config(SMOLLM2)
+    big = job(method={"type": "qlora"}, training={"batchSize": 64, "maxSeqLength": 8192})
+    plan = plan_job(big, shape, Target(device=DEVICES["L4"]))
+    assert plan.suggestions
+    for s in plan.suggestions:
+        assert s.set.get("resources.strategy") != "fsdp"
+    sharded = Target(device=DEVICES["L4"], devices_per_node=2, strategy="fsdp")
+    full = plan_job(job(method={"type": "full"}, training={"batchSize": 64}), shape, sharded)
+    assert all(s.set.get("method.type") != "qlora" for s in full.suggestions)
+    assert "fsdp cannot shard the 4-bit weights" in str(rules.cel_rules())

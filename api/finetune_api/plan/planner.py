@@ -574,7 +574,8 @@ def _changes(job: JobSections, target: Target, data: DataFacts | None) -> list[_
                 target,
             )
         )
-    if target.device is not None:
+    quantized = METHODS[job.method.type].quantized_base
+    if target.device is not None and not quantized:  # FSDP cannot shard 4-bit weights
         gpus = target.devices_per_node
         while gpus < 8:
             gpus *= 2
@@ -590,7 +591,7 @@ def _changes(job: JobSections, target: Target, data: DataFacts | None) -> list[_
                 )
             )
     method = job.method.type
-    if method in ("lora", "full"):
+    if method in ("lora", "full") and not target.fsdp:
         lora = job.method.options().model_dump(exclude_unset=True) if method == "lora" else {}
         qlora = job.model_copy(
             update={"method": MethodSpec.model_validate({"type": "qlora", "lora": lora})}
