@@ -234,6 +234,13 @@ def _printer_columns() -> list[dict[str, Any]]:
             "description": "Estimated seconds to the last step",
             "priority": 1,
         },
+        {
+            "name": "Estimate",
+            "type": "string",
+            "jsonPath": ".status.plan.estimatedDuration",
+            "description": "Training time the planner estimated before the Job was created",
+            "priority": 1,
+        },
         {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -114,7 +114,7 @@ class Resources(CamelModel):
                     "rule": "(!has(self.gpuType) && !has(self.gpuMemory)) || "
                     "(has(self.gpus) && self.gpus > 0)",
                     "message": "gpuType and gpuMemory describe the job's GPUs: set gpus",
-                }
+                },
             ]
         }
     )

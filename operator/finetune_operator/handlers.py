@@ -10,6 +10,7 @@ registers everything with kopf's default registry.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
@@ -19,9 +20,11 @@ import kopf
 from finetune_api.config import API_GROUP
 from finetune_api.resource import PLURAL, VERSION
 from finetune_operator import names, reconcile
+from finetune_operator.hub import HubConfigs
 from finetune_operator.kube import Kube, default_api_client
 from finetune_operator.observation.metrics import OperatorMetrics
 from finetune_operator.observation.probes import Readiness, register_probes
+from finetune_operator.planning import ModelFacts
 from finetune_operator.reconcile import Cache
 from finetune_operator.settings import Settings
 
@@ -83,6 +86,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo.kube = Kube(default_api_client())
     if memo.get("metrics") is None:
         memo.metrics = OperatorMetrics()
+    if memo.get("hub") is None:
+        memo.hub = HubConfigs(memo.settings.hub_endpoint)
 
 
 @kopf.on.cleanup()
@@ -92,36 +97,60 @@ def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
         server.stop()
 
 
+@kopf.on.cleanup()
+async def close_hub(memo: kopf.Memo, **_: Any) -> None:
+    """The Hub client's connections (its session lives on kopf's event loop)."""
+    hub = memo.get("hub")
+    if hub is not None:
+        await hub.close()
+
+
 # --------------------------------------------------------------------------- creation
 
 
 @kopf.on.create(*FTJ)
-def created(body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """Validate, create the children, and write the first status."""
-    reconcile.ensure_children(
-        memo.kube,
-        memo.metrics,
-        memo.settings,
-        dict(body),
-        _namespaced(namespace),
-        name,
-        resuming=False,
-    )
+async def created(
+    body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """Validate, plan, create the children, and write the first status."""
+    await _ensure_children(memo, dict(body), _namespaced(namespace), name, resuming=False)
 
 
 @kopf.on.resume(*FTJ)
-def resumed(body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def resumed(
+    body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     """After an operator restart: adopt the children, catch up with a ``spec.suspend``
     changed meanwhile, and refresh the status from fresh reads."""
-    reconcile.ensure_children(
+    await _ensure_children(memo, dict(body), _namespaced(namespace), name, resuming=True)
+
+
+async def _ensure_children(
+    memo: kopf.Memo, ftj: dict[str, Any], namespace: str, name: str, *, resuming: bool
+) -> None:
+    """The base model's shape read here, on the event loop (an HTTP request, cached per
+    model), then reconcile's blocking API calls in a thread, as kopf runs a plain
+    handler (the context, kopf's Event queue included, goes with it)."""
+    model = await _model_facts(memo.hub, ftj) if reconcile.needs_plan(ftj) else None
+    await asyncio.to_thread(
+        reconcile.ensure_children,
         memo.kube,
         memo.metrics,
         memo.settings,
-        dict(body),
-        _namespaced(namespace),
+        ftj,
+        namespace,
         name,
-        resuming=True,
+        resuming=resuming,
+        model=model,
     )
+
+
+async def _model_facts(hub: HubConfigs, ftj: dict[str, Any]) -> ModelFacts:
+    model = ((ftj.get("spec") or {}).get("model")) or {}
+    uri, revision = model.get("uri"), model.get("revision")
+    if not isinstance(uri, str):
+        uri = ""  # an invalid spec: reconcile refuses it before planning
+    return await hub.model(uri, revision if isinstance(revision, str) else None)
 
 
 # --------------------------------------------------------------------------- changes

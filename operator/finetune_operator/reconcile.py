@@ -2,8 +2,12 @@
 
 * A FineTuneJob appears (or the operator restarts and finds one): :func:`ensure_children`
   validates it with the same models as ``finetune validate``; if invalid, says so in
-  status and an Event and creates nothing; if valid, creates (or adopts) its ConfigMap,
-  Service and Job, as :mod:`~finetune_operator.builders` builds them.
+  status and an Event and creates nothing; if valid, plans it
+  (:mod:`~finetune_operator.planning`, from the base model's shape the handler read
+  through :mod:`~finetune_operator.hub`): if its GPUs cannot hold it, fails it the same
+  way (WontFit); else creates (or adopts) its ConfigMap, Service and Job, as
+  :mod:`~finetune_operator.builders` builds them, and writes the plan with the first
+  status.
 * A trainer Job or pod changes, or the progress timer fires: :func:`refresh` takes the
   FineTuneJob's Job and pods from kopf's indexes (:class:`Cache`: filled by the watches,
   so reading them costs no request), scrapes the trainer's metrics, derives the status
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +40,11 @@ from finetune_api.config import API_GROUP
 from finetune_api.manifests import validate_body
 from finetune_api.render import render_trainer_config
 from finetune_api.resource import KIND, VERSION, FineTuneJob
-from finetune_operator import builders, names, status
+from finetune_operator import builders, names, planning, status
 from finetune_operator.kube import Kube, NotOurs
 from finetune_operator.observation import progress
 from finetune_operator.observation.metrics import OperatorMetrics
+from finetune_operator.planning import ModelFacts
 from finetune_operator.settings import Settings
 
 log = logging.getLogger("finetune.operator")
@@ -60,19 +66,31 @@ def ensure_children(
     name: str,
     *,
     resuming: bool,
+    model: ModelFacts | None = None,
 ) -> None:
-    """Validate, then create or adopt the children; idempotent, so a restart is safe.
+    """Validate, plan, then create or adopt the children; idempotent, so a restart is
+    safe.
 
-    When a new FineTuneJob is created, the first status is written from the Job just
-    created (no read: nothing has happened to it yet). When ``resuming`` (an operator
-    restart), a ``spec.suspend`` changed meanwhile is caught up with and the status is
-    refreshed from fresh reads.
+    A job not yet accepted is planned from ``model``, its base model's shape, which the
+    handler reads when :func:`needs_plan` says so (None: no planning): one that cannot
+    fit its GPUs fails here, with nothing created; otherwise the verdict goes into the
+    first status write. When a new
+    FineTuneJob is created, the first status is written from the Job just created (no
+    read: nothing has happened to it yet). When ``resuming`` (an operator restart), a
+    ``spec.suspend`` changed meanwhile is caught up with and the status is refreshed
+    from fresh reads.
     """
     had_phase = bool((ftj.get("status") or {}).get("phase"))
     with metrics.timed("reconcile"):
         job, problem = admit(ftj)
         if job is None:
             _write(kube, metrics, ftj, status.invalid_spec(ftj, problem, now()))
+            return
+        if _refused(ftj):
+            return  # it won't fit (the spec is immutable): a restart creates nothing
+        planned = planning.planned(job, model) if model is not None else None
+        if planned is not None and planned.refuses:
+            _write(kube, metrics, ftj, status.wont_fit(ftj, planned, now()))
             return
         uid = ftj["metadata"].get("uid")
         config = render_trainer_config(job)
@@ -92,15 +110,23 @@ def ensure_children(
         if made:
             log.info("%s/%s: created %s", namespace, name, ", ".join(made))
         if not resuming and not had_phase:
-            first = status.accepted(ftj, names.job_name(name), now())
+            first = status.accepted(ftj, names.job_name(name), now(), planned)
             ftj = {**ftj, "status": {**(ftj.get("status") or {}), **first.patch}}
             update = status.derive(ftj, trainer_job, [], None, now())
             _write(kube, metrics, ftj, update, earlier=first)
             return
         if not had_phase:
-            _write(kube, metrics, ftj, status.accepted(ftj, names.job_name(name), now()))
+            update = status.accepted(ftj, names.job_name(name), now(), planned)
+            _write(kube, metrics, ftj, update)
         sync_suspension(kube, metrics, ftj, None)  # a change made while no operator ran
         refresh(kube, metrics, namespace, name, None)
+
+
+def needs_plan(ftj: Mapping[str, Any]) -> bool:
+    """Whether :func:`ensure_children` plans ``ftj``: only before its first status (a
+    job with a phase was planned when it was accepted, or predates planning), so an
+    operator restart reads no Hub for the jobs it resumes."""
+    return not (ftj.get("status") or {}).get("phase")
 
 
 def admit(ftj: dict[str, Any]) -> tuple[FineTuneJob | None, str]:
@@ -196,8 +222,8 @@ def refresh(
         else:
             ftj = cache.ftj(namespace, name)
             job, pods = cache.job(namespace, name), cache.pods_of(namespace, name)
-        if ftj is None or _marked_invalid(ftj):
-            return  # deleted, or invalid (its status says so already)
+        if ftj is None or _refused(ftj):
+            return  # deleted, or refused (its status says so already)
         if cache is not None and not (ftj.get("status") or {}).get("phase"):
             return  # the create handler writes the first status, from the Job it created
         scraped = _scrape(ftj, pods)
@@ -207,17 +233,21 @@ def refresh(
                 _observe(metrics, ftj, update)
                 return
             ftj = kube.get_ftj(namespace, name)
-            if ftj is None or _marked_invalid(ftj):
+            if ftj is None or _refused(ftj):
                 return
             update = status.derive(ftj, job, pods, scraped, now())
         _write(kube, metrics, ftj, update)
 
 
-def _marked_invalid(ftj: dict[str, Any]) -> bool:
-    """Whether reconcile found the spec invalid. The spec is immutable, so its verdict
-    stands; refreshes (every Job and pod event) need not validate and render it again."""
+def _refused(ftj: dict[str, Any]) -> bool:
+    """Whether reconcile found the spec invalid, or too large for its GPUs. The spec is
+    immutable, so the verdict stands: refreshes (every Job and pod event) need not
+    validate and render it again, and a restart never creates what was refused."""
     conditions = (ftj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Validated" and c.get("status") == "False" for c in conditions)
+    return any(
+        c.get("type") in (status.VALIDATED, status.PLANNED) and c.get("status") == "False"
+        for c in conditions
+    )
 
 
 def _scrape(ftj: dict[str, Any], pods: list[dict[str, Any]]) -> progress.TrainerProgress | None:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -36,6 +38,10 @@ class Settings:
     trainer_env: tuple[tuple[str, str], ...] = ()
     """Environment variables of every trainer pod (the chart's ``trainer.env``), e.g.
     ``MLFLOW_TRACKING_URI``: a platform tracks every job without touching manifests."""
+    hub_endpoint: str = DEFAULT_HUB_ENDPOINT
+    """Where the operator reads an hf:// model's ``config.json`` to plan the job (the
+    chart's ``planner.hubEndpoint``): the Hub, or a mirror on an air-gapped cluster;
+    empty: never read (no job is planned)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -59,6 +65,7 @@ class Settings:
             metrics_port=int(env.get("FINETUNE_METRICS_PORT", defaults.metrics_port)),
             health_port=int(env.get("FINETUNE_HEALTH_PORT", defaults.health_port)),
             trainer_env=trainer_env(env.get("FINETUNE_TRAINER_ENV", "")),
+            hub_endpoint=hub_endpoint(env),
         )
 
 
@@ -82,3 +89,17 @@ def trainer_env(text: str) -> tuple[tuple[str, str], ...]:
                 f"FINETUNE_TRAINER_ENV: {name!r} must be a variable name with a string value"
             )
     return tuple(sorted(data.items()))
+
+
+def hub_endpoint(env: Mapping[str, str]) -> str:
+    """``FINETUNE_HUB_ENDPOINT`` when set (empty too: planning off), else
+    ``HF_ENDPOINT`` (the variable huggingface_hub reads, so a mirror configured for the
+    trainers serves the operator too), else the Hub."""
+    if "FINETUNE_HUB_ENDPOINT" in env:
+        name, value = "FINETUNE_HUB_ENDPOINT", env["FINETUNE_HUB_ENDPOINT"]
+    else:
+        name, value = "HF_ENDPOINT", env.get("HF_ENDPOINT") or DEFAULT_HUB_ENDPOINT
+    endpoint = value.strip().rstrip("/")
+    if endpoint and not re.match(r"^https?://[^/\s]+", endpoint):
+        raise ValueError(f"{name} must be an http(s) URL such as {DEFAULT_HUB_ENDPOINT}")
+    return endpoint

@@ -18,14 +18,33 @@ import pytest
 
 import finetune_operator.handlers  # noqa: F401  (registers the operator's handlers)
 from finetune_api.config import TrainerConfig
+from finetune_api.config.job import JobSections
+from finetune_api.plan import ModelShape, Plan, plan_job
+from finetune_api.plan.target import target_for
+from finetune_api.resource import FineTuneJobSpec
 from finetune_operator import names
 from finetune_operator.kube import Kube as OperatorKube
 from finetune_operator.observation.metrics import OperatorMetrics
 from finetune_operator.settings import Settings
-from kube_api import Kube, RunningOperator, run_operator, wait_for
+from hub_server import SMOLLM2, SMOLLM2_CONFIG, HubStandIn
+from kube_api import Kube, RunningOperator, free_port, run_operator, wait_for
 
 NS = "ml"
 IMAGE = "registry.example/finetune-trainer:test"
+
+
+def contract_plan(body: dict[str, Any]) -> Plan:
+    """What ``finetune plan`` says of a FineTuneJob of SmolLM2 (the contract's planner)."""
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    sections = JobSections.model_validate(
+        spec.model_dump(by_alias=True, include=set(JobSections.model_fields))
+    )
+    return plan_job(sections, ModelShape.from_config(SMOLLM2_CONFIG), target_for(spec))
+
+
+def closed_hub() -> str:
+    """A Hub endpoint nothing listens on: every request is refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def ftj(name: str = "sft", **spec: Any) -> dict[str, Any]:
@@ -44,14 +63,26 @@ def ftj(name: str = "sft", **spec: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def operator(kube: Kube) -> Iterator[RunningOperator]:
-    with running(kube) as op:
+def hub() -> Iterator[HubStandIn]:
+    with HubStandIn() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def operator(kube: Kube, hub: HubStandIn) -> Iterator[RunningOperator]:
+    with running(kube, hub.url) as op:
         yield op
 
 
-def running(kube: Kube) -> Any:
+def running(kube: Kube, hub_endpoint: str | None = None) -> Any:
+    """The operator, reading config.json from ``hub_endpoint`` (default: a closed port,
+    so no test waits on a timeout or reaches the real Hub)."""
     memo = kopf.Memo(
-        settings=Settings(trainer_image=IMAGE, trainer_service_account="finetune-trainer"),
+        settings=Settings(
+            trainer_image=IMAGE,
+            trainer_service_account="finetune-trainer",
+            hub_endpoint=hub_endpoint or closed_hub(),
+        ),
         kube=OperatorKube(kube.api_client()),
         metrics=OperatorMetrics(),
     )
@@ -193,6 +224,111 @@ def test_a_job_without_an_output_uri_is_refused(kube: Kube, operator: RunningOpe
     failed = condition(wait_phase(kube, "Failed", "nowhere"), "Failed")
     assert "spec.output.uri: is required" in failed["message"]  # the contract's "path: message"
     assert kube.get("Job", NS, "nowhere") is None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_a_job_that_cannot_fit_its_gpus_fails_before_anything_is_created(
+    kube: Kube, operator: RunningOperator, hub: HubStandIn
+) -> None:
+    huge = ftj(
+        "huge",
+        method={"type": "full"},
+        training={"batchSize": 64, "maxSeqLength": 4096},
+        resources={"gpus": 1, "gpuType": "L4"},
+    )
+    kube.create(huge)
+    status = wait_phase(kube, "Failed", "huge")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "WontFit"
+    message = failed["message"]
+    assert message.startswith("does not fit: needs") and "per L4" in message, message
+    # The contract's verdict, naming the planner's best change that fits.
+    expected = contract_plan(huge)
+    best = next(s for s in expected.suggestions if s.fits)
+    assert message == expected.verdict and f"; {best.change} needs" in message, message
+    planned = condition(status, "Planned")
+    assert (planned["status"], planned["reason"], planned["message"]) == (
+        "False",
+        "WontFit",
+        message,
+    )
+    assert condition(status, "Validated")["status"] == "True"  # valid, but too large
+    assert status["plan"]["fits"] is False and status["plan"]["device"] == "L4"
+    events = wait_for(lambda: kube.events(NS, "huge"), what="an Event")
+    assert any(e["reason"] == "WontFit" and e["type"] == "Warning" for e in events), events
+    assert kube.get("Job", NS, "huge") is None
+    assert kube.get("ConfigMap", NS, "huge-config") is None
+    assert hub.asked == [f"/{SMOLLM2}/resolve/main/config.json"]
+
+
+def test_a_job_that_fits_is_created_with_its_plan(
+    kube: Kube, operator: RunningOperator, hub: HubStandIn
+) -> None:
+    kube.create(ftj("fits", training={"maxSteps": 100}, resources={"gpus": 1, "gpuType": "H100"}))
+    kube.create(ftj("again", resources={"gpus": 1}))  # same model: no second request
+    wait_for(lambda: kube.get("Job", NS, "fits"), what="the Job")
+    status = wait_phase(kube, "Pending", "fits")
+    plan = status["plan"]
+    assert plan["fits"] is True and plan["device"] == "H100"
+    assert plan["memoryPerDevice"].endswith("Gi") and plan["largestTerm"]
+    assert plan["steps"] == 100 and plan["estimatedSeconds"] >= 1
+    assert plan["estimatedDuration"]
+    planned = condition(status, "Planned")
+    assert (planned["status"], planned["reason"]) == ("True", "Fits")
+    assert planned["message"].startswith("fits: ")
+
+    other = wait_phase(kube, "Pending", "again")
+    assert condition(other, "Planned")["reason"] == "MemoryUnknown"  # a GPU of no known type
+    assert "fits" not in other["plan"] and "estimatedDuration" not in other["plan"]  # epochs
+    assert hub.asked == [f"/{SMOLLM2}/resolve/main/config.json"]
+
+
+def test_a_job_whose_model_config_cannot_be_read_runs_unplanned(
+    kube: Kube, operator: RunningOperator, hub: HubStandIn
+) -> None:
+    kube.create(ftj("gone", model={"uri": "hf://acme/no-such-model", "revision": "v2"}))
+    kube.create(ftj("bucket", model={"uri": "s3://models-bucket/llama"}))
+    for name in ("gone", "bucket"):
+        wait_for(lambda n=name: kube.get("Job", NS, n), what=f"the Job {name}")
+    gone = condition(wait_phase(kube, "Pending", "gone"), "Planned")
+    assert (gone["status"], gone["reason"]) == ("Unknown", "ModelConfigUnavailable")
+    assert "/acme/no-such-model/resolve/v2/config.json answered HTTP 404" in gone["message"]
+    bucket = wait_phase(kube, "Pending", "bucket")
+    assert condition(bucket, "Planned")["status"] == "Unknown"
+    assert "hf:// models only" in condition(bucket, "Planned")["message"]
+    assert "plan" not in bucket
+    assert hub.asked == ["/acme/no-such-model/resolve/v2/config.json"]  # never for s3://
+
+
+def test_an_unreachable_hub_costs_no_wait(kube: Kube) -> None:
+    """An air-gapped cluster: the Hub refuses (here) or never answers (the 2 s timeout,
+    cached for every job of the model): the Job is created all the same."""
+    with running(kube, closed_hub()):
+        started = time.monotonic()
+        kube.create(ftj(resources={"gpus": 1, "gpuType": "L4"}))
+        wait_for(lambda: kube.get("Job", NS, "sft"), what="the Job")
+        assert time.monotonic() - started < 5
+        planned = condition(wait_phase(kube, "Pending"), "Planned")
+    assert (planned["status"], planned["reason"]) == ("Unknown", "ModelConfigUnavailable")
+    assert "cannot read http://127.0.0.1:" in planned["message"]
+
+
+def test_a_restarted_operator_creates_nothing_for_a_job_that_wont_fit(
+    kube: Kube, hub: HubStandIn
+) -> None:
+    huge = ftj("huge", training={"batchSize": 64, "maxSeqLength": 4096})
+    huge["spec"]["resources"] = {"gpus": 1, "gpuMemory": "4Gi"}
+    with running(kube, hub.url):
+        kube.create(huge)
+        wait_phase(kube, "Failed", "huge")
+    mark = kube.request_count()
+    with running(kube, closed_hub()):  # no plan now: the refusal must stand regardless
+        quiet_requests(kube, mark)
+    assert kube.get("Job", NS, "huge") is None
+    assert kube.get("ConfigMap", NS, "huge-config") is None
+    assert condition(status_of(kube, "huge"), "Failed")["reason"] == "WontFit"
 
 
 # --------------------------------------------------------------------------- life
@@ -447,6 +583,9 @@ def test_requests_per_job_creating_pending_and_running(
             f"POST /api/v1/namespaces/{NS}/events",
         ]
     ), made
+    # The plan went with that one status write (the model's config.json is the Hub's).
+    assert status_of(kube)["plan"]["trainableParameters"] > 0
+    assert condition(status_of(kube), "Planned")["status"] == "True"
 
     mark = kube.request_count()
     time.sleep(2)

@@ -74,6 +74,23 @@ def test_an_invalid_spec_is_degraded_with_its_reason() -> None:
     assert message.startswith("InvalidSpec") and "spec.method.lora.r" in message
 
 
+def test_a_job_that_wont_fit_is_degraded_with_the_planners_verdict() -> None:
+    verdict = (
+        "does not fit: needs 95.0 GiB of 22.5 GiB per L4 (largest term: activations 60.0 "
+        "GiB); turn on gradient checkpointing needs 20.1 GiB"
+    )
+    planned = status.Planned(False, "WontFit", verdict, None)
+    state, message = health(ftj(**status.wont_fit(ftj(), planned, NOW).patch))
+    assert state == "Degraded"
+    assert message == f"WontFit: {verdict}"
+
+
+def test_a_job_without_a_plan_is_progressing() -> None:
+    planned = status.Planned(None, "ModelConfigUnavailable", "no plan: HTTP 404")
+    accepted = status.accepted(ftj(), "sft", NOW, planned).patch
+    assert health(ftj(**accepted))[0] == "Progressing"
+
+
 def test_succeeded_is_healthy_and_failed_is_degraded() -> None:
     done = status.derive(
         ftj(), job(succeeded=1, conditions=[{"type": "Complete", "status": "True"}]), [], None, NOW

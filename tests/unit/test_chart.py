@@ -47,6 +47,7 @@ CUSTOM: dict[str, Any] = {
         "runAsUser": 2000,
         "env": {"MLFLOW_TRACKING_URI": "http://mlflow.mlflow:5000", "WANDB_MODE": "offline"},
     },
+    "planner": {"hubEndpoint": "https://hub-mirror.example"},
     "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}],
     "nodeSelector": {"node-role.kubernetes.io/control-plane-free": "true"},
     "tolerations": [
@@ -562,9 +563,11 @@ def test_operator_settings_reach_the_trainer_jobs(
         ("MLFLOW_TRACKING_URI", "http://mlflow.mlflow:5000"),
         ("WANDB_MODE", "offline"),
     )
+    assert settings.hub_endpoint == "https://hub-mirror.example"
     defaults = env_of(operator_container(default_docs))
     plain = {k: v for k, v in defaults.items() if isinstance(v, str)}
     assert Settings.from_env(plain).trainer_env == ()
+    assert Settings.from_env(plain).hub_endpoint == "https://huggingface.co"
 
 
 def test_every_operator_setting_is_set(default_docs: list[dict[str, Any]]) -> None:
@@ -810,6 +813,8 @@ BAD_VALUES = [
     {"securityContext": {"runAsUser": 0}},
     {"securityContext": {"privileged": True}},
     {"nodeSelector": {"gpu": True}},
+    {"planner": {"hubEndpoint": "huggingface.co"}},
+    {"planner": {"hubEndpoint": 443}},
 ]
 
 

@@ -239,9 +239,20 @@ def test_one_served_storage_version_with_status_subresource(version: dict[str, A
 
 def test_printer_columns(version: dict[str, Any]) -> None:
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Progress", "Step", "ETA", "Method", "Model", "Age"]
-    # Step and ETA show with `kubectl get ftj -o wide`.
-    assert columns["Step"]["priority"] == columns["ETA"]["priority"] == 1
+    assert list(columns) == [
+        "Phase",
+        "Progress",
+        "Step",
+        "ETA",
+        "Estimate",
+        "Method",
+        "Model",
+        "Age",
+    ]
+    # Step, ETA and the planner's Estimate show with `kubectl get ftj -o wide`.
+    wide = {name for name, c in columns.items() if c.get("priority") == 1}
+    assert wide == {"Step", "ETA", "Estimate"}
+    assert columns["Estimate"]["jsonPath"] == ".status.plan.estimatedDuration"
     assert columns["Phase"]["jsonPath"] == ".status.phase"
     assert columns["Progress"]["jsonPath"] == ".status.progress.percent"
     assert columns["Method"]["jsonPath"] == ".spec.method.type"
@@ -255,7 +266,14 @@ def test_printer_columns(version: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "json_path",
-    [".status.phase", ".status.progress.percent", ".spec.method.type", ".spec.model.uri"],
+    [
+        ".status.phase",
+        ".status.progress.percent",
+        ".status.progress.etaSeconds",
+        ".status.plan.estimatedDuration",
+        ".spec.method.type",
+        ".spec.model.uri",
+    ],
 )
 def test_printer_columns_point_at_schema_fields(schema: dict[str, Any], json_path: str) -> None:
     at(schema, json_path.lstrip("."))

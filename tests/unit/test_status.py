@@ -840,6 +840,74 @@ def test_invalid_spec_fails_without_pods() -> None:
     assert again.patch["conditions"] == update.patch["conditions"]
 
 
+# --------------------------------------------------------------------------- planned
+
+PLAN = {
+    "memoryPerDevice": "95.0Gi",
+    "device": "L4",
+    "fits": False,
+    "largestTerm": "activations",
+    "trainableParameters": 134515008,
+}
+TOO_LARGE = status.Planned(
+    False,
+    "WontFit",
+    "does not fit: needs 95.0 GiB of 22.5 GiB per L4 (largest term: activations 60.0 GiB); "
+    "turn on gradient checkpointing needs 20.1 GiB",
+    PLAN,
+)
+
+
+def test_a_job_that_wont_fit_fails_with_the_planners_verdict() -> None:
+    update = status.wont_fit(ftj(), TOO_LARGE, NOW)
+    check(update)
+    c = conditions(update)
+    assert update.phase == "Failed"
+    assert (c["Failed"]["status"], c["Failed"]["reason"]) == ("True", "WontFit")
+    assert c["Failed"]["message"] == TOO_LARGE.message
+    assert c["Validated"]["status"] == "True"  # a valid spec, too large for its GPUs
+    assert (c["Planned"]["status"], c["Planned"]["reason"]) == ("False", "WontFit")
+    assert update.patch["plan"] == PLAN
+    assert update.event == status.Event("Warning", "WontFit", f"Failed: {TOO_LARGE.message}")
+    # Derived again (a later event, no Job): it stays as it ended, plan and all.
+    again = run(after(update), None)
+    assert again.event is None and again.phase == "Failed"
+    assert conditions(again)["Planned"] == c["Planned"]
+    assert again.patch["plan"] == PLAN
+
+
+def test_the_plan_goes_with_the_first_status_and_stays() -> None:
+    fits = status.Planned(
+        True, "Fits", "fits: 17.2 GiB of 79.6 GiB per H100", {**PLAN, "fits": True}
+    )
+    first = status.accepted(ftj(), "demo", NOW, fits)
+    check(first)
+    planned = conditions(first)["Planned"]
+    assert (planned["status"], planned["reason"], planned["message"]) == (
+        "True",
+        "Fits",
+        fits.message,
+    )
+    assert planned["observedGeneration"] == 1
+    assert first.patch["plan"] == fits.plan
+    # What reconcile writes with it: the derivation from the Job keeps the condition, and
+    # its patch has no plan to overwrite (status.plan stays as planned).
+    running = run(after(first), job(), [pod("demo-abcde", running=True)])
+    assert conditions(running)["Planned"] == planned
+    assert "plan" not in running.patch
+
+
+def test_no_plan_is_planned_unknown_and_the_job_goes_on() -> None:
+    why = status.Planned(None, "ModelConfigUnavailable", "no plan: the Hub answered HTTP 401")
+    update = status.accepted(ftj(), "demo", NOW, why)
+    check(update)
+    assert update.phase == "Pending"
+    planned = conditions(update)["Planned"]
+    assert (planned["status"], planned["reason"]) == ("Unknown", "ModelConfigUnavailable")
+    assert "plan" not in update.patch
+    assert (update.event.type, update.event.reason) == ("Normal", "JobCreated")  # type: ignore[union-attr]
+
+
 # --------------------------------------------------------------------------- terminal
 
 

@@ -12,6 +12,7 @@ By concern, each module saying its rules:
 - :mod:`.verdict`: the phase and its reason, from the Job and the pod views (the
   table of rules);
 - :mod:`.conditions`: the five conditions, always present, True or False;
+- :mod:`.planned`: the Planned condition and ``plan``, written once, at creation;
 - :mod:`.events`: the Event that goes with a change;
 - :mod:`.patch`: the entry points and every other field (progress, metrics,
   artifacts, times, restarts);
@@ -32,17 +33,20 @@ from finetune_operator.status.patch import (
     accepted,
     derive,
     invalid_spec,
+    wont_fit,
 )
 from finetune_operator.status.phases import (
     CONDITION_TYPES,
     FAILED,
     PENDING,
+    PLANNED,
     RUNNING,
     SUCCEEDED,
     SUSPENDED,
     TERMINAL,
     VALIDATED,
 )
+from finetune_operator.status.planned import Planned
 from finetune_operator.status.pods import own_pods
 
 __all__ = [
@@ -52,16 +56,19 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_REASON",
     "PENDING",
+    "PLANNED",
     "RUNNING",
     "SUCCEEDED",
     "SUSPENDED",
     "TERMINAL",
     "VALIDATED",
     "Event",
+    "Planned",
     "ProgressReading",
     "StatusUpdate",
     "accepted",
     "derive",
     "invalid_spec",
     "own_pods",
+    "wont_fit",
 ]

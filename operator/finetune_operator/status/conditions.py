@@ -82,16 +82,16 @@ def conditions(
 
 def condition(
     kind: str,
-    is_true: bool,
+    is_true: bool | None,
     reason: str,
     message: str,
     old: Mapping[Any, Mapping[str, Any]],
     stamp: str,
     generation: int | None,
 ) -> dict[str, Any]:
-    """One condition; its ``lastTransitionTime`` kept from ``old`` while its status
-    stays, else ``stamp``."""
-    status = "True" if is_true else "False"
+    """One condition (``is_true`` None: status Unknown); its ``lastTransitionTime`` kept
+    from ``old`` while its status stays, else ``stamp``."""
+    status = "Unknown" if is_true is None else "True" if is_true else "False"
     before = old.get(kind) or {}
     since = before.get("lastTransitionTime") if before.get("status") == status else None
     made: dict[str, Any] = {

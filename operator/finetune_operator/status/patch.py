@@ -1,9 +1,9 @@
 """The whole status patch: the verdict's phase and conditions plus every other field.
 
 The entry points of the status package live here: :func:`derive` (from a Job, its pods
-and a progress scrape), :func:`invalid_spec` and :func:`accepted`. Each returns a
-:class:`StatusUpdate`: the status as a JSON merge patch, valid against the contract's
-FineTuneJobStatus, and the Event to record.
+and a progress scrape), :func:`invalid_spec`, :func:`wont_fit` and :func:`accepted`.
+Each returns a :class:`StatusUpdate`: the status as a JSON merge patch, valid against
+the contract's FineTuneJobStatus, and the Event to record.
 
 Every field besides the phase and the conditions:
 
@@ -41,7 +41,9 @@ from finetune_operator.status.phases import (
     SUCCEEDED,
     TERMINAL,
     TRAINING,
+    WONT_FIT,
 )
+from finetune_operator.status.planned import Planned, with_planned
 from finetune_operator.status.pods import PodView, by_index, own_pods, view
 from finetune_operator.status.verdict import Verdict, job_finished, verdict
 from finetune_operator.values import (
@@ -152,9 +154,12 @@ def invalid_spec(ftj: Mapping[str, Any], message: str, now: datetime) -> StatusU
     return StatusUpdate(patch, event(prev, patch, found))
 
 
-def accepted(ftj: Mapping[str, Any], job_name: str, now: datetime) -> StatusUpdate:
-    """The spec is valid and the Job ``job_name`` exists: Pending. A status that already
-    has a phase keeps it (an operator restart must not turn Running into Pending)."""
+def accepted(
+    ftj: Mapping[str, Any], job_name: str, now: datetime, planned: Planned | None = None
+) -> StatusUpdate:
+    """The spec is valid and the Job ``job_name`` exists: Pending, with the planner's
+    verdict when it was asked (``planned``). A status that already has a phase keeps it
+    (an operator restart must not turn Running into Pending)."""
     prev = get(ftj, "status")
     if prev.get("phase"):
         patch = dict(_unchanged(ftj, prev).patch)
@@ -165,6 +170,20 @@ def accepted(ftj: Mapping[str, Any], job_name: str, now: datetime) -> StatusUpda
     patch = _base_patch(ftj, prev, found, now, None)
     patch["jobName"] = job_name
     patch["restarts"] = 0
+    if planned is not None:
+        patch = _with_planned(ftj, prev, patch, planned, now)
+    return StatusUpdate(patch, event(prev, patch, found))
+
+
+def wont_fit(ftj: Mapping[str, Any], planned: Planned, now: datetime) -> StatusUpdate:
+    """The planner says the job's GPUs cannot hold it: Failed with WontFit (the
+    verdict, with the change that would fit, as the message) before any pod is created,
+    rather than an out-of-memory crash after the image pull and the model download."""
+    prev = get(ftj, "status")
+    found = Verdict(FAILED, WONT_FIT, planned.message, FAILED)
+    patch = _base_patch(ftj, prev, found, now, None)
+    patch["restarts"] = int(prev.get("restarts") or 0)
+    patch = _with_planned(ftj, prev, patch, planned, now)
     return StatusUpdate(patch, event(prev, patch, found))
 
 
@@ -201,6 +220,17 @@ def _base_patch(
     if generation is not None:
         patch["observedGeneration"] = generation
     return patch
+
+
+def _with_planned(
+    ftj: Mapping[str, Any],
+    prev: Mapping[str, Any],
+    patch: dict[str, Any],
+    planned: Planned,
+    now: datetime,
+) -> dict[str, Any]:
+    generation = int_or_none(get(ftj, "metadata").get("generation"))
+    return with_planned(patch, prev, planned, time_str(now), generation)
 
 
 def _unchanged(ftj: Mapping[str, Any], prev: Mapping[str, Any]) -> StatusUpdate:

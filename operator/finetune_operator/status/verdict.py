@@ -15,7 +15,8 @@ the objects say                        phase        reason (of the phase's condi
 =====================================  ===========  ===================================
 status already Succeeded/Failed, Job   unchanged    unchanged (terminal: a Job removed
 gone or not finished                                by ttlSecondsAfterFinished, or an
-                                                    invalid spec, stays as it ended)
+                                                    invalid spec or a WontFit, stays
+                                                    as it ended)
 Job condition Complete (or             Succeeded    ``Succeeded``; artifacts and final
 SuccessCriteriaMet) True                            metrics from the trainer's message
 Job condition Failed (or               Failed       ``DeadlineExceeded`` if the Job's
