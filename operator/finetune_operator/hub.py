@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -37,8 +38,11 @@ FOUND_TTL = 3600.0
 MISSING_TTL = 300.0
 """How long a failure is reused before the Hub is asked again."""
 MAX_ENTRIES = 512
+"""Models remembered at once (answers of a few KiB each)."""
 MAX_CONFIG_BYTES = 1 << 20
 """A config.json is a few KiB; anything larger is not one."""
+
+log = logging.getLogger("finetune.operator")
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -137,12 +141,19 @@ class HubConfigs:
                 if response.status != 200:
                     hint = _HINTS.get(response.status, "")
                     return _unavailable(f"{shown} answered HTTP {response.status}{hint}")
-                body = await response.content.read(MAX_CONFIG_BYTES + 1)
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > MAX_CONFIG_BYTES:
+                        break
         except TimeoutError:
             return _unavailable(f"{shown} did not answer within {self.timeout:g} s")
         except aiohttp.ClientError as exc:
             return _unavailable(f"cannot read {shown}: {without_credentials(str(exc))}")
-        return shape_of(body, shown)
+        except Exception as exc:  # advice only: whatever went wrong, the job goes on
+            log.warning("reading %s failed", shown, exc_info=True)
+            return _unavailable(f"cannot read {shown}: {type(exc).__name__}: {exc}")
+        return shape_of(bytes(body), shown)
 
     def _client(self) -> aiohttp.ClientSession:
         """One session (its connection pool) for every request, made on the loop that

@@ -172,6 +172,21 @@ def test_a_hub_that_does_not_answer_in_time_is_given_up_and_remembered() -> None
     assert len(stand_in.asked) == 1
 
 
+def test_a_config_json_arriving_in_many_packets_is_read_whole_and_a_huge_one_refused() -> None:
+    with HubStandIn() as stand_in:
+        # A config.json as large as some carry (e.g. a long id2label table): ~300 KB.
+        large = {**SMOLLM2_CONFIG, "id2label": {str(i): f"label-{i}" for i in range(20000)}}
+        stand_in.files["/org/large/resolve/main/config.json"] = json.dumps(large)
+        stand_in.files["/org/huge/resolve/main/config.json"] = json.dumps(
+            {**SMOLLM2_CONFIG, "padding": "x" * hub_module.MAX_CONFIG_BYTES}
+        )
+        read, huge = ask(
+            HubConfigs(stand_in.url), ("hf://org/large", None), ("hf://org/huge", None)
+        )
+    assert read.shape == ModelShape.from_config(SMOLLM2_CONFIG)
+    assert huge.reason == "ModelConfigUnreadable" and "is larger than" in huge.message
+
+
 def test_a_refused_connection_says_where() -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     (facts,) = ask(HubConfigs(endpoint), (f"hf://{SMOLLM2}", None))
