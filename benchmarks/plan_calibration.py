@@ -133,12 +133,12 @@ PROMPT = {"type": "prompt", "prompt": {"numVirtualTokens": 16}}
 
 
 def lora(name: str, batch: int, seq_len: int, data: DataKind, **more: Any) -> Config:
-    return Config(name, LORA, batch, seq_len, data, steps=more.pop("steps", 3), **more)
+    return Config(name, LORA, batch, seq_len, data, steps=more.pop("steps", 6), **more)
 
 
 def full(name: str, batch: int, seq_len: int, data: DataKind, **more: Any) -> Config:
     more.setdefault("learning_rate", 2e-5)
-    return Config(name, FULL, batch, seq_len, data, steps=more.pop("steps", 3), **more)
+    return Config(name, FULL, batch, seq_len, data, steps=more.pop("steps", 6), **more)
 
 
 CONFIGS = [
@@ -150,12 +150,12 @@ CONFIGS = [
     lora("lora-b2-long512-ckpt", 2, 512, "long", checkpointing=True),
     lora("lora-b1-long1024", 1, 1024, "long"),
     lora("lora-pack-b2-512", 2, 512, "short", packing=True),
-    Config("qlora-b4-short", {"type": "qlora"}, 4, 256, "short", steps=3),
+    Config("qlora-b4-short", {"type": "qlora"}, 4, 256, "short", steps=6),
     full("full-b2-short", 2, 256, "short"),
     full("full-b2-short-sgd", 2, 256, "short", optimizer="sgd"),
     full("full-b2-short-adamw8bit", 2, 256, "short", optimizer="adamw-8bit"),
-    Config("freeze-b4-short", FREEZE, 4, 256, "short", steps=3, learning_rate=5e-5),
-    Config("prefix-b4-short", PREFIX, 4, 256, "short", steps=3, learning_rate=3e-3),
+    Config("freeze-b4-short", FREEZE, 4, 256, "short", steps=6, learning_rate=5e-5),
+    Config("prefix-b4-short", PREFIX, 4, 256, "short", steps=6, learning_rate=3e-3),
 ]
 """The default set: about 15 minutes on 2 cores."""
 
@@ -164,8 +164,8 @@ EXTRA = [
     lora("lora-b4-long512", 4, 512, "long"),
     lora("lora-pack-b2-512-ckpt", 2, 512, "short", packing=True, checkpointing=True),
     full("full-b2-long512-ckpt", 2, 512, "long", checkpointing=True),
-    Config("ia3-b4-short", {"type": "ia3"}, 4, 256, "short", steps=3, learning_rate=1e-2),
-    Config("prompt-b4-short", PROMPT, 4, 256, "short", steps=3, learning_rate=3e-2),
+    Config("ia3-b4-short", {"type": "ia3"}, 4, 256, "short", steps=6, learning_rate=1e-2),
+    Config("prompt-b4-short", PROMPT, 4, 256, "short", steps=6, learning_rate=3e-2),
 ]
 """Run with ``--all`` or by name with ``--only``."""
 

@@ -140,6 +140,12 @@ class _Setting:
         return min(longest, t.max_seq_length) + added
 
     @property
+    def real_len(self) -> int:
+        """Tokens of the longest sequence without virtual tokens (they have no labels)."""
+        added = 0 if self.job.method.type == "prefix" else self.trainable.virtual_tokens
+        return self.seq_len - added
+
+    @property
     def label_fraction(self) -> float:
         if self.data is None or self.data.tokens == 0:
             return 1.0
@@ -255,7 +261,7 @@ def _logits(s: _Setting) -> int:
     if s.job.task == "sequence-classification":
         return 0
     t = s.job.training
-    labels = t.batch_size * s.seq_len * s.label_fraction
+    labels = t.batch_size * s.real_len * s.label_fraction
     per_logit = s.act_bytes + (0 if s.act_bytes == 4 else 4) + 8
     return int(labels * s.shape.vocab * per_logit)
 
@@ -277,7 +283,8 @@ def _eval_peak(s: _Setting) -> int:
     if s.job.task == "sequence-classification":
         return int(block)
     per_logit = s.act_bytes + (0 if s.act_bytes == 4 else 4) + 4
-    return int(block + tokens * s.label_fraction * s.shape.vocab * per_logit)
+    labels = e.batch_size * s.real_len * s.label_fraction
+    return int(block + labels * s.shape.vocab * per_logit)
 
 
 TermFn = Callable[[_Setting], int]
