@@ -169,6 +169,38 @@ EXTRA = [
 ]
 """Run with ``--all`` or by name with ``--only``."""
 
+HOLDOUT = [
+    Config(
+        "holdout-lora-r64-b8-short",
+        {"type": "lora", "lora": {"r": 64, "alpha": 64, "targetModules": "all-linear"}},
+        8,
+        256,
+        "short",
+        steps=6,
+    ),
+    Config(
+        "holdout-lora-qv-b4-long256",
+        {"type": "lora", "lora": {"r": 8, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]}},
+        4,
+        256,
+        "long",
+        steps=6,
+    ),
+    full("holdout-full-b4-short", 4, 256, "short"),
+    Config("holdout-qlora-b2-long512", {"type": "qlora"}, 2, 512, "long", steps=6),
+    Config(
+        "holdout-freeze4-b2-long512",
+        {"type": "freeze", "freeze": {"trainableLayers": 4}},
+        2,
+        512,
+        "long",
+        steps=6,
+        learning_rate=5e-5,
+    ),
+    lora("holdout-lora-b4x2-long384-ckpt", 4, 384, "long", accumulation=2, checkpointing=True),
+]
+"""Configurations the calibration was not fitted on (``--holdout``): its check."""
+
 
 # --------------------------------------------------------------------------- data
 
@@ -443,6 +475,119 @@ def write_report(out: Path, info: dict[str, Any], results: list[dict[str, Any]])
     out.write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
 
 
+# --------------------------------------------------------------------------- refit
+
+
+def _replanned(result: dict[str, Any], model: Path) -> tuple[Any, Any, int, float]:
+    """A recorded run's job and data facts, rebuilt for the planner without running it."""
+    from finetune_api.config.job import JobSections
+    from finetune_api.plan import DataFacts
+
+    st, measured, predicted = result["settings"], result["measured"], result["predicted"]
+    data = measured["data"]
+    job = JobSections.model_validate(
+        {
+            "model": {"uri": f"file://{model}"},
+            "dataset": {"train": "file:///data.jsonl"},
+            "method": st["method"],
+            "training": {
+                "maxSteps": st["steps"],
+                "batchSize": st["batch"],
+                "maxSeqLength": st["seq_len"],
+                "gradientAccumulation": st["accumulation"],
+                "packing": st["packing"],
+                "gradientCheckpointing": st["checkpointing"],
+                "optimizer": st["optimizer"],
+            },
+            "evaluation": {"batchSize": VALIDATION_ROWS, "exactMatchSamples": 0},
+        }
+    )
+    facts = DataFacts(
+        rows=data["packedSequences"] or data["trainRows"],
+        tokens=data["trainTokens"],
+        label_tokens=data["trainedTokens"],
+        longest=predicted["longestSequence"],
+    )
+    return job, facts, measured["peakBytes"], measured["seconds"]
+
+
+def refit(files: list[Path], model: Path, *, fit: bool = True) -> None:
+    """Fit the CPU calibration (``finetune_api.plan.devices.CPU``) to recorded runs and
+    print the constants and each run's errors with them (``fit`` False: the errors with
+    the calibration as it is).
+
+    Memory: the runtime and the four count factors by Nelder-Mead on the squared
+    relative errors (the peak is a max over phases, not linear); time: non-negative
+    least squares of the relative errors over one feature per constant (each the
+    planner's time with only that constant set). It swaps ``devices.CPU`` while it
+    fits: a calibration tool, never the planner's own path.
+    """
+    import dataclasses
+
+    import numpy as np
+    from scipy.optimize import minimize, nnls
+
+    from finetune_api.plan import ModelShape, Target, devices, plan_job
+
+    shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
+    results = [r for f in files for r in json.loads(f.read_text())["results"] if "measured" in r]
+    cases = [(r["name"], *_replanned(r, model)) for r in results]
+    target = Target(cpu_cores=2)
+
+    def calibrate(**changes: Any) -> None:
+        devices.CPU = dataclasses.replace(devices.CPU, **changes)
+
+    def plans() -> list[Any]:
+        return [plan_job(job, shape, target, facts, suggest=False) for _, job, facts, _, _ in cases]
+
+    def memory_loss(x: Any) -> float:
+        calibrate(
+            runtime_bytes=int(x[0] * 2**20),
+            block=x[1],
+            adapter=x[2],
+            logits=x[3],
+            checkpoint_retained=x[4],
+        )
+        errors = [p.memory.per_device_bytes / c[3] - 1 for p, c in zip(plans(), cases, strict=True)]
+        return float(sum(e * e for e in errors) + 0.5 * max(abs(e) for e in errors) ** 2)
+
+    if not fit:
+        report_errors(plans(), cases)
+        return
+    start = [devices.CPU.runtime_bytes / 2**20, devices.CPU.block, devices.CPU.adapter]
+    start += [devices.CPU.logits, devices.CPU.checkpoint_retained]
+    fitted = minimize(memory_loss, start, method="Nelder-Mead", options={"maxiter": 800})
+    memory_loss(fitted.x)
+    zero = {
+        "flops": 1e30,
+        "seconds_per_block": 0.0,
+        "seconds_per_adapter_input": 0.0,
+        "seconds_per_parameter_step": 0.0,
+        "seconds_per_parameter_step_8bit": 0.0,
+    }
+    features = []
+    for name, value in [("flops", 1.0)] + [(k, 1.0) for k in list(zero)[1:]]:
+        calibrate(**{**zero, name: value})
+        features.append([p.time.seconds or 0.0 for p in plans()])
+    measured = np.array([c[4] for c in cases])
+    weights = 1 / measured
+    coef, _ = nnls(np.array(features).T * weights[:, None], measured * weights)
+    calibrate(flops=1 / coef[0], **dict(zip(list(zero)[1:], coef[1:], strict=True)))
+    print(devices.CPU)
+    report_errors(plans(), cases)
+
+
+def report_errors(plans: list[Any], cases: list[Any]) -> None:
+    """Each re-planned run's memory and time errors, and the largest of each."""
+    worst = [0.0, 0.0]
+    for plan, (name, _, _, peak, seconds) in zip(plans, cases, strict=True):
+        memory = plan.memory.per_device_bytes / peak - 1
+        time_error = (plan.time.seconds or 0) / seconds - 1
+        worst = [max(worst[0], abs(memory)), max(worst[1], abs(time_error))]
+        print(f"{name:32} memory {memory:+6.1%}  time {time_error:+6.1%}  ({plan.memory.phase})")
+    print(f"largest: memory {worst[0]:.1%}, time {worst[1]:.1%}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -454,6 +599,9 @@ class Options:
     keep: bool = False
     list: bool = False
     all: bool = False
+    holdout: bool = False
+    refit: list[Path] = field(default_factory=list)
+    replan: list[Path] = field(default_factory=list)
 
 
 def parse_args() -> Options:
@@ -464,6 +612,25 @@ def parse_args() -> Options:
     parser.add_argument("--model", type=Path, default=MODEL, help="the base model's directory")
     parser.add_argument("--out", type=Path, default=OUT, help="the JSON report")
     parser.add_argument("--keep", action="store_true", help="keep each run's work directory")
+    parser.add_argument(
+        "--holdout", action="store_true", help="run the held-out configurations (not fitted on)"
+    )
+    parser.add_argument(
+        "--refit",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="RESULTS",
+        help="no runs: fit the CPU calibration to these results and re-plan them",
+    )
+    parser.add_argument(
+        "--replan",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="RESULTS",
+        help="no runs: re-plan these results with the current calibration",
+    )
     args = parser.parse_args()
     return Options(
         only=args.only,
@@ -472,15 +639,20 @@ def parse_args() -> Options:
         keep=args.keep,
         list=args.list,
         all=args.all,
+        holdout=args.holdout,
+        refit=args.refit,
+        replan=args.replan,
     )
 
 
 def selected(options: Options) -> list[Config]:
     """The configurations ``--only`` names (default or extra), else the default set and,
     with ``--all``, the extra ones."""
+    if options.holdout:
+        return HOLDOUT
     if not options.only:
         return CONFIGS + EXTRA if options.all else CONFIGS
-    known = {c.name: c for c in CONFIGS + EXTRA}
+    known = {c.name: c for c in CONFIGS + EXTRA + HOLDOUT}
     unknown = [n for n in options.only if n not in known]
     if unknown:
         sys.exit(f"unknown configuration(s): {', '.join(unknown)}; see --list")
@@ -489,6 +661,9 @@ def selected(options: Options) -> list[Config]:
 
 def main() -> None:
     options = parse_args()
+    if options.refit or options.replan:
+        refit(options.refit or options.replan, options.model, fit=bool(options.refit))
+        return
     configs = selected(options)
     if options.list:
         for c in configs:

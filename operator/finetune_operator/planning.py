@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from finetune_api.config.job import JobSections
 from finetune_api.plan import ModelShape, Plan, plan_job
 from finetune_api.plan.target import plan_status, target_for
-from finetune_api.resource import FineTuneJob, FineTuneJobSpec
+from finetune_api.resource import FineTuneJob
 from finetune_operator.status import Planned
 from finetune_operator.status.phases import (
     FITS,
@@ -47,7 +46,7 @@ def planned(job: FineTuneJob, model: ModelFacts) -> Planned:
     if model.shape is None:
         return Planned(None, model.reason, model.message)
     try:
-        plan = plan_job(planner_sections(job.spec), model.shape, target_for(job.spec))
+        plan = plan_job(job.spec, model.shape, target_for(job.spec))
         summary = plan_status(plan).model_dump(by_alias=True, exclude_none=True, mode="json")
     except Exception as exc:  # advice only: a planner error must not stop the job
         log.warning("%s: planning failed", job.metadata.name, exc_info=True)
@@ -66,12 +65,3 @@ def _verdict(job: FineTuneJob, plan: Plan) -> tuple[bool, str, str]:
     # bound, which a CPU job (no GPU to waste) is not refused for.
     note = "a CPU job is not refused: its memory limit (resources.memory) decides"
     return True, MAY_NOT_FIT, f"{plan.verdict} ({note})"
-
-
-def planner_sections(spec: FineTuneJobSpec) -> JobSections:
-    """The spec's :class:`JobSections` part, what the planner plans (the resources are
-    its Target's, from :func:`target_for`): its suggestions rebuild the job it is given,
-    and a JobSections rebuilt from a FineTuneJobSpec's dump fails on the cluster fields
-    (output, resources, runPolicy...)."""
-    fields = set(JobSections.model_fields)
-    return JobSections.model_validate(spec.model_dump(by_alias=True, include=fields))

@@ -173,7 +173,7 @@ def test_static_terms_by_hand_for_lora_on_a_tiny_llama() -> None:
     assert t["weights"] == shape.total_params * 4  # fp32 on a CPU
     assert t["trainableWeights"] == t["gradients"] == trainable * 4
     assert t["optimizerStates"] == trainable * 8  # adamw: two fp32 moments
-    assert t["runtime"] == cal.CPU_PROCESS_BYTES
+    assert t["runtime"] == cal.CPU.runtime_bytes
 
 
 @pytest.mark.parametrize(
@@ -233,16 +233,19 @@ def test_activations_scale_with_batch_and_length_and_checkpointing_keeps_block_i
     double = {"activations": activations(batchSize=4, maxSeqLength=64)}
     assert double["activations"] == 2 * base["activations"]
     # Per token and block: norms 4h, rotary and attention 2q + 3kv + heads, a gated MLP
-    # 3i, and q_proj's adapter: its fp32 input (h) and its rank-r output.
+    # 3i, and q_proj's adapter: its fp32 input (h) and its rank-r output; each scaled by
+    # the calibration's factor.
     h, i, q, kv, heads = 64, 128, 64, 32, 4
-    block = (4 * h + 2 * q + 3 * kv + 3 * i + heads) * 4 + (h * 4 + 4 * 4)
-    per_token = 2 * block + 4 * h * 4
-    assert base["activations"] == int(2 * 64 * per_token * cal.ACTIVATION_FACTOR)
+    c = cal.CPU
+    block = (4 * h + 2 * q + 3 * kv + 3 * i + heads) * 4 * c.block + (h * 4 + 4 * 4) * c.adapter
+    assert base["activations"] == pytest.approx(2 * 64 * (2 * block + 4 * h * 4), abs=1)
+    # checkpointing: the 2 blocks' inputs, one block recomputed, what the allocator keeps
+    kept = 2 * h * 4 + block + c.checkpoint_retained * 2 * block
     checkpointed = {
         "activations": activations(batchSize=2, maxSeqLength=64, gradientCheckpointing=True)
     }
-    per_token_ckpt = 2 * h * 4 + block + 4 * h * 4
-    assert checkpointed["activations"] == int(2 * 64 * per_token_ckpt * cal.ACTIVATION_FACTOR)
+    assert checkpointed["activations"] == pytest.approx(2 * 64 * (kept + 4 * h * 4), abs=1)
+    assert checkpointed["activations"] < base["activations"]
 
 
 def test_logits_count_only_label_positions() -> None:
@@ -251,8 +254,46 @@ def test_logits_count_only_label_positions() -> None:
     facts = DataFacts(rows=10, tokens=1000, label_tokens=250, longest=50)
     t = terms(plan_job(j, shape, Target(), facts))
     # 2 sequences of the longest row's 50 tokens, a quarter of them labels, x vocab 100,
-    # 12 bytes each in fp32 (logits, log-softmax, its gradient)
-    assert t["logits"] == int(2 * 50 * 0.25 * 100 * 12)
+    # 12 bytes each in fp32 (logits, log-softmax, its gradient), scaled by the calibration
+    assert t["logits"] == int(2 * 50 * 0.25 * 100 * 12 * cal.CPU.logits)
+
+
+def test_cpu_effects_qlora_keeps_the_full_weights_8bit_steps_in_fp32_and_loading() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    assert shape.file_dtype_bytes == 4  # config.json: "dtype": "float32"
+    cpu, gpu = Target(), Target(device=DEVICES["L4"])
+    qlora = job(method={"type": "qlora"})
+    assert terms(plan_job(qlora, shape, cpu))["weights"] == shape.total_params * 4
+    assert terms(plan_job(qlora, shape, gpu))["weights"] < shape.total_params
+    eight = job(
+        method={"type": "full"},
+        training={"optimizer": "adamw-8bit", "batchSize": 1, "maxSeqLength": 64},
+        evaluation={"batchSize": 1},
+    )
+    # three fp32 copies of the largest trainable tensor, the tied embedding
+    assert terms(plan_job(eight, shape, cpu))["optimizerStep"] == 12 * shape.vocab * shape.hidden
+    assert "optimizerStep" not in terms(plan_job(eight, shape, gpu))
+    tiny = job(training={"batchSize": 1, "maxSeqLength": 16}, evaluation={"batchSize": 1})
+    loading = plan_job(tiny, shape, cpu)
+    assert loading.memory.phase == "loading"
+    assert terms(loading)["loading"] == shape.total_params * (4 + 4)  # the file mapped, and built
+
+
+def test_a_tied_head_makes_freeze_keep_every_blocks_activations() -> None:
+    smollm2 = ModelShape.from_config(SMOLLM2)  # tied
+    untied = ModelShape.from_config({**SMOLLM2, "tie_word_embeddings": False})
+    small_eval = {"evaluation": {"batchSize": 1}, "training": {"maxSeqLength": 512}}
+    freeze = job(method={"type": "freeze", "freeze": {"trainableLayers": 2}}, **small_eval)
+    lora = job(**small_eval)
+    assert trainable_for(smollm2, freeze).lowest_trained_block == 0
+    assert trainable_for(untied, freeze).lowest_trained_block == 28
+    tied_plan = plan_job(freeze, smollm2, Target(device=DEVICES["H100"]))
+    untied_plan = plan_job(freeze, untied, Target(device=DEVICES["H100"]))
+    assert terms(tied_plan)["activations"] > 5 * terms(untied_plan)["activations"]
+    assert (
+        terms(tied_plan)["activations"]
+        < terms(plan_job(lora, smollm2, Target(device=DEVICES["H100"])))["activations"]
+    )
 
 
 def test_packing_pays_for_its_mask_and_cpu_attention_scores() -> None:

@@ -9,6 +9,7 @@ computes; the constants measured on real runs are in :mod:`finetune_api.plan.dev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -114,6 +115,10 @@ class _Setting:
         return self.target.device is not None
 
     @property
+    def calibration(self) -> cal.Calibration:
+        return cal.GPU if self.gpu else cal.CPU
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes per frozen weight: fp32 on CPU and with fp16 (fp32 master weights kept
         for the GradScaler), 2 for bf16."""
@@ -162,7 +167,9 @@ def _frozen_weights(s: _Setting) -> int:
     frozen = shape.total_params - (s.trainable.params if s.trains_base else 0)
     if s.job.task == "sequence-classification" and s.trains_base:
         frozen = max(0, frozen + _head_params(s))
-    if not s.quantized:
+    if not s.quantized or not s.gpu:
+        # On a CPU the full-precision weights a 4-bit model is quantized from stay in
+        # the process's memory (measured: QLoRA's peak RSS is LoRA's).
         return frozen * s.weight_bytes
     options = s.job.method.options()
     assert isinstance(options, QLoraSpec)
@@ -202,9 +209,9 @@ def _optimizer_states(s: _Setting) -> int:
     return total
 
 
-def _block_elements(s: _Setting) -> tuple[float, float]:
-    """Per token and block: (elements kept for backward at the activation dtype, fp32
-    elements and bytes the adapters keep)."""
+def _block_bytes(s: _Setting) -> tuple[float, float]:
+    """Per token and block, the bytes kept for backward: (the block's own tensors at
+    the activation dtype, the adapters' fp32 inputs, dropout masks and low-rank outputs)."""
     sh = s.shape
     a, i, q, kv = sh.hidden, sh.intermediate, sh.heads * sh.head_dim, sh.kv_dim
     mlp = 3 * i if sh.family in ("llama", "phi3") else 2 * i
@@ -213,31 +220,30 @@ def _block_elements(s: _Setting) -> tuple[float, float]:
     elements = 4 * a + 2 * q + 3 * kv + mlp + sh.heads
     if s.trainable.trained_linears:
         elements += q + i  # inputs of o_proj and down_proj, kept for their weight grads
-    adapter_bytes = 0.0
+    adapter = 0.0
     per_block = len(s.trainable.adapted) / max(1, sh.layers)
     if per_block:
         dropout = float(getattr(s.job.method.options(), "dropout", 0.0))
         fan_in = sum(lin.fan_in for lin in s.trainable.adapted) / sh.layers
-        rank = s.trainable.adapter_rank
-        adapter_bytes = per_block * rank * 4
-        if dropout > 0:
-            adapter_bytes += fan_in * (4 + 1)  # dropped-out input (fp32) and its mask
-        else:
-            adapter_bytes += fan_in * 4
-    return elements, adapter_bytes
+        adapter = per_block * s.trainable.adapter_rank * 4
+        # the (dropped-out) input in fp32, and dropout's mask
+        adapter += fan_in * (5 if dropout > 0 else 4)
+    return elements * s.act_bytes, adapter
 
 
 def _activations(s: _Setting) -> int:
     t = s.job.training
+    c = s.calibration
     tokens = t.batch_size * s.seq_len
-    elements, adapter_bytes = _block_elements(s)
-    full_block = elements * s.act_bytes + adapter_bytes
+    block, adapter = _block_bytes(s)
+    full_block = block * c.block + adapter * c.adapter
+    kept = s.grad_layers * full_block
     if t.gradient_checkpointing:
-        per_token = s.grad_layers * s.shape.hidden * s.act_bytes + full_block
-    else:
-        per_token = s.grad_layers * full_block
-    per_token += 4 * s.shape.hidden * s.act_bytes  # embeddings out and the final norm
-    return int(tokens * per_token * cal.ACTIVATION_FACTOR)
+        # Block inputs, one block recomputed at a time, and what the allocator keeps.
+        checkpointed = s.grad_layers * s.shape.hidden * s.act_bytes + full_block
+        kept = checkpointed + c.checkpoint_retained * kept
+    kept += 4 * s.shape.hidden * s.act_bytes  # embeddings out and the final norm
+    return int(tokens * kept)
 
 
 def _attention_scores(s: _Setting) -> int:
@@ -263,7 +269,7 @@ def _logits(s: _Setting) -> int:
     t = s.job.training
     labels = t.batch_size * s.real_len * s.label_fraction
     per_logit = s.act_bytes + (0 if s.act_bytes == 4 else 4) + 8
-    return int(labels * s.shape.vocab * per_logit)
+    return int(labels * s.shape.vocab * per_logit * s.calibration.logits)
 
 
 def _ddp_buckets(s: _Setting) -> int:
@@ -271,7 +277,24 @@ def _ddp_buckets(s: _Setting) -> int:
 
 
 def _runtime(s: _Setting) -> int:
-    return cal.CUDA_CONTEXT_BYTES if s.gpu else cal.CPU_PROCESS_BYTES
+    return s.calibration.runtime_bytes
+
+
+def _optimizer_step(s: _Setting) -> int:
+    """bitsandbytes' 8-bit optimizer on a CPU dequantizes each tensor's two states to
+    fp32 while it steps it: three fp32 copies of the largest trainable tensor."""
+    if s.gpu or s.job.training.optimizer != "adamw-8bit":
+        return 0
+    largest = max((math.prod(shape) for shape in s.trainable.tensors), default=0)
+    return 12 * largest
+
+
+def _loading(s: _Setting) -> int:
+    """Loading on a CPU: the weights file's pages (memory-mapped) beside the weights
+    built from them."""
+    if s.gpu:
+        return 0
+    return s.shape.total_params * (s.shape.file_dtype_bytes + s.weight_bytes)
 
 
 def _eval_peak(s: _Setting) -> int:
@@ -301,7 +324,9 @@ _TRAINING: list[tuple[str, TermFn, str]] = [
     ("packingMask", _packing_mask, "the block-diagonal float mask"),
     ("logits", _logits, "label positions x vocabulary"),
     ("ddpBuckets", _ddp_buckets, "DDP's gradient buckets"),
+    ("optimizerStep", _optimizer_step, "8-bit states dequantized while stepping"),
 ]
+_LOADING = "the weights file mapped beside the weights built from it"
 _SHARDED = frozenset({"weights", "trainableWeights", "gradients", "optimizerStates"})
 
 
@@ -321,6 +346,7 @@ def _memory(s: _Setting) -> tuple[int, Phase, list[MemoryTerm]]:
     candidates: list[tuple[Phase, list[MemoryTerm]]] = [
         ("training", static + training),
         ("evaluation", no_grads + evaluation),
+        ("loading", [MemoryTerm(name="loading", bytes=_loading(s), detail=_LOADING)]),
     ]
     phase, terms = max(candidates, key=lambda c: sum(t.bytes for t in c[1]))
     terms = [*terms, MemoryTerm(name="runtime", bytes=_runtime(s), detail=_runtime_detail(s))]
@@ -329,7 +355,7 @@ def _memory(s: _Setting) -> tuple[int, Phase, list[MemoryTerm]]:
         terms.append(
             MemoryTerm(
                 name="allocatorOverhead",
-                bytes=int(allocated * cal.ALLOCATOR_OVERHEAD),
+                bytes=int(allocated * s.calibration.allocator_overhead),
                 detail="caching allocator fragmentation",
             )
         )
@@ -364,18 +390,13 @@ def _flops_per_token(s: _Setting) -> tuple[float, float]:
 def _time(s: _Setting, steps: int | None, tokens: int | None) -> PlanTime:
     block, head = _flops_per_token(s)
     t = s.job.training
-    if s.gpu:
-        assert s.target.device is not None
-        peak = (
-            s.target.device.peak_flops_32bit
-            if s.precision == "fp32"
-            else s.target.device.peak_flops_16bit
-        )
-        rate = peak * cal.GPU_EFFICIENCY
-        latency = cal.GPU_SECONDS_PER_MICRO_BATCH_LAYER
+    c = s.calibration
+    if s.target.device is not None:
+        device = s.target.device
+        peak = device.peak_flops_32bit if s.precision == "fp32" else device.peak_flops_16bit
+        rate = peak * c.flops
     else:
-        rate = cal.CPU_FLOPS_PER_CORE * s.target.cpu_cores
-        latency = cal.CPU_SECONDS_PER_MICRO_BATCH_LAYER
+        rate = c.flops * s.target.cpu_cores
     seconds = per_step = None
     if steps is not None and tokens is not None:
         per_rank_tokens = tokens / s.target.world
@@ -384,11 +405,21 @@ def _time(s: _Setting, steps: int | None, tokens: int | None) -> PlanTime:
             padded *= s.data.padded_tokens / s.data.tokens
         compute = (padded * block + per_rank_tokens * s.label_fraction * head) / rate
         micro_batches = steps * t.gradient_accumulation
-        seconds = compute + micro_batches * s.shape.layers * latency
+        fixed = s.shape.layers * c.seconds_per_block
+        adapter_inputs = sum(lin.fan_in for lin in s.trainable.adapted)
+        compute += padded * adapter_inputs * c.seconds_per_adapter_input
+        per_parameter = (
+            c.seconds_per_parameter_step_8bit
+            if t.optimizer == "adamw-8bit"
+            else c.seconds_per_parameter_step
+        )
+        optimizer = steps * s.trainable.params * per_parameter
+        seconds = compute + micro_batches * fixed + optimizer
         per_step = seconds / steps if steps else None
     return PlanTime(
         device=s.target.name,
         devices=s.target.world,
+        cpu_cores=None if s.gpu else s.target.cpu_cores,
         flops_per_token=block,
         seconds=seconds,
         seconds_per_step=per_step,
@@ -492,7 +523,7 @@ def plan_job(
         data=plan_data,
         time=_time(s, steps, tokens),
         fits=fits,
-        verdict=_verdict(peak, capacity, target, largest, suggestions),
+        verdict=_verdict(peak, capacity, target, largest, suggestions, from_spec=data is None),
         suggestions=suggestions,
     )
 
@@ -503,9 +534,14 @@ def _verdict(
     target: Target,
     largest: MemoryTerm,
     suggestions: list[Suggestion],
+    *,
+    from_spec: bool,
 ) -> str:
     where = f"per {target.name}" if target.device is not None else "per process"
     head = f"largest term: {largest.name} {format_bytes(largest.bytes)}"
+    if from_spec:
+        # Without the data every sequence is taken as maxSeqLength long: an upper bound.
+        head += "; sequences taken as maxSeqLength long, the data unread"
     if capacity is None:
         return (
             f"needs {format_bytes(peak)} {where} ({head}); memory unknown: set "

@@ -9,7 +9,7 @@ from pydantic import Field, JsonValue
 
 from finetune_api.config.base import CamelModel
 
-Phase = Literal["training", "evaluation"]
+Phase = Literal["training", "evaluation", "loading"]
 
 
 class MemoryTerm(CamelModel):
@@ -51,6 +51,9 @@ class PlanData(CamelModel):
 class PlanTime(CamelModel):
     device: str
     devices: int = Field(ge=1, description="Training processes.")
+    cpu_cores: float | None = Field(
+        default=None, ge=0, description="Cores each CPU process computes on (CPU only)."
+    )
     flops_per_token: float = Field(ge=0)
     seconds: float | None = Field(default=None, ge=0, description="Estimated training time.")
     seconds_per_step: float | None = Field(default=None, ge=0)

@@ -13,7 +13,7 @@ fields and flagged ``approximate``; a config without those fields is refused.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Family = Literal["llama", "phi3", "gpt2", "bert"]
@@ -87,6 +87,8 @@ class ModelShape:
     head_params: int = 0
     """The output head when it is not tied to the input embeddings."""
     block_prefix: str = "model.layers"
+    file_dtype_bytes: int = 2
+    """Bytes per weight in the checkpoint files (config.json's dtype; 2 when unsaid)."""
 
     @property
     def kv_dim(self) -> int:
@@ -117,6 +119,11 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
         """The shape of the model a Hugging Face ``config.json`` describes."""
+        dtype = config.get("dtype") or config.get("torch_dtype")
+        return replace(cls._from_config(config), file_dtype_bytes=4 if dtype == "float32" else 2)
+
+    @classmethod
+    def _from_config(cls, config: Mapping[str, Any]) -> ModelShape:
         model_type = str(config.get("model_type") or "")
         if model_type in _ENCODERS:
             return _bert(config, model_type)
@@ -127,7 +134,7 @@ class ModelShape:
         text = config.get("text_config")
         if isinstance(text, Mapping) and "hidden_size" not in config:
             # A multimodal wrapper (Gemma 3, Llama 4...): the language model is what trains.
-            return cls.from_config({**text, "model_type": text.get("model_type", model_type)})
+            return cls._from_config({**text, "model_type": text.get("model_type", model_type)})
         return _llama(config, model_type, family="llama", approximate=model_type not in _LLAMA_LIKE)
 
 

@@ -44,7 +44,8 @@ def render_plan(plan: Plan, title: str) -> str:
     if d.steps is not None:
         tokens = f", {d.tokens:,} tokens" if d.tokens is not None else ""
         lines.append(f"  steps      {d.steps:,} optimizer steps{tokens}")
-    lines.append(f"  devices    {t.devices} x {t.device}")
+    cores = f" ({t.cpu_cores:g} cores each)" if t.cpu_cores is not None else ""
+    lines.append(f"  devices    {t.devices} x {t.device}{cores}")
     lines.append("")
     lines.append(f"  memory {where}, peak in {m.phase}:")
     width = max(len(term.name) for term in m.terms)

@@ -241,6 +241,10 @@ def _freeze(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
     else:
         # The language-model head; tied to the input embeddings, it trains them too.
         tensors.append((shape.vocab, shape.hidden))
+    if job.task != "sequence-classification" and shape.head_params == 0:
+        # A head tied to the input embeddings trains them: backward runs down to the
+        # embeddings, through every block, which all keep their activations.
+        lowest = 0
     return Trainable(tensors=tuple(tensors), trained_linears=linears, lowest_trained_block=lowest)
 
 
