@@ -31,8 +31,10 @@ from finetune_operator.settings import Settings
 FTJ = (API_GROUP, VERSION, PLURAL)
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 PROGRESS_INTERVAL = float(os.environ.get("FINETUNE_PROGRESS_INTERVAL", "15"))
-"""Seconds between progress scrapes of a running trainer (status refreshed at least every
-30 s; read at import, because kopf fixes a timer's interval when it is registered)."""
+"""Seconds between progress scrapes of a running trainer: a Running job's status is
+refreshed at least every FINETUNE_PROGRESS_INTERVAL seconds (15 by default), and at once on
+any change of its Job or pods. Read at import, because kopf fixes a timer's interval when
+it is registered."""
 
 
 # --------------------------------------------------------------------------- startup
