@@ -278,46 +278,175 @@ Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
 
 class Condition(CamelModel):
-    """A condition in the Kubernetes API conventions' shape."""
+    """One condition, in the Kubernetes API conventions' shape. The operator always
+    writes Validated, Running, Succeeded, Failed and Suspended, each True or False (so
+    `kubectl wait --for=condition=Succeeded` works), and Planned once when it planned the
+    job; conditions of other types, written by another controller, are kept as they are."""
 
-    type: str = Field(max_length=316)
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(max_length=1024, pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$")
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: datetime
-    observed_generation: int | None = Field(default=None, ge=0)
+    type: str = Field(
+        max_length=316,
+        description="Validated (the spec passed the operator's checks), Running (a "
+        "trainer is training now), Succeeded, Failed, Suspended (spec.suspend, or queued "
+        "by Kueue), or Planned (the planner's verdict, written once before the Job was "
+        "created).",
+    )
+    status: Literal["True", "False", "Unknown"] = Field(
+        description="True, False or Unknown (Planned only: no plan could be made, and the "
+        "job runs unplanned)."
+    )
+    reason: str = Field(
+        max_length=1024,
+        pattern=r"^([A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?)?$",
+        description="Why, in one CamelCase word; the False conditions carry the same reason "
+        "as the one that is True. The operator's own (e.g. JobCreated, Training, "
+        "Preempted, Retrying, Unschedulable, ImagePullFailed, InvalidSpec, WontFit, "
+        "DeadlineExceeded, OOMKilled; Planned: Fits, MemoryUnknown, MayNotFit, "
+        "ModelConfigUnavailable, ModelConfigUnreadable) or the trainer's exit reason "
+        "(e.g. InvalidData, OutOfMemory, StorageError).",
+    )
+    message: str = Field(
+        default="",
+        max_length=32768,
+        description="Details for people: on the True condition and on Running (while "
+        "training: the step, e.g. step 40/100 (40%)); empty on the other False ones. A "
+        "failure's message comes from the trainer's termination message or the pod's log "
+        "tail.",
+    )
+    last_transition_time: datetime = Field(
+        description="When the status last changed between True, False and Unknown (RFC "
+        "3339); a new reason or message alone does not move it."
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation of the FineTuneJob this condition was set for.",
+    )
 
 
 class Progress(CamelModel):
-    step: int = Field(default=0, ge=0)
-    total_steps: int | None = Field(default=None, ge=0)
-    epoch: float | None = Field(default=None, ge=0)
-    percent: int | None = Field(default=None, ge=0, le=100)
-    eta_seconds: int | None = Field(default=None, ge=0)
-    tokens_per_second: float | None = Field(default=None, ge=0)
+    """Training progress, scraped by the operator from the rank-0 trainer's /metrics
+    (the finetune_trainer_* gauges) every FINETUNE_PROGRESS_INTERVAL seconds (15 by
+    default) while the job runs. Kept as it was while the trainer is unreachable or
+    restarting: a restart never wipes it."""
+
+    step: int = Field(
+        default=0,
+        ge=0,
+        description="Optimizer steps completed (finetune_trainer_step); on success, the "
+        "trainer's last step.",
+    )
+    total_steps: int | None = Field(
+        default=None,
+        ge=0,
+        description="Optimizer steps the run will take: training.maxSteps, or epochs x "
+        "steps per epoch (finetune_trainer_total_steps). Unset until the trainer reports "
+        "it.",
+    )
+    epoch: float | None = Field(
+        default=None,
+        ge=0,
+        description="Fractional epoch reached: 1.5 is half-way through the second pass "
+        "over the training data (finetune_trainer_epoch).",
+    )
+    percent: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Whole percent of steps done, floor(100 x step / totalSteps), 0-100; "
+        "100 on success. Unset while totalSteps is unknown. The PROGRESS column of "
+        "kubectl get.",
+    )
+    eta_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Estimated seconds until the last step, from the trainer's mean step "
+        "time so far (finetune_trainer_eta_seconds); 0 on success. Before the trainer "
+        "runs, plan.estimatedSeconds is the planner's estimate.",
+    )
+    tokens_per_second: float | None = Field(
+        default=None,
+        ge=0,
+        description="Training throughput at the latest scrape: non-padding input tokens "
+        "per second (finetune_trainer_tokens_per_second).",
+    )
 
 
 class Metrics(CamelModel):
-    train_loss: float | None = None
-    eval_loss: float | None = None
-    eval_loss_before: float | None = None
-    exact_match: float | None = None
-    exact_match_before: float | None = None
-    accuracy: float | None = None
-    accuracy_before: float | None = None
-    macro_f1: float | None = None
-    tokens_per_second: float | None = None
+    """The run's scores. While it trains, trainLoss and evalLoss are the latest values
+    the operator scraped from the trainer's /metrics; on success, every field the
+    trainer's termination message carries (its metrics.json headline numbers) replaces
+    them. Scores are on the validation set; fields the task does not measure stay unset.
+    The ...Before fields score the base model, before training, on the same data."""
+
+    train_loss: float | None = Field(
+        default=None,
+        description="Training loss (token-weighted cross-entropy): of the latest step "
+        "while training; on success, the mean over the last tenth of the steps.",
+    )
+    eval_loss: float | None = Field(
+        default=None,
+        description="Validation loss: of the latest periodic evaluation "
+        "(evaluation.everySteps) while training; on success, of the final evaluation "
+        "after training.",
+    )
+    eval_loss_before: float | None = Field(
+        default=None, description="Validation loss of the base model, before training."
+    )
+    exact_match: float | None = Field(
+        default=None,
+        description="Percent (0-100) of the evaluation.exactMatchSamples validation rows "
+        "whose greedy generation equals the reference answer, after training (language "
+        "models).",
+    )
+    exact_match_before: float | None = Field(
+        default=None,
+        description="exactMatch of the base model, before training, on the same rows.",
+    )
+    accuracy: float | None = Field(
+        default=None,
+        description="Fraction (0-1) of validation rows classified correctly, after "
+        "training (task sequence-classification).",
+    )
+    accuracy_before: float | None = Field(
+        default=None, description="accuracy of the base model, before training."
+    )
+    macro_f1: float | None = Field(
+        default=None,
+        description="Macro-averaged F1 (0-1) over the classes on the validation set, "
+        "after training (task sequence-classification).",
+    )
+    tokens_per_second: float | None = Field(
+        default=None,
+        description="Mean training throughput of the whole run: non-padding input tokens "
+        "per second of training (set on success).",
+    )
 
 
 class ArtifactFile(CamelModel):
-    path: str
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """One published file, as the trainer's manifest.json lists it."""
+
+    path: str = Field(description="Path relative to artifacts.uri, e.g. adapter_model.safetensors.")
+    size: int = Field(ge=0, description="Size in bytes.")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the content, lower-case hex (finetune verify checks it).",
+    )
 
 
 class Artifacts(CamelModel):
-    uri: str
-    files: list[ArtifactFile] = Field(default_factory=list)
+    """What the run published, set when it succeeds, from the trainer's termination
+    message (the operator needs no credentials for the output store)."""
+
+    uri: str = Field(
+        description="Where the result was published (spec.output.uri), e.g. "
+        "s3://artifacts/adapters/quickstart; finetune verify <uri> checks it."
+    )
+    files: list[ArtifactFile] = Field(
+        default_factory=list,
+        description="Every published file with its size and checksum. Empty when the list "
+        "did not fit in the termination message (4 KiB): manifest.json under uri has it, "
+        "and the Succeeded condition's message says so.",
+    )
 
 
 class PlanStatus(CamelModel):
@@ -345,36 +474,89 @@ class PlanStatus(CamelModel):
     )
 
 
-TrackerUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s]+$")]
+TrackerUrl = Annotated[
+    str,
+    Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="The tracker's page of the run (http or https).",
+    ),
+]
 """A tracker's page: http(s) only, whatever a trainer's message says."""
 
 
 class FineTuneJobStatus(CamelModel):
-    """Written by the operator only."""
+    """What became of the job. Written by the operator only (the trainer pods have no
+    API rights): from the training Job and its pods, the trainer's /metrics while it runs
+    and its termination message when it ends."""
 
-    phase: Phase | None = None
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending (Job created, pods not training yet), Running (training, or "
+        "interrupted and resuming), Succeeded, Failed or Suspended (spec.suspend, or "
+        "waiting for Kueue). Succeeded and Failed are final. The conditions say why.",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Validated, Running, Succeeded, Failed and Suspended, always, each True "
+        "or False with the same reason; plus Planned when the job was planned (kubectl "
+        "describe ftj shows them).",
     )
-    progress: Progress | None = None
-    metrics: Metrics | None = None
-    artifacts: Artifacts | None = None
-    start_time: datetime | None = None
-    completion_time: datetime | None = None
-    restarts: int = Field(default=0, ge=0, description="Trainer pod restarts so far.")
-    job_name: str | None = Field(default=None, description="The batch/v1 Job running the trainer.")
-    observed_generation: int | None = Field(default=None, ge=0)
+    progress: Progress | None = Field(
+        default=None,
+        description="Steps, epoch, percent and ETA, scraped from the trainer's /metrics "
+        "while it runs; unset until the first scrape.",
+    )
+    metrics: Metrics | None = Field(
+        default=None,
+        description="Losses and scores: live from the trainer's /metrics while it trains, "
+        "final from its termination message on success.",
+    )
+    artifacts: Artifacts | None = Field(
+        default=None,
+        description="Where the result was published, and every file; set on success.",
+    )
+    start_time: datetime | None = Field(
+        default=None,
+        description="When training started (RFC 3339): the Job's startTime, else the first "
+        "trainer container's start. Set once; a resume or restart keeps it.",
+    )
+    completion_time: datetime | None = Field(
+        default=None,
+        description="When the job succeeded or failed (RFC 3339): the Job's completionTime, "
+        "else the time of its final condition.",
+    )
+    restarts: int = Field(
+        default=0,
+        ge=0,
+        description="Trainer pod restarts so far: failed, preempted or evicted pods that "
+        "were replaced (a replacement resumes from the last checkpoint, if there is one). "
+        "Never decreases.",
+    )
+    job_name: str | None = Field(
+        default=None,
+        description="The batch/v1 Job running the trainer, in this namespace (named like "
+        "the FineTuneJob): kubectl logs job/<jobName>.",
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation this status was derived from; behind "
+        "metadata.generation while the operator has not seen the latest spec.",
+    )
     plan: PlanStatus | None = Field(
         default=None,
         description="Memory, steps and duration the planner estimated before the Job was "
-        "created (finetune plan prints the same, itemised).",
+        "created (finetune plan prints the same, itemised). Written once; unset when no "
+        "plan could be made (the Planned condition says why).",
     )
     trackers: dict[str, TrackerUrl] | None = Field(
         default=None,
         max_length=8,
         description="Where each experiment tracker of spec.tracking shows the run (tracker "
-        "name to URL), e.g. mlflow: http://mlflow:5000/#/experiments/1/runs/abc.",
+        "name to URL), e.g. mlflow: http://mlflow:5000/#/experiments/1/runs/abc. From the "
+        "trainer's /metrics while it runs and its termination message at the end.",
     )
 
 

@@ -417,6 +417,49 @@ def test_defaults_are_stated_not_applied(schema: dict[str, Any]) -> None:
     assert "Default: false." in at(schema, "spec.model.trustRemoteCode")["description"]
 
 
+def undescribed(node: dict[str, Any], path: str) -> list[str]:
+    """Every property under ``node`` (nested objects, array items' and map values'
+    properties included) whose description is missing or blank."""
+    missing: list[str] = []
+    for name, sub in node.get("properties", {}).items():
+        here = f"{path}.{name}"
+        if not str(sub.get("description", "")).strip():
+            missing.append(here)
+        missing += undescribed(sub, here)
+    if isinstance(node.get("items"), dict):
+        missing += undescribed(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        missing += undescribed(node["additionalProperties"], f"{path}{{}}")
+    return missing
+
+
+def test_the_description_walker_reaches_nested_and_array_properties() -> None:
+    node = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "string", "description": "  "},
+            "b": {
+                "type": "array",
+                "description": "b",
+                "items": {"type": "object", "properties": {"c": {"type": "integer"}}},
+            },
+            "d": {
+                "type": "object",
+                "description": "d",
+                "properties": {"e": {"type": "object", "properties": {"f": {"type": "number"}}}},
+            },
+        },
+    }
+    assert undescribed(node, "s") == ["s.a", "s.b[].c", "s.d.e", "s.d.e.f"]
+
+
+def test_every_status_field_is_described_for_kubectl_explain(schema: dict[str, Any]) -> None:
+    # `kubectl explain ftj.status --recursive` shows these to whoever reads the status.
+    status = at(schema, "status")
+    assert str(status.get("description", "")).strip()
+    assert undescribed(status, "status") == []
+
+
 def test_quantities_are_int_or_string_with_the_kubernetes_pattern(schema: dict[str, Any]) -> None:
     for name in ("cpu", "memory"):
         node = at(schema, f"spec.resources.{name}")
