@@ -45,7 +45,7 @@ k -n minio run mc --restart=Never --image=minio/mc:RELEASE.2025-08-13T08-35-41Z 
     "volumeMounts":[{"name":"data","mountPath":"/data"}]}],
     "volumes":[{"name":"data","configMap":{"name":"quickstart-data"}}]}}'
 k -n minio wait pod/mc --for=jsonpath='{.status.phase}'=Succeeded --timeout=180s
-k -n ml create secret generic minio-creds --dry-run=client -o yaml \
+k -n ml create secret generic s3-creds --dry-run=client -o yaml \
   --from-literal=AWS_ACCESS_KEY_ID="$ACCESS_KEY" --from-literal=AWS_SECRET_ACCESS_KEY="$SECRET_KEY" \
   --from-literal=AWS_ENDPOINT_URL=http://minio.minio.svc:9000 \
   --from-literal=AWS_S3_ADDRESSING_STYLE=path --from-literal=AWS_REGION=us-east-1 \
