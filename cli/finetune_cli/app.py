@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -16,20 +18,33 @@ import typer
 from pydantic import ValidationError
 
 from finetune_api.config import TrainerConfig
-from finetune_api.manifests import Document, ManifestError, check_documents, explain, read_file
+from finetune_api.manifests import Document, ManifestError, explain, read_file
 from finetune_api.outcome import ExitCode
+from finetune_api.overrides import Override, check_with_overrides, parse_overrides
 from finetune_api.plan.devices import DEVICES
 from finetune_api.render import RenderError, local_output_uri, render_trainer_config
 from finetune_api.resource import FineTuneJob
+from finetune_cli.helptext import Command, Group, examples, markup
+from finetune_cli.uris import as_uri
 
 if TYPE_CHECKING:
     from finetune_trainer.outcome import Outcome
 
+PACKAGE = "finetune-operator"
+
 app = typer.Typer(
     name="finetune",
+    cls=Group,
     help="Fine-tune language models from FineTuneJob manifests, locally or on Kubernetes.",
+    epilog=examples(
+        "finetune validate job.yaml",
+        "finetune plan job.yaml --set training.batchSize=4",
+        "finetune run job.yaml --set training.learningRate=1e-4 --output ./out",
+        "finetune docs training.learningRate",
+    ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
@@ -43,22 +58,102 @@ GPU_TYPES = list(DEVICES)
 LOCAL_METRICS_ADDR = "127.0.0.1"
 
 
+# `--set`, on every command that reads a manifest.
+SET_HELP = markup(
+    "Override a manifest field, as if the file said so (repeatable): the field's path in "
+    "the manifest, with or without the leading spec., and a YAML value, e.g. "
+    "training.learningRate=1e-4, method.lora.r=8, method.lora.targetModules=[q_proj,v_proj]. "
+    "The result is validated like the file."
+)
+
+
+def complete_set(incomplete: str) -> list[str]:
+    """Shell completion for ``--set``: the settable paths, written without ``spec.``."""
+    from finetune_api.overrides import ROOTS, known_paths
+
+    paths = (p.removeprefix("spec.") for p in known_paths() if p not in ROOTS)
+    return [f"{p}=" for p in paths if p.startswith(incomplete)]
+
+
+def complete_field(incomplete: str) -> list[str]:
+    """Shell completion for ``finetune docs FIELD``: the reference's paths."""
+    from finetune_api.docs import field_rows
+
+    paths = (row.path.removeprefix("spec.") for row in field_rows())
+    return [p for p in paths if p.startswith(incomplete.removeprefix("spec."))]
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="PATH=VALUE", help=SET_HELP, autocompletion=complete_set),
+]
+
+
+def _version(value: bool) -> None:
+    """Print the installed package's version and stop (``--version``)."""
+    if not value:
+        return
+    try:
+        version = metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed as a package)"
+    typer.echo(f"finetune {version}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Fine-tune language models from FineTuneJob manifests, locally or on Kubernetes."""
+
+
 def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _report(doc: Document) -> None:
+def _overrides(texts: Sequence[str] | None) -> list[Override]:
+    """The ``--set`` overrides, parsed and checked against the models; exit 2 otherwise."""
+    try:
+        return parse_overrides(texts or [])
+    except ManifestError as exc:
+        _err(str(exc))
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+def _report(doc: Document, overrides: Sequence[Override] = ()) -> None:
+    """Say whether ``doc`` is valid; a problem at a field ``--set`` wrote says so, since
+    the file does not hold the value."""
     if doc.job is not None:
         typer.echo(f"{doc.label}: valid")
         return
     _err(f"{doc.label}: invalid")
+    written = {override.field for override in overrides}
     for problem in doc.problems:
-        _err(f"  - {problem}")
+        _err(f"  - {problem} (from --set)" if problem.path in written else f"  - {problem}")
 
 
-@app.command()
+@app.command(
+    cls=Command,
+    epilog=examples(
+        "finetune validate job.yaml",
+        "finetune validate jobs/*.yaml --cluster",
+        "finetune validate job.yaml --set training.learningRate=1e-4 --set method.lora.r=8",
+    ),
+)
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="YAML files; multi-document files are fine.")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(metavar="FILE...", help="YAML files; multi-document files are fine."),
+    ],
     cluster: Annotated[
         bool,
         typer.Option(
@@ -67,26 +162,30 @@ def validate(
             "that fit): exactly what the operator refuses before creating anything.",
         ),
     ] = False,
+    set_: SetOption = None,
 ) -> None:
-    """Check FineTuneJob manifests; exit 0 only when every document is valid."""
+    """Check FineTuneJob manifests; exit 0 only when every document is valid.
+
+    With --set, each document is checked as overridden."""
+    overrides = _overrides(set_)
     failed = False
     for path in files:
         try:
-            documents = check_documents(
-                read_file(str(path)), str(path), "cluster" if cluster else "job"
+            documents = check_with_overrides(
+                read_file(str(path)), str(path), overrides, "cluster" if cluster else "job"
             )
         except ManifestError as exc:
             _err(str(exc))
             failed = True
             continue
         for doc in documents:
-            _report(doc)
+            _report(doc, overrides)
             failed = failed or doc.job is None
     if failed:
         raise typer.Exit(EXIT_INVALID)
 
 
-@app.command()
+@app.command(cls=Command, epilog=examples("finetune crd | kubectl apply -f -"))
 def crd() -> None:
     """Print the FineTuneJob CustomResourceDefinition generated from the models."""
     from finetune_api.crd import render_crd_yaml
@@ -94,38 +193,91 @@ def crd() -> None:
     typer.echo(render_crd_yaml(), nl=False)
 
 
-@app.command()
-def docs() -> None:
-    """Print the spec field reference (Markdown) that the README carries."""
-    from finetune_api.docs import render_field_table
+@app.command(
+    cls=Command,
+    epilog=examples(
+        "finetune docs training.learningRate",
+        "finetune docs method.lora",
+        "finetune docs learningRate",
+        "finetune docs > fields.md",
+    ),
+)
+def docs(
+    field: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="FIELD",
+            autocompletion=complete_field,
+            help="A spec field or section, with or without the leading spec. (e.g. "
+            "training.learningRate, method.lora); a bare name finds every field of that name.",
+        ),
+    ] = None,
+) -> None:
+    """Print the spec field reference: one field or section, or the whole Markdown table.
 
-    typer.echo(render_field_table(), nl=False)
+    Without FIELD: the table the README carries. Exit 2 when no field matches."""
+    from finetune_api.docs import field_rows, render_field_table
+    from finetune_cli.fields import UnknownField, render, select
+
+    if field is None:
+        typer.echo(render_field_table(), nl=False)
+        return
+    try:
+        rows = select(field_rows(), field)
+    except UnknownField as exc:
+        hint = f"; did you mean {', '.join(exc.suggestions)}?" if exc.suggestions else ""
+        _err(f"{field}: no such field in the spec{hint}")
+        raise typer.Exit(EXIT_INVALID) from None
+    typer.echo(render(rows), nl=False)
 
 
-@app.command()
+@app.command(
+    cls=Command,
+    epilog=examples(
+        "finetune run job.yaml",
+        "finetune run job.yaml --max-steps 5 --output ./try",
+        "finetune run job.yaml --set training.learningRate=5e-5 --set training.epochs=2",
+    ),
+)
 def run(
-    file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (one document).")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A FineTuneJob manifest (one document).")
+    ],
     output: Annotated[
-        str | None, typer.Option("--output", help="Publish here instead of spec.output.uri.")
+        str | None,
+        typer.Option(
+            "--output",
+            metavar="URI",
+            help="Publish here instead of spec.output.uri: a URI, or a local path (for file://).",
+        ),
     ] = None,
     max_steps: Annotated[
         int | None,
-        typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (for a quick try)."),
+        typer.Option(
+            "--max-steps",
+            min=1,
+            metavar="N",
+            help="Stop after N optimizer steps (for a quick try).",
+        ),
     ] = None,
+    set_: SetOption = None,
 ) -> None:
-    """Fine-tune on this machine (CUDA when present, else CPU) and publish the adapter."""
-    job = _one_job(file, "run")
-    config = _local_config(file, job, output, max_steps)
+    """Fine-tune on this machine (CUDA when present, else CPU) and publish the adapter.
+
+    The published manifest.json records the spec as run, --set overrides included."""
+    job = _one_job(file, "run", _overrides(set_))
+    config = _local_config(file, job, as_uri(output) if output else None, max_steps)
     # Locally the default port (9090) is often taken, by Prometheus itself: unless the
     # manifest chose a port, /metrics goes on a free one.
     chosen = "metrics_port" in job.spec.training.model_fields_set
     _run_trainer(config, pod=False, free_metrics_port=not chosen)
 
 
-def _one_job(file: Path, command: str) -> FineTuneJob:
-    """The one valid FineTuneJob in ``file``; exit 2 with the problems otherwise."""
+def _one_job(file: Path, command: str, overrides: Sequence[Override] = ()) -> FineTuneJob:
+    """The one valid FineTuneJob in ``file``, ``overrides`` applied; exit 2 with the
+    problems otherwise."""
     try:
-        documents = check_documents(read_file(str(file)), str(file))
+        documents = check_with_overrides(read_file(str(file)), str(file), overrides)
     except ManifestError as exc:
         _err(str(exc))
         raise typer.Exit(EXIT_INVALID) from None
@@ -136,7 +288,7 @@ def _one_job(file: Path, command: str) -> FineTuneJob:
         raise typer.Exit(EXIT_INVALID)
     doc = documents[0]
     if doc.job is None:
-        _report(doc)
+        _report(doc, overrides)
         raise typer.Exit(EXIT_INVALID)
     return doc.job
 
@@ -157,19 +309,29 @@ def _local_config(
         raise typer.Exit(EXIT_INVALID) from None
 
 
-@app.command()
+@app.command(
+    cls=Command,
+    epilog=examples(
+        "finetune plan job.yaml",
+        "finetune plan job.yaml --gpu A10G --no-data",
+        "finetune plan job.yaml --set training.batchSize=4 -o json",
+    ),
+)
 def plan(
-    file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (one document).")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A FineTuneJob manifest (one document).")
+    ],
     gpu: Annotated[
         str | None,
         typer.Option(
             "--gpu",
+            metavar="GPU",
             help="Plan for this GPU type (one per resources.gpus, at least one) instead of "
             "the manifest's resources: " + ", ".join(GPU_TYPES) + ".",
         ),
     ] = None,
     output_format: Annotated[
-        str, typer.Option("-o", "--output", help="table (default) or json.")
+        str, typer.Option("-o", "--output", metavar="FORMAT", help="table or json.")
     ] = "table",
     read_data: Annotated[
         bool,
@@ -179,6 +341,7 @@ def plan(
             "cache); --no-data plans from the spec alone, as the operator does.",
         ),
     ] = True,
+    set_: SetOption = None,
 ) -> None:
     """Memory per device, steps, time and fit of a job, before anything is allocated.
 
@@ -197,7 +360,7 @@ def plan(
     from finetune_trainer.errors import TrainerError
     from finetune_trainer.planning import host_cores, host_memory, plan_inputs
 
-    job = _one_job(file, "plan")
+    job = _one_job(file, "plan", _overrides(set_))
     config = _local_config(file, job, None, None)
     try:
         shape, data = plan_inputs(config, read_data=read_data)
@@ -217,12 +380,20 @@ def plan(
         raise typer.Exit(int(ExitCode.OUT_OF_MEMORY))
 
 
-@app.command()
+@app.command(
+    cls=Command,
+    epilog=examples(
+        "finetune verify ./artifacts/my-job",
+        "finetune verify s3://my-bucket/adapters/my-job",
+    ),
+)
 def verify(
-    uri: Annotated[
+    location: Annotated[
         str,
         typer.Argument(
-            help="A published artifact location, e.g. file://./artifacts/x or s3://bucket/x"
+            metavar="URI",
+            help="A published artifact set: a local path, or a URI such as "
+            "file://./artifacts/x or s3://bucket/x",
         ),
     ],
 ) -> None:
@@ -236,6 +407,7 @@ def verify(
     from finetune_trainer.publish import verify_manifest, verify_store
     from finetune_trainer.storage.backends import LocalBackend, backend_for, open_store
 
+    uri = as_uri(location)
     try:
         backend, parsed = backend_for(uri, Role.OUTPUT)
         if isinstance(backend, LocalBackend):
@@ -253,13 +425,19 @@ def verify(
     typer.echo(f"{uri}: every file matches manifest.json")
 
 
-@app.command()
+@app.command(
+    cls=Command,
+    epilog=examples("finetune train --config /etc/finetune/trainer-config.json"),
+)
 def train(
-    config: Annotated[Path, typer.Option("--config", help="A rendered TrainerConfig (JSON).")],
+    config: Annotated[
+        Path, typer.Option("--config", metavar="FILE", help="A rendered TrainerConfig (JSON).")
+    ],
     termination_log: Annotated[
         Path | None,
         typer.Option(
             "--termination-log",
+            metavar="FILE",
             help="Write the outcome summary (JSON) here. Default: $FINETUNE_TERMINATION_LOG, "
             "else /dev/termination-log when it exists (the kubelet creates it in a pod).",
         ),
@@ -281,13 +459,17 @@ def train(
     _run_trainer(trainer_config, pod=True, termination_log=termination_log)
 
 
-@app.command()
+@app.command(
+    cls=Command,
+    epilog=examples("finetune operator", "finetune operator -n ml-team -n ml-research"),
+)
 def operator(
     namespace: Annotated[
         list[str] | None,
         typer.Option(
             "--namespace",
             "-n",
+            metavar="NAMESPACE",
             help="Watch only this namespace (repeatable). Default: $FINETUNE_WATCH_NAMESPACES, "
             "else the whole cluster.",
         ),
@@ -295,23 +477,26 @@ def operator(
     peering: Annotated[
         str | None,
         typer.Option(
+            metavar="NAME",
             help="kopf peering name: replicas sharing it elect one active operator (needs the "
-            "chart's KopfPeering resources). Default: standalone, for one replica."
+            "chart's KopfPeering resources). Default: standalone, for one replica.",
         ),
     ] = None,
     priority: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             help="This replica's kopf peering priority (the highest acts). Default: random, "
-            "so replicas never tie."
+            "so replicas never tie.",
         ),
     ] = None,
     liveness: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="Where kopf serves the liveness check. Default: "
             "http://0.0.0.0:$FINETUNE_HEALTH_PORT/healthz (port 8080); readiness is /readyz "
-            "on the metrics port ($FINETUNE_METRICS_PORT, 8000)."
+            "on the metrics port ($FINETUNE_METRICS_PORT, 8000).",
         ),
     ] = None,
 ) -> None:
