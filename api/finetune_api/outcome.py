@@ -124,7 +124,7 @@ EXITS: Final[dict[ExitCode, ExitInfo]] = {
         "yes: the next attempt resumes",
     ),
 }
-"""The exit code table; the README's is generated from it (``make docs``)."""
+"""The exit code table; docs/reference/exit-codes.md is generated from it (``make docs``)."""
 
 EXIT_REASONS: Final[dict[int, str]] = {int(code): info.reason for code, info in EXITS.items()}
 """Every exit code's reason, e.g. {3: 'InvalidData'}."""

@@ -38,7 +38,7 @@ PREFIX = "finetune_trainer"
 Line = dict[str, str | int | float | None]
 """One JSON progress line: camelCase names to numbers (null when not finite) or text."""
 
-# name (without PREFIX) -> help text; the README's metric table lists the same names.
+# name (without PREFIX) -> help text; docs/operations/metrics.md's table lists the same names.
 GAUGES: dict[str, str] = {
     "step": "Optimizer steps completed.",
     "total_steps": "Optimizer steps the run will take (maxSteps, or epochs x steps per epoch).",

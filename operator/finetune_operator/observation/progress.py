@@ -6,7 +6,7 @@ new from the trainer, and above all no API rights: a trainer pod that patched it
 FineTuneJob status would need a ServiceAccount allowed to write FineTuneJobs, which a
 pod running user-chosen models and data should not have. The cost is a network path
 from the operator to the trainer pods on the metrics port, which a NetworkPolicy that
-isolates training namespaces must allow (the README's operator section says how).
+isolates training namespaces must allow (docs/operations/metrics.md says how).
 
 Everything here is a pure function of its inputs except :func:`scrape`, which does one
 HTTP GET and never raises: a trainer that is not up yet, restarting or gone is normal

@@ -18,8 +18,8 @@ The trainer registers each implementation against its entry (``finetune_trainer.
 and refuses to start unless every entry has exactly one.
 
 Adding a method: a module here (options model + ``register_method``), a module in
-``finetune_trainer/methods/`` (``register(Method(ENTRY, apply=...))``), and the docs (the
-README's method list; ``make crd`` and ``make docs`` regenerate the CRD and field table).
+``finetune_trainer/methods/`` (``register(Method(ENTRY, apply=...))``), and the docs (the site's
+method pages; ``make crd`` and ``make docs`` regenerate the CRD and field table).
 
 Typing: the sections are made when the package loads (pydantic's ``create_model``), so
 mypy sees :class:`MethodSpec` as :class:`MethodSpecBase` (``type``, a ``str`` to it, and
