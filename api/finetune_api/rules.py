@@ -94,7 +94,8 @@ class Rule:
     scope: Scope
     check: Check
     summary: str
-    """What the rule says, in one sentence: the CEL twin's message and the site's (docs/concepts/validation.md)."""
+    """What the rule says, in one sentence: the CEL twin's message and the line in
+    docs/concepts/validation.md."""
     cel: str | None
     """The CEL twin (None: CEL cannot say it), over ``self`` = the spec, or the whole
     object when ``cel_on_object`` (a rule that needs metadata.name)."""

@@ -215,7 +215,8 @@ def docs(
 ) -> None:
     """Print the spec field reference: one field or section, or the whole Markdown table.
 
-    Without FIELD: the whole table (docs/reference/api.md carries it). Exit 2 when no field matches."""
+    Without FIELD: the whole table (docs/reference/api.md carries it). Exit 2 when no
+    field matches."""
     from finetune_api.docs import field_rows, render_field_table
     from finetune_cli.fields import UnknownField, render, select
 
@@ -445,7 +446,8 @@ def train(
 ) -> None:
     """Run the trainer from a TrainerConfig file (the training pod's entrypoint).
 
-    Logs one JSON line per step; exit code and termination message: see docs/reference/exit-codes.md."""
+    Logs one JSON line per step; exit codes and the termination message:
+    docs/reference/exit-codes.md."""
     from finetune_trainer.config_file import load_trainer_config
     from finetune_trainer.errors import ConfigError
     from finetune_trainer.outcome import failed
