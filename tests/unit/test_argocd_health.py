@@ -1,5 +1,5 @@
-"""The Argo CD health check in the README, run by a real Lua interpreter (lupa) against
-statuses the operator's own status derivation produces."""
+"""The Argo CD health check in docs/how-to/gitops.md, run by a real Lua interpreter (lupa)
+against statuses the operator's own status derivation produces."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from finetune_operator import status
 
 lupa = pytest.importorskip("lupa")
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GITOPS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "gitops.md"
 NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
 
 
 def health_lua() -> str:
-    section = README.read_text().split("### Argo CD health", 1)[1]
+    section = GITOPS_PAGE.read_text().split("## Argo CD health", 1)[1]
     match = re.search(r"```lua\n(.*?)```", section, re.S)
-    assert match, "README: no lua block under 'Argo CD health'"
+    assert match, "docs/how-to/gitops.md: no lua block under 'Argo CD health'"
     return match.group(1)
 
 

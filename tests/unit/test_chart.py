@@ -665,13 +665,13 @@ def test_deployment_scheduling_and_extras(custom_docs: list[dict[str, Any]]) -> 
     assert env_of(pod["containers"][0])["HTTPS_PROXY"] == "http://proxy.example:3128"
 
 
-def test_operator_pod_labels_match_the_readme_network_policy(
+def test_operator_pod_labels_match_the_documented_network_policy(
     default_docs: list[dict[str, Any]],
 ) -> None:
     labels = one(default_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "finetune-operator"
-    readme = (ROOT / "README.md").read_text()
-    assert "matchLabels: {app.kubernetes.io/name: finetune-operator}" in readme
+    page = (ROOT / "docs" / "operations" / "metrics.md").read_text()
+    assert "matchLabels: {app.kubernetes.io/name: finetune-operator}" in page
 
 
 # --------------------------------------------------------------------------- monitoring
@@ -741,11 +741,11 @@ def base_name(metric: str) -> str:
 
 
 def readme_metrics() -> set[str]:
-    """The metrics the README's tables document (what the code exports; tests keep those
-    tables complete)."""
-    readme = (ROOT / "README.md").read_text()
-    found = re.findall(r"^\| `(finetune_(?:operator|trainer)_[a-z_]+)", readme, re.M)
-    assert len(found) > 10, "README metric tables not found"
+    """The metrics the docs' tables document (docs/operations/metrics.md: what the code
+    exports; tests keep those tables complete)."""
+    page = (ROOT / "docs" / "operations" / "metrics.md").read_text()
+    found = re.findall(r"^\| `(finetune_(?:operator|trainer)_[a-z_]+)", page, re.M)
+    assert len(found) > 10, "docs/operations/metrics.md: metric tables not found"
     return {base_name(m) for m in found}
 
 
@@ -907,9 +907,10 @@ def test_argocd_application_installs_this_chart(chart: Any) -> None:
     assert render(chart, values)
 
 
-def test_argocd_health_lua_is_the_readmes() -> None:
-    readme = (ROOT / "README.md").read_text().split("### Argo CD health", 1)[1]
-    match = re.search(r"```lua\n(.*?)```", readme, re.S)
+def test_argocd_health_lua_is_the_docs() -> None:
+    page = (ROOT / "docs" / "how-to" / "gitops.md").read_text()
+    section = page.split("## Argo CD health", 1)[1]
+    match = re.search(r"```lua\n(.*?)```", section, re.S)
     assert match
     config = yaml.safe_load((GITOPS / "argocd-cm.yaml").read_text())
     key = "resource.customizations.health.finetune-operator.io_FineTuneJob"

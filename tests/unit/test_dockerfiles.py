@@ -6,7 +6,7 @@ parser ``docker build`` uses: what it refuses, a build refuses) and hold each fi
 what the cluster relies on: pinned bases, a numeric non-root user equal to the pods'
 ``runAsUser``, exec-form entrypoints, each image installing only its own extra, torch
 pinned as in pyproject.toml, no pip or apt caches, and no build tools in the trainer's
-final stage. The build commands are in README.md ("Images").
+final stage. The build commands are in docs/operations/images.md.
 """
 
 from __future__ import annotations

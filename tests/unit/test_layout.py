@@ -1,4 +1,4 @@
-"""The tree a newcomer reads: README's Layout names every module, and each image ships
+"""The tree a newcomer reads: the docs' Layout page names every module, and each image ships
 the contract, the CLI and its own side only.
 
 import-linter (`make lint`, .importlinter) checks who may import whom; these check what
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
+LAYOUT_PAGE = ROOT / "docs" / "development" / "layout.md"
 PACKAGES = {
     "api/finetune_api/": "finetune_api",
     "cli/finetune_cli/": "finetune_cli",
@@ -31,9 +31,9 @@ SIDES = {
 
 
 def layout_rows() -> dict[str, str]:
-    """README's Layout table: {folder cell: the rest of the row}."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    """The Layout page's folder table: {folder cell: the rest of the row}."""
+    text = LAYOUT_PAGE.read_text(encoding="utf-8")
+    section = text.split("\n## The folders\n", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -54,21 +54,21 @@ def children(package: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("folder", sorted(PACKAGES))
-def test_readme_layout_names_every_module_of_each_package(folder: str) -> None:
+def test_layout_page_names_every_module_of_each_package(folder: str) -> None:
     rows = layout_rows()
-    assert folder in rows, f"README's Layout has no row for `{folder}`"
+    assert folder in rows, f"docs/development/layout.md has no row for `{folder}`"
     named = set(re.findall(r"`([A-Za-z0-9_./-]+)`", rows[folder]))
     modules = children(ROOT / folder)
-    assert modules - named == set(), f"`{folder}` modules missing from README's Layout"
+    assert modules - named == set(), f"`{folder}` modules missing from docs/development/layout.md"
     # nested modules may be named too (status/pods.py as `pods.py`): each must exist
     everything = {p.name for p in (ROOT / folder).rglob("*.py")} | {
         f"{p.name}/" for p in (ROOT / folder).rglob("*") if (p / "__init__.py").exists()
     }
     stale = {n for n in named if n.endswith((".py", "/")) and n not in everything}
-    assert stale == set(), f"README's Layout names what `{folder}` does not hold"
+    assert stale == set(), f"docs/development/layout.md names what `{folder}` does not hold"
 
 
-def test_readme_layout_names_only_folders_that_exist() -> None:
+def test_layout_page_names_only_folders_that_exist() -> None:
     for folder in layout_rows():
         for path in folder.split(", "):
             assert (ROOT / path.strip("`")).exists(), path
