@@ -17,7 +17,7 @@ creates N valid FineTuneJobs as fast as the API takes them, and measures:
 - the emulator's own time per request (so its cost can be told apart from the operator's)
   and the operator's CPU seconds.
 
-Not a timed test: run it by hand, the README's "Operator at scale" section has the command
+Not a timed test: run it by hand, benchmarks/README.md's "Operator at scale" section has the command
 and the last results. Writes JSON to ``--out``.
 """
 
