@@ -175,7 +175,11 @@ def test_train_reads_a_rendered_trainer_config(make_job: Any, tmp_path: Path) ->
         (
             {"dataset": {"columns": {"messages": "conversation"}}},
             3,
-            ["dataset.train row 0", "column 'conversation' is missing", "dataset.columns.messages"],
+            [
+                "train.jsonl) line 1 (format messages)",
+                "column 'conversation' is missing",
+                "dataset.columns.messages",
+            ],
         ),
         ({"training": {"precision": "fp16"}}, 2, ["training.precision", "fp16 needs a CUDA GPU"]),
         ({"model": {"uri": "file:///nonexistent/model"}}, 4, ["no model directory", "config.json"]),

@@ -9,13 +9,19 @@ import pytest
 
 from finetune_api.config import ColumnMapping
 from finetune_trainer.data.formats import FORMATS, Example, to_examples
+from finetune_trainer.data.loading import SourceRow
 from finetune_trainer.errors import DataError
 
 DEFAULT = ColumnMapping()
 
 
+def located(*rows: dict[str, Any]) -> list[SourceRow]:
+    """Rows as the loader gives them, on lines 1, 3, 5, ... (a blank line between)."""
+    return [SourceRow(row, f"line {2 * i + 1}") for i, row in enumerate(rows)]
+
+
 def convert(fmt: str, row: dict[str, Any], cols: ColumnMapping = DEFAULT) -> Example:
-    [example] = to_examples([row], fmt, cols, "dataset.train")
+    [example] = to_examples(located(row), fmt, cols, "dataset.train")
     return example
 
 
@@ -257,8 +263,10 @@ def test_a_whole_float_label_is_the_integer() -> None:
 )
 def test_bad_labels_are_refused_with_the_row(label: object, fragment: str) -> None:
     with pytest.raises(DataError) as info:
-        to_examples([{"text": "x", "label": label}], "classification", DEFAULT, "dataset.train")
-    assert str(info.value).startswith("dataset.train row 0 (format classification):")
+        to_examples(
+            located({"text": "x", "label": label}), "classification", DEFAULT, "dataset.train"
+        )
+    assert str(info.value).startswith("dataset.train line 1 (format classification):")
     assert fragment in str(info.value)
     assert "column 'label'" in str(info.value)
 
@@ -293,9 +301,10 @@ def test_a_missing_column_names_the_setting_and_the_row(
     }[fmt]
 
     with pytest.raises(DataError) as info:
-        to_examples([good, good, row], fmt, DEFAULT, "dataset.validation")
+        to_examples(located(good, good, row), fmt, DEFAULT, "dataset.validation")
     message = str(info.value)
-    assert message.startswith(f"dataset.validation row 2 (format {fmt}):")
+    # The row's own line in the file, as the loader located it.
+    assert message.startswith(f"dataset.validation line 5 (format {fmt}):")
     assert f"column '{column}' is missing" in message
     assert f"set dataset.columns.{setting} " in message
     # It lists what the row does have, so the user can pick the right column.
@@ -322,7 +331,7 @@ def test_data_error_is_a_trainer_error_with_its_exit_code() -> None:
 def test_to_examples_converts_every_row_in_order() -> None:
     rows = [{"text": str(i)} for i in range(5)]
 
-    assert [e.text for e in to_examples(rows, "text", DEFAULT, "x")] == list("01234")
+    assert [e.text for e in to_examples(located(*rows), "text", DEFAULT, "x")] == list("01234")
 
 
 # --------------------------------------------------------------------------- Example

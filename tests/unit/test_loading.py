@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from finetune_api.uri import DATA_SUFFIXES
-from finetune_trainer.data.loading import READERS, read_rows
+from finetune_trainer.data.loading import READERS, SourceRow, read_rows
 from finetune_trainer.errors import DataError
 
 ROWS: list[dict[str, Any]] = [
@@ -25,6 +25,16 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def values(rows: list[SourceRow]) -> list[dict[str, Any]]:
+    return [row.data for row in rows]
+
+
+def problem(path: Path, suffix: str, label: str = "dataset.train") -> str:
+    with pytest.raises(DataError) as info:
+        read_rows(path, suffix, label)
+    return str(info.value)
+
+
 def test_every_dataset_suffix_has_a_reader() -> None:
     assert set(READERS) == set(DATA_SUFFIXES)
 
@@ -32,14 +42,14 @@ def test_every_dataset_suffix_has_a_reader() -> None:
 def test_jsonl(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", "".join(json.dumps(r) + "\n" for r in ROWS))
 
-    assert read_rows(path, ".jsonl", "dataset.train") == ROWS
+    assert values(read_rows(path, ".jsonl", "dataset.train")) == ROWS
 
 
 def test_jsonl_skips_blank_lines(tmp_path: Path) -> None:
     text = "\n" + json.dumps(ROWS[0]) + "\n   \n" + json.dumps(ROWS[1])  # no final newline
     path = write(tmp_path / "d.jsonl", text)
 
-    assert read_rows(path, ".jsonl", "dataset.train") == ROWS[:2]
+    assert values(read_rows(path, ".jsonl", "dataset.train")) == ROWS[:2]
 
 
 def test_jsonl_reads_utf8(tmp_path: Path) -> None:
@@ -47,7 +57,7 @@ def test_jsonl_reads_utf8(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_bytes((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
 
-    assert read_rows(path, ".jsonl", "dataset.train") == [row]
+    assert values(read_rows(path, ".jsonl", "dataset.train")) == [row]
 
 
 def test_a_bad_jsonl_line_is_named_by_number(tmp_path: Path) -> None:
@@ -57,19 +67,20 @@ def test_a_bad_jsonl_line_is_named_by_number(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         read_rows(path, ".jsonl", "dataset.train (file://d.jsonl)")
     message = str(info.value)
-    assert message.startswith("dataset.train (file://d.jsonl): line 4 is not valid JSON")
+    assert message.startswith("dataset.train (file://d.jsonl) line 4: is not valid JSON")
+    assert "at column 16" in message
 
 
 def test_json_list(tmp_path: Path) -> None:
     path = write(tmp_path / "d.json", json.dumps(ROWS, indent=2))
 
-    assert read_rows(path, ".json", "dataset.train") == ROWS
+    assert values(read_rows(path, ".json", "dataset.train")) == ROWS
 
 
 def test_json_data_wrapper(tmp_path: Path) -> None:
     path = write(tmp_path / "d.json", json.dumps({"version": 1, "data": ROWS}))
 
-    assert read_rows(path, ".json", "dataset.train") == ROWS
+    assert values(read_rows(path, ".json", "dataset.train")) == ROWS
 
 
 @pytest.mark.parametrize("payload", [{"rows": []}, {"data": "x"}, "just text", 3])
@@ -83,7 +94,7 @@ def test_json_that_is_not_a_list_of_rows(tmp_path: Path, payload: Any) -> None:
 def test_invalid_json_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path / "d.json", '[\n  {"a": 1},\n  {"a": 2,}\n]\n')
 
-    with pytest.raises(DataError, match=r"dataset.train: not valid JSON at line 3"):
+    with pytest.raises(DataError, match=r"dataset.train line 3: is not valid JSON"):
         read_rows(path, ".json", "dataset.train")
 
 
@@ -92,7 +103,7 @@ def test_csv(tmp_path: Path) -> None:
     text += '"quote ""this""",done\n'
     path = write(tmp_path / "d.csv", text)
 
-    assert read_rows(path, ".csv", "dataset.train") == ROWS
+    assert values(read_rows(path, ".csv", "dataset.train")) == ROWS
 
 
 def test_csv_values_stay_text_whatever_they_look_like(tmp_path: Path) -> None:
@@ -104,17 +115,19 @@ def test_csv_values_stay_text_whatever_they_look_like(tmp_path: Path) -> None:
     )
     path = write(tmp_path / "d.csv", text)
 
-    assert read_rows(path, ".csv", "dataset.train") == [
+    assert values(read_rows(path, ".csv", "dataset.train")) == [
         {"prompt": "March 5 2021", "completion": "2021-03-05", "flag": "true", "input": ""},
         {"prompt": "May 8 1971", "completion": "1971-05-08", "flag": "false", "input": ""},
     ]
 
 
 def test_unreadable_csv(tmp_path: Path) -> None:
-    path = write(tmp_path / "d.csv", "a,b\n1,2,3\n")
+    path = write(tmp_path / "d.csv", "a,b\n1,2\n\n1,2,3\n")
 
-    with pytest.raises(DataError, match=r"dataset\.train: cannot read CSV"):
-        read_rows(path, ".csv", "dataset.train")
+    assert problem(path, ".csv") == (
+        "dataset.train line 4: has 3 fields but the header (line 1) has 2; "
+        "quote fields that contain a comma"
+    )
 
 
 def test_parquet(tmp_path: Path) -> None:
@@ -128,11 +141,11 @@ def test_parquet(tmp_path: Path) -> None:
     nested = tmp_path / "chat.parquet"
     pq.write_table(pa.Table.from_pylist([{"messages": messages}]), nested)
 
-    assert read_rows(path, ".parquet", "dataset.train") == [
+    assert values(read_rows(path, ".parquet", "dataset.train")) == [
         *ROWS,
         {"prompt": "p", "completion": None},
     ]
-    assert read_rows(nested, ".parquet", "dataset.train") == [{"messages": messages}]
+    assert values(read_rows(nested, ".parquet", "dataset.train")) == [{"messages": messages}]
 
 
 def test_unreadable_parquet(tmp_path: Path) -> None:
@@ -160,18 +173,170 @@ def test_an_empty_file_is_an_error(tmp_path: Path, suffix: str, text: str) -> No
 
 
 @pytest.mark.parametrize(
-    ("suffix", "text", "kind"),
+    ("suffix", "text", "where", "kind"),
     [
-        (".jsonl", '{"a": 1}\n[1, 2]\n', "list"),
-        (".jsonl", '{"a": 1}\n{"a": 2}\n"text"\n', "str"),
-        (".json", '[{"a": 1}, 5]', "int"),
-        (".json", '{"data": [null]}', "NoneType"),
+        (".jsonl", '{"a": 1}\n[1, 2]\n', "line 2", "list"),
+        (".jsonl", '{"a": 1}\n\n{"a": 2}\n"text"\n', "line 4", "str"),
+        (".json", '[{"a": 1},\n 5]', "line 2", "int"),
+        (".json", '[{"a": 1}, 5]', "line 1 (row 2 of the list)", "int"),
+        (".json", '{"data": [null]}', "line 1", "NoneType"),
     ],
 )
-def test_rows_must_be_objects(tmp_path: Path, suffix: str, text: str, kind: str) -> None:
+def test_rows_must_be_objects(
+    tmp_path: Path, suffix: str, text: str, where: str, kind: str
+) -> None:
     path = write(tmp_path / f"d{suffix}", text)
-    index = text.count("\n") - 1 if suffix == ".jsonl" else (1 if kind == "int" else 0)
 
-    with pytest.raises(DataError) as info:
-        read_rows(path, suffix, "dataset.train")
-    assert str(info.value) == f"dataset.train: row {index} is {kind}, expected an object"
+    assert problem(path, suffix).startswith(f"dataset.train {where}: is {kind}, expected an object")
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def test_every_row_knows_its_physical_line(tmp_path: Path) -> None:
+    """1-based, blank lines counted: the number an editor shows."""
+    text = "\n" + json.dumps(ROWS[0]) + "\n  \n\r\n" + json.dumps(ROWS[1]) + "\n"
+    path = write(tmp_path / "d.jsonl", text)
+
+    assert [r.where for r in read_rows(path, ".jsonl", "x")] == ["line 2", "line 5"]
+
+
+def test_json_rows_know_the_line_they_start_on(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.json", json.dumps({"version": 1, "data": ROWS}, indent=2))
+
+    rows = read_rows(path, ".json", "x")
+
+    lines = path.read_text().splitlines()
+    starts = [int(r.where.removeprefix("line ")) for r in rows]
+    assert values(rows) == ROWS
+    assert [lines[n - 1].strip() for n in starts] == ["{"] * 3
+    assert lines[starts[1]].strip() == f'"prompt": {json.dumps(ROWS[1]["prompt"])},'
+
+
+def test_csv_rows_know_their_line_even_after_a_multiline_field(tmp_path: Path) -> None:
+    text = 'prompt,completion\n"two\nlines",x\n\nthird,y\n'
+    path = write(tmp_path / "d.csv", text)
+
+    rows = read_rows(path, ".csv", "x")
+
+    assert values(rows) == [
+        {"prompt": "two\nlines", "completion": "x"},
+        {"prompt": "third", "completion": "y"},
+    ]
+    assert [r.where for r in rows] == ["line 2", "line 5"]
+
+
+def test_parquet_rows_are_numbered_from_one(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), path)
+
+    assert [r.where for r in read_rows(path, ".parquet", "x")] == ["row 1", "row 2", "row 3"]
+
+
+# --------------------------------------------------------------------------- hostile bytes
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_invalid_utf8_is_reported_at_its_line(tmp_path: Path, suffix: str) -> None:
+    good = {
+        ".jsonl": [b'{"text": "a"}', b'{"text": "b"}', b'{"text": "caf\xe9"}'],
+        ".json": [b"[", b'{"text": "b"},', b'{"text": "caf\xe9"}', b"]"],
+        ".csv": [b"text", b"b", b"caf\xe9"],
+    }[suffix]
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(b"\n".join(good) + b"\n")
+
+    message = problem(path, suffix, "dataset.train (file://d)")
+
+    assert message.startswith("dataset.train (file://d) line 3: is not valid UTF-8 (byte 0xe9")
+    assert "save the file as UTF-8" in message
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_data(tmp_path: Path) -> None:
+    for suffix, body in ((".jsonl", json.dumps(ROWS[0])), (".csv", "prompt,completion\n2+2=,4")):
+        path = tmp_path / f"d{suffix}"
+        path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+
+        assert values(read_rows(path, suffix, "x")) == [ROWS[0]]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text", "where"),
+    [
+        (".jsonl", '{"text": "ok"}\n\n{"text": "bad \\ud800 here"}\n', "line 3"),
+        (".jsonl", '{"text": "ok"}\n{"m": [{"content": "\\udfff"}]}\n', "line 2"),
+        (".json", '[{"text": "ok"},\n {"x": {"\\ud83d": 1}}]', "line 2"),
+    ],
+)
+def test_a_lone_surrogate_escape_is_refused_at_its_line(
+    tmp_path: Path, suffix: str, text: str, where: str
+) -> None:
+    path = write(tmp_path / f"d{suffix}", text)
+
+    message = problem(path, suffix)
+
+    assert message.startswith(f"dataset.train {where}: holds the escape \\ud")
+    assert "surrogate" in message
+
+
+def test_a_surrogate_pair_is_one_character_and_fine(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.jsonl", '{"text": "\\ud83d\\ude00"}\n')
+
+    assert values(read_rows(path, ".jsonl", "x")) == [{"text": "\U0001f600"}]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_json_nested_too_deeply_is_a_data_error_at_its_line(tmp_path: Path, suffix: str) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    text = '{"text": "ok"}\n\n{"text": ' + deep + "}\n"
+    if suffix == ".json":
+        text = "[" + text.replace("}\n\n{", "},\n\n{") + "]"
+    path = write(tmp_path / f"d{suffix}", text)
+
+    message = problem(path, suffix)
+
+    assert message.startswith("dataset.train line 3: is not readable JSON: it is nested too")
+
+
+def test_an_integer_too_long_to_convert_is_a_data_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.jsonl", '{"label": ' + "9" * 5000 + "}\n")
+
+    assert problem(path, ".jsonl").startswith("dataset.train line 1: is not readable JSON (")
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "fragment"),
+    [
+        ('[{"a": 1}\n {"a": 2}]', "line 2", "expecting ',' or ']'"),
+        ('[{"a": 1}]\n\n[]', "line 3", "extra data"),
+        ('[{"a": 1},\n', "line 2", "Expecting value"),
+        ('{"data"\n [{"a": 1}]}', "line 2", "expecting ':'"),
+    ],
+)
+def test_broken_json_structure_is_named_by_line(
+    tmp_path: Path, text: str, where: str, fragment: str
+) -> None:
+    path = write(tmp_path / "d.json", text)
+
+    message = problem(path, ".json")
+
+    assert message.startswith(f"dataset.train {where}: is not valid JSON"), message
+    assert fragment in message
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.csv", "\nprompt,prompt\na,b\n")
+
+    assert problem(path, ".csv").startswith(
+        "dataset.train line 2: the header names column 'prompt' more than once"
+    )
+
+
+def test_a_long_csv_field_is_data_not_an_error(tmp_path: Path) -> None:
+    long = "word " * 100_000
+    path = write(tmp_path / "d.csv", f"text\n{long}\n")
+
+    assert values(read_rows(path, ".csv", "x")) == [{"text": long}]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from finetune_api.config import ColumnMapping
-from finetune_trainer.data.loading import Row
+from finetune_trainer.data.loading import Row, SourceRow
 from finetune_trainer.errors import DataError
 
 Message = dict[str, str]
@@ -155,12 +155,14 @@ FORMATS: dict[str, Callable[[Row, ColumnMapping], Example]] = {
 }
 
 
-def to_examples(rows: list[Row], fmt: str, cols: ColumnMapping, label: str) -> list[Example]:
+def to_examples(rows: list[SourceRow], fmt: str, cols: ColumnMapping, label: str) -> list[Example]:
+    """Each row as an :class:`Example`; a row that does not fit the format is reported at
+    its location in the file (``label`` names the file)."""
     convert = FORMATS[fmt]
     examples = []
-    for index, row in enumerate(rows):
+    for row in rows:
         try:
-            examples.append(convert(row, cols))
+            examples.append(convert(row.data, cols))
         except RowError as exc:
-            raise DataError(f"{label} row {index} (format {fmt}): {exc}") from None
+            raise DataError(f"{label} {row.where} (format {fmt}): {exc}") from None
     return examples

@@ -24,7 +24,7 @@ from pydantic.alias_generators import to_camel
 from finetune_api.config import ColumnMapping, DatasetSpec
 from finetune_api.uri import DATA_SUFFIXES, Role, data_suffix
 from finetune_trainer.data import cache
-from finetune_trainer.data.cleaning import clean
+from finetune_trainer.data.cleaning import CleanCounts, clean
 from finetune_trainer.data.formats import Example, to_examples
 from finetune_trainer.data.labels import LabelVocabulary
 from finetune_trainer.data.loading import read_rows
@@ -35,6 +35,7 @@ from finetune_trainer.data.tokenize import (
     TemplateError,
     TokenizedExample,
     generation_prompt_ids,
+    template_problem,
     tokenize_example,
 )
 from finetune_trainer.errors import ConfigError, DataError
@@ -127,16 +128,53 @@ class _Item:
 
 
 @dataclass
+class _Drops:
+    """Examples of one file left out after tokenization, by reason."""
+
+    overlong: int = 0
+    no_labels: int = 0
+    truncated: int = 0
+
+    def add_to(self, report: DataReport) -> None:
+        report.dropped_overlong += self.overlong
+        report.dropped_no_labels += self.no_labels
+        report.truncated += self.truncated
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+@dataclass
 class _Source:
     """One file's examples after cleaning, and their tokens (same order)."""
 
     label: str
+    """The setting and the URI as the user wrote it: ``dataset.train (s3://b/t.jsonl)``."""
     examples: list[Example]
-    rows: list[int]
+    where: list[str]
+    """Each example's location in the file (``line 3``), for messages."""
     tokens: list[TokenizedExample]
+    read: int
+    cleaned: CleanCounts
 
     def item(self, i: int) -> _Item:
-        return _Item(self.examples[i], self.tokens[i], f"{self.label} row {self.rows[i]}")
+        return _Item(self.examples[i], self.tokens[i], f"{self.label} {self.where[i]}")
+
+    def why(self, usable: int, held_out: int = 0, drops: _Drops | None = None) -> str:
+        """How ``read`` rows became ``usable``, every reason with its count, so a file
+        that ends up too small says what to fix."""
+        drops = drops or _Drops()
+        reasons = [
+            (self.cleaned.duplicates, "dropped as exact duplicates"),
+            (self.cleaned.empty, "dropped as empty"),
+            (held_out, "held out for validation"),
+            (drops.overlong, "dropped as longer than training.maxSeqLength"),
+            (drops.no_labels, "dropped with nothing to learn within training.maxSeqLength"),
+        ]
+        parts = [f"{_rows(self.read)} read"]
+        parts += [f"{count} {reason}" for count, reason in reasons if count]
+        return f"{', '.join(parts)}: {usable} usable {'row' if usable == 1 else 'rows'}"
 
 
 class _Reader:
@@ -165,15 +203,17 @@ class _Reader:
 
     def read(self, uri: str, fmt: str, columns: ColumnMapping, label: str) -> _Source:
         path, suffix = _local_file(uri, label, self.access)
-        rows = read_rows(path, suffix, f"{label} ({uri})")
-        examples = to_examples(rows, fmt, columns, label)
+        file_label = f"{label} ({uri})"
+        rows = read_rows(path, suffix, file_label)
+        examples = to_examples(rows, fmt, columns, file_label)
         kept, counts = clean(examples, deduplicate=self.settings.deduplicate)
         self.report.rows_read += len(examples)
         self.report.dropped_empty += counts.empty
         self.report.dropped_duplicates += counts.duplicates
         examples = [examples[i] for i in kept]
-        tokens = self._tokens(path, fmt, columns, examples, kept, label)
-        return _Source(label, examples, kept, tokens)
+        where = [rows[i].where for i in kept]
+        tokens = self._tokens(path, fmt, columns, examples, where, file_label)
+        return _Source(file_label, examples, where, tokens, len(rows), counts)
 
     def _tokens(
         self,
@@ -181,7 +221,7 @@ class _Reader:
         fmt: str,
         columns: ColumnMapping,
         examples: list[Example],
-        rows: list[int],
+        where: list[str],
         label: str,
     ) -> list[TokenizedExample]:
         key = None
@@ -193,7 +233,7 @@ class _Reader:
                 self.report.files_from_cache += 1
                 return cached
         tokens = []
-        for example, row in zip(examples, rows, strict=True):
+        for example, place in zip(examples, where, strict=True):
             try:
                 tokens.append(
                     tokenize_example(
@@ -204,11 +244,27 @@ class _Reader:
                     )
                 )
             except TemplateError as exc:
-                raise DataError(f"{label} row {row}: {exc}") from None
+                raise _template_failure(self.tokenizer, f"{label} {place}", exc) from None
         self.report.files_tokenized += 1
         if key is not None:
             cache.store(path, key, tokens)
         return tokens
+
+
+def _template_failure(
+    tokenizer: PreTrainedTokenizerBase, where: str, exc: TemplateError
+) -> ConfigError | DataError:
+    """A chat template that failed on the row at ``where``: the row's fault (exit 3,
+    naming it) when the template renders a plain user/assistant conversation, else the
+    template's, which no row can fix: a configuration error (exit 2) that names the fix."""
+    problem = template_problem(tokenizer)
+    if problem is not None:
+        return ConfigError(
+            f"the model's chat template cannot be used for training: on a plain user/assistant "
+            f"conversation, {problem}; use a model (or a tokenizer_config.json) with a working "
+            "chat_template, or dataset.format: text"
+        )
+    return DataError(f"{where}: {exc}")
 
 
 def _local_file(uri: str, label: str, access: Access) -> tuple[Path, str]:
@@ -227,12 +283,15 @@ def _local_file(uri: str, label: str, access: Access) -> tuple[Path, str]:
     return path, suffix
 
 
-def split_indices(n: int, fraction: float, seed: int, label: str) -> tuple[list[int], list[int]]:
+def split_indices(
+    n: int, fraction: float, seed: int, label: str, why: str | None = None
+) -> tuple[list[int], list[int]]:
     """A seeded random split of ``range(n)``; at least one index on each side, each side
-    in the original order."""
+    in the original order. ``why`` says how the file came to ``n`` rows."""
     if n < 2:
+        counted = why or f"{_rows(n)} usable"
         raise DataError(
-            f"{label} has fewer than 2 usable rows, too few to split off validation; "
+            f"{label}: {counted}; at least 2 are needed to split off validation; "
             "add rows or set dataset.validation"
         )
     order = list(range(n))
@@ -242,22 +301,40 @@ def split_indices(n: int, fraction: float, seed: int, label: str) -> tuple[list[
     return [i for i in range(n) if i not in held], sorted(held)
 
 
-def _usable(source: _Source, indices: list[int], overlong: str, report: DataReport) -> list[_Item]:
-    """The examples at ``indices`` that train something, counting those that do not."""
-    items = []
+def _usable(
+    source: _Source, indices: list[int], overlong: str, report: DataReport
+) -> tuple[list[_Item], _Drops]:
+    """The examples at ``indices`` that train something, and those that do not, counted
+    (into ``report`` too)."""
+    items, drops = [], _Drops()
     for i in indices:
         item = source.item(i)
         if item.tokens.truncated:
             if overlong == "drop":
-                report.dropped_overlong += 1
+                drops.overlong += 1
                 continue
-            report.truncated += 1
+            drops.truncated += 1
         if not (item.example.is_classification or item.tokens.has_target):
             # Nothing left to learn, typically an answer cut off by maxSeqLength.
-            report.dropped_no_labels += 1
+            drops.no_labels += 1
             continue
         items.append(item)
-    return items
+    drops.add_to(report)
+    return items, drops
+
+
+def _nothing_to_learn(source: _Source, held_out: int, drops: _Drops) -> DataError:
+    return DataError(
+        f"{source.label}: no row has anything to learn ({source.why(0, held_out, drops)}); "
+        "check the format and columns, or raise training.maxSeqLength"
+    )
+
+
+def _split(source: _Source, spec: DatasetSpec, seed: int) -> tuple[list[int], list[int]]:
+    n = len(source.examples)
+    return split_indices(
+        n, spec.effective_validation_split, seed, source.label, source.why(n) if n < 2 else None
+    )
 
 
 def _round_robin(parts: list[list[_Item]]) -> list[_Item]:
@@ -275,14 +352,17 @@ def _single(
     source = reader.read(spec.train, spec.format, spec.columns, "dataset.train")
     if spec.validation is not None:
         held_out = reader.read(spec.validation, spec.format, spec.columns, "dataset.validation")
-        train_idx = list(range(len(source.examples)))
-        validation = _usable(held_out, list(range(len(held_out.examples))), spec.overlong, report)
-    else:
-        train_idx, val_idx = split_indices(
-            len(source.examples), spec.effective_validation_split, seed, "dataset.train"
+        train_idx, val_idx = list(range(len(source.examples))), list[int]()
+        validation, _ = _usable(
+            held_out, list(range(len(held_out.examples))), spec.overlong, report
         )
-        validation = _usable(source, val_idx, spec.overlong, report)
-    return _usable(source, train_idx, spec.overlong, report), validation
+    else:
+        train_idx, val_idx = _split(source, spec, seed)
+        validation, _ = _usable(source, val_idx, spec.overlong, report)
+    train, drops = _usable(source, train_idx, spec.overlong, report)
+    if not train:
+        raise _nothing_to_learn(source, len(val_idx), drops)
+    return train, validation
 
 
 def _mixture(
@@ -295,18 +375,18 @@ def _mixture(
         source = reader.read(
             entry.train, entry.format or spec.format, entry.columns or spec.columns, label
         )
-        train_idx = list(range(len(source.examples)))
+        train_idx, val_idx = list(range(len(source.examples))), list[int]()
         if spec.validation is None:
-            train_idx, val_idx = split_indices(
-                len(source.examples), spec.effective_validation_split, seed + i, label
-            )
-            held_parts.append(_usable(source, val_idx, spec.overlong, report))
-        parts.append(_usable(source, train_idx, spec.overlong, report))
-        if not parts[-1]:
+            train_idx, val_idx = _split(source, spec, seed + i)
+            held_parts.append(_usable(source, val_idx, spec.overlong, report)[0])
+        usable, drops = _usable(source, train_idx, spec.overlong, report)
+        if not usable:
             raise DataError(
-                f"{label} ({entry.train}): no row has anything to learn after cleaning and "
-                "tokenization; check its format and columns, or remove it from the mixture"
+                f"{source.label}: no row has anything to learn "
+                f"({source.why(0, len(val_idx), drops)}); check its format and columns, "
+                "or remove it from the mixture"
             )
+        parts.append(usable)
     plan = mixture_plan([len(p) for p in parts], [e.weight for e in spec.mixture], seed)
     sampled = [0] * len(parts)
     for source_index, _ in plan:
@@ -318,7 +398,8 @@ def _mixture(
     train = [parts[s][j] for s, j in plan]
     if spec.validation is not None:
         held_out = reader.read(spec.validation, spec.format, spec.columns, "dataset.validation")
-        return train, _usable(held_out, list(range(len(held_out.examples))), spec.overlong, report)
+        indices = list(range(len(held_out.examples)))
+        return train, _usable(held_out, indices, spec.overlong, report)[0]
     return train, _round_robin(held_parts)
 
 
@@ -353,11 +434,6 @@ def prepare_data(
         train_items, validation_items = _mixture(reader, spec, seed, report)
     else:
         train_items, validation_items = _single(reader, spec, seed, report)
-    if not train_items:
-        raise DataError(
-            "dataset.train: no example has anything to learn after cleaning and tokenization; "
-            "check the format and columns, or raise training.maxSeqLength"
-        )
 
     vocabulary = None
     if task == "sequence-classification":
@@ -383,5 +459,8 @@ def prepare_data(
             break
         prompt, answer = item.example.prompt, item.example.answer
         if prompt is not None and answer is not None:
-            samples.append(EvalSample(generation_prompt_ids(tokenizer, prompt), answer))
+            try:
+                samples.append(EvalSample(generation_prompt_ids(tokenizer, prompt), answer))
+            except TemplateError as exc:
+                raise _template_failure(tokenizer, item.where, exc) from None
     return PreparedData(train, validation, samples, report, vocabulary)

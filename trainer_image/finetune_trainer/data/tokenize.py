@@ -52,16 +52,50 @@ class TokenizedExample:
 
 
 class TemplateError(ValueError):
-    """The chat template cannot be used for masked training; the message says why."""
+    """The chat template cannot be used for masked training, or failed on this
+    conversation; the message says why."""
+
+
+PLAIN_CONVERSATION: tuple[Message, ...] = (
+    {"role": "user", "content": "Hello"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+)
+"""A conversation every chat template must render: one user turn, one answer."""
 
 
 def _render(
     tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *, generation_prompt: bool
 ) -> str:
-    text = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
-    )
+    """The conversation as the chat template renders it.
+
+    A template is a program shipped with the model, and it judges the conversation: it
+    may ``raise_exception("Conversation roles must alternate ...")``, trip the jinja
+    sandbox (``SecurityError``), hit an undefined variable or a type error, or be absent
+    (transformers raises ValueError). Whatever it raises becomes a :class:`TemplateError`
+    for the caller to place; only running out of memory stays what it is."""
+    try:
+        text = tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except MemoryError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise TemplateError(
+            f"the chat template failed: {type(exc).__name__}" + (f": {reason}" if reason else "")
+        ) from exc
     return str(text)
+
+
+def template_problem(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """Why the chat template cannot be used for training at all (it fails on
+    :data:`PLAIN_CONVERSATION`), or None when it can: a template failing on one row says
+    something about the row, one failing on this says something about the template."""
+    try:
+        assistant_spans(tokenizer, PLAIN_CONVERSATION)
+    except TemplateError as exc:
+        return str(exc)
+    return None
 
 
 def assistant_spans(
