@@ -454,6 +454,93 @@ def test_a_corrupt_cache_entry_is_tokenized_again(tiny_tokenizer: Any, tmp_path:
     assert again.train == first.train
 
 
+def _rewritten(entry: Path, **changes: Any) -> None:
+    """The entry with some arrays replaced (or, given None, removed), key kept."""
+    import numpy as np
+
+    with np.load(entry) as arrays:
+        content = {name: arrays[name] for name in arrays.files}
+    for name, value in changes.items():
+        if value is None:
+            del content[name]
+        else:
+            content[name] = value
+    with entry.open("wb") as handle:
+        np.savez(handle, **content)
+
+
+def _poison(entry: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    if how == "garbage":
+        entry.write_bytes(b"garbage")
+    elif how == "truncated":
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    elif how == "empty":
+        entry.write_bytes(b"")
+    elif how == "npy-not-npz":
+        with entry.open("wb") as handle:
+            np.save(handle, np.arange(3))
+    elif how == "missing-array":
+        _rewritten(entry, labels=None)
+    elif how == "offsets-out-of-range":
+        with np.load(entry) as arrays:
+            offsets = arrays["offsets"].copy()
+        offsets[-1] += 5
+        _rewritten(entry, offsets=offsets)
+    elif how == "wrong-dtype":
+        with np.load(entry) as arrays:
+            ids = arrays["input_ids"].astype(np.float32)
+        _rewritten(entry, input_ids=ids)
+    elif how == "directory":
+        entry.unlink()
+        (entry / "inside").mkdir(parents=True)
+    elif how == "permission-denied":  # root reads through chmod 000: make the open fail
+        real = np.load
+
+        def denied(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if Path(file) == entry:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real(file, *args, **kwargs)
+
+        monkeypatch.setattr(np, "load", denied)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "garbage",
+        "truncated",
+        "empty",
+        "npy-not-npz",
+        "missing-array",
+        "offsets-out-of-range",
+        "wrong-dtype",
+        "directory",
+        "permission-denied",
+    ],
+)
+def test_a_poisoned_cache_entry_is_a_warning_and_a_fresh_tokenization(
+    tiny_tokenizer: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+) -> None:
+    """The cache's promise: a slower run, never a failed one, and never wrong tokens."""
+    train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(8))
+    first = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+    [entry] = cache_entries()
+    _poison(entry, how, monkeypatch)
+
+    with caplog.at_level("WARNING", logger="finetune.trainer"):
+        again = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+
+    assert again.report.files_tokenized == 1 and again.report.files_from_cache == 0
+    assert again.train == first.train and again.validation == first.validation
+    assert f"tokenization cache {entry} is unusable" in caplog.text
+
+
 def test_use_cache_false_neither_reads_nor_writes(tiny_tokenizer: Any, tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(8))
 
@@ -461,3 +548,127 @@ def test_use_cache_false_neither_reads_nor_writes(tiny_tokenizer: Any, tmp_path:
 
     assert data.report.files_tokenized == 1
     assert cache_entries() == []
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_too_few_rows_to_split_says_why(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", [chat_row("same?", "same")] * 40)
+
+    with pytest.raises(DataError) as info:
+        prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+
+    assert str(info.value) == (
+        f"dataset.train (file://{train}): 40 rows read, 39 dropped as exact duplicates: "
+        "1 usable row; at least 2 are needed to split off validation; add rows or set "
+        "dataset.validation"
+    )
+
+
+def test_nothing_to_learn_counts_every_reason(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    rows = [chat_row("colour " * 40 + f"{i}?", "answer") for i in range(3)]
+    rows += [chat_row("blank", " "), rows[0]]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    dataset = spec(train=f"file://{train}", validation=f"file://{train}", overlong="drop")
+
+    with pytest.raises(DataError) as info:
+        prepared(tiny_tokenizer, dataset, max_length=32)
+
+    assert str(info.value).startswith(
+        f"dataset.train (file://{train}): no row has anything to learn (5 rows read, 1 dropped "
+        "as exact duplicates, 1 dropped as empty, 3 dropped as longer than "
+        "training.maxSeqLength: 0 usable rows)"
+    )
+
+
+def test_a_bad_row_is_named_by_its_line_with_blank_lines_counted(
+    tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    train = tmp_path / "train.jsonl"
+    lines = [json.dumps(r) for r in distinct_rows(3)]
+    train.write_text("\n".join([lines[0], "", "", lines[1], json.dumps({"text": "x"}), ""]))
+
+    with pytest.raises(DataError) as info:
+        prepared(tiny_tokenizer, spec(train=f"file://{train}"))
+
+    assert str(info.value).startswith(
+        f"dataset.train (file://{train}) line 5 (format messages): column 'messages' is missing"
+    )
+
+
+ALTERNATING = (
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+ESCAPING = "{{ messages.__class__.__mro__ }}"
+PROBING = (  # the sandbox only trips on rows whose answer says "escape"
+    "{% for m in messages %}{% if m['content'] == 'escape' %}{{ m.__class__.__subclasses__() }}"
+    "{% endif %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
+
+def with_template(tokenizer: Any, template: str) -> Any:
+    import copy
+
+    changed = copy.deepcopy(tokenizer)
+    changed.chat_template = template
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("template", "second", "message"),
+    [
+        (
+            ALTERNATING,
+            {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
+            "the chat template failed: TemplateError: Conversation roles must alternate",
+        ),
+        (PROBING, chat_row("q", "escape"), "the chat template failed: SecurityError: "),
+    ],
+    ids=["role-order", "sandbox"],
+)
+def test_a_template_failing_on_a_row_names_the_row(
+    tiny_tokenizer: Any, tmp_path: Path, template: str, second: dict[str, Any], message: str
+) -> None:
+    if second["messages"][-1]["role"] != "assistant":
+        second = {"messages": [*second["messages"], {"role": "assistant", "content": "z"}]}
+    train = write_jsonl(tmp_path / "train.jsonl", [chat_row("q0", "a0"), second])
+    tokenizer = with_template(tiny_tokenizer, template)
+
+    with pytest.raises(DataError) as info:
+        prepared(tokenizer, spec(train=f"file://{train}"), use_cache=False)
+
+    assert str(info.value).startswith(f"dataset.train (file://{train}) line 2: {message}")
+    assert info.value.exit_code == 3
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        (ESCAPING, "SecurityError"),
+        ("{{ raise_exception('no') }}", "TemplateError: no"),
+        (None, "chat_template"),
+    ],
+    ids=["sandbox-everywhere", "always-raises", "no-template"],
+)
+def test_a_template_that_fails_on_a_plain_conversation_is_a_config_error(
+    tiny_tokenizer: Any, tmp_path: Path, template: str | None, fragment: str
+) -> None:
+    from finetune_trainer.errors import ConfigError
+
+    train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(4))
+
+    with pytest.raises(ConfigError) as info:
+        prepared(with_template(tiny_tokenizer, template), spec(train=f"file://{train}"))
+
+    message = str(info.value)
+    assert message.startswith("the model's chat template cannot be used for training")
+    assert fragment in message
+    assert info.value.exit_code == 2

@@ -98,36 +98,68 @@ def _entry_name(data_file: Path, key: str) -> str:
 
 
 def load(data_file: Path, key: str, expected: int) -> list[TokenizedExample] | None:
-    """The cached examples for ``key``, or None (absent, unreadable or not ``expected``
-    examples long)."""
-    import numpy as np
-
+    """The cached examples for ``key``, or None: absent, or unusable for any reason (a
+    truncated or garbage file, another schema, a directory in its place, no permission,
+    not ``expected`` examples long). An unusable entry is a warning and a fresh
+    tokenization, never a failed run and never wrong tokens: the entry is checked whole
+    before any of it is used."""
     path = cache_dir() / _entry_name(data_file, key)
-    if not path.is_file():
-        return None
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            if str(arrays["key"]) != key:
-                return None
-            ids, labels = arrays["input_ids"], arrays["labels"]
-            offsets, truncated = arrays["offsets"], arrays["truncated"]
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("tokenization cache %s is unreadable (%s); tokenizing again", path, exc)
-        return None
-    if len(truncated) != expected:
+        if not path.exists():
+            return None
+        return _read_entry(path, key, expected)
+    except MemoryError:
+        raise
+    except Exception as exc:  # whatever a damaged file makes numpy or zipfile raise
         log.warning(
-            "tokenization cache %s holds %d examples, not %d; tokenizing again",
+            "tokenization cache %s is unusable (%s: %s); tokenizing again",
             path,
-            len(truncated),
-            expected,
+            type(exc).__name__,
+            exc,
         )
         return None
+
+
+class _Unusable(ValueError):
+    """The entry is readable but not what :func:`store` writes for this key."""
+
+
+def _read_entry(path: Path, key: str, expected: int) -> list[TokenizedExample]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as arrays:
+        if str(arrays["key"]) != key:
+            raise _Unusable("written for another key")
+        ids, labels = arrays["input_ids"], arrays["labels"]
+        offsets, truncated = arrays["offsets"], arrays["truncated"]
+    if len(truncated) != expected:
+        raise _Unusable(f"holds {len(truncated)} examples, not {expected}")
+    _check_layout(ids, labels, offsets, truncated)
     bounds = offsets.tolist()
     id_list, label_list, flags = ids.tolist(), labels.tolist(), truncated.tolist()
     return [
         TokenizedExample(id_list[a:b], label_list[a:b], truncated=flag)
         for a, b, flag in zip(bounds[:-1], bounds[1:], flags, strict=True)
     ]
+
+
+def _check_layout(ids: Any, labels: Any, offsets: Any, truncated: Any) -> None:
+    """Refuse arrays :func:`store` would not have written: slicing by bad offsets would
+    silently train on the wrong tokens."""
+    import numpy as np
+
+    for name, array, kind in (
+        ("input_ids", ids, "i"),
+        ("labels", labels, "i"),
+        ("offsets", offsets, "i"),
+        ("truncated", truncated, "b"),
+    ):
+        if array.ndim != 1 or array.dtype.kind != kind:
+            raise _Unusable(f"{name} is {array.dtype} of shape {array.shape}")
+    if len(labels) != len(ids) or len(offsets) != len(truncated) + 1:
+        raise _Unusable("array lengths disagree")
+    if offsets[0] != 0 or offsets[-1] != len(ids) or bool(np.any(np.diff(offsets) < 0)):
+        raise _Unusable("offsets do not partition the tokens")
 
 
 def store(data_file: Path, key: str, examples: Sequence[TokenizedExample]) -> Path | None:
