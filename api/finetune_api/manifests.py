@@ -6,11 +6,19 @@ Two habits of YAML users need care here:
   (YAML 1.1 wants ``1.0e-4``). Our loader resolves floats the YAML 1.2 way, so the
   same manifest means the same thing to ``kubectl apply`` and to ``finetune run``.
 * Multi-document files: each document is checked and reported on its own.
+
+And the API server refuses what pydantic's lax mode would quietly coerce, so a manifest
+is checked as the cluster reads it (:func:`validate_body`): a key written twice is an
+error (YAML keeps the last, dropping the first section silently), dates stay strings,
+whole numbers beyond 64 bits are refused, and types are strict ("true" is not a
+boolean, "8" not an integer), after the one conversion kubectl makes itself: a whole
+float such as ``8.0`` is sent as the integer ``8``.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import typing
 from collections.abc import Sequence
@@ -39,6 +47,36 @@ _YAML12_FLOAT = re.compile(
     re.X,
 )
 _Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+# kubectl keeps 2024-01-01 a string (JSON has no dates); PyYAML would make it a date.
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A mapping whose keys are unique. PyYAML (and kubectl) keep the last of two equal
+    keys, so a second ``training:`` would silently drop the first section's settings.
+    Keys a merge (``<<: *base``) brings in may be overridden: that is what merges do."""
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} appears twice in this mapping (first at line {first.line + 1}); "
+                "YAML keeps only the last one, so merge the two into one",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=True)
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:map", _refuse_duplicate_keys)
 
 
 class ManifestError(Exception):
@@ -78,6 +116,8 @@ def load_yaml_documents(text: str, source: str) -> list[Any]:
     """Parse every document in ``text``; empty documents (``---`` alone) are skipped."""
     try:
         docs = list(yaml.load_all(text, Loader=_Yaml12Loader))
+    except RecursionError:
+        raise ManifestError(f"{source}: nested too deeply to be a manifest") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -137,10 +177,73 @@ def _validate_model(body: Any) -> tuple[FineTuneJob | None, list[Problem]]:
     header = _check_header(body)
     if header:
         return None, header
+    sent = as_sent(body)
+    if isinstance(sent, Problem):
+        return None, [sent]
     try:
-        return FineTuneJob.model_validate(body), []
+        # Strict: no coercion the API server would refuse (see the module's doc). The
+        # status, when a manifest carries one (kubectl get -o yaml), is the operator's
+        # own writing: its timestamps are strings, read as such.
+        job = FineTuneJob.model_validate(
+            {k: v for k, v in sent.items() if k != "status"}, strict=True
+        )
+        if "status" in sent:
+            job = FineTuneJob.model_validate(sent)
+        return job, []
     except ValidationError as exc:
         return None, explain(exc, FineTuneJob)
+
+
+INT64_MAX = 2**63 - 1
+"""Kubernetes stores integers as int64; a larger one cannot be applied."""
+MAX_VALUES = 100_000
+"""Values in one document, aliases expanded: a manifest is far smaller, and an alias
+bomb (each level repeating the last) must not expand without end."""
+
+
+def as_sent(body: Any) -> Any:
+    """``body`` as kubectl sends it to the API server, or the :class:`Problem` that
+    stops it: keys are strings, a whole float is the integer it writes in JSON (``8.0``
+    as ``8``), and an integer beyond int64 cannot be stored."""
+    count = 0
+
+    def walk(node: Any, loc: tuple[Any, ...]) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise _Refused(Problem(_dotted(loc), f"holds more than {MAX_VALUES} values"))
+        if isinstance(node, dict):
+            return {_key(k): walk(v, (*loc, _key(k))) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, (*loc, i)) for i, v in enumerate(node)]
+        if isinstance(node, float) and node.is_integer() and abs(node) < 2.0**1023:
+            node = int(node)
+        if isinstance(node, int) and not isinstance(node, bool) and abs(node) > INT64_MAX:
+            raise _Refused(
+                Problem(
+                    _dotted(loc),
+                    f"{node:.3g} is too large: Kubernetes stores whole numbers in 64 bits "
+                    f"(at most {INT64_MAX}); write a smaller value",
+                )
+            )
+        return node
+
+    try:
+        return walk(body, ())
+    except _Refused as refused:
+        return refused.problem
+
+
+class _Refused(Exception):
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+
+
+def _key(key: Any) -> str:
+    """A mapping key as JSON writes it (kubectl turns ``true:`` into ``"true"``)."""
+    if isinstance(key, bool) or key is None:
+        return json.dumps(key)
+    return str(key)
 
 
 def _check_header(body: dict[str, Any]) -> list[Problem]:
@@ -159,8 +262,11 @@ def _kind_of(value: Any) -> str:
 
 
 def explain(exc: ValidationError, root: type[BaseModel]) -> list[Problem]:
-    """Turn pydantic errors into one :class:`Problem` per field, with a suggested fix."""
+    """Turn pydantic errors into one :class:`Problem` per field, in plain words: the
+    field's path, what it takes and what it got, never pydantic's own phrasing, a link
+    to its docs or the name of a model class (which a manifest's author never sees)."""
     problems = []
+    union_types: dict[str, list[tuple[str, Any]]] = {}
     for err in exc.errors(include_url=False):
         loc = [part for part in err["loc"] if not _is_union_branch(part)]
         path = _dotted(loc)
@@ -170,7 +276,19 @@ def explain(exc: ValidationError, root: type[BaseModel]) -> list[Problem]:
             for field, message in zip(ctx["fields"], ctx["messages"], strict=True):
                 problems.append(Problem(_rule_path(field, path), message))
             continue
+        expected = _expected(err, loc, root)
+        if expected is not None and len(loc) != len(err["loc"]):
+            # One branch of a union (int or string): said once, with every branch.
+            if path not in union_types:
+                problems.append(Problem(path, ""))  # filled in below, in this place
+            union_types.setdefault(path, []).append((expected, err.get("input")))
+            continue
         problems.append(Problem(path, _advice(err, loc, root)))
+    for problem in problems:
+        if problem.path in union_types and not problem.message:
+            branches = union_types[problem.path]
+            wanted = " or ".join(dict.fromkeys(expected for expected, _ in branches))
+            problem.message = f"must be {wanted}; got {describe(branches[0][1])}"
     return _dedupe(problems)
 
 
@@ -193,9 +311,81 @@ def _dotted(loc: Sequence[Any]) -> str:
     return out
 
 
+_TYPES = {
+    "string": "text (a string)",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "list": "a list",
+    "tuple": "a list",
+    "set": "a list",
+    "frozen_set": "a list",
+    "dict": "a mapping (key: value pairs)",
+    "mapping": "a mapping (key: value pairs)",
+    "none": "empty (null)",
+    "bytes": "text (a string)",
+    "date": "a date (YYYY-MM-DD)",
+    "datetime": "a date and time (RFC 3339, e.g. 2024-01-01T00:00:00Z)",
+    "time": "a time of day",
+    "time_delta": "a duration",
+    "decimal": "a number",
+    "complex": "a number",
+    "url": "a URL",
+    "uuid": "a UUID",
+    "callable": "a value",
+    "iterable": "a list",
+    "enum": "one of the listed values",
+}
+"""What each pydantic type error asks for, keyed by the error type's stem."""
+_SECTION_TYPES = {"model_type", "model_attributes_type", "dataclass_type", "dataclass_exact_type"}
+_SUBJECT = re.compile(
+    r"^(?:Input|String|List|Value|Dictionary|Tuple|Set|Data|Object|Timestamp|Date|Datetime"
+    r"|Frozenset|Mapping|Iterable|Field)\s+must\s+"
+)
+_LINK = re.compile(r"[\s,]*(?:following the rules at\s*)?https?://\S+")
+_CLASS_NAME = re.compile(r"\b(?:instance|subclass) of \w+|\b[A-Z][a-z]+(?:[A-Z][a-z0-9]+)+\b")
+
+
+def _expected(err: Any, loc: Sequence[Any], root: type[BaseModel]) -> str | None:
+    """For a type error, what the field takes in plain words; None for other errors."""
+    kind: str = err["type"]
+    if kind in _SECTION_TYPES:
+        known = _known_fields(root, loc)
+        fields = f" ({', '.join(known[:6])}{', ...' if len(known) > 6 else ''})" if known else ""
+        return f"a section of fields{fields}"
+    for suffix in ("_type", "_parsing", "_from_float", "_exact_type", "_parsing_size"):
+        stem = kind.removesuffix(suffix)
+        if kind.endswith(suffix) and stem in _TYPES:
+            return _TYPES[stem]
+    if kind == "finite_number":
+        return "a finite number (not .inf or .nan)"
+    return None
+
+
+def describe(value: Any) -> str:
+    """A value as its author wrote it, in words (credentials in URIs masked)."""
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    if isinstance(value, int):
+        text = str(value) if abs(value) < 10**20 else f"{value:.3g}"
+        return f"the whole number {text}"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        return f"the text {without_credentials(repr(shown))}"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "a value of another type"
+
+
 def _advice(err: Any, loc: Sequence[Any], root: type[BaseModel]) -> str:
     kind: str = err["type"]
-    message: str = err["msg"]
+    value = err.get("input")
     if kind == "extra_forbidden":
         known = _known_fields(root, loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
@@ -208,14 +398,33 @@ def _advice(err: Any, loc: Sequence[Any], root: type[BaseModel]) -> str:
         return f"unknown field; {fix}"
     if kind == "missing":
         return "required field is missing"
-    message = message.removeprefix("Value error, ")
-    if (
-        "input" in err
-        and kind not in {"model_type", "dict_type"}
-        and not isinstance(err["input"], dict | list)
-    ):
-        message += f" (got {without_credentials(repr(err['input']))})"
+    expected = _expected(err, loc, root)
+    if expected is not None:
+        return f"must be {expected}; got {describe(value)}{_type_hint(kind, value)}"
+    message = _plain(str(err["msg"]))
+    if "input" in err and not isinstance(value, dict | list):
+        message += f" (got {without_credentials(repr(value))})"
     return message
+
+
+def _type_hint(kind: str, value: Any) -> str:
+    """How to write the value so that it has the type the field takes."""
+    if isinstance(value, str) and kind.startswith(("int", "float", "bool", "finite")):
+        return "; write it without quotes" if value.strip() else ""
+    if kind.startswith("string") and isinstance(value, bool | int | float):
+        return "; quote it to write it as text"
+    if kind.startswith("int") and isinstance(value, float):
+        return ", which has a fractional part"
+    return ""
+
+
+def _plain(message: str) -> str:
+    """pydantic's message for a constraint, as this tool words it: "must be greater than
+    0", not "Input should be greater than 0"; a model's class name never shows."""
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    message = re.sub(r"\bshould\b", "must", _LINK.sub("", message))
+    message = _SUBJECT.sub("must ", message).replace(" after validation", "")
+    return _CLASS_NAME.sub("a section", message)
 
 
 def _known_fields(root: type[BaseModel], loc: Sequence[Any]) -> list[str]:

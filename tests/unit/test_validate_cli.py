@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails
+from pydantic_core.core_schema import ErrorType
 from typer.testing import CliRunner
 
-from finetune_api.manifests import check_documents, load_yaml_documents, validate_body
+from finetune_api.manifests import (
+    ManifestError,
+    check_documents,
+    explain,
+    load_yaml_documents,
+    validate_body,
+)
 from finetune_api.render import render_trainer_config
 from finetune_api.resource import FineTuneJob
+from finetune_api.rules import RULE_ERROR
 from finetune_cli.app import EXIT_INVALID, app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -269,3 +280,190 @@ def test_cpu_quantities(resources: str, cpu: int | str | None) -> None:
 def test_cpu_is_never_a_boolean_zero_or_negative(value: str) -> None:
     (doc,) = check_documents(manifest(BASE_SPEC + f"  resources: {{cpu: {value}}}\n"), "t")
     assert [p.path for p in doc.problems] == ["spec.resources.cpu"]
+
+
+# --------------------------------------------------------------------------- issue 23:
+# what the API server refuses, `validate` refuses, in words a manifest's author can act on
+
+
+def problems_of(spec_yaml: str) -> list[str]:
+    (doc,) = check_documents(manifest(spec_yaml), "t.yaml")
+    assert doc.job is None, "expected the manifest to be refused"
+    return [str(p) for p in doc.problems]
+
+
+def test_an_empty_section_is_named_with_its_fields_not_its_class() -> None:
+    (problem,) = problems_of("  model:\n  dataset: {train: file://train.jsonl}\n")
+    assert problem.startswith("spec.model: must be a section of fields (uri, revision")
+    assert "got nothing" in problem
+    assert "ModelSource" not in problem and "Input should" not in problem
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "fragment"),
+    [
+        (
+            "  model: {uri: hf://org/model, trustRemoteCode: 'true'}\n",
+            "spec.model.trustRemoteCode",
+            "must be true or false; got the text 'true'; write it without quotes",
+        ),
+        (
+            "  training: {epochs: '8'}\n",
+            "spec.training.epochs",
+            "must be a whole number; got the text '8'; write it without quotes",
+        ),
+        (
+            "  training: {learningRate: '1e-4'}\n",
+            "spec.training.learningRate",
+            "must be a number; got the text '1e-4'; write it without quotes",
+        ),
+        (
+            "  training: {packing: 1}\n",
+            "spec.training.packing",
+            "must be true or false; got the whole number 1",
+        ),
+        (
+            "  model: {uri: hf://org/model, revision: 1234}\n",
+            "spec.model.revision",
+            "must be text (a string); got the whole number 1234; quote it to write it as text",
+        ),
+        (
+            "  resources: {nodeSelector: {gpu: true}}\n",
+            "spec.resources.nodeSelector.gpu",
+            "must be text (a string); got the boolean true; quote it to write it as text",
+        ),
+    ],
+)
+def test_values_the_crd_refuses_are_refused_with_the_field(
+    spec: str, path: str, fragment: str
+) -> None:
+    own_model = spec.startswith("  model:")
+    body = spec + "  dataset: {train: file://train.jsonl}\n" if own_model else BASE_SPEC + spec
+    assert problems_of(body) == [f"{path}: {fragment}"]
+
+
+@pytest.mark.parametrize("value", [str(2**63), str(-(2**63) - 1), "1e19", "1e300"])
+def test_integers_beyond_int64_are_refused(value: str) -> None:
+    (problem,) = problems_of(BASE_SPEC + f"  training: {{maxSteps: {value}}}\n")
+    assert problem.startswith("spec.training.maxSteps: ")
+    assert "64 bits" in problem
+
+
+def test_int64_max_itself_is_accepted() -> None:
+    job = only_job(manifest(BASE_SPEC + f"  training: {{maxSteps: {2**63 - 1}}}\n"))
+    assert job.spec.training.max_steps == 2**63 - 1
+
+
+def test_a_key_written_twice_is_refused_with_its_line() -> None:
+    text = manifest(
+        BASE_SPEC + "  training:\n    epochs: 3\n  method: {type: lora}\n"
+        "  training:\n    learningRate: 1e-4\n"
+    )
+    with pytest.raises(ManifestError) as caught:
+        check_documents(text, "job.yaml")
+    message = str(caught.value)
+    assert "job.yaml: not valid YAML at line 11" in message
+    assert "key 'training' appears twice in this mapping (first at line 8)" in message
+
+
+def test_a_key_written_twice_exits_2_from_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(manifest(BASE_SPEC + "  training: {epochs: 3}\n  training: {epochs: 4}\n"))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "key 'training' appears twice" in result.output
+
+
+def test_a_merge_key_may_be_overridden() -> None:
+    (doc,) = load_yaml_documents("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n", "t")
+    assert doc["other"] == {"x": 3, "y": 2}
+
+
+def test_dates_stay_strings_as_kubectl_sends_them() -> None:
+    (doc,) = load_yaml_documents("revision: 2024-01-01\n", "t")
+    assert doc == {"revision": "2024-01-01"}
+    job = only_job(
+        manifest(
+            "  model: {uri: hf://org/model, revision: 2024-01-01}\n"
+            "  dataset: {train: file://train.jsonl}\n"
+        )
+    )
+    assert job.spec.model.revision == "2024-01-01"
+
+
+def test_an_alias_bomb_is_refused_not_expanded() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 7)]
+    text = manifest(
+        BASE_SPEC + "  resources:\n    affinity:\n" + "".join(f"      {line}\n" for line in lines)
+    )
+    (problem,) = problems_of_text(text)
+    assert "holds more than" in problem
+
+
+def problems_of_text(text: str) -> list[str]:
+    (doc,) = check_documents(text, "t.yaml")
+    return [str(p) for p in doc.problems]
+
+
+def test_a_union_field_is_one_problem_naming_both_forms() -> None:
+    (problem,) = problems_of(BASE_SPEC + "  resources: {cpu: [1]}\n")
+    assert problem == "spec.resources.cpu: must be a whole number or text (a string); got a list"
+
+
+_CONTEXT = {
+    "error": "bad value",
+    "class_name": "ModelSource",
+    "class": "ModelSource",
+    "attribute": "x",
+    "method_name": "x",
+    "gt": 0,
+    "ge": 0,
+    "lt": 1,
+    "le": 1,
+    "multiple_of": 2,
+    "field_type": "List",
+    "min_length": 1,
+    "max_length": 2,
+    "actual_length": 3,
+    "pattern": "^[a-z]+$",
+    "expected": "'a' or 'b'",
+    "encoding": "utf-8",
+    "encoding_unicode_error": "x",
+    "tz_expected": 0,
+    "discriminator": "'type'",
+    "tag": "x",
+    "expected_tags": "'a'",
+    "expected_schemes": "'s3'",
+    "expected_version": 4,
+    "max_digits": 2,
+    "decimal_places": 2,
+    "whole_digits": 2,
+    "expected_type": "str",
+    "type_name": "ModelSource",
+    "fields": ["a"],
+    "messages": ["m"],
+}
+_ERROR_TYPES = typing.get_args(ErrorType)
+
+
+@pytest.mark.parametrize("kind", _ERROR_TYPES)
+@pytest.mark.parametrize("value", [None, "8", {"a": 1}])
+def test_every_pydantic_error_reads_as_plain_words(kind: str, value: object) -> None:
+    """Whatever pydantic can raise, the message names the field and never pydantic's
+    phrasing ("Input should be"), its docs or a model's class name."""
+    try:
+        exc = ValidationError.from_exception_data(
+            "FineTuneJob",
+            [InitErrorDetails(type=kind, loc=("spec", "model"), input=value, ctx=_CONTEXT)],  # type: ignore[typeddict-item]
+        )
+    except (KeyError, TypeError, ValueError):
+        pytest.skip(f"pydantic cannot build {kind} without more context")
+    problems = explain(exc, FineTuneJob)
+    assert problems, kind
+    for problem in problems:
+        text = str(problem)
+        if kind != RULE_ERROR:
+            assert text.startswith("spec.model: "), text
+        for leak in ("should", "pydantic", "ModelSource", "http", "[type="):
+            assert leak not in text, f"{kind}: {text}"
