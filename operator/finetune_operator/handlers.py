@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from finetune_api.config import API_GROUP
+from finetune_api.redaction import install_logging
 from finetune_api.resource import PLURAL, VERSION
 from finetune_operator import names, reconcile
 from finetune_operator.hub import HubConfigs
@@ -42,7 +43,10 @@ it is registered."""
 
 def start_runtime(settings: Settings) -> kopf.Memo:
     """What the handlers share, started before kopf: the API client, the metrics server
-    (with ``/readyz``, ready once kopf's startup is done) and the health probes."""
+    (with ``/readyz``, ready once kopf's startup is done) and the health probes. Every
+    log record, kopf's included (which kopf also posts as Events), passes the
+    redaction layer first."""
+    install_logging()
     readiness = Readiness()
     metrics = OperatorMetrics()
     server = metrics.serve(settings.metrics_port, readiness=readiness)

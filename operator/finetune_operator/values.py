@@ -4,7 +4,8 @@ Everything the operator reads (a Job's status, a pod's container state, the trai
 termination message and gauges) is input: a field may be missing, of another type, NaN
 or infinite. These helpers turn such a value into what the status model accepts, or
 None, and never raise. One copy each, shared by the status derivation and the
-observation side (progress scrape, metrics).
+observation side (progress scrape, metrics). Text shown in a status or an Event goes
+through :func:`cap`, which redacts it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from finetune_api.redaction import redact
 
 TRUNCATED = " ...[truncated]"
 EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -42,7 +45,11 @@ def join(first: Any, second: Any) -> str:
 
 
 def cap(message: str, limit: int) -> str:
-    """``message`` within ``limit`` characters, marked when cut."""
+    """``message`` as a status or an Event may show it: through the redaction layer
+    (:func:`finetune_api.redaction.redact`; a trainer's termination message or a pod's
+    may quote a credential), then within ``limit`` characters, marked when cut. In that
+    order: a secret cut in half would no longer be recognised."""
+    message = redact(message)
     return message if len(message) <= limit else message[: limit - len(TRUNCATED)] + TRUNCATED
 
 

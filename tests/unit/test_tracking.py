@@ -77,10 +77,10 @@ class Broken(Tracker):
     name = "broken"
 
     def secrets(self) -> list[str]:
-        return ["tok-123"]
+        return ["tok-0123456789"]
 
     def start(self) -> None:
-        raise ConnectionError("refused by http://user:pw@host with token tok-123")
+        raise ConnectionError("refused by http://user:pw@host with token tok-0123456789")
 
 
 class Recording(Tracker):
@@ -109,7 +109,7 @@ def test_a_failing_tracker_is_switched_off_with_a_scrubbed_warning(
         trackers.start()
     assert trackers.names == ["recording"]
     assert "tracker broken failed to start and is off for this run" in caplog.text
-    assert "tok-123" not in caplog.text and "user:pw" not in caplog.text
+    assert "tok-0123456789" not in caplog.text and "user:pw" not in caplog.text
     trackers.finish("Succeeded", {}, "s3://artifacts/x")
     trackers.finish("Failed")  # the first ending is the one recorded
     assert good.calls == ["start", "finish Succeeded s3://artifacts/x"]
@@ -117,7 +117,9 @@ def test_a_failing_tracker_is_switched_off_with_a_scrubbed_warning(
 
 
 def test_scrub_removes_userinfo_and_secret_values() -> None:
-    text = scrub("GET https://a:b@h/x and s3://K:S@bucket failed: token xyz", ["xyz"])
+    text = scrub(
+        "GET https://a:b@h/x and s3://K:S@bucket failed: token tok-0123456789", ["tok-0123456789"]
+    )
     assert text == "GET https://***@h/x and s3://***@bucket failed: token ***"
 
 

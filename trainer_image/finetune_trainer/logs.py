@@ -6,6 +6,9 @@ person goes to stderr. A progress bar may be drawn there too: log lines are writ
 through ``tqdm.write``, which clears the bar, writes the line and redraws the bar, so
 neither ends up glued to the other.
 
+Every record passes the redaction layer (:func:`install_redaction`): no log line shows a
+credential, whoever wrote it.
+
 Log lines carry their values as ``key=value`` pairs (:func:`kv`), which people read and
 log tools (logfmt, Loki, ``grep``) parse, rather than Python reprs of dicts.
 """
@@ -17,7 +20,10 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Mapping
 from typing import IO
+
+from finetune_api import redaction
 
 LOGGER = "finetune.trainer"
 
@@ -64,10 +70,23 @@ class TqdmHandler(logging.Handler):
 
 
 def stderr_handler() -> logging.Handler:
-    """The trainer's log handler: ``HH:MM:SS message`` through tqdm on stderr."""
+    """The trainer's log handler: ``HH:MM:SS message`` through tqdm on stderr, each
+    record redacted (a second line of defence behind :func:`install_redaction`)."""
     handler = TqdmHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(redaction.RedactingFilter())
     return handler
+
+
+def install_redaction(environ: Mapping[str, str] | None = None) -> None:
+    """Put the redaction layer (:mod:`finetune_api.redaction`) in front of every log
+    record of this process, ours and the libraries' (boto's, tenacity's, the Hub
+    client's retry warnings), whichever handler prints it, and register the secrets of
+    ``environ`` (default: the process's environment: AWS keys, HF_TOKEN, tracker
+    tokens, the password of an ``AWS_ENDPOINT_URL``). Called once a run starts; calling
+    it again only registers what the environment holds now."""
+    redaction.register_environment(os.environ if environ is None else environ)
+    redaction.install_logging()
 
 
 def bar_width(stream: IO[str]) -> int | None:

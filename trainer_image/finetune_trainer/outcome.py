@@ -10,7 +10,8 @@ recognised wherever it sits in the exception chain (a loader may wrap it in Mode
 its fix is the same whatever raised it.
 
 The message goes to the pod status, which anyone who can read pods sees: it carries the
-exception's own message only (never the environment or the config), with URL passwords,
+exception's own message only (never the environment or the config), passed through the
+redaction layer (:mod:`finetune_api.redaction`): registered secrets, URL passwords,
 ``token=...``-style values and the values of secret-looking environment variables masked.
 
 A success also carries what was published: the manifest's ``files`` (path, size, sha256)
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_api import redaction
 from finetune_api.outcome import (
     MAX_TERMINATION_BYTES,
     Ending,
@@ -72,17 +74,21 @@ class Outcome:
     """Where each experiment tracker shows the run, on success."""
 
     def as_message(self) -> TerminationMessage:
-        """The contract's termination message for this ending."""
+        """The contract's termination message for this ending.
+
+        The pod's status is readable by anyone who can read pods, so every text in it
+        passes the redaction layer here, before it is cut to fit: a secret cut in half
+        would no longer be recognised."""
         return TerminationMessage(
             outcome=self.outcome,
-            reason=self.reason,
-            message=self.message,
+            reason=redact(self.reason),
+            message=redact(self.message),
             exit_code=self.exit_code,
             last_step=self.last_step,
-            artifact_uri=self.artifact_uri,
+            artifact_uri=None if self.artifact_uri is None else redact(self.artifact_uri),
             files=self.files,
             metrics=None if self.metrics is None else dict(self.metrics),
-            trackers=dict(self.trackers) if self.trackers else None,
+            trackers={k: redact(v) for k, v in self.trackers.items()} if self.trackers else None,
         )
 
 
@@ -174,27 +180,17 @@ def _first_line(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- redaction
 
-_SECRET_NAME = re.compile(r"secret|token|passw|credential|api_?key|access_?key|auth", re.I)
-_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.I)
-_KEY_VALUE = re.compile(
-    r"(?i)\b([\w-]*(?:secret[_-]?(?:access[_-]?)?key|token|password|passwd|api[_-]?key)"
-    r"[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&]+"
-)
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-MASK = "***"
+MASK = redaction.MASK
 
 
-def redact(text: str, environ: dict[str, str] | None = None) -> str:
-    """``text`` without the credentials it might quote: values of secret-looking
-    environment variables (AWS_SECRET_ACCESS_KEY, HF_TOKEN, ...), URL user:password@,
-    ``password=...``/``token: ...`` pairs and Authorization header values."""
+def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """``text`` without the credentials it might quote: the redaction layer
+    (:func:`finetune_api.redaction.redact`: registered secrets, URL user:password@,
+    ``password=...``/``token: ...`` pairs, Authorization header values), fed also with
+    the secrets of ``environ`` (default: this process's environment), since an exception
+    may quote a variable nothing registered."""
     env = os.environ if environ is None else environ
-    for name, value in env.items():
-        if len(value) >= 8 and _SECRET_NAME.search(name):
-            text = text.replace(value, MASK)
-    text = _URL_USERINFO.sub(rf"\g<1>{MASK}@", text)
-    text = _KEY_VALUE.sub(rf"\g<1>{MASK}", text)
-    return _BEARER.sub(rf"\g<1> {MASK}", text)
+    return redaction.redact(text, redaction.environment_secrets(env))
 
 
 # --------------------------------------------------------------------------- termination log

@@ -27,6 +27,8 @@ from typing import IO, TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, Info, ProcessCollector, start_http_server
 
+from finetune_api.redaction import redact, redact_data
+
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
@@ -264,7 +266,7 @@ class Telemetry:
         if not self.reporting:
             return
         for tracker, url in urls.items():
-            self._trackers.labels(tracker=tracker, url=url).set(1)
+            self._trackers.labels(tracker=tracker, url=redact(url)).set(1)
 
     def on_step(self, report: StepReport) -> None:
         """After each optimizer step: remember it, update the gauges, log a line."""
@@ -302,5 +304,6 @@ class Telemetry:
         if not self.progress.json_lines:
             return
         stream = self._stream or sys.stdout  # looked up per line: tests swap sys.stdout
-        stream.write(json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
+        shown = redact_data(line)  # its texts (score names) pass the redaction layer too
+        stream.write(json.dumps(shown, separators=(",", ":"), allow_nan=False) + "\n")
         stream.flush()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from finetune_api.redaction import redact_data
 from finetune_api.resource import Metrics
 from finetune_operator import names
 from finetune_operator.status.conditions import conditions
@@ -90,6 +91,12 @@ class StatusUpdate:
 
     patch: dict[str, Any]
     event: Event | None = None
+
+    def __post_init__(self) -> None:
+        # Anyone who may read the FineTuneJob reads its status: every text in it passes
+        # the redaction layer, whichever field it came from (a tracker link, an artifact
+        # URI, a message). Messages were redacted before they were cut (values.cap).
+        object.__setattr__(self, "patch", redact_data(self.patch))
 
     @property
     def phase(self) -> str | None:

@@ -15,19 +15,25 @@ our extension, because MinIO and Ceph usually need path-style requests and botoc
 no environment variable for it.
 
 Secret values live only inside the boto3 session. They are never formatted into
-messages; :func:`redact` scrubs them out of any text built from a third-party exception,
-as a second line of defence.
+messages, and every value read (Secret files, the environment's AWS credentials, the
+user and password of an endpoint URL) is registered with the redaction layer
+(:mod:`finetune_api.redaction`) the moment it is read, so that no log line, error or
+termination message can quote it, whoever formats it. A value with a line break or
+another control character is refused at once (:func:`_check_one_line`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_api import redaction
+from finetune_api.redaction import is_secret_name, register, url_credentials
 from finetune_trainer.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,15 @@ CONNECT_TIMEOUT_ENV = "FINETUNE_S3_CONNECT_TIMEOUT"
 READ_TIMEOUT_ENV = "FINETUNE_S3_READ_TIMEOUT"
 BOTOCORE_ATTEMPTS = 2
 """botocore's own attempts per request: low, so that the job's retry deadline governs."""
+
+_ENV_CREDENTIALS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+)
+"""The environment variables holding S3 credentials that boto3 reads by itself."""
 
 _warned: set[str] = set()
 
@@ -81,8 +96,36 @@ def read_secret(name: str | None, keys: Sequence[str] = SECRET_KEYS) -> dict[str
         if path.is_file():
             value = path.read_text().strip()
             if value:
+                _register(key, value)
+                _check_one_line(value, f"credentials Secret {name!r}, key {key}")
                 values[key] = value
     return values
+
+
+def _register(name: str, value: str) -> None:
+    """Tell the redaction layer about a credential just read (a Secret key or an
+    environment variable called ``name``), before anything can quote it."""
+    if is_secret_name(name):
+        register(value)
+    register(*url_credentials(value))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_one_line(value: str, where: str) -> None:
+    """Refuse a credential holding a line break or another control character (a token
+    pasted across two lines, a file saved with CRLF). No HTTP header can carry it, so
+    every request would fail, and botocore reports that as a connection error that
+    looks transient: refused here, at once, naming where the value is but not the
+    value. A StorageError (exit 5, not retried): the fix is in the credentials, as for
+    a key the store does not know."""
+    if _CONTROL.search(value):
+        raise StorageError(
+            f"{where}: the value holds a line break or another control character, which no "
+            "request can carry; write it on one line (e.g. kubectl create secret generic "
+            "... --from-literal=KEY=VALUE, or echo -n VALUE | base64 for the data field)"
+        )
 
 
 def hf_token(secret_name: str | None) -> str | None:
@@ -106,13 +149,23 @@ class S3Settings:
     session_token: str | None = field(default=None, repr=False)
 
     def secrets(self) -> list[str]:
-        """Values that must never appear in any text we produce."""
-        return [v for v in (self.secret_access_key, self.session_token) if v]
+        """Values that must never appear in any text we produce: the keys, the token and
+        any user and password written into the endpoint URL."""
+        values = (self.access_key_id, self.secret_access_key, self.session_token)
+        return [v for v in values if v] + url_credentials(self.endpoint_url or "")
 
 
 def s3_settings(secret_name: str | None) -> S3Settings:
-    """Settings from the mounted Secret ``secret_name`` over the environment."""
+    """Settings from the mounted Secret ``secret_name`` over the environment.
+
+    The environment's credentials are registered with the redaction layer and checked
+    like the Secret's: boto3 reads them itself, and would send a token with a line break
+    in every request."""
     values = read_secret(secret_name)
+    for name in _ENV_CREDENTIALS:
+        if os.environ.get(name):
+            _register(name, os.environ[name])
+            _check_one_line(os.environ[name], f"environment variable {name}")
     key_id, secret = values.get("AWS_ACCESS_KEY_ID"), values.get("AWS_SECRET_ACCESS_KEY")
     if bool(key_id) != bool(secret):
         raise StorageError(
@@ -178,9 +231,7 @@ def s3_client(settings: S3Settings) -> Any:
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret value replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
+    """``text`` with ``secrets``, every registered secret and every credential-shaped
+    part masked: the redaction layer (:func:`finetune_api.redaction.redact`)."""
+    return redaction.redact(text, secrets)

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_api.outcome import Ending, headline_metrics
-from finetune_api.uri import without_credentials
-from finetune_trainer.storage.credentials import redact
+from finetune_api.redaction import redact
 
 if TYPE_CHECKING:
     from finetune_api.config import TrainerConfig
@@ -31,8 +30,9 @@ log = logging.getLogger("finetune.trainer")
 
 
 def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
-    """``text`` without credentials: ``user:pass@`` in any URL and every secret value."""
-    return redact(without_credentials(text), list(secrets))
+    """``text`` without credentials: the redaction layer, told also the tracker's own
+    ``secrets`` (:func:`finetune_api.redaction.redact`)."""
+    return redact(text, secrets)
 
 
 @dataclass(frozen=True)
