@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import unquote
 
+from finetune_api.redaction import redact
+
 
 class Role(StrEnum):
     """What a URI points at; not every scheme can serve every role."""
@@ -126,13 +128,35 @@ SCHEMES: dict[str, Scheme] = {
 }
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")
-
-
 def without_credentials(text: str) -> str:
-    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``: a
-    credential pasted into a URI must not be echoed by an error, a log or a status."""
-    return _USERINFO.sub("***@", text)
+    """``text`` as it may be shown: the ``user:password@`` of every URL in it and every
+    registered secret masked (:func:`finetune_api.redaction.redact`, the one layer)."""
+    return redact(text)
+
+
+def _holds_credentials(rest: str, scheme: str) -> bool:
+    """Whether the part after ``scheme://`` starts with ``user[:password]@``. A bucket,
+    claim or Hub organisation never holds '@' (nor ':'), so for those an '@' before the
+    first '/' is a credential, and so is a ':' there with an '@' later (an AWS secret key
+    may hold '/'). A file path may hold '@' (``file://./runs@2024``): only the
+    ``user:password@`` form counts there."""
+    authority = rest.split("/", 1)[0]
+    if scheme == "file":
+        return bool(re.match(r"^[^/@:]*:[^/@]*@", authority))
+    return "@" in authority or (":" in authority and "@" in rest)
+
+
+def _refuse_credentials(scheme: str, rest: str) -> None:
+    """Refuse a URI carrying credentials, without repeating them: the message may end up
+    in a status, an Event or a log that many people read."""
+    if _holds_credentials(rest, scheme) or _holds_credentials(unquote(rest), scheme):
+        keys = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", "hf": "HF_TOKEN"}
+        raise UriError(
+            "holds credentials (user:password@), which must never be written into a URI: "
+            "remove them (rotate them if this file was shared) and put them in a Kubernetes "
+            f"Secret with the keys {keys.get(scheme, 'the store needs')}, named by "
+            "credentialsSecret next to this field"
+        )
 
 
 def schemes_for(role: Role) -> list[str]:
@@ -145,12 +169,14 @@ def parse_uri(uri: str, role: Role) -> ParsedUri:
     examples = ", ".join(SCHEMES[s].example for s in allowed)
     scheme, sep, rest = uri.partition("://")
     if not sep:
-        raise UriError(f"'{uri}' has no scheme; use one of: {examples}")
+        shown = "this URI" if "@" in uri else f"'{uri}'"  # user:password@host/..., unshown
+        raise UriError(f"{shown} has no scheme; use one of: {examples}")
     scheme = scheme.lower()
     if scheme not in SCHEMES or scheme not in allowed:
         raise UriError(
             f"scheme '{scheme}://' is not supported for a {role.value}; use one of: {examples}"
         )
+    _refuse_credentials(scheme, rest)
     location = unquote(rest)
     if "\x00" in location:
         raise UriError("NUL bytes are not allowed in a URI")

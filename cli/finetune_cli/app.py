@@ -7,8 +7,8 @@ so ``validate`` and ``crd`` work with the operator's dependencies alone.
 
 from __future__ import annotations
 
+import os
 import random
-import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +22,7 @@ from finetune_api.manifests import Document, ManifestError, explain, read_file
 from finetune_api.outcome import ExitCode
 from finetune_api.overrides import Override, check_with_overrides, parse_overrides
 from finetune_api.plan.devices import DEVICES
+from finetune_api.redaction import environment_secrets, redact
 from finetune_api.render import RenderError, local_output_uri, render_trainer_config
 from finetune_api.resource import FineTuneJob
 from finetune_cli.helptext import Command, Group, examples, markup
@@ -117,7 +118,11 @@ def _root(
 
 
 def _err(message: str) -> None:
-    typer.echo(message, err=True)
+    """Print ``message`` on stderr, through the redaction layer: whatever the message
+    quotes (a URI as written, a library's exception, a traceback), no credential is
+    shown: neither one the trainer registered nor one of this environment
+    (finetune_api.redaction)."""
+    typer.echo(redact(message, environment_secrets(os.environ)), err=True)
 
 
 def _overrides(texts: Sequence[str] | None) -> list[Override]:
@@ -133,7 +138,7 @@ def _report(doc: Document, overrides: Sequence[Override] = ()) -> None:
     """Say whether ``doc`` is valid; a problem at a field ``--set`` wrote says so, since
     the file does not hold the value."""
     if doc.job is not None:
-        typer.echo(f"{doc.label}: valid")
+        typer.echo(redact(f"{doc.label}: valid"))
         return
     _err(f"{doc.label}: invalid")
     written = {override.field for override in overrides}
@@ -566,7 +571,7 @@ def _run_trainer(
     except Exception as exc:
         outcome = failed(exc, telemetry.last_step)
         if outcome.exit_code == 1:
-            traceback.print_exception(exc, file=sys.stderr)
+            _err("".join(traceback.format_exception(exc)).rstrip("\n"))
         _err(f"error: {outcome.message}")
         _finish(outcome, termination_log, pod=pod)
     # Only rank 0 evaluates and reports; the other ranks of a distributed run have no

@@ -26,6 +26,7 @@ from finetune_api.config.methods import METHODS, PROMPT_LEARNING_METHODS, Method
 from finetune_api.config.methods.adalora import ADALORA
 from finetune_api.config.tracking import TrackingSpec
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
+from finetune_api.redaction import redact_data
 from finetune_api.tasks import TaskName
 
 # --------------------------------------------------------------------------- model
@@ -265,5 +266,9 @@ class TrainerConfig(JobSections):
         return cls.model_validate_json(text)
 
     def redacted(self) -> dict[str, Any]:
-        """The config as published in manifests and model cards."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The config as published in manifests, model cards and tracker parameters:
+        every text in it through the redaction layer (finetune_api.redaction), so a
+        secret registered by the trainer, or one pasted where no rule looks, is not
+        published with the adapter."""
+        data: dict[str, Any] = redact_data(self.model_dump(mode="json", exclude_none=True))
+        return data
