@@ -31,6 +31,7 @@ from pydantic import JsonValue
 from pydantic_core import PydanticCustomError
 
 from finetune_api.tasks import TASKS
+from finetune_api.uri import overlap
 
 Scope = Literal["job", "cluster"]
 
@@ -71,6 +72,9 @@ class Facts:
     gpus: int | None = None
     name: str | None = None
     output_uri: str | None = None
+    inputs: tuple[tuple[str, str], ...] = ()
+    """Every location the run reads, as (field path, URI): the model, the data files,
+    a distillation teacher; the output must be apart from each."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,26 @@ def _fp16_needs_a_gpu(facts: Facts) -> Violation | None:
     return None
 
 
+def _output_apart_from_inputs(facts: Facts) -> Violation | None:
+    """Publishing (and checkpointing) writes the output: one that is an input's place,
+    inside it or around it overwrites the base model's weights or the user's data."""
+    if facts.output_uri is None:
+        return None
+    clashes = [
+        f"{how} {field} ({uri})"
+        for field, uri in facts.inputs
+        if (how := overlap(facts.output_uri, uri)) is not None
+    ]
+    if not clashes:
+        return None
+    return Violation(
+        "output.uri",
+        f"{facts.output_uri} {'; and '.join(clashes)}: the run would write over what it "
+        "reads; publish to a location of its own, e.g. a new directory or prefix "
+        "beside the inputs",
+    )
+
+
 RULES: Final[tuple[Rule, ...]] = (
     Rule(
         "early-stopping-needs-periodic-evaluation",
@@ -278,6 +302,15 @@ RULES: Final[tuple[Rule, ...]] = (
         "self.method.adalora.tinit : 0) + (has(self.method.adalora) && "
         "has(self.method.adalora.tfinal) ? self.method.adalora.tfinal : 0) < "
         "self.training.maxSteps",
+    ),
+    Rule(
+        "output-apart-from-inputs",
+        "output.uri",
+        "job",
+        _output_apart_from_inputs,
+        "output.uri must be apart from model.uri, the dataset files and a distillation "
+        "teacher: not the same place, inside one, or containing one",
+        None,
     ),
     Rule(
         "cluster-needs-an-output",

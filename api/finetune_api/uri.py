@@ -66,6 +66,11 @@ def _check_pvc(location: str, role: Role) -> None:
         )
     if role is not Role.OUTPUT and not path:
         raise UriError("pvc:// needs a path inside the claim: pvc://<claim>/<path>")
+    if path.startswith("/") or "//" in path:
+        raise UriError(
+            f"'{path}' is not a path inside the claim: pvc:// paths are relative to the "
+            "claim's root, so write pvc://<claim>/<path> with single slashes (no '//')"
+        )
     _check_segments(path)
 
 
@@ -203,3 +208,50 @@ def data_suffix(uri: ParsedUri) -> str | None:
     raise UriError(
         f"cannot tell the file type of '{uri}'; name a file ending in " + ", ".join(DATA_SUFFIXES)
     )
+
+
+def _place(uri: str) -> tuple[tuple[str, str], tuple[str, ...]] | None:
+    """Where ``uri`` points, as (the namespace, the path's segments in it), or None when
+    the URI alone cannot say (a Hub repository, which no output can be; an unparseable
+    URI, which its own field reports).
+
+    The namespace is what must be equal for two places to meet: the scheme and the
+    bucket, the claim, or (file://) whether the path is absolute or relative to the
+    working directory, since the two cannot be compared without knowing that directory.
+    """
+    scheme, sep, rest = uri.partition("://")
+    scheme, location = scheme.lower(), unquote(rest)
+    if not sep or scheme not in ("file", "pvc", "s3"):
+        return None
+    if scheme == "file":
+        root, path = ("/" if location.startswith("/") else "."), location
+    else:
+        root, _, path = location.partition("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == ".." and parts and parts[-1] != "..":
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return (scheme, root), tuple(parts)
+
+
+def overlap(output: str, other: str) -> str | None:
+    """How the location ``output`` meets the location ``other``: ``"is the same place as"``,
+    ``"is inside"``, ``"contains"``, or None when they are apart or the URIs
+    alone cannot tell (the trainer checks again with real paths, links resolved).
+
+    Compared segment by segment (``s3://b/models/x`` does not contain
+    ``s3://b/models/x-ft``), after ``.`` and ``..`` are resolved in file:// paths.
+    """
+    a, b = _place(output), _place(other)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    mine, theirs = a[1], b[1]
+    if mine == theirs:
+        return "is the same place as"
+    if theirs == mine[: len(theirs)]:
+        return "is inside"
+    if mine == theirs[: len(mine)]:
+        return "contains"
+    return None

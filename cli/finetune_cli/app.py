@@ -407,7 +407,12 @@ def verify(
 
     Remote locations (s3://) use the standard AWS credentials of this environment
     (AWS_* variables, ~/.aws files, AWS_ENDPOINT_URL, AWS_S3_ADDRESSING_STYLE).
+
+    Exit 0: every file matches. Exit 1: the set does not match (each problem listed: a
+    missing, changed or unlisted file, a missing or damaged manifest.json). Exit 5 (7):
+    the location cannot be read (retrying may help with 7), as for a run.
     """
+    from finetune_api.outcome import ExitCode
     from finetune_api.uri import Role
     from finetune_trainer.errors import TrainerError
     from finetune_trainer.publish import verify_manifest, verify_store
@@ -423,6 +428,9 @@ def verify(
     except TrainerError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # a local file that cannot be read (permissions, I/O)
+        _err(f"error: {uri}: cannot read {exc.filename or ''}: {exc.strerror or exc}")
+        raise typer.Exit(ExitCode.STORAGE_ERROR) from None
     for problem in problems:
         _err(f"  - {problem}")
     if problems:

@@ -219,6 +219,9 @@ def _env(job: FineTuneJob, settings: Settings) -> list[Any]:
         {"name": "HOME", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    uid = (job.metadata.model_extra or {}).get("uid")
+    if uid:  # the run's identity across pod restarts: the output's lease knows it again
+        env.append({"name": "FINETUNE_RUN_ID", "value": str(uid)})
     if job.spec.resources.nodes > 1:
         annotation = f"metadata.annotations['{names.COMPLETION_INDEX}']"
         env.append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": annotation}}})

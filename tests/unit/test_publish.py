@@ -220,9 +220,9 @@ def test_manifest_is_copied_last_after_the_stale_one_is_removed(
     seen: list[tuple[str, bool]] = []
     real_copy = store._atomic_copy
 
-    def recording_copy(src: Path, dst: Path) -> None:
+    def recording_copy(src: Path, dst: Path, partial: Path) -> None:
         seen.append((dst.relative_to(target).as_posix(), (target / MANIFEST).exists()))
-        real_copy(src, dst)
+        real_copy(src, dst, partial)
 
     monkeypatch.setattr(store, "_atomic_copy", recording_copy)
     publish(staging, f"file://{target}")
@@ -246,10 +246,10 @@ def test_a_failed_publish_leaves_no_manifest(
     (target / MANIFEST).write_text('{"files": []}')
     real_copy = store._atomic_copy
 
-    def failing_copy(src: Path, dst: Path) -> None:
+    def failing_copy(src: Path, dst: Path, partial: Path) -> None:
         if dst.name == "adapter_model.safetensors":
             raise OSError(28, "No space left on device")
-        real_copy(src, dst)
+        real_copy(src, dst, partial)
 
     monkeypatch.setattr(store, "_atomic_copy", failing_copy)
     with pytest.raises(StorageError, match=r"cannot write .*No space left on device"):

@@ -78,6 +78,10 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "training": {"maxSteps": 11},
         },
     ),
+    "output-apart-from-inputs": (
+        {"output": {"uri": "s3://data-bucket/chat"}},  # holds dataset.train
+        {"output": {"uri": "s3://data-bucket/chat-adapters"}},
+    ),
     "cluster-needs-an-output": ({"output": DELETE}, {}),
     "pod-names-fit": (
         {"metadata.name": "n" * 62, "resources": {"nodes": 2}},

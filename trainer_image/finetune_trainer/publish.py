@@ -86,8 +86,35 @@ def verify_manifest(directory: Path) -> list[str]:
     if not manifest_path.is_file():
         return [f"{directory}: no {MANIFEST}, the artifact set is incomplete"]
     present = {rel: (directory / rel).stat().st_size for rel in local_files(directory)}
-    manifest = json.loads(manifest_path.read_text())
+    manifest = parse_manifest(manifest_path.read_bytes(), str(manifest_path))
+    if isinstance(manifest, str):
+        return [manifest]
     return compare_to_manifest(manifest, present, lambda rel: sha256_file(directory / rel))
+
+
+def parse_manifest(data: bytes, where: str) -> dict[str, Any] | str:
+    """The manifest in ``data``, or the problem that makes it unusable (not JSON, not an
+    ArtifactManifest, a malformed file entry): a damaged manifest vouches for nothing,
+    and is reported as one problem of the set rather than as a traceback."""
+    try:
+        manifest = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"{where}: damaged, not valid JSON ({exc}); publish the set again"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list):
+        return f"{where}: damaged, no list of files (not an {MANIFEST_KIND}); publish the set again"
+    for i, entry in enumerate(files):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("path"), str)
+            and isinstance(entry.get("size"), int)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            return (
+                f"{where}: damaged, files[{i}] is not a path, size and sha256; publish the "
+                "set again"
+            )
+    return dict(manifest)
 
 
 def verify_store(store: Store) -> list[str]:
@@ -103,7 +130,9 @@ def verify_store(store: Store) -> list[str]:
     del present[MANIFEST]
     with tempfile.TemporaryDirectory(prefix="finetune-verify-") as tmp:
         store.get_file(MANIFEST, Path(tmp) / MANIFEST)
-        manifest = json.loads((Path(tmp) / MANIFEST).read_text())
+        manifest = parse_manifest((Path(tmp) / MANIFEST).read_bytes(), f"{store.uri}/{MANIFEST}")
+        if isinstance(manifest, str):
+            return [manifest]
 
         def remote_sha256(rel: str) -> str:
             local = Path(tmp) / "file"
@@ -129,8 +158,10 @@ def compare_to_manifest(
             problems.append(f"{entry['path']}: missing")
         elif size != entry["size"] or sha256_of(entry["path"]) != entry["sha256"]:
             problems.append(f"{entry['path']}: size or sha256 differs from the manifest")
-    # checkpoints/ is the run's own workspace (each checkpoint has its own manifest),
-    # not part of the published set.
+    # checkpoints/ is the run's own workspace (each checkpoint has its own manifest, and
+    # the output's lease lives there), not part of the published set. Anything else the
+    # manifest does not list is reported, hidden files too (a local store's interrupted
+    # writes are emptied by the next run that takes the output).
     unlisted = {p for p in present if not p.startswith(f"{CHECKPOINTS}/")} - listed
     for extra in sorted(unlisted):
         problems.append(f"{extra}: not listed in the manifest")

@@ -16,7 +16,12 @@ from typing import Any
 from finetune_api.config import TrainerConfig
 from finetune_trainer.logs import kv
 from finetune_trainer.recipe import TrainedRun, fine_tune, run_metrics
-from finetune_trainer.recipe.setup import model_access, output_access, quiet_libraries
+from finetune_trainer.recipe.setup import (
+    hold_output,
+    model_access,
+    output_access,
+    quiet_libraries,
+)
 from finetune_trainer.telemetry import Telemetry, rank_from_env
 from finetune_trainer.tracking import Trackers, open_trackers
 
@@ -86,7 +91,12 @@ def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> R
 
     quiet_libraries()  # before the trackers: their log lines go where the run's do
     main = telemetry.reporting if telemetry is not None else rank_from_env() == 0
-    with handle_sigterm() as stop, open_trackers(config, main=main) as trackers:
+    # The output is checked and leased before anything loads, until it is published.
+    with (
+        hold_output(config, main=main),
+        handle_sigterm() as stop,
+        open_trackers(config, main=main) as trackers,
+    ):
         if telemetry is not None:
             telemetry.on_trackers(trackers.urls())
         run = fine_tune(config, telemetry, stop=stop, trackers=trackers)

@@ -236,7 +236,20 @@ class JobSections(CamelModel):
             gpus=gpus,
             name=name,
             output_uri=output_uri,
+            inputs=self.input_uris(),
         )
+
+    def input_uris(self) -> tuple[tuple[str, str], ...]:
+        """Every location the run reads, with its field path (rules.Facts.inputs)."""
+        data, teacher = self.dataset, self.training.distillation
+        found: list[tuple[str, str | None]] = [
+            ("model.uri", self.model.uri),
+            ("dataset.train", data.train),
+            *((f"dataset.mixture[{i}].train", m.train) for i, m in enumerate(data.mixture or [])),
+            ("dataset.validation", data.validation),
+            ("training.distillation.teacherUri", teacher.teacher_uri if teacher else None),
+        ]
+        return tuple((field, uri) for field, uri in found if uri is not None)
 
 
 _JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -255,7 +268,15 @@ class TrainerConfig(JobSections):
         """The cross-field rules (finetune_api.rules) the FineTuneJob spec obeyed too:
         a TrainerConfig written by hand, or by an older operator, is held to them."""
         d = self.distributed
-        rules.enforce(self.rule_facts(d.strategy, "distributed.strategy", nodes=d.nodes, gpus=None))
+        rules.enforce(
+            self.rule_facts(
+                d.strategy,
+                "distributed.strategy",
+                nodes=d.nodes,
+                gpus=None,
+                output_uri=self.output.uri,
+            )
+        )
         return self
 
     def to_json(self) -> str:

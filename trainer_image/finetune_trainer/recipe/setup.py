@@ -9,8 +9,12 @@ different initial weights. Each step is otherwise independent of where it is cal
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,11 +24,12 @@ import torch
 from finetune_api.config import TrainerConfig
 from finetune_api.config.methods import MethodOptions
 from finetune_api.config.training import DistillationSpec
+from finetune_api.uri import Role
 from finetune_trainer import checkpoint
 from finetune_trainer.data.prepare import PreparedData, prepare_data
 from finetune_trainer.distributed import make_accelerator, shard_model
-from finetune_trainer.errors import ConfigError
-from finetune_trainer.logs import LOGGER, bar_width, install_redaction, kv, stderr_handler
+from finetune_trainer.errors import ConfigError, StorageError
+from finetune_trainer.logs import LOGGER, bar_width, kv, stderr_handler
 from finetune_trainer.loop import Optimization, prepare_optimization
 from finetune_trainer.losses import DistillationLoss, LossFn, with_term
 from finetune_trainer.methods import Method, MethodContext, get_method, trainable_groups
@@ -37,7 +42,14 @@ from finetune_trainer.modeling import (
     resolve_compute,
 )
 from finetune_trainer.state import Checkpointable, Resume, StepReport
-from finetune_trainer.storage.backends import Access, fetch_model_dir, open_store
+from finetune_trainer.storage.backends import (
+    Access,
+    LocalBackend,
+    backend_for,
+    fetch_model_dir,
+    open_store,
+)
+from finetune_trainer.storage.store import Holder
 from finetune_trainer.tasks import Task
 from finetune_trainer.telemetry import Progress, Telemetry
 from finetune_trainer.tracking import NO_TRACKERS, Trackers
@@ -65,7 +77,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    install_redaction()  # before anything reads a credential or logs a line
     if not logging.getLogger().handlers and not log.handlers:
         log.addHandler(stderr_handler())
         log.setLevel(logging.INFO)
@@ -80,6 +91,73 @@ def model_access(config: TrainerConfig) -> Access:
     """How the run reaches its base model (and a distillation teacher): the model's
     Secret and the job's retry deadline."""
     return Access(config.model.credentials_secret, config.output.retry_deadline_seconds)
+
+
+# --------------------------------------------------------------------------- output
+
+
+@contextlib.contextmanager
+def hold_output(config: TrainerConfig, *, main: bool = True) -> Iterator[None]:
+    """The output, checked and leased before anything loads, held until the block (the
+    run and its publishing) ends.
+
+    What would otherwise fail only after a whole epoch, or silently, fails here in a
+    second: a local output that is a file, that cannot be created or written (read-only,
+    a path too long), that is (through links or relative paths) one of the run's inputs;
+    and any output another run is writing (the lease, :meth:`Store.lease`; on S3 taking
+    it is also the probe that the bucket exists and may be written). Rank 0 checks and
+    holds it for the whole job (``main``); the other ranks write only under its lease.
+    """
+    if not main:
+        yield
+        return
+    backend, parsed = backend_for(config.output.uri, Role.OUTPUT)
+    if isinstance(backend, LocalBackend):
+        check_local_output(config, backend.resolve(parsed))
+    with open_store(config.output.uri, output_access(config)).lease(Holder.of_this_process()):
+        yield
+
+
+def check_local_output(config: TrainerConfig, path: Path) -> None:
+    """A local output directory that is no input and can be written, or an error that
+    names output.uri, the path and the fix."""
+    uri = config.output.uri
+    if os.path.lexists(path) and not os.path.isdir(path):  # neither raises ENAMETOOLONG
+        raise StorageError(
+            f"output.uri: {uri}: {path} is a file; the output is a directory the run "
+            "publishes into: point output.uri at a new or existing directory"
+        )
+    real = os.path.realpath(path)
+    for field, input_uri in config.input_uris():
+        other = _local_input(input_uri)
+        if other is None:
+            continue
+        common = os.path.commonpath([real, other])
+        how = {other: "is inside", real: "contains"}.get(common) if real != other else "is"
+        if how is not None:
+            raise ConfigError(
+                f"output.uri: {uri} ({real}) {how} {field} ({input_uri}, {other}): the run "
+                "would write over what it reads; publish to a directory of its own"
+            )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # unnamed where the OS allows: no debris
+            pass
+    except OSError as exc:
+        raise StorageError(
+            f"output.uri: {uri}: cannot write in {path}: {exc.strerror or exc}; the run "
+            "publishes and checkpoints there: make it writable, or choose another output"
+        ) from exc
+
+
+def _local_input(uri: str) -> str | None:
+    """The real path (links resolved) of a file:// or pvc:// input; None for others."""
+    if uri.partition("://")[0].lower() not in ("file", "pvc"):
+        return None
+    backend, parsed = backend_for(uri, Role.MODEL)
+    if not isinstance(backend, LocalBackend):
+        return None
+    return os.path.realpath(backend.resolve(parsed))
 
 
 # --------------------------------------------------------------------------- hardware
@@ -129,17 +207,26 @@ class Checkpoints:
     resume: Resume | None
     config: TrainerConfig
     accelerator: Accelerator
+    identity: checkpoint.Identity
+    """The run's identity, which its checkpoints record (rank 0's; the others write none)."""
 
     def save(self, cp: Checkpointable) -> None:
         """The loop's ``save`` hook: write ``cp`` to the output (every rank takes part)."""
-        checkpoint.save(self.store, cp, config=self.config, accelerator=self.accelerator)
+        checkpoint.save(
+            self.store, cp, config=self.config, identity=self.identity, accelerator=self.accelerator
+        )
 
 
-def setup_checkpoints(config: TrainerConfig, hardware: Hardware) -> Checkpoints:
-    """The output store, and the newest complete checkpoint of this configuration in it."""
+def setup_checkpoints(
+    config: TrainerConfig, hardware: Hardware, files: BaseModelFiles, data: PreparedData
+) -> Checkpoints:
+    """The output store, and the newest complete checkpoint of this run in it: the same
+    configuration and the same content of the base model and the data (a file rewritten
+    in place is another run). Rank 0 takes the identity and chooses for every rank."""
     store = open_store(config.output.uri, output_access(config))
-    _, resume = checkpoint.find_and_load(store, config, hardware.accelerator)
-    return Checkpoints(store, resume, config, hardware.accelerator)
+    identity = checkpoint.identity(config, files.directory, data) if hardware.main else {}
+    _, resume = checkpoint.find_and_load(store, identity, hardware.accelerator)
+    return Checkpoints(store, resume, config, hardware.accelerator, identity)
 
 
 # --------------------------------------------------------------------------- model and data

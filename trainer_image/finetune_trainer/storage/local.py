@@ -1,7 +1,10 @@
 """file:// and pvc:// storage: paths on this machine (in a pod: mounted volumes).
 
 Both schemes are the same backend over a different path mapping: ``file://path`` is
-the path itself, ``pvc://claim/path`` is the path under the claim's mount point.
+the path itself, ``pvc://claim/path`` is the path under the claim's mount point. Both
+mappings go through :func:`path_under`, the one place a URI becomes a local path, so
+that no URI reaches outside the root it names (a claim's mount point), and every path
+is absolute (a message names the directory a relative path was looked for in).
 """
 
 from __future__ import annotations
@@ -19,14 +22,43 @@ PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
 
 
 def file_path(uri: ParsedUri) -> Path:
-    """file://path: absolute, or relative to the working directory."""
-    return Path(uri.location).expanduser()
+    """file://path: absolute, or relative to the working directory, returned absolute so
+    that a "not found" names the directory it was looked for in."""
+    return Path(os.path.abspath(Path(uri.location).expanduser()))
 
 
 def pvc_path(uri: ParsedUri) -> Path:
-    """pvc://claim/path: the claim's mount point under $FINETUNE_PVC_ROOT (/mnt/pvc)."""
+    """pvc://claim/path: the path under the claim's mount point ($FINETUNE_PVC_ROOT/claim,
+    /mnt/pvc/claim by default), which it can never leave (:func:`path_under`)."""
     claim, _, rest = uri.location.partition("/")
-    return Path(os.environ.get(PVC_ROOT_ENV, "/mnt/pvc")) / claim / rest
+    root = Path(os.environ.get(PVC_ROOT_ENV, "/mnt/pvc")).absolute() / claim
+    return path_under(root, rest, str(uri))
+
+
+def path_under(root: Path, rest: str, uri: str) -> Path:
+    """``rest`` (a ``/``-separated relative path) under ``root``, as a real path that is
+    still under ``root``'s real path; StorageError naming ``uri`` otherwise.
+
+    Refused: an absolute ``rest`` (``pvc://claim//etc``: joining it would drop ``root``),
+    ``..`` segments, and symbolic links on the way that lead out of ``root`` (a link in a
+    shared claim pointing at another claim or the node's filesystem). The contract
+    refuses the first two at validate time (``finetune_api.uri``); the links only show
+    here, on the volume.
+    """
+    parts = rest.split("/")
+    if rest.startswith("/") or ".." in parts or "\x00" in rest:
+        raise StorageError(
+            f"{uri}: the path must stay inside {root}: write it relative to the claim, "
+            "without '//' or '..' (pvc://<claim>/<path>)"
+        )
+    path = root.joinpath(*(p for p in parts if p not in ("", ".")))
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise StorageError(
+            f"{uri}: {path} resolves to {real}, outside {real_root} (a symbolic link leads "
+            "out of the claim); point the URI at a path inside the claim"
+        )
+    return Path(real)
 
 
 class LocalBackend:
@@ -41,7 +73,8 @@ class LocalBackend:
     def local_file(self, uri: ParsedUri, access: Access) -> Path:
         path = self._resolve(uri)
         if not path.is_file():
-            raise StorageError(f"{uri}: no such file ({path})")
+            what = "a directory, not a file" if path.is_dir() else "no such file"
+            raise StorageError(f"{uri}: {what} ({path})")
         return path
 
     def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import hashlib
 import json
 import logging
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +41,15 @@ from finetune_api.uri import ParsedUri
 from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
 from finetune_trainer.storage import cache
 from finetune_trainer.storage.credentials import S3Settings, redact, s3_client, s3_settings
-from finetune_trainer.storage.store import Access, ObjectInfo, join_key, safe_key
+from finetune_trainer.storage.store import (
+    LEASE,
+    Access,
+    Holder,
+    ObjectInfo,
+    busy,
+    join_key,
+    safe_key,
+)
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -61,6 +71,9 @@ MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 """The part size: 10,000 parts (S3's limit) of 16 MiB allow files up to 160 GiB."""
 DELETE_BATCH = 1000
 """DeleteObjects takes at most 1000 keys per request."""
+LEASE_SECONDS = 120.0
+"""How long an output's lease object holds without renewal; the holder renews it every
+quarter of that, so only a run that died (or lost the store for this long) lets it lapse."""
 
 TRANSIENT_CODES = frozenset(
     {
@@ -322,6 +335,26 @@ class S3Client:
             out += page.get("Contents", [])
         return out
 
+    def put_body(self, key: str, body: bytes, **condition: str) -> str:
+        """PUT ``body`` at ``key`` under a condition (IfNoneMatch='*', IfMatch=etag); the
+        new ETag. A store that refuses the condition answers 412 PreconditionFailed."""
+        response = self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
+        return str(response["ETag"])
+
+    def get_body(self, key: str) -> tuple[bytes, str] | None:
+        """The object at ``key`` and its ETag; None when there is none."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if error_code(root_cause(exc))[1] == 404:
+                return None
+            raise
+        return response["Body"].read(), str(response["ETag"])
+
+    def delete_if(self, key: str, etag: str) -> None:
+        """DELETE ``key`` if it is still the version ``etag`` (412 otherwise)."""
+        self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start : start + DELETE_BATCH]
@@ -403,6 +436,62 @@ class S3Store:
         self.uri = uri
         self.s3 = s3
         self.prefix = prefix.strip("/")
+        self.lease_seconds = LEASE_SECONDS
+
+    @contextlib.contextmanager
+    def lease(self, holder: Holder) -> Iterator[None]:
+        """The output's lease object, created only if absent (``If-None-Match: *``) and
+        renewed by a background thread (``If-Match`` its last ETag) while the block runs.
+
+        An expired lease (its holder died) or one of the same run (a restarted pod) is
+        taken over, again conditionally, so of two runs racing for it one wins. A lease
+        lost meanwhile (renewals failing past its expiry, another run taking it) fails
+        the run when the block ends: what it wrote may have been replaced.
+        """
+        key = self._key(LEASE)
+        etag = self.s3.call("take the lease", key, lambda: self._take(key, holder))
+        renewal = _Renewal(self, key, holder, etag)
+        try:
+            yield
+        finally:
+            renewal.stop()
+            self._release(key, renewal.etag)
+        if renewal.lost is not None:
+            raise StorageError(
+                f"{self.uri}: this run lost the output's lease ({renewal.lost}); another run "
+                "may have written here meanwhile: check it with finetune verify"
+            )
+
+    def lease_body(self, holder: Holder) -> bytes:
+        data = json.loads(holder.to_json()) | {"expires": time.time() + self.lease_seconds}
+        return json.dumps(data).encode()
+
+    def _take(self, key: str, holder: Holder) -> str:
+        try:
+            return self.s3.put_body(key, self.lease_body(holder), IfNoneMatch="*")
+        except Exception as exc:
+            if error_code(root_cause(exc))[1] not in (409, 412):
+                raise
+        current = self.s3.get_body(key)
+        if current is None:  # released meanwhile: try again from the start
+            return self._take(key, holder)
+        body, etag = current
+        other, expires = Holder.from_json(body), _expiry(body)
+        if other is not None and other.run != holder.run and expires > time.time():
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
+            raise busy(self.uri, other, f"or for its lease to lapse after {until} if it died")
+        try:
+            return self.s3.put_body(key, self.lease_body(holder), IfMatch=etag)
+        except Exception as exc:
+            if error_code(root_cause(exc))[1] in (409, 412):  # another run took it first
+                raise busy(self.uri, None, "stop it") from None
+            raise
+
+    def _release(self, key: str, etag: str) -> None:
+        try:
+            self.s3.call("release the lease", key, lambda: self.s3.delete_if(key, etag))
+        except StorageError as exc:
+            log.warning("%s: could not release the output's lease (%s); it lapses", self.uri, exc)
 
     def _key(self, key: str) -> str:
         return join_key(self.prefix, safe_key(key)) if self.prefix else safe_key(key)
@@ -449,6 +538,41 @@ class S3Store:
         full = [self._key(k) for k in keys]
         if full:
             self.s3.call("delete", full[0], lambda: self.s3.delete(full))
+
+
+def _expiry(body: bytes) -> float:
+    try:
+        return float(json.loads(body)["expires"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0  # not a lease this trainer wrote: nothing keeps it alive
+
+
+class _Renewal:
+    """Renews a lease every quarter of its length in a daemon thread, until stopped."""
+
+    def __init__(self, store: S3Store, key: str, holder: Holder, etag: str) -> None:
+        self.store, self.key, self.holder, self.etag = store, key, holder, etag
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="finetune-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        s3 = self.store.s3
+        while not self._stop.wait(self.store.lease_seconds / 4):
+            body = self.store.lease_body(self.holder)
+            try:
+                self.etag = s3.put_body(self.key, body, IfMatch=self.etag)
+            except Exception as exc:
+                if error_code(root_cause(exc))[1] in (409, 412):
+                    self.lost = "another run took it over"
+                    log.error("%s: %s", self.store.uri, self.lost)
+                    return
+                log.warning("%s: renewing the lease failed (%s)", self.store.uri, describe(exc))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def relative_objects(raw: list[dict[str, Any]], root: str) -> Iterator[tuple[str, dict[str, Any]]]:
