@@ -29,7 +29,7 @@ from finetune_trainer import checkpoint
 from finetune_trainer.data.prepare import PreparedData, prepare_data
 from finetune_trainer.distributed import make_accelerator, shard_model
 from finetune_trainer.errors import ConfigError, StorageError
-from finetune_trainer.logs import LOGGER, bar_width, kv, stderr_handler
+from finetune_trainer.logs import LOGGER, bar_width, install_redaction, kv, stderr_handler
 from finetune_trainer.loop import Optimization, prepare_optimization
 from finetune_trainer.losses import DistillationLoss, LossFn, with_term
 from finetune_trainer.methods import Method, MethodContext, get_method, trainable_groups
@@ -77,6 +77,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    install_redaction()  # before anything reads a credential or logs a line
     if not logging.getLogger().handlers and not log.handlers:
         log.addHandler(stderr_handler())
         log.setLevel(logging.INFO)
