@@ -131,3 +131,58 @@ def test_a_mixture_run_trains_on_every_source(make_job: Any, tmp_path: Path) -> 
     assert (data["trainRows"], data["validationRows"]) == (5, 2)
     assert data["trainedTokens"] == data["trainTokens"]  # lossOn: all
     assert metrics["steps"] == 3
+
+
+GOOD = json.dumps(colour_rows(1)[0]).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        (
+            GOOD + b"\n" + GOOD + b'\n{"text": "caf\xe9"}\n',
+            ["line 3: is not valid UTF-8 (byte 0xe9", "save the file as UTF-8"],
+        ),
+        (GOOD + b'\n\n{"messages": "\\udc80"}\n', ["line 3: holds the escape \\udc80"]),
+        (
+            GOOD + b'\n{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+            ["line 2: is not readable JSON: it is nested too deeply"],
+        ),
+        (
+            b"\n".join([GOOD] * 40),
+            ["40 rows read, 39 dropped as exact duplicates: 1 usable row; at least 2 are needed"],
+        ),
+    ],
+    ids=["invalid-utf8", "lone-surrogate", "deep-nesting", "duplicates"],
+)
+def test_a_broken_data_file_exits_3_naming_its_line(
+    make_job: Any, tmp_path: Path, content: bytes, fragments: list[str]
+) -> None:
+    """Through `finetune plan`, which reads the data exactly as the run does (cheaply:
+    the model's tokenizer and config, not its weights)."""
+    train = tmp_path / "hostile.jsonl"
+    train.write_bytes(content)
+    job = make_job(dataset={"train": f"file://{train}", "validation": None})
+
+    result = runner.invoke(app, ["plan", str(job)])
+
+    assert result.exit_code == 3, result.output
+    assert f"dataset.train (file://{train})" in result.output
+    for fragment in fragments:
+        assert fragment in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_run_on_a_file_with_invalid_utf8_exits_3_and_publishes_nothing(
+    make_job: Any, tmp_path: Path
+) -> None:
+    train = tmp_path / "hostile.jsonl"
+    train.write_bytes(GOOD + b"\n\n" + b'{"text": "\xff"}\n')
+    job = make_job(dataset={"train": f"file://{train}"})
+
+    result = runner.invoke(app, ["run", str(job)])
+
+    assert result.exit_code == 3, result.output
+    assert f"dataset.train (file://{train}) line 3: is not valid UTF-8" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "manifest.json").exists()
