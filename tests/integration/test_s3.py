@@ -422,3 +422,56 @@ def test_workload_identity_through_the_standard_chain(
     monkeypatch.delenv("AWS_WEB_IDENTITY_TOKEN_FILE")
     with pytest.raises(StorageError):
         open_store(s3_env.uri("irsa"), Access(None, 2)).list()
+
+
+# --------------------------------------------------------------------------- the lease
+
+
+def lease_body(s3_env: S3Env, key: str) -> dict[str, Any]:
+    body = s3_env.client.get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
+    return dict(json.loads(body))
+
+
+def test_a_second_run_on_a_leased_s3_output_fails_naming_the_holder(s3_env: S3Env) -> None:
+    from finetune_trainer.storage.store import LEASE, Holder, OutputBusy
+
+    first, second = open_store(s3_env.uri("job")), open_store(s3_env.uri("job"))
+    with first.lease(Holder("run-a")):
+        assert lease_body(s3_env, f"job/{LEASE}")["run"] == "run-a"
+        busy = pytest.raises(OutputBusy, match=r"s3://.*/job: another run .*run run-a")
+        with busy as caught, second.lease(Holder("run-b")):
+            pass
+        assert caught.value.exit_code == 5
+        assert lease_body(s3_env, f"job/{LEASE}")["run"] == "run-a"  # untouched
+    assert f"job/{LEASE}" not in s3_env.objects()  # released
+    with second.lease(Holder("run-b")):
+        pass
+
+
+def test_an_s3_lease_is_renewed_while_held_and_taken_over_once_it_lapses(
+    s3_env: S3Env,
+) -> None:
+    from finetune_trainer.storage.store import LEASE, Holder
+
+    key = f"job/{LEASE}"
+    holder = open_store(s3_env.uri("job"))
+    holder.lease_seconds = 0.4  # renewed every 0.1 s
+    with holder.lease(Holder("run-a")):
+        first = lease_body(s3_env, key)["expires"]
+        time.sleep(0.6)
+        assert lease_body(s3_env, key)["expires"] > first + 0.2  # renewed
+    # A holder killed -9 renews nothing: its lease lapses and is taken over.
+    lapsed = {"run": "dead-run", "process": "h:1", "since": 0, "expires": time.time() - 1}
+    s3_env.client.put_object(Bucket=s3_env.bucket, Key=key, Body=json.dumps(lapsed).encode())
+    with open_store(s3_env.uri("job")).lease(Holder("run-b")):
+        assert lease_body(s3_env, key)["run"] == "run-b"
+
+
+def test_the_same_run_restarted_takes_its_s3_lease_over(s3_env: S3Env) -> None:
+    from finetune_trainer.storage.store import LEASE, Holder
+
+    key = f"job/{LEASE}"
+    alive = {"run": "job-uid", "process": "old-pod:1", "since": 0, "expires": time.time() + 600}
+    s3_env.client.put_object(Bucket=s3_env.bucket, Key=key, Body=json.dumps(alive).encode())
+    with open_store(s3_env.uri("job")).lease(Holder("job-uid", "new-pod:1")):
+        assert lease_body(s3_env, key)["process"] == "new-pod:1"
