@@ -141,12 +141,12 @@ GOOD = json.dumps(colour_rows(1)[0]).encode()
     [
         (
             GOOD + b"\n" + GOOD + b'\n{"text": "caf\xe9"}\n',
-            ["line 3: is not valid UTF-8 (byte 0xe9", "save the file as UTF-8"],
+            ["line 3 is not valid UTF-8 (byte 0xe9", "save the file as UTF-8"],
         ),
-        (GOOD + b'\n\n{"messages": "\\udc80"}\n', ["line 3: holds the escape \\udc80"]),
+        (GOOD + b'\n\n{"messages": "\\udc80"}\n', ["line 3 holds the escape \\udc80"]),
         (
             GOOD + b'\n{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
-            ["line 2: is not readable JSON: it is nested too deeply"],
+            ["line 2 is not readable JSON: it is nested too deeply"],
         ),
         (
             b"\n".join([GOOD] * 40),
@@ -183,6 +183,6 @@ def test_a_run_on_a_file_with_invalid_utf8_exits_3_and_publishes_nothing(
     result = runner.invoke(app, ["run", str(job)])
 
     assert result.exit_code == 3, result.output
-    assert f"dataset.train (file://{train}) line 3: is not valid UTF-8" in result.output
+    assert f"dataset.train (file://{train}): line 3 is not valid UTF-8" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out" / "manifest.json").exists()

@@ -176,7 +176,7 @@ def test_train_reads_a_rendered_trainer_config(make_job: Any, tmp_path: Path) ->
             {"dataset": {"columns": {"messages": "conversation"}}},
             3,
             [
-                "train.jsonl) line 1 (format messages)",
+                "train.jsonl): line 1 (format messages)",
                 "column 'conversation' is missing",
                 "dataset.columns.messages",
             ],

@@ -166,7 +166,7 @@ def test_invalid_data_exits_3_with_a_termination_message(
         3,
     )
     assert message["message"] == (
-        f"dataset.train (file://{bad}): line 2 is not valid JSON (Expecting value)"
+        f"dataset.train (file://{bad}): line 2 is not valid JSON (Expecting value at column 1)"
     )
     assert (message["lastStep"], message["artifactUri"]) == (0, None)
     assert "line 2 is not valid JSON" in result.stderr

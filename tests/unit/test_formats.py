@@ -266,7 +266,7 @@ def test_bad_labels_are_refused_with_the_row(label: object, fragment: str) -> No
         to_examples(
             located({"text": "x", "label": label}), "classification", DEFAULT, "dataset.train"
         )
-    assert str(info.value).startswith("dataset.train line 1 (format classification):")
+    assert str(info.value).startswith("dataset.train: line 1 (format classification):")
     assert fragment in str(info.value)
     assert "column 'label'" in str(info.value)
 
@@ -304,7 +304,7 @@ def test_a_missing_column_names_the_setting_and_the_row(
         to_examples(located(good, good, row), fmt, DEFAULT, "dataset.validation")
     message = str(info.value)
     # The row's own line in the file, as the loader located it.
-    assert message.startswith(f"dataset.validation line 5 (format {fmt}):")
+    assert message.startswith(f"dataset.validation: line 5 (format {fmt}):")
     assert f"column '{column}' is missing" in message
     assert f"set dataset.columns.{setting} " in message
     # It lists what the row does have, so the user can pick the right column.

@@ -67,7 +67,7 @@ def test_a_bad_jsonl_line_is_named_by_number(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         read_rows(path, ".jsonl", "dataset.train (file://d.jsonl)")
     message = str(info.value)
-    assert message.startswith("dataset.train (file://d.jsonl) line 4: is not valid JSON")
+    assert message.startswith("dataset.train (file://d.jsonl): line 4 is not valid JSON")
     assert "at column 16" in message
 
 
@@ -94,7 +94,7 @@ def test_json_that_is_not_a_list_of_rows(tmp_path: Path, payload: Any) -> None:
 def test_invalid_json_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path / "d.json", '[\n  {"a": 1},\n  {"a": 2,}\n]\n')
 
-    with pytest.raises(DataError, match=r"dataset.train line 3: is not valid JSON"):
+    with pytest.raises(DataError, match=r"dataset.train: line 3 is not valid JSON"):
         read_rows(path, ".json", "dataset.train")
 
 
@@ -125,7 +125,7 @@ def test_unreadable_csv(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", "a,b\n1,2\n\n1,2,3\n")
 
     assert problem(path, ".csv") == (
-        "dataset.train line 4: has 3 fields but the header (line 1) has 2; "
+        "dataset.train: line 4 has 3 fields but the header (line 1) has 2; "
         "quote fields that contain a comma"
     )
 
@@ -187,7 +187,7 @@ def test_rows_must_be_objects(
 ) -> None:
     path = write(tmp_path / f"d{suffix}", text)
 
-    assert problem(path, suffix).startswith(f"dataset.train {where}: is {kind}, expected an object")
+    assert problem(path, suffix).startswith(f"dataset.train: {where} is {kind}, expected an object")
 
 
 # --------------------------------------------------------------------------- locations
@@ -251,7 +251,7 @@ def test_invalid_utf8_is_reported_at_its_line(tmp_path: Path, suffix: str) -> No
 
     message = problem(path, suffix, "dataset.train (file://d)")
 
-    assert message.startswith("dataset.train (file://d) line 3: is not valid UTF-8 (byte 0xe9")
+    assert message.startswith("dataset.train (file://d): line 3 is not valid UTF-8 (byte 0xe9")
     assert "save the file as UTF-8" in message
 
 
@@ -278,7 +278,7 @@ def test_a_lone_surrogate_escape_is_refused_at_its_line(
 
     message = problem(path, suffix)
 
-    assert message.startswith(f"dataset.train {where}: holds the escape \\ud")
+    assert message.startswith(f"dataset.train: {where} holds the escape \\ud")
     assert "surrogate" in message
 
 
@@ -298,13 +298,13 @@ def test_json_nested_too_deeply_is_a_data_error_at_its_line(tmp_path: Path, suff
 
     message = problem(path, suffix)
 
-    assert message.startswith("dataset.train line 3: is not readable JSON: it is nested too")
+    assert message.startswith("dataset.train: line 3 is not readable JSON: it is nested too")
 
 
 def test_an_integer_too_long_to_convert_is_a_data_error(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", '{"label": ' + "9" * 5000 + "}\n")
 
-    assert problem(path, ".jsonl").startswith("dataset.train line 1: is not readable JSON (")
+    assert problem(path, ".jsonl").startswith("dataset.train: line 1 is not readable JSON (")
 
 
 @pytest.mark.parametrize(
@@ -323,7 +323,7 @@ def test_broken_json_structure_is_named_by_line(
 
     message = problem(path, ".json")
 
-    assert message.startswith(f"dataset.train {where}: is not valid JSON"), message
+    assert message.startswith(f"dataset.train: {where} is not valid JSON"), message
     assert fragment in message
 
 
@@ -331,7 +331,7 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", "\nprompt,prompt\na,b\n")
 
     assert problem(path, ".csv").startswith(
-        "dataset.train line 2: the header names column 'prompt' more than once"
+        "dataset.train: line 2 is a header naming column 'prompt' more than once"
     )
 
 

@@ -212,7 +212,7 @@ def test_a_validation_label_unseen_in_training_is_an_error(
     with pytest.raises(DataError) as info:
         prepared(tiny_tokenizer, dataset, task="sequence-classification")
     assert str(info.value).startswith(
-        f"dataset.validation (file://{validation}) line 2: label '7' does not occur"
+        f"dataset.validation (file://{validation}): line 2: label '7' does not occur"
     )
 
 
@@ -593,7 +593,7 @@ def test_a_bad_row_is_named_by_its_line_with_blank_lines_counted(
         prepared(tiny_tokenizer, spec(train=f"file://{train}"))
 
     assert str(info.value).startswith(
-        f"dataset.train (file://{train}) line 5 (format messages): column 'messages' is missing"
+        f"dataset.train (file://{train}): line 5 (format messages): column 'messages' is missing"
     )
 
 
@@ -645,7 +645,7 @@ def test_a_template_failing_on_a_row_names_the_row(
     with pytest.raises(DataError) as info:
         prepared(tokenizer, spec(train=f"file://{train}"), use_cache=False)
 
-    assert str(info.value).startswith(f"dataset.train (file://{train}) line 2: {message}")
+    assert str(info.value).startswith(f"dataset.train (file://{train}): line 2: {message}")
     assert info.value.exit_code == 3
 
 

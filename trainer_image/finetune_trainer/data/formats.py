@@ -164,5 +164,5 @@ def to_examples(rows: list[SourceRow], fmt: str, cols: ColumnMapping, label: str
         try:
             examples.append(convert(row.data, cols))
         except RowError as exc:
-            raise DataError(f"{label} {row.where} (format {fmt}): {exc}") from None
+            raise DataError(f"{label}: {row.where} (format {fmt}): {exc}") from None
     return examples

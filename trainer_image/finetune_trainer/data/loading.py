@@ -57,7 +57,7 @@ column is ordinary data, not an error."""
 
 
 def _fail(label: str, where: str, problem: str) -> DataError:
-    return DataError(f"{label} {where}: {problem}")
+    return DataError(f"{label}: {where} {problem}")
 
 
 def _decode(raw: bytes, label: str, number: int) -> str:
@@ -277,7 +277,7 @@ def _read_csv(path: Path, label: str) -> list[Located]:
         raise _fail(
             label,
             f"line {header_line}",
-            f"the header names column {repeated[0]!r} more than once; rename one",
+            f"is a header naming column {repeated[0]!r} more than once; rename one",
         )
     rows: list[Located] = []
     for record, line in records:

@@ -159,7 +159,7 @@ class _Source:
     cleaned: CleanCounts
 
     def item(self, i: int) -> _Item:
-        return _Item(self.examples[i], self.tokens[i], f"{self.label} {self.where[i]}")
+        return _Item(self.examples[i], self.tokens[i], f"{self.label}: {self.where[i]}")
 
     def why(self, usable: int, held_out: int = 0, drops: _Drops | None = None) -> str:
         """How ``read`` rows became ``usable``, every reason with its count, so a file
@@ -244,7 +244,7 @@ class _Reader:
                     )
                 )
             except TemplateError as exc:
-                raise _template_failure(self.tokenizer, f"{label} {place}", exc) from None
+                raise _template_failure(self.tokenizer, f"{label}: {place}", exc) from None
         self.report.files_tokenized += 1
         if key is not None:
             cache.store(path, key, tokens)
