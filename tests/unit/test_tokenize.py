@@ -275,3 +275,26 @@ def test_classification_truncation_cuts_the_longer_text_and_keeps_the_specials(
     decoded = pairing_tokenizer.decode(cut.input_ids)
     assert decoded.startswith("<|im_start|>colour red")
     assert decoded.endswith(f"{IM_END}the answer{IM_END}")  # the short pair survives whole
+
+
+# --------------------------------------------------------------------------- failing templates
+
+
+def test_whatever_a_template_raises_is_a_template_error(tiny_tokenizer: Any) -> None:
+    from finetune_trainer.data.tokenize import template_problem
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (
+        "{% if messages[0]['content'] == 'boom' %}{{ raise_exception('boom row') }}{% endif %}"
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    boom = [{"role": "user", "content": "boom"}, {"role": "assistant", "content": "a"}]
+
+    with pytest.raises(TemplateError, match="the chat template failed: TemplateError: boom row"):
+        tokenize_chat(tokenizer, boom, max_length=512)
+    # One row's failure says nothing about the template: a plain conversation renders.
+    assert template_problem(tokenizer) is None
+    tokenizer.chat_template = "{{ ''.__class__.__mro__ }}"
+    problem = template_problem(tokenizer)
+    assert problem is not None and problem.startswith("the chat template failed: SecurityError")
