@@ -47,11 +47,17 @@ _YAML12_FLOAT = re.compile(
     re.X,
 )
 _Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
-# kubectl keeps 2024-01-01 a string (JSON has no dates); PyYAML would make it a date.
-_Yaml12Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
 
 
-def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+def _as_string(loader: _Yaml12Loader, node: yaml.ScalarNode) -> str:
+    """kubectl keeps 2024-01-01 a string (JSON has no dates); PyYAML would make it a date."""
+    return str(loader.construct_scalar(node))
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:timestamp", _as_string)
+
+
+def _refuse_duplicate_keys(loader: _Yaml12Loader, node: yaml.MappingNode) -> dict[Any, Any]:
     """A mapping whose keys are unique. PyYAML (and kubectl) keep the last of two equal
     keys, so a second ``training:`` would silently drop the first section's settings.
     Keys a merge (``<<: *base``) brings in may be overridden: that is what merges do."""

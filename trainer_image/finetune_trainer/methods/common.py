@@ -3,6 +3,8 @@ user can act on, and keeping trainable weights in fp32 under mixed precision."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
@@ -48,6 +50,7 @@ def wrap_peft(model: torch.nn.Module, config: PeftConfig, section: str) -> PeftM
 
     from finetune_trainer.dropout import use_cpu_dropout
 
+    resolve_patterns(model, config, section)
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
@@ -61,6 +64,48 @@ def wrap_peft(model: torch.nn.Module, config: PeftConfig, section: str) -> PeftM
         raise ConfigError(f"method.{section}: {message}{hint}") from exc
     use_cpu_dropout(peft_model)
     return peft_model
+
+
+_PATTERN_FIELDS = {"target_modules": "targetModules", "feedforward_modules": "feedforwardModules"}
+"""The peft config fields that take a regular expression over module paths."""
+
+
+def pattern_matcher(pattern: str) -> Callable[[str], bool]:
+    """``fullmatch`` of ``pattern`` in linear time: RE2 where it is installed (the
+    trainer image), else Python's ``re``, which the contract's check
+    (:func:`finetune_api.config.patterns.check_module_pattern`) keeps to patterns that
+    cannot backtrack without bound. RE2 lacks a few of ``re``'s spellings (``\\Z``):
+    such a pattern uses ``re`` too."""
+    try:
+        import re2  # type: ignore[import-untyped]
+
+        compiled = re2.compile(pattern)
+    except Exception:  # not installed, or syntax only Python's re reads
+        compiled = re.compile(pattern)
+    return lambda name: compiled.fullmatch(name) is not None
+
+
+def resolve_patterns(model: torch.nn.Module, config: PeftConfig, section: str) -> None:
+    """Turn a regular expression in ``config``'s targetModules or feedforwardModules into
+    the set of module paths it matches, as peft would (``re.fullmatch`` on every path of
+    ``model``), so peft never runs a backtracking matcher over the model: a pattern is
+    matched here once, in linear time. A pattern matching nothing is a ConfigError that
+    names the field and the model's layer names."""
+    paths = [name for name, _ in model.named_modules() if name]
+    for attr, wire in _PATTERN_FIELDS.items():
+        value = getattr(config, attr, None)
+        if not isinstance(value, str) or value == "all-linear":
+            continue
+        matches = pattern_matcher(value)
+        found = {path for path in paths if matches(path)}
+        if not found:
+            raise ConfigError(
+                f"method.{section}.{wire}: '{value}' matches no module path of this model "
+                f"(a regular expression must match a whole path, e.g. "
+                f"model.layers.0.self_attn.q_proj); its linear layers are named "
+                f"{linear_module_names(model)}: list some of them, or use all-linear"
+            )
+        setattr(config, attr, found)
 
 
 def trainable_in_fp32(model: ModuleT) -> ModuleT:

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic.config import JsonDict
 
+from finetune_api.config.patterns import check_module_pattern
+
 _BARE_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
@@ -23,13 +25,7 @@ def _check_target_modules(value: Any, handler: ValidatorFunctionWrapHandler) -> 
                 f"a list to select modules by name ([{value}]) or a regular expression such as "
                 rf"'.*\.{value}'"
             )
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(
-                f"'{value}' is not a valid regular expression ({exc}); write all-linear, a "
-                "list of module names such as [q_proj, v_proj], or a valid regular expression"
-            ) from None
+        check_module_pattern(value)  # invalid, or one that could hang the matcher
         return value
     try:
         return handler(value)
