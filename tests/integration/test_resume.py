@@ -152,3 +152,72 @@ def test_killed_and_terminated_run_resumes_to_the_same_result(
     left = complete_checkpoints(LocalStore("file://out", out))
     assert sorted(left) == [STEPS - 4, STEPS]
     assert all(MANIFEST in keys for keys in left.values())
+
+
+def test_a_rerun_trains_again_exactly_when_the_data_changed_in_place(
+    make_job: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A finished job run again: with nothing changed it says it was already complete
+    and publishes the same weights without claiming training; with the training file
+    rewritten in place (same URI, same configuration) it trains from the beginning on
+    the new rows, and what it publishes is the new run's."""
+    from typer.testing import CliRunner
+
+    from conftest import COLOURS
+    from finetune_cli.app import app
+    from finetune_trainer.publish import sha256_file
+
+    job = make_job(
+        dataset={"deduplicate": False},
+        training={"maxSteps": 6},
+        evaluation={"exactMatchSamples": 0},
+    )
+    out = tmp_path / "out"
+
+    def run() -> str:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="finetune.trainer"):
+            result = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output + caplog.text
+
+    def identity_at(step: int) -> dict[str, str]:
+        manifest = json.loads((out / prefix_for(step) / MANIFEST).read_text())
+        return dict(manifest["fingerprint"])
+
+    run()
+    first, first_adapter = metrics(out), sha256_file(out / "adapter_model.safetensors")
+    first_identity = identity_at(6)
+    assert first["resumedFromStep"] is None and first["stepsThisRun"] == first["steps"] == 6
+
+    # 1. Nothing changed: resumed at its last step, nothing trained, the same weights.
+    said = run()
+    again = metrics(out)
+    assert "already complete" in said and "trained 6 steps" not in said
+    assert again["resumedFromStep"] == 6 and again["stepsThisRun"] == 0
+    assert again["steps"] == 6 and again["history"] == first["history"]
+    assert sha256_file(out / "adapter_model.safetensors") == first_adapter
+    assert again["evalLoss"] == pytest.approx(first["evalLoss"])
+    assert verify_manifest(out) == []
+
+    # 2. The training file rewritten in place: other answers, fewer rows.
+    rows = colour_rows(40)
+    for row in rows:
+        answer = row["messages"][1]
+        answer["content"] = COLOURS[(COLOURS.index(answer["content"]) + 1) % len(COLOURS)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    said = run()
+    changed = metrics(out)
+    assert "not resuming from" in said and "the training examples (trainContent" in said
+    assert "already complete" not in said
+    assert changed["resumedFromStep"] is None and changed["stepsThisRun"] == 6
+    assert changed["data"]["trainRows"] == 40 != first["data"]["trainRows"]
+    assert changed["history"] != first["history"]
+    assert sha256_file(out / "adapter_model.safetensors") != first_adapter
+    assert verify_manifest(out) == []
+    # The old run's checkpoint was replaced by the new run's (40 rows: an epoch ends at
+    # step 5): every one left differs from the old by the training data only.
+    assert sorted(complete_checkpoints(LocalStore("file://out", out))) == [5, 6]
+    for step in (5, 6):
+        new_identity = identity_at(step)
+        assert {k for k in new_identity if new_identity[k] != first_identity[k]} == {"trainContent"}

@@ -314,16 +314,18 @@ def _resume_progress(loop: _Loop, plan: Iterator[StepGroup]) -> int:
     state, result, stopper = resume.state, loop.result, loop.stopper
     result.tokens, result.samples, result.seconds = state.tokens, state.samples, state.seconds
     result.history, result.eval_history = list(state.history), list(state.eval_history)
-    result.steps = state.step
+    result.steps = result.resumed_from = state.step
     if stopper is not None and state.stopper is not None:
         stopper.restore(state.stopper)
+        result.stopped_early = stopper.should_stop
     loop.best = resume.best
     if loop.best is None and stopper is not None and stopper.best_step == state.step:
         loop.best = resume.trainable  # the checkpoint's own weights were the best
     for _ in range(state.step):
         next(plan)
     resume.restore_rng()
-    return state.step + 1
+    # A run that stopped early ended at this checkpoint: it does not train on past it.
+    return loop.steps + 1 if result.stopped_early else state.step + 1
 
 
 class _Clock:

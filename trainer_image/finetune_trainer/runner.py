@@ -68,12 +68,27 @@ class RunResult:
             )
         if m.get("evalLoss") is not None:
             lines.append(f"eval loss: {m['evalLossBefore']:.4f} -> {m['evalLoss']:.4f}")
-        lines.append(
-            f"trained {m['steps']} steps in {m['trainSeconds']:.0f}s "
-            f"({m['tokensPerSecond']:.0f} tokens/s); artifacts: {self.output_uri}"
-        )
+        lines.append(f"{self._training_line()}; artifacts: {self.output_uri}")
         lines += [f"{name}: {url}" for name, url in self.trackers.items()]
         return "\n".join(lines)
+
+    def _training_line(self) -> str:
+        """What training did, in this run and in all: a run resumed from a checkpoint
+        trained only the steps after it, and one resumed at its end trained none."""
+        m = self.metrics
+        resumed, now = m.get("resumedFromStep"), m.get("stepsThisRun", m["steps"])
+        seconds, speed = f"{m['trainSeconds']:.0f}s", f"{m['tokensPerSecond']:.0f} tokens/s"
+        if resumed is None:
+            return f"trained {m['steps']} steps in {seconds} ({speed})"
+        if now == 0:
+            return (
+                f"already complete: resumed at its last step ({resumed}), nothing trained in "
+                f"this run; the same weights evaluated and published again ({speed})"
+            )
+        return (
+            f"trained {now} steps after resuming at step {resumed} "
+            f"({m['steps']} steps, {seconds} of training in all; {speed})"
+        )
 
 
 def base_model_ref(uri: str) -> str:

@@ -102,9 +102,10 @@ def fine_tune(
             precision=hardware.compute.precision,
         ),
     )
-    checkpoints = setup_checkpoints(config, hardware)
     files = setup_base_files(config)
     data = setup_data(config, files.tokenizer)
+    # After the data: a checkpoint belongs to the content of the model and data too.
+    checkpoints = setup_checkpoints(config, hardware, files, data)
     base = setup_base_model(config, files, data, hardware, choice)
     scorer = Scorer(files.tokenizer, data, config.evaluation)
     before = _scores_before(scorer, base, checkpoints.resume, hardware)
@@ -145,7 +146,20 @@ def fine_tune(
             )
     finally:
         reporting.close()
+    _say_if_already_complete(result)
     return _finish(hardware, scorer, trainable, result, before, wall_start)
+
+
+def _say_if_already_complete(result: TrainResult) -> None:
+    """A run resumed at its end (a finished job run again, its inputs unchanged) trains
+    nothing: say so, rather than let the summary read as new training."""
+    if result.resumed_from is not None and result.steps_this_run == 0:
+        log.info(
+            "already complete: the checkpoint of step %d is this run's last (same "
+            "configuration, model and data); nothing trained now, its weights are evaluated "
+            "and published again",
+            result.resumed_from,
+        )
 
 
 def _training_window(stop: StopRequest | None) -> AbstractContextManager[None]:
@@ -222,6 +236,8 @@ def run_metrics(
         "bestStep": result.best_step,
         "exactMatchSamples": len(after.predictions) if after.exact_match is not None else None,
         "steps": result.steps,
+        "resumedFromStep": result.resumed_from,
+        "stepsThisRun": result.steps_this_run,
         "tokensPerSecond": result.tokens_per_second,
         "trainSeconds": result.seconds,
         "torchVersion": torch.__version__,
