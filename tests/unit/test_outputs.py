@@ -202,6 +202,9 @@ def test_a_missing_relative_file_names_the_directory_it_was_looked_for_in(
     with pytest.raises(StorageError) as caught:
         fetch_file("file://data/train.jsonl", Role.DATASET)
     assert str(tmp_path / "data" / "train.jsonl") in str(caught.value)
+    too_long = "n" * 300 + ".jsonl"  # ENAMETOOLONG: a storage error too, not a traceback
+    with pytest.raises(StorageError, match=f"no such file \\({tmp_path}/n+"):
+        fetch_file(f"file://{too_long}", Role.DATASET)
 
 
 # --------------------------------------------------------------------------- preflight

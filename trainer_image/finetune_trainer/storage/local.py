@@ -72,14 +72,14 @@ class LocalBackend:
 
     def local_file(self, uri: ParsedUri, access: Access) -> Path:
         path = self._resolve(uri)
-        if not path.is_file():
-            what = "a directory, not a file" if path.is_dir() else "no such file"
+        if not os.path.isfile(path):  # os.path's tests never raise (ENAMETOOLONG, EACCES)
+            what = "a directory, not a file" if os.path.isdir(path) else "no such file"
             raise StorageError(f"{uri}: {what} ({path})")
         return path
 
     def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         path = self._resolve(uri)
-        if not (path / "config.json").is_file():
+        if not os.path.isfile(path / "config.json"):
             raise ModelError(
                 f"{uri}: no model directory at {path} (expected config.json there); "
                 "point model.uri at a directory saved with save_pretrained"
