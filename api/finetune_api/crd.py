@@ -103,6 +103,10 @@ def _convert_plain(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]
             out[key] = value
     if "enum" in out and "type" not in out:
         out["type"] = _json_type(out["enum"][0])
+    if out.get("type") == "integer":
+        # What the API server stores, and what `finetune validate` holds every whole
+        # number to (finetune_api.manifests.INT64_MAX): a larger one is refused by both.
+        out["format"] = "int64"
     if (
         node.get("default") is not None
         and "description" in out

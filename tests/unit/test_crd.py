@@ -8,6 +8,7 @@ rules that pydantic enforces in `finetune validate` and in the operator.
 from __future__ import annotations
 
 import copy
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -625,3 +626,35 @@ def test_every_spec_field_but_suspend_is_immutable(schema: dict[str, Any]) -> No
     presence = spec["x-kubernetes-validations"][-1]["rule"]
     assert "has(self.runPolicy) == has(oldSelf.runPolicy)" in presence
     assert "suspend" not in presence
+
+
+def _integers(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every schema node of type integer under ``node``, with its path."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            found.append((path, node))
+        for key, value in node.items():
+            found += _integers(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _integers(value, f"{path}[{i}]")
+    return found
+
+
+def test_every_integer_is_int64_as_validate_holds_it(schema: dict[str, Any]) -> None:
+    """The API server stores whole numbers in 64 bits and `finetune validate` refuses a
+    larger one (manifests.INT64_MAX): the schema says so for every integer field."""
+    integers = [(path, node) for path, node in _integers(schema) if ".anyOf" not in path]
+    assert len(integers) > 20
+    assert [path for path, node in integers if node.get("format") != "int64"] == []
+
+
+def test_a_mixture_weight_is_bounded_so_the_sum_is_finite(schema: dict[str, Any]) -> None:
+    from finetune_api.config.data import MAX_MIXTURE_SOURCES, MAX_MIXTURE_WEIGHT
+
+    weight = at(schema, "spec.dataset.mixture")["items"]["properties"]["weight"]
+    assert weight["maximum"] == MAX_MIXTURE_WEIGHT
+    # The trainer's share of a source, rows x weight / sum(weights), stays finite.
+    total = math.fsum([MAX_MIXTURE_WEIGHT] * MAX_MIXTURE_SOURCES)
+    assert math.isfinite(2**60 * MAX_MIXTURE_WEIGHT / total)

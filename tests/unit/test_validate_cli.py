@@ -467,3 +467,17 @@ def test_every_pydantic_error_reads_as_plain_words(kind: str, value: object) -> 
             assert text.startswith("spec.model: "), text
         for leak in ("should", "pydantic", "ModelSource", "http", "[type="):
             assert leak not in text, f"{kind}: {text}"
+
+
+def test_mixture_weights_whose_sum_overflows_are_refused() -> None:
+    spec = (
+        "  model: {uri: hf://org/model}\n  dataset:\n    mixture:\n"
+        "      - {train: file://a.jsonl, weight: 1e308}\n"
+        "      - {train: file://b.jsonl, weight: 1e308}\n"
+    )
+    problems = problems_of(spec)
+    assert [p.split(":")[0] for p in problems] == [
+        "spec.dataset.mixture[0].weight",
+        "spec.dataset.mixture[1].weight",
+    ]
+    assert "must be less than or equal to 1000000000" in problems[0]

@@ -77,6 +77,10 @@ class ColumnMapping(CamelModel):
     )
 
 
+MAX_MIXTURE_WEIGHT = 1e9
+"""The largest mixture weight: weights are ratios, and a row count fits under it."""
+
+
 class MixtureSource(CamelModel):
     """One source of a dataset mixture and its share of the training set."""
 
@@ -87,6 +91,9 @@ class MixtureSource(CamelModel):
     weight: float = Field(
         default=1.0,
         gt=0,
+        # Bounded so that any MAX_MIXTURE_SOURCES weights sum, and a share
+        # (rows x weight / sum) computes, as a finite number: 1e308 + 1e308 overflows.
+        le=MAX_MIXTURE_WEIGHT,
         description="This source's share of the mixed training set, relative to the other "
         "weights (2 and 1: two thirds and one third of the rows). The mixed set has as many "
         "rows as all sources together; a source is subsampled or repeated to its share.",
