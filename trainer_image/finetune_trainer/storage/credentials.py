@@ -97,7 +97,7 @@ def read_secret(name: str | None, keys: Sequence[str] = SECRET_KEYS) -> dict[str
             value = path.read_text().strip()
             if value:
                 _register(key, value)
-                _check_one_line(value, f"credentials Secret {name!r}, key {key}")
+                _check_one_line(value, f"key {key} of credentials Secret {name!r}")
                 values[key] = value
     return values
 
@@ -122,9 +122,9 @@ def _check_one_line(value: str, where: str) -> None:
     a key the store does not know."""
     if _CONTROL.search(value):
         raise StorageError(
-            f"{where}: the value holds a line break or another control character, which no "
-            "request can carry; write it on one line (e.g. kubectl create secret generic "
-            "... --from-literal=KEY=VALUE, or echo -n VALUE | base64 for the data field)"
+            f"the {where} holds a line break or another control character, which no "
+            "request can carry; write the value on one line (e.g. kubectl create secret "
+            "generic ... --from-literal=KEY=VALUE, or echo -n VALUE | base64 for the data field)"
         )
 
 
