@@ -25,6 +25,7 @@ from finetune_api.plan.devices import DEVICES
 from finetune_api.redaction import environment_secrets, redact
 from finetune_api.render import RenderError, local_output_uri, render_trainer_config
 from finetune_api.resource import FineTuneJob
+from finetune_api.uri import without_credentials
 from finetune_cli.helptext import Command, Group, examples, markup
 from finetune_cli.uris import as_uri
 
@@ -302,13 +303,19 @@ def _one_job(file: Path, command: str, overrides: Sequence[Override] = ()) -> Fi
 def _local_config(
     file: Path, job: FineTuneJob, output: str | None, max_steps: int | None
 ) -> TrainerConfig:
-    """The TrainerConfig a local run of ``job`` uses; exit 2 when an override breaks a rule."""
+    """The TrainerConfig a local run of ``job`` uses; exit 2 when an override breaks a rule.
+
+    A problem with ``output`` (``--output``: not a URI for artifacts, or one a rule
+    refuses) is reported against ``--output``, which is where the value came from."""
     uri = output or job.spec.output.uri or local_output_uri(job.metadata.name)
     try:
         return render_trainer_config(job, uri, local=True, max_steps=max_steps)
     except ValidationError as exc:  # an override broke a rule or a bound
         for problem in explain(exc, TrainerConfig):
-            _err(f"{file}: {problem}")
+            if output is not None and problem.path in ("uri", "output.uri"):
+                _err(f"--output {without_credentials(output)}: {problem.message}")
+            else:
+                _err(f"{file}: {problem}")
         raise typer.Exit(EXIT_INVALID) from None
     except (RenderError, ValueError) as exc:
         _err(f"{file}: {exc}")

@@ -481,3 +481,26 @@ def test_mixture_weights_whose_sum_overflows_are_refused() -> None:
         "spec.dataset.mixture[1].weight",
     ]
     assert "must be less than or equal to 1000000000" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("ftp://host/out", "scheme 'ftp://' is not supported"),
+        ("hf://org/model", "scheme 'hf://' is not supported"),
+        ("s3://", "is not a valid bucket name"),
+    ],
+)
+def test_run_names_output_when_its_value_is_invalid(
+    tmp_path: Path, value: str, fragment: str
+) -> None:
+    """An invalid --output is reported against --output, in plain words, before any
+    training starts (exit 2), not as a problem of the manifest's own fields."""
+    path = tmp_path / "job.yaml"
+    path.write_text(manifest(BASE_SPEC))
+    result = runner.invoke(app, ["run", str(path), "--output", value])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"--output {value}: "), result.output
+    assert fragment in result.output
+    for leak in ("pydantic", "Input should", "TrainerConfig", "OutputTarget", f"{path}:"):
+        assert leak not in result.output
