@@ -349,7 +349,7 @@ _SUBJECT = re.compile(
     r"|Frozenset|Mapping|Iterable|Field)\s+must\s+"
 )
 _LINK = re.compile(r"[\s,]*(?:following the rules at\s*)?https?://\S+")
-_CLASS_NAME = re.compile(r"\b(?:instance|subclass) of \w+|\b[A-Z][a-z]+(?:[A-Z][a-z0-9]+)+\b")
+_INSTANCE_OF = re.compile(r"\b(?:an? )?(?:valid )?(?:instance|subclass) of \w+")
 
 
 def _expected(err: Any, loc: Sequence[Any], root: type[BaseModel]) -> str | None:
@@ -430,7 +430,22 @@ def _plain(message: str) -> str:
     message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     message = re.sub(r"\bshould\b", "must", _LINK.sub("", message))
     message = _SUBJECT.sub("must ", message).replace(" after validation", "")
-    return _CLASS_NAME.sub("a section", message)
+    message = _INSTANCE_OF.sub("a section", message)
+    names = _model_names()
+    return re.sub(r"\b[A-Z]\w+\b", lambda m: "a section" if m[0] in names else m[0], message)
+
+
+def _model_names() -> set[str]:
+    """The contract's model classes, by name: internal, so never in a message. The
+    kind, FineTuneJob, is what a manifest's author writes, so it may be."""
+    found: set[str] = set()
+    stack: list[type[BaseModel]] = [BaseModel]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub.__module__.startswith("finetune_api") and sub.__name__ != KIND:
+                found.add(sub.__name__)
+            stack.append(sub)
+    return found
 
 
 def _known_fields(root: type[BaseModel], loc: Sequence[Any]) -> list[str]:
