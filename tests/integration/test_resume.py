@@ -221,3 +221,87 @@ def test_a_rerun_trains_again_exactly_when_the_data_changed_in_place(
     for step in (5, 6):
         new_identity = identity_at(step)
         assert {k for k in new_identity if new_identity[k] != first_identity[k]} == {"trainContent"}
+
+
+def test_a_run_that_stopped_early_stays_stopped_when_resumed(tiny_model_dir: Path) -> None:
+    """Resumed from the checkpoint of its early stop (a finished job run again), a run
+    trains no further, evaluates nothing, and ends with the best weights, as it did."""
+    import copy
+
+    import torch
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_api.config import TrainingSpec
+    from finetune_api.config.training import EarlyStoppingSpec
+    from finetune_trainer.data.formats import Example
+    from finetune_trainer.data.tokenize import tokenize_example
+    from finetune_trainer.loop import Checkpointable, Resume, TrainHooks, train
+    from finetune_trainer.state import trainable_state
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples = [
+        tokenize_example(tokenizer, Example(messages=tuple(r["messages"])), 64)
+        for r in colour_rows(16)
+    ]
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        return get_peft_model(base, LoraConfig(r=4, target_modules="all-linear"))
+
+    saved: dict[int, Resume] = {}
+
+    def save(cp: Checkpointable) -> None:
+        saved[cp.state.step] = Resume(
+            state=copy.deepcopy(cp.state),
+            trainable=trainable_state(cp.model),
+            optimizer=copy.deepcopy(cp.optimizer.state_dict()),
+            scheduler=copy.deepcopy(cp.scheduler.state_dict()),
+            best=cp.best,
+        )
+
+    scripted = iter([1.0, 0.5, 0.9, 0.8])
+    spec = TrainingSpec(maxSteps=10, learningRate=3e-2, batchSize=4, warmupRatio=0)
+    hooks = TrainHooks(
+        evaluate=lambda m: {"evalLoss": next(scripted)},
+        eval_every=2,
+        early_stopping=EarlyStoppingSpec(metric="evalLoss", patience=2),
+        save=save,
+    )
+    first_model = model()
+    first = train(
+        first_model,
+        examples,
+        spec,
+        pad_id=tokenizer.eos_token_id,
+        accelerator=Accelerator(cpu=True),
+        hooks=hooks,
+    )
+    assert first.stopped_early and first.steps == 8 and max(saved) == 8
+
+    def never(m: Any) -> dict[str, float]:
+        raise AssertionError("a finished run evaluated again")
+
+    again_model = model()
+    again = train(
+        again_model,
+        examples,
+        spec,
+        pad_id=tokenizer.eos_token_id,
+        accelerator=Accelerator(cpu=True),
+        hooks=TrainHooks(
+            evaluate=never,
+            eval_every=2,
+            early_stopping=EarlyStoppingSpec(metric="evalLoss", patience=2),
+            resume=saved[8],
+        ),
+    )
+    assert again.stopped_early and again.steps == 8 and again.steps_this_run == 0
+    assert again.resumed_from == 8 and again.best_step == first.best_step == 4
+    assert again.history == first.history
+    trained = dict(first_model.named_parameters())
+    for name, param in again_model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, trained[name])
