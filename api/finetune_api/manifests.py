@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import typing
 from collections.abc import Sequence
@@ -222,8 +223,8 @@ def as_sent(body: Any) -> Any:
             return {_key(k): walk(v, (*loc, _key(k))) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v, (*loc, i)) for i, v in enumerate(node)]
-        if isinstance(node, float) and node.is_integer() and abs(node) < 2.0**1023:
-            node = int(node)
+        if isinstance(node, float) and node.is_integer() and abs(node) <= INT64_MAX:
+            node = int(node)  # a larger one stays a number, as the API server reads it
         if isinstance(node, int) and not isinstance(node, bool) and abs(node) > INT64_MAX:
             raise _Refused(
                 Problem(
@@ -419,7 +420,9 @@ def _type_hint(kind: str, value: Any) -> str:
         return "; write it without quotes" if value.strip() else ""
     if kind.startswith("string") and isinstance(value, bool | int | float):
         return "; quote it to write it as text"
-    if kind.startswith("int") and isinstance(value, float):
+    if kind.startswith("int") and isinstance(value, float) and math.isfinite(value):
+        if value.is_integer():  # whole floats within int64 were made integers
+            return f", too large: Kubernetes stores whole numbers in 64 bits (at most {INT64_MAX})"
         return ", which has a fractional part"
     return ""
 

@@ -504,3 +504,11 @@ def test_run_names_output_when_its_value_is_invalid(
     assert fragment in result.output
     for leak in ("pydantic", "Input should", "TrainerConfig", "OutputTarget", f"{path}:"):
         assert leak not in result.output
+
+
+@pytest.mark.parametrize("value", ["1e20", "1e300", "1.7e308"])
+def test_a_huge_whole_number_for_a_float_field_stays_a_number(value: str) -> None:
+    """kubectl sends 1e20 as a JSON number, which a number field takes: only integer
+    fields are held to int64."""
+    job = only_job(manifest(BASE_SPEC + f"  training: {{maxGradNorm: {value}}}\n"))
+    assert job.spec.training.max_grad_norm == float(value)
