@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from finetune_api import rules
+from finetune_api.config.methods._fields import MODULE_NAME
 from finetune_api.resource import API_VERSION, KIND, FineTuneJob
 from finetune_api.rules import Scope
 from finetune_api.uri import without_credentials
@@ -408,10 +409,26 @@ def _advice(err: Any, loc: Sequence[Any], root: type[BaseModel]) -> str:
     expected = _expected(err, loc, root)
     if expected is not None:
         return f"must be {expected}; got {describe(value)}{_type_hint(kind, value)}"
+    pattern = (err.get("ctx") or {}).get("pattern")
+    if kind == "string_pattern_mismatch" and pattern in _PATTERN_WORDS:
+        return f"must be {_PATTERN_WORDS[pattern]} (got {without_credentials(repr(value))})"
     message = _plain(str(err["msg"]))
     if "input" in err and not isinstance(value, dict | list):
         message += f" (got {without_credentials(repr(value))})"
     return message
+
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_PATTERN_WORDS = {
+    MODULE_NAME: "a module name or dotted path, e.g. lm_head or model.embed_tokens (letters, "
+    "digits, '_' and '.')",
+    _DNS_LABEL: "a DNS label: lower-case letters, digits and '-', starting and ending with a "
+    "letter or digit",
+    _DNS_SUBDOMAIN: "a DNS subdomain: lower-case letters, digits, '-' and '.', each part "
+    "starting and ending with a letter or digit",
+}
+"""The contract's patterns in words (pydantic would show the regular expression)."""
 
 
 def _type_hint(kind: str, value: Any) -> str:

@@ -136,24 +136,44 @@ def _adapted(model: Any, marker: str) -> set[str]:
     }
 
 
-def test_a_pattern_adapts_the_same_layers_as_peft_would(tiny_model_dir: Path) -> None:
-    by_pattern = _apply(tiny_model_dir, "lora", LoraSpec(target_modules=r".*\.(q|v)_proj"))
+def test_a_pattern_adapts_the_same_layers_and_peft_never_matches_it(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import peft.tuners.tuners_utils as tuners_utils
+
+    pattern = r".*\.(q|v)_proj"
+
+    def refuse(target: str, key: str) -> Any:
+        raise AssertionError(f"peft matched {target!r} itself")
+
+    monkeypatch.setattr(tuners_utils, "match_target_against_key", refuse)
+    by_pattern = _apply(tiny_model_dir, "lora", LoraSpec(target_modules=pattern))
+    monkeypatch.undo()
     by_names = _apply(tiny_model_dir, "lora", LoraSpec(target_modules=["q_proj", "v_proj"]))
     adapted = _adapted(by_pattern, "lora_A")
     assert adapted == _adapted(by_names, "lora_A")
     assert adapted == {f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in ("q", "v")}
-    assert sorted(by_pattern.peft_config["default"].target_modules) == sorted(adapted)
+    # The published adapter_config.json keeps the pattern as written.
+    assert by_pattern.peft_config["default"].target_modules == pattern
 
 
 def test_ia3_patterns_resolve_both_fields(tiny_model_dir: Path) -> None:
     options = IA3Spec(target_modules=r".*\.(k_proj|down_proj)", feedforward_modules=r".*down_proj")
     model = _apply(tiny_model_dir, "ia3", options)
-    config = model.peft_config["default"]
-    assert config.feedforward_modules == {
-        "model.layers.0.mlp.down_proj",
-        "model.layers.1.mlp.down_proj",
+    vectors = {
+        name.split(".ia3_l")[0].removeprefix("base_model.model."): tuple(param.shape)
+        for name, param in model.named_parameters()
+        if ".ia3_l" in name
     }
-    assert config.feedforward_modules <= set(config.target_modules)
+    layers = (0, 1)
+    # Feed-forward layers rescale their input (1, fan_in), the others their output.
+    assert {k for k, shape in vectors.items() if shape[0] == 1} == {
+        f"model.layers.{i}.mlp.down_proj" for i in layers
+    }
+    assert set(vectors) == {f"model.layers.{i}.mlp.down_proj" for i in layers} | {
+        f"model.layers.{i}.self_attn.k_proj" for i in layers
+    }
+    assert model.peft_config["default"].feedforward_modules == r".*down_proj"
 
 
 def test_a_pattern_matching_nothing_names_the_field_and_the_layers(tiny_model_dir: Path) -> None:
@@ -162,3 +182,20 @@ def test_a_pattern_matching_nothing_names_the_field_and_the_layers(tiny_model_di
     message = str(caught.value)
     assert message.startswith("method.lora.targetModules: '.*\\.query' matches no module path")
     assert "q_proj" in message
+
+
+@pytest.mark.parametrize("name", ["(a+)+", "lm_head$", ".*", "a b", "lm_head."])
+def test_modules_to_save_takes_names_not_patterns(name: str) -> None:
+    """peft writes each modulesToSave entry into a regular expression
+    (``(^|.*\\.){name}($|\\..*)``): a pattern there would be matched unchecked."""
+    for method in ("lora", "ia3"):
+        text = manifest(f"    type: {method}\n    {method}: {{modulesToSave: ['{name}']}}\n")
+        (doc,) = check_documents(text, "job.yaml")
+        (problem,) = doc.problems
+        assert problem.path == f"spec.method.{method}.modulesToSave[0]"
+        assert problem.message.startswith("must be a module name or dotted path, e.g. lm_head")
+
+
+@pytest.mark.parametrize("names", [["lm_head"], ["model.embed_tokens", "score"]])
+def test_modules_to_save_names_are_accepted(names: list[str]) -> None:
+    assert LoraSpec(modules_to_save=names).modules_to_save == names

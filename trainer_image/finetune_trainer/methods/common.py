@@ -50,7 +50,7 @@ def wrap_peft(model: torch.nn.Module, config: PeftConfig, section: str) -> PeftM
 
     from finetune_trainer.dropout import use_cpu_dropout
 
-    resolve_patterns(model, config, section)
+    written = resolve_patterns(model, config, section)
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
@@ -62,6 +62,8 @@ def wrap_peft(model: torch.nn.Module, config: PeftConfig, section: str) -> PeftM
                 f"method.{section}.targetModules to some of them, or to all-linear)"
             )
         raise ConfigError(f"method.{section}: {message}{hint}") from exc
+    for attr, pattern in written.items():  # published (adapter_config.json) as written
+        setattr(config, attr, pattern)
     use_cpu_dropout(peft_model)
     return peft_model
 
@@ -85,13 +87,15 @@ def pattern_matcher(pattern: str) -> Callable[[str], bool]:
     return lambda name: compiled.fullmatch(name) is not None
 
 
-def resolve_patterns(model: torch.nn.Module, config: PeftConfig, section: str) -> None:
+def resolve_patterns(model: torch.nn.Module, config: PeftConfig, section: str) -> dict[str, str]:
     """Turn a regular expression in ``config``'s targetModules or feedforwardModules into
     the set of module paths it matches, as peft would (``re.fullmatch`` on every path of
     ``model``), so peft never runs a backtracking matcher over the model: a pattern is
     matched here once, in linear time. A pattern matching nothing is a ConfigError that
-    names the field and the model's layer names."""
+    names the field and the model's layer names. Returns the patterns replaced, by
+    field, for the published adapter_config.json to keep them as written."""
     paths = [name for name, _ in model.named_modules() if name]
+    written: dict[str, str] = {}
     for attr, wire in _PATTERN_FIELDS.items():
         value = getattr(config, attr, None)
         if not isinstance(value, str) or value == "all-linear":
@@ -105,7 +109,9 @@ def resolve_patterns(model: torch.nn.Module, config: PeftConfig, section: str) -
                 f"model.layers.0.self_attn.q_proj); its linear layers are named "
                 f"{linear_module_names(model)}: list some of them, or use all-linear"
             )
+        written[attr] = value
         setattr(config, attr, found)
+    return written
 
 
 def trainable_in_fp32(model: ModuleT) -> ModuleT:

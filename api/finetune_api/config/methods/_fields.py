@@ -51,7 +51,13 @@ TARGET_MODULES_HELP = (
 PRESERVE: JsonDict = {"x-kubernetes-preserve-unknown-fields": True}
 """A string-or-list union has no structural schema; pydantic checks it instead."""
 
-ModuleNames = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+MODULE_NAME = r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$"
+"""A module's name or dotted path (lm_head, model.embed_tokens): peft writes each
+modulesToSave entry into a regular expression, so anything else could hang it."""
+ModuleNames = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=256, pattern=MODULE_NAME)]],
+    Field(min_length=1),
+]
 
 VIRTUAL_TOKENS_HELP = (
     "Learned virtual tokens; each example's sequence grows by this many positions."
