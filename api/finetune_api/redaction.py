@@ -43,10 +43,11 @@ Face tokens 37, session tokens hundreds); a short password in a URL or a ``passw
 pair is still masked by :data:`PATTERNS`, which do not depend on its length."""
 
 _SECRET_NAME = re.compile(
-    r"secret|token|passw|credential|api_?key|access_?key|auth|signature|private_?key", re.I
+    r"secret|token|passw|credential|api_?key|access_?key|auth(?!or)|signature|private_?key",
+    re.I,
 )
 _NOT_A_VALUE = re.compile(
-    r"_(?:FILE|PATH|DIR|ROOT|HOME|URI|URL|ENDPOINT|REGION|STYLE|TYPE|MODE|NAME)$", re.I
+    r"_(?:FILE|PATH|DIR|ROOT|HOME|SOCK|URI|URL|ENDPOINT|REGION|STYLE|TYPE|MODE|NAME)$", re.I
 )
 
 

@@ -192,6 +192,7 @@ def test_what_the_environment_holds_secret() -> None:
     assert "/var/run/secrets/finetune" not in found  # a place, named like a secret
     assert "/root/.aws/credentials" not in found
     assert not is_secret_name("FINETUNE_SECRETS_ROOT") and is_secret_name("WANDB_API_KEY")
+    assert not is_secret_name("GIT_AUTHOR_EMAIL") and is_secret_name("MLFLOW_TRACKING_AUTH")
 
 
 @settings(max_examples=200, deadline=1000)
