@@ -10,6 +10,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -447,3 +448,22 @@ def test_a_secret_at_the_cut_of_a_long_message_is_masked_before_it_is_cut() -> N
     assert update.event is not None
     for text in (conditions(update)["Failed"]["message"], update.event.message):
         assert SECRET[:8] not in text
+
+
+def test_the_operator_refuses_credentials_in_a_uri_without_showing_them() -> None:
+    """What `finetune validate` refuses, the operator refuses, in the same words: the
+    InvalidSpec condition and Event name the field, not the key or the secret."""
+    import yaml
+
+    from finetune_operator.reconcile import admit
+    from finetune_operator.status import invalid_spec
+
+    body = yaml.safe_load(JOB_WITH_CREDENTIALS)
+    body["metadata"].update(namespace="ml", uid="ftj-uid", generation=1)
+    job, problem = admit(body)
+    assert job is None
+    update = invalid_spec(body, problem, datetime.now(UTC))
+    assert update.event is not None
+    shown = json.dumps(update.patch) + update.event.message
+    assert "AKIAEXAMPLE" not in shown and "SECRETVALUE" not in shown
+    assert "spec.output.uri: holds credentials" in conditions(update)["Validated"]["message"]
