@@ -7,15 +7,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from finetune_api.config.base import CamelModel, ModelUri
+from finetune_api.config.base import CamelModel, DatasetUri, ModelUri
+from finetune_api.config.data import ColumnMapping
 from finetune_api.tasks import LOWER_IS_BETTER, EvalMetric
 
 __all__ = [
     "LOWER_IS_BETTER",
+    "BertScoreSpec",
     "DistillationSpec",
     "EarlyStoppingSpec",
     "EvalMetric",
     "EvaluationSpec",
+    "RetentionSpec",
     "TrainingSpec",
     "steps_per_epoch",
     "total_steps",
@@ -145,6 +148,47 @@ class TrainingSpec(CamelModel):
     )
 
 
+class RetentionSpec(CamelModel):
+    """A general dataset scored with the base model before training and the tuned model
+    after: what fine-tuning made the model forget (catastrophic forgetting) shows as a
+    higher loss, or a lower exact match, on data it was not trained on."""
+
+    dataset: DatasetUri = Field(
+        description="General rows the job does not train on: a .jsonl, .json, .csv or "
+        ".parquet file (file://, pvc://, s3:// or hf://datasets/org/name), read with "
+        "dataset.credentialsSecret."
+    )
+    format: Literal["messages", "instruction", "prompt-completion", "text"] | None = Field(
+        default=None,
+        description="Its format, as dataset.format (a language model's formats). Default: "
+        "dataset.format.",
+    )
+    columns: ColumnMapping | None = Field(
+        default=None, description="Its columns, as dataset.columns. Default: dataset.columns."
+    )
+    max_rows: int = Field(
+        default=256,
+        ge=1,
+        le=100000,
+        description="Score at most this many rows (the first ones), to bound the time it "
+        "takes; rows longer than training.maxSeqLength are truncated.",
+    )
+
+
+class BertScoreSpec(CamelModel):
+    """BERTScore of the generations, with an encoder the user names: a semantic match
+    that credits paraphrases exact match and BLEU miss."""
+
+    model: ModelUri = Field(
+        description="The encoder (a BERT-like model in Hugging Face format, e.g. "
+        "hf://sentence-transformers/all-MiniLM-L6-v2), read like model.uri with "
+        "model.credentialsSecret; never with remote code."
+    )
+    revision: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Revision of an hf:// encoder."
+    )
+
+
 class EvaluationSpec(CamelModel):
     """What is measured on the validation set before and after training."""
 
@@ -164,6 +208,16 @@ class EvaluationSpec(CamelModel):
         ge=1,
         description="Also evaluate (loss, perplexity, token accuracy) every N optimizer steps. "
         "Default: only before and after training.",
+    )
+    retention: RetentionSpec | None = Field(
+        default=None,
+        description="Also score a general dataset before and after training (retentionLoss, "
+        "retentionExactMatch), to see what fine-tuning made the model forget (task causal-lm).",
+    )
+    bert_score: BertScoreSpec | None = Field(
+        default=None,
+        description="Also score the exact-match generations with BERTScore (bertScoreF1) "
+        "using this encoder (task causal-lm). Default: off.",
     )
 
 
