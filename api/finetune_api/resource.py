@@ -269,6 +269,7 @@ class FineTuneJobSpec(JobSections):
             gpus=r.gpus,
             name=name,
             output_uri=self.output.uri,
+            merge=self.output.merge,
         )
 
 

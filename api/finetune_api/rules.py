@@ -72,6 +72,8 @@ class Facts:
     gpus: int | None = None
     name: str | None = None
     output_uri: str | None = None
+    merge: bool = False
+    """output.merge: publish the adapter merged into the base too."""
     inputs: tuple[tuple[str, str], ...] = ()
     """Every location the run reads, as (field path, URI): the model, the data files,
     a distillation teacher; the output must be apart from each."""
@@ -247,6 +249,34 @@ def _output_apart_from_inputs(facts: Facts) -> Violation | None:
     )
 
 
+_VIRTUAL_TOKENS = ["p-tuning", "prefix", "prompt"]
+"""Methods whose adapter is virtual tokens, not weights: nothing to merge (a test holds
+this to the registry's ``virtual_tokens``)."""
+_WHOLE_MODELS = ["freeze", "full"]
+"""Methods that publish a whole model already (the registry's ``artifact: model``)."""
+
+
+def _merge_needs_a_weight_adapter(facts: Facts) -> Violation | None:
+    """The trainer's merge (finetune_trainer.export) would refuse these after training;
+    refused here, before any GPU time is spent."""
+    if not facts.merge:
+        return None
+    if facts.method in _VIRTUAL_TOKENS:
+        return Violation(
+            "output.merge",
+            f"method.type {facts.method} cannot be merged: its virtual tokens are not "
+            "weights; remove output.merge and serve the base model with the adapter, or "
+            "use a weight adapter such as lora",
+        )
+    if facts.method in _WHOLE_MODELS:
+        return Violation(
+            "output.merge",
+            f"method.type {facts.method} publishes a whole model already: there is no "
+            "adapter to merge; remove output.merge",
+        )
+    return None
+
+
 RULES: Final[tuple[Rule, ...]] = (
     Rule(
         "early-stopping-needs-periodic-evaluation",
@@ -302,6 +332,20 @@ RULES: Final[tuple[Rule, ...]] = (
         "self.method.adalora.tinit : 0) + (has(self.method.adalora) && "
         "has(self.method.adalora.tfinal) ? self.method.adalora.tfinal : 0) < "
         "self.training.maxSteps",
+    ),
+    Rule(
+        "merge-needs-a-weight-adapter",
+        "output.merge",
+        "job",
+        _merge_needs_a_weight_adapter,
+        "output.merge needs a weight adapter: method.type "
+        + ", ".join(_VIRTUAL_TOKENS)
+        + " (virtual tokens) and "
+        + ", ".join(_WHOLE_MODELS)
+        + " (whole models) have nothing to merge",
+        "!has(self.output) || !has(self.output.merge) || !self.output.merge || "
+        "!has(self.method) || !has(self.method.type) || "
+        f"!(self.method.type in {_cel_list(_VIRTUAL_TOKENS + _WHOLE_MODELS)})",
     ),
     Rule(
         "output-apart-from-inputs",

@@ -82,6 +82,10 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"output": {"uri": "s3://data-bucket/chat"}},  # holds dataset.train
         {"output": {"uri": "s3://data-bucket/chat-adapters"}},
     ),
+    "merge-needs-a-weight-adapter": (
+        {"method": {"type": "prefix"}, "output": {"merge": True}},
+        {"method": {"type": "lora"}, "output": {"merge": True}},
+    ),
     "cluster-needs-an-output": ({"output": DELETE}, {}),
     "pod-names-fit": (
         {"metadata.name": "n" * 62, "resources": {"nodes": 2}},
@@ -201,6 +205,14 @@ def test_the_cel_twin_knows_every_method_on_a_quantised_base() -> None:
     assert [name for name, entry in METHODS.items() if entry.quantized_base] == _QUANTIZED
 
 
+def test_the_cel_twin_knows_every_method_with_nothing_to_merge() -> None:
+    from finetune_api.config.methods import METHODS
+    from finetune_api.rules import _VIRTUAL_TOKENS, _WHOLE_MODELS
+
+    assert sorted(n for n, e in METHODS.items() if e.virtual_tokens) == _VIRTUAL_TOKENS
+    assert sorted(n for n, e in METHODS.items() if e.artifact == "model") == _WHOLE_MODELS
+
+
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_a_spec_that_keeps_the_rule_is_accepted_everywhere(rule: Rule, tmp_path: Path) -> None:
     body = manifest(CASES[rule.name][1])
@@ -270,6 +282,7 @@ def rule_violation(rule: Rule, body: dict[str, Any]) -> tuple[str, str]:
         gpus=resources.gpus,
         name=body["metadata"]["name"],
         output_uri=(spec.get("output") or {}).get("uri"),
+        merge=(spec.get("output") or {}).get("merge", False),
     )
     violation = rule.check(facts)
     assert violation is not None, f"{rule.name}: the breaking case does not break it"

@@ -80,6 +80,14 @@ class OutputOptions(CamelModel):
         "publish) retries transient errors (timeouts, 5xx, throttling) before it fails. "
         "Permanent errors (403, 404, no such bucket) fail at once.",
     )
+    merge: bool = Field(
+        default=False,
+        description="Also publish the adapter merged into the base model, under merged/ in "
+        "the artifact set (safetensors shards, config, tokenizer; the same manifest.json), "
+        "merged shard by shard so it needs the memory of one shard, not of the model. For "
+        "weight adapters (lora, qlora, adalora, ia3); prefix, prompt and p-tuning add "
+        "virtual tokens, not weights, and full and freeze publish a whole model already.",
+    )
 
 
 class OutputTarget(OutputOptions):
@@ -210,6 +218,7 @@ class JobSections(CamelModel):
         gpus: int | None = None,
         name: str | None = None,
         output_uri: str | None = None,
+        merge: bool = False,
     ) -> rules.Facts:
         """What the cross-field rules (finetune_api.rules) read of these sections and of
         the resources around them (a spec's, or a TrainerConfig's processes)."""
@@ -236,6 +245,7 @@ class JobSections(CamelModel):
             gpus=gpus,
             name=name,
             output_uri=output_uri,
+            merge=merge,
             inputs=self.input_uris(),
         )
 
@@ -275,6 +285,7 @@ class TrainerConfig(JobSections):
                 nodes=d.nodes,
                 gpus=None,
                 output_uri=self.output.uri,
+                merge=self.output.merge,
             )
         )
         return self
