@@ -101,7 +101,7 @@ def test_a_packed_run_learns(make_job: Any) -> None:
     losses = [h["loss"] for h in metrics["history"]]
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
     assert metrics["evalLoss"] < metrics["evalLossBefore"]
-    assert metrics["exactMatch"] >= 50.0
+    assert metrics["exactMatch"] >= 0.5
 
 
 def test_a_mixture_run_trains_on_every_source(make_job: Any, tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune_api.tasks import LOWER_IS_BETTER
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -75,12 +77,20 @@ SCORE_NAMES = {
     "evalLoss": "eval loss",
     "perplexity": "perplexity",
     "tokenAccuracy": "token accuracy",
-    "exactMatch": "exact match (%)",
+    "exactMatch": "exact match",
     "rougeL": "ROUGE-L",
+    "bleu": "BLEU",
+    "chrF": "chrF",
+    "bertScoreF1": "BERTScore F1",
     "accuracy": "accuracy",
+    "macroPrecision": "macro precision",
+    "macroRecall": "macro recall",
     "macroF1": "macro F1",
+    "retentionLoss": "retention loss",
+    "retentionExactMatch": "retention exact match",
 }
-LOWER_IS_BETTER = frozenset({"evalLoss", "perplexity"})
+"""Titles of the before/after scores; which way is better is the contract's
+(finetune_api.tasks.METRICS), as is the unit: every share is a fraction 0-1."""
 BEFORE, AFTER = "#9aa5b1", "#1f77b4"
 
 

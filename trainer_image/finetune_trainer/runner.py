@@ -61,7 +61,8 @@ class RunResult:
                 f"({after - before:+.1f} points; macro-F1 {m['macroF1']:.3f})"
             )
         if m.get("exactMatch") is not None:
-            before, after = m["exactMatchBefore"], m["exactMatch"]
+            # Stored as fractions (0-1); shown as percentages.
+            before, after = 100 * m["exactMatchBefore"], 100 * m["exactMatch"]
             lines.append(
                 f"held-out exact match: base model {before:.1f}% -> fine-tuned {after:.1f}% "
                 f"({after - before:+.1f} points, {m['exactMatchSamples']} examples)"

@@ -464,3 +464,48 @@ def prepare_data(
             except TemplateError as exc:
                 raise _template_failure(tokenizer, item.where, exc) from None
     return PreparedData(train, validation, samples, report, vocabulary)
+
+
+@dataclass(frozen=True)
+class GeneralData:
+    """A general dataset the run does not train on (``evaluation.retention``): its
+    examples for the loss, and its rows with answers for exact match."""
+
+    examples: list[TokenizedExample]
+    samples: list[EvalSample]
+
+
+def prepare_general(
+    tokenizer: PreTrainedTokenizerBase,
+    uri: str,
+    fmt: str,
+    columns: ColumnMapping,
+    *,
+    max_rows: int,
+    max_length: int,
+    eval_samples: int,
+    access: Access | None = None,
+    label: str = "evaluation.retention.dataset",
+) -> GeneralData:
+    """The first ``max_rows`` rows of ``uri`` read and tokenized like the training data
+    (through the same cache), truncated to ``max_length``; a file with no row to score is
+    a DataError naming ``label``, found before any model is loaded."""
+    settings = TokenizeSettings(max_length, "completion", "causal-lm", deduplicate=False)
+    reader = _Reader(tokenizer, settings, DataReport(), use_cache=True, access=access)
+    source = reader.read(uri, fmt, columns, label)
+    kept = [i for i in range(len(source.examples)) if source.tokens[i].trained_tokens > 0]
+    kept = kept[:max_rows]
+    if not kept:
+        raise DataError(
+            f"{source.label}: {source.why(0)}; it needs rows with text to score; check its "
+            "format and columns (evaluation.retention.format, .columns)"
+        )
+    samples: list[EvalSample] = []
+    for i in kept[:eval_samples]:
+        prompt, answer = source.examples[i].prompt, source.examples[i].answer
+        if prompt is not None and answer is not None:
+            try:
+                samples.append(EvalSample(generation_prompt_ids(tokenizer, prompt), answer))
+            except TemplateError as exc:
+                raise _template_failure(tokenizer, source.item(i).where, exc) from None
+    return GeneralData([source.tokens[i] for i in kept], samples)

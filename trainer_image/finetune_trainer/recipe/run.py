@@ -20,9 +20,9 @@ from finetune_api.config import TrainerConfig
 from finetune_trainer import loop
 from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.distributed import full_state_dict, reshard
-from finetune_trainer.evaluation import EvalResult
+from finetune_trainer.evaluation import EvalResult, retention_changes
 from finetune_trainer.logs import kv
-from finetune_trainer.recipe.scoring import Scorer, base_only
+from finetune_trainer.recipe.scoring import Scorer, base_only, evaluation_extras
 from finetune_trainer.recipe.setup import (
     Hardware,
     TrainableModel,
@@ -107,7 +107,9 @@ def fine_tune(
     # After the data: a checkpoint belongs to the content of the model and data too.
     checkpoints = setup_checkpoints(config, hardware, files, data)
     base = setup_base_model(config, files, data, hardware, choice)
-    scorer = Scorer(files.tokenizer, data, config.evaluation)
+    scorer = Scorer(
+        files.tokenizer, data, config.evaluation, evaluation_extras(config, files.tokenizer)
+    )
     before = _scores_before(scorer, base, checkpoints.resume, hardware)
     steps = total_steps(len(data.train), config.training, hardware.world)
     trainable = setup_method(config, base, choice, files, hardware, steps)
@@ -231,6 +233,8 @@ def run_metrics(
         "firstStepLoss": result.history[0]["loss"],
         **before,
         **after.as_metrics(),
+        **retention_changes(before, after.as_metrics()),
+        **after.details(),
         "evalHistory": result.eval_history,
         "stoppedEarly": result.stopped_early,
         "bestStep": result.best_step,

@@ -8,16 +8,17 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
-from finetune_api.config import EvaluationSpec
-from finetune_trainer.data.prepare import PreparedData
+from finetune_api.config import EvaluationSpec, TrainerConfig
+from finetune_trainer.data.prepare import PreparedData, prepare_general
 from finetune_trainer.distributed import reshard
-from finetune_trainer.evaluation import EvalResult, evaluate, scores_for
+from finetune_trainer.evaluation import EvalResult, Extras, evaluate, scores_for
 from finetune_trainer.logs import kv
+from finetune_trainer.storage.backends import Access, fetch_model_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -32,11 +33,13 @@ class Scorer:
     tokenizer: PreTrainedTokenizerBase
     data: PreparedData
     spec: EvaluationSpec
+    extras: Extras = field(default_factory=Extras)
+    """The retention set and the BERTScore encoder, when the spec asks for them."""
 
     @property
-    def num_labels(self) -> int | None:
-        """The classifier's classes, or None for a language model."""
-        return None if self.data.labels is None else len(self.data.labels)
+    def class_names(self) -> list[str] | None:
+        """The classifier's class names in id order, or None for a language model."""
+        return None if self.data.labels is None else list(self.data.labels.names)
 
     def full(self, model: torch.nn.Module, when: str) -> EvalResult:
         """Scores on every validation example, plus generation scores for language
@@ -49,7 +52,8 @@ class Scorer:
             self.data.eval_samples,
             batch_size=self.spec.batch_size,
             max_new_tokens=self.spec.max_new_tokens,
-            num_labels=self.num_labels,
+            num_labels=self.class_names,
+            extras=self.extras,
         )
         shown = {k: round(v, 4) for k, v in result.as_metrics().items() if v is not None}
         log.info("eval %s", kv(when=when, **shown, seconds=round(time.perf_counter() - started)))
@@ -62,7 +66,7 @@ class Scorer:
             self.data.validation,
             self.spec.batch_size,
             self.tokenizer.pad_token_id,
-            self.num_labels,
+            self.class_names,
         )
         reshard(model)
         return {} if scores is None else scores.as_metrics()
@@ -72,3 +76,29 @@ def base_only(model: torch.nn.Module) -> AbstractContextManager[None]:
     """The base model's behaviour: a PEFT model with its adapter switched off."""
     disable = getattr(model, "disable_adapter", None)
     return disable() if disable is not None else nullcontext()
+
+
+def evaluation_extras(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> Extras:
+    """The retention set read and tokenized, and the BERTScore encoder fetched, before
+    any model is loaded: a missing file or a bad row fails the run at once, naming the
+    setting, not after the base model's evaluation."""
+    spec, dataset = config.evaluation, config.dataset
+    general = None
+    if spec.retention is not None:
+        retention = spec.retention
+        general = prepare_general(
+            tokenizer,
+            retention.dataset,
+            retention.format or dataset.format,
+            retention.columns or dataset.columns,
+            max_rows=retention.max_rows,
+            max_length=config.training.max_seq_length,
+            eval_samples=spec.exact_match_samples,
+            access=Access(dataset.credentials_secret),
+        )
+        log.info("retention %s", kv(dataset=retention.dataset, rows=len(general.examples)))
+    encoder = None
+    if spec.bert_score is not None:
+        access = Access(config.model.credentials_secret, config.output.retry_deadline_seconds)
+        encoder = fetch_model_dir(spec.bert_score.model, spec.bert_score.revision, access)
+    return Extras(general, encoder)
