@@ -10,19 +10,20 @@ the message with :meth:`TerminationMessage.parse`, names an exit code with
 :func:`exit_reason` and builds the Job's ``podFailurePolicy`` from
 :data:`NOT_RETRYABLE_EXIT_CODES`. Nothing else writes these numbers.
 
-====  ==================  =====================================================
-code  reason              retry?
-====  ==================  =====================================================
-0     Succeeded           -
-1     Unexpected          maybe (a bug or a crash the trainer did not foresee)
-2     InvalidConfig       no: the spec must change
-3     InvalidData         no: the dataset must change
-4     ModelLoadFailed     maybe (a registry or network hiccup; or a wrong URI)
-5     StorageError        no: a refusal (no such bucket or key, access denied)
-6     OutOfMemory         no: on the same hardware it fails the same way
-7     StorageUnavailable  yes: transient storage errors outlasted the deadline
-143   Preempted           yes: SIGTERM, a checkpoint was saved; the next attempt resumes
-====  ==================  =====================================================
+====  ====================  =====================================================
+code  reason                retry?
+====  ====================  =====================================================
+0     Succeeded             -
+1     Unexpected            maybe (a bug or a crash the trainer did not foresee)
+2     InvalidConfig         no: the spec must change
+3     InvalidData           no: the dataset must change
+4     ModelLoadFailed       maybe (a registry or network hiccup; or a wrong URI)
+5     StorageError          no: a refusal (no such bucket or key, access denied)
+6     OutOfMemory           no: on the same hardware it fails the same way
+7     StorageUnavailable    yes: transient storage errors outlasted the deadline
+8     EvaluationGateFailed  no: published, but evaluation.gate was not met
+143   Preempted             yes: SIGTERM, a checkpoint was saved; the next attempt resumes
+====  ====================  =====================================================
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class ExitCode(IntEnum):
     STORAGE_ERROR = 5
     OUT_OF_MEMORY = 6
     STORAGE_UNAVAILABLE = 7
+    EVALUATION_GATE_FAILED = 8
+    """The run trained and published, but its metrics missed ``evaluation.gate``."""
     PREEMPTED = 143
     """128 + SIGTERM, what a shell reports for a process killed by TERM."""
 
@@ -117,6 +120,13 @@ EXITS: Final[dict[ExitCode, ExitInfo]] = {
         "`output.retryDeadlineSeconds`",
         "yes",
     ),
+    ExitCode.EVALUATION_GATE_FAILED: ExitInfo(
+        "EvaluationGateFailed",
+        False,
+        "trained and published, but the metrics missed a condition of `evaluation.gate` "
+        "(manifest.json says `gate.passed: false` and names it)",
+        "no: the same data and spec train the same model; change them, or the gate",
+    ),
     ExitCode.PREEMPTED: ExitInfo(
         "Preempted",
         True,
@@ -153,14 +163,23 @@ HEADLINE_METRICS: Final = (
     "evalLossBefore",
     "exactMatch",
     "exactMatchBefore",
+    "rougeL",
+    "bleu",
+    "chrF",
+    "bertScoreF1",
     "accuracy",
     "accuracyBefore",
     "macroF1",
+    "retentionLoss",
+    "retentionLossBefore",
+    "retentionExactMatch",
+    "retentionExactMatchBefore",
     "tokensPerSecond",
     "steps",
     "trainSeconds",
 )
-"""The run metrics a success message carries, when the run has them."""
+"""The run metrics a success message carries, when the run has them; each score's unit
+and direction is in :data:`finetune_api.tasks.METRICS` (shares are fractions 0-1)."""
 
 
 class PublishedFile(TypedDict):
@@ -169,6 +188,14 @@ class PublishedFile(TypedDict):
     path: str
     size: int
     sha256: str
+
+
+class GateOutcome(TypedDict):
+    """The evaluation gate's verdict as the termination message carries it."""
+
+    passed: bool
+    failed: list[str]
+    """Each missed condition with its measured value, e.g. ``exactMatch 0.42 < min 0.9``."""
 
 
 class TerminationMessage(BaseModel):
@@ -206,6 +233,8 @@ class TerminationMessage(BaseModel):
     """Headline metrics (:data:`HEADLINE_METRICS`) on success; None elsewhere."""
     trackers: dict[str, str] | None = None
     """Where each experiment tracker shows the run (tracker name to URL), when any does."""
+    gate: GateOutcome | None = None
+    """The evaluation gate's verdict, when the spec has a gate and the run got to it."""
 
     @property
     def structured(self) -> bool:
@@ -232,6 +261,8 @@ class TerminationMessage(BaseModel):
             data["metrics"] = dict(self.metrics)
         if self.trackers:
             data["trackers"] = dict(self.trackers)
+        if self.gate is not None:
+            data["gate"] = {"passed": self.gate["passed"], "failed": list(self.gate["failed"])}
         return data
 
     def to_text(self, limit: int = MAX_TERMINATION_BYTES) -> str:
@@ -239,8 +270,9 @@ class TerminationMessage(BaseModel):
 
         What does not fit goes in this order: the file list (``filesOmitted`` is set: the
         operator then says so rather than show an empty list as the truth), the metrics,
-        the tracker links, then the message's tail. The first three are all or nothing,
-        since a partial list would look complete.
+        the tracker links, the gate's list of missed conditions (its verdict stays; the
+        message names them too), then the message's tail. The first four are all or
+        nothing, since a partial list would look complete.
 
         ASCII JSON, so characters are bytes; a non-ASCII character takes up to 6 of them
         (``\\u00e9``), hence a search for the longest prefix that fits, not arithmetic.
@@ -261,6 +293,11 @@ class TerminationMessage(BaseModel):
                 text = _json(data)
                 if len(text) <= limit:
                     return text
+        if data.get("gate", {}).get("failed"):
+            data["gate"] = {"passed": data["gate"]["passed"], "failed": []}
+            text = _json(data)
+            if len(text) <= limit:
+                return text
         message: str = data["message"]
         fits, too_long = 0, len(message)  # prefix lengths: fits fits, too_long does not
         while too_long - fits > 1:
@@ -324,6 +361,13 @@ def _tolerant(data: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(trackers, dict):
         out["trackers"] = {
             k: v for k, v in trackers.items() if isinstance(k, str) and isinstance(v, str)
+        }
+    gate = data.get("gate")
+    if isinstance(gate, dict) and isinstance(gate.get("passed"), bool):
+        failed = gate.get("failed")
+        out["gate"] = {
+            "passed": gate["passed"],
+            "failed": [f for f in failed if isinstance(f, str)] if isinstance(failed, list) else [],
         }
     return out
 

@@ -30,7 +30,7 @@ from typing import Final, Literal
 from pydantic import JsonValue
 from pydantic_core import PydanticCustomError
 
-from finetune_api.tasks import TASKS
+from finetune_api.tasks import METRICS, TASKS
 from finetune_api.uri import overlap
 
 Scope = Literal["job", "cluster"]
@@ -73,6 +73,10 @@ class Facts:
     name: str | None = None
     output_uri: str | None = None
     merge: bool = False
+    gate_metrics: tuple[str, ...] = ()
+    """The metric of each evaluation.gate condition, in order."""
+    metric_settings: frozenset[str] = frozenset()
+    """The settings that turn optional metrics on (``MetricInfo.needs``) that are on."""
     """output.merge: publish the adapter merged into the base too."""
     inputs: tuple[tuple[str, str], ...] = ()
     """Every location the run reads, as (field path, URI): the model, the data files,
@@ -277,6 +281,76 @@ def _merge_needs_a_weight_adapter(facts: Facts) -> Violation | None:
     return None
 
 
+def _gate_metric_fits_the_task(facts: Facts) -> Violation | None:
+    for i, metric in enumerate(facts.gate_metrics):
+        info = METRICS.get(metric)
+        if info is not None and facts.task not in info.tasks:
+            reported = [name for name, m in METRICS.items() if facts.task in m.tasks]
+            return Violation(
+                f"evaluation.gate[{i}].metric",
+                f"{metric} is not reported for task {facts.task}; gate on one of "
+                f"{', '.join(reported)}",
+            )
+    return None
+
+
+def _gate_metric_is_measured(facts: Facts) -> Violation | None:
+    """A condition on a metric the run would not measure could never pass: refused
+    before the run rather than failed after it."""
+    for i, metric in enumerate(facts.gate_metrics):
+        info = METRICS.get(metric)
+        if info is None or info.needs is None or info.needs in facts.metric_settings:
+            continue
+        return Violation(
+            f"evaluation.gate[{i}].metric",
+            f"{metric} is measured only with {info.needs}, which this spec does not "
+            "set; set it, or remove the condition",
+        )
+    return None
+
+
+_NO_GATE = "!has(self.evaluation) || !has(self.evaluation.gate)"
+
+
+def _gate_task_cel() -> str:
+    per_task = " || ".join(
+        f"({_TASK} == '{task}' && c.metric in "
+        f"{_cel_list(n for n, m in METRICS.items() if task in m.tasks)})"
+        for task in TASKS
+    )
+    return f"{_NO_GATE} || self.evaluation.gate.all(c, {per_task})"
+
+
+_SETTING_CEL: Final[dict[str, str]] = {
+    "evaluation.exactMatchSamples > 0": "(!has(self.evaluation.exactMatchSamples) || "
+    "self.evaluation.exactMatchSamples > 0)",
+    "evaluation.retention": "has(self.evaluation.retention)",
+    "evaluation.bertScore": "has(self.evaluation.bertScore)",
+}
+"""Each metric setting (``MetricInfo.needs``) as CEL over the spec; a test holds it to
+the metrics table."""
+
+
+def _gate_settings_cel() -> str:
+    needing: dict[str, list[str]] = {}
+    for name, info in METRICS.items():
+        if info.needs is not None and info.needs in _SETTING_CEL:
+            needing.setdefault(info.needs, []).append(name)
+    each = " && ".join(
+        f"(!(c.metric in {_cel_list(names)}) || {_SETTING_CEL[setting]})"
+        for setting, names in needing.items()
+    )
+    return f"{_NO_GATE} || self.evaluation.gate.all(c, {each})"
+
+
+def _gate_settings_summary() -> str:
+    needing: dict[str, list[str]] = {}
+    for name, info in METRICS.items():
+        if info.needs is not None:
+            needing.setdefault(info.needs, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {setting}" for setting, names in needing.items())
+
+
 RULES: Final[tuple[Rule, ...]] = (
     Rule(
         "early-stopping-needs-periodic-evaluation",
@@ -346,6 +420,28 @@ RULES: Final[tuple[Rule, ...]] = (
         "!has(self.output) || !has(self.output.merge) || !self.output.merge || "
         "!has(self.method) || !has(self.method.type) || "
         f"!(self.method.type in {_cel_list(_VIRTUAL_TOKENS + _WHOLE_MODELS)})",
+    ),
+    Rule(
+        "gate-metric-fits-the-task",
+        "evaluation.gate",
+        "job",
+        _gate_metric_fits_the_task,
+        "evaluation.gate: a condition names a metric this task does not report ("
+        + "; ".join(
+            f"{t}: {', '.join(n for n, m in METRICS.items() if t in m.tasks)}" for t in TASKS
+        )
+        + ")",
+        _gate_task_cel(),
+    ),
+    Rule(
+        "gate-metric-is-measured",
+        "evaluation.gate",
+        "job",
+        _gate_metric_is_measured,
+        "evaluation.gate: a condition names a metric its setting turns off ("
+        + _gate_settings_summary()
+        + ")",
+        _gate_settings_cel(),
     ),
     Rule(
         "output-apart-from-inputs",

@@ -78,6 +78,14 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "training": {"maxSteps": 11},
         },
     ),
+    "gate-metric-fits-the-task": (
+        {**CLASSIFY, "evaluation": {"gate": [{"metric": "bleu", "min": 0.2}]}},
+        {**CLASSIFY, "evaluation": {"gate": [{"metric": "accuracy", "min": 0.9}]}},
+    ),
+    "gate-metric-is-measured": (
+        {"evaluation": {"exactMatchSamples": 0, "gate": [{"metric": "exactMatch", "min": 0.9}]}},
+        {"evaluation": {"exactMatchSamples": 8, "gate": [{"metric": "exactMatch", "min": 0.9}]}},
+    ),
     "output-apart-from-inputs": (
         {"output": {"uri": "s3://data-bucket/chat"}},  # holds dataset.train
         {"output": {"uri": "s3://data-bucket/chat-adapters"}},

@@ -247,6 +247,8 @@ class JobSections(CamelModel):
             output_uri=output_uri,
             merge=merge,
             inputs=self.input_uris(),
+            gate_metrics=tuple(c.metric for c in self.evaluation.gate or ()),
+            metric_settings=self.evaluation.metric_settings(),
         )
 
     def input_uris(self) -> tuple[tuple[str, str], ...]:

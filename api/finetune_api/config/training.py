@@ -9,6 +9,7 @@ from pydantic import Field
 
 from finetune_api.config.base import CamelModel, DatasetUri, ModelUri
 from finetune_api.config.data import ColumnMapping
+from finetune_api.config.gate import MAX_GATE_CONDITIONS, GateCondition
 from finetune_api.tasks import LOWER_IS_BETTER, EvalMetric
 
 __all__ = [
@@ -219,6 +220,24 @@ class EvaluationSpec(CamelModel):
         description="Also score the exact-match generations with BERTScore (bertScoreF1) "
         "using this encoder (task causal-lm). Default: off.",
     )
+    gate: list[GateCondition] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_GATE_CONDITIONS,
+        description="Conditions on the final metrics the fine-tuned model must meet; a run "
+        "that misses one publishes its artifacts (manifest.json gate.passed false) and "
+        "fails with EvaluationGateFailed (exit 8, not retried). Default: no gate.",
+    )
+
+    def metric_settings(self) -> frozenset[str]:
+        """The settings of the contract's metrics table (``MetricInfo.needs``) this
+        evaluation turns on: which optional metrics a run with it reports."""
+        on = {
+            "evaluation.exactMatchSamples > 0": self.exact_match_samples > 0,
+            "evaluation.retention": self.retention is not None,
+            "evaluation.bertScore": self.bert_score is not None,
+        }
+        return frozenset(setting for setting, is_on in on.items() if is_on)
 
 
 def steps_per_epoch(n_examples: int, spec: TrainingSpec, world_size: int = 1) -> int:
