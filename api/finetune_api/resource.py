@@ -395,13 +395,33 @@ class Metrics(CamelModel):
     )
     exact_match: float | None = Field(
         default=None,
-        description="Percent (0-100) of the evaluation.exactMatchSamples validation rows "
+        description="Fraction (0-1) of the evaluation.exactMatchSamples validation rows "
         "whose greedy generation equals the reference answer, after training (language "
         "models).",
     )
     exact_match_before: float | None = Field(
         default=None,
         description="exactMatch of the base model, before training, on the same rows.",
+    )
+    rouge_l: float | None = Field(
+        default=None,
+        description="Mean ROUGE-L F1 (0-1) of the exact-match generations against the "
+        "reference answers, after training (language models).",
+    )
+    bleu: float | None = Field(
+        default=None,
+        description="Corpus BLEU (sacrebleu, as a fraction 0-1) of the exact-match "
+        "generations against the reference answers, after training (language models).",
+    )
+    chr_f: float | None = Field(
+        default=None,
+        description="Corpus chrF (sacrebleu, as a fraction 0-1) of the exact-match "
+        "generations against the reference answers, after training (language models).",
+    )
+    bert_score_f1: float | None = Field(
+        default=None,
+        description="Mean BERTScore F1 (0-1) of the exact-match generations, with the "
+        "encoder evaluation.bertScore names, after training.",
     )
     accuracy: float | None = Field(
         default=None,
@@ -415,6 +435,22 @@ class Metrics(CamelModel):
         default=None,
         description="Macro-averaged F1 (0-1) over the classes on the validation set, "
         "after training (task sequence-classification).",
+    )
+    retention_loss: float | None = Field(
+        default=None,
+        description="Loss on the general dataset evaluation.retention.dataset after "
+        "training; above retentionLossBefore, the model forgot some of what it knew.",
+    )
+    retention_loss_before: float | None = Field(
+        default=None, description="retentionLoss of the base model, before training."
+    )
+    retention_exact_match: float | None = Field(
+        default=None,
+        description="Fraction (0-1) of the retention rows with answers that the model "
+        "answers exactly, after training.",
+    )
+    retention_exact_match_before: float | None = Field(
+        default=None, description="retentionExactMatch of the base model, before training."
     )
     tokens_per_second: float | None = Field(
         default=None,

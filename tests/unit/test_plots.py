@@ -63,11 +63,11 @@ METRICS: dict[str, Any] = {
     "evalLossBefore": 2.4,
     "perplexityBefore": 11.0,
     "tokenAccuracyBefore": None,  # not measured before: no bar pair
-    "exactMatchBefore": 10.0,
+    "exactMatchBefore": 0.1,
     "evalLoss": 1.1,
     "perplexity": 3.0,
     "tokenAccuracy": 0.8,
-    "exactMatch": 75.0,
+    "exactMatch": 0.75,
     "evalHistory": [{"step": 2, "evalLoss": 1.9}, {"step": 4, "evalLoss": 1.2}],
     "steps": 4,
     "history": HISTORY,
@@ -124,12 +124,12 @@ def test_before_after_bars_for_every_score_measured_both_times() -> None:
     assert figure is not None
     panels = {axes.get_title().split("\n")[0]: axes for axes in figure.axes}
     # tokenAccuracy has no before value, trainLoss no pair: neither is drawn.
-    assert list(panels) == ["eval loss", "perplexity", "exact match (%)"]
+    assert list(panels) == ["eval loss", "perplexity", "exact match"]
     heights = {name: [bar.get_height() for bar in axes.patches] for name, axes in panels.items()}
     assert heights == {
         "eval loss": [2.4, 1.1],
         "perplexity": [11.0, 3.0],
-        "exact match (%)": [10.0, 75.0],
+        "exact match": [0.1, 0.75],
     }
     ticks = [t.get_text() for t in panels["eval loss"].get_xticklabels()]
     assert ticks == ["before", "after"]

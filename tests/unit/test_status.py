@@ -232,8 +232,8 @@ SUCCESS_MESSAGE = trainer_message(
         "trainLoss": 0.81,
         "evalLoss": 0.92,
         "evalLossBefore": 1.74,
-        "exactMatch": 62.5,
-        "exactMatchBefore": 12.5,
+        "exactMatch": 0.625,
+        "exactMatchBefore": 0.125,
         "tokensPerSecond": 5310.2,
         "steps": 12,
         "accuracy": 0.5,  # the status model has no field for it: dropped, not an error
@@ -647,8 +647,8 @@ def test_success_carries_artifacts_final_metrics_and_completion_time() -> None:
         "trainLoss": 0.81,
         "evalLoss": 0.92,
         "evalLossBefore": 1.74,
-        "exactMatch": 62.5,
-        "exactMatchBefore": 12.5,
+        "exactMatch": 0.625,
+        "exactMatchBefore": 0.125,
         "accuracy": 0.5,
         "tokensPerSecond": 5310.2,
     }
@@ -729,7 +729,7 @@ def test_rank_zero_message_wins_in_a_multi_node_job() -> None:
     ]
     update = run(ftj(), job(cond("Complete", "CompletionsReached"), active=0, succeeded=2), pods)
     assert len(update.patch["artifacts"]["files"]) == 2
-    assert update.patch["metrics"]["exactMatch"] == 62.5
+    assert update.patch["metrics"]["exactMatch"] == 0.625
 
 
 def test_bad_file_entries_are_dropped() -> None:
