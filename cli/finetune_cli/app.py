@@ -26,6 +26,7 @@ from finetune_api.redaction import environment_secrets, redact
 from finetune_api.render import RenderError, local_output_uri, render_trainer_config
 from finetune_api.resource import FineTuneJob
 from finetune_api.uri import without_credentials
+from finetune_cli import generate as try_it
 from finetune_cli.helptext import Command, Group, examples, markup
 from finetune_cli.uris import as_uri
 
@@ -446,6 +447,22 @@ def verify(
     typer.echo(f"{uri}: every file matches manifest.json")
 
 
+# Trying a published model (finetune_cli.generate): thin commands over the trainer's
+# inference module, registered here so the command tree has one root.
+app.command(
+    cls=Command,
+    epilog=examples(
+        "finetune generate ./artifacts/my-job -p 'What is LoRA?'",
+        "finetune generate s3://my-bucket/adapters/my-job -p - < question.txt",
+        "finetune generate ./merged --no-chat-template -p 'Once upon a time' --temperature 0.8",
+    ),
+)(try_it.generate)
+app.command(
+    cls=Command,
+    epilog=examples("finetune chat ./artifacts/my-job", "finetune chat ./out < questions.txt"),
+)(try_it.chat)
+
+
 @app.command(
     cls=Command,
     epilog=examples("finetune train --config /etc/finetune/trainer-config.json"),
@@ -567,7 +584,7 @@ def _run_trainer(
     Unforeseen errors keep their traceback on stderr; foreseen ones print a message."""
     import traceback
 
-    from finetune_trainer.outcome import failed, succeeded
+    from finetune_trainer.outcome import failed, published
     from finetune_trainer.runner import run_training
     from finetune_trainer.telemetry import Telemetry, progress_for
 
@@ -596,14 +613,17 @@ def _run_trainer(
         _err(summary)
     # The published files and headline metrics ride in the termination message, so the
     # operator fills status.artifacts without credentials for the store (rank 0 only).
-    outcome = succeeded(
+    outcome = published(
         telemetry.last_step,
         result.output_uri,
         summary,
         files=result.files if telemetry.reporting else None,
         metrics=result.metrics if telemetry.reporting else None,
         trackers=result.trackers if telemetry.reporting else None,
+        gate=result.gate,
     )
+    if outcome.exit_code:  # published, but the evaluation gate failed
+        _err(f"error: {outcome.message}")
     _finish(outcome, termination_log, pod=pod)
 
 

@@ -1,0 +1,264 @@
+"""``finetune generate`` and ``finetune chat``: try a published model from any storage.
+
+Thin: options are checked here (exit 2 naming the option and the fix), everything else
+is :mod:`finetune_trainer.inference`, imported inside the commands so that the CLI's
+other commands start without torch. The model's text goes to stdout as it is
+generated; every other line (what was loaded, the prompt with ``--show-prompt``,
+errors) goes to stderr, so ``finetune generate ... > answer.txt`` holds the answer only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from finetune_api.outcome import ExitCode
+from finetune_api.redaction import environment_secrets, redact
+from finetune_cli.uris import as_uri
+
+if TYPE_CHECKING:
+    from finetune_trainer.inference import LoadedModel, Sampling
+
+EXIT_INVALID = int(ExitCode.INVALID_CONFIG)
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+RESET, EXIT = "/reset", "/exit"
+
+Location = Annotated[
+    str,
+    typer.Argument(
+        metavar="URI",
+        help="A published artifact set (adapter or whole model): a local path, or a URI "
+        "such as file://./artifacts/x, pvc://claim/x, s3://bucket/x, hf://org/name",
+    ),
+]
+System = Annotated[
+    str | None, typer.Option(metavar="TEXT", help="A system message before the user's.")
+]
+MaxNewTokens = Annotated[
+    int, typer.Option(metavar="N", min=1, help="Stop after this many new tokens.")
+]
+Temperature = Annotated[
+    float,
+    typer.Option(
+        metavar="T", min=0.0, help="0 chooses the likeliest token (greedy); above 0 samples."
+    ),
+]
+TopP = Annotated[
+    float,
+    typer.Option(
+        metavar="P",
+        min=0.01,
+        max=1.0,
+        help="Nucleus sampling (with --temperature > 0): the smallest set of likeliest "
+        "tokens whose probabilities add up to P.",
+    ),
+]
+Seed = Annotated[
+    int | None, typer.Option(metavar="N", help="Seed the sampler, for repeatable samples.")
+]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        metavar="DTYPE",
+        help="auto (bf16 or fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16. CUDA is used "
+        "when present.",
+    ),
+]
+Base = Annotated[
+    str | None,
+    typer.Option(
+        metavar="URI",
+        help="Load an adapter onto this base model instead of the one its job trained on "
+        "(e.g. a local copy of a model the cluster read from a volume).",
+    ),
+]
+Verify = Annotated[
+    bool,
+    typer.Option(
+        "--verify/--no-verify",
+        help="Check every file against manifest.json (sha256) before loading; --no-verify "
+        "loads a model directory that is not a published set (a base model, a Hub repo).",
+    ),
+]
+ShowPrompt = Annotated[
+    bool,
+    typer.Option(
+        "--show-prompt", help="Print the text the model sees (stderr) before each answer."
+    ),
+]
+
+
+def _err(message: str) -> None:
+    """A line for a person on stderr, with every credential of this environment redacted."""
+    typer.echo(redact(message, environment_secrets(os.environ)), err=True)
+
+
+def _sampling(
+    max_new_tokens: int, temperature: float, top_p: float, seed: int | None, dtype: str
+) -> Sampling:
+    from finetune_trainer.inference import Sampling
+
+    if dtype not in DTYPES:
+        _err(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+        raise typer.Exit(EXIT_INVALID)
+    return Sampling(max_new_tokens, temperature, top_p, seed)
+
+
+@contextmanager
+def _loaded(location: str, *, verify: bool, base: str | None, dtype: str) -> Iterator[LoadedModel]:
+    """The set at ``location`` loaded; a foreseen failure exits with its code and message
+    (a storage error as for a run: 5, or 7 when retrying may help)."""
+    from finetune_trainer.errors import TrainerError
+    from finetune_trainer.inference import load, open_set
+
+    uri = as_uri(location)
+    try:
+        with open_set(uri, verify=verify, base=as_uri(base) if base else None) as artifact:
+            loaded = load(artifact, dtype, warn=_err)
+            what = artifact.kind if artifact.base_uri is None else f"adapter on {artifact.base_uri}"
+            checked = "verified" if verify else "not verified"
+            _err(f"loaded {uri}: {what}, {artifact.task}, {loaded.device} ({checked})")
+            yield loaded
+    except TrainerError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # a local file that cannot be read (permissions, I/O)
+        _err(f"error: {uri}: cannot read {exc.filename or ''}: {exc.strerror or exc}")
+        raise typer.Exit(ExitCode.STORAGE_ERROR) from None
+
+
+def _prompts(values: list[str]) -> list[str]:
+    """``-`` stands for stdin, read whole as one prompt."""
+    return [sys.stdin.read() if value == "-" else value for value in values]
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def generate(
+    location: Location,
+    prompt: Annotated[
+        list[str],
+        typer.Option(
+            "--prompt",
+            "-p",
+            metavar="TEXT",
+            help="The user message (repeatable: one answer each, in order); - reads it from stdin.",
+        ),
+    ],
+    system: System = None,
+    chat_template: Annotated[
+        bool,
+        typer.Option(
+            "--chat-template/--no-chat-template",
+            help="Wrap the prompt in the tokenizer's chat template, as the model was trained; "
+            "--no-chat-template completes the text as it is.",
+        ),
+    ] = True,
+    max_new_tokens: MaxNewTokens = 256,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    seed: Seed = None,
+    dtype: Dtype = "auto",
+    base: Base = None,
+    verify: Verify = True,
+    show_prompt: ShowPrompt = False,
+) -> None:
+    """Generate an answer to each prompt with a published model, streamed to stdout.
+
+    An adapter set loads onto the base model its job trained on (fetched like the job
+    fetched it); a whole model (a full run, a merged export) loads alone. A classifier
+    prints each class and its probability, likeliest first, instead of generating.
+
+    Exit 2: a bad option or a set without a chat template (use --no-chat-template).
+    Exit 4: the model cannot be loaded. Exit 5 (7): the location cannot be read or does
+    not match its manifest.json (retrying may help with 7).
+    """
+    from finetune_trainer.errors import TrainerError
+    from finetune_trainer.inference import classify, conversation, render
+    from finetune_trainer.inference import generate as run_generate
+
+    sampling = _sampling(max_new_tokens, temperature, top_p, seed, dtype)
+    texts = _prompts(prompt)
+    with _loaded(location, verify=verify, base=base, dtype=dtype) as loaded:
+        try:
+            for i, text in enumerate(texts):
+                if i:
+                    _write("\n")
+                if loaded.classifies:
+                    for label, probability in classify(loaded, text):
+                        _write(f"{label}\t{probability:.4f}\n")
+                    continue
+                rendered = render(loaded.tokenizer, conversation(text, system), chat_template)
+                if show_prompt:
+                    _err(rendered)
+                run_generate(loaded, rendered, sampling, _write, chat_template=chat_template)
+        except TrainerError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(exc.exit_code) from None
+
+
+def chat(
+    location: Location,
+    system: System = None,
+    max_new_tokens: MaxNewTokens = 256,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    seed: Seed = None,
+    dtype: Dtype = "auto",
+    base: Base = None,
+    verify: Verify = True,
+    show_prompt: ShowPrompt = False,
+) -> None:
+    """Talk with a published model: one message per line, answers streamed to stdout.
+
+    The conversation is kept and rendered through the model's chat template at every
+    turn, so the model sees its earlier answers. /reset starts a new conversation,
+    /exit or Ctrl-D ends. Lines can be piped in (a file of questions, one per line).
+    Exit codes as for generate.
+    """
+    from finetune_trainer.errors import TrainerError
+    from finetune_trainer.inference import Chat
+
+    sampling = _sampling(max_new_tokens, temperature, top_p, seed, dtype)
+    with _loaded(location, verify=verify, base=base, dtype=dtype) as loaded:
+        if loaded.classifies:
+            _err(f"error: {location}: a classifier does not chat; use finetune generate -p TEXT")
+            raise typer.Exit(EXIT_INVALID)
+        session = Chat(loaded, sampling, system)
+        interactive = sys.stdin.isatty()
+        if interactive:
+            _err(f"{RESET} starts over, {EXIT} or Ctrl-D ends")
+        try:
+            for line in _lines(interactive):
+                if line == EXIT:
+                    break
+                if line == RESET:
+                    session.reset()
+                    _err("(a new conversation)")
+                    continue
+                if show_prompt:
+                    _err(session.prompt(line))
+                session.turn(line, _write)
+        except TrainerError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(exc.exit_code) from None
+
+
+def _lines(interactive: bool) -> Iterator[str]:
+    """The user's non-empty lines until end of input; a prompt on stderr at a terminal."""
+    while True:
+        if interactive:
+            typer.echo("> ", err=True, nl=False)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.strip()
