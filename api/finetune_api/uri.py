@@ -41,6 +41,7 @@ class UriError(ValueError):
 
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_HF_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -88,6 +89,15 @@ def _check_s3(location: str, role: Role) -> None:
 
 def _check_hf(location: str, role: Role) -> None:
     repo = location
+    if role is Role.OUTPUT:
+        repo, branch = hf_output_parts(location)
+        if branch is not None and (not _HF_BRANCH.match(branch) or ".." in branch):
+            raise UriError(
+                f"'{branch}' is not a branch name; write hf://<org>/<name>[@<branch>], "
+                "e.g. hf://acme/support-bot@candidate"
+            )
+        if "/" not in repo:
+            raise UriError(f"'{repo}' names no organisation; write hf://<org>/<name>")
     if role is Role.DATASET:
         if not location.startswith("datasets/"):
             raise UriError(
@@ -100,6 +110,14 @@ def _check_hf(location: str, role: Role) -> None:
                 raise UriError(f"'{path}' is not a file path inside the repository")
     if not _HF_REPO.match(repo):
         raise UriError(f"'{repo}' is not a Hub repository id; write hf://<org>/<name>")
+
+
+def hf_output_parts(location: str) -> tuple[str, str | None]:
+    """``<org>/<name>[@<branch>]`` split into the repository id and the branch (None: the
+    repository's default branch). An output is written to a branch, never to a tag or a
+    commit, so only a branch may follow the ``@``."""
+    repo, at, branch = location.partition("@")
+    return repo, (branch if at else None)
 
 
 def hf_dataset_parts(location: str) -> tuple[str, str | None]:
@@ -128,7 +146,7 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("file", frozenset(Role), _check_file, "file://<path>"),
         Scheme("pvc", frozenset(Role), _check_pvc, "pvc://<claim>/<path>"),
         Scheme("s3", frozenset(Role), _check_s3, "s3://<bucket>/<key>"),
-        Scheme("hf", frozenset({Role.MODEL, Role.DATASET}), _check_hf, "hf://<org>/<name>"),
+        Scheme("hf", frozenset(Role), _check_hf, "hf://<org>/<name>"),
     )
 }
 
@@ -212,8 +230,9 @@ def data_suffix(uri: ParsedUri) -> str | None:
 
 def _place(uri: str) -> tuple[tuple[str, str], tuple[str, ...]] | None:
     """Where ``uri`` points, as (the namespace, the path's segments in it), or None when
-    the URI alone cannot say (a Hub repository, which no output can be; an unparseable
-    URI, which its own field reports).
+    the URI alone cannot say (an unparseable URI, which its own field reports). A Hub
+    repository is the namespace ``hf`` and its id (branch aside: a branch of the base
+    model's repository is still that repository).
 
     The namespace is what must be equal for two places to meet: the scheme and the
     bucket, the claim, or (file://) whether the path is absolute or relative to the
@@ -221,8 +240,10 @@ def _place(uri: str) -> tuple[tuple[str, str], tuple[str, ...]] | None:
     """
     scheme, sep, rest = uri.partition("://")
     scheme, location = scheme.lower(), unquote(rest)
-    if not sep or scheme not in ("file", "pvc", "s3"):
+    if not sep or scheme not in ("file", "pvc", "s3", "hf"):
         return None
+    if scheme == "hf":
+        return ("hf", ""), (location.partition("@")[0],)  # repositories do not nest
     if scheme == "file":
         root, path = ("/" if location.startswith("/") else "."), location
     else:

@@ -107,6 +107,9 @@ def staged(root: Path) -> Path:
         ("pvc://claim/a", "pvc://other/a", None),
         ("file:///abs/models", "file://models", None),  # the working directory decides
         ("s3://bucket/a", "hf://org/model", None),
+        ("hf://org/model@candidate", "hf://org/model", "is the same place as"),
+        ("hf://org/model", "hf://org", None),  # Hub repositories do not nest
+        ("hf://org/data", "hf://datasets/org/data/train.jsonl", None),  # another repo type
     ],
 )
 def test_overlap_compares_places_segment_by_segment(output: str, other: str, how: str) -> None:

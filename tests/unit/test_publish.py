@@ -182,7 +182,7 @@ def test_stage_artifacts_writes_a_verifiable_set(tmp_path: Path) -> None:
     assert adapter == {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "r": 4}
     card = (tmp_path / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
-    assert "| evalLoss | 0.5 |" in card
+    assert "| evalLoss | - | 0.5 |" in card  # no evalLossBefore in METRICS
     assert "![Training loss](plots/loss.png)" in card
 
 

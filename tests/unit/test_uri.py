@@ -50,6 +50,8 @@ MODEL, DATA, OUT = Role.MODEL, Role.DATASET, Role.OUTPUT
         ("s3://artifacts-bucket/adapters/job/", OUT, "s3", "artifacts-bucket/adapters/job/"),
         ("S3://my-bucket/key.json", DATA, "s3", "my-bucket/key.json"),
         ("file://./data/my%20file.csv", DATA, "file", "./data/my file.csv"),
+        ("hf://acme/support-bot", OUT, "hf", "acme/support-bot"),
+        ("hf://acme/support-bot@candidate", OUT, "hf", "acme/support-bot@candidate"),
     ],
 )
 def test_accepted(uri: str, role: Role, scheme: str, location: str) -> None:
@@ -65,7 +67,9 @@ def test_accepted(uri: str, role: Role, scheme: str, location: str) -> None:
         ("./data/train.jsonl", DATA, "has no scheme"),
         ("gs://bucket/key", MODEL, "scheme 'gs://' is not supported for a model"),
         ("http://example.com/x.jsonl", DATA, "scheme 'http://' is not supported for a dataset"),
-        ("hf://org/name", OUT, "scheme 'hf://' is not supported"),
+        ("hf://name", OUT, "names no organisation"),
+        ("hf://org/name@a..b", OUT, "is not a branch name"),
+        ("hf://org/name@-x", OUT, "is not a branch name"),
         ("file://", MODEL, "file:// needs a path"),
         ("hf://org/name/extra", MODEL, "is not a Hub repository id"),
         ("hf://-org/name", MODEL, "is not a Hub repository id"),
@@ -145,7 +149,7 @@ def test_local_inputs_may_use_relative_parents() -> None:
 def test_scheme_registry_roles() -> None:
     assert schemes_for(MODEL) == ["file", "pvc", "s3", "hf"]
     assert schemes_for(DATA) == ["file", "pvc", "s3", "hf"]
-    assert schemes_for(OUT) == ["file", "pvc", "s3"]
+    assert schemes_for(OUT) == ["file", "pvc", "s3", "hf"]
     for scheme in SCHEMES.values():
         assert scheme.example.startswith(f"{scheme.name}://")
 

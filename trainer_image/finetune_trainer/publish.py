@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from finetune_api.config import TrainerConfig
 from finetune_trainer import __version__
+from finetune_trainer.model_card import model_card as model_card  # built there
+from finetune_trainer.model_card import usage as usage
 from finetune_trainer.plots import titles, write_plots
 from finetune_trainer.storage.backends import Access, open_store
 from finetune_trainer.storage.store import MANIFEST, Store, local_files, publish_dir
@@ -168,94 +170,6 @@ def compare_to_manifest(
     return problems
 
 
-def model_card(
-    config: TrainerConfig,
-    metrics: dict[str, Any],
-    base_model_ref: str,
-    artifact: str = "adapter",
-    plots: Mapping[str, str] | None = None,
-) -> str:
-    """The README.md of the artifact; ``artifact`` is the method's (adapter or model).
-
-    ``plots`` are the pictures staged beside it (relative path to alt text), embedded
-    under "Training curves" in that order.
-    """
-    from finetune_trainer.tasks import TASKS  # torch-backed; `finetune verify` needs none
-
-    options = config.method.options().model_dump(mode="json")
-    rows = "\n".join(
-        f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |"
-        for name, value in metrics.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    )
-    what = "adapter" if artifact == "adapter" else "fine-tuned model"
-    return f"""---
-library_name: {"peft" if artifact == "adapter" else "transformers"}
-base_model: {base_model_ref}
-tags:
-- finetune-operator
-- {config.method.type}
----
-
-# {config.job_name}
-
-A {config.method.type.upper()} {what} of `{config.model.uri}`, trained by finetune-operator
-{__version__} on {_data_summary(config)}.
-
-## Results on the validation set
-
-| metric | value |
-|---|---|
-{rows}
-{_plots_section(plots or {})}
-## Method
-
-```json
-{json.dumps(options, indent=2)}
-```
-
-## Use it
-
-{usage(artifact, TASKS[config.task].auto_class)}
-
-`manifest.json` lists every file with its sha256 and the full spec of the run.
-"""
-
-
-def _plots_section(plots: Mapping[str, str]) -> str:
-    if not plots:
-        return ""
-    images = "\n\n".join(f"![{alt}]({path})" for path, alt in plots.items())
-    return f"\n## Training curves\n\n{images}\n"
-
-
-def _data_summary(config: TrainerConfig) -> str:
-    spec = config.dataset
-    if spec.mixture:
-        sources = ", ".join(f"`{m.train}` (weight {m.weight:g})" for m in spec.mixture)
-        return f"a mixture of {sources}"
-    return f"`{spec.train}` (format `{spec.format}`)"
-
-
-def usage(artifact: str, auto_class: str) -> str:
-    """How to load what was published, with the Auto class of the job's task."""
-    if artifact == "adapter":
-        return f"""```python
-from peft import PeftModel
-from transformers import {auto_class}, AutoTokenizer
-
-base = {auto_class}.from_pretrained("<base model path or id>")
-model = PeftModel.from_pretrained(base, "<this directory>")
-tokenizer = AutoTokenizer.from_pretrained("<this directory>")
-```"""
-    return f"""```python
-from transformers import {auto_class}, AutoTokenizer
-
-model = {auto_class}.from_pretrained("<this directory>")
-tokenizer = AutoTokenizer.from_pretrained("<this directory>")
-```"""
-
-
 def stage_artifacts(
     staging: Path,
     model: torch.nn.Module,
@@ -275,7 +189,8 @@ def stage_artifacts(
 
     method = get_method(config.method.type)
     method.save(model, staging, state_dict)
-    _point_adapter_at(staging, base_model_ref)
+    hub_base = config.model.uri.startswith("hf://")
+    _point_adapter_at(staging, base_model_ref, config.model.revision if hub_base else None)
     tokenizer.save_pretrained(staging)
     (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     alt = titles(metrics)
@@ -292,12 +207,16 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
 
 
-def _point_adapter_at(staging: Path, base_model_ref: str) -> None:
-    """Record the base model by its portable name, not this machine's cache path."""
+def _point_adapter_at(staging: Path, base_model_ref: str, revision: str | None = None) -> None:
+    """Record the base model as ``AutoPeftModel`` loads it (see ``runner.base_model_ref``),
+    not this machine's cache path, and the Hub revision it was trained on when pinned:
+    peft passes the config's ``revision`` to the base's ``from_pretrained``."""
     path = staging / "adapter_config.json"
     if path.is_file():
         adapter = json.loads(path.read_text())
         adapter["base_model_name_or_path"] = base_model_ref
+        if revision is not None:
+            adapter["revision"] = revision
         path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
 
 

@@ -92,9 +92,46 @@ class RunResult:
         )
 
 
-def base_model_ref(uri: str) -> str:
-    """How the adapter names its base: a Hub id where there is one, else the URI."""
-    return uri.removeprefix("hf://") if uri.startswith("hf://") else uri
+def base_model_ref(uri: str, directory: Path | None = None) -> str:
+    """How the published adapter's config names its base, so that
+    ``AutoPeftModelFor*.from_pretrained(<published set>)`` finds it.
+
+    hf:// bases: the Hub id (the revision goes into the config's own ``revision``).
+    file:// bases: the absolute path, which loads on the machine that trained (the model
+    card says how to load it elsewhere). s3:// and pvc:// bases, whose URIs no loader
+    reads: the Hub id the base's own ``config.json`` records (``_name_or_path``, written
+    by ``save_pretrained`` of a model from the Hub) when ``directory`` (its local copy)
+    has one, else the URI, which the card explains how to fetch.
+    """
+    from finetune_api.uri import Role
+    from finetune_trainer.storage.backends import LocalBackend, backend_for
+
+    if uri.startswith("hf://"):
+        return uri.removeprefix("hf://")
+    backend, parsed = backend_for(uri, Role.MODEL)
+    if parsed.scheme == "file" and isinstance(backend, LocalBackend):
+        return str(backend.resolve(parsed).resolve())
+    recorded = _recorded_hub_id(directory) if directory is not None else None
+    return recorded or uri
+
+
+def _recorded_hub_id(directory: Path) -> str | None:
+    """The Hub id a model directory's ``config.json`` says it was saved from, if any."""
+    import json
+
+    from finetune_trainer.model_card import is_hub_id
+
+    try:
+        name = json.loads((directory / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and is_hub_id(name) else None
+
+
+def _loaded_from(model: Any) -> Path | None:
+    """The local directory the base model was loaded from (its config's name_or_path)."""
+    name = getattr(getattr(model, "config", None), "name_or_path", None)
+    return Path(name) if isinstance(name, str) and name and Path(name).is_dir() else None
 
 
 def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> RunResult:
@@ -137,7 +174,7 @@ def _publish(
             run.tokenizer,
             config,
             run.metrics,
-            base_model_ref(config.model.uri),
+            base_model_ref(config.model.uri, _loaded_from(run.model)),
             state_dict=run.state_dict,
         )
         publish(Path(staging), config.output.uri, output_access(config))
