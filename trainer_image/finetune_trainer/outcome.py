@@ -25,22 +25,33 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune_api import redaction
 from finetune_api.outcome import (
     MAX_TERMINATION_BYTES,
     Ending,
     ExitCode,
+    GateOutcome,
     PublishedFile,
     TerminationMessage,
     headline_metrics,
 )
 from finetune_trainer.errors import OutOfMemory, TrainerError
 
-__all__ = ["MAX_TERMINATION_BYTES", "Outcome", "failed", "headline_metrics", "succeeded"]
+if TYPE_CHECKING:
+    from finetune_api.gate import GateVerdict
+
+__all__ = [
+    "MAX_TERMINATION_BYTES",
+    "Outcome",
+    "failed",
+    "headline_metrics",
+    "published",
+    "succeeded",
+]
 
 SUCCEEDED: Ending = "Succeeded"
 FAILED: Ending = "Failed"
@@ -72,6 +83,8 @@ class Outcome:
     """Headline metrics (finetune_api.outcome.HEADLINE_METRICS) on success; None elsewhere."""
     trackers: Mapping[str, str] | None = None
     """Where each experiment tracker shows the run, on success."""
+    gate: GateOutcome | None = None
+    """The evaluation gate's verdict, when the spec has a gate."""
 
     def as_message(self) -> TerminationMessage:
         """The contract's termination message for this ending.
@@ -89,6 +102,7 @@ class Outcome:
             files=self.files,
             metrics=None if self.metrics is None else dict(self.metrics),
             trackers={k: redact(v) for k, v in self.trackers.items()} if self.trackers else None,
+            gate=self.gate,
         )
 
 
@@ -114,6 +128,42 @@ def succeeded(
         files=None if files is None else tuple(_file_entry(entry) for entry in files),
         metrics=None if metrics is None else headline_metrics(metrics),
         trackers=trackers or None,
+    )
+
+
+def published(
+    last_step: int,
+    artifact_uri: str,
+    summary: str = "",
+    *,
+    files: Iterable[Mapping[str, Any]] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    trackers: Mapping[str, str] | None = None,
+    gate: GateVerdict | None = None,
+) -> Outcome:
+    """A run that published: :func:`succeeded`, with the gate's verdict when there is one.
+
+    A failed gate is a failed run (``EvaluationGateFailed``, exit 8, not retried): the
+    phase a pipeline or ``kubectl wait --for=condition=Succeeded`` reads must never say
+    Succeeded for a model that missed its bar. It still carries what was published
+    (files, metrics), so the status shows where to inspect it; the message names each
+    missed condition with its measured value."""
+    outcome = succeeded(
+        last_step, artifact_uri, summary, files=files, metrics=metrics, trackers=trackers
+    )
+    if gate is None:
+        return outcome
+    if gate.passed:
+        return replace(outcome, gate=gate.as_outcome())
+    code = ExitCode.EVALUATION_GATE_FAILED
+    message = f"{gate.summary()}; the artifacts are published at {artifact_uri} for inspection"
+    return replace(
+        outcome,
+        exit_code=code,
+        outcome=FAILED,
+        reason=code.reason,
+        message=redact(message),
+        gate=gate.as_outcome(),
     )
 
 

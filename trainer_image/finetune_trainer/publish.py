@@ -62,9 +62,15 @@ def file_entries(directory: Path) -> list[FileEntry]:
 
 
 def build_manifest(
-    files: list[FileEntry], config: TrainerConfig, metrics: dict[str, Any]
+    files: list[FileEntry],
+    config: TrainerConfig,
+    metrics: dict[str, Any],
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The manifest; ``gate`` is the evaluation gate's verdict when the spec has one
+    (:meth:`finetune_api.gate.GateVerdict.as_manifest`): a pipeline promotes a set only
+    when ``gate.passed`` is true, since a failed gate publishes too (for inspection)."""
+    manifest = {
         "apiVersion": config.api_version,
         "kind": MANIFEST_KIND,
         "jobName": config.job_name,
@@ -76,6 +82,9 @@ def build_manifest(
         "metrics": metrics,
         "spec": config.redacted(),
     }
+    if gate is not None:
+        manifest["gate"] = gate
+    return manifest
 
 
 def verify_manifest(directory: Path) -> list[str]:
@@ -179,6 +188,7 @@ def stage_artifacts(
     base_model_ref: str,
     *,
     state_dict: dict[str, Any] | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write everything a run publishes into ``staging``, manifest last; return the manifest.
 
@@ -198,7 +208,7 @@ def stage_artifacts(
     (staging / MODEL_CARD).write_text(
         model_card(config, _headline(metrics), base_model_ref, method.artifact, plots)
     )
-    manifest = build_manifest(file_entries(staging), config, _headline(metrics))
+    manifest = build_manifest(file_entries(staging), config, _headline(metrics), gate)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune_api.config import TrainerConfig
+from finetune_api.gate import GateVerdict, judge
+from finetune_api.outcome import Ending
 from finetune_trainer.logs import kv
 from finetune_trainer.recipe import TrainedRun, fine_tune, run_metrics
 from finetune_trainer.recipe.setup import (
@@ -50,6 +52,8 @@ class RunResult:
     They go to the termination message, so the operator needs no storage credentials."""
     trackers: dict[str, str] = field(default_factory=dict)
     """Where each experiment tracker shows the run (tracker name to URL)."""
+    gate: GateVerdict | None = None
+    """The evaluation gate's verdict (None: the spec has no gate, or not rank 0)."""
 
     def summary(self) -> str:
         m = self.metrics
@@ -70,6 +74,8 @@ class RunResult:
         if m.get("evalLoss") is not None:
             lines.append(f"eval loss: {m['evalLossBefore']:.4f} -> {m['evalLoss']:.4f}")
         lines.append(f"{self._training_line()}; artifacts: {self.output_uri}")
+        if self.gate is not None:
+            lines.append(self.gate.summary())
         lines += [f"{name}: {url}" for name, url in self.trackers.items()]
         return "\n".join(lines)
 
@@ -155,12 +161,24 @@ def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> R
         run = fine_tune(config, telemetry, stop=stop, trackers=trackers)
         if not run.main:
             return RunResult(config.output.uri, {})
-        files = _publish(run, config, trackers)
-    return RunResult(config.output.uri, run.metrics, files, trackers.urls())
+        gate = evaluation_gate(config, run.metrics)
+        files = _publish(run, config, trackers, gate)
+    return RunResult(config.output.uri, run.metrics, files, trackers.urls(), gate)
+
+
+def evaluation_gate(config: TrainerConfig, metrics: dict[str, Any]) -> GateVerdict | None:
+    """Judge the final metrics against ``evaluation.gate`` (None without one), before
+    publishing: the manifest records the verdict. A failed gate still publishes, so the
+    model can be inspected; the run then ends EvaluationGateFailed (exit 8)."""
+    if not config.evaluation.gate:
+        return None
+    verdict = judge(config.evaluation.gate, metrics)
+    log.log(logging.INFO if verdict.passed else logging.WARNING, "%s", verdict.summary())
+    return verdict
 
 
 def _publish(
-    run: TrainedRun, config: TrainerConfig, trackers: Trackers
+    run: TrainedRun, config: TrainerConfig, trackers: Trackers, gate: GateVerdict | None = None
 ) -> tuple[dict[str, Any], ...]:
     """Stage (the trackers' files too) and publish; return the manifest's file entries.
     The trackers learn the run succeeded, and where it went, once it is published."""
@@ -176,8 +194,10 @@ def _publish(
             run.metrics,
             base_model_ref(config.model.uri, _loaded_from(run.model)),
             state_dict=run.state_dict,
+            gate=None if gate is None else gate.as_manifest(),
         )
         publish(Path(staging), config.output.uri, output_access(config))
-        trackers.finish("Succeeded", run.metrics, config.output.uri)
+        ending: Ending = "Failed" if gate is not None and not gate.passed else "Succeeded"
+        trackers.finish(ending, run.metrics, config.output.uri)
     log.info("published %s", kv(uri=config.output.uri))
     return tuple(manifest["files"])
