@@ -264,8 +264,9 @@ def test_a_classifier_set_prints_its_labels(tiny_model_dir: Path, tmp_path: Path
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = tokenizer.eos_token
+    names = {0: "good", 1: "bad", 2: "neutral"}
     base = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model_dir, num_labels=3, pad_token_id=tokenizer.pad_token_id
+        tiny_model_dir, num_labels=3, pad_token_id=tokenizer.pad_token_id, id2label=names
     )
     model = _lora(base, "SEQ_CLS")
     config = _config(tiny_model_dir, task="sequence-classification",
@@ -284,7 +285,8 @@ def test_a_classifier_set_prints_its_labels(tiny_model_dir: Path, tmp_path: Path
         logits = direct(**tokenizer("the answer is great", return_tensors="pt")).logits[0]
     probabilities = torch.softmax(logits, -1).tolist()
     best = max(range(3), key=lambda i: probabilities[i])
-    assert rows[0][0] == direct.config.id2label[best]
+    assert rows[0][0] == names[best]  # named as the job's labels, from the manifest
+    assert sorted(r[0] for r in rows) == sorted(names.values())
     assert float(rows[0][1]) == pytest.approx(probabilities[best], abs=1e-4)
     assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
     chat = invoke("chat", str(out), stdin="hello\n")

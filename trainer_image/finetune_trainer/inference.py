@@ -278,9 +278,9 @@ def load(artifact: ArtifactSet, dtype: str = "auto", warn: Write | None = None) 
     else:
         model = _load_adapter(artifact, compute, tokenizer)
     if artifact.task == CLASSIFICATION:
-        id2label = model.config.id2label
-        labels = [str(id2label[i]) for i in range(len(id2label))]
-    model.eval()
+        id2label: dict[Any, str] = dict(model.config.id2label or {})
+        labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(len(id2label))]
+    model.eval()  # type: ignore[no-untyped-call]
     return LoadedModel(artifact, model, tokenizer, compute.device, labels)
 
 
@@ -301,7 +301,10 @@ def _load_adapter(artifact: ArtifactSet, compute: Any, tokenizer: Any) -> Any:
     labels = None
     if artifact.task == CLASSIFICATION:
         count = head_size(artifact.directory)
-        labels = LabelVocabulary(tuple(f"LABEL_{i}" for i in range(count)))
+        names = (artifact.manifest or {}).get("labels")
+        if not (isinstance(names, list) and len(names) == count):  # sets from before it
+            names = [f"LABEL_{i}" for i in range(count)]
+        labels = LabelVocabulary(tuple(str(n) for n in names))
     base = load_base_model(
         base_dir,
         compute,
@@ -414,8 +417,7 @@ def generate(
             **sampling.generate_kwargs(),
         )
     new = output[0, inputs["input_ids"].shape[1] :]
-    answer: str = tokenizer.decode(new, skip_special_tokens=True)
-    return answer
+    return str(tokenizer.decode(new, skip_special_tokens=True))
 
 
 def echo_streamer(tokenizer: PreTrainedTokenizerBase, write: Write) -> Any:

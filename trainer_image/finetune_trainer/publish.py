@@ -209,8 +209,19 @@ def stage_artifacts(
         model_card(config, _headline(metrics), base_model_ref, method.artifact, plots)
     )
     manifest = build_manifest(file_entries(staging), config, _headline(metrics), gate)
+    manifest.update(class_labels(model, config))
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def class_labels(model: torch.nn.Module, config: TrainerConfig) -> dict[str, list[str]]:
+    """A classifier's class names in logit order, as the manifest's ``labels``: an
+    adapter set has no config.json, so without them whoever loads it (``finetune
+    generate``) would know its classes only as LABEL_0, LABEL_1, ..."""
+    if config.task != "sequence-classification":
+        return {}
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    return {"labels": [str(id2label[i]) for i in sorted(id2label)]}
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
