@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(
     p
     for p in (REPO / "examples").rglob("*.yaml")
-    if yaml.safe_load(p.read_text()).get("kind") == "FineTuneJob"
+    if any(
+        isinstance(d, dict) and d.get("kind") == "FineTuneJob"
+        for d in yaml.safe_load_all(p.read_text())
+    )
 )
 
 
