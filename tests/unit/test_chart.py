@@ -758,9 +758,12 @@ def test_alerts(custom_docs: list[dict[str, Any]]) -> None:
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(alerts) == {
         "FineTuneJobFailed",
+        "FineTuneJobEvaluationGateFailed",
         "FineTuneJobNoProgress",
         "FineTuneJobFailureRatioHigh",
     }
+    gate = alerts["FineTuneJobEvaluationGateFailed"]["expr"]
+    assert 'finetune_operator_evaluation_gates_total{result="Failed"}' in gate
     assert alerts["FineTuneJobNoProgress"]["for"] == "45m"  # noProgressMinutes
     assert "finetune_trainer_step" in alerts["FineTuneJobNoProgress"]["expr"]
     assert 'outcome="Failed"' in alerts["FineTuneJobFailed"]["expr"]

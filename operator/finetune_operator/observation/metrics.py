@@ -32,7 +32,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from prometheus_client.registry import Collector
 
 from finetune_api.resource import Phase
-from finetune_operator.status.phases import PENDING, RUNNING, TERMINAL
+from finetune_operator.status.phases import EVALUATION_PASSED, PENDING, RUNNING, TERMINAL
 from finetune_operator.values import parse_time
 
 PREFIX = "finetune_operator"
@@ -48,6 +48,9 @@ READINESS_PATH = "/readyz"
 TIME_TO_RUNNING_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
 # Seconds a job trains: a LoRA on a small model takes minutes, a large one days.
 JOB_DURATION_BUCKETS = (60, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 604800)
+GATE_RESULTS = ("Passed", "Failed")
+"""The results of an evaluation gate, each reported from the start (zeros included) so
+``increase()`` sees the first one."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -93,6 +96,7 @@ class OperatorMetrics:
         self._phases: dict[JobKey, str] = {}
         self._ran: set[JobKey] = set()
         self._ended: set[JobKey] = set()
+        self._gates: dict[JobKey, str | None] = {}
         self.registry.register(_PhaseCollector(self._phases, self._lock))
         self.reconcile_duration = Histogram(
             f"{PREFIX}_reconcile_duration_seconds",
@@ -119,6 +123,15 @@ class OperatorMetrics:
             buckets=JOB_DURATION_BUCKETS,
             registry=self.registry,
         )
+
+        self.evaluation_gates = Counter(
+            f"{PREFIX}_evaluation_gates",
+            "Evaluation gates judged (jobs with evaluation.gate), by result: Passed or Failed.",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in GATE_RESULTS:
+            self.evaluation_gates.labels(result=result)
 
     # ------------------------------------------------------------------ phases
 
@@ -182,6 +195,24 @@ class OperatorMetrics:
             started=update.get("startTime") or stored.get("startTime"),
             now=now,
         )
+        conditions = update.get("conditions") or stored.get("conditions") or []
+        self.observe_gate(
+            metadata.get("namespace") or "", metadata["name"], _gate_result(conditions)
+        )
+
+    def observe_gate(self, namespace: str, name: str, result: str | None) -> None:
+        """Record a job's evaluation gate result (Passed, Failed; None: no verdict yet).
+
+        Counted once per job, when a verdict appears for a job this process saw without
+        one; like the phases, the first record of a job is not a change, so an operator
+        restart counts no old verdict again."""
+        key = (namespace, name)
+        with self._lock:
+            seen = key in self._gates
+            previous = self._gates.get(key)
+            self._gates[key] = result
+        if seen and previous is None and result is not None:
+            self.evaluation_gates.labels(result=result).inc()
 
     def forget(self, namespace: str, name: str) -> None:
         """The job is gone: stop counting it (a new job of the same name starts afresh)."""
@@ -190,6 +221,7 @@ class OperatorMetrics:
             self._phases.pop(key, None)
             self._ran.discard(key)
             self._ended.discard(key)
+            self._gates.pop(key, None)
 
     def phase_counts(self) -> dict[str, int]:
         """What the jobs gauge reports now, by phase (for logs and tests)."""
@@ -215,6 +247,15 @@ class OperatorMetrics:
     ) -> MetricsServer:
         """Serve ``/metrics`` (and ``/readyz`` when a readiness is given) on a thread."""
         return MetricsServer.start(self, port, addr, readiness)
+
+
+def _gate_result(conditions: Iterable[Any]) -> str | None:
+    """Passed or Failed from an EvaluationPassed condition; None without one."""
+    for c in conditions:
+        if isinstance(c, Mapping) and c.get("type") == EVALUATION_PASSED:
+            status = c.get("status")
+            return "Passed" if status == "True" else "Failed" if status == "False" else None
+    return None
 
 
 class Timed:

@@ -21,6 +21,7 @@ from annotated_types import MaxLen
 from finetune_api.resource import Condition
 from finetune_operator.status.phases import (
     CONDITION_TYPES,
+    EVALUATION_PASSED,
     FAILED,
     RUNNING,
     SUCCEEDED,
@@ -64,10 +65,13 @@ def conditions(
     stamp: str,
     generation: int | None,
     validated: tuple[bool, str, str] | None = None,
+    evaluation: tuple[bool, str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every condition for a verdict: ``true_condition`` True (None: none of the phase
     conditions), the others False, all with ``reason``; the message on the True one and
-    on Running. ``validated`` is (status, reason, message); None: the spec is valid."""
+    on Running. ``validated`` is (status, reason, message); None: the spec is valid.
+    ``evaluation`` is the gate's EvaluationPassed (status, reason, message); None: no
+    verdict now (a kept one stays, like another controller's condition)."""
     old = {c.get("type"): c for c in prev.get("conditions") or [] if isinstance(c, dict)}
     if validated is None:
         validated = (True, VALID, "the spec is valid")
@@ -76,6 +80,9 @@ def conditions(
         is_true = true_condition == kind
         shown = message if is_true or kind == RUNNING else ""
         made.append(condition(kind, is_true, reason, shown, old, stamp, generation))
+    if evaluation is not None:
+        made.append(condition(EVALUATION_PASSED, *evaluation, old, stamp, generation))
+        old = {t: c for t, c in old.items() if t != EVALUATION_PASSED}
     made += [c for t, c in old.items() if t not in CONDITION_TYPES]
     return made
 

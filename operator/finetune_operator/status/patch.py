@@ -37,6 +37,8 @@ from finetune_operator.status.conditions import conditions
 from finetune_operator.status.events import Event, event
 from finetune_operator.status.phases import (
     FAILED,
+    GATE_FAILED,
+    GATE_PASSED,
     INVALID_SPEC,
     PENDING,
     SUCCEEDED,
@@ -219,6 +221,7 @@ def _base_patch(
             stamp=time_str(now),
             generation=generation,
             validated=validated,
+            evaluation=_evaluation(found),
         ),
         "jobName": get(job, "metadata").get("name")
         or prev.get("jobName")
@@ -227,6 +230,14 @@ def _base_patch(
     if generation is not None:
         patch["observedGeneration"] = generation
     return patch
+
+
+def _evaluation(found: Verdict) -> tuple[bool, str, str] | None:
+    """The EvaluationPassed condition of the verdict's gate, if it has one."""
+    if found.gate is None:
+        return None
+    passed, message = found.gate
+    return passed, GATE_PASSED if passed else GATE_FAILED, message
 
 
 def _with_planned(

@@ -15,6 +15,11 @@ TERMINAL = frozenset({SUCCEEDED, FAILED})
 VALIDATED = "Validated"
 CONDITION_TYPES = (VALIDATED, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
 """Every condition the status carries, always, in this order."""
+EVALUATION_PASSED = "EvaluationPassed"
+"""The evaluation gate's verdict: only on a job whose spec has evaluation.gate, once the
+trainer has judged it (True, GatePassed; False, GateFailed, and the job Failed)."""
+GATE_PASSED = "GatePassed"
+GATE_FAILED = "GateFailed"
 PLANNED = "Planned"
 """The planner's verdict, written once with the first status (or the refusal) and kept
 as it is after that: the plan is of the spec, which does not change."""

@@ -101,7 +101,10 @@ class Verdict:
     completion_time: str | None = None
     artifacts: dict[str, Any] | None = None
     final: TerminationMessage | None = None
-    """The trainer's own message on success (its last step and metrics)."""
+    """The trainer's own message on success, or on a failed evaluation gate (its last
+    step, metrics and published files)."""
+    gate: tuple[bool, str] | None = None
+    """The evaluation gate's verdict from the trainer's message: (passed, message)."""
 
 
 def verdict(
@@ -189,6 +192,34 @@ def _succeeded(
         completion_time=time_str(completed) if completed else None,
         artifacts=artifacts,
         final=final if final is not None and final.structured else None,
+        gate=_gate(final),
+    )
+
+
+def _gate(message: TerminationMessage | None) -> tuple[bool, str] | None:
+    """The gate's verdict as the EvaluationPassed condition shows it."""
+    if message is None or message.gate is None:
+        return None
+    if message.gate["passed"]:
+        return True, "every condition of evaluation.gate is met"
+    failed = "; ".join(message.gate["failed"]) or "see manifest.json's gate"
+    return False, f"missed: {failed}"
+
+
+def _gate_failed(note: TerminationMessage, completion: str | None, where: str) -> Verdict:
+    """Failed by the evaluation gate: the set was published (for inspection), so the
+    status keeps its artifacts and final metrics, as a success's would."""
+    uri = note.artifact_uri
+    files = [f for f in map(_file, note.files or ()) if f]
+    return Verdict(
+        FAILED,
+        safe_reason(note.reason, "EvaluationGateFailed"),
+        f"{note.message} ({where})",
+        FAILED,
+        completion_time=completion,
+        artifacts={"uri": uri, "files": files} if uri else None,
+        final=note,
+        gate=_gate(note),
     )
 
 
@@ -224,6 +255,8 @@ def _failed(views: list[PodView], condition: Mapping[str, Any]) -> Verdict:
         return failed(job_reason, job_message)
     where = f"pod {last.name}, exit code {last.exit_code}"
     note = last.message
+    if note is not None and note.structured and note.outcome == FAILED and note.gate is not None:
+        return _gate_failed(note, completion, where)
     if note is not None and note.structured and note.outcome == FAILED:
         return failed(safe_reason(note.reason, job_reason), f"{note.message} ({where})")
     if last.terminated.get("reason") == "OOMKilled":
