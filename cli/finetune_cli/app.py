@@ -27,6 +27,7 @@ from finetune_api.render import RenderError, local_output_uri, render_trainer_co
 from finetune_api.resource import FineTuneJob
 from finetune_api.uri import without_credentials
 from finetune_cli import generate as try_it
+from finetune_cli.export import register as register_export
 from finetune_cli.helptext import Command, Group, examples, markup
 from finetune_cli.uris import as_uri
 
@@ -461,6 +462,8 @@ app.command(
     cls=Command,
     epilog=examples("finetune chat ./artifacts/my-job", "finetune chat ./out < questions.txt"),
 )(try_it.chat)
+# Merging an adapter into its base, exporting safetensors or GGUF (finetune_cli.export).
+register_export(app)
 
 
 @app.command(

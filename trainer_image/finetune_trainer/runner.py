@@ -196,8 +196,22 @@ def _publish(
             state_dict=run.state_dict,
             gate=None if gate is None else gate.as_manifest(),
         )
+        if config.output.merge:  # the merged model under merged/, in the same manifest
+            manifest = _add_merged(Path(staging), config, manifest)
         publish(Path(staging), config.output.uri, output_access(config))
         ending: Ending = "Failed" if gate is not None and not gate.passed else "Succeeded"
         trackers.finish(ending, run.metrics, config.output.uri)
     log.info("published %s", kv(uri=config.output.uri))
     return tuple(manifest["files"])
+
+
+def _add_merged(staging: Path, config: TrainerConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``output.merge``: the staged adapter merged into the base, shard by shard (the base
+    is in the download cache already: the run loaded it)."""
+    from finetune_trainer.export.artifact import add_merged
+    from finetune_trainer.storage.backends import fetch_model_dir
+
+    base_dir = fetch_model_dir(config.model.uri, config.model.revision, model_access(config))
+    merged = add_merged(staging, base_dir, manifest)
+    log.info("merged the adapter into the base %s", kv(path="merged/"))
+    return merged
