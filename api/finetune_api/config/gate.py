@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Final, Self
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from finetune_api.config.base import CamelModel
 from finetune_api.tasks import METRICS, MetricInfo
@@ -46,7 +46,7 @@ class GateCondition(CamelModel):
         description="A score of the run's metrics.json, e.g. exactMatch, evalLoss, accuracy, "
         "macroF1, bleu, retentionLossIncrease (docs/concepts/evaluation.md lists each with "
         "its task and unit).",
-        json_schema_extra={"enum": sorted(METRICS)},
+        json_schema_extra={"enum": list[JsonValue](sorted(METRICS))},
     )
     min: float | None = Field(
         default=None,
