@@ -8,15 +8,12 @@ reported with the trainer's exit codes. The training stack is imported inside.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import Annotated
 
 import typer
 
 from finetune_cli.helptext import Command, examples
 from finetune_cli.uris import as_uri
-
-if TYPE_CHECKING:
-    from finetune_trainer.export.artifact import Format
 
 
 class ExportFormat(StrEnum):
@@ -100,7 +97,7 @@ def export(
         result = run_export(
             as_uri(source),
             as_uri(to),
-            fmt=cast("Format", fmt.value),
+            fmt=fmt.value,
             dtype=None if dtype is None else dtype.value,
             base_uri=None if base is None else as_uri(base),
         )

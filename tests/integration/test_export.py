@@ -191,3 +191,17 @@ def test_export_refuses_a_prefix_adapter_naming_the_method(tmp_path: Path) -> No
     result = runner.invoke(app, ["export", str(source), "--to", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert "method prefix cannot be merged" in result.output
+
+
+def test_export_from_s3_to_s3(published: Path, tiny_model_dir: Path, s3_env: Any) -> None:
+    """A remote set is downloaded as its manifest lists it, checked, merged and the
+    export published to another prefix, manifest last (verify reads it there)."""
+    for path in published.rglob("*"):
+        rel = path.relative_to(published).as_posix()
+        if path.is_file() and not rel.startswith("checkpoints/"):
+            s3_env.client.upload_file(str(path), s3_env.bucket, f"adapters/merge/{rel}")
+    to = s3_env.uri("models/merge")
+    result = cli("export", s3_env.uri("adapters/merge"), "--to", to)
+    assert result.exit_code == 0, result.output
+    assert cli("verify", to).exit_code == 0
+    assert "models/merge/model.safetensors" in s3_env.objects("models/merge/")

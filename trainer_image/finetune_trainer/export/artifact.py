@@ -85,6 +85,7 @@ def read_source(uri: str, into: Path) -> tuple[Path, dict[str, Any]]:
         directory = backend.resolve(parsed)
     else:
         store = open_store(uri)
+        into.mkdir(parents=True, exist_ok=True)
         if not store.exists(MANIFEST):
             raise ConfigError(f"{uri}: no {MANIFEST}, not a complete published set")
         store.get_file(MANIFEST, into / MANIFEST)
@@ -92,6 +93,7 @@ def read_source(uri: str, into: Path) -> tuple[Path, dict[str, Any]]:
         if isinstance(listed, str):
             raise ConfigError(listed)
         for entry in listed["files"]:
+            (into / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
             store.get_file(entry["path"], into / entry["path"])
         directory = into
     problems = verify_manifest(directory)

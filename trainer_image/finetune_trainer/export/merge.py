@@ -160,7 +160,8 @@ def merged_weight(weight: torch.Tensor, module: str, adapter: Adapter) -> torch.
     combined = w + delta
     norm = torch.linalg.norm(combined, dim=1)
     magnitude = parts["lora_magnitude_vector"].to(torch.float32)
-    return combined * (magnitude / norm).view(-1, 1)
+    rescaled: torch.Tensor = combined * (magnitude / norm).view(-1, 1)
+    return rescaled
 
 
 def merged_bias(bias: torch.Tensor, module: str, adapter: Adapter) -> torch.Tensor | None:
