@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ import pytest
 import yaml
 from safetensors import safe_open
 
+from finetune_api.config.gate import GateCondition
 from finetune_api.config.job import JobSections, OutputOptions
+from finetune_api.gate import judge
 from finetune_api.resource import FineTuneJob
 from finetune_api.serving import (
     VLLM_LORA_MODULES,
@@ -221,7 +224,8 @@ def test_the_merged_variants_read_merged_under_the_set() -> None:
     serve = container(merged, "vllm")
     fetch = container(merged, "fetch-model", init=True)
     assert "--include 'merged/*'" in fetch["args"][0]
-    assert serve["args"][0] == mount_path(fetch, "models") + "/quickstart-s3/merged"
+    assert serve["args"][0] == env_value(fetch, "MODEL_DIR") + "/merged"
+    assert env_value(fetch, "MODEL_DIR").startswith(mount_path(serve, "models") + "/")
 
 
 def test_the_adapter_is_served_on_the_jobs_base_model(job: FineTuneJob) -> None:
@@ -232,8 +236,8 @@ def test_the_adapter_is_served_on_the_jobs_base_model(job: FineTuneJob) -> None:
     name, _, path = flags(serve["args"])["--lora-modules"].partition("=")
     assert name == job.metadata.name
     # vLLM reads the adapter where the init container put it.
+    assert path == env_value(fetch, "ADAPTER_DIR")
     assert path.startswith(mount_path(serve, "adapters") + "/")
-    assert f"/adapters/{job.metadata.name} " in fetch["args"][0]
     assert mount_path(fetch, "adapters") == mount_path(serve, "adapters")
 
     isvc = only(SERVING / "kserve-adapter.yaml", "InferenceService")
@@ -294,6 +298,88 @@ def test_vllm_pods_are_non_root_pinned_probed_and_get_a_gpu(
         assert serve[probe]["httpGet"]["port"] in ("http", 8000)
     assert serve["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert flags(serve["args"])["--port"] == "8000"
+
+
+# --------------------------------------------------------------------------- the init scripts
+
+FAKE_AWS = """#!/bin/sh
+# `aws s3 sync SRC DST ...` copies the local stand-in of the bucket prefix.
+[ "$1 $2" = "s3 sync" ] || exit 2
+mkdir -p "$4" && cp -R "$FAKE_PREFIX"/. "$4"/
+"""
+
+
+def gate_manifest(exact_match: float) -> dict[str, Any]:
+    """A manifest.json with the gate verdict the trainer records (exactMatch >= 0.9)."""
+    condition = GateCondition.model_validate({"metric": "exactMatch", "min": 0.9})
+    verdict = judge([condition], {"exactMatch": exact_match})
+    return {"kind": "ArtifactManifest", "files": [], "gate": verdict.as_manifest()}
+
+
+def run_init(
+    path: Path, name: str, prefix: Path, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """The init container's script, run by sh with a stand-in `aws` and its target
+    directory under ``tmp_path``."""
+    fetch = container(only(path, "Deployment"), name, init=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "aws").write_text(FAKE_AWS)
+    (bin_dir / "aws").chmod(0o755)
+    env = {e["name"]: str(e["value"]) for e in fetch["env"]}
+    target = next(k for k in env if k.endswith("_DIR"))
+    env[target] = str(tmp_path / "target")
+    env |= {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_PREFIX": str(prefix)}
+    assert fetch["command"] == ["/bin/sh", "-c"]
+    return subprocess.run(
+        ["/bin/sh", "-c", fetch["args"][0]], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def published(tmp_path: Path, manifest: dict[str, Any] | None, merged: bool = False) -> Path:
+    prefix = tmp_path / "bucket"
+    prefix.mkdir()
+    (prefix / "adapter_config.json").write_text("{}")
+    if merged:
+        (prefix / "merged").mkdir()
+        (prefix / "merged" / "config.json").write_text("{}")
+    if manifest is not None:  # as publish writes it: json.dumps(indent=2)
+        (prefix / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return prefix
+
+
+@pytest.mark.parametrize(
+    ("file", "init"),
+    [("vllm-adapter.yaml", "fetch-adapter"), ("vllm-merged.yaml", "fetch-model")],
+)
+@pytest.mark.parametrize(
+    ("manifest", "refusal"),
+    [
+        ({"kind": "ArtifactManifest", "files": []}, None),  # no gate in the spec
+        (gate_manifest(0.95), None),
+        (gate_manifest(0.5), "failed its evaluation gate"),
+        (None, "has no manifest.json"),
+    ],
+    ids=["no-gate", "gate-passed", "gate-failed", "incomplete"],
+)
+def test_the_init_container_serves_only_a_complete_set_that_passed_its_gate(
+    file: str, init: str, manifest: dict[str, Any] | None, refusal: str | None, tmp_path: Path
+) -> None:
+    prefix = published(tmp_path, manifest, merged=True)
+    result = run_init(SERVING / file, init, prefix, tmp_path)
+    if refusal is None:
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "target" / "manifest.json").is_file()
+    else:
+        assert result.returncode == 1
+        assert refusal in result.stderr
+
+
+def test_the_merged_init_container_refuses_a_set_without_merged(tmp_path: Path) -> None:
+    prefix = published(tmp_path, gate_manifest(0.95), merged=False)
+    result = run_init(SERVING / "vllm-merged.yaml", "fetch-model", prefix, tmp_path)
+    assert result.returncode == 1
+    assert "publish with output.merge: true" in result.stderr
 
 
 def test_no_manifest_carries_a_credential() -> None:
