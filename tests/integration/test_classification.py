@@ -52,6 +52,16 @@ def test_lora_classifier_learns_and_reports_class_metrics(make_job: Any, tmp_pat
     assert metrics["macroF1"] >= 0.9
     assert "exactMatch" not in metrics and "perplexity" not in metrics
     assert metrics["data"]["classes"] == 2
+    # Per class, by label name (torchmetrics), and their macro averages.
+    per_class = metrics["perClass"]
+    assert set(per_class) == {"bad", "good"}
+    assert sum(c["support"] for c in per_class.values()) == 16
+    for key, macro in (
+        ("precision", "macroPrecision"),
+        ("recall", "macroRecall"),
+        ("f1", "macroF1"),
+    ):
+        assert metrics[macro] == pytest.approx(sum(c[key] for c in per_class.values()) / 2)
 
 
 def test_classifier_reloads_with_its_labels(make_job: Any, tmp_path: Path) -> None:
