@@ -22,6 +22,7 @@ from finetune_trainer.model_card import model_card as model_card  # built there
 from finetune_trainer.model_card import usage as usage
 from finetune_trainer.plots import titles, write_plots
 from finetune_trainer.storage.backends import Access, open_store
+from finetune_trainer.storage.hub import HubStore
 from finetune_trainer.storage.store import MANIFEST, Store, local_files, publish_dir
 
 if TYPE_CHECKING:
@@ -242,5 +243,10 @@ def _point_adapter_at(staging: Path, base_model_ref: str, revision: str | None =
 
 
 def publish(staging: Path, uri: str, access: Access | None = None) -> None:
-    """Publish the staged artifact set to ``uri``, ``manifest.json`` last."""
-    publish_dir(staging, open_store(uri, access))
+    """Publish the staged artifact set to ``uri``, ``manifest.json`` last; to the Hub in
+    one commit, which is all-or-nothing itself (``storage.hub``)."""
+    store = open_store(uri, access)
+    if isinstance(store, HubStore):
+        store.publish_set(staging)
+    else:
+        publish_dir(staging, store)

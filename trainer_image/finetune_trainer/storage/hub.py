@@ -1,21 +1,65 @@
-"""hf:// storage: models and datasets on the Hugging Face Hub, read-only.
+"""hf:// storage: models and datasets on the Hugging Face Hub, and outputs published to it.
 
 ``hf://org/name`` models and ``hf://datasets/org/name[/file]`` datasets go through
 huggingface_hub, which honours HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE itself and keeps
 its own cache; HF_TOKEN from a credentials Secret takes precedence.
+
+An ``hf://org/name[@branch]`` output is a model repository (:class:`HubStore`). The
+published set goes up in ONE commit (:meth:`HubStore.publish_set`), so readers of the
+repository see the old set or the whole new one, never a mixture: the Hub's atomic
+commit does what ``manifest.json`` written last does for a bucket, and the manifest is
+in that commit. The lease is optimistic: taking it creates the repository (private) or
+the branch if absent and notes the branch's head commit; the publishing commit names
+that head as its ``parent_commit``, so when another writer committed to the branch in
+between, the Hub refuses the commit and the run fails naming the output
+(:class:`~.store.OutputBusy`) instead of silently replacing the other's set. Two runs
+can therefore both train on one hf:// output, but only the first to publish succeeds.
+
+Checkpoints are not pushed to the Hub (hundreds of MB per step would fill the
+repository's history for ever): ``checkpoints/`` keys live in a local workspace under
+the trainer's cache (:func:`~.cache.cache_root`), so a run resumes on the same machine
+or volume, not after its pod moves. Jobs that must resume anywhere publish to s3:// or
+pvc:// (and may copy the result to the Hub with ``huggingface-cli upload``).
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import hashlib
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from finetune_api.uri import DATA_SUFFIXES, ParsedUri, hf_dataset_parts
+from finetune_api.redaction import register
+from finetune_api.uri import DATA_SUFFIXES, ParsedUri, hf_dataset_parts, hf_output_parts
 from finetune_trainer.errors import ModelError, StorageError, TrainerError
+from finetune_trainer.storage.cache import cache_root
 from finetune_trainer.storage.credentials import hf_token
-from finetune_trainer.storage.store import Access
+from finetune_trainer.storage.store import (
+    MANIFEST,
+    Access,
+    Holder,
+    LocalStore,
+    ObjectInfo,
+    busy,
+    local_files,
+    safe_key,
+)
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+T = TypeVar("T")
+CHECKPOINTS_PREFIX = "checkpoints/"
+HUB_HOUSEKEEPING = frozenset({".gitattributes"})
+"""Files the Hub writes into every repository itself: not part of any published set."""
+_LEASED_HEADS: dict[str, str] = {}
+"""The branch head each hf:// output's lease saw, by output URI: the parent the
+publishing commit must have (another store object of the same process publishes)."""
 
 
 class HubBackend:
@@ -55,8 +99,221 @@ class HubBackend:
             )
         )
 
-    def store(self, uri: ParsedUri, access: Access) -> NoReturn:
-        raise StorageError(f"{uri}: publishing to the Hub is not supported")
+    def store(self, uri: ParsedUri, access: Access) -> HubStore:
+        repo, branch = hf_output_parts(uri.location)
+        return HubStore(str(uri), repo, branch, hf_token(access.credentials_secret))
+
+
+class HubStore:
+    """An ``hf://org/name[@branch]`` output: a model repository's branch; ``checkpoints/``
+    in a local workspace (see the module)."""
+
+    def __init__(self, uri: str, repo: str, branch: str | None, token: str | None) -> None:
+        from huggingface_hub import HfApi
+
+        self.uri = uri
+        self.repo = repo
+        self.branch = branch or "main"
+        self.token = token or os.environ.get("HF_TOKEN") or None
+        register(self.token)  # never quoted by any message, log line or status
+        self.endpoint = os.environ.get("HF_ENDPOINT") or None
+        self.api: HfApi = HfApi(endpoint=self.endpoint, token=self.token or False)
+        digest = hashlib.sha256(uri.encode()).hexdigest()[:24]
+        self.workspace = LocalStore(uri, cache_root() / "hub-outputs" / digest)
+
+    # ------------------------------------------------------------------ the lease
+
+    def lease(self, holder: Holder) -> AbstractContextManager[None]:
+        return self._lease(holder)
+
+    @contextlib.contextmanager
+    def _lease(self, holder: Holder) -> Iterator[None]:
+        """The repository and branch, created when absent (a new repository is private),
+        and their head noted for the publishing commit; the local checkpoint workspace
+        flock-leased as any local output. Also the probe that the token may write."""
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        self._call(
+            "create the repository",
+            lambda: self.api.create_repo(self.repo, private=True, exist_ok=True),
+        )
+        try:
+            head = self._head()
+        except RevisionNotFoundError:
+            self._call(
+                "create the branch",
+                lambda: self.api.create_branch(self.repo, branch=self.branch, exist_ok=True),
+            )
+            head = self._head()
+        with self.workspace.lease(holder):
+            _LEASED_HEADS[self.uri] = head
+            try:
+                yield
+            finally:
+                _LEASED_HEADS.pop(self.uri, None)
+
+    def _head(self) -> str:
+        from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
+
+        try:
+            info = self.api.model_info(self.repo, revision=self.branch)
+        except RevisionNotFoundError:
+            raise
+        except (HfHubHTTPError, OSError) as exc:
+            raise self._error("read the branch's head commit", exc) from exc
+        if info.sha is None:
+            raise StorageError(f"{self.uri}: the Hub named no head commit for {self.branch}")
+        return info.sha
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish_set(self, staging: Path) -> str:
+        """Commit every file of ``staging`` in one commit (files the repository holds that
+        the set does not are deleted in it); the commit id. Fails with OutputBusy when
+        another writer committed since this process took the lease."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        files = [*local_files(staging), *([MANIFEST] if (staging / MANIFEST).is_file() else [])]
+        stale = {o.key for o in self._hub_list("")} - set(files)
+        operations: list[Any] = [
+            CommitOperationAdd(path_in_repo=safe_key(rel), path_or_fileobj=staging / rel)
+            for rel in files
+        ]
+        operations += [CommitOperationDelete(path_in_repo=key) for key in sorted(stale)]
+        return self._commit(operations, f"Publish {len(files)} files (finetune-operator)")
+
+    def _commit(self, operations: list[Any], message: str) -> str:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        parent = _LEASED_HEADS.get(self.uri)
+        try:
+            info = self.api.create_commit(
+                self.repo,
+                operations,
+                commit_message=message,
+                revision=self.branch,
+                parent_commit=parent,
+            )
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if parent is not None and status in (409, 412):
+                raise busy(
+                    self.uri,
+                    None,
+                    f"(it committed to {self.branch} after this run took the output at "
+                    f"commit {parent[:12]}; this run's set was not published) look at the "
+                    "branch's history",
+                ) from None
+            raise self._error("commit", exc) from exc
+        if parent is not None:
+            _LEASED_HEADS[self.uri] = info.oid
+        return str(info.oid)
+
+    # ------------------------------------------------------------------ the Store protocol
+
+    def put_file(self, src: Path, key: str) -> None:
+        """One file: into the checkpoint workspace, or one commit of its own on the Hub."""
+        from huggingface_hub import CommitOperationAdd
+
+        key = safe_key(key)
+        if key.startswith(CHECKPOINTS_PREFIX):
+            self.workspace.put_file(src, key)
+            return
+        self._commit([CommitOperationAdd(path_in_repo=key, path_or_fileobj=src)], f"Add {key}")
+
+    def get_file(self, key: str, dst: Path) -> None:
+        from huggingface_hub import hf_hub_download
+
+        key = safe_key(key)
+        if key.startswith(CHECKPOINTS_PREFIX):
+            self.workspace.get_file(key, dst)
+            return
+        local = self._call(
+            "download " + key,
+            lambda: hf_hub_download(
+                self.repo,
+                key,
+                revision=self.branch,
+                token=self.token or False,
+                endpoint=self.endpoint,
+            ),
+        )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, dst)
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        found = [] if prefix.startswith(CHECKPOINTS_PREFIX) else self._hub_list(prefix)
+        if not prefix or prefix.startswith(CHECKPOINTS_PREFIX.rstrip("/")):
+            found += self.workspace.list(prefix) if self.workspace.root.is_dir() else []
+        return sorted(found, key=lambda o: o.key)
+
+    def _hub_list(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """The branch's files under ``prefix`` (none when the repository or branch does
+        not exist yet), the Hub's own housekeeping files aside."""
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.hf_api import RepoFile
+
+        def tree() -> builtins.list[ObjectInfo]:
+            try:
+                entries = self.api.list_repo_tree(
+                    self.repo,
+                    path_in_repo=prefix.rstrip("/") or None,
+                    revision=self.branch,
+                    recursive=True,
+                )
+                return [
+                    ObjectInfo(e.path, e.size)
+                    for e in entries
+                    if isinstance(e, RepoFile) and e.path not in HUB_HOUSEKEEPING
+                ]
+            except (RepositoryNotFoundError, RevisionNotFoundError):
+                return []
+
+        return self._call("list the files", tree)
+
+    def exists(self, key: str) -> bool:
+        key = safe_key(key)
+        return any(o.key == key for o in self.list(key.rsplit("/", 1)[0] if "/" in key else ""))
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Checkpoint keys from the workspace; others in one commit (absent ones skipped)."""
+        from huggingface_hub import CommitOperationDelete
+
+        keys = [safe_key(k) for k in keys]
+        self.workspace.delete(k for k in keys if k.startswith(CHECKPOINTS_PREFIX))
+        hub = [k for k in keys if not k.startswith(CHECKPOINTS_PREFIX)]
+        present = {o.key for o in self._hub_list("")} if hub else set()
+        operations = [CommitOperationDelete(path_in_repo=k) for k in hub if k in present]
+        if operations:
+            self._commit(operations, f"Delete {len(operations)} files")
+
+    # ------------------------------------------------------------------ errors
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            return call()
+        except HfHubHTTPError as exc:
+            raise self._error(what, exc) from exc
+        except OSError as exc:  # the endpoint cannot be reached
+            raise self._error(what, exc) from exc
+
+    def _error(self, what: str, exc: Exception) -> StorageError:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = {
+            401: "the token is missing or invalid: put a write token in the output's "
+            "credentialsSecret under the key HF_TOKEN",
+            403: "the token may not write to this repository: use a token with write "
+            "access to the organisation",
+        }.get(
+            status or 0,
+            f"check HF_ENDPOINT ({self.endpoint or 'the public Hub'}) and the repository name",
+        )
+        return StorageError(
+            f"{self.uri}: cannot {what} on the Hub ({type(exc).__name__}, "
+            f"HTTP {status or '-'}); {hint}"
+        )
 
 
 def only_data_file(uri: ParsedUri, snapshot: Path) -> str:
