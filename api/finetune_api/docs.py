@@ -221,6 +221,21 @@ def render_exit_code_table() -> str:
     return _table(columns, rows)
 
 
+def render_metrics_table() -> str:
+    """The contract's metrics table (finetune_api.tasks.METRICS) as the training page
+    lists it: what each score is, its unit and which way is better."""
+    from finetune_api.tasks import METRICS
+
+    rows = []
+    for name, info in METRICS.items():
+        twin = f"`{name}Before`" if info.before else "-"
+        needs = "always" if info.needs is None else f"`{info.needs}`"
+        tasks = ", ".join(info.tasks)
+        rows.append((f"`{name}`", info.description, info.unit, info.better, tasks, needs, twin))
+    columns = ("metric", "what", "unit", "better", "tasks", "measured", "base model")
+    return _table(columns, rows)
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -280,5 +295,6 @@ SECTIONS: tuple[Section, ...] = (
     Section("status-fields", API_PAGE, render_status_table),
     Section("rules", "docs/concepts/validation.md", render_rules_table),
     Section("exit-codes", "docs/reference/exit-codes.md", render_exit_code_table),
+    Section("metrics", "docs/concepts/training.md", render_metrics_table),
 )
 """The contract's generated sections, each naming its page (`make docs` writes them)."""

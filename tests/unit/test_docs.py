@@ -73,7 +73,7 @@ def test_every_marker_in_the_docs_has_a_generator() -> None:
 
 def test_sections_name_their_pages_and_markers() -> None:
     by_name = {s.name: s for s in generated_sections()}
-    assert set(by_name) == {"fields", "status-fields", "rules", "exit-codes", "cli"}
+    assert set(by_name) == {"fields", "status-fields", "rules", "exit-codes", "metrics", "cli"}
     assert by_name["fields"].page == by_name["status-fields"].page == "docs/reference/api.md"
     assert by_name["cli"].page == CLI_PAGE == "docs/reference/cli.md"
     assert (by_name["rules"].start, by_name["rules"].end) == (
@@ -318,3 +318,13 @@ def test_the_cli_reference_renders_usage_arguments_options_and_defaults() -> Non
     assert "--secret" not in go and "ghost" not in str(sections)
     assert "`--help`" in go
     assert "Nested commands." in sections["toy nest"]
+
+
+def test_the_metrics_table_lists_every_score_of_the_contract() -> None:
+    from finetune_api.docs import render_metrics_table
+    from finetune_api.tasks import METRICS
+
+    table = render_metrics_table()
+    for name, info in METRICS.items():
+        assert f"| `{name}` |" in table
+        assert f"| {info.unit} | {info.better} |" in table
