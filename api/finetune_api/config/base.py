@@ -77,8 +77,9 @@ OutputUri = Annotated[
     str,
     _uri_validator(Role.OUTPUT),
     Field(
-        description="Where artifacts are published: file://path, pvc://claim/path or "
-        "s3://bucket/prefix."
+        description="Where artifacts are published: file://path, pvc://claim/path, "
+        "s3://bucket/prefix or hf://org/name[@branch] (a Hub model repository, one commit "
+        "per published set; checkpoints stay on the trainer's disk)."
     ),
 ]
 
