@@ -323,7 +323,7 @@ def run_init(
     directory under ``tmp_path``."""
     fetch = container(only(path, "Deployment"), name, init=True)
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
     (bin_dir / "aws").write_text(FAKE_AWS)
     (bin_dir / "aws").chmod(0o755)
     env = {e["name"]: str(e["value"]) for e in fetch["env"]}
@@ -511,10 +511,18 @@ def test_a_published_adapter_passes_and_matches_the_prediction(
 
     from finetune_cli.app import app
 
-    path = make_job(training={"maxSteps": 2, "epochs": 1}, evaluation={"exactMatchSamples": 0})
+    path = make_job(
+        training={"maxSteps": 2, "epochs": 1},
+        evaluation={"exactMatchSamples": 0},
+        output={"merge": True},
+    )
     result = CliRunner().invoke(app, ["run", str(path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
+    # Both vLLM init containers take this real set: complete, no gate, merged/ present.
+    for file, init in (("vllm-adapter.yaml", "fetch-adapter"), ("vllm-merged.yaml", "fetch-model")):
+        fetched = run_init(SERVING / file, init, out, tmp_path / init)
+        assert fetched.returncode == 0, fetched.stderr
     published = json.loads((out / "adapter_config.json").read_text())
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as weights:
         names = list(weights.keys())
@@ -530,3 +538,25 @@ def test_a_published_adapter_passes_and_matches_the_prediction(
     # Too small a --max-lora-rank for that same adapter is caught.
     (problem,) = vllm_compatibility(published, 1, weight_names=names)
     assert "--max-lora-rank 8" in problem
+
+
+def test_a_run_that_failed_its_gate_is_published_but_not_served(
+    make_job: Any, tmp_path: Path
+) -> None:
+    """A real failed gate: the set is published (for inspection), the job fails, and the
+    vLLM init containers refuse to serve it."""
+    from typer.testing import CliRunner
+
+    from finetune_cli.app import app
+
+    path = make_job(
+        training={"maxSteps": 2, "epochs": 1},
+        evaluation={"exactMatchSamples": 0, "gate": [{"metric": "evalLoss", "max": 0.001}]},
+    )
+    result = CliRunner().invoke(app, ["run", str(path)], catch_exceptions=False)
+    assert result.exit_code != 0
+    out = tmp_path / "out"
+    assert json.loads((out / "manifest.json").read_text())["gate"]["passed"] is False
+    fetched = run_init(SERVING / "vllm-adapter.yaml", "fetch-adapter", out, tmp_path / "init")
+    assert fetched.returncode == 1
+    assert "failed its evaluation gate" in fetched.stderr
