@@ -172,6 +172,42 @@ def _distillation_fits_the_task(facts: Facts) -> Violation | None:
     return None
 
 
+def _tasks_measuring(setting: str) -> list[str]:
+    """The tasks that report a metric ``setting`` turns on (the contract's metrics table)."""
+    return _tasks_with(lambda t: any(m.needs == setting and t in m.tasks for m in METRICS.values()))
+
+
+def _evaluation_setting_fits_the_task(setting: str, field: str) -> Check:
+    """A check that ``setting`` (an evaluation section turning metrics on) is only set
+    for a task that reports them: otherwise it would be read, fetched and ignored."""
+
+    def check(facts: Facts) -> Violation | None:
+        allowed = _tasks_measuring(setting)
+        if setting in facts.metric_settings and facts.task not in allowed:
+            return Violation(
+                field,
+                f"scores generations and text, which task {facts.task} does not produce; "
+                f"remove it (it is for task {', '.join(allowed)})",
+            )
+        return None
+
+    return check
+
+
+def _evaluation_setting_rule(name: str, key: str) -> Rule:
+    """The rule (with its CEL twin) that evaluation.<key> fits the task."""
+    setting = field = f"evaluation.{key}"
+    allowed = _tasks_measuring(setting)
+    return Rule(
+        name,
+        field,
+        "job",
+        _evaluation_setting_fits_the_task(setting, field),
+        f"{field} is for task {', '.join(allowed)}",
+        f"!has(self.evaluation) || !has(self.evaluation.{key}) || {_TASK} in {_cel_list(allowed)}",
+    )
+
+
 def _fsdp_cannot_shard_4bit_weights(facts: Facts) -> Violation | None:
     method = facts.method
     if facts.strategy == "fsdp" and facts.quantized_base:
@@ -381,6 +417,8 @@ RULES: Final[tuple[Rule, ...]] = (
         "!has(self.training) || !has(self.training.distillation) || "
         f"{_TASK} in {_cel_list(_tasks_with(lambda t: TASKS[t].distillation))}",
     ),
+    _evaluation_setting_rule("retention-fits-the-task", "retention"),
+    _evaluation_setting_rule("bert-score-fits-the-task", "bertScore"),
     Rule(
         "fsdp-cannot-shard-4bit-weights",
         "resources.strategy",

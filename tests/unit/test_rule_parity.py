@@ -64,6 +64,14 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {**CLASSIFY, "training": TEACHER},
         {"training": TEACHER},
     ),
+    "retention-fits-the-task": (
+        {**CLASSIFY, "evaluation": {"retention": {"dataset": "s3://data-bucket/general.jsonl"}}},
+        {"evaluation": {"retention": {"dataset": "s3://data-bucket/general.jsonl"}}},
+    ),
+    "bert-score-fits-the-task": (
+        {**CLASSIFY, "evaluation": {"bertScore": {"model": "hf://org/encoder"}}},
+        {"evaluation": {"bertScore": {"model": "hf://org/encoder"}}},
+    ),
     "fsdp-cannot-shard-4bit-weights": (
         {"method": {"type": "qlora"}, "resources": {"gpus": 2, "strategy": "fsdp"}},
         {"method": {"type": "lora"}, "resources": {"gpus": 2, "strategy": "fsdp"}},

@@ -254,12 +254,15 @@ class JobSections(CamelModel):
     def input_uris(self) -> tuple[tuple[str, str], ...]:
         """Every location the run reads, with its field path (rules.Facts.inputs)."""
         data, teacher = self.dataset, self.training.distillation
+        retention, bert = self.evaluation.retention, self.evaluation.bert_score
         found: list[tuple[str, str | None]] = [
             ("model.uri", self.model.uri),
             ("dataset.train", data.train),
             *((f"dataset.mixture[{i}].train", m.train) for i, m in enumerate(data.mixture or [])),
             ("dataset.validation", data.validation),
             ("training.distillation.teacherUri", teacher.teacher_uri if teacher else None),
+            ("evaluation.retention.dataset", retention.dataset if retention else None),
+            ("evaluation.bertScore.model", bert.model if bert else None),
         ]
         return tuple((field, uri) for field, uri in found if uri is not None)
 
