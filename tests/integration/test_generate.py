@@ -291,3 +291,30 @@ def test_a_classifier_set_prints_its_labels(tiny_model_dir: Path, tmp_path: Path
     assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
     chat = invoke("chat", str(out), stdin="hello\n")
     assert chat.exit_code == 2 and "does not chat" in chat.stderr
+
+
+def test_a_set_on_the_hub(
+    adapter_set: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hf://: published through the Hub stand-in, read back verified (the set) or as a
+    plain model repository through the Hub's cache (--no-verify)."""
+    from finetune_trainer.publish import publish
+    from finetune_trainer.storage.backends import open_store
+    from finetune_trainer.storage.store import Holder
+    from hub_server import HubStandIn
+
+    with HubStandIn() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        with open_store("hf://acme/try").lease(Holder("run")):  # creates the repository
+            publish(adapter_set, "hf://acme/try")
+        result = invoke("generate", "hf://acme/try", "-p", PROMPT, "--max-new-tokens", TOKENS)
+        assert result.exit_code == 0, result.stderr
+        expected = _direct(tiny_model_dir, adapter_set, [{"role": "user", "content": PROMPT}])
+        assert result.stdout == expected + "\n"
+        plain = invoke(
+            "generate", "hf://acme/try", "-p", PROMPT, "--max-new-tokens", TOKENS, "--no-verify"
+        )
+        assert plain.exit_code == 0, plain.stderr
+        assert plain.stdout == result.stdout

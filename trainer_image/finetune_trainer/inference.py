@@ -35,8 +35,6 @@ CAUSAL_LM = "causal-lm"
 CLASSIFICATION = "sequence-classification"
 PEFT_TASKS = {"CAUSAL_LM": CAUSAL_LM, "SEQ_CLS": CLASSIFICATION}
 """peft's ``task_type`` in an adapter_config.json, as the contract's task names."""
-HUB_EXTRAS = frozenset({".gitattributes"})
-"""Files the Hub adds to every repository: never in a manifest, never loaded."""
 
 Messages = list[dict[str, str]]
 Write = Callable[[str], None]
@@ -152,11 +150,10 @@ def open_set(uri: str, *, verify: bool = True, base: str | None = None) -> Itera
     from finetune_api.uri import Role
     from finetune_trainer.storage.backends import LocalBackend, backend_for, fetch_model_dir
 
-    scheme = uri.partition("://")[0]
-    if scheme == "hf":
-        # The Hub is read as a model repository (no Store); its cache keeps the copy.
-        directory = fetch_model_dir(uri, None)
-        yield _checked(uri, directory, verify, base, ignore=HUB_EXTRAS)
+    if uri.startswith("hf://") and not verify:
+        # A Hub repository that is not a published set (a base model, someone's merge):
+        # read as a model, through the Hub's cache.
+        yield _checked(uri, fetch_model_dir(uri, None), verify, base)
         return
     backend, parsed = backend_for(uri, Role.OUTPUT)
     if isinstance(backend, LocalBackend):
@@ -191,13 +188,7 @@ def _no_manifest(uri: str) -> str:
     )
 
 
-def _checked(
-    uri: str,
-    directory: Path,
-    verify: bool,
-    base: str | None,
-    ignore: frozenset[str] = frozenset(),
-) -> ArtifactSet:
+def _checked(uri: str, directory: Path, verify: bool, base: str | None) -> ArtifactSet:
     """``directory`` verified (when asked) and described."""
     from finetune_trainer.publish import compare_to_manifest, parse_manifest, sha256_file
     from finetune_trainer.storage.backends import MANIFEST
@@ -212,11 +203,7 @@ def _checked(
     if verify:
         if manifest is None:
             raise UnverifiedSet(_no_manifest(uri))
-        present = {
-            rel: (directory / rel).stat().st_size
-            for rel in local_files(directory)
-            if rel not in ignore
-        }
+        present = {rel: (directory / rel).stat().st_size for rel in local_files(directory)}
         problems = compare_to_manifest(manifest, present, lambda r: sha256_file(directory / r))
         if problems:
             listing = "".join(f"\n  - {p}" for p in problems)
@@ -254,7 +241,9 @@ def load(artifact: ArtifactSet, dtype: str = "auto", warn: Write | None = None) 
     ``fp16``, with the trainer's rules for what the hardware can run.
     """
     from finetune_trainer.modeling import load_base_model, load_tokenizer, resolve_compute
+    from finetune_trainer.recipe.setup import quiet_libraries
 
+    quiet_libraries()  # the answer and our few lines, not the libraries' progress bars
     try:
         compute = resolve_compute(dtype)
     except ConfigError as exc:
