@@ -12,10 +12,10 @@ job's spec or the published ``adapter_config.json`` instead:
   p-tuning have no vLLM loader, and a full or frozen fine-tune is a whole model;
 - ``--max-lora-rank`` is one of vLLM's fixed choices and at least the adapter's ``r``;
 - no DoRA (``use_dora``), no ``modules_to_save``, no adapter bias;
-- adapters only on the decoder's linear layers vLLM wraps for Llama-style models
-  (``q_proj`` ... ``down_proj``; vLLM fuses q/k/v and gate/up itself); an adapter on
-  ``embed_tokens`` or ``lm_head`` is refused here too, since vLLM is phasing out LoRA
-  on the vocabulary (``lora_extra_vocab_size`` is deprecated from v0.12).
+- adapters only on layers vLLM wraps with LoRA in Llama-style models: the decoder's
+  linear layers (``q_proj`` ... ``down_proj``, or their fused ``qkv_proj`` and
+  ``gate_up_proj``) and the ``embed_tokens``/``lm_head`` its Llama-style models declare
+  as embedding modules; anything else (a GPT-2 ``c_attn``, a vision tower) is refused.
 
 Each problem names the setting to change and the fix; a merged model (``output.merge``
 or ``finetune export``) sidesteps every one of them, since vLLM then serves plain weights.
@@ -36,11 +36,15 @@ VLLM_MAX_LORA_RANKS: Final = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The values vLLM's ``--max-lora-rank`` accepts (``MaxLoRARanks`` in vllm/config/lora.py)."""
 
 VLLM_LORA_MODULES: Final = frozenset(
-    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    {
+        *("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        *("qkv_proj", "gate_up_proj", "embed_tokens", "lm_head"),
+    }
 )
-"""The linear layers vLLM applies LoRA to in Llama-style decoders (Llama, Mistral,
-Qwen2/3, SmolLM...): its packed ``qkv_proj`` and ``gate_up_proj`` take the adapters of
-their parts."""
+"""The layers vLLM applies LoRA to in Llama-style decoders (Llama, Mistral, Qwen2/3,
+SmolLM, Phi-3...): the linear layers (its packed ``qkv_proj`` and ``gate_up_proj`` take
+the adapters of their parts, and are Phi-3's own names) and the embedding modules
+``embed_tokens`` and ``lm_head`` these models declare."""
 
 _LORA_METHODS: Final = ("lora", "qlora")
 """Methods whose published adapter is a plain peft LoRA adapter."""

@@ -406,6 +406,8 @@ LORA = {
 def test_a_plain_lora_adapter_loads() -> None:
     assert vllm_compatibility(LORA, 16) == []
     assert vllm_compatibility({**LORA, "target_modules": sorted(VLLM_LORA_MODULES)}, 64) == []
+    # Llama-style models in vLLM declare embed_tokens and lm_head as LoRA embedding modules.
+    assert vllm_compatibility({**LORA, "target_modules": ["q_proj", "lm_head"]}, 16) == []
 
 
 @pytest.mark.parametrize(
@@ -418,7 +420,7 @@ def test_a_plain_lora_adapter_loads() -> None:
         ({"modules_to_save": ["lm_head"]}, 16, "drop method.lora.modulesToSave"),
         ({"bias": "lora_only"}, 16, "does not support adapter biases"),
         ({"peft_type": "ADALORA"}, 16, "peft_type is ADALORA"),
-        ({"target_modules": ["q_proj", "embed_tokens"]}, 16, "adapts embed_tokens"),
+        ({"target_modules": ["q_proj", "c_attn"]}, 16, "adapts c_attn"),
         ({"rank_pattern": {"q_proj": 8}}, 16, "rank_pattern gives some layers"),
         ({"r": 0}, 16, "vLLM needs a positive integer rank"),
     ],
@@ -447,14 +449,14 @@ def test_weight_names_decide_over_a_target_pattern() -> None:
     weights = [
         "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
         "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
-        "base_model.model.lm_head.lora_A.weight",
+        "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight",
         "base_model.model.model.norm.weight",  # not an adapter tensor
     ]
-    assert module_names_from_weights(weights) == {"q_proj", "lm_head"}
-    config = {**LORA, "target_modules": r".*\.(q_proj|lm_head)"}
+    assert module_names_from_weights(weights) == {"q_proj", "c_attn"}
+    config = {**LORA, "target_modules": r".*\.(q_proj|c_attn)"}
     assert vllm_compatibility(config, 16) == []  # a pattern alone cannot be checked
     (problem,) = vllm_compatibility(config, 16, weight_names=weights)
-    assert "adapts lm_head" in problem
+    assert "adapts c_attn" in problem
 
 
 def job_with(method: dict[str, Any]) -> JobSections:
@@ -496,7 +498,16 @@ def test_a_jobs_adapter_is_judged_before_training(
 
 def test_all_linear_resolves_to_the_layers_vllm_adapts() -> None:
     config = adapter_config_for(job_with({"type": "lora"}), SMOLLM2_CONFIG)
-    assert set(config["target_modules"]) == VLLM_LORA_MODULES
+    assert set(config["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    assert set(config["target_modules"]) <= VLLM_LORA_MODULES
 
 
 # --------------------------------------------------------------------------- a real adapter
