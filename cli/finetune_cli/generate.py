@@ -250,6 +250,8 @@ def chat(
         except TrainerError as exc:
             _err(f"error: {exc}")
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C ends the chat like Ctrl-D, without a traceback
+            _err("")
 
 
 def _lines(interactive: bool) -> Iterator[str]:
