@@ -441,7 +441,7 @@ def test_target_modules_matching_nothing_is_a_config_error(make_job: Any) -> Non
     job = make_job(method={"type": "lora", "lora": {"targetModules": r".*\.query_key_value"}})
     result = runner.invoke(app, ["run", str(job)])
     assert result.exit_code == 2, result.output
-    assert "method.lora:" in result.output
+    assert "method.lora.targetModules:" in result.output  # the field, named
     assert "q_proj" in result.output  # the names the model does have
     assert "Traceback" not in result.output
 
