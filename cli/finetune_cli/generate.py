@@ -85,6 +85,14 @@ Verify = Annotated[
         "loads a model directory that is not a published set (a base model, a Hub repo).",
     ),
 ]
+Merged = Annotated[
+    bool,
+    typer.Option(
+        "--merged",
+        help="Load the merged model a job with output.merge published under merged/ "
+        "(checked with the set) instead of the adapter.",
+    ),
+]
 ShowPrompt = Annotated[
     bool,
     typer.Option(
@@ -110,7 +118,9 @@ def _sampling(
 
 
 @contextmanager
-def _loaded(location: str, *, verify: bool, base: str | None, dtype: str) -> Iterator[LoadedModel]:
+def _loaded(
+    location: str, *, verify: bool, base: str | None, dtype: str, merged: bool
+) -> Iterator[LoadedModel]:
     """The set at ``location`` loaded; a foreseen failure exits with its code and message
     (a storage error as for a run: 5, or 7 when retrying may help)."""
     from finetune_trainer.errors import TrainerError
@@ -118,11 +128,12 @@ def _loaded(location: str, *, verify: bool, base: str | None, dtype: str) -> Ite
 
     uri = as_uri(location)
     try:
-        with open_set(uri, verify=verify, base=as_uri(base) if base else None) as artifact:
+        base_uri = as_uri(base) if base else None
+        with open_set(uri, verify=verify, base=base_uri, merged=merged) as artifact:
             loaded = load(artifact, dtype, warn=_err)
             what = artifact.kind if artifact.base_uri is None else f"adapter on {artifact.base_uri}"
             checked = "verified" if verify else "not verified"
-            _err(f"loaded {uri}: {what}, {artifact.task}, {loaded.device} ({checked})")
+            _err(f"loaded {artifact.uri}: {what}, {artifact.task}, {loaded.device} ({checked})")
             yield loaded
     except TrainerError as exc:
         _err(f"error: {exc}")
@@ -169,6 +180,7 @@ def generate(
     dtype: Dtype = "auto",
     base: Base = None,
     verify: Verify = True,
+    merged: Merged = False,
     show_prompt: ShowPrompt = False,
 ) -> None:
     """Generate an answer to each prompt with a published model, streamed to stdout.
@@ -187,7 +199,7 @@ def generate(
 
     sampling = _sampling(max_new_tokens, temperature, top_p, seed, dtype)
     texts = _prompts(prompt)
-    with _loaded(location, verify=verify, base=base, dtype=dtype) as loaded:
+    with _loaded(location, verify=verify, base=base, dtype=dtype, merged=merged) as loaded:
         try:
             for i, text in enumerate(texts):
                 if i:
@@ -215,6 +227,7 @@ def chat(
     dtype: Dtype = "auto",
     base: Base = None,
     verify: Verify = True,
+    merged: Merged = False,
     show_prompt: ShowPrompt = False,
 ) -> None:
     """Talk with a published model: one message per line, answers streamed to stdout.
@@ -228,7 +241,7 @@ def chat(
     from finetune_trainer.inference import Chat
 
     sampling = _sampling(max_new_tokens, temperature, top_p, seed, dtype)
-    with _loaded(location, verify=verify, base=base, dtype=dtype) as loaded:
+    with _loaded(location, verify=verify, base=base, dtype=dtype, merged=merged) as loaded:
         if loaded.classifies:
             _err(f"error: {location}: a classifier does not chat; use finetune generate -p TEXT")
             raise typer.Exit(EXIT_INVALID)

@@ -348,3 +348,21 @@ def test_sampling_with_a_seed_is_repeatable(adapter_set: Path) -> None:
     assert first.stdout == again.stdout
     others = {invoke(*args, *hot, "--seed", str(seed)).stdout for seed in range(4, 8)}
     assert len(others | {first.stdout}) > 1  # it samples: seeds give different answers
+
+
+def test_the_merged_model_of_a_set(adapter_set: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """output.merge publishes merged/ inside the set, under the same manifest: --merged
+    loads it (verified with the set); a set without it says how to get one."""
+    from finetune_trainer.export.artifact import add_merged
+
+    copy = Path(shutil.copytree(adapter_set, tmp_path / "set"))
+    add_merged(copy, tiny_model_dir, json.loads((copy / "manifest.json").read_text()))
+    result = invoke("generate", str(copy), "-p", PROMPT, "--max-new-tokens", TOKENS, "--merged")
+    assert result.exit_code == 0, result.stderr
+    messages = [{"role": "user", "content": PROMPT}]
+    assert result.stdout == _direct(copy / "merged", None, messages) + "\n"
+    assert "/merged: model, causal-lm" in result.stderr and "(verified)" in result.stderr
+    (copy / "merged" / "config.json").write_text("{}")
+    assert invoke("generate", str(copy), "-p", PROMPT, "--merged").exit_code == 5
+    missing = invoke("generate", str(adapter_set), "-p", PROMPT, "--merged")
+    assert missing.exit_code == 4 and "output.merge" in missing.stderr

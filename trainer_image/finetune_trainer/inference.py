@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 ADAPTER_CONFIG = "adapter_config.json"
 MODEL_CONFIG = "config.json"
+MERGED = "merged"
+"""Where a run with ``output.merge`` publishes the merged model, inside its set."""
 CAUSAL_LM = "causal-lm"
 CLASSIFICATION = "sequence-classification"
 PEFT_TASKS = {"CAUSAL_LM": CAUSAL_LM, "SEQ_CLS": CLASSIFICATION}
@@ -139,14 +141,35 @@ def _base_from_adapter(directory: Path) -> str | None:
 
 
 @contextmanager
-def open_set(uri: str, *, verify: bool = True, base: str | None = None) -> Iterator[ArtifactSet]:
+def open_set(
+    uri: str, *, verify: bool = True, base: str | None = None, merged: bool = False
+) -> Iterator[ArtifactSet]:
     """The set at ``uri`` on this machine, checked against its manifest unless
     ``verify`` is off; remote copies live in a temporary directory while the context
-    lasts.
+    lasts. ``merged`` picks the merged model a run with ``output.merge`` published
+    under ``merged/`` (listed in the same manifest) instead of the adapter.
 
     A set without ``manifest.json`` is refused when verifying: a publish that was
     interrupted leaves exactly that, and a half-written adapter must not be loaded.
     """
+    with _open_set(uri, verify, base) as artifact:
+        yield _merged_model(artifact) if merged else artifact
+
+
+def _merged_model(artifact: ArtifactSet) -> ArtifactSet:
+    """The whole model under the set's ``merged/`` (verified with the set)."""
+    where = str((artifact.manifest or {}).get("merged") or MERGED).strip("/")
+    directory = artifact.directory / where
+    if not (directory / MODEL_CONFIG).is_file():
+        raise ModelError(
+            f"{artifact.uri}: no merged model in this set (no {where}/{MODEL_CONFIG}; the job "
+            "ran without output.merge); leave out --merged, or merge it with finetune export"
+        )
+    return describe_set(f"{artifact.uri}/{where}", directory, artifact.manifest)
+
+
+@contextmanager
+def _open_set(uri: str, verify: bool, base: str | None) -> Iterator[ArtifactSet]:
     from finetune_api.uri import Role
     from finetune_trainer.storage.backends import LocalBackend, backend_for, fetch_model_dir
 
