@@ -28,14 +28,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from finetune_trainer.errors import ConfigError
 
@@ -189,27 +189,77 @@ def base_shards(base_dir: Path) -> list[str]:
     )
 
 
-def _merged_tensors(
-    path: Path, adapter: Adapter | None, dtype: torch.dtype | None, applied: set[str]
-) -> Iterator[tuple[str, torch.Tensor]]:
-    with safe_open(str(path), framework="pt") as shard:
-        for name in shard.keys():  # noqa: SIM118 - safe_open is not a mapping
-            tensor = shard.get_tensor(name)
-            out = tensor
-            if adapter is not None:
-                module, _, leaf = name.rpartition(".")
-                if name in adapter.replacements:
-                    out = adapter.replacements[name]
-                elif leaf == "weight" and module in adapter.modules:
-                    out = merged_weight(tensor, module, adapter)
-                elif (
-                    leaf == "bias" and (scaled := merged_bias(tensor, module, adapter)) is not None
-                ):
-                    out = scaled
-                if out is not tensor:
-                    applied.add(name)
-            target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-            yield name, out.to(target).contiguous()
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_ST_NAMES = {dtype: name for name, dtype in _ST_DTYPES.items()}
+
+
+def _merged_tensor(
+    name: str, tensor: torch.Tensor, adapter: Adapter | None, applied: set[str]
+) -> torch.Tensor:
+    """``tensor`` (the base's ``name``) as the merged model has it."""
+    if adapter is None:
+        return tensor
+    module, _, leaf = name.rpartition(".")
+    out = tensor
+    if name in adapter.replacements:
+        out = adapter.replacements[name]
+    elif leaf == "weight" and module in adapter.modules:
+        out = merged_weight(tensor, module, adapter)
+    elif leaf == "bias" and (scaled := merged_bias(tensor, module, adapter)) is not None:
+        out = scaled
+    if out is not tensor:
+        applied.add(name)
+    return out
+
+
+def _merge_shard(
+    src: Path, dst: Path, adapter: Adapter | None, dtype: torch.dtype | None, applied: set[str]
+) -> dict[str, int]:
+    """Merge one shard into ``dst``, streaming: the safetensors header is known from the
+    source's (same names and shapes; the dtype converted), so each merged tensor is
+    written as soon as it is computed and freed. safetensors' ``save_file`` would first
+    hold the whole shard, then its serialization, in memory. Returns each tensor's size.
+    """
+    with safe_open(str(src), framework="pt") as shard:
+        names = list(shard.keys())
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        targets: dict[str, torch.dtype] = {}
+        offset = 0
+        for name in names:
+            piece = shard.get_slice(name)
+            source = _ST_DTYPES[piece.get_dtype()]
+            target = dtype if dtype is not None and source.is_floating_point else source
+            size = math.prod(piece.get_shape()) * target.itemsize
+            header[name] = {
+                "dtype": _ST_NAMES[target],
+                "shape": piece.get_shape(),
+                "data_offsets": [offset, offset + size],
+            }
+            targets[name] = target
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        with dst.open("wb") as out:
+            out.write(struct.pack("<Q", len(encoded)))
+            out.write(encoded)
+            for name in names:
+                tensor = _merged_tensor(name, shard.get_tensor(name), adapter, applied)
+                data = tensor.to(targets[name]).contiguous().reshape(-1).view(torch.uint8)
+                out.write(memoryview(data.numpy()))
+    return {
+        name: header[name]["data_offsets"][1] - header[name]["data_offsets"][0] for name in names
+    }
 
 
 @dataclass(frozen=True)
@@ -228,7 +278,8 @@ def merge_shards(
     """Write ``base_dir``'s weights with ``adapter`` merged (None: copy, converting the
     dtype) into ``out_dir``, shard by shard, under the base's own shard names.
 
-    Only one shard's tensors are in memory at a time. Every tensor the adapter changes
+    Only one tensor of the base is in memory at a time (with the pages of its shard the
+    kernel has mapped). Every tensor the adapter changes
     must be found in the base: an adapter trained on another model is refused rather
     than half applied.
     """
@@ -239,12 +290,11 @@ def merge_shards(
     weight_map: dict[str, str] = {}
     total = 0
     for shard in shards:
-        tensors = dict(_merged_tensors(base_dir / shard, adapter, torch_dtype, applied))
-        save_file(tensors, str(out_dir / shard), metadata={"format": "pt"})
-        for name, tensor in tensors.items():
+        for name, size in _merge_shard(
+            base_dir / shard, out_dir / shard, adapter, torch_dtype, applied
+        ).items():
             weight_map[name] = shard
-            total += tensor.numel() * tensor.element_size()
-        del tensors
+            total += size
     if adapter is not None:
         missing = adapter.targets() - applied
         if missing:
