@@ -256,7 +256,7 @@ def _merge_shard(
             for name in names:
                 tensor = _merged_tensor(name, shard.get_tensor(name), adapter, applied)
                 data = tensor.to(targets[name]).contiguous().reshape(-1).view(torch.uint8)
-                out.write(memoryview(data.numpy()))
+                out.write(data.numpy().data)
     return {
         name: header[name]["data_offsets"][1] - header[name]["data_offsets"][0] for name in names
     }
