@@ -25,6 +25,10 @@ class Role(StrEnum):
     OUTPUT = "output"
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 @dataclass(frozen=True)
 class ParsedUri:
     scheme: str
@@ -197,7 +201,8 @@ def parse_uri(uri: str, role: Role) -> ParsedUri:
     scheme = scheme.lower()
     if scheme not in SCHEMES or scheme not in allowed:
         raise UriError(
-            f"scheme '{scheme}://' is not supported for a {role.value}; use one of: {examples}"
+            f"scheme '{scheme}://' is not supported for {_article(role.value)} {role.value}; "
+            f"use one of: {examples}"
         )
     _refuse_credentials(scheme, rest)
     location = unquote(rest)

@@ -58,6 +58,7 @@ def export(
         ExportFormat,
         typer.Option(
             "--format",
+            metavar="FORMAT",
             help="safetensors: Hugging Face shards, config and tokenizer (vLLM, TGI, "
             "transformers). gguf: one model.gguf for llama.cpp and Ollama (llama "
             "architecture).",
@@ -65,7 +66,11 @@ def export(
     ] = ExportFormat.safetensors,
     dtype: Annotated[
         ExportDtype | None,
-        typer.Option(help="Dtype of the exported weights. Default: the base model's."),
+        typer.Option(
+            metavar="DTYPE",
+            help="Dtype of the exported weights: float32, float16 or bfloat16. Default: the "
+            "base model's.",
+        ),
     ] = None,
     base: Annotated[
         str | None,

@@ -172,7 +172,7 @@ def test_pod_failure_policy_follows_the_trainer_exit_codes() -> None:
     assert fail["onExitCodes"] == {
         "containerName": "trainer",
         "operator": "In",
-        "values": [2, 3, 5, 6],
+        "values": [2, 3, 5, 6, 8],  # 8: a failed evaluation gate
     }
     assert disruption == {
         "action": "Ignore",

@@ -133,8 +133,8 @@ def test_missing_output_with_override_is_fine() -> None:
 def test_override_is_validated_like_the_spec() -> None:
     with pytest.raises(ValidationError, match="path segments are not allowed"):
         render_trainer_config(job(), output_uri="s3://artifacts-bucket/%2e%2e/x")
-    with pytest.raises(ValidationError, match="not supported for a"):
-        render_trainer_config(job(), output_uri="hf://me/adapter")
+    with pytest.raises(ValidationError, match="not supported for an output"):
+        render_trainer_config(job(), output_uri="ftp://host/adapter")
 
 
 def test_defaults_are_rendered_explicitly() -> None:

@@ -487,7 +487,7 @@ def test_mixture_weights_whose_sum_overflows_are_refused() -> None:
     ("value", "fragment"),
     [
         ("ftp://host/out", "scheme 'ftp://' is not supported"),
-        ("hf://org/model", "scheme 'hf://' is not supported"),
+        ("hf://my-adapter", "names no organisation"),
         ("s3://", "is not a valid bucket name"),
     ],
 )
