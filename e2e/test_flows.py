@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from conftest import NS, REPO, free_port, kubectl, kubectl_env
+from finetune_api.manifests import load_yaml_documents
 from kube_api import Kube, wait_for
 
 EXAMPLE = REPO / "examples" / "quickstart-s3.yaml"
@@ -30,8 +31,11 @@ SHORT = 60
 
 
 def manifest(name: str, model_uri: str, *, max_steps: int = 12, **training: Any) -> dict[str, Any]:
-    """examples/quickstart-s3.yaml, renamed, with the tiny model and a short run."""
-    body = yaml.safe_load(EXAMPLE.read_text())
+    """examples/quickstart-s3.yaml, renamed, with the tiny model and a short run.
+
+    Read as kubectl reads it (YAML 1.2 scalars: ``learningRate: 1e-3`` is a number), not
+    with PyYAML's YAML 1.1 rules, which keep ``1e-3`` a string the API server refuses."""
+    body = load_yaml_documents(EXAMPLE.read_text(), str(EXAMPLE))[0]
     body["metadata"] = {"name": name, "namespace": NS}
     # The tiny model lives in the same bucket store as the data, behind the same Secret.
     body["spec"]["model"] = {"uri": model_uri, "credentialsSecret": "s3-creds"}
