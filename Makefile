@@ -32,9 +32,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 crd: $(STAMP)
-	$(BIN)/finetune crd > crds/finetunejobs.finetune-operator.io.yaml
-	# The chart's copy (a template renders it, so `helm upgrade` upgrades the CRD too).
-	cp crds/finetunejobs.finetune-operator.io.yaml charts/finetune-operator/files/crds/
+	# FineTuneJob, FineTuneRuntime and ClusterFineTuneRuntime; the chart's copies too (a
+	# template renders them, so `helm upgrade` upgrades the CRDs too).
+	$(BIN)/python -m finetune_api.crd crds charts/finetune-operator/files/crds
 
 # The documentation site's generated sections (field, status, rules, exit-code and CLI
 # references), rewritten between their markers in docs/ (tests check they are current).

@@ -221,6 +221,20 @@ class RunPolicy(CamelModel):
     )
 
 
+RuntimeKind = Literal["FineTuneRuntime", "ClusterFineTuneRuntime"]
+"""The two kinds of runtime (finetune_api.runtime) a job can name."""
+
+
+class RuntimeRef(CamelModel):
+    """Which runtime a FineTuneJob uses (spec.runtimeRef)."""
+
+    name: str = Field(max_length=253, pattern=_DNS_SUBDOMAIN, description="The runtime's name.")
+    kind: RuntimeKind = Field(
+        default="FineTuneRuntime",
+        description="FineTuneRuntime (in the job's namespace) or ClusterFineTuneRuntime.",
+    )
+
+
 IMMUTABLE_EXCEPT = frozenset({"suspend"})
 """Spec fields that may change after creation; the CRD refuses changes to the others."""
 
@@ -251,6 +265,12 @@ class FineTuneJobSpec(JobSections):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="A Kueue LocalQueue: the Job is created suspended with the "
         "kueue.x-k8s.io/queue-name label, and Kueue decides when it runs.",
+    )
+    runtime_ref: RuntimeRef | None = Field(
+        default=None,
+        description="The FineTuneRuntime or ClusterFineTuneRuntime whose image, scheduling, "
+        "defaults and limits apply (docs: Runtimes); unset: the namespace's default "
+        "FineTuneRuntime, else the default ClusterFineTuneRuntime, else none.",
     )
 
     @model_validator(mode="after")
@@ -522,6 +542,21 @@ TrackerUrl = Annotated[
 """A tracker's page: http(s) only, whatever a trainer's message says."""
 
 
+class RuntimeStatusRef(CamelModel):
+    """The runtime a job was built from (status.runtime), as it was then."""
+
+    kind: RuntimeKind = Field(description="FineTuneRuntime or ClusterFineTuneRuntime.")
+    name: str = Field(max_length=253, description="Its name.")
+    generation: int | None = Field(
+        default=None, ge=0, description="Its metadata.generation when the Job was built."
+    )
+    cluster_default: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The default ClusterFineTuneRuntime merged beneath it, if any.",
+    )
+
+
 class FineTuneJobStatus(CamelModel):
     """What became of the job. Written by the operator only (the trainer pods have no
     API rights): from the training Job and its pods, the trainer's /metrics while it runs
@@ -594,6 +629,11 @@ class FineTuneJobStatus(CamelModel):
         description="Where each experiment tracker of spec.tracking shows the run (tracker "
         "name to URL), e.g. mlflow: http://mlflow:5000/#/experiments/1/runs/abc. From the "
         "trainer's /metrics while it runs and its termination message at the end.",
+    )
+    runtime: RuntimeStatusRef | None = Field(
+        default=None,
+        description="The runtime merged under the spec when the Job was built (written "
+        "once, with the first status); unset when no runtime applied.",
     )
 
 

@@ -21,7 +21,7 @@ import kubernetes_validate.utils as kv  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from finetune_api.crd import build_crd, render_crd_yaml
+from finetune_api.crd import build_crd, build_runtime_crd, crd_files, render_crd_yaml
 from finetune_api.manifests import validate_body
 from finetune_api.render import render_trainer_config
 from finetune_api.resource import FineTuneJob
@@ -338,6 +338,34 @@ def test_bad_monitor_field_is_caught() -> None:
 def test_chart_crd_copy_is_the_generators_output() -> None:
     copy = CHART / "files" / "crds" / "finetunejobs.finetune-operator.io.yaml"
     assert copy.read_text() == render_crd_yaml(), "out of date: run `make crd`"
+    for name, text in crd_files().items():
+        assert (CHART / "files" / "crds" / name).read_text() == text, f"{name}: run `make crd`"
+        assert (ROOT / "crds" / name).read_text() == text, f"{name}: run `make crd`"
+
+
+def fine_tune_job_crd(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (crd,) = [
+        d
+        for d in of_kind(docs, "CustomResourceDefinition")
+        if d["spec"]["names"]["kind"] == "FineTuneJob"
+    ]
+    return crd
+
+
+@pytest.mark.parametrize("values", [{}, CUSTOM], ids=["defaults", "custom"])
+def test_chart_renders_the_runtime_crds(chart: Any, values: dict[str, Any]) -> None:
+    """FineTuneRuntime and ClusterFineTuneRuntime, generated, kept on uninstall like the
+    FineTuneJob's (test_every_manifest_validates validates them as objects)."""
+    crds = {
+        c["spec"]["names"]["kind"]: c
+        for c in of_kind(render(chart, values), "CustomResourceDefinition")
+    }
+    assert set(crds) == {"FineTuneJob", "FineTuneRuntime", "ClusterFineTuneRuntime"}
+    for cluster, kind in ((False, "FineTuneRuntime"), (True, "ClusterFineTuneRuntime")):
+        crd = crds[kind]
+        assert crd["metadata"].pop("annotations")["helm.sh/resource-policy"] == "keep"
+        crd["metadata"].pop("labels")
+        assert crd == build_runtime_crd(cluster=cluster)
 
 
 @pytest.mark.parametrize("values", [{}, CUSTOM], ids=["defaults", "custom"])
@@ -346,7 +374,7 @@ def test_rendered_crd_is_the_generated_one_kept_on_uninstall(
 ) -> None:
     """The template round-trips the YAML (fromYaml/toYaml); nothing may change on the way
     but the labels and the keep annotations."""
-    crd = one(render(chart, values), "CustomResourceDefinition")
+    crd = fine_tune_job_crd(render(chart, values))
     annotations = crd["metadata"].pop("annotations")
     assert annotations["helm.sh/resource-policy"] == "keep"
     assert annotations["argocd.argoproj.io/sync-options"] == "Prune=false"
@@ -356,8 +384,8 @@ def test_rendered_crd_is_the_generated_one_kept_on_uninstall(
 
 def test_crd_can_be_left_out(chart: Any) -> None:
     assert not of_kind(render(chart, {"crds": {"install": False}}), "CustomResourceDefinition")
-    crd = one(render(chart, {"crds": {"keep": False}}), "CustomResourceDefinition")
-    assert "annotations" not in crd["metadata"]
+    for crd in of_kind(render(chart, {"crds": {"keep": False}}), "CustomResourceDefinition"):
+        assert "annotations" not in crd["metadata"]
 
 
 def test_kopf_peering_crds_match_kopfs_resources() -> None:
@@ -415,9 +443,12 @@ OPERATOR_GRANTS = (
         ("", "pods", "list"),
         ("", "pods", "watch"),
         ("", "events", "create"),
+        ("finetune-operator.io", "finetuneruntimes", "list"),
     }
     | {("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch")}
 )
+CLUSTER_RUNTIMES = {("finetune-operator.io", "clusterfinetuneruntimes", "list")}
+"""Read cluster-wide only: a namespaced install has Roles, and ignores cluster runtimes."""
 PEERING_VERBS = ("get", "list", "watch", "patch")
 
 # What each client call in finetune_operator/kube.py needs. A new call without an entry
@@ -432,6 +463,8 @@ KUBE_CALLS = {
     "patch_namespaced_job": ("batch", "jobs", "patch"),
     "list_namespaced_pod": ("", "pods", "list"),
     "get_namespaced_custom_object": ("finetune-operator.io", "finetunejobs", "get"),
+    "list_namespaced_custom_object": ("finetune-operator.io", "finetuneruntimes", "list"),
+    "list_cluster_custom_object": ("finetune-operator.io", "clusterfinetuneruntimes", "list"),
     "patch_namespaced_custom_object_status": (
         "finetune-operator.io",
         "finetunejobs/status",
@@ -456,7 +489,7 @@ def test_rbac_cluster_wide_grants_exactly_what_the_operator_uses(
 ) -> None:
     assert not of_kind(default_docs, "Role") and not of_kind(default_docs, "RoleBinding")
     role = one(operators(default_docs), "ClusterRole")
-    assert grants(role["rules"]) == OPERATOR_GRANTS
+    assert grants(role["rules"]) == OPERATOR_GRANTS | CLUSTER_RUNTIMES
     binding = one(default_docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -474,7 +507,8 @@ def test_rbac_cluster_wide_grants_exactly_what_the_operator_uses(
 
 def test_rbac_cluster_wide_ha_adds_cluster_peering(chart: Any) -> None:
     docs = render(chart, {"replicaCount": 2})
-    expected = OPERATOR_GRANTS | {("kopf.dev", "clusterkopfpeerings", v) for v in PEERING_VERBS}
+    peering = {("kopf.dev", "clusterkopfpeerings", v) for v in PEERING_VERBS}
+    expected = OPERATOR_GRANTS | CLUSTER_RUNTIMES | peering
     assert grants(one(operators(docs), "ClusterRole")["rules"]) == expected
     assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "finetune-operator"
 
@@ -517,7 +551,7 @@ def test_rbac_covers_every_api_call() -> None:
     assert calls, "no client calls found in kube.py: the pattern needs updating"
     unknown = calls - set(KUBE_CALLS)
     assert not unknown, f"kube.py calls {unknown}: grant it in templates/rbac.yaml, then list it"
-    assert {KUBE_CALLS[c] for c in calls} <= OPERATOR_GRANTS
+    assert {KUBE_CALLS[c] for c in calls} <= OPERATOR_GRANTS | CLUSTER_RUNTIMES
 
 
 def test_rbac_can_be_left_to_the_user(chart: Any) -> None:
