@@ -8,6 +8,7 @@ is why a job that works locally works in the cluster.
 from __future__ import annotations
 
 from finetune_api.config import DistributedSpec, OutputTarget, TrainerConfig
+from finetune_api.config.presets import with_preset
 from finetune_api.resource import FineTuneJob
 
 
@@ -34,8 +35,11 @@ def render_trainer_config(
 
     ``local`` renders for ``finetune run``: one process, whatever ``spec.resources`` asks
     of a cluster. Otherwise the trainer expects ``nodes`` pods of one process per GPU.
+
+    A ``spec.model.preset`` fills the options the spec leaves unset first
+    (:func:`finetune_api.config.presets.with_preset`).
     """
-    spec = job.spec
+    spec = with_preset(job.spec)
     uri = output_uri or spec.output.uri
     if uri is None:
         raise RenderError(

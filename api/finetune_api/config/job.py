@@ -10,6 +10,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    field_validator,
     model_validator,
 )
 
@@ -24,6 +25,7 @@ from finetune_api.config.base import (
 from finetune_api.config.data import DatasetSpec
 from finetune_api.config.methods import METHODS, PROMPT_LEARNING_METHODS, MethodSpec
 from finetune_api.config.methods.adalora import ADALORA
+from finetune_api.config.presets import PresetName, check_preset_name
 from finetune_api.config.tracking import TrackingSpec
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
 from finetune_api.redaction import redact_data
@@ -49,6 +51,15 @@ class ModelSource(CamelModel):
         "on for models whose code you trust.",
     )
     credentials_secret: SecretName | None = None
+    preset: PresetName | None = Field(
+        default=None,
+        description="A model preset (`finetune presets` lists them): recommended LoRA/QLoRA "
+        "options, targetModules and training options for a popular base model, filled in "
+        "where this job leaves them unset; what the job sets wins. model.uri is still "
+        "required.",
+    )
+
+    _preset = field_validator("preset", mode="before")(check_preset_name)
 
 
 # --------------------------------------------------------------------------- output
