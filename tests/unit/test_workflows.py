@@ -185,3 +185,17 @@ def test_checkouts_do_not_keep_the_token() -> None:
     for name, job in JOBS.items():
         for step in _uses(job, "actions/checkout"):
             assert step.get("with", {}).get("persist-credentials") is False, name
+
+
+def test_readme_cluster_quick_start_installs_the_published_chart_on_one_screen() -> None:
+    """The cluster path begins with `helm install oci://...` (the chart the release job
+    pushes, to ghcr.io/<owner>/charts) and fits on one screen before the details."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start on a cluster", 1)[1].split("\n## ", 1)[0]
+    before_details = section.split("Step by step", 1)[0].strip().splitlines()
+    assert len(before_details) <= 25, len(before_details)
+    commands = section.split("```sh\n", 1)[1]
+    assert commands.startswith(
+        "helm install finetune-operator oci://ghcr.io/finetune-operator/charts/finetune-operator"
+    )
+    assert "--version 0.1.0" in commands.split("\n", 2)[1]
