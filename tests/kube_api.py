@@ -183,6 +183,10 @@ KINDS: dict[str, Resource] = {
     "Event": Resource("", "v1", "events"),
     "Job": Resource("batch", "v1", "jobs"),
     "Lease": Resource("coordination.k8s.io", "v1", "leases"),
+    "FineTuneRuntime": Resource(FINETUNEJOB.group, FINETUNEJOB.version, "finetuneruntimes"),
+    "ClusterFineTuneRuntime": Resource(
+        FINETUNEJOB.group, FINETUNEJOB.version, "clusterfinetuneruntimes", namespaced=False
+    ),
 }
 
 

@@ -23,9 +23,6 @@ from finetune_api.gpus import GpuType
 from finetune_api.resource import (
     _DNS_SUBDOMAIN,
     ObjectMeta,
-    RuntimeKind,
-    RuntimeRef,
-    RuntimeStatusRef,
     Quantity,
     Resources,
     Toleration,

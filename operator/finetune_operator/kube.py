@@ -17,6 +17,8 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_api.config import API_GROUP
 from finetune_api.resource import PLURAL, VERSION
+from finetune_api.runtime import CLUSTER_PLURAL
+from finetune_api.runtime import PLURAL as RUNTIME_PLURAL
 from finetune_operator import names
 
 
@@ -136,3 +138,35 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    # ----------------------------------------------------------------- runtimes
+
+    def list_runtimes(
+        self, namespace: str, *, cluster: bool
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The namespace's FineTuneRuntimes and (when ``cluster``: a cluster-wide install,
+        whose role may read them) the ClusterFineTuneRuntimes. A 404 (the runtime CRDs
+        are not installed) is no runtime: jobs run as they did before runtimes existed."""
+        namespaced = self._list(
+            lambda: self.custom.list_namespaced_custom_object(
+                API_GROUP, VERSION, namespace, RUNTIME_PLURAL, _preload_content=False
+            )
+        )
+        if not cluster:
+            return namespaced, []
+        clustered = self._list(
+            lambda: self.custom.list_cluster_custom_object(
+                API_GROUP, VERSION, CLUSTER_PLURAL, _preload_content=False
+            )
+        )
+        return namespaced, clustered
+
+    @staticmethod
+    def _list(call: Any) -> list[dict[str, Any]]:
+        try:
+            items: list[dict[str, Any]] = _json(call()).get("items") or []
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return items

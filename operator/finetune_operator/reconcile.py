@@ -40,7 +40,7 @@ from finetune_api.config import API_GROUP
 from finetune_api.manifests import validate_body
 from finetune_api.render import render_trainer_config
 from finetune_api.resource import KIND, VERSION, FineTuneJob
-from finetune_operator import builders, names, planning, status
+from finetune_operator import builders, names, planning, runtime, status
 from finetune_operator.kube import Kube, NotOurs
 from finetune_operator.observation import progress
 from finetune_operator.observation.metrics import OperatorMetrics
@@ -82,7 +82,15 @@ def ensure_children(
     """
     had_phase = bool((ftj.get("status") or {}).get("phase"))
     with metrics.timed("reconcile"):
-        job, problem = admit(ftj)
+        resolved = _resolve_runtime(kube, settings, ftj, namespace)
+        if isinstance(resolved, runtime.Refusal):
+            if not _refused(ftj):
+                update = status.invalid_spec(ftj, resolved.message, now(), resolved.reason)
+                _write(kube, metrics, ftj, update)
+            return
+        settings = resolved.settings
+        body = {**ftj, "spec": resolved.spec}
+        job, problem = admit(body)
         if job is None:
             _write(kube, metrics, ftj, status.invalid_spec(ftj, problem, now()))
             return
@@ -111,6 +119,10 @@ def ensure_children(
             log.info("%s/%s: created %s", namespace, name, ", ".join(made))
         if not resuming and not had_phase:
             first = status.accepted(ftj, names.job_name(name), now(), planned)
+            if resolved.status is not None:  # the runtime the Job was built from, once
+                first = status.StatusUpdate(
+                    {**first.patch, "runtime": resolved.status}, first.event
+                )
             ftj = {**ftj, "status": {**(ftj.get("status") or {}), **first.patch}}
             update = status.derive(ftj, trainer_job, [], None, now())
             _write(kube, metrics, ftj, update, earlier=first)
@@ -120,6 +132,16 @@ def ensure_children(
             _write(kube, metrics, ftj, update)
         sync_suspension(kube, metrics, ftj, None)  # a change made while no operator ran
         refresh(kube, metrics, namespace, name, None)
+
+
+def _resolve_runtime(
+    kube: Kube, settings: Settings, ftj: dict[str, Any], namespace: str
+) -> runtime.Resolved | runtime.Refusal:
+    """The job's runtime merged under its spec (finetune_operator.runtime), read fresh:
+    two list requests per reconcile, cluster runtimes only where the role may read them
+    (a cluster-wide install)."""
+    namespaced, cluster = kube.list_runtimes(namespace, cluster=not settings.namespaces)
+    return runtime.resolve(ftj.get("spec") or {}, namespaced, cluster, settings)
 
 
 def needs_plan(ftj: Mapping[str, Any]) -> bool:

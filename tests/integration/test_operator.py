@@ -563,8 +563,8 @@ def quiet_requests(kube: Kube, since: int, quiet: float = 1.5) -> list[str]:
 def test_requests_per_job_creating_pending_and_running(
     kube: Kube, operator: RunningOperator
 ) -> None:
-    """Creating a FineTuneJob costs its ConfigMap, its Job, one status write, one Event and
-    kopf's annotation patch; a Pending job costs nothing; a pod event that changes the
+    """Creating a FineTuneJob costs two reads of the runtimes (finetune_operator.runtime),
+    its ConfigMap, its Job, one status write, one Event and kopf's annotation patch; a Pending job costs nothing; a pod event that changes the
     status costs at most one read and one write, and one that changes nothing costs none
     (the Job and pods come from the watches)."""
     quiet_requests(kube, 0)  # kopf's startup: discovery, lists
@@ -576,6 +576,8 @@ def test_requests_per_job_creating_pending_and_running(
     base = f"/apis/finetune-operator.io/v1alpha1/namespaces/{NS}/finetunejobs/sft"
     assert sorted(made) == sorted(
         [
+            f"GET /apis/finetune-operator.io/v1alpha1/namespaces/{NS}/finetuneruntimes",
+            "GET /apis/finetune-operator.io/v1alpha1/clusterfinetuneruntimes",
             f"POST /api/v1/namespaces/{NS}/configmaps",
             f"POST /apis/batch/v1/namespaces/{NS}/jobs",
             f"PATCH {base}/status",

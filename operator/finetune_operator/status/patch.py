@@ -154,11 +154,14 @@ def derive(
     return StatusUpdate(patch, event(prev, patch, found))
 
 
-def invalid_spec(ftj: Mapping[str, Any], message: str, now: datetime) -> StatusUpdate:
-    """The spec cannot run: Failed with InvalidSpec, and no pods are created."""
+def invalid_spec(
+    ftj: Mapping[str, Any], message: str, now: datetime, reason: str = INVALID_SPEC
+) -> StatusUpdate:
+    """The spec cannot run: Failed with InvalidSpec (or the runtime's ``reason``, e.g.
+    RuntimeForbids), and no pods are created."""
     prev = get(ftj, "status")
-    found = Verdict(FAILED, INVALID_SPEC, message, FAILED)
-    patch = _base_patch(ftj, prev, found, now, None, validated=(False, INVALID_SPEC, message))
+    found = Verdict(FAILED, reason, message, FAILED)
+    patch = _base_patch(ftj, prev, found, now, None, validated=(False, reason, message))
     patch["restarts"] = int(prev.get("restarts") or 0)
     return StatusUpdate(patch, event(prev, patch, found))
 
