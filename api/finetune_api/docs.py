@@ -236,6 +236,35 @@ def render_metrics_table() -> str:
     return _table(columns, rows)
 
 
+def render_presets_table() -> str:
+    """The model presets catalogue (finetune_api.config.presets) as a Markdown table:
+    what each preset fills in, so the presets page cannot drift from the data."""
+    from finetune_api.config.presets import load_catalogue
+
+    rows = []
+    for p in load_catalogue().values():
+        lora, qlora, training = p.lora, p.qlora, p.training
+        rows.append(
+            (
+                f"`{p.name}`",
+                "<br>".join(f"`{m}`" for m in p.models),
+                f"`{p.architecture}`",
+                ", ".join(f"`{m}`" for m in p.target_modules),
+                f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout:g}",
+                f"r {qlora.r}, alpha {qlora.alpha}, {qlora.quant_type}"
+                + (", double quant" if qlora.double_quant else ""),
+                f"learningRate {training.learning_rate:g}, maxSeqLength {training.max_seq_length}",
+            )
+        )
+    columns = ("preset", "models", "architecture", "targetModules", "lora", "qlora", "training")
+    notes = [
+        f"- **`{p.name}`** ({p.title}). Chat template: {p.chat_template}"
+        + (f" {p.notes}" if p.notes else "")
+        for p in load_catalogue().values()
+    ]
+    return _table(columns, rows) + "\n" + "\n".join(notes) + "\n"
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -296,5 +325,6 @@ SECTIONS: tuple[Section, ...] = (
     Section("rules", "docs/concepts/validation.md", render_rules_table),
     Section("exit-codes", "docs/reference/exit-codes.md", render_exit_code_table),
     Section("metrics", "docs/concepts/training.md", render_metrics_table),
+    Section("presets", "docs/concepts/presets.md", render_presets_table),
 )
 """The contract's generated sections, each naming its page (`make docs` writes them)."""

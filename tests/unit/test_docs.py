@@ -73,7 +73,15 @@ def test_every_marker_in_the_docs_has_a_generator() -> None:
 
 def test_sections_name_their_pages_and_markers() -> None:
     by_name = {s.name: s for s in generated_sections()}
-    assert set(by_name) == {"fields", "status-fields", "rules", "exit-codes", "metrics", "cli"}
+    assert set(by_name) == {
+        "fields",
+        "status-fields",
+        "rules",
+        "exit-codes",
+        "metrics",
+        "presets",
+        "cli",
+    }
     assert by_name["fields"].page == by_name["status-fields"].page == "docs/reference/api.md"
     assert by_name["cli"].page == CLI_PAGE == "docs/reference/cli.md"
     assert (by_name["rules"].start, by_name["rules"].end) == (
