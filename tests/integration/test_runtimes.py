@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kube_api import Kube, wait_for
 from test_operator import IMAGE, NS, condition, ftj, running, status_of, wait_phase
+
+from kube_api import Kube, wait_for
 
 RUNTIME_IMAGE = "registry.example/team-a/trainer:1.2"
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
