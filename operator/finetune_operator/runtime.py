@@ -259,8 +259,11 @@ def _limit_owners(layers: Sequence[Runtime]) -> dict[str, str]:
     """Which runtime set each limit (the first that sets it), for the refusal's words."""
     owners: dict[str, str] = {}
     for layer in reversed(layers):
-        for key in layer.spec.limits.model_fields_set if layer.spec.limits else ():
-            field = type(layer.spec.limits).model_fields[key]
+        limits = layer.spec.limits
+        if limits is None:
+            continue
+        for key in limits.model_fields_set:
+            field = type(limits).model_fields[key]
             owners[field.alias or key] = layer.title
     return owners
 
