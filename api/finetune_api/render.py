@@ -7,8 +7,11 @@ is why a job that works locally works in the cluster.
 
 from __future__ import annotations
 
-from finetune_api.config import DistributedSpec, OutputTarget, TrainerConfig
-from finetune_api.config.presets import with_preset
+from typing import Any, TypeVar
+
+from finetune_api.config import DistributedSpec, JobSections, OutputTarget, TrainerConfig
+from finetune_api.config.methods import METHODS
+from finetune_api.config.presets import get_preset
 from finetune_api.resource import FineTuneJob
 
 
@@ -19,6 +22,34 @@ class RenderError(ValueError):
 def local_output_uri(job_name: str) -> str:
     """Where ``finetune run`` publishes when the spec does not say."""
     return f"file://./artifacts/{job_name}"
+
+
+J = TypeVar("J", bound=JobSections)
+
+
+def with_preset(spec: J) -> J:
+    """``spec`` with the gaps its ``model.preset`` fills (finetune_api.config.presets
+    says which); ``spec`` itself when it names none. Every option the user wrote is
+    kept as written (``exclude_unset``), so the user wins. The result is validated like
+    the spec (its own class), so a preset value that breaks a rule with the user's
+    values is refused here. The planner should plan ``with_preset(spec)`` too: it is
+    the job the trainer runs."""
+    name = spec.model.preset
+    if name is None:
+        return spec
+    preset = get_preset(name)
+    data: dict[str, Any] = spec.model_dump(exclude_unset=True)
+    training = data.setdefault("training", {})
+    for key, value in preset.training_options().items():
+        training.setdefault(key, value)
+    entry = METHODS[spec.method.type]
+    method = data.setdefault("method", {})
+    sections = [entry, *([entry.builds_on] if entry.builds_on is not None else [])]
+    given = {key for s in sections for key in (method.get(s.section) or {})}
+    missing = {k: v for k, v in preset.method_options(entry.name).items() if k not in given}
+    if missing:
+        method[entry.section] = {**(method.get(entry.section) or {}), **missing}
+    return type(spec).model_validate(data)
 
 
 def render_trainer_config(
@@ -37,7 +68,7 @@ def render_trainer_config(
     of a cluster. Otherwise the trainer expects ``nodes`` pods of one process per GPU.
 
     A ``spec.model.preset`` fills the options the spec leaves unset first
-    (:func:`finetune_api.config.presets.with_preset`).
+    (:func:`with_preset`).
     """
     spec = with_preset(job.spec)
     uri = output_uri or spec.output.uri

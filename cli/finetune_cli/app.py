@@ -29,6 +29,7 @@ from finetune_api.uri import without_credentials
 from finetune_cli import generate as try_it
 from finetune_cli.export import register as register_export
 from finetune_cli.helptext import Command, Group, examples, markup
+from finetune_cli.presets import register as register_presets
 from finetune_cli.uris import as_uri
 
 if TYPE_CHECKING:
@@ -464,6 +465,7 @@ app.command(
 )(try_it.chat)
 # Merging an adapter into its base, exporting safetensors or GGUF (finetune_cli.export).
 register_export(app)
+register_presets(app)  # the model presets catalogue (finetune_cli.presets)
 
 
 @app.command(

@@ -22,10 +22,9 @@ from finetune_api.config.presets import (
     Preset,
     get_preset,
     load_catalogue,
-    with_preset,
 )
 from finetune_api.manifests import check_documents
-from finetune_api.render import render_trainer_config
+from finetune_api.render import render_trainer_config, with_preset
 from finetune_api.resource import FineTuneJob, FineTuneJobSpec
 
 PRESETS = list(load_catalogue().values())
@@ -241,3 +240,27 @@ def test_target_modules_are_every_linear_of_a_block_and_lora_applies(preset: Pre
     assert len(adapted) == layers * len(preset.target_modules)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+# --------------------------------------------------------------------------- finetune presets
+
+
+def test_finetune_presets_lists_the_catalogue_and_shows_what_one_fills_in() -> None:
+    from finetune_cli.app import app
+
+    listed = CliRunner().invoke(app, ["presets"])
+    assert listed.exit_code == 0, listed.output
+    assert [line.split()[0] for line in listed.output.splitlines()] == list(PRESET_NAMES)
+    shown = CliRunner().invoke(app, ["presets", "phi-4-mini-instruct"])
+    assert shown.exit_code == 0, shown.output
+    filled = yaml.safe_load(shown.output)
+    assert filled["method"]["lora"]["targetModules"] == [
+        "qkv_proj",
+        "o_proj",
+        "gate_up_proj",
+        "down_proj",
+    ]
+    assert filled["training"] == get_preset("phi-4-mini-instruct").training_options()
+    unknown = CliRunner().invoke(app, ["presets", "nope"])
+    assert unknown.exit_code == 2
+    assert "unknown preset 'nope'" in unknown.output

@@ -5,7 +5,8 @@ data). Each preset is validated here against the contract's own section models
 (:class:`LoraSpec`, :class:`QLoraSpec`, :class:`TrainingSpec`), so a preset can only
 recommend values a user could have written.
 
-``spec.model.preset: <name>`` fills the gaps the user left: :func:`with_preset` gives
+``spec.model.preset: <name>`` fills the gaps the user left:
+:func:`finetune_api.render.with_preset` gives
 every option the user did not write (pydantic's ``model_fields_set``, i.e. absent from
 the manifest) the preset's value; what the user wrote wins. It runs at render time
 (:func:`finetune_api.render.render_trainer_config`), which both ``finetune run`` and the
@@ -20,27 +21,24 @@ operator use, so a preset means the same thing locally and in a cluster. It fill
 
 This module lives in ``finetune_api.config`` because ``model.preset`` is a field of
 :class:`~finetune_api.config.job.ModelSource`, whose enum of names comes from here; it
-imports the method and training sections, never ``job``.
+imports the method and training sections, never ``job`` (applying a preset to a spec is
+:func:`finetune_api.render.with_preset`'s, one layer up).
 """
 
 from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import yaml
 from pydantic import Field, model_validator
 
 from finetune_api.config.base import CamelModel, ModelUri
-from finetune_api.config.methods import METHODS
 from finetune_api.config.methods._fields import ModuleNames
 from finetune_api.config.methods.lora import LoraSpec
 from finetune_api.config.methods.qlora import QLoraSpec
 from finetune_api.config.training import TrainingSpec
-
-if TYPE_CHECKING:
-    from finetune_api.config.job import JobSections
 
 CATALOGUE_FILE = "presets.yaml"
 
@@ -143,31 +141,6 @@ def get_preset(name: str) -> Preset:
     return load_catalogue()[name]
 
 
-J = TypeVar("J", bound="JobSections")
-
-
-def with_preset(spec: J) -> J:
-    """``spec`` with the gaps its preset fills (see the module's doc); ``spec`` itself
-    when it names none. The result is validated like the spec (its own class), so a
-    preset value that breaks a rule with the user's values is refused here."""
-    name = spec.model.preset
-    if name is None:
-        return spec
-    preset = get_preset(name)
-    data: dict[str, Any] = spec.model_dump(exclude_unset=True)
-    training = data.setdefault("training", {})
-    for key, value in preset.training_options().items():
-        training.setdefault(key, value)
-    entry = METHODS[spec.method.type]
-    method = data.setdefault("method", {})
-    sections = [entry, *([entry.builds_on] if entry.builds_on is not None else [])]
-    given = {key for s in sections for key in (method.get(s.section) or {})}
-    missing = {k: v for k, v in preset.method_options(entry.name).items() if k not in given}
-    if missing:
-        method[entry.section] = {**(method.get(entry.section) or {}), **missing}
-    return type(spec).model_validate(data)
-
-
 __all__ = [
     "PRESET_METHODS",
     "PRESET_NAMES",
@@ -177,5 +150,4 @@ __all__ = [
     "check_preset_name",
     "get_preset",
     "load_catalogue",
-    "with_preset",
 ]
