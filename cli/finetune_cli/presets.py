@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 def presets(
     name: Annotated[
         str | None,
-        typer.Argument(metavar="[NAME]", help="Show what this preset fills in."),
+        typer.Argument(metavar="NAME", help="Show what this preset fills in."),
     ] = None,
 ) -> None:
     """List the model presets for spec.model.preset, or show one.
