@@ -373,6 +373,7 @@ def plan(
     from finetune_api.plan import ShapeError, plan_job
     from finetune_api.plan.target import target_for
     from finetune_api.plan.text import render_plan
+    from finetune_api.render import with_preset
     from finetune_trainer.errors import TrainerError
     from finetune_trainer.planning import host_cores, host_memory, plan_inputs
 
@@ -387,7 +388,7 @@ def plan(
         _err(f"error: {config.model.uri}: {exc}")
         raise typer.Exit(int(ExitCode.MODEL_LOAD_FAILED)) from None
     target = target_for(job.spec, gpu=gpu, cpu_cores=host_cores(), host_memory=host_memory())
-    result = plan_job(job.spec, shape, target, data)
+    result = plan_job(with_preset(job.spec), shape, target, data)  # as the trainer runs it
     if output_format == "json":
         typer.echo(result.model_dump_json(indent=2))
     else:

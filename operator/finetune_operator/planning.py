@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from finetune_api.plan import ModelShape, Plan, plan_job
 from finetune_api.plan.target import plan_status, target_for
+from finetune_api.render import with_preset
 from finetune_api.resource import FineTuneJob
 from finetune_operator.status import Planned
 from finetune_operator.status.phases import (
@@ -46,7 +47,8 @@ def planned(job: FineTuneJob, model: ModelFacts) -> Planned:
     if model.shape is None:
         return Planned(None, model.reason, model.message)
     try:
-        plan = plan_job(job.spec, model.shape, target_for(job.spec))
+        # The trainer runs the spec with its preset's gaps filled: plan that one.
+        plan = plan_job(with_preset(job.spec), model.shape, target_for(job.spec))
         summary = plan_status(plan).model_dump(by_alias=True, exclude_none=True, mode="json")
     except Exception as exc:  # advice only: a planner error must not stop the job
         log.warning("%s: planning failed", job.metadata.name, exc_info=True)

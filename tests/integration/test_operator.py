@@ -564,9 +564,10 @@ def test_requests_per_job_creating_pending_and_running(
     kube: Kube, operator: RunningOperator
 ) -> None:
     """Creating a FineTuneJob costs two reads of the runtimes (finetune_operator.runtime),
-    its ConfigMap, its Job, one status write, one Event and kopf's annotation patch; a Pending job costs nothing; a pod event that changes the
-    status costs at most one read and one write, and one that changes nothing costs none
-    (the Job and pods come from the watches)."""
+    its ConfigMap, its Job, one status write, one Event and kopf's annotation patch; a
+    Pending job costs nothing; a pod event that changes the status costs at most one read
+    and one write, and one that changes nothing costs none (the Job and pods come from
+    the watches)."""
     quiet_requests(kube, 0)  # kopf's startup: discovery, lists
     mark = kube.request_count()
     kube.create(ftj())

@@ -299,3 +299,21 @@ def test_the_hub_endpoint_setting(env: dict[str, str], endpoint: str) -> None:
 def test_a_hub_endpoint_that_is_no_url_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="FINETUNE_HUB_ENDPOINT must be an http"):
         Settings.from_env({"FINETUNE_HUB_ENDPOINT": "huggingface.co"})
+
+
+def test_the_plan_is_of_the_spec_with_its_preset_filled_in() -> None:
+    """The trainer runs the spec with the preset's gaps filled (render's with_preset), so
+    the operator plans that spec: the Llama 3.1 preset's maxSeqLength 2048, not 1024."""
+    gpu = {"gpus": 1, "gpuType": "H100"}
+    plain = planned(job(training={"maxSteps": 10}, resources=gpu), SHAPE)
+    preset = planned(
+        job(
+            model={"uri": f"hf://{SMOLLM2}", "preset": "llama-3.1-8b-instruct"},
+            training={"maxSteps": 10},
+            resources=gpu,
+        ),
+        SHAPE,
+    )
+    longer = planned(job(training={"maxSteps": 10, "maxSeqLength": 2048}, resources=gpu), SHAPE)
+    assert preset.plan is not None and plain.plan is not None
+    assert preset.plan == longer.plan != plain.plan
