@@ -84,10 +84,23 @@ def ensure_children(
     with metrics.timed("reconcile"):
         resolved = _resolve_runtime(kube, settings, ftj, namespace)
         if isinstance(resolved, runtime.Refusal):
-            if not _refused(ftj):
-                update = status.invalid_spec(ftj, resolved.message, now(), resolved.reason)
-                _write(kube, metrics, ftj, update)
-            return
+            if had_phase:
+                # Admitted under the runtime as it was then: a runtime tightened or
+                # removed since must not fail a job that already runs (its children
+                # exist and are kept as they are; create_or_adopt changes nothing).
+                log.warning(
+                    "%s/%s: its runtime would refuse it now (%s); it keeps running as "
+                    "it was admitted",
+                    namespace,
+                    name,
+                    resolved.message,
+                )
+                resolved = runtime.Resolved(dict(ftj.get("spec") or {}), settings, None)
+            else:
+                if not _refused(ftj):
+                    update = status.invalid_spec(ftj, resolved.message, now(), resolved.reason)
+                    _write(kube, metrics, ftj, update)
+                return
         settings = resolved.settings
         body = {**ftj, "spec": resolved.spec}
         job, problem = admit(body)

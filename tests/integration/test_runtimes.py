@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from test_operator import IMAGE, NS, condition, ftj, running, status_of, wait_phase
+from test_operator import (
+    IMAGE,
+    NS,
+    condition,
+    ftj,
+    quiet_requests,
+    running,
+    status_of,
+    wait_phase,
+)
 
 from kube_api import Kube, wait_for
 
@@ -163,3 +172,26 @@ def test_no_runtime_is_todays_behaviour(kube: Kube) -> None:
     assert trainer(spec)["image"] == IMAGE
     assert "runtime" not in status
     assert status_of(kube).get("phase") == "Pending"
+
+
+def test_a_runtime_tightened_after_admission_does_not_fail_the_running_job(kube: Kube) -> None:
+    """Limits are checked when a job is admitted. An operator restart reconciles every
+    job again; one admitted under the runtime as it was keeps running, though the
+    runtime now forbids its request, and its Job is not replaced."""
+    kube.create(team_a())
+    with running(kube):
+        kube.create(ftj(resources={"gpus": 2}))
+        before = wait_phase(kube, "Suspended")  # admitted, queued for Kueue
+    uid = (kube.get("Job", NS, "sft") or {})["metadata"]["uid"]
+    tightened = team_a()
+    tightened["spec"]["limits"] = {"maxGpus": 1, "maxNodes": 2}
+    kube.delete("FineTuneRuntime", NS, "team-a")
+    kube.create(tightened)
+    with running(kube):
+        mark = kube.request_count()
+        made = quiet_requests(kube, mark)  # the restart's reconcile, done
+        after = status_of(kube)
+    assert any("finetuneruntimes" in request for request in made), made
+    assert before["runtime"]["name"] == after["runtime"]["name"] == "team-a"
+    assert not any(c["type"] == "Failed" and c["status"] == "True" for c in after["conditions"])
+    assert (kube.get("Job", NS, "sft") or {})["metadata"]["uid"] == uid
