@@ -7,7 +7,6 @@ so ``validate`` and ``crd`` work with the operator's dependencies alone.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Sequence
 from importlib import metadata
@@ -22,12 +21,14 @@ from finetune_api.manifests import Document, ManifestError, explain, read_file
 from finetune_api.outcome import ExitCode
 from finetune_api.overrides import Override, check_with_overrides, parse_overrides
 from finetune_api.plan.devices import DEVICES
-from finetune_api.redaction import environment_secrets, redact
+from finetune_api.redaction import redact
 from finetune_api.render import RenderError, local_output_uri, render_trainer_config
 from finetune_api.resource import FineTuneJob
 from finetune_api.uri import without_credentials
 from finetune_cli import generate as try_it
 from finetune_cli.export import register as register_export
+from finetune_cli.failures import err as _err
+from finetune_cli.failures import exit_on_failure
 from finetune_cli.helptext import Command, Group, examples, markup
 from finetune_cli.presets import register as register_presets
 from finetune_cli.uris import as_uri
@@ -119,14 +120,6 @@ def _root(
     ] = False,
 ) -> None:
     """Fine-tune language models from FineTuneJob manifests, locally or on Kubernetes."""
-
-
-def _err(message: str) -> None:
-    """Print ``message`` on stderr, through the redaction layer: whatever the message
-    quotes (a URI as written, a library's exception, a traceback), no credential is
-    shown: neither one the trainer registered nor one of this environment
-    (finetune_api.redaction)."""
-    typer.echo(redact(message, environment_secrets(os.environ)), err=True)
 
 
 def _overrides(texts: Sequence[str] | None) -> list[Override]:
@@ -374,16 +367,13 @@ def plan(
     from finetune_api.plan.target import target_for
     from finetune_api.plan.text import render_plan
     from finetune_api.render import with_preset
-    from finetune_trainer.errors import TrainerError
     from finetune_trainer.planning import host_cores, host_memory, plan_inputs
 
     job = _one_job(file, "plan", _overrides(set_))
     config = _local_config(file, job, None, None)
     try:
-        shape, data = plan_inputs(config, read_data=read_data)
-    except TrainerError as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(exc.exit_code) from None
+        with exit_on_failure():
+            shape, data = plan_inputs(config, read_data=read_data)
     except ShapeError as exc:
         _err(f"error: {config.model.uri}: {exc}")
         raise typer.Exit(int(ExitCode.MODEL_LOAD_FAILED)) from None
@@ -423,25 +413,17 @@ def verify(
     missing, changed or unlisted file, a missing or damaged manifest.json). Exit 5 (7):
     the location cannot be read (retrying may help with 7), as for a run.
     """
-    from finetune_api.outcome import ExitCode
     from finetune_api.uri import Role
-    from finetune_trainer.errors import TrainerError
     from finetune_trainer.publish import verify_manifest, verify_store
     from finetune_trainer.storage.backends import LocalBackend, backend_for, open_store
 
     uri = as_uri(location)
-    try:
+    with exit_on_failure(uri):
         backend, parsed = backend_for(uri, Role.OUTPUT)
         if isinstance(backend, LocalBackend):
             problems = verify_manifest(backend.resolve(parsed))
         else:
             problems = verify_store(open_store(uri))
-    except TrainerError as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(exc.exit_code) from None
-    except OSError as exc:  # a local file that cannot be read (permissions, I/O)
-        _err(f"error: {uri}: cannot read {exc.filename or ''}: {exc.strerror or exc}")
-        raise typer.Exit(ExitCode.STORAGE_ERROR) from None
     for problem in problems:
         _err(f"  - {problem}")
     if problems:

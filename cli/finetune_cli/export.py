@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from finetune_cli.failures import exit_on_failure
 from finetune_cli.helptext import Command, examples
 from finetune_cli.uris import as_uri
 
@@ -95,10 +96,9 @@ def export(
     Exit 0: published. Exit 2: the set cannot be merged or exported as asked. Exit 5
     (7): a location cannot be read or written (retrying may help with 7).
     """
-    from finetune_trainer.errors import TrainerError
     from finetune_trainer.export.artifact import export as run_export
 
-    try:
+    with exit_on_failure():
         result = run_export(
             as_uri(source),
             as_uri(to),
@@ -106,9 +106,6 @@ def export(
             dtype=None if dtype is None else dtype.value,
             base_uri=None if base is None else as_uri(base),
         )
-    except TrainerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
     what = "merged" if result.merged else "converted (a whole model: nothing to merge)"
     size = sum(int(f["size"]) for f in result.files)
     typer.echo(

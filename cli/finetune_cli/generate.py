@@ -9,7 +9,6 @@ errors) goes to stderr, so ``finetune generate ... > answer.txt`` holds the answ
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from finetune_api.outcome import ExitCode
-from finetune_api.redaction import environment_secrets, redact
+from finetune_cli.failures import err as _err
+from finetune_cli.failures import exit_on_failure
 from finetune_cli.uris import as_uri
 
 if TYPE_CHECKING:
@@ -101,11 +101,6 @@ ShowPrompt = Annotated[
 ]
 
 
-def _err(message: str) -> None:
-    """A line for a person on stderr, with every credential of this environment redacted."""
-    typer.echo(redact(message, environment_secrets(os.environ)), err=True)
-
-
 def _sampling(
     max_new_tokens: int, temperature: float, top_p: float, seed: int | None, dtype: str
 ) -> Sampling:
@@ -123,11 +118,10 @@ def _loaded(
 ) -> Iterator[LoadedModel]:
     """The set at ``location`` loaded; a foreseen failure exits with its code and message
     (a storage error as for a run: 5, or 7 when retrying may help)."""
-    from finetune_trainer.errors import TrainerError
     from finetune_trainer.inference import load, open_set
 
     uri = as_uri(location)
-    try:
+    with exit_on_failure(uri):  # also around the caller's block, which runs at the yield
         base_uri = as_uri(base) if base else None
         with open_set(uri, verify=verify, base=base_uri, merged=merged) as artifact:
             loaded = load(artifact, dtype, warn=_err)
@@ -135,12 +129,6 @@ def _loaded(
             checked = "verified" if verify else "not verified"
             _err(f"loaded {artifact.uri}: {what}, {artifact.task}, {loaded.device} ({checked})")
             yield loaded
-    except TrainerError as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(exc.exit_code) from None
-    except OSError as exc:  # a local file that cannot be read (permissions, I/O)
-        _err(f"error: {uri}: cannot read {exc.filename or ''}: {exc.strerror or exc}")
-        raise typer.Exit(ExitCode.STORAGE_ERROR) from None
 
 
 def _prompts(values: list[str]) -> list[str]:
@@ -193,28 +181,24 @@ def generate(
     Exit 4: the model cannot be loaded. Exit 5 (7): the location cannot be read or does
     not match its manifest.json (retrying may help with 7).
     """
-    from finetune_trainer.errors import TrainerError
     from finetune_trainer.inference import classify, conversation, render
     from finetune_trainer.inference import generate as run_generate
 
     sampling = _sampling(max_new_tokens, temperature, top_p, seed, dtype)
     texts = _prompts(prompt)
+    # _loaded reports a trainer error raised here too (the block runs at its yield).
     with _loaded(location, verify=verify, base=base, dtype=dtype, merged=merged) as loaded:
-        try:
-            for i, text in enumerate(texts):
-                if i:
-                    _write("\n")
-                if loaded.classifies:
-                    for label, probability in classify(loaded, text):
-                        _write(f"{label}\t{probability:.4f}\n")
-                    continue
-                rendered = render(loaded.tokenizer, conversation(text, system), chat_template)
-                if show_prompt:
-                    _err(rendered)
-                run_generate(loaded, rendered, sampling, _write, chat_template=chat_template)
-        except TrainerError as exc:
-            _err(f"error: {exc}")
-            raise typer.Exit(exc.exit_code) from None
+        for i, text in enumerate(texts):
+            if i:
+                _write("\n")
+            if loaded.classifies:
+                for label, probability in classify(loaded, text):
+                    _write(f"{label}\t{probability:.4f}\n")
+                continue
+            rendered = render(loaded.tokenizer, conversation(text, system), chat_template)
+            if show_prompt:
+                _err(rendered)
+            run_generate(loaded, rendered, sampling, _write, chat_template=chat_template)
 
 
 def chat(
@@ -237,7 +221,6 @@ def chat(
     /exit or Ctrl-D ends. Lines can be piped in (a file of questions, one per line).
     Exit codes as for generate.
     """
-    from finetune_trainer.errors import TrainerError
     from finetune_trainer.inference import Chat
 
     sampling = _sampling(max_new_tokens, temperature, top_p, seed, dtype)
@@ -260,9 +243,6 @@ def chat(
                 if show_prompt:
                     _err(session.prompt(line))
                 session.turn(line, _write)
-        except TrainerError as exc:
-            _err(f"error: {exc}")
-            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:  # Ctrl-C ends the chat like Ctrl-D, without a traceback
             _err("")
 

@@ -370,3 +370,18 @@ def test_docs_unknown_field_exits_2_with_close_matches() -> None:
     assert "spec.training.learningRate" in result.stderr
     with pytest.raises(UnknownField):
         select(field_rows(), "nothing.like.this")
+
+
+def test_export_reports_a_failure_through_the_redaction_layer(tmp_path: Path) -> None:
+    """export's error line goes through the same reporter as every command: the exit
+    code is the trainer's (2: not a published set), and a credential of this environment is never printed."""
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLE"
+    missing = tmp_path / secret / "set"
+    result = runner.invoke(
+        app,
+        ["export", str(missing), "--to", str(tmp_path / "out")],
+        env={"AWS_SECRET_ACCESS_KEY": secret},
+    )
+    assert result.exit_code == 2, result.output  # no manifest.json: not a published set
+    assert "no manifest.json" in result.output
+    assert secret not in result.output and "***" in result.output
