@@ -451,11 +451,11 @@ def _plain(message: str) -> str:
     message = re.sub(r"\bshould\b", "must", _LINK.sub("", message))
     message = _SUBJECT.sub("must ", message).replace(" after validation", "")
     message = _INSTANCE_OF.sub("a section", message)
-    names = _model_names()
+    names = model_names()
     return re.sub(r"\b[A-Z]\w+\b", lambda m: "a section" if m[0] in names else m[0], message)
 
 
-def _model_names() -> set[str]:
+def model_names() -> set[str]:
     """The contract's model classes, by name: internal, so never in a message. The
     kind, FineTuneJob, is what a manifest's author writes, so it may be."""
     found: set[str] = set()

@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from finetune_api.manifests import (
@@ -28,6 +27,7 @@ from finetune_api.manifests import (
     Problem,
     check_documents,
     load_yaml_documents,
+    model_names,
     validate_body,
 )
 from finetune_cli.app import app
@@ -48,21 +48,8 @@ FAST = settings(
 )
 
 
-def _model_names() -> set[str]:
-    import finetune_api.resource  # noqa: F401  (every contract model defined)
-
-    found: set[str] = set()
-    stack: list[type[BaseModel]] = [BaseModel]
-    while stack:
-        for sub in stack.pop().__subclasses__():
-            if sub.__module__.startswith("finetune_api") and sub.__name__ != KIND:
-                found.add(sub.__name__)
-            stack.append(sub)
-    return found
-
-
 LEAKS = {"Input should", "pydantic", "errors.pydantic.dev", "Traceback", "[type="}
-CLASS_NAMES = _model_names()
+CLASS_NAMES = model_names()  # the names the messages must never show
 
 
 def assert_readable(problems: list[Problem], body: Any) -> None:
