@@ -374,7 +374,8 @@ def test_docs_unknown_field_exits_2_with_close_matches() -> None:
 
 def test_export_reports_a_failure_through_the_redaction_layer(tmp_path: Path) -> None:
     """export's error line goes through the same reporter as every command: the exit
-    code is the trainer's (2: not a published set), and a credential of this environment is never printed."""
+    code is the trainer's (2: not a published set), and a credential of this environment
+    is never printed."""
     secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLE"
     missing = tmp_path / secret / "set"
     result = runner.invoke(
