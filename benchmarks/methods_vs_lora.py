@@ -215,7 +215,7 @@ def run_one(
         tail = (work / f"{name}.log").read_text()[-2000:]
         return {"method": name, "failed": proc.returncode, "stderrTail": tail}
     metrics = json.loads((out / "metrics.json").read_text())
-    steps = [json.loads(line) for line in lines if line.startswith('{"event": "step"')]
+    steps = [r for r in map(_json_line, lines) if r.get("event") == "step"]
     loop_peak = max((s.get("peakMemoryBytes") or 0 for s in steps), default=None)
     return {
         "method": name,
@@ -236,6 +236,15 @@ def run_one(
         "precision": metrics.get("precision"),
         "steps": metrics.get("steps"),
     }
+
+
+def _json_line(line: str) -> dict[str, Any]:
+    """One progress line of the trainer's stdout (JSON objects; anything else is skipped)."""
+    try:
+        found = json.loads(line)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _quality(metrics: dict[str, Any], suffix: str) -> dict[str, Any]:
