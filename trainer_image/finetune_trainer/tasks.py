@@ -5,6 +5,10 @@ reports, whether generation scores apply, what its loss is averaged over) is wri
 once, in :data:`finetune_api.tasks.TASKS`, which the spec rules, the CRD and the docs
 read too. This module adds only what is the trainer's own: the loss function of each
 task, and the function counting a step's units for the contract's ``loss_over``.
+
+The losses of ``preference`` and ``reinforcement`` depend on the job's own section of
+the spec (the loss and its beta, the rewards), so the recipe builds them
+(:func:`finetune_trainer.recipe.setup.setup_loss`); their entry here has no loss.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 
 from finetune_api.tasks import TASKS as CONTRACT_TASKS
 from finetune_api.tasks import EvalMetric, TaskInfo
+from finetune_trainer.alignment.preference import reward_model_loss
 from finetune_trainer.data.batching import count_label_tokens
 from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.losses import LossFn, causal_lm_loss
@@ -42,8 +47,12 @@ def count_examples(examples: list[TokenizedExample]) -> int:
 LOSSES: dict[str, LossFn] = {
     "causal-lm": causal_lm_loss,
     "sequence-classification": classification_loss,
+    "reward-model": reward_model_loss,
 }
 """Each contract task's training loss, by task name."""
+
+CONFIGURED_LOSSES: frozenset[str] = frozenset({"preference", "reinforcement"})
+"""The tasks whose loss the recipe builds from the job's section of the same name."""
 
 STEP_WEIGHTS: dict[str, StepWeight] = {
     "label tokens": count_label_tokens,
@@ -57,7 +66,8 @@ class Task:
     """A contract task (``info``) with the trainer's loss and step weight for it."""
 
     info: TaskInfo
-    loss: LossFn
+    loss: LossFn | None
+    """None: built from the config by the recipe (:data:`CONFIGURED_LOSSES`)."""
     step_weight: StepWeight
 
     @property
@@ -83,12 +93,13 @@ class Task:
 def _trained(info: TaskInfo) -> Task:
     """``info`` with its loss and step weight; a contract task the trainer cannot train
     fails at import, not in the middle of someone's run."""
-    if info.name not in LOSSES or info.loss_over not in STEP_WEIGHTS:
+    known = info.name in LOSSES or info.name in CONFIGURED_LOSSES
+    if not known or info.loss_over not in STEP_WEIGHTS:
         raise RuntimeError(
             f"task {info.name} (loss over {info.loss_over}) is in the contract's task table "
             "but the trainer has no loss or step weight for it"
         )
-    return Task(info, LOSSES[info.name], STEP_WEIGHTS[info.loss_over])
+    return Task(info, LOSSES.get(info.name), STEP_WEIGHTS[info.loss_over])
 
 
 TASKS: dict[str, Task] = {name: _trained(info) for name, info in CONTRACT_TASKS.items()}
