@@ -1,0 +1,316 @@
+"""GRPO (group relative policy optimisation) with verifiable rewards: the online loss.
+
+For each prompt of a micro-batch the current policy samples G completions
+(``reinforcement.generations``), the rewards score them, and each completion's
+advantage is its reward relative to its own group: ``(r - mean_group) / (std_group +
+1e-4)``. No value model: the group is the baseline (Shao et al. 2024, DeepSeekMath).
+
+The per-token objective is PPO's clipped surrogate ``min(ratio * A, clip(ratio, 1 - eps,
+1 + eps) * A)`` with ``ratio = exp(logp - logp_old)``, minus ``beta`` times the k3
+estimate of KL(policy || reference), ``exp(ref - logp) - (ref - logp) - 1`` (unbiased,
+always >= 0). A completion's loss is the mean over its tokens (up to and including its
+end-of-sequence token), a prompt's loss the mean over its G completions, and the
+micro-batch returns the sum over its prompts divided by the step's prompts (the loop's
+``weight``), so micro-batches add up to the step's mean however they are cut.
+
+One optimisation pass per generation: ``logp_old`` is the current policy's own
+log-probability, detached, so the ratio is exactly 1 and its gradient is the plain
+policy gradient ``A * grad logp``; the clip never binds and ``clipFraction`` reads 0.
+The clip is kept (and measured) so the objective is the one the literature states and
+the same code would serve several passes over one generation.
+
+Sampling uses KV-cached ``model.generate`` in eval mode (dropout off) under no_grad,
+drawing from torch's global generator: the loop checkpoints and restores that
+generator, so a resumed run samples exactly the completions the uninterrupted run did.
+vLLM is not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from finetune_trainer.alignment.rewards import Completion, Rewards
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "GRPOLoss",
+    "Sampling",
+    "clipped_surrogate",
+    "completion_mask",
+    "group_advantages",
+    "k3_kl",
+    "token_logps",
+]
+
+STD_EPSILON = 1e-4
+"""Added to a group's reward std: a group whose rewards are all equal has advantages 0
+(nothing to learn from it), not a division by zero."""
+
+
+# --------------------------------------------------------------------------- the math
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each reward relative to its group of ``group_size`` consecutive completions:
+    ``(r - mean) / (std + 1e-4)``, the std with Bessel's correction (a sample of the
+    policy's completions, not the whole population)."""
+    groups = rewards.view(-1, group_size)
+    mean = groups.mean(dim=1, keepdim=True)
+    std = groups.std(dim=1, keepdim=True)
+    return ((groups - mean) / (std + STD_EPSILON)).view(-1)
+
+
+def clipped_surrogate(
+    logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped objective per token, as a loss to minimise, and where the clip binds.
+
+    ``logp``/``logp_old``: ``[N, T]`` token log-probabilities; ``advantages``: ``[N]``
+    (one per completion). Returns ``-min(ratio * A, clip(ratio) * A)`` ``[N, T]`` and a
+    boolean ``[N, T]``, True where the clipped term is the smaller one (the ratio left
+    ``[1 - eps, 1 + eps]`` in the direction the advantage rewards), whose gradient is 0.
+    """
+    ratio = torch.exp(logp - logp_old)
+    a = advantages.unsqueeze(1)
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * a
+    binds = clipped < unclipped
+    return -torch.minimum(unclipped, clipped), binds
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimate of KL(policy || reference) per token sampled from the
+    policy: ``exp(ref - logp) - (ref - logp) - 1``; unbiased, never negative, 0 where
+    the two agree."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+def completion_mask(completion: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """1 over each completion's tokens up to and including its first end-of-sequence
+    token (the model chose to stop: that choice is trained too), 0 after it; a
+    completion cut by maxNewTokens is all 1."""
+    if eos_token_id is None:
+        return torch.ones_like(completion, dtype=torch.long)
+    is_eos = completion == eos_token_id
+    # Tokens strictly after the first EOS: at least one EOS before them.
+    after = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
+    return (~after).long()
+
+
+def token_logps(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_length: int,
+) -> torch.Tensor:
+    """Log-probability of each of the last ``completion_length`` tokens of every row,
+    ``[N, completion_length]``. Only those positions' logits are computed
+    (``logits_to_keep``); positions follow the attention mask, as generation placed them
+    for left-padded prompts."""
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=completion_length + 1,
+    ).logits[:, :-1]
+    target = input_ids[:, -completion_length:]
+    logits = logits.float()
+    picked = torch.gather(logits, 2, target.unsqueeze(2)).squeeze(2)
+    return picked - torch.logsumexp(logits, dim=2)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How completions are drawn (``reinforcement``'s options)."""
+
+    generations: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    beta: float
+    epsilon: float
+
+
+ReferenceLogps = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""(policy, input_ids, attention_mask, completion length) -> the reference policy's token
+log-probabilities, without gradient."""
+
+
+@dataclass
+class _Sums:
+    """Per-step sums of what :meth:`GRPOLoss.step_metrics` reports."""
+
+    completions: int = 0
+    reward: float = 0.0
+    reward_sq: float = 0.0
+    kl: float = 0.0
+    tokens: int = 0
+    clipped: int = 0
+    by_name: dict[str, float] = field(default_factory=dict)
+
+
+def _unwrapped(model: torch.nn.Module) -> Any:
+    """The model under DistributedDataParallel's wrapper (generate is not forwarded)."""
+    return getattr(model, "module", model)
+
+
+class GRPOLoss:
+    """The loop's loss for task ``reinforcement`` (a LossFn), with the step's extras.
+
+    Built with the training prompts' reference answers (indexed by the examples'
+    ``row``, which the collated batch carries as ``row_ids``), the tokenizer that decodes
+    completions, the rewards, and the reference policy (None when ``beta`` is 0: no
+    reference forward at all)."""
+
+    def __init__(
+        self,
+        sampling: Sampling,
+        tokenizer: PreTrainedTokenizerBase,
+        rewards: Rewards,
+        references: Sequence[str | None],
+        reference: ReferenceLogps | None,
+    ) -> None:
+        self.sampling = sampling
+        self.tokenizer = tokenizer
+        self.rewards = rewards
+        self.references = list(references)
+        self.reference = reference if sampling.beta > 0 else None
+        self._sums = _Sums()
+
+    # -- sampling
+
+    def sample(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """G completions per prompt, ``[B * G, P + T]`` (prompts repeated, each group's
+        completions consecutive), from the current policy in eval mode."""
+        s, inner = self.sampling, _unwrapped(model)
+        was_training = inner.training
+        inner.eval()
+        try:
+            with torch.no_grad():
+                sequences: torch.Tensor = inner.generate(
+                    input_ids=batch["input_ids"].repeat_interleave(s.generations, dim=0),
+                    attention_mask=batch["attention_mask"].repeat_interleave(s.generations, dim=0),
+                    do_sample=True,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    top_k=0,
+                    max_new_tokens=s.max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    use_cache=True,
+                )
+        finally:
+            inner.train(was_training)
+        return sequences
+
+    def completions(
+        self,
+        prompts: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion: torch.Tensor,
+        mask: torch.Tensor,
+        row_ids: torch.Tensor,
+    ) -> list[Completion]:
+        """The completions as the rewards read them (each with its prompt's reference)."""
+        g, tok = self.sampling.generations, self.tokenizer
+        prompt_texts = [
+            tok.decode(ids[keep.bool()].tolist(), skip_special_tokens=False)
+            for ids, keep in zip(prompts, prompt_mask, strict=True)
+        ]
+        out = []
+        for i in range(completion.size(0)):
+            ids = completion[i][mask[i].bool()].tolist()
+            row = int(row_ids[i // g])
+            out.append(
+                Completion(
+                    prompt=prompt_texts[i // g],
+                    text=tok.decode(ids, skip_special_tokens=True),
+                    raw=tok.decode(ids, skip_special_tokens=False),
+                    tokens=len(ids),
+                    reference=self.references[row] if 0 <= row < len(self.references) else None,
+                )
+            )
+        return out
+
+    # -- the loss
+
+    def __call__(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], weight: int
+    ) -> torch.Tensor:
+        s = self.sampling
+        prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
+        width = prompt_ids.size(1)
+        sequences = self.sample(model, batch)
+        completion = sequences[:, width:]
+        mask = completion_mask(completion, self.tokenizer.eos_token_id)
+        texts = self.completions(prompt_ids, prompt_mask, completion, mask, batch["row_ids"])
+        scores = self.rewards.score(texts)
+        rewards = torch.tensor(scores.total, dtype=torch.float32, device=sequences.device)
+        advantages = group_advantages(rewards, s.generations)
+        attention = torch.cat([prompt_mask.repeat_interleave(s.generations, dim=0), mask], dim=1)
+        length = completion.size(1)
+        logp = token_logps(model, sequences, attention, length)
+        per_token, binds = clipped_surrogate(logp, logp.detach(), advantages, s.epsilon)
+        kl = torch.zeros_like(logp)
+        if self.reference is not None:
+            with torch.no_grad():
+                ref = self.reference(model, sequences, attention, length)
+            kl = k3_kl(logp, ref)
+            per_token = per_token + s.beta * kl
+        maskf = mask.to(per_token.dtype)
+        tokens = maskf.sum(dim=1).clamp(min=1)
+        per_completion = (per_token * maskf).sum(dim=1) / tokens
+        per_prompt = per_completion.view(-1, s.generations).mean(dim=1)
+        self._record(scores.total, scores.by_name, kl, binds, maskf)
+        return per_prompt.sum() / weight
+
+    # -- the step's extras
+
+    def _record(
+        self,
+        total: list[float],
+        by_name: dict[str, list[float]],
+        kl: torch.Tensor,
+        binds: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> None:
+        sums = self._sums
+        sums.completions += len(total)
+        sums.reward += sum(total)
+        sums.reward_sq += sum(r * r for r in total)
+        sums.kl += float((kl.detach() * mask).sum())
+        sums.tokens += int(mask.sum())
+        sums.clipped += int((binds & mask.bool()).sum())
+        for name, values in by_name.items():
+            sums.by_name[name] = sums.by_name.get(name, 0.0) + sum(values)
+
+    def step_metrics(self) -> dict[str, float]:
+        """The step's means over its completions (the loop calls it once per step; it
+        resets): reward, rewardStd, kl (per token), completionLength (tokens),
+        clipFraction (share of tokens where the clip binds) and each reward by name."""
+        sums, self._sums = self._sums, _Sums()
+        n = sums.completions
+        if n == 0:
+            return {}
+        mean = sums.reward / n
+        variance = max(0.0, sums.reward_sq / n - mean * mean)
+        tokens = max(1, sums.tokens)
+        return {
+            "reward": mean,
+            "rewardStd": variance**0.5,
+            "kl": sums.kl / tokens,
+            "completionLength": sums.tokens / n,
+            "clipFraction": sums.clipped / tokens,
+            **{name: value / n for name, value in sums.by_name.items()},
+        }
