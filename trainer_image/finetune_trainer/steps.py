@@ -42,7 +42,7 @@ def step_groups(
     trains on its own share (batches ``r, r + world, ...`` of the step) and normalises
     by the label tokens of all shares. Resuming is skipping the steps already taken.
     """
-    lengths = [len(e.input_ids) for e in examples]
+    lengths = [e.length for e in examples]  # a pair: its longer sequence
     per_step = spec.gradient_accumulation * world_size
     epoch = 0
     while True:

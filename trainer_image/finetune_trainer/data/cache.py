@@ -15,8 +15,12 @@ dropping overlong examples happens after the cache, so both settings share one e
 
 *Value*: one ``.npz`` file (uncompressed numpy arrays): all input ids and labels
 concatenated as int32, per-example offsets and truncation flags; the examples are the
-file's rows after cleaning, in order. Class ids are not stored (they depend on the
-whole training set), only tokens.
+file's rows after cleaning, in order. Preference pairs add their rejected sequences
+the same way (``rejected_*``); an entry says what its examples are (``kind``: ``lm``,
+``preference`` or ``prompt``; an entry without one is ``lm``). Class ids are not stored
+(they depend on the whole training set), nor a prompt's reference answer and row (the
+row says the first, the prepared list the second), nor reference log-probs (computed
+by the run from the model): only tokens.
 
 *Where*: ``tokenized/`` in the trainer's cache directory
 (:func:`finetune_trainer.storage.cache.cache_root`: ``$FINETUNE_CACHE_DIR``, else
@@ -34,10 +38,11 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune_trainer.data.tokenize import TokenizedExample
+from finetune_trainer.data.tokenize import PreferenceExample, PromptExample, TokenizedExample
 from finetune_trainer.storage.cache import CACHE_DIR_ENV, cache_root
 
 if TYPE_CHECKING:
@@ -130,17 +135,53 @@ def _read_entry(path: Path, key: str, expected: int) -> list[TokenizedExample]:
     with np.load(path, allow_pickle=False) as arrays:
         if str(arrays["key"]) != key:
             raise _Unusable("written for another key")
+        kind = str(arrays["kind"]) if "kind" in arrays.files else "lm"
         ids, labels = arrays["input_ids"], arrays["labels"]
         offsets, truncated = arrays["offsets"], arrays["truncated"]
+        rejected = None
+        if kind == "preference":
+            rejected = (
+                arrays["rejected_ids"],
+                arrays["rejected_labels"],
+                arrays["rejected_offsets"],
+            )
+    if kind not in _KINDS:
+        raise _Unusable(f"holds examples of an unknown kind {kind!r}")
     if len(truncated) != expected:
         raise _Unusable(f"holds {len(truncated)} examples, not {expected}")
     _check_layout(ids, labels, offsets, truncated)
+    sequences = _split(ids, labels, offsets)
+    flags = truncated.tolist()
+    if rejected is not None:
+        _check_layout(*rejected, truncated)
+        return [
+            PreferenceExample(
+                chosen[0],
+                chosen[1],
+                truncated=flag,
+                rejected_ids=other[0],
+                rejected_labels=other[1],
+            )
+            for chosen, other, flag in zip(sequences, _split(*rejected), flags, strict=True)
+        ]
+    kind_class = PromptExample if kind == "prompt" else TokenizedExample
+    return [kind_class(i, t, truncated=flag) for (i, t), flag in zip(sequences, flags, strict=True)]
+
+
+_KINDS = ("lm", "preference", "prompt")
+
+
+def _kind(example: TokenizedExample) -> str:
+    if isinstance(example, PreferenceExample):
+        return "preference"
+    return "prompt" if isinstance(example, PromptExample) else "lm"
+
+
+def _split(ids: Any, labels: Any, offsets: Any) -> list[tuple[list[int], list[int]]]:
+    """Each example's ids and labels from the concatenated arrays."""
     bounds = offsets.tolist()
-    id_list, label_list, flags = ids.tolist(), labels.tolist(), truncated.tolist()
-    return [
-        TokenizedExample(id_list[a:b], label_list[a:b], truncated=flag)
-        for a, b, flag in zip(bounds[:-1], bounds[1:], flags, strict=True)
-    ]
+    id_list, label_list = ids.tolist(), labels.tolist()
+    return [(id_list[a:b], label_list[a:b]) for a, b in pairwise(bounds)]
 
 
 def _check_layout(ids: Any, labels: Any, offsets: Any, truncated: Any) -> None:
@@ -162,17 +203,38 @@ def _check_layout(ids: Any, labels: Any, offsets: Any, truncated: Any) -> None:
         raise _Unusable("offsets do not partition the tokens")
 
 
+def _concatenated(rows: Sequence[list[int]], row_labels: Sequence[list[int]]) -> dict[str, Any]:
+    """``input_ids``, ``labels`` and ``offsets`` arrays of ``rows``, end to end."""
+    import numpy as np
+
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    count = int(offsets[-1])
+    ids = np.fromiter((t for r in rows for t in r), dtype=np.int32, count=count)
+    labels = np.fromiter((t for r in row_labels for t in r), dtype=np.int32, count=count)
+    return {"input_ids": ids, "labels": labels, "offsets": offsets}
+
+
 def store(data_file: Path, key: str, examples: Sequence[TokenizedExample]) -> Path | None:
     """Write the entry to the cache directory; its path, or None when it cannot be."""
     import numpy as np
 
-    lengths = [len(e.input_ids) for e in examples]
-    offsets = np.zeros(len(examples) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    count = int(offsets[-1])
-    ids = np.fromiter((t for e in examples for t in e.input_ids), dtype=np.int32, count=count)
-    labels = np.fromiter((t for e in examples for t in e.labels), dtype=np.int32, count=count)
-    truncated = np.array([e.truncated for e in examples], dtype=bool)
+    kinds = {_kind(e) for e in examples} or {"lm"}
+    if len(kinds) > 1:
+        raise ValueError(f"a cache entry holds examples of one kind, not {sorted(kinds)}")
+    (kind,) = kinds
+    arrays = _concatenated([e.input_ids for e in examples], [e.labels for e in examples])
+    if kind == "preference":
+        pairs = [e for e in examples if isinstance(e, PreferenceExample)]
+        rejected = _concatenated(
+            [e.rejected_ids for e in pairs], [e.rejected_labels for e in pairs]
+        )
+        arrays |= {f"rejected_{name}": array for name, array in rejected.items()}
+    arrays |= {
+        "key": np.array(key),
+        "kind": np.array(kind),
+        "truncated": np.array([e.truncated for e in examples], dtype=bool),
+    }
     directory = cache_dir()
     target = directory / _entry_name(data_file, key)
     try:
@@ -180,14 +242,7 @@ def store(data_file: Path, key: str, examples: Sequence[TokenizedExample]) -> Pa
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    key=np.array(key),
-                    input_ids=ids,
-                    labels=labels,
-                    offsets=offsets,
-                    truncated=truncated,
-                )
+                np.savez(handle, **arrays)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

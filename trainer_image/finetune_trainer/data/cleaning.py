@@ -6,10 +6,14 @@ epoch, which overweights it and (when it lands on both sides of a validation spl
 inflates the held-out scores. Each dropped row is counted for the run's report.
 
 *Empty* means nothing to learn from: a conversation whose assistant turns are all
-blank, or a text (or, for a pair, either text) that is blank. *Duplicate* means the
-same content as an earlier example of the same file after light normalisation:
-Unicode NFC, CRLF to LF, and leading/trailing whitespace trimmed per field. Case and
-inner whitespace are kept: in code and in formatting tasks they are the content.
+blank, a text (or, for a pair, either text) that is blank, a preference pair either of
+whose answers is blank (there is nothing to compare), or a prompt that is blank.
+*Duplicate* means the same content as an earlier example of the same file after light
+normalisation: Unicode NFC, CRLF to LF, and leading/trailing whitespace trimmed per
+field. Case and inner whitespace are kept: in code and in formatting tasks they are the
+content. A preference pair is a duplicate only when its prompt and both answers repeat
+(one prompt with several different pairs is ordinary preference data); a prompt only
+when its reference answer repeats too.
 """
 
 from __future__ import annotations
@@ -19,26 +23,47 @@ import json
 import unicodedata
 from dataclasses import dataclass
 
-from finetune_trainer.data.formats import Example
+from finetune_trainer.data.formats import Example, Message
 
 
 def normalize(text: str) -> str:
     return unicodedata.normalize("NFC", text.replace("\r\n", "\n")).strip()
 
 
+def _blank(turns: tuple[Message, ...], role: str | None = "assistant") -> bool:
+    return all(not m["content"].strip() for m in turns if role is None or m["role"] == role)
+
+
 def is_empty(example: Example) -> bool:
+    if example.chosen is not None:
+        return _blank(example.chosen) or _blank(example.rejected or ())
+    if example.prompt_only:
+        return _blank(example.messages or (), role=None)
     if example.messages is not None:
-        return all(not m["content"].strip() for m in example.messages if m["role"] == "assistant")
+        return _blank(example.messages)
     texts = [example.text or ""]
     if example.text_pair is not None:
         texts.append(example.text_pair)
     return any(not t.strip() for t in texts)
 
 
+def _turns(turns: tuple[Message, ...] | None) -> list[list[str]] | None:
+    return None if turns is None else [[m["role"], normalize(m["content"])] for m in turns]
+
+
 def content_key(example: Example) -> bytes:
     """A digest of the example's normalised content: equal digests, equal examples."""
-    if example.messages is not None:
-        body: object = [[m["role"], normalize(m["content"])] for m in example.messages]
+    body: object
+    if example.chosen is not None or example.prompt_only:
+        reference = None if example.reference is None else normalize(example.reference)
+        body = {
+            "prompt": _turns(example.messages),
+            "chosen": _turns(example.chosen),
+            "rejected": _turns(example.rejected),
+            "reference": reference,
+        }
+    elif example.messages is not None:
+        body = _turns(example.messages)
     else:
         pair = None if example.text_pair is None else normalize(example.text_pair)
         label = None if example.label is None else str(example.label)

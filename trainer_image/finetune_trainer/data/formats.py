@@ -1,9 +1,15 @@
 """Dataset formats: one registry entry per ``dataset.format``.
 
 Each entry turns a row into an :class:`Example`: a chat conversation (trained on the
-assistant turns only), a raw text (every token trained), or a text to classify (a text,
-optionally a second text, and a label). Column names come from ``dataset.columns``; a
-missing column is reported with the setting that fixes it.
+assistant turns only), a raw text (every token trained), a text to classify (a text,
+optionally a second text, and a label), a preference pair (a prompt conversation, a
+chosen and a rejected answer) or a prompt to answer (with an optional reference answer).
+Column names come from ``dataset.columns``; a missing column is reported with the
+setting that fixes it.
+
+In the preference and prompts formats a string is one chat turn (a prompt string is a
+user turn, an answer string an assistant turn) and a list is chat messages, so both
+render through the model's chat template like every other chat format.
 """
 
 from __future__ import annotations
@@ -28,27 +34,47 @@ class Example:
 
     A text with a ``label`` is a classification example (``text_pair`` optionally
     holds its second text); a text without one is continued pretraining.
+
+    A preference pair has ``chosen`` and ``rejected`` (the answers, assistant turns),
+    and ``messages`` holds only the prompt turns they answer, never an answer. So does a
+    prompt to answer (``prompt_only``, the prompts format), with its optional
+    ``reference`` answer: whether a conversation ends with a user turn does not say
+    which it is (the messages format accepts one), so the format says it.
     """
 
     messages: tuple[Message, ...] | None = None
     text: str | None = None
     text_pair: str | None = None
     label: Label | None = None
+    chosen: tuple[Message, ...] | None = None
+    rejected: tuple[Message, ...] | None = None
+    reference: str | None = None
+    prompt_only: bool = False
 
     @property
     def is_classification(self) -> bool:
         return self.label is not None
 
     @property
+    def is_preference(self) -> bool:
+        return self.chosen is not None
+
+    @property
     def answer(self) -> str | None:
-        """The last assistant turn: the reference for exact match."""
-        if not self.messages or self.messages[-1]["role"] != "assistant":
+        """The answer the model should give: the last assistant turn (of the chosen
+        answer, for a pair; a prompt's reference answer), the reference for exact match."""
+        if self.prompt_only:
+            return self.reference
+        turns = self.chosen if self.chosen is not None else self.messages
+        if not turns or turns[-1]["role"] != "assistant":
             return None
-        return self.messages[-1]["content"]
+        return turns[-1]["content"]
 
     @property
     def prompt(self) -> tuple[Message, ...] | None:
-        """Everything before the last assistant turn: what the model is asked."""
+        """Everything before that answer: what the model is asked."""
+        if self.prompt_only or self.chosen is not None:
+            return (self.messages or ()) + (self.chosen or ())[:-1]
         return self.messages[:-1] if self.answer is not None and self.messages else None
 
 
@@ -74,18 +100,23 @@ def _text(value: object, what: str) -> str:
     return value
 
 
-def _messages(row: Row, cols: ColumnMapping) -> Example:
-    raw = _column(row, cols.messages, "messages")
+def _message_list(raw: object, column: str, what: str = "message") -> list[Message]:
+    """A non-empty list of {role, content} with known roles, as plain dicts."""
     if not isinstance(raw, list) or not raw:
-        raise RowError(f"column '{cols.messages}' must be a non-empty list of {{role, content}}")
+        raise RowError(f"column '{column}' must be a non-empty list of {{role, content}}")
     messages = []
     for i, msg in enumerate(raw):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-            raise RowError(f"message {i} must be an object with role and content")
+            raise RowError(f"{what} {i} must be an object with role and content")
         role = msg["role"]
         if role not in ROLES:
-            raise RowError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")
-        messages.append({"role": role, "content": _text(msg["content"], f"message {i} content")})
+            raise RowError(f"{what} {i} has role {role!r}; use one of {', '.join(ROLES)}")
+        messages.append({"role": role, "content": _text(msg["content"], f"{what} {i} content")})
+    return messages
+
+
+def _messages(row: Row, cols: ColumnMapping) -> Example:
+    messages = _message_list(_column(row, cols.messages, "messages"), cols.messages)
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("has no assistant message, so there is nothing to learn")
     return Example(messages=tuple(messages))
@@ -146,12 +177,83 @@ def _classification(row: Row, cols: ColumnMapping) -> Example:
     return Example(text=text, text_pair=pair, label=label)
 
 
+def _prompt_turns(row: Row, cols: ColumnMapping) -> tuple[Message, ...]:
+    """The conversation so far, which an answer continues: a string is one user turn;
+    messages must not end with an assistant turn (that would be an answer). The system
+    column, when configured, opens it, as in the prompt-completion format."""
+    raw = _column(row, cols.prompt, "prompt")
+    if isinstance(raw, str):
+        turns = [{"role": "user", "content": raw}]
+    else:
+        turns = _message_list(raw, cols.prompt, f"column '{cols.prompt}' message")
+        if turns[-1]["role"] == "assistant":
+            raise RowError(
+                f"column '{cols.prompt}' ends with an assistant turn; the prompt is the "
+                "conversation the answer continues, so the answer goes in its own column "
+                "(dataset.columns.chosen and .rejected for preference pairs, .answer for "
+                "prompts)"
+            )
+    system = _column(row, cols.system, "system", optional=True) if cols.system else None
+    if system:
+        if turns[0]["role"] == "system":
+            raise RowError(
+                f"column '{cols.prompt}' already opens with a system turn and column "
+                f"'{cols.system}' gives another; unset dataset.columns.system or drop one"
+            )
+        turns.insert(0, {"role": "system", "content": _text(system, "system")})
+    return tuple(turns)
+
+
+def _answer_turns(row: Row, column: str, setting: str) -> tuple[Message, ...]:
+    """An answer: a string is one assistant turn; messages must open and close with an
+    assistant turn. A list opening with the user's turn is the usual mistake of a
+    dataset that stores whole conversations, so the message says where the prompt goes."""
+    raw = _column(row, column, setting)
+    if isinstance(raw, str):
+        return ({"role": "assistant", "content": raw},)
+    turns = _message_list(raw, column, f"column '{column}' message")
+    if turns[0]["role"] != "assistant" or turns[-1]["role"] != "assistant":
+        raise RowError(
+            f"column '{column}' must hold the answer only: assistant turns, starting and "
+            f"ending with one (it has roles {', '.join(m['role'] for m in turns)}); the "
+            "conversation before the answer goes in the prompt column (dataset.columns.prompt)"
+        )
+    if any(m["role"] == "system" for m in turns):
+        raise RowError(f"column '{column}' has a system turn; put it in the prompt")
+    return tuple(turns)
+
+
+def _preference(row: Row, cols: ColumnMapping) -> Example:
+    prompt = _prompt_turns(row, cols)
+    chosen = _answer_turns(row, cols.chosen, "chosen")
+    rejected = _answer_turns(row, cols.rejected, "rejected")
+    if chosen == rejected:
+        raise RowError(
+            f"columns '{cols.chosen}' and '{cols.rejected}' hold the same answer, so there is "
+            "no preference to learn; remove the row, or check that dataset.columns.chosen and "
+            ".rejected name different columns"
+        )
+    return Example(messages=prompt, chosen=chosen, rejected=rejected)
+
+
+def _prompts(row: Row, cols: ColumnMapping) -> Example:
+    prompt = _prompt_turns(row, cols)
+    reference = _column(row, cols.answer, "answer", optional=True)
+    return Example(
+        messages=prompt,
+        reference=None if reference is None else _text(reference, f"column '{cols.answer}'"),
+        prompt_only=True,
+    )
+
+
 FORMATS: dict[str, Callable[[Row, ColumnMapping], Example]] = {
     "messages": _messages,
     "instruction": _instruction,
     "prompt-completion": _prompt_completion,
     "text": _raw_text,
     "classification": _classification,
+    "preference": _preference,
+    "prompts": _prompts,
 }
 
 

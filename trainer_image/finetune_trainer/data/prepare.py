@@ -8,8 +8,14 @@ Then it splits off validation when no file is given (seeded, so every rank and e
 retry gets the same split; per source for a mixture), drops or counts examples longer
 than ``maxSeqLength`` (``dataset.overlong``) and examples with nothing to learn, mixes
 the sources by weight (``data.mixture``), assigns class ids for classification
-(``data.labels``) and packs (``data.packing``) when asked. Every count goes into the
-run's metrics (``DataReport``), on a cache hit as on a miss.
+(``data.labels``), numbers the prompts of the prompts format (each prompt's ``row`` in
+its list, with its reference answer) and packs (``data.packing``) when asked. Every
+count goes into the run's metrics (``DataReport``), on a cache hit as on a miss.
+
+Preference pairs and prompts go through the same steps as every other example: a pair
+is one example (one row of the report), dropped as overlong when either sequence is cut
+under ``dataset.overlong: drop``, and its validation sample is the prompt with the
+chosen answer as the reference; a prompt's sample has its reference answer, when given.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from finetune_trainer.data.mixture import mixture_plan
 from finetune_trainer.data.packing import pack_examples
 from finetune_trainer.data.tokenize import (
     LossOn,
+    PromptExample,
     TemplateError,
     TokenizedExample,
     generation_prompt_ids,
@@ -403,6 +410,18 @@ def _mixture(
     return train, _round_robin(held_parts)
 
 
+def _numbered(items: list[_Item]) -> list[TokenizedExample]:
+    """The examples in order; a prompt gets its index in the list (``row``) and its
+    reference answer, which the cache does not hold (a mixture may repeat a prompt: each
+    occurrence is its own row)."""
+    return [
+        replace(item.tokens, row=k, reference=item.example.reference)
+        if isinstance(item.tokens, PromptExample)
+        else item.tokens
+        for k, item in enumerate(items)
+    ]
+
+
 def _with_class_ids(items: list[_Item], vocabulary: LabelVocabulary) -> list[TokenizedExample]:
     out = []
     for item in items:
@@ -444,8 +463,8 @@ def prepare_data(
         validation = _with_class_ids(validation_items, vocabulary)
         report.classes = len(vocabulary)
     else:
-        train = [i.tokens for i in train_items]
-        validation = [i.tokens for i in validation_items]
+        train = _numbered(train_items)
+        validation = _numbered(validation_items)
 
     report.train_rows, report.validation_rows = len(train), len(validation)
     report.train_tokens = sum(len(e.input_ids) for e in train)

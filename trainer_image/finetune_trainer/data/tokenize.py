@@ -13,12 +13,25 @@ the conversation is a label instead.
 Classification examples are encoded as the tokenizer encodes a text (or a text pair)
 for a sequence classifier, special tokens included; their target is one class id
 (``TokenizedExample.label``), not a token.
+
+A preference pair becomes one :class:`PreferenceExample`: the prompt rendered with the
+generation prompt and tokenized alone, then each answer's continuation of the rendered
+text tokenized alone and appended. The two sequences therefore share the prompt's
+tokens exactly (what the losses compare is the answers, and a BPE merge across the
+prompt's end would make the "same" prompt differ between them), and the prompt is
+tokenized as generation sees it. Labels cover the answer's assistant turns with their
+end-of-turn token, as in supervised training. A prompt of the prompts format becomes a
+:class:`PromptExample`: the tokens a model sees when asked to answer it.
+
+Too long, a pair keeps the prompt's *end* (the question right before the answer) and
+the answers' *start*: the prompt is cut first, down to half of ``max_length`` at most,
+then the answers, so both sides keep something to compare.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from finetune_trainer.data.formats import Example, Message
@@ -49,6 +62,56 @@ class TokenizedExample:
         """Whether training on this example teaches anything: a class, or two labelled
         tokens (the first label is never predicted, there is nothing before it)."""
         return self.label is not None or self.trained_tokens >= 2
+
+    @property
+    def length(self) -> int:
+        """The longest row this example puts in a batch: what length grouping sorts by."""
+        return len(self.input_ids)
+
+
+def _predicted_labels(labels: Sequence[int]) -> int:
+    """Labelled tokens that a preceding token predicts (all but a label at position 0)."""
+    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class PreferenceExample(TokenizedExample):
+    """A preference pair: ``input_ids``/``labels`` are the prompt and the chosen answer,
+    ``rejected_ids``/``rejected_labels`` the same prompt tokens and the rejected answer;
+    labels only on the answers. ``reference_logps`` (chosen, rejected): the reference
+    policy's summed answer log-probs, when they are computed once before training."""
+
+    rejected_ids: list[int] = field(default_factory=list)
+    rejected_labels: list[int] = field(default_factory=list)
+    reference_logps: tuple[float, float] | None = None
+
+    @property
+    def trained_tokens(self) -> int:
+        return super().trained_tokens + sum(1 for t in self.rejected_labels if t != IGNORE_INDEX)
+
+    @property
+    def has_target(self) -> bool:
+        """Both answers keep at least one predicted label token: a comparison needs two."""
+        return _predicted_labels(self.labels) >= 1 and _predicted_labels(self.rejected_labels) >= 1
+
+    @property
+    def length(self) -> int:
+        return max(len(self.input_ids), len(self.rejected_ids))
+
+
+@dataclass(frozen=True)
+class PromptExample(TokenizedExample):
+    """A prompt to answer: ``input_ids`` end with the generation prompt, no labels.
+    ``row`` is its index in the prepared train or validation list (so a loss given that
+    list finds its ``reference`` answer from a batch's ``row_ids``)."""
+
+    reference: str | None = None
+    row: int = 0
+
+    @property
+    def has_target(self) -> bool:
+        """A prompt is always something to learn from: the target is generated."""
+        return True
 
 
 class TemplateError(ValueError):
@@ -178,6 +241,82 @@ def _truncate(ids: list[int], labels: list[int], max_length: int) -> TokenizedEx
     return TokenizedExample(ids[:max_length], labels[:max_length], truncated=True)
 
 
+def _continuation(
+    tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Message], answer: Sequence[Message]
+) -> tuple[list[int], list[int]]:
+    """The tokens the rendered ``answer`` adds after the rendered prompt (with its
+    generation prompt), labelled on its assistant turns (end-of-turn included)."""
+    before = _render(tokenizer, prompt, generation_prompt=True)
+    text, spans = assistant_spans(tokenizer, [*prompt, *answer])
+    if not text.startswith(before):
+        raise TemplateError(
+            "the chat template renders the prompt differently once the answer is added, so "
+            "the answer's tokens cannot be located; use a template without that behaviour"
+        )
+    tail = text[len(before) :]
+    spans = [
+        (start - len(before), end - len(before)) for start, end in spans if start >= len(before)
+    ]
+    encoded = tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = encoded["input_ids"]
+    labels = [
+        token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+        for token, (begin, _) in zip(ids, encoded["offset_mapping"], strict=True)
+    ]
+    return ids, labels
+
+
+def _pair_budget(prompt: int, answer: int, max_length: int) -> int:
+    """How many prompt tokens (its end) to keep when the prompt and its longest answer
+    (``answer`` tokens) must fit ``max_length``: all when they fit; else the prompt gives
+    way first, down to half the length, and the answers take the rest (their start)."""
+    if prompt + answer <= max_length:
+        return prompt
+    return min(prompt, max(max_length - answer, max_length // 2))
+
+
+def tokenize_preference(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Sequence[Message],
+    chosen: Sequence[Message],
+    rejected: Sequence[Message],
+    max_length: int,
+) -> PreferenceExample:
+    """The prompt's tokens shared by both answers, each answer labelled."""
+    prompt_ids = generation_prompt_ids(tokenizer, prompt)
+    chosen_ids, chosen_labels = _continuation(tokenizer, prompt, chosen)
+    rejected_ids, rejected_labels = _continuation(tokenizer, prompt, rejected)
+    keep = _pair_budget(len(prompt_ids), max(len(chosen_ids), len(rejected_ids)), max_length)
+    room = max_length - keep
+    truncated = keep < len(prompt_ids) or max(len(chosen_ids), len(rejected_ids)) > room
+    head = prompt_ids[len(prompt_ids) - keep :]
+    ignored = [IGNORE_INDEX] * keep
+    return PreferenceExample(
+        [*head, *chosen_ids[:room]],
+        [*ignored, *chosen_labels[:room]],
+        truncated=truncated,
+        rejected_ids=[*head, *rejected_ids[:room]],
+        rejected_labels=[*ignored, *rejected_labels[:room]],
+    )
+
+
+def tokenize_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Sequence[Message],
+    max_length: int,
+    reference: str | None = None,
+) -> PromptExample:
+    """The prompt as generation sees it; too long, its end is kept (the question)."""
+    ids = generation_prompt_ids(tokenizer, prompt)
+    kept = ids[max(0, len(ids) - max_length) :]
+    return PromptExample(
+        kept,
+        [IGNORE_INDEX] * len(kept),
+        truncated=len(kept) < len(ids),
+        reference=reference,
+    )
+
+
 def tokenize_example(
     tokenizer: PreTrainedTokenizerBase,
     example: Example,
@@ -186,6 +325,14 @@ def tokenize_example(
     loss_on: LossOn = "completion",
 ) -> TokenizedExample:
     """Dispatch on the kind of example; ``truncated`` says when ``max_length`` cut it."""
+    if example.chosen is not None:
+        assert example.messages is not None and example.rejected is not None
+        return tokenize_preference(
+            tokenizer, example.messages, example.chosen, example.rejected, max_length
+        )
+    if example.prompt_only:
+        assert example.messages is not None
+        return tokenize_prompt(tokenizer, example.messages, max_length, example.reference)
     if example.messages is not None:
         return tokenize_chat(tokenizer, example.messages, max_length, loss_on=loss_on)
     assert example.text is not None
