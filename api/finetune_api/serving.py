@@ -46,12 +46,13 @@ SmolLM, Phi-3...): the linear layers (its packed ``qkv_proj`` and ``gate_up_proj
 the adapters of their parts, and are Phi-3's own names) and the embedding modules
 ``embed_tokens`` and ``lm_head`` these models declare."""
 
-_LORA_METHODS: Final = ("lora", "qlora")
+_LORA_METHODS: Final = ("lora", "qlora", "lora-fa")
 """Methods whose published adapter is a plain peft LoRA adapter."""
 
 _PEFT_TYPES: Final = {
     "adalora": "ADALORA",
     "ia3": "IA3",
+    "vera": "VERA",
     "prefix": "PREFIX_TUNING",
     "prompt": "PROMPT_TUNING",
     "p-tuning": "P_TUNING",

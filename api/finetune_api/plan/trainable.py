@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 
 from finetune_api.config.job import JobSections
 from finetune_api.config.methods.adalora import AdaLoraSpec
+from finetune_api.config.methods.adapter import AdapterSpec
 from finetune_api.config.methods.freeze import FreezeSpec
 from finetune_api.config.methods.ia3 import IA3Spec
 from finetune_api.config.methods.lora import LoraSpec
+from finetune_api.config.methods.lora_fa import LoraFaSpec
 from finetune_api.config.methods.p_tuning import PTuningSpec
 from finetune_api.config.methods.prefix import PrefixSpec
 from finetune_api.config.methods.prompt import PromptSpec
+from finetune_api.config.methods.vera import VeraSpec
 from finetune_api.plan.shape import Linear, ModelShape
 
 Shape = tuple[int, ...]
@@ -248,6 +251,55 @@ def _freeze(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
     return Trainable(tensors=tuple(tensors), trained_linears=linears, lowest_trained_block=lowest)
 
 
+def _adapter(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    """Bottleneck adapters: down (width x hidden, bias) and up (hidden x width, bias) at
+    each site of every block above dropLayers; backward stops at the lowest adapted
+    block (AdapterDrop's saving)."""
+    options = job.method.options()
+    assert isinstance(options, AdapterSpec)
+    width, hidden = options.width(shape.hidden), shape.hidden
+    lowest = min(options.drop_layers, shape.layers)
+    sites = (shape.layers - lowest) * len(options.sites())
+    tensors: list[Shape] = [(width, hidden), (width,), (hidden, width), (hidden,)] * sites
+    tensors += head_tensors(shape, job.task, num_labels)
+    return Trainable(tensors=tuple(tensors), lowest_trained_block=lowest)
+
+
+def _vera(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    """Per adapted layer a scaling vector b (fan_out) and d (r); the shared random
+    matrices are frozen buffers, not parameters."""
+    options = job.method.options()
+    assert isinstance(options, VeraSpec)
+    adapted = _select(shape, options.target_modules, ())
+    tensors: list[Shape] = []
+    for lin in adapted:
+        tensors += [(lin.fan_out,), (options.r,)]
+    saved = _saved_modules(shape, options.modules_to_save, job.task)
+    tensors += saved + head_tensors(shape, job.task, num_labels)
+    return Trainable(
+        tensors=tuple(tensors),
+        adapted=tuple(adapted),
+        base_copies=sum(a * b for a, b in saved),
+        adapter_rank=options.r,
+    )
+
+
+def _lora_fa(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    """LoRA's B matrices only: A is frozen after its initialisation."""
+    options = job.method.options()
+    assert isinstance(options, LoraFaSpec)
+    adapted = _select(shape, options.target_modules, ())
+    tensors: list[Shape] = [(lin.fan_out, options.r) for lin in adapted]
+    saved = _saved_modules(shape, options.modules_to_save, job.task)
+    tensors += saved + head_tensors(shape, job.task, num_labels)
+    return Trainable(
+        tensors=tuple(tensors),
+        adapted=tuple(adapted),
+        base_copies=sum(a * b for a, b in saved),
+        adapter_rank=options.r,
+    )
+
+
 TrainableFn = Callable[[ModelShape, JobSections, int], Trainable]
 
 TRAINABLE: dict[str, TrainableFn] = {
@@ -260,6 +312,9 @@ TRAINABLE: dict[str, TrainableFn] = {
     "p-tuning": _p_tuning,
     "full": _full,
     "freeze": _freeze,
+    "vera": _vera,
+    "lora-fa": _lora_fa,
+    "adapter": _adapter,
 }
 """The planner's entry for every ``method.type``."""
 
