@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from finetune_trainer.storage.backends import Access
 
 __all__ = [
+    "STEP_METRICS",
     "Completion",
     "NamedReward",
     "RewardOptions",
@@ -305,34 +306,29 @@ def _function(
     raise ConfigError(f"{where}.type: unknown reward type {kind!r}")
 
 
-def reward_names(kinds: Sequence[str]) -> list[str]:
-    """Report names: ``rewardExactMatch`` etc.; a type configured twice is numbered
-    (``rewardRegex1``, ``rewardRegex2``) so each keeps its own series."""
-    names = []
-    for i, kind in enumerate(kinds):
-        base = "reward" + kind[0].upper() + kind[1:]
-        if kinds.count(kind) > 1:
-            base += str(kinds[: i + 1].count(kind))
-        names.append(base)
-    return names
+STEP_METRICS: frozenset[str] = frozenset(
+    {"reward", "rewardStd", "kl", "completionLength", "clipFraction"}
+)
+"""The per-step metrics of task reinforcement besides each reward by name: a reward may
+not be named like one of them (its series would overwrite theirs)."""
 
 
 def build_rewards(
     specs: Sequence[RewardOptions],
+    names: Sequence[str],
     load_model: Callable[[str, str | None], RewardModel] | None = None,
 ) -> Rewards:
-    """The configured rewards, each built once (patterns compiled, schemas checked,
-    reward models loaded) before the first step."""
+    """The configured rewards under their report names (``ReinforcementSpec.reward_names``),
+    each built once (patterns compiled, schemas checked, reward models loaded) before the
+    first step."""
     loader = load_model or (lambda uri, revision: load_reward_model(uri, revision))
-    names = reward_names([s.type for s in specs])
-    return Rewards(
-        tuple(
-            NamedReward(
-                name,
-                spec.type,
-                spec.weight,
-                _function(spec, f"reinforcement.rewards[{i}]", loader),
+    built = []
+    for i, (name, spec) in enumerate(zip(names, specs, strict=True)):
+        where = f"reinforcement.rewards[{i}]"
+        if name in STEP_METRICS:
+            raise ConfigError(
+                f"{where}.name: {name} is one of the per-step metrics "
+                f"({', '.join(sorted(STEP_METRICS))}); give the reward another name"
             )
-            for i, (name, spec) in enumerate(zip(names, specs, strict=True))
-        )
-    )
+        built.append(NamedReward(name, spec.type, spec.weight, _function(spec, where, loader)))
+    return Rewards(tuple(built))
