@@ -77,6 +77,20 @@ METHODS: dict[str, Bench] = {
         learning_rate=1e-3,
         note="the quickstart's LoRA (r 16, alpha 32, every linear projection) at its rate",
     ),
+    "vera": Bench(
+        method={"type": "vera", "vera": {"r": 256, "targetModules": TARGETS, "dInitial": 0.1}},
+        learning_rate=1e-2,
+        note="VeRA paper: r 256, d_initial 0.1 and a learning rate ~10x LoRA's (it trains "
+        "scaling vectors only)",
+    ),
+    "lora-fa": Bench(
+        method={
+            "type": "lora-fa",
+            "loraFa": {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": TARGETS},
+        },
+        learning_rate=1e-3,
+        note="LoRA-FA paper: LoRA's hyper-parameters (same r, alpha, rate), only B trains",
+    ),
 }
 
 
