@@ -22,6 +22,7 @@ from finetune_api.config.methods.lora import LoraSpec
 from finetune_api.config.methods.lora_fa import LoraFaSpec
 from finetune_api.config.methods.p_tuning import PTuningSpec
 from finetune_api.config.methods.prefix import PrefixSpec
+from finetune_api.config.methods.progressive import ProgressiveSpec
 from finetune_api.config.methods.prompt import PromptSpec
 from finetune_api.config.methods.vera import VeraSpec
 from finetune_api.plan.shape import Linear, ModelShape
@@ -234,17 +235,38 @@ def _full(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
 def _freeze(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
     options = job.method.options()
     assert isinstance(options, FreezeSpec)
-    top = min(options.trainable_layers, shape.layers)
+    return _top_blocks(shape, job.task, num_labels, min(options.trainable_layers, shape.layers))
+
+
+def _progressive(shape: ModelShape, job: JobSections, num_labels: int) -> Trainable:
+    """The largest set the schedule reaches (the planner's peak): its end when the spec
+    alone says when the run ends in the schedule's unit (maxSteps with everySteps;
+    epochs with everyEpochs, which do not depend on the steps per epoch), else every
+    block it may unfreeze (maxBlocks)."""
+    options = job.method.options()
+    assert isinstance(options, ProgressiveSpec)
+    steps, epochs = job.training.max_steps, job.training.epochs
+    top = options.final_blocks(shape.layers)
+    if options.every_steps is not None and steps is not None:
+        top = options.blocks_at(steps, shape.layers, steps_per_epoch=1)
+    elif options.every_steps is None and steps is None:
+        # step epochs x s of s per epoch, counted in epochs: the same for every s
+        top = options.blocks_at(epochs, shape.layers, steps_per_epoch=1)
+    return _top_blocks(shape, job.task, num_labels, top)
+
+
+def _top_blocks(shape: ModelShape, task: str, num_labels: int, top: int) -> Trainable:
+    """The top ``top`` blocks, the final norm and the head train (freeze, progressive)."""
     lowest = shape.layers - top
     linears = tuple(lin for i in range(lowest, shape.layers) for lin in shape.block_linears(i))
     tensors = _linear_tensors(linears)
     tensors.append((top * shape.block_other + shape.final_params,))
-    if job.task == "sequence-classification":
-        tensors += head_tensors(shape, job.task, num_labels)
+    if task == "sequence-classification":
+        tensors += head_tensors(shape, task, num_labels)
     else:
         # The language-model head; tied to the input embeddings, it trains them too.
         tensors.append((shape.vocab, shape.hidden))
-    if job.task != "sequence-classification" and shape.head_params == 0:
+    if task != "sequence-classification" and shape.head_params == 0:
         # A head tied to the input embeddings trains them: backward runs down to the
         # embeddings, through every block, which all keep their activations.
         lowest = 0
@@ -315,6 +337,7 @@ TRAINABLE: dict[str, TrainableFn] = {
     "vera": _vera,
     "lora-fa": _lora_fa,
     "adapter": _adapter,
+    "progressive": _progressive,
 }
 """The planner's entry for every ``method.type``."""
 
