@@ -159,5 +159,24 @@ def test_the_docs_document_every_metric() -> None:
 
     page = Path(__file__).resolve().parents[2] / "docs" / "operations" / "metrics.md"
     text = page.read_text()
-    for name in [*GAUGES, "eval_score{name}", "job_info{job,method,task}"]:
+    for name in [*GAUGES, "eval_score{name}", "step_metric{name}", "job_info{job,method,task}"]:
         assert f"`finetune_trainer_{name}`" in text, name
+
+
+def test_a_steps_extras_reach_the_json_line_and_a_labelled_gauge() -> None:
+    """Reinforcement's per-step numbers (StepReport.extras) are in the step's JSON line
+    (NaN as null) and on /metrics as finetune_trainer_step_metric{name}; they never
+    replace the loop's own fields."""
+    out = io.StringIO()
+    extras = {"reward": 0.75, "kl": 0.01, "exactMatch": 0.5, "clipFraction": math.nan, "loss": 9}
+    with Telemetry(port=0, addr="127.0.0.1", progress=LINES, stream=out) as telemetry:
+        assert telemetry.port is not None
+        telemetry.on_step(report(extras=extras))
+        metrics = scrape(telemetry.port)
+    line = json.loads(out.getvalue())
+    assert line["reward"] == 0.75 and line["kl"] == 0.01 and line["exactMatch"] == 0.5
+    assert line["clipFraction"] is None
+    assert line["loss"] == 1.25  # the loop's loss, not an extra of the same name
+    gauge = metrics["finetune_trainer_step_metric"]
+    assert gauge[(("name", "reward"),)] == 0.75
+    assert gauge[(("name", "exactMatch"),)] == 0.5

@@ -17,7 +17,7 @@ setup steps and :func:`train` calls itself when given none.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -150,6 +150,10 @@ class TrainHooks:
     """Polled after every step (SIGTERM): True saves a checkpoint and raises Preempted."""
     carry: dict[str, Any] = field(default_factory=dict)
     """JSON-ready data saved with every checkpoint (``LoopState.carry``)."""
+    step_metrics: Callable[[], dict[str, float]] | None = None
+    """The loss's own numbers of the step just taken (reinforcement's rewards), called
+    once per step after its micro-batches; they go into the history, the StepReport,
+    the JSON progress line and the gauges."""
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -354,6 +358,8 @@ class StepTotals:
     grad_norm: float | None
     stop_requested: bool
     """Some rank was asked to stop (SIGTERM): every rank then saves and stops together."""
+    extras: Mapping[str, float] = field(default_factory=dict)
+    """``hooks.step_metrics``' numbers, averaged over the ranks."""
 
 
 def optimizer_step(loop: _Loop, group: StepGroup, step: int) -> StepTotals:
@@ -375,7 +381,21 @@ def optimizer_step(loop: _Loop, group: StepGroup, step: int) -> StepTotals:
     loss_all, tokens_all, samples_all, stop_votes = _all_ranks(
         loop.accelerator, [loss, tokens, samples, float(stop_requested)]
     )
-    return StepTotals(loss_all, int(tokens_all), int(samples_all), grad_norm, stop_votes > 0)
+    return StepTotals(
+        loss_all, int(tokens_all), int(samples_all), grad_norm, stop_votes > 0, _extras(loop)
+    )
+
+
+def _extras(loop: _Loop) -> dict[str, float]:
+    """The loss's numbers for this step, each the mean of the ranks' (every rank has the
+    same names: they come from the same configuration)."""
+    if loop.hooks.step_metrics is None:
+        return {}
+    mine = loop.hooks.step_metrics()
+    names = sorted(mine)
+    world = loop.accelerator.num_processes
+    summed = _all_ranks(loop.accelerator, [mine[n] for n in names]) if names else []
+    return {n: v / world for n, v in zip(names, summed, strict=True)}
 
 
 def _accumulate_gradients(
@@ -440,6 +460,7 @@ def record_step(
             "epoch": round(group.epoch, 4),
             "loss": totals.loss,
             "learningRate": learning_rate,
+            **totals.extras,
         }
     )
     loop.hooks.on_step(
@@ -453,6 +474,7 @@ def record_step(
             eta_seconds=clock.eta(step, loop.steps),
             grad_norm=totals.grad_norm,
             samples=result.samples,
+            extras=totals.extras,
         )
     )
 

@@ -35,6 +35,9 @@ class StepReport:
     grad_norm: float | None
     samples: int
     """Training examples (packed sequences count as one) consumed so far."""
+    extras: Mapping[str, float] = field(default_factory=dict)
+    """The loss's own numbers for this step (``TrainHooks.step_metrics``: reinforcement's
+    reward, rewardStd, kl, completionLength, clipFraction and each reward by name)."""
 
 
 @dataclass

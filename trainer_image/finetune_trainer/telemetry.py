@@ -105,6 +105,8 @@ def step_line(report: StepReport, peak_memory: int) -> Line:
     }
     if report.grad_norm is not None:
         line["gradNorm"] = _number(report.grad_norm)
+    for name, value in report.extras.items():
+        line.setdefault(name, _number(value))  # the loop's own fields keep their names
     return line
 
 
@@ -175,6 +177,13 @@ class Telemetry:
         self._eval_scores = Gauge(
             f"{PREFIX}_eval_score",
             "Every score of the latest periodic evaluation, by name (evalLoss, perplexity, ...).",
+            ["name"],
+            registry=self.registry,
+        )
+        self._step_metrics = Gauge(
+            f"{PREFIX}_step_metric",
+            "The loss's own numbers of the latest step, by name (reinforcement: reward, "
+            "rewardStd, kl, completionLength, clipFraction, each reward).",
             ["name"],
             registry=self.registry,
         )
@@ -287,6 +296,8 @@ class Telemetry:
         }
         for name, value in values.items():
             self._gauges[name].set(value)
+        for name, value in report.extras.items():
+            self._step_metrics.labels(name=name).set(value)
         self._write(step_line(report, peak))
 
     def on_eval(self, scores: Mapping[str, float | None], step: int | None = None) -> None:

@@ -309,8 +309,10 @@ def _function(
 STEP_METRICS: frozenset[str] = frozenset(
     {"reward", "rewardStd", "kl", "completionLength", "clipFraction"}
 )
-"""The per-step metrics of task reinforcement besides each reward by name: a reward may
-not be named like one of them (its series would overwrite theirs)."""
+"""The per-step metrics of task reinforcement besides each reward by name."""
+RESERVED_NAMES: frozenset[str] = STEP_METRICS | {"step", "epoch", "loss", "learningRate"}
+"""What a reward may not be named: its series would overwrite one of the step's own in
+the history and the progress line."""
 
 
 def build_rewards(
@@ -325,10 +327,10 @@ def build_rewards(
     built = []
     for i, (name, spec) in enumerate(zip(names, specs, strict=True)):
         where = f"reinforcement.rewards[{i}]"
-        if name in STEP_METRICS:
+        if name in RESERVED_NAMES:
             raise ConfigError(
                 f"{where}.name: {name} is one of the per-step metrics "
-                f"({', '.join(sorted(STEP_METRICS))}); give the reward another name"
+                f"({', '.join(sorted(RESERVED_NAMES))}); give the reward another name"
             )
         built.append(NamedReward(name, spec.type, spec.weight, _function(spec, where, loader)))
     return Rewards(tuple(built))
