@@ -78,7 +78,17 @@ def render_trainer_config(
             f"{job.metadata.name}"
         )
     sections = spec.model_dump(
-        include={"task", "model", "dataset", "method", "training", "evaluation", "tracking"}
+        include={
+            "task",
+            "model",
+            "dataset",
+            "method",
+            "training",
+            "evaluation",
+            "tracking",
+            "preference",
+            "reinforcement",
+        }
     )
     if max_steps is not None:
         sections["training"]["maxSteps"] = max_steps  # dumped by alias

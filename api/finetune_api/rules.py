@@ -81,6 +81,12 @@ class Facts:
     inputs: tuple[tuple[str, str], ...] = ()
     """Every location the run reads, as (field path, URI): the model, the data files,
     a distillation teacher; the output must be apart from each."""
+    formats: tuple[tuple[str, str], ...] = ()
+    """Every dataset format the run reads, as (field path, format)."""
+    packing: bool = False
+    """training.packing."""
+    sections: frozenset[str] = frozenset()
+    """The task-owned sections the spec sets (``preference``, ``reinforcement``)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,112 @@ def _tasks_with(feature: Callable[[str], bool]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the rules
+
+_FORMAT_COLUMNS: Final[dict[str, str]] = {
+    "messages": "messages",
+    "instruction": "instruction, input, output",
+    "prompt-completion": "prompt, completion",
+    "text": "text",
+    "classification": "text, label",
+    "preference": "prompt, chosen, rejected",
+    "prompts": "prompt, answer",
+}
+"""Each dataset format's columns, for an error message (a test holds it to DatasetFormat)."""
+
+
+def _formats_said(formats: Iterable[str]) -> str:
+    return " or ".join(f"format {f} ({_FORMAT_COLUMNS[f]})" for f in formats)
+
+
+def _format_fits_the_task(facts: Facts) -> Violation | None:
+    task = TASKS[facts.task]
+    for field, fmt in facts.formats:
+        if fmt not in task.formats:
+            readers = [t for t, info in TASKS.items() if fmt in info.formats]
+            return Violation(
+                field,
+                f"task {task.name} reads {_formats_said(task.formats)}, not {fmt}; set "
+                f"{field}: {task.formats[0]}, or task: {' or '.join(readers)} to read "
+                f"format {fmt}",
+            )
+    return None
+
+
+def _format_cel(fmt: str) -> str:
+    """CEL: the format ``fmt`` (a CEL expression) is one the spec's task reads."""
+    return " || ".join(
+        f"({_TASK} == '{name}' && {fmt} in {_cel_list(info.formats)})"
+        for name, info in TASKS.items()
+    )
+
+
+def _format_rule_cel() -> str:
+    spec = _format_cel("(has(self.dataset.format) ? self.dataset.format : 'messages')")
+    mixture = (
+        "!has(self.dataset.mixture) || self.dataset.mixture.all(m, !has(m.format) || "
+        f"{_format_cel('m.format')})"
+    )
+    return f"({spec}) && ({mixture})"
+
+
+_PACKING_TASKS: Final = _tasks_with(lambda t: TASKS[t].packs)
+
+
+def _packing_fits_the_task(facts: Facts) -> Violation | None:
+    if facts.packing and not TASKS[facts.task].packs:
+        return Violation(
+            "training.packing",
+            f"is for task {', '.join(_PACKING_TASKS)}: an example of task {facts.task} is "
+            "one unit (a classified text, a pair, a prompt), not tokens to fill a sequence "
+            "with; remove packing or set it to false",
+        )
+    return None
+
+
+def _method_fits_the_task(facts: Facts) -> Violation | None:
+    allowed = TASKS[facts.task].methods
+    if allowed is not None and facts.method not in allowed:
+        return Violation(
+            "method.type",
+            f"task {facts.task} does not train with method {facts.method}; use one of "
+            f"{', '.join(sorted(allowed))}",
+        )
+    return None
+
+
+def _method_cel() -> str:
+    limited = [
+        f"({_TASK} != '{name}' || self.method.type in {_cel_list(info.methods)})"
+        for name, info in TASKS.items()
+        if info.methods is not None
+    ]
+    return "!has(self.method) || !has(self.method.type) || (" + " && ".join(limited) + ")"
+
+
+def _preference_fits_the_task(facts: Facts) -> Violation | None:
+    if "preference" in facts.sections and facts.task != "preference":
+        return Violation(
+            "preference",
+            f"is the preference loss of task preference, not of task {facts.task}; remove "
+            "it, or set task: preference",
+        )
+    return None
+
+
+def _reinforcement_fits_the_task(facts: Facts) -> Violation | None:
+    given = "reinforcement" in facts.sections
+    if given and facts.task != "reinforcement":
+        return Violation(
+            "reinforcement",
+            f"is for task reinforcement, not {facts.task}; remove it, or set task: reinforcement",
+        )
+    if not given and facts.task == "reinforcement":
+        return Violation(
+            "reinforcement",
+            "is required by task reinforcement: set reinforcement.rewards (what a "
+            "completion earns), e.g. rewards: [{type: exactMatch}]",
+        )
+    return None
 
 
 def _early_stopping_needs_periodic_evaluation(facts: Facts) -> Violation | None:
@@ -259,6 +371,40 @@ def _pod_names_fit(facts: Facts) -> Violation | None:
     return None
 
 
+_GROWING = ["progressive"]
+"""Methods whose trainable set grows while training (progressive unfreezing)."""
+
+
+def _early_stopping_fits_the_method(facts: Facts) -> Violation | None:
+    """Early stopping ends with the best evaluation's trainable weights; a block that
+    joined after that evaluation has none saved from then, so the model restored would
+    mix the best step's weights with later ones."""
+    if facts.early_stopping_metric is not None and facts.method in _GROWING:
+        return Violation(
+            "training.earlyStopping",
+            f"cannot restore the best evaluation's weights with method.type {facts.method}: "
+            "blocks unfrozen after it were not saved then; remove earlyStopping "
+            "(evaluation.everySteps still reports the metric), or use type freeze",
+        )
+    return None
+
+
+def _growing_set_trains_in_one_process(facts: Facts) -> Violation | None:
+    """DDP registers gradient averaging on the parameters that require a gradient when
+    it wraps the model, and FSDP fixes what it shards as trainable: a block unfrozen
+    later would train unsynchronised."""
+    if facts.method not in _GROWING:
+        return None
+    fix = f"; method.type {facts.method} trains in one process: use gpus 1, or type freeze"
+    if facts.strategy == "fsdp":
+        return Violation(facts.strategy_field, f"fsdp cannot shard a growing trainable set{fix}")
+    if facts.nodes > 1:
+        return Violation("resources.nodes", f"{facts.nodes} nodes are several processes{fix}")
+    if facts.gpus is not None and facts.gpus > 1:
+        return Violation("resources.gpus", f"{facts.gpus} GPUs are several processes{fix}")
+    return None
+
+
 def _fp16_needs_a_gpu(facts: Facts) -> Violation | None:
     if facts.gpus == 0 and facts.precision == "fp16":
         return Violation(
@@ -292,8 +438,10 @@ def _output_apart_from_inputs(facts: Facts) -> Violation | None:
 _VIRTUAL_TOKENS = ["p-tuning", "prefix", "prompt"]
 """Methods whose adapter is virtual tokens, not weights: nothing to merge (a test holds
 this to the registry's ``virtual_tokens``)."""
-_WHOLE_MODELS = ["freeze", "full"]
+_WHOLE_MODELS = ["freeze", "full", "progressive"]
 """Methods that publish a whole model already (the registry's ``artifact: model``)."""
+_NON_LINEAR = ["adapter"]
+"""Adapters that are modules, not weight changes: nothing a merge could write."""
 
 
 def _merge_needs_a_weight_adapter(facts: Facts) -> Violation | None:
@@ -313,6 +461,13 @@ def _merge_needs_a_weight_adapter(facts: Facts) -> Violation | None:
             "output.merge",
             f"method.type {facts.method} publishes a whole model already: there is no "
             "adapter to merge; remove output.merge",
+        )
+    if facts.method in _NON_LINEAR:
+        return Violation(
+            "output.merge",
+            f"method.type {facts.method} cannot be merged: bottleneck adapters are non-linear "
+            "modules, which no change to the base weights reproduces; remove output.merge "
+            "(finetune generate loads the base with the adapter), or use lora",
         )
     return None
 
@@ -389,6 +544,51 @@ def _gate_settings_summary() -> str:
 
 RULES: Final[tuple[Rule, ...]] = (
     Rule(
+        "format-fits-the-task",
+        "dataset.format",
+        "job",
+        _format_fits_the_task,
+        "dataset.format (and each dataset.mixture format) must be one the task reads ("
+        + "; ".join(f"{n}: {', '.join(i.formats)}" for n, i in TASKS.items())
+        + ")",
+        _format_rule_cel(),
+    ),
+    Rule(
+        "packing-fits-the-task",
+        "training.packing",
+        "job",
+        _packing_fits_the_task,
+        f"training.packing is for task {', '.join(_PACKING_TASKS)}",
+        f"{_TASK} in {_cel_list(_PACKING_TASKS)} || !has(self.training) || "
+        "!has(self.training.packing) || !self.training.packing",
+    ),
+    Rule(
+        "method-fits-the-task",
+        "method.type",
+        "job",
+        _method_fits_the_task,
+        "method.type must be one the task trains with ("
+        + "; ".join(f"{n}: {', '.join(sorted(i.methods))}" for n, i in TASKS.items() if i.methods)
+        + ")",
+        _method_cel(),
+    ),
+    Rule(
+        "preference-fits-the-task",
+        "preference",
+        "job",
+        _preference_fits_the_task,
+        "preference is for task preference",
+        f"!has(self.preference) || {_TASK} == 'preference'",
+    ),
+    Rule(
+        "reinforcement-fits-the-task",
+        "reinforcement",
+        "job",
+        _reinforcement_fits_the_task,
+        "reinforcement is required by task reinforcement, and for it only",
+        f"has(self.reinforcement) == ({_TASK} == 'reinforcement')",
+    ),
+    Rule(
         "early-stopping-needs-periodic-evaluation",
         "training.earlyStopping",
         "job",
@@ -452,12 +652,14 @@ RULES: Final[tuple[Rule, ...]] = (
         _merge_needs_a_weight_adapter,
         "output.merge needs a weight adapter: method.type "
         + ", ".join(_VIRTUAL_TOKENS)
-        + " (virtual tokens) and "
+        + " (virtual tokens), "
         + ", ".join(_WHOLE_MODELS)
-        + " (whole models) have nothing to merge",
+        + " (whole models) and "
+        + ", ".join(_NON_LINEAR)
+        + " (non-linear modules) have nothing to merge",
         "!has(self.output) || !has(self.output.merge) || !self.output.merge || "
         "!has(self.method) || !has(self.method.type) || "
-        f"!(self.method.type in {_cel_list(_VIRTUAL_TOKENS + _WHOLE_MODELS)})",
+        f"!(self.method.type in {_cel_list(_VIRTUAL_TOKENS + _WHOLE_MODELS + _NON_LINEAR)})",
     ),
     Rule(
         "gate-metric-fits-the-task",
@@ -520,6 +722,31 @@ RULES: Final[tuple[Rule, ...]] = (
         "!has(self.training) || !has(self.training.precision) || "
         "self.training.precision != 'fp16' || (has(self.resources) && "
         "has(self.resources.gpus) && self.resources.gpus > 0)",
+    ),
+    Rule(
+        "early-stopping-fits-the-method",
+        "training.earlyStopping",
+        "job",
+        _early_stopping_fits_the_method,
+        "training.earlyStopping cannot restore the best weights of method.type "
+        + ", ".join(_GROWING)
+        + " (blocks unfrozen later were not saved then): remove it",
+        "!has(self.training) || !has(self.training.earlyStopping) || !has(self.method) || "
+        f"!has(self.method.type) || !(self.method.type in {_cel_list(_GROWING)})",
+    ),
+    Rule(
+        "growing-set-trains-in-one-process",
+        "resources.gpus",
+        "cluster",
+        _growing_set_trains_in_one_process,
+        "method.type "
+        + ", ".join(_GROWING)
+        + " trains in one process: resources.gpus at most 1, nodes 1, no fsdp",
+        "!has(self.method) || !has(self.method.type) || "
+        f"!(self.method.type in {_cel_list(_GROWING)}) || !has(self.resources) || "
+        "((!has(self.resources.gpus) || self.resources.gpus <= 1) && "
+        "(!has(self.resources.nodes) || self.resources.nodes <= 1) && "
+        "(!has(self.resources.strategy) || self.resources.strategy != 'fsdp'))",
     ),
 )
 

@@ -13,16 +13,40 @@ import typing
 from dataclasses import dataclass
 from typing import Final, Literal
 
-TaskName = Literal["causal-lm", "sequence-classification"]
+TaskName = Literal[
+    "causal-lm", "sequence-classification", "reward-model", "preference", "reinforcement"
+]
 
-EvalMetric = Literal["evalLoss", "perplexity", "tokenAccuracy", "accuracy", "macroF1"]
+EvalMetric = Literal[
+    "evalLoss",
+    "perplexity",
+    "tokenAccuracy",
+    "accuracy",
+    "macroF1",
+    "pairwiseAccuracy",
+    "meanMargin",
+    "preferenceAccuracy",
+    "rewardAccuracy",
+    "rewardMargin",
+    "meanReward",
+]
 """Every score a periodic evaluation can report (early stopping picks one)."""
 
-Unit = Literal["fraction", "fraction change", "loss", "loss change", "perplexity"]
+Unit = Literal[
+    "fraction",
+    "fraction change",
+    "loss",
+    "loss change",
+    "perplexity",
+    "reward",
+    "log-probability",
+]
 """How a score is measured. ``fraction``: 0 to 1, never a percentage (a CLI may print
 one); ``fraction change``: a difference of two fractions, -1 to 1; ``loss``: mean
-cross-entropy in nats, 0 or more; ``loss change``: a difference of two losses;
-``perplexity``: exp(loss), 1 or more."""
+loss in nats (cross-entropy, or a preference loss), 0 or more; ``loss change``: a
+difference of two losses; ``perplexity``: exp(loss), 1 or more; ``reward``: a score
+on the reward's own scale, any real number; ``log-probability``: a sum of token
+log-probabilities in nats, 0 or less."""
 
 Better = Literal["higher", "lower"]
 
@@ -53,11 +77,19 @@ class MetricInfo:
             "loss": (0.0, None),
             "loss change": (-math.inf, None),
             "perplexity": (1.0, None),
+            "reward": (-math.inf, None),
+            "log-probability": (-math.inf, 0.0),
         }[self.unit]
 
 
 _LM: Final[tuple[TaskName, ...]] = ("causal-lm",)
 _CLS: Final[tuple[TaskName, ...]] = ("sequence-classification",)
+_RM: Final[tuple[TaskName, ...]] = ("reward-model",)
+_PREF: Final[tuple[TaskName, ...]] = ("preference",)
+_RL: Final[tuple[TaskName, ...]] = ("reinforcement",)
+_GENERATING: Final[tuple[TaskName, ...]] = ("causal-lm", "preference")
+"""The tasks whose held-out greedy generations are scored against a reference answer
+(``TaskInfo.generates``; a test holds the two together)."""
 _GENERATIONS = "evaluation.exactMatchSamples > 0"
 
 METRICS: Final[dict[str, MetricInfo]] = {
@@ -68,8 +100,9 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "loss",
             "lower",
             "Validation loss: cross-entropy per label token (causal-lm) or per example "
-            "(classification).",
-            ("causal-lm", "sequence-classification"),
+            "(classification); the Bradley-Terry loss per pair (reward-model); the "
+            "configured preference.loss per pair (preference).",
+            ("causal-lm", "sequence-classification", "reward-model", "preference"),
         ),
         MetricInfo("perplexity", "perplexity", "lower", "exp(evalLoss).", _LM),
         MetricInfo(
@@ -84,8 +117,9 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "fraction",
             "higher",
             "Share of the evaluation.exactMatchSamples validation rows whose greedy "
-            "generation equals the reference answer (surrounding whitespace stripped).",
-            _LM,
+            "generation equals the reference answer (surrounding whitespace stripped; for "
+            "preference, the chosen answer).",
+            _GENERATING,
             _GENERATIONS,
         ),
         MetricInfo(
@@ -93,7 +127,7 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "fraction",
             "higher",
             "Mean ROUGE-L F1 of the generations against the reference answers (torchmetrics).",
-            _LM,
+            _GENERATING,
             _GENERATIONS,
         ),
         MetricInfo(
@@ -102,7 +136,7 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "higher",
             "Corpus BLEU of the generations against the reference answers (sacrebleu, its "
             "0-100 score divided by 100).",
-            _LM,
+            _GENERATING,
             _GENERATIONS,
         ),
         MetricInfo(
@@ -111,7 +145,7 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "higher",
             "Corpus chrF of the generations against the reference answers (sacrebleu, its "
             "0-100 score divided by 100).",
-            _LM,
+            _GENERATING,
             _GENERATIONS,
         ),
         MetricInfo(
@@ -120,7 +154,7 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "higher",
             "Mean BERTScore F1 of the generations against the reference answers, with the "
             "encoder evaluation.bertScore.model names (torchmetrics, no baseline rescaling).",
-            _LM,
+            _GENERATING,
             "evaluation.bertScore",
         ),
         MetricInfo(
@@ -189,6 +223,74 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "evaluation.retention",
             before=False,
         ),
+        MetricInfo(
+            "pairwiseAccuracy",
+            "fraction",
+            "higher",
+            "Share of held-out pairs whose chosen answer the reward model scores higher than "
+            "the rejected one.",
+            _RM,
+        ),
+        MetricInfo(
+            "meanMargin",
+            "reward",
+            "higher",
+            "Mean of score(chosen) - score(rejected) over the held-out pairs, in the reward "
+            "model's units.",
+            _RM,
+        ),
+        MetricInfo(
+            "preferenceAccuracy",
+            "fraction",
+            "higher",
+            "Share of held-out pairs where the model's mean per-token log-probability of the "
+            "chosen answer exceeds the rejected one's: the model's own preference, "
+            "comparable before and after training for every preference.loss.",
+            _PREF,
+        ),
+        MetricInfo(
+            "rewardAccuracy",
+            "fraction",
+            "higher",
+            "Share of held-out pairs whose implicit reward (the loss's: beta x (log-prob - "
+            "reference log-prob) for dpo and ipo, beta x mean log-prob for simpo, the "
+            "log-odds for orpo) is higher for the chosen answer.",
+            _PREF,
+            before=False,
+        ),
+        MetricInfo(
+            "rewardMargin",
+            "reward",
+            "higher",
+            "Mean implicit reward of the chosen answer minus the rejected one's over the "
+            "held-out pairs (see rewardAccuracy).",
+            _PREF,
+            before=False,
+        ),
+        MetricInfo(
+            "chosenLogps",
+            "log-probability",
+            "higher",
+            "Mean over the held-out pairs of the summed log-probability of the chosen "
+            "answer's tokens.",
+            _PREF,
+        ),
+        MetricInfo(
+            "rejectedLogps",
+            "log-probability",
+            "lower",
+            "Mean over the held-out pairs of the summed log-probability of the rejected "
+            "answer's tokens.",
+            _PREF,
+        ),
+        MetricInfo(
+            "meanReward",
+            "reward",
+            "higher",
+            "Mean combined reward (reinforcement.rewards, weighted) of greedy completions of "
+            "the held-out prompts.",
+            _RL,
+        ),
     )
 }
 """Every score metrics.json and status.metrics can carry, once. A ``<name>Before``
@@ -213,8 +315,27 @@ class TaskInfo:
     distillation: bool
     """Whether a teacher's token distributions can be learned from (training.distillation)."""
     loss_over: Literal["label tokens", "examples"]
-    """What a step's loss is averaged over."""
+    """What a step's loss is averaged over (examples: a pair, a prompt)."""
+    formats: tuple[str, ...]
+    """The dataset formats (``dataset.format``) this task reads."""
+    methods: frozenset[str] | None = None
+    """The methods (``method.type``) that can train it; None: every method."""
+    description: str = ""
+    """One sentence for ``spec.task``'s reference."""
 
+    @property
+    def packs(self) -> bool:
+        """Whether training.packing applies: several examples in one sequence under a
+        block mask only make sense when the loss is over label tokens (a pair, a prompt
+        or a classified text is one unit)."""
+        return self.loss_over == "label tokens"
+
+
+_ALIGNMENT_METHODS: Final = frozenset({"lora", "qlora", "full", "freeze"})
+"""The methods the preference and reinforcement tasks train with: weight methods, whose
+reference policy is the same model with the adapter switched off (or a frozen copy for
+full and freeze). The prompt-learning methods (prefix, prompt, p-tuning) are not among
+them: their virtual tokens shift every position the pair's log-probabilities are read at."""
 
 TASKS: Final[dict[str, TaskInfo]] = {
     "causal-lm": TaskInfo(
@@ -224,6 +345,8 @@ TASKS: Final[dict[str, TaskInfo]] = {
         generates=True,
         distillation=True,
         loss_over="label tokens",
+        formats=("messages", "instruction", "prompt-completion", "text"),
+        description="supervised fine-tuning or continued pretraining of a decoder language model.",
     ),
     "sequence-classification": TaskInfo(
         name="sequence-classification",
@@ -232,8 +355,53 @@ TASKS: Final[dict[str, TaskInfo]] = {
         generates=False,
         distillation=False,
         loss_over="examples",
+        formats=("classification",),
+        description="a classification head on the model, trained on dataset.format classification.",
+    ),
+    "reward-model": TaskInfo(
+        name="reward-model",
+        auto_class="AutoModelForSequenceClassification",
+        metrics=("evalLoss", "pairwiseAccuracy", "meanMargin"),
+        generates=False,
+        distillation=False,
+        loss_over="examples",
+        formats=("preference",),
+        methods=_ALIGNMENT_METHODS,
+        description="a scalar scoring head (one output) trained on dataset.format preference "
+        "pairs with the Bradley-Terry loss; the published set is a reward for task "
+        "reinforcement (reinforcement.rewards type model).",
+    ),
+    "preference": TaskInfo(
+        name="preference",
+        auto_class="AutoModelForCausalLM",
+        metrics=("evalLoss", "preferenceAccuracy", "rewardAccuracy", "rewardMargin"),
+        generates=True,
+        distillation=False,
+        loss_over="examples",
+        formats=("preference",),
+        methods=_ALIGNMENT_METHODS,
+        description="preference tuning of a language model (DPO, IPO, SimPO, ORPO: the "
+        "preference section) on dataset.format preference pairs.",
+    ),
+    "reinforcement": TaskInfo(
+        name="reinforcement",
+        auto_class="AutoModelForCausalLM",
+        metrics=("meanReward",),
+        generates=False,
+        distillation=False,
+        loss_over="examples",
+        formats=("prompts",),
+        methods=_ALIGNMENT_METHODS,
+        description="online reinforcement learning (GRPO): completions sampled for each "
+        "dataset.format prompts row are scored by the reinforcement section's rewards.",
     ),
 }
 
 assert set(TASKS) == set(typing.get_args(TaskName)), "every task name has one entry"
 assert set(typing.get_args(EvalMetric)) <= set(METRICS), "every periodic metric is described"
+assert {n for n, t in TASKS.items() if t.generates} == set(_GENERATING), "one list of generators"
+
+
+def task_description() -> str:
+    """``spec.task``'s reference: every task, from this table."""
+    return " ".join(f"{name}: {info.description}" for name, info in TASKS.items())

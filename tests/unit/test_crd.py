@@ -23,6 +23,7 @@ from finetune_api.config import DatasetSpec, JobSections, MethodSpec, MethodType
 from finetune_api.crd import build_crd, render_crd_yaml
 from finetune_api.manifests import model_in
 from finetune_api.resource import FineTuneJobSpec, FineTuneJobStatus
+from finetune_api.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "finetunejobs.finetune-operator.io.yaml"
@@ -497,25 +498,34 @@ def test_dataset_cel_rules(schema: dict[str, Any]) -> None:
     assert at(schema, "spec.dataset.mixture")["maxItems"] == 64
 
 
-def test_task_cel_rules_pair_classification_with_its_task(schema: dict[str, Any]) -> None:
+def test_task_cel_rules_pair_each_task_with_its_formats(schema: dict[str, Any]) -> None:
     *rules, presence = at(schema, "spec")["x-kubernetes-validations"]
     # the sections' own rules come first; the cross-field rules' twins follow
     # (tests/unit/test_rule_parity.py)
     sections = JobSections.model_json_schema()["x-kubernetes-validations"]
     assert rules[: len(sections)] == sections
     assert "has(self.model) == has(oldSelf.model)" in presence["rule"]
-    fmt, mixture, packing, prompt_learning_packing = sections
-    assert "self.task == 'sequence-classification'" in fmt["rule"]
-    assert "self.dataset.format == 'classification'" in fmt["rule"]
-    assert "self.dataset.mixture.all(m, !has(m.format)" in mixture["rule"]
-    assert "self.training.packing" in packing["rule"]
+    (prompt_learning_packing,) = sections
     assert prompt_learning_packing["rule"].endswith(
         "!(self.method.type in ['p-tuning', 'prefix', 'prompt'])"
     )
+    by_message = {r["message"]: r["rule"] for r in rules}
+    fmt = next(rule for message, rule in by_message.items() if message.startswith("dataset.format"))
+    for task, info in TASKS.items():
+        assert f"== '{task}' && m.format in [" in fmt
+        assert all(f"'{f}'" in fmt for f in info.formats)
     # every field a rule names exists where the rule looks for it
-    for path in ("task", "dataset.format", "dataset.mixture", "training.packing", "method.type"):
+    for path in (
+        "task",
+        "dataset.format",
+        "dataset.mixture",
+        "training.packing",
+        "method.type",
+        "preference",
+        "reinforcement",
+    ):
         at(schema, f"spec.{path}")
-    assert at(schema, "spec.task")["enum"] == ["causal-lm", "sequence-classification"]
+    assert at(schema, "spec.task")["enum"] == list(TASKS)
 
 
 def test_method_cel_rules_cover_every_section(schema: dict[str, Any]) -> None:

@@ -44,6 +44,12 @@ DELETE = object()
 """A patch value that removes the key."""
 
 CLASSIFY = {"task": "sequence-classification", "dataset": {"format": "classification"}}
+PREFERENCE = {"task": "preference", "dataset": {"format": "preference"}}
+REINFORCEMENT = {
+    "task": "reinforcement",
+    "dataset": {"format": "prompts"},
+    "reinforcement": {"rewards": [{"type": "exactMatch"}]},
+}
 TEACHER = {"distillation": {"teacherUri": "hf://HuggingFaceTB/SmolLM2-360M-Instruct"}}
 
 # rule name -> (a patch that breaks it, a patch that keeps it), each applied to BASE_SPEC;
@@ -111,6 +117,44 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"training": {"precision": "fp16"}, "resources": {"gpus": 0}},
         {"training": {"precision": "fp16"}, "resources": {"gpus": 1}},
     ),
+    "early-stopping-fits-the-method": (
+        {
+            "method": {"type": "progressive"},
+            "training": {"earlyStopping": {"metric": "evalLoss"}},
+            "evaluation": {"everySteps": 5},
+        },
+        {
+            "method": {"type": "freeze"},
+            "training": {"earlyStopping": {"metric": "evalLoss"}},
+            "evaluation": {"everySteps": 5},
+        },
+    ),
+    "growing-set-trains-in-one-process": (
+        {"method": {"type": "progressive"}, "resources": {"gpus": 2}},
+        {"method": {"type": "progressive"}, "resources": {"gpus": 1}},
+    ),
+}
+CASES |= {
+    "format-fits-the-task": (
+        {"task": "preference"},  # reads dataset.format messages
+        PREFERENCE,
+    ),
+    "packing-fits-the-task": (
+        {**PREFERENCE, "training": {"packing": True}},
+        {"training": {"packing": True}},
+    ),
+    "method-fits-the-task": (
+        {**PREFERENCE, "method": {"type": "prefix"}},
+        {**PREFERENCE, "method": {"type": "full"}},
+    ),
+    "preference-fits-the-task": (
+        {"preference": {"loss": "ipo"}},
+        {**PREFERENCE, "preference": {"loss": "ipo"}},
+    ),
+    "reinforcement-fits-the-task": (
+        {k: v for k, v in REINFORCEMENT.items() if k != "reinforcement"},
+        REINFORCEMENT,
+    ),
 }
 # How the rule's spec field is named in a TrainerConfig, where it differs.
 TRAINER_FIELD = {"resources.strategy": "distributed.strategy"}
@@ -147,7 +191,19 @@ def trainer_config_json(body: dict[str, Any]) -> str:
     config = {
         "apiVersion": "trainer.finetune-operator.io/v1alpha1",
         "jobName": body["metadata"]["name"][:63],
-        **{k: spec[k] for k in ("task", "model", "dataset", "method", "training") if k in spec},
+        **{
+            k: spec[k]
+            for k in (
+                "task",
+                "model",
+                "dataset",
+                "method",
+                "training",
+                "preference",
+                "reinforcement",
+            )
+            if k in spec
+        },
         "evaluation": spec.get("evaluation", {}),
         "output": spec.get("output") or {"uri": "file:///tmp/parity-out"},
         "distributed": {
@@ -288,7 +344,16 @@ def rule_violation(rule: Rule, body: dict[str, Any]) -> tuple[str, str]:
     from finetune_api.resource import Resources
 
     spec = body["spec"]
-    keys = ("task", "model", "dataset", "method", "training", "evaluation")
+    keys = (
+        "task",
+        "model",
+        "dataset",
+        "method",
+        "training",
+        "evaluation",
+        "preference",
+        "reinforcement",
+    )
     sections = JobSections.model_validate({k: spec[k] for k in keys if k in spec})
     resources = Resources.model_validate(spec.get("resources", {}))
     facts = sections.rule_facts(

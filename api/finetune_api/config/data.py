@@ -18,12 +18,23 @@ from finetune_api.config.base import CamelModel, DatasetUri, SecretName
 
 # --------------------------------------------------------------------------- dataset
 
-DatasetFormat = Literal["messages", "instruction", "prompt-completion", "text", "classification"]
+DatasetFormat = Literal[
+    "messages",
+    "instruction",
+    "prompt-completion",
+    "text",
+    "classification",
+    "preference",
+    "prompts",
+]
 
 _FORMAT_DESCRIPTION = (
     "messages (chat turns), instruction (instruction/input/output), prompt-completion, "
-    "text (continued pretraining on raw text), or classification (a text, optionally a "
-    "second text, and a label; needs task: sequence-classification)."
+    "text (continued pretraining on raw text), classification (a text, optionally a "
+    "second text, and a label; needs task: sequence-classification), preference (a "
+    "prompt, a chosen and a rejected answer, each a string or a list of chat messages; "
+    "for task reward-model or preference), or prompts (a prompt and an optional reference "
+    "answer; for task reinforcement)."
 )
 
 
@@ -45,10 +56,32 @@ class ColumnMapping(CamelModel):
         default="output", min_length=1, description="Format instruction: the answer."
     )
     prompt: str = Field(
-        default="prompt", min_length=1, description="Format prompt-completion: the prompt."
+        default="prompt",
+        min_length=1,
+        description="Formats prompt-completion, preference and prompts: the prompt. For "
+        "preference and prompts, a string (one user turn) or a list of {role, content} "
+        "messages (the conversation so far).",
     )
     completion: str = Field(
         default="completion", min_length=1, description="Format prompt-completion: the completion."
+    )
+    chosen: str = Field(
+        default="chosen",
+        min_length=1,
+        description="Format preference: the preferred answer, a string or a list of "
+        "assistant {role, content} messages.",
+    )
+    rejected: str = Field(
+        default="rejected",
+        min_length=1,
+        description="Format preference: the dispreferred answer, a string or a list of "
+        "assistant {role, content} messages.",
+    )
+    answer: str = Field(
+        default="answer",
+        min_length=1,
+        description="Format prompts: an optional reference answer per prompt (what "
+        "reinforcement.rewards type exactMatch compares with); rows may leave it out.",
     )
     text: str = Field(
         default="text",
@@ -72,8 +105,8 @@ class ColumnMapping(CamelModel):
     system: str | None = Field(
         default=None,
         min_length=1,
-        description="Formats instruction and prompt-completion: a column with a system "
-        "prompt per row.",
+        description="Formats instruction, prompt-completion, preference and prompts: a "
+        "column with a system prompt per row.",
     )
 
 

@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from finetune_api import rules
+from finetune_api.config.alignment import PreferenceSpec, ReinforcementSpec
 from finetune_api.config.base import (
     TRAINER_CONFIG_VERSION,
     CamelModel,
@@ -29,7 +30,7 @@ from finetune_api.config.presets import PresetName, check_preset_name
 from finetune_api.config.tracking import TrackingSpec
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
 from finetune_api.redaction import redact_data
-from finetune_api.tasks import TaskName
+from finetune_api.tasks import TaskName, task_description
 
 # --------------------------------------------------------------------------- model
 
@@ -125,29 +126,6 @@ class DistributedSpec(CamelModel):
 
 Task = TaskName
 
-_IS_CLASSIFICATION_TASK = "(has(self.task) && self.task == 'sequence-classification')"
-_TASK_CEL_RULES: list[JsonValue] = [
-    # The CEL twins of `JobSections._task_matches_data`.
-    {
-        "rule": f"{_IS_CLASSIFICATION_TASK} == "
-        "(has(self.dataset.format) && self.dataset.format == 'classification')",
-        "message": "dataset.format classification goes with task sequence-classification, "
-        "and task sequence-classification with dataset.format classification",
-    },
-    {
-        "rule": "!has(self.dataset.mixture) || self.dataset.mixture.all(m, !has(m.format) "
-        f"|| ((m.format == 'classification') == {_IS_CLASSIFICATION_TASK}))",
-        "message": "a dataset.mixture source's format must be classification exactly when "
-        "task is sequence-classification",
-    },
-    {
-        "rule": f"!{_IS_CLASSIFICATION_TASK} || !has(self.training) || "
-        "!has(self.training.packing) || !self.training.packing",
-        "message": "training.packing is for causal-lm; a sequence-classification example "
-        "is one sequence with one label",
-    },
-]
-
 _PROMPT_LEARNING_CEL = ", ".join(f"'{m}'" for m in sorted(PROMPT_LEARNING_METHODS))
 _METHOD_CEL_RULES: list[JsonValue] = [
     # The CEL twin of `JobSections._packing_fits_the_method`.
@@ -165,15 +143,10 @@ class JobSections(CamelModel):
     """The sections a FineTuneJob spec and a TrainerConfig have in common."""
 
     model_config = CamelModel.model_config | ConfigDict(
-        json_schema_extra={"x-kubernetes-validations": _TASK_CEL_RULES + _METHOD_CEL_RULES}
+        json_schema_extra={"x-kubernetes-validations": _METHOD_CEL_RULES}
     )
 
-    task: Task = Field(
-        default="causal-lm",
-        description="causal-lm: supervised fine-tuning or continued pretraining of a decoder "
-        "language model. sequence-classification: a classification head on the model, "
-        "trained on dataset.format classification.",
-    )
+    task: Task = Field(default="causal-lm", description=task_description())
     model: ModelSource
     dataset: DatasetSpec
     method: MethodSpec = Field(default_factory=MethodSpec)
@@ -184,31 +157,22 @@ class JobSections(CamelModel):
         description="Experiment trackers the run reports to (MLflow, TensorBoard, Weights & "
         "Biases); none by default.",
     )
+    preference: PreferenceSpec | None = Field(
+        default=None,
+        description="Task preference only: the preference loss (dpo, ipo, simpo, orpo) and "
+        "its options. Default: loss dpo with beta 0.1.",
+    )
+    reinforcement: ReinforcementSpec | None = Field(
+        default=None,
+        description="Task reinforcement only, and required by it: how completions are "
+        "sampled (generations per prompt, length, temperature), scored (rewards) and "
+        "learned from (GRPO's clip range epsilon and KL weight beta).",
+    )
 
-    @model_validator(mode="after")
-    def _task_matches_data(self) -> Self:
-        classifying = self.task == "sequence-classification"
-        where = {"dataset.format": self.dataset.format}
-        for i, source in enumerate(self.dataset.mixture or []):
-            if source.format is not None:
-                where[f"dataset.mixture[{i}].format"] = source.format
-        for field, fmt in where.items():
-            if classifying and fmt != "classification":
-                raise ValueError(
-                    f"task is sequence-classification but {field} is {fmt}; set {field}: "
-                    "classification (rows with a text and a label column), or task: causal-lm"
-                )
-            if not classifying and fmt == "classification":
-                raise ValueError(
-                    f"{field} is classification but task is {self.task}; set task: "
-                    "sequence-classification to train a classification head"
-                )
-        if classifying and self.training.packing:
-            raise ValueError(
-                "training.packing is for causal-lm: a sequence-classification example is one "
-                "sequence with one label; remove packing or set it to false"
-            )
-        return self
+    @property
+    def preference_options(self) -> PreferenceSpec:
+        """The preference section, its defaults when the spec leaves it unset."""
+        return self.preference if self.preference is not None else PreferenceSpec()
 
     @model_validator(mode="after")
     def _packing_fits_the_method(self) -> Self:
@@ -260,6 +224,28 @@ class JobSections(CamelModel):
             inputs=self.input_uris(),
             gate_metrics=tuple(c.metric for c in self.evaluation.gate or ()),
             metric_settings=self.evaluation.metric_settings(),
+            formats=self.formats(),
+            packing=self.training.packing,
+            sections=frozenset(
+                name
+                for name, section in (
+                    ("preference", self.preference),
+                    ("reinforcement", self.reinforcement),
+                )
+                if section is not None
+            ),
+        )
+
+    def formats(self) -> tuple[tuple[str, str], ...]:
+        """Every dataset format the run reads, with its field path (rules.Facts.formats)."""
+        mixture = self.dataset.mixture or []
+        return (
+            ("dataset.format", self.dataset.format),
+            *(
+                (f"dataset.mixture[{i}].format", m.format)
+                for i, m in enumerate(mixture)
+                if m.format is not None
+            ),
         )
 
     def input_uris(self) -> tuple[tuple[str, str], ...]:
