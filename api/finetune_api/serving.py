@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from finetune_api.config.job import JobSections
+from finetune_api.config.methods import METHODS
 from finetune_api.config.methods.lora import LoraSpec
 from finetune_api.plan.shape import ModelShape
 from finetune_api.plan.trainable import trainable_for
@@ -56,6 +57,7 @@ _PEFT_TYPES: Final = {
     "prefix": "PREFIX_TUNING",
     "prompt": "PROMPT_TUNING",
     "p-tuning": "P_TUNING",
+    "adapter": "BOTTLENECK",  # not peft's: finetune_trainer.methods.bottleneck's format
 }
 """peft's ``peft_type`` for the other adapter methods (what their adapter_config says)."""
 
@@ -214,6 +216,6 @@ def job_vllm_compatibility(
     """Why the adapter ``job`` publishes would not load in vLLM started with
     ``--max-lora-rank max_lora_rank``: the answer before training, from the spec and the
     base model's ``config.json``."""
-    if job.method.type in ("full", "freeze"):
+    if METHODS[job.method.type].artifact == "model":
         return []  # a whole model: vLLM serves it as a base model, no LoRA involved
     return vllm_compatibility(adapter_config_for(job, model_config), max_lora_rank)

@@ -38,7 +38,11 @@ def test_method_spec_is_derived_from_the_entries() -> None:
     description = MethodSpec.model_fields["type"].description or ""
     for name in METHODS:
         assert name in description
-    assert {n for n, e in METHODS.items() if e.artifact == "model"} == {"full", "freeze"}
+    assert {n for n, e in METHODS.items() if e.artifact == "model"} == {
+        "full",
+        "freeze",
+        "progressive",
+    }
     assert [n for n, e in METHODS.items() if e.quantized_base] == ["qlora"]
 
 

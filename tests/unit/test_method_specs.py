@@ -24,6 +24,7 @@ from finetune_api.config import (
     QLoraSpec,
     TrainerConfig,
 )
+from finetune_api.config.methods.progressive import ProgressiveSpec
 from finetune_api.manifests import check_documents
 
 SPEC_CLASSES = {
@@ -36,6 +37,7 @@ SPEC_CLASSES = {
     "prefix": PrefixSpec,
     "prompt": PromptSpec,
     "p-tuning": PTuningSpec,
+    "progressive": ProgressiveSpec,
 }
 
 
@@ -75,8 +77,9 @@ def test_every_type_has_its_options_class_and_a_registered_method() -> None:
         options = MethodSpec(type=method_type).options()  # type: ignore[arg-type]
         assert type(options) is spec_class, method_type
         assert REGISTRY[method_type].name == method_type
-    assert {REGISTRY[t].artifact for t in ("full", "freeze")} == {"model"}
-    assert {REGISTRY[t].artifact for t in types if t not in ("full", "freeze")} == {"adapter"}
+    whole = ("full", "freeze", "progressive")
+    assert {REGISTRY[t].artifact for t in whole} == {"model"}
+    assert {REGISTRY[t].artifact for t in types if t not in whole} == {"adapter"}
 
 
 def test_p_tuning_options_live_under_ptuning_on_the_wire() -> None:

@@ -117,6 +117,8 @@ METHOD_CASES: list[tuple[str, dict[str, Any]]] = [
     ("p-tuning", {"numVirtualTokens": 5, "encoder": "lstm", "encoderHiddenSize": 16}),
     ("full", {}),
     ("freeze", {"trainableLayers": 1}),
+    # its first step's set is its last with maxBlocks = startBlocks (the planner's is the last)
+    ("progressive", {"everySteps": 1, "startBlocks": 1, "maxBlocks": 1}),
 ]
 
 

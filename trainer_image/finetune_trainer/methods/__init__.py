@@ -61,6 +61,13 @@ class MethodContext:
     task: str
     model_dir: Path
     tokenizer: PreTrainedTokenizerBase | None
+    steps_per_epoch: int | None = None
+    """Optimizer steps per pass over the training set (None where the caller has no
+    data: a method whose schedule is in epochs refuses then)."""
+    resumed_step: int = 0
+    """The checkpoint's step when the run resumes (0: a fresh run). A method whose
+    trainable set changes while training (progressive) must build the set of the step
+    after it: the checkpoint's weights are loaded into exactly the trainable ones."""
 
 
 def no_quantization(options: CamelModel, compute: Compute) -> BitsAndBytesConfig | None:

@@ -22,7 +22,13 @@ from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.distributed import full_state_dict, reshard
 from finetune_trainer.evaluation import EvalResult, retention_changes
 from finetune_trainer.logs import kv
-from finetune_trainer.recipe.scoring import Scorer, base_only, evaluation_extras
+from finetune_trainer.modeling import count_parameters
+from finetune_trainer.recipe.scoring import (
+    Scorer,
+    base_only,
+    evaluation_extras,
+    pair_evaluation,
+)
 from finetune_trainer.recipe.setup import (
     Hardware,
     TrainableModel,
@@ -36,10 +42,12 @@ from finetune_trainer.recipe.setup import (
     setup_loss,
     setup_method,
     setup_optimizer,
+    setup_reference,
+    setup_reference_logps,
     setup_reporting,
 )
 from finetune_trainer.state import Resume, TrainResult
-from finetune_trainer.steps import total_steps
+from finetune_trainer.steps import steps_per_epoch, total_steps
 from finetune_trainer.tasks import TASKS
 from finetune_trainer.telemetry import Telemetry
 from finetune_trainer.tracking import NO_TRACKERS, Trackers
@@ -107,16 +115,25 @@ def fine_tune(
     # After the data: a checkpoint belongs to the content of the model and data too.
     checkpoints = setup_checkpoints(config, hardware, files, data)
     base = setup_base_model(config, files, data, hardware, choice)
+    data = setup_reference_logps(config, base, data, files)
     scorer = Scorer(
-        files.tokenizer, data, config.evaluation, evaluation_extras(config, files.tokenizer)
+        files.tokenizer,
+        data,
+        config.evaluation,
+        evaluation_extras(config, files.tokenizer),
+        pair_evaluation(config),
     )
     before = _scores_before(scorer, base, checkpoints.resume, hardware)
     steps = total_steps(len(data.train), config.training, hardware.world)
-    trainable = setup_method(config, base, choice, files, hardware, steps)
+    per_epoch = steps_per_epoch(len(data.train), config.training, hardware.world)
+    reference = setup_reference(config, base, choice)  # before the method changes base
+    trainable = setup_method(
+        config, base, choice, files, hardware, steps, per_epoch=per_epoch, resume=checkpoints.resume
+    )
     if hardware.sharded and checkpoints.resume is None:
         before = _scores_before_sharded(scorer, trainable.model)
     # The method keeps the base vocabulary, which a distillation teacher must share.
-    loss = setup_loss(config, task, choice, hardware, base.config.vocab_size)
+    loss = setup_loss(config, task, choice, hardware, base.config.vocab_size, reference=reference)
     optimization = setup_optimizer(
         config, trainable.model, choice, steps, hardware, checkpoints.resume
     )
@@ -214,7 +231,9 @@ def _finish(
         return TrainedRun(model, tokenizer, {}, validation, main=False)
     metrics = run_metrics(result, before, after, scorer.data.report.as_dict())
     metrics.update(
-        trainableParameters=trainable.trainable,
+        # Counted again: a method may grow its trainable set while training (progressive);
+        # a sharded model keeps the count taken before sharding.
+        trainableParameters=trainable.trainable if hardware.sharded else count_parameters(model)[0],
         totalParameters=trainable.total,
         device=str(hardware.compute.device),
         precision=hardware.compute.precision,

@@ -10,12 +10,13 @@ different initial weights. Each step is otherwise independent of where it is cal
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,9 @@ from finetune_api.config.methods import MethodOptions
 from finetune_api.config.training import DistillationSpec
 from finetune_api.uri import Role
 from finetune_trainer import checkpoint
+from finetune_trainer.alignment.precompute import with_reference_logps
+from finetune_trainer.alignment.preference import PreferenceLoss
+from finetune_trainer.alignment.reference import AdapterOff, FrozenCopy, Precomputed, Reference
 from finetune_trainer.data.prepare import PreparedData, prepare_data
 from finetune_trainer.distributed import make_accelerator, shard_model
 from finetune_trainer.errors import ConfigError, StorageError
@@ -317,10 +321,21 @@ def setup_method(
     files: BaseModelFiles,
     hardware: Hardware,
     steps: int,
+    *,
+    per_epoch: int | None = None,
+    resume: Resume | None = None,
 ) -> TrainableModel:
-    """Apply the method to ``base``; recompute activations if asked; shard under FSDP."""
+    """Apply the method to ``base``; recompute activations if asked; shard under FSDP.
+    ``per_epoch`` (steps per epoch) and ``resume`` let a method whose trainable set
+    follows a schedule build the set of the step it resumes at (progressive)."""
     context = MethodContext(
-        hardware.load_compute, steps, config.task, files.directory, files.tokenizer
+        hardware.load_compute,
+        steps,
+        config.task,
+        files.directory,
+        files.tokenizer,
+        steps_per_epoch=per_epoch,
+        resumed_step=resume.state.step if resume is not None else 0,
     )
     model: torch.nn.Module = choice.method.apply(base, choice.options, context)
     trainable, total = count_parameters(model)
@@ -344,12 +359,27 @@ def setup_method(
 
 
 def setup_loss(
-    config: TrainerConfig, task: Task, choice: MethodChoice, hardware: Hardware, vocab_size: int
+    config: TrainerConfig,
+    task: Task,
+    choice: MethodChoice,
+    hardware: Hardware,
+    vocab_size: int,
+    *,
+    reference: Reference | None = None,
 ) -> LossFn:
     """The loss the loop minimises: the task's own or distillation from a teacher, plus
-    the method's own term (AdaLoRA's regulariser) when it has one."""
+    the method's own term (AdaLoRA's regulariser) when it has one. Task preference's
+    loss is built from its section, against ``reference`` (:func:`setup_reference`)."""
     spec = config.training.distillation
-    loss = task.loss if spec is None else _distillation(spec, config, hardware.compute, vocab_size)
+    loss: LossFn
+    if config.task == "preference":
+        loss = PreferenceLoss(config.preference_options, reference)
+    elif spec is not None:
+        loss = _distillation(spec, config, hardware.compute, vocab_size)
+    elif task.loss is not None:
+        loss = task.loss
+    else:
+        raise ConfigError(f"task: {config.task} has no loss in this trainer")
     if choice.method.loss_term is not None:
         loss = with_term(loss, choice.method.loss_term)
     return loss
@@ -375,6 +405,46 @@ def _distillation(
         kv(teacher=spec.teacher_uri, temperature=spec.temperature, weight=spec.weight),
     )
     return DistillationLoss(teacher, spec.temperature, spec.weight)
+
+
+# --------------------------------------------------------------------------- preference
+
+
+def setup_reference(
+    config: TrainerConfig, base: PreTrainedModel, choice: MethodChoice
+) -> Reference | None:
+    """The reference policy of a dpo or ipo run, taken before the method changes
+    ``base``: the model with its adapter switched off for an adapter method (no copy), a
+    frozen copy of the base for full and freeze, none per step when the training pairs
+    carry precomputed log-probabilities; None for every other task and loss."""
+    spec = config.preference_options
+    if config.task != "preference" or not spec.uses_reference:
+        return None
+    if spec.precompute_reference:
+        return Precomputed()
+    if choice.method.artifact == "adapter":
+        return AdapterOff()
+    log.info("reference %s", kv(kind="frozen copy of the base", method=choice.method.name))
+    return FrozenCopy(copy.deepcopy(base))
+
+
+def setup_reference_logps(
+    config: TrainerConfig, base: PreTrainedModel, data: PreparedData, files: BaseModelFiles
+) -> PreparedData:
+    """For dpo and ipo, ``data`` with the reference's log-probabilities of the held-out
+    pairs (what the evaluation's loss and rewards read), and of the training pairs with
+    ``preference.precomputeReference``. ``base`` is the base model before any method is
+    applied or any checkpoint loaded: the reference itself, on every attempt."""
+    spec = config.preference_options
+    if config.task != "preference" or not spec.uses_reference:
+        return data
+    batch_size, pad_id = config.evaluation.batch_size, files.tokenizer.pad_token_id
+    validation = with_reference_logps(base, data.validation, batch_size, pad_id)
+    train = data.train
+    if spec.precompute_reference:
+        train = with_reference_logps(base, data.train, batch_size, pad_id)
+        log.info("reference %s", kv(precomputed=len(train), loss=spec.loss))
+    return replace(data, train=train, validation=validation)
 
 
 # --------------------------------------------------------------------------- optimizer
