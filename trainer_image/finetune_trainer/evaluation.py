@@ -19,11 +19,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 
+from finetune_api.tasks import METRICS
 from finetune_trainer.data.batching import collate, length_grouped_batches
 from finetune_trainer.data.prepare import EvalSample, GeneralData
 from finetune_trainer.data.tokenize import TokenizedExample
@@ -57,10 +58,23 @@ def normalize(text: str) -> str:
     return text.strip()
 
 
+class Scores(Protocol):
+    """A set of scores on validation data: a loss and its metrics.json names; whether
+    greedy generations are scored beside them (``generations``)."""
+
+    generations: ClassVar[bool]
+
+    @property
+    def loss(self) -> float: ...
+
+    def as_metrics(self) -> dict[str, float]: ...
+
+
 @dataclass(frozen=True)
 class TokenScores:
     """Next-token scores over every label token of a set of examples."""
 
+    generations: ClassVar[bool] = True
     loss: float
     accuracy: float
     tokens: int
@@ -115,6 +129,7 @@ class ClassScore:
 class ClassScores:
     """Classification scores over a set of examples."""
 
+    generations: ClassVar[bool] = False
     loss: float
     accuracy: float
     macro_f1: float
@@ -385,7 +400,7 @@ def retention_changes(
 
 @dataclass(frozen=True)
 class EvalResult:
-    scores: TokenScores | ClassScores | None
+    scores: Scores | None
     exact_match: float | None = None
     rouge_l: float | None = None
     predictions: list[Prediction] = field(default_factory=list)
@@ -398,11 +413,13 @@ class EvalResult:
         return None if self.scores is None else self.scores.loss
 
     def as_metrics(self, suffix: str = "") -> dict[str, float | None]:
-        """Every score under its metrics.json name, each followed by ``suffix``."""
+        """Every score under its metrics.json name, each followed by ``suffix``; a
+        score that means nothing before training (``MetricInfo.before``) has no
+        ``Before`` twin."""
         values: dict[str, float | None] = {"evalLoss": None}
         if self.scores is not None:
             values.update(self.scores.as_metrics())
-        if not isinstance(self.scores, ClassScores):
+        if self.scores is None or self.scores.generations:
             values.update(exactMatch=self.exact_match, rougeL=self.rouge_l)
             if self.overlap is not None:
                 values.update(bleu=self.overlap.bleu, chrF=self.overlap.chrf)
@@ -410,6 +427,8 @@ class EvalResult:
                 values.update(bertScoreF1=self.bert_score_f1)
         if self.retention is not None:
             values.update(self.retention.as_metrics())
+        if suffix == "Before":
+            values = {k: v for k, v in values.items() if k not in METRICS or METRICS[k].before}
         return {f"{name}{suffix}": value for name, value in values.items()}
 
     def details(self, suffix: str = "") -> dict[str, object]:

@@ -26,8 +26,13 @@ from finetune_api.config import TrainerConfig
 from finetune_api.tasks import METRICS, TASKS
 from finetune_api.uri import Role, hf_dataset_parts, hf_output_parts, parse_uri, without_credentials
 
-PIPELINE_TAGS = {"causal-lm": "text-generation", "sequence-classification": "text-classification"}
-"""The Hub's pipeline tag (and model-index task type) of each ``spec.task``."""
+_PIPELINE_BY_CLASS = {
+    "AutoModelForCausalLM": "text-generation",
+    "AutoModelForSequenceClassification": "text-classification",
+}
+PIPELINE_TAGS = {name: _PIPELINE_BY_CLASS[info.auto_class] for name, info in TASKS.items()}
+"""The Hub's pipeline tag (and model-index task type) of each ``spec.task``, by the
+transformers class that loads its model (a reward model is a one-output classifier)."""
 LIBRARIES = ("torch", "transformers", "peft", "finetune-operator")
 """The libraries whose versions the card records: what loads the artifact, and what made it."""
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -88,7 +93,7 @@ def card_data(
     return ModelCardData(
         model_name=config.job_name,
         base_model=base_model_ref if is_hub_id(base_model_ref) else None,
-        library_name="peft" if artifact == "adapter" else "transformers",
+        library_name="transformers" if artifact == "model" or _bottleneck(config) else "peft",
         pipeline_tag=task_type,
         tags=["finetune-operator", config.method.type],
         datasets=hub_datasets(config) or None,
@@ -303,6 +308,20 @@ tokenizer = AutoTokenizer.from_pretrained({_py(where)}{rev})
 ```"""
     peft_class = auto_class.replace("AutoModel", "AutoPeftModel")
     base_fetch, base = _base_location(config, base_model_ref)
+    if _bottleneck(config):
+        return f"""{fetch}{base_fetch}Bottleneck adapters are not a peft format; the
+trainer's loader attaches them to the base (`finetune generate` does this for you):
+
+```python
+from pathlib import Path
+
+from finetune_trainer.methods.bottleneck import load_bottleneck_adapter
+from transformers import {auto_class}, AutoTokenizer
+
+base = {auto_class}.from_pretrained({_py(base)})
+model = load_bottleneck_adapter(base, Path({_py(where)}))
+tokenizer = AutoTokenizer.from_pretrained({_py(where)})
+```"""
     base_rev = (
         f", revision={_py(config.model.revision)}"
         if config and config.model.revision and base == config.model.uri.removeprefix("hf://")
@@ -333,6 +352,11 @@ base = {auto_class}.from_pretrained({_py(base)}{base_rev})
 model = PeftModel.from_pretrained(base, {_py(where)}{rev})
 tokenizer = AutoTokenizer.from_pretrained({_py(where)}{rev})
 ```"""
+
+
+def _bottleneck(config: TrainerConfig | None) -> bool:
+    """Method adapter publishes bottleneck adapters in the trainer's own format."""
+    return config is not None and config.method.type == "adapter"
 
 
 def _py(text: str) -> str:

@@ -100,7 +100,8 @@ def load_base_model(
 
     ``dropout`` overrides every dropout probability the model's config declares. For
     classification, ``labels`` (a LabelVocabulary) sizes the new head and names its
-    outputs; ``pad_token_id`` lets decoder classifiers find each row's last real token.
+    outputs; a reward model has one output; ``pad_token_id`` lets decoder classifiers
+    (and reward models) find each row's last real token.
     """
     from transformers import AutoConfig
 
@@ -109,7 +110,10 @@ def load_base_model(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if labels is not None:
         kwargs.update(num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id)
-    if pad_token_id is not None and task == "sequence-classification":
+    if task == "reward-model":
+        # One output: the score (a Bradley-Terry reward), read at each row's last token.
+        kwargs["num_labels"] = 1
+    if pad_token_id is not None and task in ("sequence-classification", "reward-model"):
         kwargs["pad_token_id"] = pad_token_id
     if dropout is not None:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)

@@ -79,3 +79,14 @@ def reference_logps(reference: Reference, model: torch.nn.Module, batch: Batch) 
     if REFERENCE_KEY in batch:
         return batch[REFERENCE_KEY].float()
     return reference.logps(model, batch)
+
+
+class Precomputed:
+    """The reference of ``preference.precomputeReference``: every training batch carries
+    its reference log-probabilities, computed before training."""
+
+    def logps(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        raise RuntimeError(
+            "preference.precomputeReference: a training batch has no precomputed reference "
+            "log-probabilities"
+        )

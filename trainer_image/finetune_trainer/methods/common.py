@@ -16,7 +16,13 @@ if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel, TaskType
     from transformers import PreTrainedModel
 
-_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS"}
+_TASK_TYPES = {
+    "causal-lm": "CAUSAL_LM",
+    "sequence-classification": "SEQ_CLS",
+    "reward-model": "SEQ_CLS",  # a one-output classifier: its score head trains and saves
+    "preference": "CAUSAL_LM",
+    "reinforcement": "CAUSAL_LM",
+}
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 

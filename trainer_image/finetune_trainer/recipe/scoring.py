@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from finetune_api.config import EvaluationSpec, TrainerConfig
+from finetune_trainer.alignment.scoring import PairEvaluation
 from finetune_trainer.data.prepare import PreparedData, prepare_general
 from finetune_trainer.distributed import reshard
-from finetune_trainer.evaluation import EvalResult, Extras, evaluate, scores_for
+from finetune_trainer.evaluation import EvalResult, Extras, Scores, evaluate, scores_for
 from finetune_trainer.logs import kv
 from finetune_trainer.storage.backends import Access, fetch_model_dir
 
@@ -35,6 +36,9 @@ class Scorer:
     spec: EvaluationSpec
     extras: Extras = field(default_factory=Extras)
     """The retention set and the BERTScore encoder, when the spec asks for them."""
+    pairs: PairEvaluation | None = None
+    """How a reward-model or preference run scores its held-out pairs (None: another
+    task)."""
 
     @property
     def class_names(self) -> list[str] | None:
@@ -45,31 +49,54 @@ class Scorer:
         """Scores on every validation example, plus generation scores for language
         models; logged with how long they took."""
         started = time.perf_counter()
-        result = evaluate(
-            model,
-            self.tokenizer,
-            self.data.validation,
-            self.data.eval_samples,
-            batch_size=self.spec.batch_size,
-            max_new_tokens=self.spec.max_new_tokens,
-            num_labels=self.class_names,
-            extras=self.extras,
-        )
+        if self.pairs is not None:
+            result = self.pairs.evaluate(
+                model,
+                self.tokenizer,
+                self.data.validation,
+                self.data.eval_samples,
+                batch_size=self.spec.batch_size,
+                max_new_tokens=self.spec.max_new_tokens,
+            )
+        else:
+            result = evaluate(
+                model,
+                self.tokenizer,
+                self.data.validation,
+                self.data.eval_samples,
+                batch_size=self.spec.batch_size,
+                max_new_tokens=self.spec.max_new_tokens,
+                num_labels=self.class_names,
+                extras=self.extras,
+            )
         shown = {k: round(v, 4) for k, v in result.as_metrics().items() if v is not None}
         log.info("eval %s", kv(when=when, **shown, seconds=round(time.perf_counter() - started)))
         return result
 
     def periodic(self, model: torch.nn.Module) -> dict[str, float]:
         """The cheap evaluation run every ``evaluation.everySteps`` (no generation)."""
-        scores = scores_for(
-            model,
-            self.data.validation,
-            self.spec.batch_size,
-            self.tokenizer.pad_token_id,
-            self.class_names,
-        )
+        scores: Scores | None
+        if self.pairs is not None:
+            scores = self.pairs.scores(
+                model, self.data.validation, self.spec.batch_size, self.tokenizer.pad_token_id
+            )
+        else:
+            scores = scores_for(
+                model,
+                self.data.validation,
+                self.spec.batch_size,
+                self.tokenizer.pad_token_id,
+                self.class_names,
+            )
         reshard(model)
         return {} if scores is None else scores.as_metrics()
+
+
+def pair_evaluation(config: TrainerConfig) -> PairEvaluation | None:
+    """How the held-out pairs of a reward-model or preference run are scored."""
+    if config.task not in ("reward-model", "preference"):
+        return None
+    return PairEvaluation(config.task, config.preference_options)
 
 
 def base_only(model: torch.nn.Module) -> AbstractContextManager[None]:
