@@ -87,7 +87,19 @@ messages = st.lists(
     max_size=4,
 )
 fields = st.one_of(st.text(max_size=20), st.integers(), st.floats(), st.none(), st.booleans())
-columns = ["messages", "instruction", "input", "output", "prompt", "completion", "text", "label"]
+columns = [
+    "messages",
+    "instruction",
+    "input",
+    "output",
+    "prompt",
+    "completion",
+    "text",
+    "label",
+    "chosen",
+    "rejected",
+    "answer",
+]
 near_valid_rows = st.dictionaries(
     st.sampled_from(columns),
     st.one_of(fields, messages),
@@ -102,6 +114,12 @@ valid_rows = st.one_of(
         st.text(max_size=30),
     ),
     st.builds(lambda t: {"text": t}, st.text(max_size=60)),
+    st.builds(
+        lambda p, c, r: {"prompt": p, "chosen": c, "rejected": r, "answer": c},
+        st.text(max_size=30) | messages,
+        st.text(max_size=30) | messages,
+        st.text(max_size=30) | messages,
+    ),
 )
 
 
@@ -142,7 +160,7 @@ def test_near_valid_rows_of_every_format_are_examples_or_a_data_error(
         outcome("".join(json.dumps(r) + "\n" for r in rows).encode(), ".jsonl", fmt)
 
 
-@pytest.mark.parametrize("fmt", ["messages", "text"])
+@pytest.mark.parametrize("fmt", ["messages", "text", "preference", "prompts"])
 @FUZZ
 @given(rows=st.lists(valid_rows | near_valid_rows, min_size=1, max_size=4))
 def test_whatever_passes_the_checks_tokenizes(

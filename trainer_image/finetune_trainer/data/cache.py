@@ -141,7 +141,7 @@ def _read_entry(path: Path, key: str, expected: int) -> list[TokenizedExample]:
         rejected = None
         if kind == "preference":
             rejected = (
-                arrays["rejected_ids"],
+                arrays["rejected_input_ids"],
                 arrays["rejected_labels"],
                 arrays["rejected_offsets"],
             )
