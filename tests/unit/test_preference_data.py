@@ -511,3 +511,48 @@ def test_a_corrupt_pair_entry_is_tokenized_again(tiny_tokenizer: Any, tmp_path: 
     again = prepared(tiny_tokenizer, path, "preference", format="preference")
 
     assert again.train == first.train and again.report.files_from_cache == 0
+
+
+@pytest.mark.parametrize(
+    ("task", "fmt", "section", "kind"),
+    [
+        ("reward-model", "preference", {}, PreferenceExample),
+        ("preference", "preference", {"preference": {"loss": "dpo"}}, PreferenceExample),
+        (
+            "reinforcement",
+            "prompts",
+            {"reinforcement": {"rewards": [{"type": "exactMatch"}]}},
+            PromptExample,
+        ),
+    ],
+)
+def test_setup_data_prepares_each_new_task_from_its_trainer_config(
+    tiny_tokenizer: Any,
+    tmp_path: Path,
+    task: str,
+    fmt: str,
+    section: dict[str, Any],
+    kind: type[TokenizedExample],
+) -> None:
+    from finetune_api.config import TrainerConfig
+    from finetune_trainer.recipe.setup import setup_data
+
+    rows = [{**row, "answer": row["chosen"]} for row in preference_rows(12)]
+    path = write_jsonl(tmp_path / "data.jsonl", rows)
+    config = TrainerConfig.model_validate(
+        {
+            "jobName": "align",
+            "task": task,
+            "model": {"uri": "file:///models/tiny"},
+            "dataset": {"train": f"file://{path}", "format": fmt},
+            "training": {"maxSteps": 2, "maxSeqLength": 64},
+            "output": {"uri": f"file://{tmp_path / 'out'}"},
+            **section,
+        }
+    )
+
+    data = setup_data(config, tiny_tokenizer)
+
+    assert data.train and data.validation
+    assert all(type(e) is kind for e in data.train + data.validation)
+    assert data.eval_samples and data.eval_samples[0].answer.startswith("colour ")
