@@ -27,25 +27,39 @@ vLLM is not used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from finetune_trainer.alignment.reference import (
+    FrozenCopy,
+    Reference,
+    evaluating,
+    unwrapped,
+)
 from finetune_trainer.alignment.rewards import Completion, Rewards
+from finetune_trainer.data.batching import collate_prompts
+from finetune_trainer.data.tokenize import PromptExample, TokenizedExample
+from finetune_trainer.errors import ModelError
+from finetune_trainer.evaluation import EvalResult, Prediction
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "GRPOLoss",
+    "MeanRewards",
+    "RewardEvaluation",
     "Sampling",
     "clipped_surrogate",
     "completion_mask",
     "group_advantages",
     "k3_kl",
     "token_logps",
+    "token_reference",
 ]
 
 STD_EPSILON = 1e-4
@@ -160,11 +174,6 @@ class _Sums:
     by_name: dict[str, float] = field(default_factory=dict)
 
 
-def _unwrapped(model: torch.nn.Module) -> Any:
-    """The model under DistributedDataParallel's wrapper (generate is not forwarded)."""
-    return getattr(model, "module", model)
-
-
 class GRPOLoss:
     """The loop's loss for task ``reinforcement`` (a LossFn), with the step's extras.
 
@@ -193,12 +202,13 @@ class GRPOLoss:
     def sample(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """G completions per prompt, ``[B * G, P + T]`` (prompts repeated, each group's
         completions consecutive), from the current policy in eval mode."""
-        s, inner = self.sampling, _unwrapped(model)
+        s, inner = self.sampling, unwrapped(model)
+        generate: Any = getattr(inner, "generate")  # noqa: B009 - transformers' own, untyped
         was_training = inner.training
         inner.eval()
         try:
             with torch.no_grad():
-                sequences: torch.Tensor = inner.generate(
+                sequences: torch.Tensor = generate(
                     input_ids=batch["input_ids"].repeat_interleave(s.generations, dim=0),
                     attention_mask=batch["attention_mask"].repeat_interleave(s.generations, dim=0),
                     do_sample=True,
@@ -225,7 +235,7 @@ class GRPOLoss:
         """The completions as the rewards read them (each with its prompt's reference)."""
         g, tok = self.sampling.generations, self.tokenizer
         prompt_texts = [
-            tok.decode(ids[keep.bool()].tolist(), skip_special_tokens=False)
+            _decode(tok, ids[keep.bool()].tolist())
             for ids, keep in zip(prompts, prompt_mask, strict=True)
         ]
         out = []
@@ -235,8 +245,8 @@ class GRPOLoss:
             out.append(
                 Completion(
                     prompt=prompt_texts[i // g],
-                    text=tok.decode(ids, skip_special_tokens=True),
-                    raw=tok.decode(ids, skip_special_tokens=False),
+                    text=_decode(tok, ids, skip_special=True),
+                    raw=_decode(tok, ids),
                     tokens=len(ids),
                     reference=self.references[row] if 0 <= row < len(self.references) else None,
                 )
@@ -314,3 +324,153 @@ class GRPOLoss:
             "clipFraction": sums.clipped / tokens,
             **{name: value / n for name, value in sums.by_name.items()},
         }
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def token_reference(reference: Reference) -> ReferenceLogps:
+    """The reference policy's token log-probabilities (no gradient, eval mode): the
+    policy itself with its adapter switched off (no second copy of the weights), or the
+    frozen copy of the base a full or freeze run keeps."""
+
+    def logps(
+        model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, length: int
+    ) -> torch.Tensor:
+        if isinstance(reference, FrozenCopy):
+            with evaluating(reference.model):
+                return token_logps(reference.model, ids, mask, length)
+        inner = unwrapped(model)
+        disable = getattr(inner, "disable_adapter", None)
+        if disable is None:
+            raise ModelError(
+                "the reinforcement reference is the adapter switched off, but the model has "
+                "no adapter; full and freeze runs keep a frozen copy of the base"
+            )
+        with evaluating(inner), disable():
+            return token_logps(inner, ids, mask, length)
+
+    return logps
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class MeanRewards:
+    """Mean rewards of greedy completions of held-out prompts (the Scores a run of task
+    reinforcement reports; there is no loss to evaluate, so ``evalLoss`` stays unset)."""
+
+    generations: ClassVar[bool] = False
+    mean_reward: float
+    by_name: dict[str, float]
+    prompts: int
+
+    @property
+    def loss(self) -> float:
+        return math.nan
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"meanReward": self.mean_reward}
+
+
+@dataclass(frozen=True)
+class RewardEvaluation:
+    """Task reinforcement's evaluation: each held-out prompt answered greedily (one
+    completion, ``reinforcement.maxNewTokens`` at most, as in training) and scored by the
+    run's rewards; ``meanReward`` is the mean combined reward, before and after."""
+
+    rewards: Rewards
+    max_new_tokens: int
+
+    def scores(
+        self,
+        model: torch.nn.Module,
+        validation: Sequence[TokenizedExample],
+        batch_size: int,
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> tuple[MeanRewards, list[Prediction]]:
+        prompts = [e for e in validation if isinstance(e, PromptExample)]
+        inner = unwrapped(model)
+        device = next(inner.parameters()).device
+        totals: list[float] = []
+        by_name: dict[str, float] = {}
+        predictions: list[Prediction] = []
+        with evaluating(inner):
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start : start + batch_size]
+                batch = collate_prompts(chunk, tokenizer.pad_token_id)
+                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                output = _greedy(inner, ids, mask, self.max_new_tokens, tokenizer)
+                completion = output[:, ids.size(1) :]
+                keep = completion_mask(completion, tokenizer.eos_token_id)
+                done = _completions(tokenizer, ids, mask, completion, keep, chunk)
+                scored = self.rewards.score(done)
+                totals.extend(scored.total)
+                for name, values in scored.by_name.items():
+                    by_name[name] = by_name.get(name, 0.0) + sum(values)
+                predictions.extend(Prediction(c.reference or "", c.text) for c in done)
+        n = max(1, len(totals))
+        mean = sum(totals) / n if totals else math.nan
+        return MeanRewards(mean, {k: v / n for k, v in by_name.items()}, len(totals)), predictions
+
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        validation: Sequence[TokenizedExample],
+        samples: Sequence[Any],
+        *,
+        batch_size: int,
+        max_new_tokens: int,
+    ) -> EvalResult:
+        """The full evaluation (the recipe's before and after); the predictions are the
+        greedy completions beside each prompt's reference answer."""
+        scores, predictions = self.scores(model, validation, batch_size, tokenizer)
+        return EvalResult(scores, predictions=predictions)
+
+
+def _greedy(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, tokenizer: Any
+) -> torch.Tensor:
+    output: torch.Tensor = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return output
+
+
+def _completions(
+    tokenizer: Any,
+    prompts: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion: torch.Tensor,
+    mask: torch.Tensor,
+    examples: Sequence[PromptExample],
+) -> list[Completion]:
+    """One completion per prompt (greedy), with each example's reference answer."""
+    out = []
+    for i, example in enumerate(examples):
+        ids = completion[i][mask[i].bool()].tolist()
+        out.append(
+            Completion(
+                prompt=_decode(tokenizer, prompts[i][prompt_mask[i].bool()].tolist()),
+                text=_decode(tokenizer, ids, skip_special=True),
+                raw=_decode(tokenizer, ids),
+                tokens=len(ids),
+                reference=example.reference,
+            )
+        )
+    return out
+
+
+def _decode(tokenizer: Any, ids: list[int], *, skip_special: bool = False) -> str:
+    """One sequence's text (``decode`` of one sequence is one string)."""
+    return str(tokenizer.decode(ids, skip_special_tokens=skip_special))

@@ -126,7 +126,7 @@ def json_schema_reward(schema: dict[str, Any]) -> Callable[[Completion], float]:
     The schema itself is checked here, once, so a malformed one fails the run at setup
     naming the field, not every completion silently scoring 0."""
     try:
-        import jsonschema
+        import jsonschema  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - the trainer extra installs it
         raise ConfigError(
             "reinforcement.rewards: type jsonSchema needs the jsonschema package; install "

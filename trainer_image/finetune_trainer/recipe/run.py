@@ -38,6 +38,7 @@ from finetune_trainer.recipe.setup import (
     setup_base_model,
     setup_checkpoints,
     setup_data,
+    setup_grpo,
     setup_hardware,
     setup_loss,
     setup_method,
@@ -45,6 +46,7 @@ from finetune_trainer.recipe.setup import (
     setup_reference,
     setup_reference_logps,
     setup_reporting,
+    setup_rewards,
 )
 from finetune_trainer.state import Resume, TrainResult
 from finetune_trainer.steps import steps_per_epoch, total_steps
@@ -116,12 +118,14 @@ def fine_tune(
     checkpoints = setup_checkpoints(config, hardware, files, data)
     base = setup_base_model(config, files, data, hardware, choice)
     data = setup_reference_logps(config, base, data, files)
+    reinforcement = setup_rewards(config)
     scorer = Scorer(
         files.tokenizer,
         data,
         config.evaluation,
         evaluation_extras(config, files.tokenizer),
         pair_evaluation(config),
+        None if reinforcement is None else reinforcement.evaluation,
     )
     before = _scores_before(scorer, base, checkpoints.resume, hardware)
     steps = total_steps(len(data.train), config.training, hardware.world)
@@ -133,7 +137,10 @@ def fine_tune(
     if hardware.sharded and checkpoints.resume is None:
         before = _scores_before_sharded(scorer, trainable.model)
     # The method keeps the base vocabulary, which a distillation teacher must share.
-    loss = setup_loss(config, task, choice, hardware, base.config.vocab_size, reference=reference)
+    grpo = setup_grpo(config, files.tokenizer, data, reinforcement, reference)
+    loss = setup_loss(
+        config, task, choice, hardware, base.config.vocab_size, reference=reference, grpo=grpo
+    )
     optimization = setup_optimizer(
         config, trainable.model, choice, steps, hardware, checkpoints.resume
     )
@@ -151,6 +158,7 @@ def fine_tune(
         resume=checkpoints.resume,
         stop_requested=stop or (lambda: False),
         carry={"before": before},
+        step_metrics=None if grpo is None else grpo.step_metrics,
     )
     try:
         with _training_window(stop):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from finetune_api.config import EvaluationSpec, TrainerConfig
+from finetune_trainer.alignment.grpo import RewardEvaluation
 from finetune_trainer.alignment.scoring import PairEvaluation
 from finetune_trainer.data.prepare import PreparedData, prepare_general
 from finetune_trainer.distributed import reshard
@@ -39,6 +40,8 @@ class Scorer:
     pairs: PairEvaluation | None = None
     """How a reward-model or preference run scores its held-out pairs (None: another
     task)."""
+    rewards: RewardEvaluation | None = None
+    """How a reinforcement run scores its held-out prompts (None: another task)."""
 
     @property
     def class_names(self) -> list[str] | None:
@@ -49,7 +52,16 @@ class Scorer:
         """Scores on every validation example, plus generation scores for language
         models; logged with how long they took."""
         started = time.perf_counter()
-        if self.pairs is not None:
+        if self.rewards is not None:
+            result = self.rewards.evaluate(
+                model,
+                self.tokenizer,
+                self.data.validation,
+                self.data.eval_samples,
+                batch_size=self.spec.batch_size,
+                max_new_tokens=self.spec.max_new_tokens,
+            )
+        elif self.pairs is not None:
             result = self.pairs.evaluate(
                 model,
                 self.tokenizer,
@@ -76,7 +88,11 @@ class Scorer:
     def periodic(self, model: torch.nn.Module) -> dict[str, float]:
         """The cheap evaluation run every ``evaluation.everySteps`` (no generation)."""
         scores: Scores | None
-        if self.pairs is not None:
+        if self.rewards is not None:
+            scores = self.rewards.scores(
+                model, self.data.validation, self.spec.batch_size, self.tokenizer
+            )[0]
+        elif self.pairs is not None:
             scores = self.pairs.scores(
                 model, self.data.validation, self.spec.batch_size, self.tokenizer.pad_token_id
             )

@@ -27,10 +27,13 @@ from finetune_api.config.methods import MethodOptions
 from finetune_api.config.training import DistillationSpec
 from finetune_api.uri import Role
 from finetune_trainer import checkpoint
+from finetune_trainer.alignment.grpo import GRPOLoss, RewardEvaluation, Sampling, token_reference
 from finetune_trainer.alignment.precompute import with_reference_logps
 from finetune_trainer.alignment.preference import PreferenceLoss
 from finetune_trainer.alignment.reference import AdapterOff, FrozenCopy, Precomputed, Reference
+from finetune_trainer.alignment.rewards import Rewards, build_rewards, load_reward_model
 from finetune_trainer.data.prepare import PreparedData, prepare_data
+from finetune_trainer.data.tokenize import PromptExample
 from finetune_trainer.distributed import make_accelerator, shard_model
 from finetune_trainer.errors import ConfigError, StorageError
 from finetune_trainer.logs import LOGGER, bar_width, install_redaction, kv, stderr_handler
@@ -366,6 +369,7 @@ def setup_loss(
     vocab_size: int,
     *,
     reference: Reference | None = None,
+    grpo: LossFn | None = None,
 ) -> LossFn:
     """The loss the loop minimises: the task's own or distillation from a teacher, plus
     the method's own term (AdaLoRA's regulariser) when it has one. Task preference's
@@ -374,6 +378,8 @@ def setup_loss(
     loss: LossFn
     if config.task == "preference":
         loss = PreferenceLoss(config.preference_options, reference)
+    elif config.task == "reinforcement" and grpo is not None:
+        loss = grpo  # built by setup_grpo: it samples with the tokenizer, scores, compares
     elif spec is not None:
         loss = _distillation(spec, config, hardware.compute, vocab_size)
     elif task.loss is not None:
@@ -417,6 +423,8 @@ def setup_reference(
     ``base``: the model with its adapter switched off for an adapter method (no copy), a
     frozen copy of the base for full and freeze, none per step when the training pairs
     carry precomputed log-probabilities; None for every other task and loss."""
+    if config.task == "reinforcement":
+        return reinforcement_reference(config, base, choice)
     spec = config.preference_options
     if config.task != "preference" or not spec.uses_reference:
         return None
@@ -538,3 +546,79 @@ def setup_reporting(
     telemetry = telemetry or Telemetry(progress=Progress(json_lines=False, bar=True))
     bar = ProgressBar(steps) if telemetry.progress.bar else None
     return Reporting(telemetry, bar, trackers)
+
+
+# --------------------------------------------------------------------------- reinforcement
+
+
+@dataclass(frozen=True)
+class Reinforcement:
+    """Task reinforcement's rewards, built once (patterns compiled, a reward model
+    loaded), and the evaluation that scores greedy completions with them."""
+
+    rewards: Rewards
+    evaluation: RewardEvaluation
+
+
+def setup_rewards(config: TrainerConfig) -> Reinforcement | None:
+    """The rewards of ``reinforcement.rewards`` (None for every other task); a reward
+    model is loaded here, before the policy's evaluation needs it."""
+    spec = config.reinforcement
+    if config.task != "reinforcement" or spec is None:
+        return None
+    rewards = build_rewards(
+        spec.rewards,
+        spec.reward_names,
+        lambda uri, revision: load_reward_model(uri, revision, model_access(config)),
+    )
+    log.info("rewards %s", kv(**{r.name: f"{r.kind} x {r.weight}" for r in rewards.rewards}))
+    return Reinforcement(rewards, RewardEvaluation(rewards, spec.max_new_tokens))
+
+
+def reinforcement_reference(
+    config: TrainerConfig, base: PreTrainedModel, choice: MethodChoice
+) -> Reference | None:
+    """GRPO's reference policy for the KL penalty: the adapter switched off (no copy) or
+    a frozen copy of the base for full and freeze; None when ``beta`` is 0 (no KL, no
+    reference forward)."""
+    spec = config.reinforcement
+    if spec is None or spec.beta == 0:
+        return None
+    if choice.method.artifact == "adapter":
+        return AdapterOff()
+    log.info("reference %s", kv(kind="frozen copy of the base", method=choice.method.name))
+    return FrozenCopy(copy.deepcopy(base))
+
+
+def setup_grpo(
+    config: TrainerConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    data: PreparedData,
+    reinforcement: Reinforcement | None,
+    reference: Reference | None,
+) -> GRPOLoss | None:
+    """Task reinforcement's loss over the training prompts (None for other tasks). An
+    exactMatch reward needs every training prompt's reference answer: a prompt without
+    one could never earn it, which is a data error, said here before any step."""
+    spec = config.reinforcement
+    if reinforcement is None or spec is None:
+        return None
+    references = [e.reference if isinstance(e, PromptExample) else None for e in data.train]
+    missing = sum(r is None for r in references)
+    if reinforcement.rewards.needs_reference and missing:
+        raise ConfigError(
+            f"reinforcement.rewards: exactMatch compares with each prompt's reference answer, "
+            f"but {missing} of {len(references)} training prompts have none; fill the "
+            f"dataset's {config.dataset.columns.answer!r} column (dataset.columns.answer) or "
+            "drop the exactMatch reward"
+        )
+    sampling = Sampling(
+        generations=spec.generations,
+        max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        beta=spec.beta,
+        epsilon=spec.epsilon,
+    )
+    ref = None if reference is None else token_reference(reference)
+    return GRPOLoss(sampling, tokenizer, reinforcement.rewards, references, ref)

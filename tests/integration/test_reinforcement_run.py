@@ -1,0 +1,121 @@
+"""task: reinforcement (GRPO with verifiable rewards) on the tiny Llama, end to end:
+``finetune run`` with exactMatch + regex + length rewards reports the per-step rewards
+(history, JSON lines) and meanReward before and after; a run stopped after a checkpoint
+and resumed ends with the uninterrupted run's weights (sampling is seeded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import COLOURS, write_jsonl
+from finetune_api.manifests import check_documents
+from finetune_api.render import render_trainer_config
+from finetune_cli.app import app
+from finetune_trainer.errors import Preempted
+from finetune_trainer.preemption import StopRequest
+from finetune_trainer.recipe.run import fine_tune
+from finetune_trainer.state import trainable_state
+
+STEPS = 4
+
+
+def prompt_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"prompt": f"What is colour {i % len(COLOURS)}?", "answer": COLOURS[i % len(COLOURS)]}
+        for i in range(offset, offset + n)
+    ]
+
+
+def reinforcement_job(make_job: Any, tmp_path: Path, **extra: Any) -> Path:
+    train = write_jsonl(tmp_path / "prompts-train.jsonl", prompt_rows(16))
+    validation = write_jsonl(tmp_path / "prompts-val.jsonl", prompt_rows(4, offset=100))
+    sections: dict[str, Any] = {
+        "task": "reinforcement",
+        "dataset": {
+            "train": f"file://{train}",
+            "validation": f"file://{validation}",
+            "format": "prompts",
+        },
+        "training": {"maxSteps": STEPS, "learningRate": 1e-2, "batchSize": 2},
+        "reinforcement": {
+            "generations": 4,
+            "maxNewTokens": 5,
+            "beta": 0.04,
+            "rewards": [
+                {"type": "exactMatch", "weight": 2.0},
+                {"type": "regex", "pattern": "^(red|green|blue|yellow)"},
+                {"type": "length", "maxLength": 3, "name": "short"},
+            ],
+        },
+        "output": {"checkpointEvery": 2},
+        **extra,
+    }
+    return make_job("grpo", **sections)
+
+
+def test_finetune_run_of_a_reinforcement_job(make_job: Any, tmp_path: Path) -> None:
+    job = reinforcement_job(make_job, tmp_path)
+    result = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["steps"] == STEPS
+    for key in ("meanReward", "meanRewardBefore"):
+        # Greedy completions of the 4 held-out prompts: each reward is 0 or 1, weights
+        # 2 + 1 + 1, so the mean is in [0, 4].
+        assert 0.0 <= metrics[key] <= 4.0, key
+    step = metrics["history"][-1]
+    for key in ("reward", "rewardStd", "kl", "completionLength", "clipFraction"):
+        assert key in step, key
+    for name in ("exactMatch", "regex", "short"):
+        assert 0.0 <= step[name] <= 1.0, name
+    # One optimisation pass per generation: the ratio is 1 and the clip never binds.
+    assert all(h["clipFraction"] == 0.0 for h in metrics["history"])
+    assert all(1 <= h["completionLength"] <= 5 for h in metrics["history"])
+    assert all(h["kl"] >= 0 for h in metrics["history"])
+    assert step["reward"] == pytest.approx(2 * step["exactMatch"] + step["regex"] + step["short"])
+    lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    steps = [line for line in lines if line.get("event") == "step"]
+    assert len(steps) == STEPS and all("reward" in line and "kl" in line for line in steps)
+
+
+class StopAfter(StopRequest):
+    """SIGTERM as the loop sees it, raised once ``steps`` steps are done."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.polls, self.steps = 0, steps
+
+    def __call__(self) -> bool:
+        self.polls += 1
+        return self.polls >= self.steps
+
+
+def test_a_stopped_reinforcement_run_resumes_to_the_uninterrupted_weights(
+    make_job: Any, tmp_path: Path
+) -> None:
+    job = reinforcement_job(make_job, tmp_path, evaluation={"exactMatchSamples": 0})
+    [doc] = check_documents(job.read_text(), str(job))
+    assert doc.job is not None
+    config = render_trainer_config(doc.job)
+    interrupted = config.model_copy(
+        update={"output": config.output.model_copy(update={"uri": f"file://{tmp_path / 'a'}"})}
+    )
+    uninterrupted = config.model_copy(
+        update={"output": config.output.model_copy(update={"uri": f"file://{tmp_path / 'b'}"})}
+    )
+    with pytest.raises(Preempted, match="stopped at step 3"):
+        fine_tune(interrupted, stop=StopAfter(3))
+    resumed = fine_tune(interrupted)
+    assert resumed.metrics["resumedFromStep"] == 3 and resumed.metrics["stepsThisRun"] == 1
+    whole = fine_tune(uninterrupted)
+    a, b = trainable_state(resumed.model), trainable_state(whole.model)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert resumed.metrics["history"] == whole.metrics["history"]
