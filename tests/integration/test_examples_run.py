@@ -70,6 +70,11 @@ def test_example_runs(
     method = spec.get("method", {})
     if method.get("type") == "freeze":  # the tiny model has 2 blocks
         method["freeze"]["trainableLayers"] = min(method["freeze"]["trainableLayers"], 2)
+    if method.get("type") == "progressive":  # the tiny model has 2 blocks
+        for key in ("startBlocks", "maxBlocks"):
+            method["progressive"][key] = min(method["progressive"].get(key, 0), 2)
+    if method.get("type") == "adapter":  # AdapterDrop must leave one of the 2 blocks
+        method["adapter"]["dropLayers"] = min(method["adapter"].get("dropLayers", 0), 1)
     if method.get("type") == "adalora":  # leave steps for the rank reallocation
         options = method["adalora"]
         steps = options.get("tinit", 0) + options.get("tfinal", 0) + 2

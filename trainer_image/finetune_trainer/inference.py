@@ -301,6 +301,7 @@ def _load_adapter(artifact: ArtifactSet, compute: Any, tokenizer: Any) -> Any:
     from peft import PeftModel
 
     from finetune_trainer.data.labels import LabelVocabulary
+    from finetune_trainer.methods.bottleneck import is_bottleneck_adapter, load_bottleneck_adapter
     from finetune_trainer.modeling import load_base_model
     from finetune_trainer.storage.backends import fetch_model_dir
 
@@ -326,6 +327,8 @@ def _load_adapter(artifact: ArtifactSet, compute: Any, tokenizer: Any) -> Any:
         pad_token_id=tokenizer.pad_token_id,
     )
     try:
+        if is_bottleneck_adapter(artifact.directory):  # method adapter: not a peft format
+            return load_bottleneck_adapter(base, artifact.directory)
         return PeftModel.from_pretrained(base, artifact.directory)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(

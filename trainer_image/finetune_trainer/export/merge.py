@@ -89,6 +89,12 @@ _DELTA_KEY = re.compile(
 def read_adapter(directory: Path) -> Adapter:
     """The adapter published in ``directory``; MergeError for one that is no weights."""
     config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    if config.get("finetune_adapter") == "bottleneck":
+        raise MergeError(
+            "method adapter cannot be merged: a bottleneck adapter is a non-linear module "
+            "(up(act(down(h)))), which no change to the base weights reproduces; load the "
+            "base with the adapter instead (finetune generate, or load_bottleneck_adapter)"
+        )
     peft_type = str(config.get("peft_type", ""))
     if peft_type in VIRTUAL_TOKEN_TYPES:
         method = VIRTUAL_TOKEN_TYPES[peft_type]

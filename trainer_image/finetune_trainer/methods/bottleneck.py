@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 FORMAT = "bottleneck"
 """``finetune_adapter`` in adapter_config.json: this module's format, not peft's."""
 FORMAT_VERSION = 1
+PEFT_TYPE = "BOTTLENECK"
+"""``peft_type`` in adapter_config.json: no peft type, so tools that read it (vLLM's
+check in finetune_api.serving, peft) see an adapter that is not LoRA rather than
+taking a missing type for LoRA."""
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 SITES = {"attention": ("self_attn", "bottleneck_attention"), "mlp": ("mlp", "bottleneck_mlp")}
@@ -184,6 +188,7 @@ def save_bottleneck(
     save_file(kept, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     written = {
         "finetune_adapter": FORMAT,
+        "peft_type": PEFT_TYPE,
         "format_version": FORMAT_VERSION,
         "options": options.model_dump(mode="json", by_alias=True),
         "width": options.width(hidden),
