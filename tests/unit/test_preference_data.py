@@ -556,3 +556,21 @@ def test_setup_data_prepares_each_new_task_from_its_trainer_config(
     assert data.train and data.validation
     assert all(type(e) is kind for e in data.train + data.validation)
     assert data.eval_samples and data.eval_samples[0].answer.startswith("colour ")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "task"), [("preference", "preference"), ("prompts", "reinforcement")]
+)
+def test_without_a_chat_template_the_new_formats_are_a_config_error(
+    tiny_tokenizer: Any, tmp_path: Path, fmt: str, task: str
+) -> None:
+    import copy
+
+    from finetune_trainer.errors import ConfigError
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = None
+    path = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(4))
+
+    with pytest.raises(ConfigError, match="chat template cannot be used for training"):
+        prepared(tokenizer, path, task, format=fmt)
