@@ -535,3 +535,131 @@ def test_suggestions_never_pair_qlora_with_fsdp() -> None:
     full = plan_job(job(method={"type": "full"}, training={"batchSize": 64}), shape, sharded)
     assert all(s.set.get("method.type") != "qlora" for s in full.suggestions)
     assert "fsdp cannot shard the 4-bit weights" in str(rules.cel_rules())
+
+
+# --------------------------------------------------------------------------- issue 14's tasks
+
+PAIRS = {"train": "file:///pairs.jsonl", "format": "preference"}
+PROMPTS = {"train": "file:///prompts.jsonl", "format": "prompts"}
+LORA_Q = {"type": "lora", "lora": {"dropout": 0.0, "r": 4, "targetModules": ["q_proj"]}}
+SMALL_EVAL = {"batchSize": 1}
+
+
+def test_a_preference_pair_puts_two_rows_through_the_model() -> None:
+    on_cpu = (ModelShape.from_config(TINY), Target())
+    training = {"batchSize": 2, "maxSeqLength": 64}
+    sft = terms(plan_job(job(method=LORA_Q, training=training, evaluation=SMALL_EVAL), *on_cpu))
+    pairs = plan_job(
+        job(
+            task="preference",
+            dataset=PAIRS,
+            method=LORA_Q,
+            training=training,
+            evaluation=SMALL_EVAL,
+        ),
+        *on_cpu,
+    )
+    dpo = terms(pairs)
+    # chosen and rejected: the activations and label logits of 2 x batchSize rows
+    assert dpo["activations"] == 2 * sft["activations"]
+    assert dpo["logits"] == 2 * sft["logits"]
+    # the reference is the same weights with the adapter off: no copy
+    assert "referenceWeights" not in dpo and dpo["weights"] == sft["weights"]
+    # and doubled by hand: 2 x 2 rows x 64 labels x vocab 100 x 12 fp32 bytes
+    assert dpo["logits"] == int(2 * 2 * 64 * 100 * 12 * cal.CPU.logits)
+
+
+def test_full_and_freeze_keep_a_frozen_reference_copy_unless_reference_free_or_precomputed() -> (
+    None
+):
+    shape = ModelShape.from_config(TINY)
+
+    def reference(method: str, **preference: Any) -> int:
+        j = job(task="preference", dataset=PAIRS, method={"type": method}, preference=preference)
+        return terms(plan_job(j, shape, Target())).get("referenceWeights", 0)
+
+    # fp32 on a CPU: 4 bytes for every parameter of the base
+    assert reference("full") == shape.total_params * 4
+    assert reference("freeze", loss="ipo") == shape.total_params * 4
+    assert reference("full", loss="simpo") == 0
+    assert reference("full", loss="orpo") == 0
+    assert reference("full", precomputeReference=True) == 0
+    assert reference("lora") == 0
+
+
+def test_precomputed_or_reference_free_steps_skip_the_reference_forward() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    training = {"maxSteps": 10, "batchSize": 2, "maxSeqLength": 256}
+
+    def seconds(**preference: Any) -> float:
+        j = job(task="preference", dataset=PAIRS, training=training, preference=preference)
+        plan = plan_job(j, shape, Target())
+        assert plan.time.seconds is not None
+        return plan.time.seconds
+
+    per_step, precomputed, simpo = (
+        seconds(),
+        seconds(precomputeReference=True),
+        seconds(loss="simpo"),
+    )
+    # maxSteps: the precomputation is one forward pass over the tokens, like the steps'
+    assert simpo < per_step and precomputed == pytest.approx(per_step)
+    sft = plan_job(job(training=training, evaluation=SMALL_EVAL), shape, Target()).time.seconds
+    assert sft is not None and simpo == pytest.approx(2 * sft, rel=0.05)
+
+
+def test_a_reward_model_scores_with_one_output_and_no_vocabulary_logits() -> None:
+    shape = ModelShape.from_config(TINY)
+    j = job(task="reward-model", dataset=PAIRS, method=LORA_Q, training={"batchSize": 2})
+    plan = plan_job(j, shape, Target())
+    t = terms(plan)
+    assert "logits" not in t and "referenceWeights" not in t
+    adapter = 2 * (4 * 64 + 64 * 4)  # q_proj's A and B in 2 layers
+    assert plan.parameters.trainable == adapter + 64  # the score head: 1 x hidden
+    assert plan.parameters.total == shape.total_params + 64
+
+
+def test_reinforcement_samples_generations_per_prompt_and_caches_their_keys_and_values() -> None:
+    shape = ModelShape.from_config(TINY)
+    rl = {"generations": 4, "maxNewTokens": 16, "rewards": [{"type": "exactMatch"}]}
+    j = job(
+        task="reinforcement",
+        dataset=PROMPTS,
+        method=LORA_Q,
+        training={"batchSize": 2, "maxSeqLength": 64},
+        evaluation=SMALL_EVAL,
+        reinforcement=rl,
+    )
+    t = terms(plan_job(j, shape, Target()))
+    # 2 prompts x 4 completions, each 64 prompt + 16 new tokens: a causal-lm batch of 8
+    # sequences of 80 tokens keeps the same activations
+    sft = job(method=LORA_Q, training={"batchSize": 8, "maxSeqLength": 80}, evaluation=SMALL_EVAL)
+    assert t["activations"] == terms(plan_job(sft, shape, Target()))["activations"]
+    # the loss reads the completions: 8 x 16 positions x vocab 100 x 12 bytes
+    assert t["logits"] == int(8 * 16 * 100 * 12 * cal.CPU.logits)
+    # sampling's cache, by hand: 8 rows x 80 positions x 2 layers x (keys, values) x
+    # kv_dim 32 x 4 bytes, and the last position's fp32 logits
+    cache = 8 * 80 * 2 * 2 * 32 * 4 + 8 * 100 * 4
+    from finetune_api.plan.planner import _estimate, _generation_cache
+
+    setting = _estimate(j, shape, Target(), None)[0]
+    assert _generation_cache(setting, 8) == cache
+
+
+def test_reinforcement_time_grows_with_generated_tokens_and_the_kl_reference() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+
+    def seconds(**rl: Any) -> float:
+        j = job(
+            task="reinforcement",
+            dataset=PROMPTS,
+            training={"maxSteps": 5, "batchSize": 2, "maxSeqLength": 64},
+            reinforcement={"rewards": [{"type": "json"}], "generations": 4, **rl},
+        )
+        plan = plan_job(j, shape, Target())
+        assert plan.time.seconds is not None
+        return plan.time.seconds
+
+    assert seconds(maxNewTokens=64) > seconds(maxNewTokens=16)
+    assert seconds(beta=0.0) < seconds(beta=0.04)
+    assert seconds(generations=8) > seconds(generations=4)

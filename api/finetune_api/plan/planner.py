@@ -32,6 +32,7 @@ from finetune_api.plan.report import (
 )
 from finetune_api.plan.shape import ModelShape
 from finetune_api.plan.trainable import Trainable, trainable_for
+from finetune_api.tasks import TASKS
 
 # --------------------------------------------------------------------------- inputs
 
@@ -137,12 +138,54 @@ class _Setting:
         return METHODS[self.job.method.type].artifact == "model"
 
     @property
+    def scores(self) -> bool:
+        """Whether the model ends in a scoring head (classification, reward model), not
+        the vocabulary: no label logits."""
+        return TASKS[self.job.task].auto_class == "AutoModelForSequenceClassification"
+
+    @property
+    def rows_per_example(self) -> int:
+        """Sequences one example puts through the model: a preference pair's chosen and
+        rejected answers (two rows of the micro-batch), a reinforcement prompt's
+        ``generations`` completions, else one."""
+        if self.job.task in ("preference", "reward-model"):
+            return 2
+        rl = self.job.reinforcement
+        if self.job.task == "reinforcement" and rl is not None:
+            return rl.generations
+        return 1
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens a reinforcement step generates after each prompt (0: no generation)."""
+        rl = self.job.reinforcement
+        return rl.max_new_tokens if self.job.task == "reinforcement" and rl is not None else 0
+
+    @property
+    def reference_per_step(self) -> bool:
+        """Whether every step runs a reference forward pass (no gradient): dpo and ipo
+        unless precomputed, reinforcement with a KL penalty."""
+        if self.job.task == "preference":
+            options = self.job.preference_options
+            return options.uses_reference and not options.precompute_reference
+        rl = self.job.reinforcement
+        return self.job.task == "reinforcement" and rl is not None and rl.beta > 0
+
+    @property
+    def reference_copy(self) -> bool:
+        """Whether the reference is a frozen copy of the base beside the trained one:
+        full and freeze train the base itself, so switching an adapter off cannot give
+        it back. A precomputed reference is read before training and let go."""
+        return self.trains_base and self.reference_per_step
+
+    @property
     def seq_len(self) -> int:
-        """Tokens of the longest sequence, with the virtual tokens prompt learning adds."""
+        """Tokens of the longest sequence, with the virtual tokens prompt learning adds
+        (and a reinforcement prompt's generated completion)."""
         t = self.job.training
         longest = t.max_seq_length if self.data is None or t.packing else self.data.longest
         added = 0 if self.job.method.type == "prefix" else self.trainable.virtual_tokens
-        return min(longest, t.max_seq_length) + added
+        return min(longest, t.max_seq_length) + added + self.new_tokens
 
     @property
     def real_len(self) -> int:
@@ -152,6 +195,8 @@ class _Setting:
 
     @property
     def label_fraction(self) -> float:
+        if self.new_tokens:
+            return self.new_tokens / self.real_len  # the loss reads the completions
         if self.data is None or self.data.tokens == 0:
             return 1.0
         return min(1.0, self.data.label_tokens / self.data.tokens)
@@ -165,7 +210,7 @@ class _Setting:
 def _frozen_weights(s: _Setting) -> int:
     shape = s.shape
     frozen = shape.total_params - (s.trainable.params if s.trains_base else 0)
-    if s.job.task == "sequence-classification" and s.trains_base:
+    if s.scores and s.trains_base:
         frozen = max(0, frozen + _head_params(s))
     if not s.quantized or not s.gpu:
         # On a CPU the full-precision weights a 4-bit model is quantized from stay in
@@ -182,6 +227,8 @@ def _frozen_weights(s: _Setting) -> int:
 
 
 def _head_params(s: _Setting) -> int:
+    if s.job.task == "reward-model":
+        return s.shape.hidden  # one score
     labels = s.data.num_labels if s.data is not None else 2
     return labels * s.shape.hidden
 
@@ -234,7 +281,7 @@ def _block_bytes(s: _Setting) -> tuple[float, float]:
 def _activations(s: _Setting) -> int:
     t = s.job.training
     c = s.calibration
-    tokens = t.batch_size * s.seq_len
+    tokens = t.batch_size * s.rows_per_example * s.seq_len
     block, adapter = _block_bytes(s)
     full_block = block * c.block + adapter * c.adapter
     kept = s.grad_layers * full_block
@@ -264,12 +311,30 @@ def _packing_mask(s: _Setting) -> int:
 def _logits(s: _Setting) -> int:
     """Logits at the label positions only (the trainer selects them before the output
     projection): the head's output, an fp32 copy, log-softmax and its gradient."""
-    if s.job.task == "sequence-classification":
+    if s.scores:
         return 0
     t = s.job.training
-    labels = t.batch_size * s.real_len * s.label_fraction
+    labels = t.batch_size * s.rows_per_example * s.real_len * s.label_fraction
     per_logit = s.act_bytes + (0 if s.act_bytes == 4 else 4) + 8
     return int(labels * s.shape.vocab * per_logit * s.calibration.logits)
+
+
+def _reference_weights(s: _Setting) -> int:
+    """The reference policy's frozen copy of the base (full and freeze only: a weight
+    adapter's reference is the same weights with the adapter switched off)."""
+    if not s.reference_copy:
+        return 0
+    return s.shape.total_params * s.weight_bytes
+
+
+def _generation_cache(s: _Setting, rows: int) -> int:
+    """The key/value cache of sampling ``rows`` completions: every block's keys and
+    values for the prompt and the generated tokens, and the last position's logits."""
+    if not s.new_tokens:
+        return 0
+    sh = s.shape
+    cache = rows * s.seq_len * sh.layers * 2 * sh.kv_dim * s.act_bytes
+    return cache + rows * sh.vocab * 4
 
 
 def _ddp_buckets(s: _Setting) -> int:
@@ -301,12 +366,15 @@ def _eval_peak(s: _Setting) -> int:
     """The evaluation's own working memory: its batch's label logits and one block's
     transient activations (nothing is kept for backward)."""
     e = s.job.evaluation
-    tokens = e.batch_size * s.seq_len
+    if s.new_tokens:  # greedy completions of the held-out prompts
+        return _generation_cache(s, e.batch_size)
+    rows = e.batch_size * s.rows_per_example
+    tokens = rows * s.seq_len
     block = tokens * (2 * s.shape.hidden + 2 * s.shape.intermediate) * s.act_bytes
-    if s.job.task == "sequence-classification":
+    if s.scores:
         return int(block)
     per_logit = s.act_bytes + (0 if s.act_bytes == 4 else 4) + 4
-    labels = e.batch_size * s.real_len * s.label_fraction
+    labels = rows * s.real_len * s.label_fraction
     return int(block + labels * s.shape.vocab * per_logit)
 
 
@@ -314,6 +382,7 @@ TermFn = Callable[[_Setting], int]
 
 _STATIC: list[tuple[str, TermFn, str]] = [
     ("weights", _frozen_weights, "frozen base weights"),
+    ("referenceWeights", _reference_weights, "the reference policy's frozen copy of the base"),
     ("trainableWeights", _trainable_weights, "trainable weights, fp32"),
     ("gradients", _gradients, "fp32 gradients of the trainable weights"),
     ("optimizerStates", _optimizer_states, "the optimizer's state"),
@@ -348,6 +417,16 @@ def _memory(s: _Setting) -> tuple[int, Phase, list[MemoryTerm]]:
         ("evaluation", no_grads + evaluation),
         ("loading", [MemoryTerm(name="loading", bytes=_loading(s), detail=_LOADING)]),
     ]
+    if s.new_tokens:
+        # Sampling runs before the step's forward pass, with the gradients of the last
+        # step still held (set to None only by the next zero_grad).
+        rows = s.job.training.batch_size * s.rows_per_example
+        cache = MemoryTerm(
+            name="generationCache",
+            bytes=_generation_cache(s, rows),
+            detail=f"keys and values of {rows} sampled completions",
+        )
+        candidates.append(("generation", [*static, cache]))
     phase, terms = max(candidates, key=lambda c: sum(t.bytes for t in c[1]))
     terms = [*terms, MemoryTerm(name="runtime", bytes=_runtime(s), detail=_runtime_detail(s))]
     if s.gpu:
@@ -387,6 +466,43 @@ def _flops_per_token(s: _Setting) -> tuple[float, float]:
     return forward + backward + adapters + recompute, head
 
 
+def _forward_flops(s: _Setting) -> tuple[float, float]:
+    """(FLOPs per token of a forward pass through the blocks, per position of the head's
+    forward): a reference pass or a sampling step, no gradient."""
+    sh = s.shape
+    linear = sum(lin.fan_in * lin.fan_out for lin in sh.linears)
+    context = s.seq_len / 2 if sh.decoder else s.seq_len
+    return 2 * linear + 4 * sh.heads * sh.head_dim * context * sh.layers, 2 * sh.hidden * sh.vocab
+
+
+def _mean_prompt(s: _Setting) -> float:
+    """Tokens of a reinforcement prompt on average (the longest without the data)."""
+    if s.data is not None and s.data.rows:
+        return max(1.0, s.data.tokens / s.data.rows)
+    return float(max(1, s.real_len - s.new_tokens))
+
+
+def _alignment_seconds(
+    s: _Setting, tokens: float, labels: float, micro_batches: int, rate: float
+) -> float:
+    """What issue 14's tasks add to a step's compute: the reference forward pass (each
+    step, or once over the data when precomputed) and reinforcement's sampling, one
+    forward pass per generated token, each paying the per-block overhead again."""
+    forward, head = _forward_flops(s)
+    seconds = 0.0
+    if s.reference_per_step:
+        seconds += (tokens * forward + labels * head) / rate
+    elif s.job.task == "preference" and s.job.preference_options.precompute_reference:
+        epochs = max(1, s.job.training.epochs) if s.job.training.max_steps is None else 1
+        seconds += (tokens * forward + labels * head) / rate / epochs
+    if s.new_tokens:
+        generated = labels  # every completion token is sampled once, then trained on
+        prompts = tokens - labels
+        seconds += (prompts * forward + generated * (forward + head)) / rate
+        seconds += micro_batches * s.new_tokens * s.shape.layers * s.calibration.seconds_per_block
+    return seconds
+
+
 def _time(s: _Setting, steps: int | None, tokens: int | None) -> PlanTime:
     block, head = _flops_per_token(s)
     t = s.job.training
@@ -403,9 +519,18 @@ def _time(s: _Setting, steps: int | None, tokens: int | None) -> PlanTime:
         padded = per_rank_tokens
         if s.data is not None and s.data.padded_tokens and s.data.tokens:
             padded *= s.data.padded_tokens / s.data.tokens
-        compute = (padded * block + per_rank_tokens * s.label_fraction * head) / rate
+        labels = per_rank_tokens * s.rows_per_example * s.label_fraction
+        if s.new_tokens:
+            # tokens counts the prompts; each is sampled G times and trained on with
+            # each completion (taken as maxNewTokens long: an upper bound)
+            prompts = per_rank_tokens / _mean_prompt(s)
+            padded *= (_mean_prompt(s) + s.new_tokens) / _mean_prompt(s)
+            labels = prompts * s.rows_per_example * s.new_tokens
+        padded *= s.rows_per_example
+        compute = (padded * block + labels * head) / rate
         micro_batches = steps * t.gradient_accumulation
         fixed = s.shape.layers * c.seconds_per_block
+        compute += _alignment_seconds(s, padded, labels, micro_batches, rate)
         adapter_inputs = sum(lin.fan_in for lin in s.trainable.adapted)
         compute += padded * adapter_inputs * c.seconds_per_adapter_input
         per_parameter = (
@@ -502,7 +627,7 @@ def plan_job(
         key=lambda t: t.bytes,
     )
     suggestions = _suggestions(job, shape, target, data) if suggest and fits is False else []
-    total = shape.total_params + (_head_params(s) if job.task == "sequence-classification" else 0)
+    total = shape.total_params + (_head_params(s) if s.scores else 0)
     return Plan(
         model=f"{shape.model_type}, {shape.total_params / 1e6:,.1f}M parameters",
         approximate=shape.approximate,

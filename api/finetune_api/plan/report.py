@@ -9,7 +9,7 @@ from pydantic import Field, JsonValue
 
 from finetune_api.config.base import CamelModel
 
-Phase = Literal["training", "evaluation", "loading"]
+Phase = Literal["training", "evaluation", "loading", "generation"]
 
 
 class MemoryTerm(CamelModel):

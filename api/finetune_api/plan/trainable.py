@@ -92,9 +92,12 @@ def _saved_modules(shape: ModelShape, names: Sequence[str] | None, task: str) ->
 
 
 def head_tensors(shape: ModelShape, task: str, num_labels: int) -> list[Shape]:
-    """The classification head a sequence-classification model gains (trained by every
-    method): Llama-style ``score`` has no bias, BERT's ``classifier`` has one."""
-    if task != "sequence-classification":
+    """The classification head a sequence-classification model (or a reward model's
+    one-score head) gains (trained by every method): Llama-style ``score`` has no bias,
+    BERT's ``classifier`` has one."""
+    if task == "reward-model":
+        num_labels = 1  # one score
+    elif task != "sequence-classification":
         return []
     if shape.family == "bert":
         return [(num_labels, shape.hidden), (num_labels,)]
