@@ -390,6 +390,12 @@ class Progress(CamelModel):
         description="Training throughput at the latest scrape: non-padding input tokens "
         "per second (finetune_trainer_tokens_per_second).",
     )
+    reward: float | None = Field(
+        default=None,
+        description="Task reinforcement: the mean combined reward of the latest step's "
+        "sampled completions (finetune_trainer_step_metric{name=reward}), the live number "
+        "to watch beside metrics.trainLoss. Unset for other tasks.",
+    )
 
 
 class Metrics(CamelModel):

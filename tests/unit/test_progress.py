@@ -79,6 +79,15 @@ def test_scrapes_the_real_trainer_telemetry(trainer: Telemetry) -> None:
     assert progress.percent == 10
 
 
+def test_a_steps_extras_are_read_and_the_reward_is_the_live_one(trainer: Telemetry) -> None:
+    trainer.on_step(report(2, extras={"reward": 1.25, "kl": 0.02, "clipFraction": float("nan")}))
+    progress = scrape(f"http://127.0.0.1:{trainer.port}/metrics")
+    assert progress is not None
+    assert progress.step_metrics == {"reward": 1.25, "kl": 0.02}  # NaN: not known
+    assert progress.reward == 1.25
+    assert TrainerProgress(step=1).reward is None
+
+
 def test_a_diverged_loss_is_none(trainer: Telemetry) -> None:
     trainer.on_step(report(5, loss=float("nan"), eta_seconds=float("inf")))
     progress = scrape(f"http://127.0.0.1:{trainer.port}/metrics")

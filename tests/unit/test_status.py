@@ -257,6 +257,7 @@ class Reading:
     samples_seen: int | None = None
     peak_memory_bytes: int | None = None
     trackers: Mapping[str, str] = field(default_factory=dict)
+    reward: float | None = None
 
 
 def run(
@@ -408,6 +409,21 @@ def test_a_field_the_trainer_does_not_know_yet_keeps_its_last_value() -> None:
     assert second.patch["progress"]["totalSteps"] == 10
     assert second.patch["progress"]["percent"] == 60
     assert second.patch["metrics"] == {"evalLoss": 1.3}
+
+
+def test_a_reinforcement_runs_live_reward_is_in_its_progress() -> None:
+    """status.progress.reward beside the loss: the latest step's mean reward, kept when a
+    scrape fails or does not know it, absent for tasks without rewards."""
+    reading = Reading(step=3, total_steps=10, train_loss=0.2, reward=-0.75)
+    first = run(ftj(), job(), [pod(running=True)], reading)
+    assert first.patch["progress"]["reward"] == -0.75
+    assert first.patch["metrics"] == {"trainLoss": 0.2}
+    kept = run(after(first), job(), [pod(running=True)], None)
+    assert kept.patch["progress"]["reward"] == -0.75
+    unknown = run(after(first), job(), [pod(running=True)], Reading(step=4, reward=float("nan")))
+    assert unknown.patch["progress"]["reward"] == -0.75
+    other = run(ftj(), job(), [pod(running=True)], Reading(step=3, total_steps=10))
+    assert "reward" not in other.patch["progress"]
 
 
 def test_percent_is_floored_and_capped() -> None:

@@ -65,6 +65,15 @@ class TrainerProgress:
     reused by another pod, so a caller can check the reading is its own trainer's."""
     trackers: Mapping[str, str] = field(default_factory=dict)
     """Each experiment tracker's page of the run (``finetune_trainer_tracker``)."""
+    step_metrics: Mapping[str, float] = field(default_factory=dict)
+    """The loss's own numbers of the latest step by name (``finetune_trainer_step_metric``:
+    reinforcement's reward, kl, ...)."""
+
+    @property
+    def reward(self) -> float | None:
+        """The mean reward of the latest step's sampled completions (task reinforcement);
+        None for other tasks."""
+        return self.step_metrics.get("reward")
 
     @property
     def percent(self) -> int | None:
@@ -79,6 +88,7 @@ def parse(text: str) -> TrainerProgress | None:
     ``finetune_trainer_step`` (it is some other program's metrics)."""
     plain: dict[str, float] = {}
     scores: dict[str, float] = {}
+    step_metrics: dict[str, float] = {}
     job_name: str | None = None
     trackers: dict[str, str] = {}
     for family in text_string_to_metric_families(text):
@@ -89,6 +99,9 @@ def parse(text: str) -> TrainerProgress | None:
             if name == "eval_score" and "name" in sample.labels:
                 if math.isfinite(sample.value):
                     scores[sample.labels["name"]] = sample.value
+            elif name == "step_metric" and "name" in sample.labels:
+                if math.isfinite(sample.value):
+                    step_metrics[sample.labels["name"]] = sample.value
             elif name == "job_info":
                 job_name = sample.labels.get("job") or None
             elif name == "tracker" and sample.value == 1:
@@ -114,6 +127,7 @@ def parse(text: str) -> TrainerProgress | None:
         eval_scores=scores,
         job_name=job_name,
         trackers=trackers,
+        step_metrics=step_metrics,
     )
 
 

@@ -84,6 +84,8 @@ class ProgressReading(Protocol):
     def eta_seconds(self) -> float | None: ...
     @property
     def trackers(self) -> Mapping[str, str]: ...
+    @property
+    def reward(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,7 @@ def _progress(
     fields: dict[str, Any] = {
         k: v
         for k, v in (prev or {}).items()
-        if k in ("step", "totalSteps", "epoch", "etaSeconds", "tokensPerSecond")
+        if k in ("step", "totalSteps", "epoch", "etaSeconds", "tokensPerSecond", "reward")
     }
     if reading is not None:
         fields["step"] = max(0, int(reading.step))
@@ -311,6 +313,7 @@ def _progress(
             "epoch": non_negative(reading.epoch),
             "etaSeconds": whole(non_negative(reading.eta_seconds)),
             "tokensPerSecond": non_negative(reading.tokens_per_second),
+            "reward": finite(reading.reward),
         }
         fields.update({k: v for k, v in updates.items() if v is not None})
     final = found.final
