@@ -33,7 +33,9 @@ class EarlyStoppingSpec(CamelModel):
     metric: EvalMetric = Field(
         default="evalLoss",
         description="What decides: evalLoss and perplexity lower is better; tokenAccuracy, "
-        "accuracy and macroF1 (classification) higher is better.",
+        "accuracy and macroF1 (classification), pairwiseAccuracy and meanMargin (reward-model), "
+        "preferenceAccuracy, rewardAccuracy and rewardMargin (preference), meanReward "
+        "(reinforcement) higher is better. The task must measure it.",
     )
     patience: int = Field(
         default=3, ge=1, le=10000, description="Evaluations without improvement before stopping."
