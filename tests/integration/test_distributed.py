@@ -175,7 +175,7 @@ def test_world_size_mismatches_are_refused(env: dict[str, str], seen: int, messa
     check_world(spec, 4, {"WORLD_SIZE": "4"})  # the world it asked for passes
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "full", "adapter"])
 def test_fsdp_on_two_gloo_ranks_matches_ddp(
     tmp_path: Path, tiny_model_dir: Path, method: str
 ) -> None:
@@ -192,6 +192,10 @@ def test_fsdp_on_two_gloo_ranks_matches_ddp(
             # SGD: Adam turns float noise in near-zero gradients into lr-sized steps,
             # which would hide whether the two strategies compute the same thing.
             data["training"].update(learningRate=0.5, optimizer="sgd")
+            config.write_text(json.dumps(data))
+        if method == "adapter":  # bottleneck adapters: hooks on the sharded blocks' sublayers
+            data = json.loads(config.read_text())
+            data["method"] = {"type": "adapter", "adapter": {"variant": "houlsby"}}
             config.write_text(json.dumps(data))
         marks[strategy] = tmp_path / f"{method}-{strategy}-marks"
         result = launch(tmp_path, config, marks[strategy], processes=2)
