@@ -119,7 +119,7 @@ def test_a_multi_turn_answer_gives_the_sample_its_last_turn() -> None:
         ({"prompt": "q", "rejected": "b"}, ["line 2", "column 'chosen'", "dataset.columns.chosen"]),
         ({"prompt": "q", "chosen": "a"}, ["column 'rejected'", "dataset.columns.rejected"]),
         (
-            {"prompt": "q", "chosen": " same", "rejected": " same"},
+            {"prompt": "q", "chosen": " same", "rejected": "same\n"},
             ["line 2", "same answer", "dataset.columns.chosen"],
         ),
         (

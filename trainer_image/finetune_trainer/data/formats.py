@@ -177,6 +177,16 @@ def _classification(row: Row, cols: ColumnMapping) -> Example:
     return Example(text=text, text_pair=pair, label=label)
 
 
+def _turn_list(raw: object, column: str) -> list[Message]:
+    """Chat messages of a column that may also hold a string (the caller's case)."""
+    if not isinstance(raw, list):
+        raise RowError(
+            f"column '{column}' must be a string or a non-empty list of {{role, content}}, "
+            f"got {type(raw).__name__}"
+        )
+    return _message_list(raw, column, f"column '{column}' message")
+
+
 def _prompt_turns(row: Row, cols: ColumnMapping) -> tuple[Message, ...]:
     """The conversation so far, which an answer continues: a string is one user turn;
     messages must not end with an assistant turn (that would be an answer). The system
@@ -185,7 +195,7 @@ def _prompt_turns(row: Row, cols: ColumnMapping) -> tuple[Message, ...]:
     if isinstance(raw, str):
         turns = [{"role": "user", "content": raw}]
     else:
-        turns = _message_list(raw, cols.prompt, f"column '{cols.prompt}' message")
+        turns = _turn_list(raw, cols.prompt)
         if turns[-1]["role"] == "assistant":
             raise RowError(
                 f"column '{cols.prompt}' ends with an assistant turn; the prompt is the "
@@ -211,7 +221,7 @@ def _answer_turns(row: Row, column: str, setting: str) -> tuple[Message, ...]:
     raw = _column(row, column, setting)
     if isinstance(raw, str):
         return ({"role": "assistant", "content": raw},)
-    turns = _message_list(raw, column, f"column '{column}' message")
+    turns = _turn_list(raw, column)
     if turns[0]["role"] != "assistant" or turns[-1]["role"] != "assistant":
         raise RowError(
             f"column '{column}' must hold the answer only: assistant turns, starting and "
@@ -223,11 +233,15 @@ def _answer_turns(row: Row, column: str, setting: str) -> tuple[Message, ...]:
     return tuple(turns)
 
 
+def _stripped(turns: tuple[Message, ...]) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"].strip()) for m in turns]
+
+
 def _preference(row: Row, cols: ColumnMapping) -> Example:
     prompt = _prompt_turns(row, cols)
     chosen = _answer_turns(row, cols.chosen, "chosen")
     rejected = _answer_turns(row, cols.rejected, "rejected")
-    if chosen == rejected:
+    if _stripped(chosen) == _stripped(rejected):
         raise RowError(
             f"columns '{cols.chosen}' and '{cols.rejected}' hold the same answer, so there is "
             "no preference to learn; remove the row, or check that dataset.columns.chosen and "
