@@ -78,6 +78,17 @@ def test_blocks_join_on_schedule_and_the_whole_model_is_published(
     assert torch.equal(published["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
     model = AutoModelForCausalLM.from_pretrained(out)
     assert layer_changed(dict(model.state_dict()), base, bottom)
+    # the CLI's loaders take it as a whole model: generate, verify, export (converted)
+    said = runner.invoke(app, ["generate", str(out), "-p", "What is colour 1?"])
+    assert said.exit_code == 0 and said.output.strip(), said.output
+    assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
+    exported = tmp_path / "export"
+    said = runner.invoke(app, ["export", str(out), "--to", f"file://{exported}"])
+    assert said.exit_code == 0, said.output
+    again = load_file(exported / "model.safetensors")
+    assert torch.equal(
+        again["model.layers.0.mlp.up_proj.weight"], published["model.layers.0.mlp.up_proj.weight"]
+    )
 
 
 @pytest.mark.parametrize(
