@@ -453,7 +453,8 @@ def test_prompts_are_numbered_with_their_references_on_a_cache_hit_too(
         for part in (data.train, data.validation):
             assert [e.row for e in part if isinstance(e, PromptExample)] == list(range(len(part)))
         assert all(isinstance(e, PromptExample) for e in data.train + data.validation)
-        references = {e.reference for e in data.train + data.validation}
+        prompts = [e for e in data.train + data.validation if isinstance(e, PromptExample)]
+        references = {e.reference for e in prompts}
         assert references == {str(2 * i) for i in range(9)} | {None}
 
     first = prepared(tiny_tokenizer, path, "reinforcement", format="prompts", validationSplit=0.3)
