@@ -663,3 +663,12 @@ def test_reinforcement_time_grows_with_generated_tokens_and_the_kl_reference() -
     assert seconds(maxNewTokens=64) > seconds(maxNewTokens=16)
     assert seconds(beta=0.0) < seconds(beta=0.04)
     assert seconds(generations=8) > seconds(generations=4)
+
+
+def test_freeze_on_a_reward_model_trains_the_score_head_not_the_vocabulary() -> None:
+    shape = ModelShape.from_config(TINY)  # an untied head: backward stops at the top blocks
+    freeze = {"type": "freeze", "freeze": {"trainableLayers": 1}}
+    lm = trainable_for(shape, job(method=freeze))
+    rm = trainable_for(shape, job(task="reward-model", dataset=PAIRS, method=freeze))
+    # the same top block and final norm; a 1 x hidden score instead of vocab x hidden
+    assert rm.params == lm.params - 100 * 64 + 64

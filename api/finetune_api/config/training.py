@@ -220,7 +220,7 @@ class EvaluationSpec(CamelModel):
     bert_score: BertScoreSpec | None = Field(
         default=None,
         description="Also score the exact-match generations with BERTScore (bertScoreF1) "
-        "using this encoder (task causal-lm). Default: off.",
+        "using this encoder (tasks causal-lm and preference). Default: off.",
     )
     gate: list[GateCondition] | None = Field(
         default=None,

@@ -461,7 +461,7 @@ def _flops_per_token(s: _Setting) -> tuple[float, float]:
     backward += 2 * sum(lin.fan_in * lin.fan_out for lin in s.trainable.trained_linears)
     adapters = 6 * s.trainable.params if not s.trains_base else 0
     recompute = backward_share * forward if s.job.training.gradient_checkpointing else 0
-    head_trains = s.trains_base and s.job.task != "sequence-classification"
+    head_trains = s.trains_base and not s.scores
     head = 2 * sh.hidden * sh.vocab * (3 if head_trains else 2)
     return forward + backward + adapters + recompute, head
 

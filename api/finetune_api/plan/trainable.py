@@ -26,6 +26,7 @@ from finetune_api.config.methods.progressive import ProgressiveSpec
 from finetune_api.config.methods.prompt import PromptSpec
 from finetune_api.config.methods.vera import VeraSpec
 from finetune_api.plan.shape import Linear, ModelShape
+from finetune_api.tasks import TASKS
 
 Shape = tuple[int, ...]
 
@@ -89,6 +90,12 @@ def _saved_modules(shape: ModelShape, names: Sequence[str] | None, task: str) ->
         if name in ("lm_head", "embed_tokens", "wte", "word_embeddings"):
             found.append((shape.vocab, shape.hidden))
     return found
+
+
+_SCORING = frozenset(
+    name for name, info in TASKS.items() if info.auto_class == "AutoModelForSequenceClassification"
+)
+"""The tasks whose model ends in a scoring head, not the vocabulary."""
 
 
 def head_tensors(shape: ModelShape, task: str, num_labels: int) -> list[Shape]:
@@ -264,12 +271,12 @@ def _top_blocks(shape: ModelShape, task: str, num_labels: int, top: int) -> Trai
     linears = tuple(lin for i in range(lowest, shape.layers) for lin in shape.block_linears(i))
     tensors = _linear_tensors(linears)
     tensors.append((top * shape.block_other + shape.final_params,))
-    if task == "sequence-classification":
+    if task in _SCORING:
         tensors += head_tensors(shape, task, num_labels)
     else:
         # The language-model head; tied to the input embeddings, it trains them too.
         tensors.append((shape.vocab, shape.hidden))
-    if task != "sequence-classification" and shape.head_params == 0:
+    if task not in _SCORING and shape.head_params == 0:
         # A head tied to the input embeddings trains them: backward runs down to the
         # embeddings, through every block, which all keep their activations.
         lowest = 0
