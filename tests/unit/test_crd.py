@@ -319,6 +319,10 @@ def test_named_bounds(schema: dict[str, Any]) -> None:
         "prefix",
         "prompt",
         "p-tuning",
+        "vera",
+        "lora-fa",
+        "adapter",
+        "progressive",
     ]
     assert at(schema, "spec.model.trustRemoteCode")["type"] == "boolean"
 
@@ -544,6 +548,10 @@ def test_method_cel_rules_cover_every_section(schema: dict[str, Any]) -> None:
         "prefix",
         "prompt",
         "pTuning",
+        "vera",
+        "loraFa",
+        "adapter",
+        "progressive",
     ]
     # one rule per section, then one per method that builds on another (qlora on lora)
     section_rules, once_rules = rules[: len(sections)], rules[len(sections) :]
@@ -557,8 +565,8 @@ def test_method_cel_rules_cover_every_section(schema: dict[str, Any]) -> None:
         assert section in rule["message"]
         # the section must exist in the schema for has(self.<section>) to compile
         assert section in at(schema, "spec.method")["properties"]
-    assert section_rules[-1]["rule"].startswith("!has(self.pTuning) ||")
-    assert section_rules[-1]["rule"].endswith("== 'p-tuning'")
+    p_tuning = section_rules[sections.index("pTuning")]["rule"]
+    assert p_tuning.startswith("!has(self.pTuning) ||") and p_tuning.endswith("== 'p-tuning'")
     (once,) = once_rules
     assert once["rule"].startswith(
         "(has(self.type) ? self.type : 'lora') != 'qlora' || !has(self.lora) || !has(self.qlora)"
