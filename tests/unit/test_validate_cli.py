@@ -60,6 +60,19 @@ REQUIRED_CASES = {
     "multi-document-one-bad.yaml",
     "not-yaml.yaml",
     "empty.yaml",
+    # issue 14: each refusal of the preference and reinforcement tasks, offline
+    "preference-with-messages.yaml",
+    "prompts-for-causal-lm.yaml",
+    "preference-with-prefix.yaml",
+    "packing-with-preference.yaml",
+    "preference-section-on-causal-lm.yaml",
+    "reinforcement-without-rewards.yaml",
+    "reinforcement-empty-rewards.yaml",
+    "regex-reward-without-pattern.yaml",
+    "reward-field-of-another-type.yaml",
+    "unsafe-reward-pattern.yaml",
+    "label-smoothing-with-ipo.yaml",
+    "precompute-reference-with-orpo.yaml",
 }
 
 runner = CliRunner()
