@@ -81,7 +81,7 @@ class Bottleneck(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter's contribution (without the residual), in ``x``'s dtype."""
         inner = x.to(self.down.weight.dtype)
-        out = self.up(self.act(self.down(self.dropout(inner))))
+        out: torch.Tensor = self.up(self.act(self.down(self.dropout(inner))))
         return (out * self.scaling).to(x.dtype)
 
     def sequential_hook(self, module: torch.nn.Module, args: Any, output: Any) -> Any:
@@ -215,7 +215,7 @@ def is_bottleneck_adapter(directory: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("finetune_adapter") == FORMAT
+        return bool(json.loads(path.read_text()).get("finetune_adapter") == FORMAT)
     except (OSError, ValueError, AttributeError):
         return False
 
