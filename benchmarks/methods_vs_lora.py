@@ -110,6 +110,17 @@ METHODS: dict[str, Bench] = {
         note="Pfeiffer adapters (after the feed-forward only: half of Houlsby's parameters), "
         "AdapterHub's defaults (reduction factor 16, relu) at the Houlsby entry's rate",
     ),
+    "progressive": Bench(
+        method={
+            "type": "progressive",
+            "progressive": {"everySteps": 5, "startBlocks": 2, "lrDecay": 0.9},
+        },
+        learning_rate=1e-4,
+        note="gradual unfreezing: the head (SmolLM2's tied embeddings) and the top 2 "
+        "blocks, one more every 5 steps (13 of 30 by step 60), block k at 0.9^k; a "
+        "whole-model method, so full fine-tuning's rate for a 135M model (1e-4; LoRA's "
+        "1e-3 is for adapters that start at zero)",
+    ),
 }
 
 
