@@ -17,11 +17,15 @@ from finetune_trainer.alignment.rewards import (
     exact_match,
     json_schema_reward,
     length_reward,
-    load_reward_model,
     regex_reward,
     valid_json,
 )
 from finetune_trainer.errors import ConfigError, ModelError
+from finetune_trainer.recipe.setup import load_reward_model
+
+
+def no_model(uri: str, revision: str | None) -> RewardModel:
+    raise AssertionError("no model reward here")
 
 
 def done(text: str, reference: str | None = None, tokens: int | None = None) -> Completion:
@@ -74,7 +78,7 @@ def test_combined_reward_is_the_weighted_sum_and_each_is_reported_by_name() -> N
         {"type": "regex", "pattern": "s$", "weight": -0.5},
         {"type": "length", "maxLength": 5, "name": "short"},
     )
-    rewards = build_rewards(config.rewards, config.reward_names)
+    rewards = build_rewards(config.rewards, config.reward_names, no_model)
     assert rewards.names == ["exactMatch", "regex1", "regex2", "short"]
     scores = rewards.score([done("Paris", "Paris"), done("Pas", "Paris"), done("Lyons", "x")])
     assert scores.by_name == {
@@ -90,7 +94,7 @@ def test_combined_reward_is_the_weighted_sum_and_each_is_reported_by_name() -> N
 def test_a_reward_named_like_a_step_metric_is_refused() -> None:
     config = spec({"type": "json", "name": "kl"})
     with pytest.raises(ConfigError, match=r"rewards\[0\]\.name: kl"):
-        build_rewards(config.rewards, config.reward_names)
+        build_rewards(config.rewards, config.reward_names, no_model)
 
 
 # --------------------------------------------------------------------------- reward model
@@ -130,7 +134,7 @@ def test_reward_model_scores_prompt_and_completion(reward_model_dir: Path) -> No
 
 def test_reward_model_from_a_spec_is_built_once(reward_model_dir: Path) -> None:
     config = spec({"type": "model", "uri": f"file://{reward_model_dir}", "weight": 0.5})
-    rewards = build_rewards(config.rewards, config.reward_names)
+    rewards = build_rewards(config.rewards, config.reward_names, load_reward_model)
     (value,) = rewards.score([done("red")]).by_name["model"]
     assert rewards.score([done("red")]).total == [pytest.approx(0.5 * value)]
 

@@ -263,8 +263,8 @@ def load(artifact: ArtifactSet, dtype: str = "auto", warn: Write | None = None) 
     ``dtype`` is ``auto`` (bf16 or fp16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or
     ``fp16``, with the trainer's rules for what the hardware can run.
     """
+    from finetune_trainer.logs import quiet_libraries
     from finetune_trainer.modeling import load_base_model, load_tokenizer, resolve_compute
-    from finetune_trainer.recipe.setup import quiet_libraries
 
     quiet_libraries()  # the answer and our few lines, not the libraries' progress bars
     try:

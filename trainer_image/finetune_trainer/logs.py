@@ -99,3 +99,25 @@ def bar_width(stream: IO[str]) -> int | None:
     except (AttributeError, OSError, ValueError):
         return None
     return columns or BAR_WIDTH
+
+
+def quiet_libraries() -> None:
+    """Keep the run's output to our progress and results: library chatter goes. Our
+    own log lines go to stderr through tqdm (this module), unless the host program
+    configured logging itself. Here, not in the recipe, so that loading a published set
+    (:mod:`finetune_trainer.inference`) quiets them without depending on the recipe."""
+    import warnings
+
+    import transformers
+
+    # bitsandbytes logs at import that an optional CPU kernel package is absent; the
+    # built-in kernels it falls back to are what we use anyway.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    install_redaction()  # before anything reads a credential or logs a line
+    ours = logging.getLogger(LOGGER)
+    if not logging.getLogger().handlers and not ours.handlers:
+        ours.addHandler(stderr_handler())
+        ours.setLevel(logging.INFO)

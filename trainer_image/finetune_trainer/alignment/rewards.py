@@ -28,8 +28,6 @@ from finetune_trainer.errors import ConfigError, ModelError
 if TYPE_CHECKING:
     import torch
 
-    from finetune_trainer.storage.backends import Access
-
 __all__ = [
     "STEP_METRICS",
     "Completion",
@@ -207,33 +205,6 @@ class RewardModel:
         return scores
 
 
-def load_reward_model(uri: str, revision: str | None, access: Access | None = None) -> RewardModel:
-    """The reward model at ``uri``: a published set (verified against its manifest, the
-    adapter on its base) or a plain model directory."""
-    from finetune_trainer import inference
-    from finetune_trainer.storage.backends import fetch_model_dir
-
-    if uri.startswith("hf://") or not _has_manifest(uri):
-        directory = fetch_model_dir(uri, revision, access)
-        loaded = inference.load(inference.describe_set(uri, directory, None))
-    else:
-        with inference.open_set(uri, verify=True) as artifact:
-            loaded = inference.load(artifact)
-    return RewardModel(loaded.model, loaded.tokenizer, loaded.device)
-
-
-def _has_manifest(uri: str) -> bool:
-    """Whether ``uri`` is a published set (it has a manifest); remote ones always are
-    treated as sets, so that what is downloaded is verified."""
-    from finetune_api.uri import Role
-    from finetune_trainer.storage.backends import MANIFEST, LocalBackend, backend_for
-
-    backend, parsed = backend_for(uri, Role.MODEL)
-    if isinstance(backend, LocalBackend):
-        return (backend.resolve(parsed) / MANIFEST).is_file()
-    return True
-
-
 # --------------------------------------------------------------------------- combined
 
 
@@ -318,12 +289,12 @@ the history and the progress line."""
 def build_rewards(
     specs: Sequence[RewardOptions],
     names: Sequence[str],
-    load_model: Callable[[str, str | None], RewardModel] | None = None,
+    load_model: Callable[[str, str | None], RewardModel],
 ) -> Rewards:
     """The configured rewards under their report names (``ReinforcementSpec.reward_names``),
-    each built once (patterns compiled, schemas checked, reward models loaded) before the
+    each built once (patterns compiled, schemas checked, reward models loaded by
+    ``load_model(uri, revision)``: the recipe's, which reads published sets) before the
     first step."""
-    loader = load_model or (lambda uri, revision: load_reward_model(uri, revision))
     built = []
     for i, (name, spec) in enumerate(zip(names, specs, strict=True)):
         where = f"reinforcement.rewards[{i}]"
@@ -332,5 +303,5 @@ def build_rewards(
                 f"{where}.name: {name} is one of the per-step metrics "
                 f"({', '.join(sorted(RESERVED_NAMES))}); give the reward another name"
             )
-        built.append(NamedReward(name, spec.type, spec.weight, _function(spec, where, loader)))
+        built.append(NamedReward(name, spec.type, spec.weight, _function(spec, where, load_model)))
     return Rewards(tuple(built))

@@ -31,12 +31,13 @@ from finetune_trainer.alignment.grpo import GRPOLoss, RewardEvaluation, Sampling
 from finetune_trainer.alignment.precompute import with_reference_logps
 from finetune_trainer.alignment.preference import PreferenceLoss
 from finetune_trainer.alignment.reference import AdapterOff, FrozenCopy, Precomputed, Reference
-from finetune_trainer.alignment.rewards import Rewards, build_rewards, load_reward_model
+from finetune_trainer.alignment.rewards import RewardModel, Rewards, build_rewards
 from finetune_trainer.data.prepare import PreparedData, prepare_data
 from finetune_trainer.data.tokenize import PromptExample
 from finetune_trainer.distributed import make_accelerator, shard_model
 from finetune_trainer.errors import ConfigError, StorageError
-from finetune_trainer.logs import LOGGER, bar_width, install_redaction, kv, stderr_handler
+from finetune_trainer.logs import LOGGER, bar_width, kv
+from finetune_trainer.logs import quiet_libraries as quiet_libraries  # its callers import it here
 from finetune_trainer.loop import Optimization, prepare_optimization
 from finetune_trainer.losses import DistillationLoss, LossFn, with_term
 from finetune_trainer.methods import Method, MethodContext, get_method, trainable_groups
@@ -56,7 +57,7 @@ from finetune_trainer.storage.backends import (
     fetch_model_dir,
     open_store,
 )
-from finetune_trainer.storage.store import Holder
+from finetune_trainer.storage.store import MANIFEST, Holder
 from finetune_trainer.tasks import Task
 from finetune_trainer.telemetry import Progress, Telemetry
 from finetune_trainer.tracking import NO_TRACKERS, Trackers
@@ -68,26 +69,6 @@ if TYPE_CHECKING:
     from finetune_trainer.storage.store import Store
 
 log = logging.getLogger(LOGGER)
-
-
-def quiet_libraries() -> None:
-    """Keep the run's output to our progress and results: library chatter goes. Our
-    own log lines go to stderr through tqdm (:mod:`finetune_trainer.logs`), unless the
-    host program configured logging itself."""
-    import warnings
-
-    import transformers
-
-    # bitsandbytes logs at import that an optional CPU kernel package is absent; the
-    # built-in kernels it falls back to are what we use anyway.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    install_redaction()  # before anything reads a credential or logs a line
-    if not logging.getLogger().handlers and not log.handlers:
-        log.addHandler(stderr_handler())
-        log.setLevel(logging.INFO)
 
 
 def output_access(config: TrainerConfig) -> Access:
@@ -573,6 +554,30 @@ def setup_rewards(config: TrainerConfig) -> Reinforcement | None:
     )
     log.info("rewards %s", kv(**{r.name: f"{r.kind} x {r.weight}" for r in rewards.rewards}))
     return Reinforcement(rewards, RewardEvaluation(rewards, spec.max_new_tokens))
+
+
+def load_reward_model(uri: str, revision: str | None, access: Access | None = None) -> RewardModel:
+    """A ``model`` reward's scorer: a published set at ``uri`` (verified against its
+    manifest, the adapter on its base, as ``finetune generate`` loads it) or a plain
+    model directory (``hf://`` or a local one without a manifest)."""
+    from finetune_trainer import inference
+
+    if uri.startswith("hf://") or not _has_manifest(uri):
+        directory = fetch_model_dir(uri, revision, access)
+        loaded = inference.load(inference.describe_set(uri, directory, None))
+    else:
+        with inference.open_set(uri, verify=True) as artifact:
+            loaded = inference.load(artifact)
+    return RewardModel(loaded.model, loaded.tokenizer, loaded.device)
+
+
+def _has_manifest(uri: str) -> bool:
+    """Whether ``uri`` is a published set (it has a manifest); a remote one is always
+    taken as a set, so that what is downloaded is verified."""
+    backend, parsed = backend_for(uri, Role.MODEL)
+    if isinstance(backend, LocalBackend):
+        return (backend.resolve(parsed) / MANIFEST).is_file()
+    return True
 
 
 def reinforcement_reference(
