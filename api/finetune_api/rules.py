@@ -688,8 +688,8 @@ RULES: Final[tuple[Rule, ...]] = (
         "output.uri",
         "job",
         _output_apart_from_inputs,
-        "output.uri must be apart from model.uri, the dataset files and a distillation "
-        "teacher: not the same place, inside one, or containing one",
+        "output.uri must be apart from model.uri, the dataset files, a distillation "
+        "teacher and a reward model: not the same place, inside one, or containing one",
         None,
     ),
     Rule(

@@ -177,8 +177,7 @@ def cel_accepts(model: type[BaseModel], data: dict[str, Any]) -> bool:
     rules = openapi_schema(model).get("x-kubernetes-validations", [])
     target = celpy.json_to_cel(data)
     return all(
-        bool(_CEL.program(_CEL.compile(rule["rule"])).evaluate({"self": target}))
-        for rule in rules
+        bool(_CEL.program(_CEL.compile(rule["rule"])).evaluate({"self": target})) for rule in rules
     )
 
 
@@ -235,3 +234,27 @@ def test_the_section_twins_are_in_the_crd() -> None:
     assert reward["x-kubernetes-validations"]
     assert reward["properties"]["jsonSchema"]["x-kubernetes-preserve-unknown-fields"]
     assert spec["reinforcement"]["properties"]["rewards"]["maxItems"] == 16
+
+
+def test_the_output_must_be_apart_from_a_reward_model() -> None:
+    """A reward model is an input like the base model: publishing over it is refused."""
+    from finetune_api.resource import FineTuneJob
+
+    body = {
+        "apiVersion": "finetune-operator.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "g"},
+        "spec": {
+            "task": "reinforcement",
+            "model": {"uri": "hf://org/m"},
+            "dataset": {"train": "s3://data-bucket/prompts.jsonl", "format": "prompts"},
+            "reinforcement": {
+                "rewards": [{"type": "json"}, {"type": "model", "uri": "s3://rm-bucket/rm"}]
+            },
+            "output": {"uri": "s3://rm-bucket/rm/grpo"},
+        },
+    }
+    said = refusal(FineTuneJob, body)
+    assert "is inside reinforcement.rewards[1].uri (s3://rm-bucket/rm)" in said
+    body["spec"]["output"] = {"uri": "s3://rm-bucket/grpo"}  # type: ignore[index]
+    FineTuneJob.model_validate(body)

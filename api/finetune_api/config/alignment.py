@@ -330,7 +330,7 @@ class ReinforcementSpec(CamelModel):
         gt=0,
         le=1,
         description="Nucleus sampling: sample from the smallest set of tokens whose "
-        "probability reaches top_p (1: every token).",
+        "probability reaches topP (1: every token).",
     )
     beta: float = Field(
         default=0.04,

@@ -260,6 +260,10 @@ class JobSections(CamelModel):
             ("training.distillation.teacherUri", teacher.teacher_uri if teacher else None),
             ("evaluation.retention.dataset", retention.dataset if retention else None),
             ("evaluation.bertScore.model", bert.model if bert else None),
+            *(
+                (f"reinforcement.rewards[{i}].uri", r.uri)
+                for i, r in enumerate(self.reinforcement.rewards if self.reinforcement else [])
+            ),
         ]
         return tuple((field, uri) for field, uri in found if uri is not None)
 
