@@ -270,3 +270,30 @@ def test_the_planner_counts_the_end_of_the_schedule(
     trainable = trainable_for(ModelShape.from_config(TINY_4), job)
     assert trainable.params == blocks * BLOCK + HEAD_AND_NORM
     assert trainable.lowest_trained_block == BLOCKS - blocks
+
+
+def test_a_classifier_trains_its_fresh_score_head_from_the_first_step(tmp_path: Path) -> None:
+    """ULMFiT's own setting: the new classifier trains first (at headLrMultiplier x),
+    the blocks join later."""
+    from transformers import AutoModelForSequenceClassification
+
+    from finetune_trainer.methods import MethodContext, get_method
+    from finetune_trainer.modeling import resolve_compute
+
+    directory = build_tiny_model(
+        tmp_path / "classifier",
+        "LlamaForSequenceClassification",
+        num_hidden_layers=BLOCKS,
+        num_labels=3,
+        pad_token_id=0,
+    )
+    base = AutoModelForSequenceClassification.from_pretrained(directory)
+    ctx = MethodContext(resolve_compute("fp32"), 8, "sequence-classification", directory, None)
+    options = spec(everySteps=2, headLrMultiplier=10)
+    method = get_method("progressive")
+    model = method.apply(base, options, ctx)
+    assert other_trainable(model) == {"score.weight", "model.norm.weight"}
+    assert trainable_blocks(model) == []
+    assert method.param_groups is not None
+    (head,) = [g for g in method.param_groups(model, options, 1e-3) if g["name"] == "head"]
+    assert head["params"] == [model.score.weight] and head["lr"] == pytest.approx(1e-2)
