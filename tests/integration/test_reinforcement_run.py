@@ -119,3 +119,76 @@ def test_a_stopped_reinforcement_run_resumes_to_the_uninterrupted_weights(
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert resumed.metrics["history"] == whole.metrics["history"]
+
+
+def test_a_published_reward_model_is_a_reward(
+    make_job: Any, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The output of a reward-model job is a ``model`` reward: loaded from its published
+    set (verified, the adapter with its score head on the base), it scores prompt +
+    completion exactly as the set loaded by hand with peft does, and a reinforcement run
+    trains against it, reporting it by name."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from finetune_trainer.alignment.rewards import Completion
+    from finetune_trainer.recipe.setup import load_reward_model
+
+    pairs = [
+        {
+            "prompt": f"What is colour {i % len(COLOURS)}?",
+            "chosen": COLOURS[i % len(COLOURS)],
+            "rejected": COLOURS[(i + 1) % len(COLOURS)],
+        }
+        for i in range(32)
+    ]
+    train = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    rm_job = make_job(
+        "rm",
+        task="reward-model",
+        dataset={
+            "train": f"file://{train}",
+            "validation": f"file://{train}",
+            "format": "preference",
+            "deduplicate": False,
+        },
+        training={"maxSteps": 4},
+        output={"uri": f"file://{tmp_path / 'rm'}"},
+    )
+    result = CliRunner().invoke(app, ["run", str(rm_job)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+    scorer = load_reward_model(f"file://{tmp_path / 'rm'}", None)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=1, pad_token_id=tokenizer.pad_token_id
+    )
+    by_hand = PeftModel.from_pretrained(base, tmp_path / "rm").eval()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is colour 1?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    done = [Completion(prompt, c, c + "<|im_end|>", 2) for c in COLOURS]
+    expected = []
+    for completion in done:
+        ids = tokenizer(prompt + completion.raw, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            expected.append(float(by_hand(**ids).logits[0, 0]))
+    assert scorer(done) == pytest.approx(expected, abs=1e-4)
+
+    job = reinforcement_job(
+        make_job,
+        tmp_path,
+        training={"maxSteps": 2, "batchSize": 2},
+        reinforcement={
+            "generations": 2,
+            "maxNewTokens": 3,
+            "rewards": [{"type": "model", "uri": f"file://{tmp_path / 'rm'}"}],
+        },
+    )
+    result = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert all(h["reward"] == h["model"] for h in metrics["history"])
+    assert isinstance(metrics["meanReward"], float)
