@@ -29,6 +29,7 @@ from finetune_api.uri import Role, hf_dataset_parts, hf_output_parts, parse_uri,
 _PIPELINE_BY_CLASS = {
     "AutoModelForCausalLM": "text-generation",
     "AutoModelForSequenceClassification": "text-classification",
+    "AutoModel": "feature-extraction",
 }
 PIPELINE_TAGS = {name: _PIPELINE_BY_CLASS[info.auto_class] for name, info in TASKS.items()}
 """The Hub's pipeline tag (and model-index task type) of each ``spec.task``, by the
