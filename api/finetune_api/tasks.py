@@ -296,6 +296,18 @@ METRICS: Final[dict[str, MetricInfo]] = {
 """Every score metrics.json and status.metrics can carry, once. A ``<name>Before``
 key (when ``before``) is the same score of the base model, before training."""
 
+STEP_METRICS: Final[dict[str, str]] = {
+    "reward": "mean combined reward of the step's sampled completions",
+    "rewardStd": "its standard deviation",
+    "kl": "mean KL divergence of the policy from the reference over the completion tokens "
+    "(k3 estimator)",
+    "completionLength": "mean tokens per sampled completion",
+    "clipFraction": "share of completion tokens whose policy ratio was clipped",
+}
+"""The per-step numbers task reinforcement reports beside the loss (the step history,
+the JSON progress line, Prometheus), and each reward under its name; not METRICS:
+they describe a step's samples, not a held-out evaluation."""
+
 LOWER_IS_BETTER: Final[frozenset[str]] = frozenset(
     name for name, m in METRICS.items() if m.better == "lower"
 )

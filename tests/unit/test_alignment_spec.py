@@ -113,6 +113,7 @@ def test_preference_defaults_and_loss_options() -> None:
         ({"type": "exactMatch", "uri": "hf://org/rm"}, "uri is read by type model"),
         ({"type": "length", "minLength": 5, "maxLength": 2}, "minLength (5) exceeds"),
         ({"type": "regex", "pattern": "(a|ab)*c"}, "matches in bounded time"),
+        ({"type": "json", "name": "reward"}, "reward is one of the per-step metrics"),
     ],
 )
 def test_a_reward_missing_or_misusing_a_field_is_refused(reward: dict[str, Any], said: str) -> None:
@@ -214,6 +215,8 @@ SECTION_CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (RewardSpec, {"type": "model"}),
     (RewardSpec, {"type": "model", "uri": "hf://org/rm", "revision": "main"}),
     (RewardSpec, {"type": "exactMatch", "revision": "main"}),
+    (RewardSpec, {"type": "exactMatch", "name": "kl"}),
+    (RewardSpec, {"type": "exactMatch", "name": "correct"}),
 ]
 
 

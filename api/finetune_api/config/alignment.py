@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, JsonValue, field_validator, model_valida
 
 from finetune_api.config.base import CamelModel, ModelUri
 from finetune_api.config.patterns import MAX_PATTERN_LENGTH, UnsafePattern, check_module_pattern
+from finetune_api.tasks import STEP_METRICS
 
 # --------------------------------------------------------------------------- preference
 
@@ -128,6 +129,9 @@ RewardType = Literal["exactMatch", "regex", "json", "jsonSchema", "length", "mod
 
 MAX_REWARDS: Final = 16
 _NAME = re.compile(r"^[a-z][a-zA-Z0-9]*$")
+RESERVED_REWARD_NAMES: Final = frozenset(STEP_METRICS) | {"step", "epoch", "loss", "learningRate"}
+"""What a reward may not be named: its series would overwrite one of the step's own in
+the history and the progress line."""
 
 _NEEDS: Final[dict[str, tuple[str, ...]]] = {
     "exactMatch": (),
@@ -173,6 +177,15 @@ def _reward_cel() -> list[JsonValue]:
                 "message": f"{field} is read by type {owner} only",
             }
         )
+    reserved = ", ".join(f"'{n}'" for n in sorted(RESERVED_REWARD_NAMES))
+    entries.append(
+        {
+            "rule": f"!has(self.name) || !(self.name in [{reserved}])",
+            "message": "name is taken by a per-step metric ("
+            + ", ".join(sorted(RESERVED_REWARD_NAMES))
+            + ")",
+        }
+    )
     entries.append(
         {
             "rule": "!has(self.minLength) || !has(self.maxLength) || "
@@ -205,8 +218,9 @@ class RewardSpec(CamelModel):
         max_length=63,
         pattern=_NAME.pattern,
         description="The name this reward is reported under in the per-step metrics "
-        "(camelCase). Default: its type, followed by its position when two rewards share "
-        "a type (regex1, regex2).",
+        "(camelCase; not one of the step's own: reward, rewardStd, kl, completionLength, "
+        "clipFraction, loss, learningRate, step, epoch). Default: its type, followed by its "
+        "position when two rewards share a type (regex1, regex2).",
     )
     weight: float = Field(
         default=1.0,
@@ -269,6 +283,16 @@ class RewardSpec(CamelModel):
                 r"'^\d+$' or 'answer: (yes|no)'"
             ) from None
         return pattern
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_step_metric(cls, name: str | None) -> str | None:
+        if name in RESERVED_REWARD_NAMES:
+            raise ValueError(
+                f"{name} is one of the per-step metrics ("
+                f"{', '.join(sorted(RESERVED_REWARD_NAMES))}); give the reward another name"
+            )
+        return name
 
     @model_validator(mode="after")
     def _fields_fit_the_type(self) -> Self:
