@@ -180,3 +180,11 @@ def test_a_steps_extras_reach_the_json_line_and_a_labelled_gauge() -> None:
     gauge = metrics["finetune_trainer_step_metric"]
     assert gauge[(("name", "reward"),)] == 0.75
     assert gauge[(("name", "exactMatch"),)] == 0.5
+
+
+def test_the_extras_reach_the_experiment_trackers_finite_only() -> None:
+    from finetune_trainer.tracking.base import step_metrics
+
+    series = step_metrics(report(extras={"reward": 0.5, "kl": math.nan, "loss": 7.0}))
+    assert series["reward"] == 0.5 and "kl" not in series
+    assert series["loss"] == 1.25  # the loop's own loss wins over an extra of its name

@@ -97,8 +97,10 @@ def params(config: TrainerConfig) -> dict[str, str]:
 
 def step_metrics(report: StepReport) -> dict[str, float]:
     """A step's series, by the names of the JSON progress lines; non-finite values are
-    left out (trackers store floats, and a NaN loss is in the log already)."""
+    left out (trackers store floats, and a NaN loss is in the log already). The loss's
+    own numbers (``report.extras``: reinforcement's rewards) come along."""
     values = {
+        **report.extras,
         "loss": report.loss,
         "learningRate": report.learning_rate,
         "tokensPerSecond": report.tokens_per_second,
