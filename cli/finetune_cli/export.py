@@ -47,7 +47,8 @@ def export(
         str,
         typer.Argument(
             metavar="SRC",
-            help="A published artifact set (an adapter, or a full/freeze model): a local "
+            help="A published artifact set (an adapter, or a whole model: full, freeze, "
+            "progressive): a local "
             "path or a URI such as file://./artifacts/x or s3://bucket/x",
         ),
     ],
@@ -90,8 +91,8 @@ def export(
     export gets its own manifest.json, so `finetune verify` checks it.
 
     Prefix, prompt and p-tuning adapters are virtual tokens, not weights: they cannot be
-    merged (serve the base model with the adapter). Full and freeze outputs are whole
-    models already: they are converted (dtype, format), nothing is merged.
+    merged (serve the base model with the adapter). Full, freeze and progressive outputs
+    are whole models already: they are converted (dtype, format), nothing is merged.
 
     Exit 0: published. Exit 2: the set cannot be merged or exported as asked. Exit 5
     (7): a location cannot be read or written (retrying may help with 7).
