@@ -169,7 +169,7 @@ def test_a_published_reward_model_is_a_reward(
         tokenize=False,
         add_generation_prompt=True,
     )
-    done = [Completion(prompt, c, c + "<|im_end|>", 2) for c in COLOURS]
+    done = [Completion(prompt, c, c + "<|im_end|>\n", 2) for c in COLOURS]
     expected = []
     for completion in done:
         ids = tokenizer(prompt + completion.raw, return_tensors="pt", add_special_tokens=False)

@@ -222,3 +222,16 @@ def test_length_reward_reads_tokens() -> None:
 
     score = length_reward(2, 3)
     assert [score(Completion("", "", "", n)) for n in (1, 2, 3, 4)] == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_turn_end_is_what_the_template_writes_after_an_answer(tiny_model_dir: Path) -> None:
+    """A reward model scores prompt + answer + this: the text its training pairs ended
+    with (ChatML: <|im_end|> and a newline); without a template, the EOS token."""
+    from transformers import AutoTokenizer
+
+    from finetune_trainer.alignment.grpo import turn_end
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert turn_end(tok) == "<|im_end|>\n"
+    tok.chat_template = None
+    assert turn_end(tok) == "<|im_end|>"

@@ -60,6 +60,7 @@ __all__ = [
     "k3_kl",
     "token_logps",
     "token_reference",
+    "turn_end",
 ]
 
 STD_EPSILON = 1e-4
@@ -195,6 +196,7 @@ class GRPOLoss:
         self.rewards = rewards
         self.references = list(references)
         self.reference = reference if sampling.beta > 0 else None
+        self.turn_end = turn_end(tokenizer)
         self._sums = _Sums()
 
     # -- sampling
@@ -246,7 +248,7 @@ class GRPOLoss:
                 Completion(
                     prompt=prompt_texts[i // g],
                     text=_decode(tok, ids, skip_special=True),
-                    raw=_decode(tok, ids),
+                    raw=_decode(tok, ids, skip_special=True) + self.turn_end,
                     tokens=len(ids),
                     reference=self.references[row] if 0 <= row < len(self.references) else None,
                 )
@@ -463,7 +465,7 @@ def _completions(
             Completion(
                 prompt=_decode(tokenizer, prompts[i][prompt_mask[i].bool()].tolist()),
                 text=_decode(tokenizer, ids, skip_special=True),
-                raw=_decode(tokenizer, ids),
+                raw=_decode(tokenizer, ids, skip_special=True) + turn_end(tokenizer),
                 tokens=len(ids),
                 reference=example.reference,
             )
@@ -474,3 +476,22 @@ def _completions(
 def _decode(tokenizer: Any, ids: list[int], *, skip_special: bool = False) -> str:
     """One sequence's text (``decode`` of one sequence is one string)."""
     return str(tokenizer.decode(ids, skip_special_tokens=skip_special))
+
+
+def turn_end(tokenizer: Any) -> str:
+    """What the chat template writes after an assistant answer (``<|im_end|>\n`` for
+    ChatML): the text a reward model trained on rendered conversations saw last, where a
+    decoder classifier reads its score. Derived by rendering a one-turn conversation; a
+    tokenizer without a chat template ends an answer with its EOS token."""
+    user = [{"role": "user", "content": "q"}]
+    marker = "\x00answer\x00"
+    try:
+        opened = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except (ValueError, TypeError, AttributeError):  # no template, or one that refuses
+        return str(tokenizer.eos_token or "")
+    if not (isinstance(opened, str) and isinstance(whole, str)) or marker not in whole:
+        return str(tokenizer.eos_token or "")
+    return whole.split(marker, 1)[1]

@@ -53,8 +53,9 @@ class Completion:
     text: str
     """The completion decoded without special tokens (what the verifiable checks read)."""
     raw: str
-    """The completion as generated, special tokens kept (its end-of-turn included): a
-    reward model scores ``prompt + raw``, the conversation it was trained on."""
+    """The answer turn as the chat template closes it (the completion's text followed by
+    the template's end of turn, e.g. ``<|im_end|>\n``): a reward model scores ``prompt +
+    raw``, the very text of the conversations it was trained on."""
     tokens: int
     """The completion's length in tokens, its end-of-sequence token included."""
     reference: str | None = None
