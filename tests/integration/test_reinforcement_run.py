@@ -60,7 +60,7 @@ def reinforcement_job(make_job: Any, tmp_path: Path, **extra: Any) -> Path:
 
 
 def test_finetune_run_of_a_reinforcement_job(make_job: Any, tmp_path: Path) -> None:
-    job = reinforcement_job(make_job, tmp_path)
+    job = reinforcement_job(make_job, tmp_path, evaluation={"everySteps": 2})
     result = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -79,6 +79,10 @@ def test_finetune_run_of_a_reinforcement_job(make_job: Any, tmp_path: Path) -> N
     assert all(1 <= h["completionLength"] <= 5 for h in metrics["history"])
     assert all(h["kl"] >= 0 for h in metrics["history"])
     assert step["reward"] == pytest.approx(2 * step["exactMatch"] + step["regex"] + step["short"])
+    # The periodic evaluation scores greedy completions of the held-out prompts too.
+    assert [e["step"] for e in metrics["evalHistory"]] == [2, 4]
+    assert all(0.0 <= e["meanReward"] <= 4.0 for e in metrics["evalHistory"])
+    assert metrics["evalHistory"][-1]["meanReward"] == metrics["meanReward"]
     lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     steps = [line for line in lines if line.get("event") == "step"]
     assert len(steps) == STEPS and all("reward" in line and "kl" in line for line in steps)
