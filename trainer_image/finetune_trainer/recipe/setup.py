@@ -479,8 +479,11 @@ class ProgressBar:
         width = bar_width(self._stream)
         if width is not None:
             self._bar.ncols = width
+        # Reinforcement's mean reward is what moves (its loss stays near 0).
+        reward = {"reward": f"{report.extras['reward']:.3f}"} if "reward" in report.extras else {}
         self._bar.set_postfix(
             loss=f"{report.loss:.4f}",
+            **reward,
             lr=f"{report.learning_rate:.2e}",
             tok_s=f"{report.tokens_per_second:.0f}",
             refresh=False,
