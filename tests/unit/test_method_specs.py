@@ -24,6 +24,7 @@ from finetune_api.config import (
     QLoraSpec,
     TrainerConfig,
 )
+from finetune_api.config.methods.adapter import AdapterSpec
 from finetune_api.config.methods.progressive import ProgressiveSpec
 from finetune_api.manifests import check_documents
 
@@ -37,6 +38,7 @@ SPEC_CLASSES = {
     "prefix": PrefixSpec,
     "prompt": PromptSpec,
     "p-tuning": PTuningSpec,
+    "adapter": AdapterSpec,
     "progressive": ProgressiveSpec,
 }
 
