@@ -344,10 +344,14 @@ class TaskInfo:
 
 
 _ALIGNMENT_METHODS: Final = frozenset({"lora", "qlora", "full", "freeze"})
-"""The methods the preference and reinforcement tasks train with: weight methods, whose
-reference policy is the same model with the adapter switched off (or a frozen copy for
-full and freeze). The prompt-learning methods (prefix, prompt, p-tuning) are not among
-them: their virtual tokens shift every position the pair's log-probabilities are read at."""
+"""The methods the reward-model, preference and reinforcement tasks train with: weight
+methods, whose reference policy is the same model with the adapter switched off (or a
+frozen copy for full and freeze). The prompt-learning methods (prefix, prompt, p-tuning)
+are not among them: their virtual tokens shift every position the pair's log-probabilities
+are read at."""
+_POLICY_METHODS: Final = _ALIGNMENT_METHODS | {"adalora", "ia3"}
+"""The preference and reinforcement tasks add AdaLoRA and IA3: peft adapters too, so the
+reference is the adapter switched off (tests/integration/test_alignment_methods.py)."""
 
 TASKS: Final[dict[str, TaskInfo]] = {
     "causal-lm": TaskInfo(
@@ -391,7 +395,7 @@ TASKS: Final[dict[str, TaskInfo]] = {
         distillation=False,
         loss_over="examples",
         formats=("preference",),
-        methods=_ALIGNMENT_METHODS,
+        methods=_POLICY_METHODS,
         description="preference tuning of a language model (DPO, IPO, SimPO, ORPO: the "
         "preference section) on dataset.format preference pairs.",
     ),
@@ -403,7 +407,7 @@ TASKS: Final[dict[str, TaskInfo]] = {
         distillation=False,
         loss_over="examples",
         formats=("prompts",),
-        methods=_ALIGNMENT_METHODS,
+        methods=_POLICY_METHODS,
         description="online reinforcement learning (GRPO): completions sampled for each "
         "dataset.format prompts row are scored by the reinforcement section's rewards.",
     ),
