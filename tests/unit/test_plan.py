@@ -672,3 +672,25 @@ def test_freeze_on_a_reward_model_trains_the_score_head_not_the_vocabulary() -> 
     rm = trainable_for(shape, job(task="reward-model", dataset=PAIRS, method=freeze))
     # the same top block and final norm; a 1 x hidden score instead of vocab x hidden
     assert rm.params == lm.params - 100 * 64 + 64
+
+
+def test_each_model_reward_is_planned_as_a_copy_of_the_base_with_its_score() -> None:
+    shape = ModelShape.from_config(TINY)
+
+    def rewards(*kinds: str) -> int:
+        listed = [
+            {"type": "model", "uri": f"s3://rm-bucket/rm{i}"} if kind == "model" else {"type": kind}
+            for i, kind in enumerate(kinds)
+        ]
+        j = job(
+            task="reinforcement",
+            dataset=PROMPTS,
+            evaluation=SMALL_EVAL,
+            reinforcement={"rewards": listed},
+        )
+        return terms(plan_job(j, shape, Target())).get("rewardModels", 0)
+
+    assert rewards("json", "exactMatch") == 0
+    # fp32 on a CPU: the base's parameters and a 1 x hidden score, per reward model
+    assert rewards("model") == (shape.total_params + 64) * 4
+    assert rewards("model", "json", "model") == 2 * rewards("model")

@@ -327,6 +327,17 @@ def _reference_weights(s: _Setting) -> int:
     return s.shape.total_params * s.weight_bytes
 
 
+def _reward_models(s: _Setting) -> int:
+    """The reward models of reinforcement.rewards (type model), each loaded once beside
+    the policy. Their shape is not read: each is taken as the base's size, what a task
+    reward-model job on the same base publishes (its adapter applied to a copy)."""
+    rl = s.job.reinforcement
+    if s.job.task != "reinforcement" or rl is None:
+        return 0
+    models = sum(1 for reward in rl.rewards if reward.type == "model")
+    return models * (s.shape.total_params + s.shape.hidden) * s.weight_bytes
+
+
 def _generation_cache(s: _Setting, rows: int) -> int:
     """The key/value cache of sampling ``rows`` completions: every block's keys and
     values for the prompt and the generated tokens, and the last position's logits."""
@@ -383,6 +394,7 @@ TermFn = Callable[[_Setting], int]
 _STATIC: list[tuple[str, TermFn, str]] = [
     ("weights", _frozen_weights, "frozen base weights"),
     ("referenceWeights", _reference_weights, "the reference policy's frozen copy of the base"),
+    ("rewardModels", _reward_models, "reward models, each taken as the base's size"),
     ("trainableWeights", _trainable_weights, "trainable weights, fp32"),
     ("gradients", _gradients, "fp32 gradients of the trainable weights"),
     ("optimizerStates", _optimizer_states, "the optimizer's state"),
