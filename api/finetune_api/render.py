@@ -88,6 +88,7 @@ def render_trainer_config(
             "tracking",
             "preference",
             "reinforcement",
+            "contrastive",
         }
     )
     if max_steps is not None:

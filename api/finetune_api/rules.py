@@ -86,7 +86,8 @@ class Facts:
     packing: bool = False
     """training.packing."""
     sections: frozenset[str] = frozenset()
-    """The task-owned sections the spec sets (``preference``, ``reinforcement``)."""
+    """The task-owned sections the spec sets (``preference``, ``reinforcement``,
+    ``contrastive``)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ _FORMAT_COLUMNS: Final[dict[str, str]] = {
     "classification": "text, label",
     "preference": "prompt, chosen, rejected",
     "prompts": "prompt, answer",
+    "pairs": "anchor, positive, negative",
 }
 """Each dataset format's columns, for an error message (a test holds it to DatasetFormat)."""
 
@@ -236,6 +238,16 @@ def _reinforcement_fits_the_task(facts: Facts) -> Violation | None:
             "reinforcement",
             "is required by task reinforcement: set reinforcement.rewards (what a "
             "completion earns), e.g. rewards: [{type: exactMatch}]",
+        )
+    return None
+
+
+def _contrastive_fits_the_task(facts: Facts) -> Violation | None:
+    if "contrastive" in facts.sections and facts.task != "sentence-embedding":
+        return Violation(
+            "contrastive",
+            f"is the contrastive loss of task sentence-embedding, not of task {facts.task}; "
+            "remove it, or set task: sentence-embedding",
         )
     return None
 
@@ -587,6 +599,14 @@ RULES: Final[tuple[Rule, ...]] = (
         _reinforcement_fits_the_task,
         "reinforcement is required by task reinforcement, and for it only",
         f"has(self.reinforcement) == ({_TASK} == 'reinforcement')",
+    ),
+    Rule(
+        "contrastive-fits-the-task",
+        "contrastive",
+        "job",
+        _contrastive_fits_the_task,
+        "contrastive is for task sentence-embedding",
+        f"!has(self.contrastive) || {_TASK} == 'sentence-embedding'",
     ),
     Rule(
         "early-stopping-needs-periodic-evaluation",

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 TaskName = Literal[
-    "causal-lm", "sequence-classification", "reward-model", "preference", "reinforcement"
+    "causal-lm",
+    "sequence-classification",
+    "reward-model",
+    "preference",
+    "reinforcement",
+    "sentence-embedding",
 ]
 
 EvalMetric = Literal[
@@ -29,6 +34,9 @@ EvalMetric = Literal[
     "rewardAccuracy",
     "rewardMargin",
     "meanReward",
+    "recallAt1",
+    "recallAt5",
+    "mrr",
 ]
 """Every score a periodic evaluation can report (early stopping picks one)."""
 
@@ -87,6 +95,7 @@ _CLS: Final[tuple[TaskName, ...]] = ("sequence-classification",)
 _RM: Final[tuple[TaskName, ...]] = ("reward-model",)
 _PREF: Final[tuple[TaskName, ...]] = ("preference",)
 _RL: Final[tuple[TaskName, ...]] = ("reinforcement",)
+_EMB: Final[tuple[TaskName, ...]] = ("sentence-embedding",)
 _GENERATING: Final[tuple[TaskName, ...]] = ("causal-lm", "preference")
 """The tasks whose held-out greedy generations are scored against a reference answer
 (``TaskInfo.generates``; a test holds the two together)."""
@@ -101,8 +110,15 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "lower",
             "Validation loss: cross-entropy per label token (causal-lm) or per example "
             "(classification); the Bradley-Terry loss per pair (reward-model); the "
-            "configured preference.loss per pair (preference).",
-            ("causal-lm", "sequence-classification", "reward-model", "preference"),
+            "configured preference.loss per pair (preference); the configured "
+            "contrastive.loss per pair, every held-out pair one batch (sentence-embedding).",
+            (
+                "causal-lm",
+                "sequence-classification",
+                "reward-model",
+                "preference",
+                "sentence-embedding",
+            ),
         ),
         MetricInfo("perplexity", "perplexity", "lower", "exp(evalLoss).", _LM),
         MetricInfo(
@@ -291,6 +307,30 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "the held-out prompts.",
             _RL,
         ),
+        MetricInfo(
+            "recallAt1",
+            "fraction",
+            "higher",
+            "Share of held-out anchors whose own positive is the most cosine-similar of all "
+            "held-out positives and negatives (retrieval among the whole validation set).",
+            _EMB,
+        ),
+        MetricInfo(
+            "recallAt5",
+            "fraction",
+            "higher",
+            "Share of held-out anchors whose own positive is among the 5 most cosine-similar "
+            "of all held-out positives and negatives.",
+            _EMB,
+        ),
+        MetricInfo(
+            "mrr",
+            "fraction",
+            "higher",
+            "Mean reciprocal rank of each held-out anchor's own positive among all held-out "
+            "positives and negatives (1: always first).",
+            _EMB,
+        ),
     )
 }
 """Every score metrics.json and status.metrics can carry, once. A ``<name>Before``
@@ -410,6 +450,20 @@ TASKS: Final[dict[str, TaskInfo]] = {
         methods=_POLICY_METHODS,
         description="online reinforcement learning (GRPO): completions sampled for each "
         "dataset.format prompts row are scored by the reinforcement section's rewards.",
+    ),
+    "sentence-embedding": TaskInfo(
+        name="sentence-embedding",
+        auto_class="AutoModel",
+        metrics=("evalLoss", "recallAt1", "recallAt5", "mrr"),
+        generates=False,
+        distillation=False,
+        loss_over="examples",
+        formats=("pairs",),
+        methods=frozenset({"lora", "full", "freeze"}),
+        description="contrastive fine-tuning of a sentence encoder (a BERT-like model, "
+        "mean or CLS pooling) on dataset.format pairs (the contrastive section: "
+        "multiple-negatives ranking or triplet loss); scored by retrieval among the "
+        "held-out pairs, published in the sentence-transformers layout.",
     ),
 }
 

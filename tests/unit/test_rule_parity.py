@@ -155,6 +155,15 @@ CASES |= {
         {k: v for k, v in REINFORCEMENT.items() if k != "reinforcement"},
         REINFORCEMENT,
     ),
+    "contrastive-fits-the-task": (
+        {"contrastive": {"loss": "triplet"}},
+        {
+            "task": "sentence-embedding",
+            "dataset": {"format": "pairs"},
+            "method": {"type": "full"},
+            "contrastive": {"loss": "triplet"},
+        },
+    ),
 }
 # How the rule's spec field is named in a TrainerConfig, where it differs.
 TRAINER_FIELD = {"resources.strategy": "distributed.strategy"}
@@ -201,6 +210,7 @@ def trainer_config_json(body: dict[str, Any]) -> str:
                 "training",
                 "preference",
                 "reinforcement",
+                "contrastive",
             )
             if k in spec
         },
@@ -353,6 +363,7 @@ def rule_violation(rule: Rule, body: dict[str, Any]) -> tuple[str, str]:
         "evaluation",
         "preference",
         "reinforcement",
+        "contrastive",
     )
     sections = JobSections.model_validate({k: spec[k] for k in keys if k in spec})
     resources = Resources.model_validate(spec.get("resources", {}))

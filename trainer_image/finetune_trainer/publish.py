@@ -203,6 +203,8 @@ def stage_artifacts(
     hub_base = config.model.uri.startswith("hf://")
     _point_adapter_at(staging, base_model_ref, config.model.revision if hub_base else None)
     tokenizer.save_pretrained(staging)
+    if config.task == "sentence-embedding":
+        _write_sentence_layout(staging, model, config, metrics)
     (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     alt = titles(metrics)
     plots = {path: alt[path] for path in write_plots(metrics, staging)}
@@ -213,6 +215,18 @@ def stage_artifacts(
     manifest.update(class_labels(model, config))
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _write_sentence_layout(
+    staging: Path, model: torch.nn.Module, config: TrainerConfig, metrics: dict[str, Any]
+) -> None:
+    """A sentence encoder's sentence-transformers files, with the pooling it trained
+    with (metrics ``pooling``, resolved by the run from the base model)."""
+    from finetune_trainer.embedding.layout import Layout, write_layout
+
+    layout = Layout(metrics.get("pooling", "mean"), config.contrastive_options.normalize)
+    dimension = int(getattr(model, "config", None).hidden_size)  # type: ignore[union-attr]
+    write_layout(staging, layout, dimension, config.training.max_seq_length)
 
 
 def class_labels(model: torch.nn.Module, config: TrainerConfig) -> dict[str, list[str]]:

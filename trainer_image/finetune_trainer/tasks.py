@@ -51,8 +51,9 @@ LOSSES: dict[str, LossFn] = {
 }
 """Each contract task's training loss, by task name."""
 
-CONFIGURED_LOSSES: frozenset[str] = frozenset({"preference", "reinforcement"})
-"""The tasks whose loss the recipe builds from the job's section of the same name."""
+CONFIGURED_LOSSES: frozenset[str] = frozenset({"preference", "reinforcement", "sentence-embedding"})
+"""The tasks whose loss the recipe builds from the job's section (sentence-embedding:
+``contrastive``, with the pooling the base model declares)."""
 
 STEP_WEIGHTS: dict[str, StepWeight] = {
     "label tokens": count_label_tokens,

@@ -26,6 +26,7 @@ DatasetFormat = Literal[
     "classification",
     "preference",
     "prompts",
+    "pairs",
 ]
 
 _FORMAT_DESCRIPTION = (
@@ -33,8 +34,10 @@ _FORMAT_DESCRIPTION = (
     "text (continued pretraining on raw text), classification (a text, optionally a "
     "second text, and a label; needs task: sequence-classification), preference (a "
     "prompt, a chosen and a rejected answer, each a string or a list of chat messages; "
-    "for task reward-model or preference), or prompts (a prompt and an optional reference "
-    "answer; for task reinforcement)."
+    "for task reward-model or preference), prompts (a prompt and an optional reference "
+    "answer; for task reinforcement), or pairs (an anchor text, a positive text that "
+    "matches it and optionally a negative text that does not; for task "
+    "sentence-embedding)."
 )
 
 
@@ -82,6 +85,23 @@ class ColumnMapping(CamelModel):
         min_length=1,
         description="Format prompts: an optional reference answer per prompt (what "
         "reinforcement.rewards type exactMatch compares with); rows may leave it out.",
+    )
+    anchor: str = Field(
+        default="anchor",
+        min_length=1,
+        description="Format pairs: the text to find a match for (a query, a question), a string.",
+    )
+    positive: str = Field(
+        default="positive",
+        min_length=1,
+        description="Format pairs: the text that matches the anchor (its answer, a "
+        "paraphrase), a string.",
+    )
+    negative: str = Field(
+        default="negative",
+        min_length=1,
+        description="Format pairs: an optional text that does not match the anchor (a hard "
+        "negative), a string; rows may leave it out, except with contrastive.loss triplet.",
     )
     text: str = Field(
         default="text",

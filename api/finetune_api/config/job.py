@@ -24,6 +24,7 @@ from finetune_api.config.base import (
     SecretName,
 )
 from finetune_api.config.data import DatasetSpec
+from finetune_api.config.embedding import ContrastiveSpec
 from finetune_api.config.methods import METHODS, PROMPT_LEARNING_METHODS, MethodSpec
 from finetune_api.config.methods.adalora import ADALORA
 from finetune_api.config.presets import PresetName, check_preset_name
@@ -168,11 +169,22 @@ class JobSections(CamelModel):
         "sampled (generations per prompt, length, temperature), scored (rewards) and "
         "learned from (GRPO's clip range epsilon and KL weight beta).",
     )
+    contrastive: ContrastiveSpec | None = Field(
+        default=None,
+        description="Task sentence-embedding only: the contrastive loss (multipleNegatives "
+        "or triplet), its scale or margin, the pooling and normalisation. Default: loss "
+        "multipleNegatives with scale 20, the model's own pooling.",
+    )
 
     @property
     def preference_options(self) -> PreferenceSpec:
         """The preference section, its defaults when the spec leaves it unset."""
         return self.preference if self.preference is not None else PreferenceSpec()
+
+    @property
+    def contrastive_options(self) -> ContrastiveSpec:
+        """The contrastive section, its defaults when the spec leaves it unset."""
+        return self.contrastive if self.contrastive is not None else ContrastiveSpec()
 
     @model_validator(mode="after")
     def _packing_fits_the_method(self) -> Self:
@@ -231,6 +243,7 @@ class JobSections(CamelModel):
                 for name, section in (
                     ("preference", self.preference),
                     ("reinforcement", self.reinforcement),
+                    ("contrastive", self.contrastive),
                 )
                 if section is not None
             ),

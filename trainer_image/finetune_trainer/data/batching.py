@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from finetune_trainer.data.packing import PackedExample, collate_packed
 from finetune_trainer.data.tokenize import (
     IGNORE_INDEX,
+    PairExample,
     PreferenceExample,
     PromptExample,
     TokenizedExample,
@@ -68,6 +69,8 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
         return collate_pairs([e for e in examples if isinstance(e, PreferenceExample)], pad_id)
     if isinstance(examples[0], PromptExample):
         return collate_prompts([e for e in examples if isinstance(e, PromptExample)], pad_id)
+    if isinstance(examples[0], PairExample):
+        return collate_text_pairs([e for e in examples if isinstance(e, PairExample)], pad_id)
     ids, mask, labels = _right_padded(
         [e.input_ids for e in examples], [e.labels for e in examples], pad_id
     )
@@ -133,7 +136,35 @@ def collate_prompts(examples: Sequence[PromptExample], pad_id: int) -> dict[str,
     return {"input_ids": ids, "attention_mask": mask, "row_ids": rows}
 
 
+def collate_text_pairs(examples: Sequence[PairExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Sentence-embedding rows as three right-padded batches: the anchors
+    (``input_ids``, ``attention_mask``), their positives (``positive_ids``,
+    ``positive_mask``, same order) and the negatives of the rows that have one
+    (``negative_ids``, ``negative_mask``; ``has_negative`` marks those rows)."""
+    import torch
+
+    def padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask, _ = _right_padded(rows, [[IGNORE_INDEX] * len(r) for r in rows], pad_id)
+        return ids, mask
+
+    anchors, anchor_mask = padded([e.input_ids for e in examples])
+    positives, positive_mask = padded([e.positive_ids for e in examples])
+    batch = {
+        "input_ids": anchors,
+        "attention_mask": anchor_mask,
+        "positive_ids": positives,
+        "positive_mask": positive_mask,
+        "has_negative": torch.tensor([e.negative_ids is not None for e in examples]),
+    }
+    negatives = [e.negative_ids for e in examples if e.negative_ids is not None]
+    if negatives:
+        batch["negative_ids"], batch["negative_mask"] = padded(negatives)
+    return batch
+
+
 def _kind(example: TokenizedExample) -> str:
+    if isinstance(example, PairExample):
+        return "pairs"
     if isinstance(example, PackedExample):
         return "packed"
     if isinstance(example, PreferenceExample):

@@ -16,8 +16,10 @@ dropping overlong examples happens after the cache, so both settings share one e
 *Value*: one ``.npz`` file (uncompressed numpy arrays): all input ids and labels
 concatenated as int32, per-example offsets and truncation flags; the examples are the
 file's rows after cleaning, in order. Preference pairs add their rejected sequences
-the same way (``rejected_*``); an entry says what its examples are (``kind``: ``lm``,
-``preference`` or ``prompt``; an entry without one is ``lm``). Class ids are not stored
+the same way (``rejected_*``), sentence-embedding rows their positives and negatives
+(``positive_*``, ``negative_*``, an empty negative where ``has_negative`` is false); an
+entry says what its examples are (``kind``: ``lm``, ``preference``, ``prompt`` or
+``pairs``; an entry without one is ``lm``). Class ids are not stored
 (they depend on the whole training set), nor a prompt's reference answer and row (the
 row says the first, the prepared list the second), nor reference log-probs (computed
 by the run from the model): only tokens.
@@ -42,7 +44,12 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune_trainer.data.tokenize import PreferenceExample, PromptExample, TokenizedExample
+from finetune_trainer.data.tokenize import (
+    PairExample,
+    PreferenceExample,
+    PromptExample,
+    TokenizedExample,
+)
 from finetune_trainer.storage.cache import CACHE_DIR_ENV, cache_root
 
 if TYPE_CHECKING:
@@ -139,6 +146,13 @@ def _read_entry(path: Path, key: str, expected: int) -> list[TokenizedExample]:
         ids, labels = arrays["input_ids"], arrays["labels"]
         offsets, truncated = arrays["offsets"], arrays["truncated"]
         rejected = None
+        texts = None
+        if kind == "pairs":
+            texts = (
+                tuple(arrays[f"positive_{n}"] for n in ("input_ids", "labels", "offsets")),
+                tuple(arrays[f"negative_{n}"] for n in ("input_ids", "labels", "offsets")),
+                arrays["has_negative"],
+            )
         if kind == "preference":
             rejected = (
                 arrays["rejected_input_ids"],
@@ -164,14 +178,45 @@ def _read_entry(path: Path, key: str, expected: int) -> list[TokenizedExample]:
             )
             for chosen, other, flag in zip(sequences, _split(*rejected), flags, strict=True)
         ]
+    if texts is not None:
+        return _pair_examples(sequences, flags, *texts)
     kind_class = PromptExample if kind == "prompt" else TokenizedExample
     return [kind_class(i, t, truncated=flag) for (i, t), flag in zip(sequences, flags, strict=True)]
 
 
-_KINDS = ("lm", "preference", "prompt")
+_KINDS = ("lm", "preference", "prompt", "pairs")
+
+
+def _pair_examples(
+    anchors: list[tuple[list[int], list[int]]],
+    flags: list[bool],
+    positive: tuple[Any, ...],
+    negative: tuple[Any, ...],
+    has_negative: Any,
+) -> list[TokenizedExample]:
+    """Sentence-embedding rows: a row without a negative stored an empty one."""
+    _check_layout(*positive, has_negative)
+    _check_layout(*negative, has_negative)
+    if has_negative.dtype.kind != "b" or len(has_negative) != len(anchors):
+        raise _Unusable("has_negative does not mark each row")
+    return [
+        PairExample(
+            a[0], a[1], truncated=flag, positive_ids=p[0], negative_ids=n[0] if has else None
+        )
+        for a, p, n, has, flag in zip(
+            anchors,
+            _split(*positive),
+            _split(*negative),
+            has_negative.tolist(),
+            flags,
+            strict=True,
+        )
+    ]
 
 
 def _kind(example: TokenizedExample) -> str:
+    if isinstance(example, PairExample):
+        return "pairs"
     if isinstance(example, PreferenceExample):
         return "preference"
     return "prompt" if isinstance(example, PromptExample) else "lm"
@@ -230,6 +275,14 @@ def store(data_file: Path, key: str, examples: Sequence[TokenizedExample]) -> Pa
             [e.rejected_ids for e in pairs], [e.rejected_labels for e in pairs]
         )
         arrays |= {f"rejected_{name}": array for name, array in rejected.items()}
+    if kind == "pairs":
+        rows = [e for e in examples if isinstance(e, PairExample)]
+        positive = [e.positive_ids for e in rows]
+        negative = [e.negative_ids or [] for e in rows]
+        for side, texts in (("positive", positive), ("negative", negative)):
+            stored = _concatenated(texts, [[-100] * len(t) for t in texts])
+            arrays |= {f"{side}_{name}": array for name, array in stored.items()}
+        arrays["has_negative"] = np.array([e.negative_ids is not None for e in rows], dtype=bool)
     arrays |= {
         "key": np.array(key),
         "kind": np.array(kind),

@@ -67,7 +67,10 @@ def content_key(example: Example) -> bytes:
     else:
         pair = None if example.text_pair is None else normalize(example.text_pair)
         label = None if example.label is None else str(example.label)
-        body = [normalize(example.text or ""), pair, label]
+        texts = [normalize(example.text or ""), pair, label]
+        if example.pairs:  # a pair with another negative is another triplet
+            texts.append(None if example.negative is None else normalize(example.negative))
+        body = texts
     encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     return hashlib.blake2b(encoded, digest_size=16).digest()
 

@@ -50,6 +50,11 @@ class Example:
     rejected: tuple[Message, ...] | None = None
     reference: str | None = None
     prompt_only: bool = False
+    negative: str | None = None
+    """Format pairs: the text that does not match (``text`` the anchor, ``text_pair``
+    its positive); None when the row has none."""
+    pairs: bool = False
+    """Format pairs: an (anchor, positive[, negative]) row of task sentence-embedding."""
 
     @property
     def is_classification(self) -> bool:
@@ -260,6 +265,21 @@ def _prompts(row: Row, cols: ColumnMapping) -> Example:
     )
 
 
+def _pairs(row: Row, cols: ColumnMapping) -> Example:
+    """An anchor and its positive (``text``, ``text_pair``), and a negative when the row
+    has one: a blank negative is none (a triplet loss then says which rows lack one)."""
+    anchor = _text(_column(row, cols.anchor, "anchor"), f"column '{cols.anchor}'")
+    positive = _text(_column(row, cols.positive, "positive"), f"column '{cols.positive}'")
+    raw = _column(row, cols.negative, "negative", optional=True)
+    negative = None if raw is None else _text(raw, f"column '{cols.negative}'")
+    return Example(
+        text=anchor,
+        text_pair=positive,
+        negative=negative if negative and negative.strip() else None,
+        pairs=True,
+    )
+
+
 FORMATS: dict[str, Callable[[Row, ColumnMapping], Example]] = {
     "messages": _messages,
     "instruction": _instruction,
@@ -268,6 +288,7 @@ FORMATS: dict[str, Callable[[Row, ColumnMapping], Example]] = {
     "classification": _classification,
     "preference": _preference,
     "prompts": _prompts,
+    "pairs": _pairs,
 }
 
 

@@ -114,6 +114,25 @@ class PromptExample(TokenizedExample):
         return True
 
 
+@dataclass(frozen=True)
+class PairExample(TokenizedExample):
+    """A sentence-embedding row: ``input_ids`` the anchor, ``positive_ids`` its match,
+    ``negative_ids`` a non-match or None; each encoded alone as the encoder reads a
+    sentence (special tokens included), no labels (the target is the pairing)."""
+
+    positive_ids: list[int] = field(default_factory=list)
+    negative_ids: list[int] | None = None
+
+    @property
+    def has_target(self) -> bool:
+        """A pair always teaches: its texts are pulled together, others pushed apart."""
+        return True
+
+    @property
+    def length(self) -> int:
+        return max(len(self.input_ids), len(self.positive_ids), len(self.negative_ids or ()))
+
+
 class TemplateError(ValueError):
     """The chat template cannot be used for masked training, or failed on this
     conversation; the message says why."""
@@ -317,6 +336,36 @@ def tokenize_prompt(
     )
 
 
+def tokenize_pair(
+    tokenizer: PreTrainedTokenizerBase,
+    anchor: str,
+    positive: str,
+    negative: str | None,
+    max_length: int,
+) -> PairExample:
+    """Each text as the encoder reads one sentence; too long, a text keeps its start
+    (``truncated`` when any of them was cut)."""
+    encoded = [
+        tokenizer(t, add_special_tokens=True)["input_ids"] if t is not None else None
+        for t in (anchor, positive, negative)
+    ]
+    truncated = any(ids is not None and len(ids) > max_length for ids in encoded)
+    if truncated:
+        encoded = [
+            tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
+            if t is not None
+            else None
+            for t in (anchor, positive, negative)
+        ]
+    a, p, n = encoded
+    assert a is not None and p is not None
+    return PairExample(
+        a, [IGNORE_INDEX] * len(a), truncated=truncated, positive_ids=p, negative_ids=n
+    )
+
+
 def tokenize_example(
     tokenizer: PreTrainedTokenizerBase,
     example: Example,
@@ -325,6 +374,11 @@ def tokenize_example(
     loss_on: LossOn = "completion",
 ) -> TokenizedExample:
     """Dispatch on the kind of example; ``truncated`` says when ``max_length`` cut it."""
+    if example.pairs:
+        assert example.text is not None and example.text_pair is not None
+        return tokenize_pair(
+            tokenizer, example.text, example.text_pair, example.negative, max_length
+        )
     if example.chosen is not None:
         assert example.messages is not None and example.rejected is not None
         return tokenize_preference(

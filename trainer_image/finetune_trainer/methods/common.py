@@ -22,6 +22,7 @@ _TASK_TYPES = {
     "reward-model": "SEQ_CLS",  # a one-output classifier: its score head trains and saves
     "preference": "CAUSAL_LM",
     "reinforcement": "CAUSAL_LM",
+    "sentence-embedding": "FEATURE_EXTRACTION",  # a bare encoder: no head to train or save
 }
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)

@@ -50,13 +50,19 @@ def transformer_blocks(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.n
     return max(lists, key=lambda pair: len(pair[1]))
 
 
-def head_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The output head: the language-model head, or a classifier's score/classifier."""
+def find_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The output head, or None for a bare encoder (task sentence-embedding)."""
     output_embeddings = getattr(model, "get_output_embeddings", None)
     head = output_embeddings() if callable(output_embeddings) else None
     if head is None:
         head = next((getattr(model, name) for name in _HEAD_NAMES if hasattr(model, name)), None)
-    if not isinstance(head, torch.nn.Module):
+    return head if isinstance(head, torch.nn.Module) else None
+
+
+def head_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The output head: the language-model head, or a classifier's score/classifier."""
+    head = find_head(model)
+    if head is None:
         raise ConfigError(
             f"method.freeze: cannot find the output head of {type(model).__name__} (no "
             "lm_head, score or classifier); use type: full or lora"
@@ -83,7 +89,9 @@ def apply_freeze(
             f"{len(blocks)} (or type: full to train everything)"
         )
     top = list(blocks)[len(blocks) - options.trainable_layers :]
-    selected = [*top, head_module(model), *final_norms(backbone, blocks)]
+    # A sentence encoder has no head: its output is the top block's (pooled).
+    heads = [] if ctx.task == "sentence-embedding" else [head_module(model)]
+    selected = [*top, *heads, *final_norms(backbone, blocks)]
     model.requires_grad_(False)
     for module in selected:
         for name, param in module.named_parameters():
@@ -106,7 +114,8 @@ def apply_freeze(
 
 def freeze_param_groups(model: torch.nn.Module, options: FreezeSpec, lr: float) -> list[ParamGroup]:
     """The head at lr x headLrMultiplier, every other trainable parameter at lr."""
-    head = {id(p) for p in head_module(model).parameters()}
+    found = find_head(model)
+    head = set() if found is None else {id(p) for p in found.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups: list[ParamGroup] = [
         {"params": [p for p in trainable if id(p) not in head], "lr": lr, "name": "body"},

@@ -37,6 +37,7 @@ from finetune_trainer.recipe.setup import (
     setup_base_files,
     setup_base_model,
     setup_checkpoints,
+    setup_contrastive,
     setup_data,
     setup_grpo,
     setup_hardware,
@@ -114,6 +115,7 @@ def fine_tune(
     )
     files = setup_base_files(config)
     data = setup_data(config, files.tokenizer)
+    contrastive = setup_contrastive(config, files, data)
     # After the data: a checkpoint belongs to the content of the model and data too.
     checkpoints = setup_checkpoints(config, hardware, files, data)
     base = setup_base_model(config, files, data, hardware, choice)
@@ -126,6 +128,7 @@ def fine_tune(
         evaluation_extras(config, files.tokenizer),
         pair_evaluation(config),
         None if reinforcement is None else reinforcement.evaluation,
+        None if contrastive is None else contrastive.evaluation,
     )
     before = _scores_before(scorer, base, checkpoints.resume, hardware)
     steps = total_steps(len(data.train), config.training, hardware.world)
@@ -139,7 +142,14 @@ def fine_tune(
     # The method keeps the base vocabulary, which a distillation teacher must share.
     grpo = setup_grpo(config, files.tokenizer, data, reinforcement, reference)
     loss = setup_loss(
-        config, task, choice, hardware, base.config.vocab_size, reference=reference, grpo=grpo
+        config,
+        task,
+        choice,
+        hardware,
+        base.config.vocab_size,
+        reference=reference,
+        grpo=grpo,
+        contrastive=None if contrastive is None else contrastive.loss,
     )
     optimization = setup_optimizer(
         config, trainable.model, choice, steps, hardware, checkpoints.resume
@@ -174,7 +184,10 @@ def fine_tune(
     finally:
         reporting.close()
     _say_if_already_complete(result)
-    return _finish(hardware, scorer, trainable, result, before, wall_start)
+    run = _finish(hardware, scorer, trainable, result, before, wall_start)
+    if contrastive is not None and run.main:  # how the published encoder pools
+        run.metrics["pooling"] = contrastive.layout.pooling
+    return run
 
 
 def _say_if_already_complete(result: TrainResult) -> None:

@@ -18,6 +18,7 @@ from finetune_trainer.alignment.grpo import RewardEvaluation
 from finetune_trainer.alignment.scoring import PairEvaluation
 from finetune_trainer.data.prepare import PreparedData, prepare_general
 from finetune_trainer.distributed import reshard
+from finetune_trainer.embedding.retrieval import RetrievalEvaluation
 from finetune_trainer.evaluation import EvalResult, Extras, Scores, evaluate, scores_for
 from finetune_trainer.logs import kv
 from finetune_trainer.storage.backends import Access, fetch_model_dir
@@ -42,6 +43,8 @@ class Scorer:
     task)."""
     rewards: RewardEvaluation | None = None
     """How a reinforcement run scores its held-out prompts (None: another task)."""
+    retrieval: RetrievalEvaluation | None = None
+    """How a sentence-embedding run scores its held-out pairs (None: another task)."""
 
     @property
     def class_names(self) -> list[str] | None:
@@ -52,7 +55,11 @@ class Scorer:
         """Scores on every validation example, plus generation scores for language
         models; logged with how long they took."""
         started = time.perf_counter()
-        if self.rewards is not None:
+        if self.retrieval is not None:
+            result = self.retrieval.evaluate(
+                model, self.data.validation, self.spec.batch_size, self.tokenizer.pad_token_id
+            )
+        elif self.rewards is not None:
             result = self.rewards.evaluate(
                 model,
                 self.tokenizer,
@@ -88,7 +95,11 @@ class Scorer:
     def periodic(self, model: torch.nn.Module) -> dict[str, float]:
         """The cheap evaluation run every ``evaluation.everySteps`` (no generation)."""
         scores: Scores | None
-        if self.rewards is not None:
+        if self.retrieval is not None:
+            scores = self.retrieval.scores(
+                model, self.data.validation, self.spec.batch_size, self.tokenizer.pad_token_id
+            )
+        elif self.rewards is not None:
             scores = self.rewards.scores(
                 model, self.data.validation, self.spec.batch_size, self.tokenizer
             )[0]

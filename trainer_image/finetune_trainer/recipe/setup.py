@@ -33,9 +33,13 @@ from finetune_trainer.alignment.preference import PreferenceLoss
 from finetune_trainer.alignment.reference import AdapterOff, FrozenCopy, Precomputed, Reference
 from finetune_trainer.alignment.rewards import RewardModel, Rewards, build_rewards
 from finetune_trainer.data.prepare import PreparedData, prepare_data
-from finetune_trainer.data.tokenize import PromptExample
+from finetune_trainer.data.tokenize import PairExample, PromptExample
 from finetune_trainer.distributed import make_accelerator, shard_model
-from finetune_trainer.errors import ConfigError, StorageError
+from finetune_trainer.embedding.layout import Layout
+from finetune_trainer.embedding.loss import ContrastiveLoss
+from finetune_trainer.embedding.pooling import resolve_pooling
+from finetune_trainer.embedding.retrieval import RetrievalEvaluation
+from finetune_trainer.errors import ConfigError, DataError, StorageError
 from finetune_trainer.logs import LOGGER, bar_width, kv
 from finetune_trainer.logs import quiet_libraries as quiet_libraries  # its callers import it here
 from finetune_trainer.loop import Optimization, prepare_optimization
@@ -351,6 +355,7 @@ def setup_loss(
     *,
     reference: Reference | None = None,
     grpo: LossFn | None = None,
+    contrastive: LossFn | None = None,
 ) -> LossFn:
     """The loss the loop minimises: the task's own or distillation from a teacher, plus
     the method's own term (AdaLoRA's regulariser) when it has one. Task preference's
@@ -361,6 +366,8 @@ def setup_loss(
         loss = PreferenceLoss(config.preference_options, reference)
     elif config.task == "reinforcement" and grpo is not None:
         loss = grpo  # built by setup_grpo: it samples with the tokenizer, scores, compares
+    elif config.task == "sentence-embedding" and contrastive is not None:
+        loss = contrastive  # built by setup_contrastive: it pools as the base model does
     elif spec is not None:
         loss = _distillation(spec, config, hardware.compute, vocab_size)
     elif task.loss is not None:
@@ -434,6 +441,48 @@ def setup_reference_logps(
         train = with_reference_logps(base, data.train, batch_size, pad_id)
         log.info("reference %s", kv(precomputed=len(train), loss=spec.loss))
     return replace(data, train=train, validation=validation)
+
+
+# --------------------------------------------------------------------------- sentence embedding
+
+
+@dataclass(frozen=True)
+class Contrastive:
+    """Task sentence-embedding's loss, retrieval evaluation and published layout, all
+    with the one pooling the run trains with."""
+
+    loss: ContrastiveLoss
+    evaluation: RetrievalEvaluation
+    layout: Layout
+
+
+def setup_contrastive(
+    config: TrainerConfig, files: BaseModelFiles, data: PreparedData
+) -> Contrastive | None:
+    """The contrastive section with the pooling resolved (``contrastive.pooling``, else
+    the base model's sentence-transformers pooling, else mean); None for other tasks. A
+    triplet loss needs every row's negative: rows without one are named here, before
+    the model loads, not at the step that meets them."""
+    if config.task != "sentence-embedding":
+        return None
+    spec = config.contrastive_options
+    pooling = resolve_pooling(spec.pooling, files.directory)
+    if spec.loss == "triplet":
+        for split, examples in (("training", data.train), ("validation", data.validation)):
+            lacking = sum(isinstance(e, PairExample) and e.negative_ids is None for e in examples)
+            if lacking:
+                raise DataError(
+                    f"contrastive.loss triplet compares each anchor's positive with its "
+                    f"negative, but {lacking} of {len(examples)} {split} rows have none; fill "
+                    f"the dataset's {config.dataset.columns.negative!r} column "
+                    "(dataset.columns.negative), or use loss multipleNegatives"
+                )
+    log.info("contrastive %s", kv(loss=spec.loss, pooling=pooling, normalize=spec.normalize))
+    return Contrastive(
+        ContrastiveLoss(spec, pooling),
+        RetrievalEvaluation(spec, pooling),
+        Layout(pooling, spec.normalize),
+    )
 
 
 # --------------------------------------------------------------------------- optimizer
