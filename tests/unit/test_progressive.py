@@ -297,3 +297,27 @@ def test_a_classifier_trains_its_fresh_score_head_from_the_first_step(tmp_path: 
     assert method.param_groups is not None
     (head,) = [g for g in method.param_groups(model, options, 1e-3) if g["name"] == "head"]
     assert head["params"] == [model.score.weight] and head["lr"] == pytest.approx(1e-2)
+
+
+def test_under_mixed_precision_every_block_that_will_train_is_fp32_from_the_start(
+    four_blocks: Path,
+) -> None:
+    """A block joining later still gets fp32 master weights: they are made when the
+    method is applied, for every block up to maxBlocks; the ones below keep bf16."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer.methods import MethodContext, get_method
+    from finetune_trainer.modeling import resolve_compute
+
+    base = AutoModelForCausalLM.from_pretrained(four_blocks, dtype=torch.bfloat16)
+    ctx = MethodContext(resolve_compute("bf16"), 8, "causal-lm", four_blocks, None)
+    model = get_method("progressive").apply(base, spec(everySteps=2, maxBlocks=2), ctx)
+    dtypes = {i: {p.dtype for p in model.model.layers[i].parameters()} for i in range(BLOCKS)}
+    assert dtypes == {
+        0: {torch.bfloat16},
+        1: {torch.bfloat16},
+        2: {torch.float32},
+        3: {torch.float32},
+    }
+    assert model.lm_head.weight.dtype == model.model.norm.weight.dtype == torch.float32
+    assert trainable_blocks(model) == []  # fp32 already, trainable from step 3
