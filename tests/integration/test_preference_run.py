@@ -113,6 +113,10 @@ def test_preference_losses_move_the_policy_towards_the_chosen_answers(
     # the policy generates, so its greedy answers are scored against the chosen ones.
     assert "rewardAccuracyBefore" not in metrics and "rewardMarginBefore" not in metrics
     assert "exactMatch" in metrics and "exactMatchBefore" in metrics
+    # Every step reports the training pairs' implicit rewards beside its loss.
+    last = metrics["history"][-1]
+    assert {"rewardAccuracy", "rewardMargin", "chosenLogps", "rejectedLogps"} <= set(last)
+    assert 0 <= last["rewardAccuracy"] <= 1
     assert all(
         value <= 0 for key, value in metrics.items() if key.endswith(("Logps", "LogpsBefore"))
     )

@@ -55,18 +55,52 @@ def pair_losses(
 
 class PreferenceLoss:
     """Task preference's loss: ``spec.loss`` on the policy's log-probabilities of each
-    pair, against ``reference`` for dpo and ipo (None for the reference-free losses)."""
+    pair, against ``reference`` for dpo and ipo (None for the reference-free losses).
+
+    It also keeps the step's implicit rewards, which the loop reads once per step
+    (:meth:`step_metrics`): the live ``rewardAccuracy`` and ``rewardMargin`` of the
+    training pairs, beside the loss, in the progress lines and gauges."""
 
     def __init__(self, spec: PreferenceSpec, reference: Reference | None) -> None:
         if spec.uses_reference and reference is None:
             raise ValueError(f"preference.loss {spec.loss} needs a reference policy")
         self.spec = spec
         self.reference = reference
+        self._sums = torch.zeros(5, dtype=torch.float64)
+        """This step's pairs, right-ranked pairs, margins, chosen and rejected logps."""
 
     def __call__(self, model: torch.nn.Module, batch: Batch, weight: int) -> torch.Tensor:
         ref = None
         if self.reference is not None:
             ref = reference_logps(self.reference, model, batch)
         logps, counts = sequence_logps(model, batch)
-        loss, _, _ = pair_losses(self.spec, logps, counts, ref)
+        loss, chosen_reward, rejected_reward = pair_losses(self.spec, logps, counts, ref)
+        self._keep(chosen_reward.detach(), rejected_reward.detach(), logps.detach())
         return loss.sum() / weight
+
+    def _keep(self, chosen: torch.Tensor, rejected: torch.Tensor, logps: torch.Tensor) -> None:
+        chosen_logps, rejected_logps = split_pairs(logps)
+        self._sums += torch.stack(
+            [
+                torch.tensor(float(chosen.numel())),
+                (chosen > rejected).sum().cpu().double(),
+                (chosen - rejected).sum().cpu().double(),
+                chosen_logps.sum().cpu().double(),
+                rejected_logps.sum().cpu().double(),
+            ]
+        ).double()
+
+    def step_metrics(self) -> dict[str, float]:
+        """The step's training pairs: share ranked right by the implicit reward, mean
+        reward margin, mean chosen and rejected log-probabilities; then it resets."""
+        sums, self._sums = self._sums, torch.zeros(5, dtype=torch.float64)
+        pairs = float(sums[0])
+        if pairs == 0:
+            return {}
+        right, margin, chosen, rejected = (float(v) / pairs for v in sums[1:])
+        return {
+            "rewardAccuracy": right,
+            "rewardMargin": margin,
+            "chosenLogps": chosen,
+            "rejectedLogps": rejected,
+        }

@@ -44,6 +44,7 @@ from finetune_trainer.recipe.setup import (
     setup_loss,
     setup_method,
     setup_optimizer,
+    setup_preference,
     setup_reference,
     setup_reference_logps,
     setup_reporting,
@@ -56,8 +57,12 @@ from finetune_trainer.telemetry import Telemetry
 from finetune_trainer.tracking import NO_TRACKERS, Trackers
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from transformers import PreTrainedTokenizerBase
 
+    from finetune_trainer.alignment.grpo import GRPOLoss
+    from finetune_trainer.alignment.preference import PreferenceLoss
     from finetune_trainer.preemption import StopRequest
 
 log = logging.getLogger("finetune.trainer")
@@ -141,6 +146,7 @@ def fine_tune(
         before = _scores_before_sharded(scorer, trainable.model)
     # The method keeps the base vocabulary, which a distillation teacher must share.
     grpo = setup_grpo(config, files.tokenizer, data, reinforcement, reference)
+    preference = setup_preference(config, reference)
     loss = setup_loss(
         config,
         task,
@@ -148,6 +154,7 @@ def fine_tune(
         hardware,
         base.config.vocab_size,
         reference=reference,
+        preference=preference,
         grpo=grpo,
         contrastive=None if contrastive is None else contrastive.loss,
     )
@@ -168,7 +175,7 @@ def fine_tune(
         resume=checkpoints.resume,
         stop_requested=stop or (lambda: False),
         carry={"before": before},
-        step_metrics=None if grpo is None else grpo.step_metrics,
+        step_metrics=_step_metrics(grpo, preference),
     )
     try:
         with _training_window(stop):
@@ -188,6 +195,16 @@ def fine_tune(
     if contrastive is not None and run.main:  # how the published encoder pools
         run.metrics["pooling"] = contrastive.layout.pooling
     return run
+
+
+def _step_metrics(
+    grpo: GRPOLoss | None, preference: PreferenceLoss | None
+) -> Callable[[], dict[str, float]] | None:
+    """The numbers a task's loss reports per step beside the loss (the loop's
+    ``step_metrics`` hook): GRPO's rewards, or the preference pairs' implicit rewards."""
+    if grpo is not None:
+        return grpo.step_metrics
+    return None if preference is None else preference.step_metrics
 
 
 def _say_if_already_complete(result: TrainResult) -> None:

@@ -354,6 +354,7 @@ def setup_loss(
     vocab_size: int,
     *,
     reference: Reference | None = None,
+    preference: PreferenceLoss | None = None,
     grpo: LossFn | None = None,
     contrastive: LossFn | None = None,
 ) -> LossFn:
@@ -363,7 +364,7 @@ def setup_loss(
     spec = config.training.distillation
     loss: LossFn
     if config.task == "preference":
-        loss = PreferenceLoss(config.preference_options, reference)
+        loss = preference or PreferenceLoss(config.preference_options, reference)
     elif config.task == "reinforcement" and grpo is not None:
         loss = grpo  # built by setup_grpo: it samples with the tokenizer, scores, compares
     elif config.task == "sentence-embedding" and contrastive is not None:
@@ -422,6 +423,14 @@ def setup_reference(
         return AdapterOff()
     log.info("reference %s", kv(kind="frozen copy of the base", method=choice.method.name))
     return FrozenCopy(copy.deepcopy(base))
+
+
+def setup_preference(config: TrainerConfig, reference: Reference | None) -> PreferenceLoss | None:
+    """Task preference's loss (None for another task): kept by the recipe so that the
+    loop reads its per-step rewards (``TrainHooks.step_metrics``)."""
+    if config.task != "preference":
+        return None
+    return PreferenceLoss(config.preference_options, reference)
 
 
 def setup_reference_logps(
