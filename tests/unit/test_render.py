@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_api.config import TRAINER_CONFIG_VERSION, TrainerConfig
+from finetune_api.config import TRAINER_CONFIG_VERSION, JobSections, TrainerConfig
 from finetune_api.render import RenderError, local_output_uri, render_trainer_config
 from finetune_api.resource import FineTuneJob
 
@@ -66,10 +66,11 @@ def test_job_name_and_version() -> None:
 def test_kubernetes_only_fields_stay_behind() -> None:
     dumped = render_trainer_config(job()).model_dump(by_alias=True)
     assert "resources" not in dumped
-    assert set(dumped) == {
-        "task", "model", "dataset", "method", "training", "evaluation", "tracking",
-        "apiVersion", "jobName", "output", "distributed",
-    }  # fmt: skip
+    # every section the spec shares with the TrainerConfig (task, model, dataset, ...,
+    # the task-owned preference and reinforcement sections), and the config's own
+    shared = {field.alias or name for name, field in JobSections.model_fields.items()}
+    assert {"task", "model", "dataset", "preference", "reinforcement"} <= shared
+    assert set(dumped) == shared | {"apiVersion", "jobName", "output", "distributed"}
 
 
 def test_tracking_reaches_the_trainer() -> None:
