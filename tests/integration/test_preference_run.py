@@ -161,3 +161,30 @@ def test_precomputed_reference_trains_like_the_reference_forward(
     )
     for key in ("evalLoss", "rewardMargin", "chosenLogps", "rejectedLogps", "trainLoss"):
         assert pre[key] == pytest.approx(plain[key], rel=1e-4), key
+
+
+def test_sequence_logps_are_the_causal_lm_loss_per_row(tiny_model_dir: Path) -> None:
+    """Each row's summed label log-probability is minus its share of the supervised loss
+    (the same label positions), and the counts are its label tokens after the shift."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer.alignment.logps import sequence_logps
+    from finetune_trainer.losses import causal_lm_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(3, 100, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[2, 5:] = 0  # a padded row
+    labels = ids.clone()
+    labels[:, :3] = -100
+    labels[2, 5:] = -100
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    with torch.no_grad():
+        sums, counts = sequence_logps(model, batch)
+        assert counts.tolist() == [4, 4, 2]
+        for row in range(3):
+            one = {k: v[row : row + 1] for k, v in batch.items()}
+            expected = -causal_lm_loss(model, one, 1)
+            assert float(sums[row]) == pytest.approx(float(expected), rel=1e-5)
