@@ -228,3 +228,12 @@ def test_contract_refuses_two_widths_and_scaling_outside_parallel() -> None:
     assert job({"variant": "parallel", "scaling": 4.0}).method.options() == AdapterSpec(
         variant="parallel", scaling=4.0
     )
+
+
+def test_vllm_is_not_told_it_is_a_lora_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from finetune_api.serving import vllm_compatibility
+
+    save_bottleneck(adapted(tiny_model_dir, {}), tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    problems = vllm_compatibility(config, 64)
+    assert len(problems) == 1 and "peft_type is BOTTLENECK" in problems[0]
