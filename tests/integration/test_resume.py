@@ -27,7 +27,12 @@ FINETUNE = str(Path(sys.executable).parent / "finetune")
 STEPS = 60
 
 
-def trainer_config(tmp: Path, model_dir: Path, out: Path, **output: Any) -> Path:
+LORA_METHOD: dict[str, Any] = {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.1}}
+
+
+def trainer_config(
+    tmp: Path, model_dir: Path, out: Path, method: dict[str, Any] | None = None, **output: Any
+) -> Path:
     """A TrainerConfig with dropout (so random state matters) and frequent checkpoints."""
     train = write_jsonl(tmp / "train.jsonl", colour_rows(96))
     validation = write_jsonl(tmp / "validation.jsonl", colour_rows(16))
@@ -40,7 +45,7 @@ def trainer_config(tmp: Path, model_dir: Path, out: Path, **output: Any) -> Path
                 "validation": f"file://{validation}",
                 "deduplicate": False,
             },
-            "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.1}},
+            "method": method or LORA_METHOD,
             "training": {
                 "maxSteps": STEPS,
                 "learningRate": 1e-2,
@@ -152,6 +157,51 @@ def test_killed_and_terminated_run_resumes_to_the_same_result(
     left = complete_checkpoints(LocalStore("file://out", out))
     assert sorted(left) == [STEPS - 4, STEPS]
     assert all(MANIFEST in keys for keys in left.values())
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        # VeRA: its shared matrices are buffers rebuilt from the key, not checkpointed
+        {"type": "vera", "vera": {"r": 16, "veraDropout": 0.1, "saveProjection": False}},
+        # LoRA-FA: A is frozen, not checkpointed, and drawn again from the seed on resume
+        {"type": "lora-fa", "loraFa": {"r": 8, "alpha": 16, "dropout": 0.1}},
+    ],
+    ids=lambda m: m["type"],
+)
+def test_a_stopped_run_resumes_to_the_same_weights_per_method(
+    tmp_path: Path, tiny_model_dir: Path, method: dict[str, Any]
+) -> None:
+    """A method whose frozen part is not in the checkpoint resumes exactly: stopped
+    (SIGTERM) after a checkpoint and restarted, it publishes the uninterrupted run's
+    adapter, frozen tensors included."""
+    reference_out, out = tmp_path / "reference", tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    config = trainer_config(tmp_path, tiny_model_dir, reference_out, method)
+    reference = subprocess.run(
+        [FINETUNE, "train", "--config", str(config)], capture_output=True, env=env, timeout=300
+    )
+    assert reference.returncode == 0, reference.stderr.decode()[-3000:]
+
+    config = trainer_config(tmp_path, tiny_model_dir, out, method)
+    proc = start(config, tmp_path)
+    wait_for_checkpoint_after(proc, out, 7)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, (tmp_path / "trainer.log").read_text()[-3000:]
+    stopped_at = newest_complete(out)
+    assert 8 <= stopped_at < STEPS
+    proc = start(config, tmp_path)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+    assert (
+        f"resuming from file://{out}/{prefix_for(stopped_at)}"
+        in (tmp_path / "trainer.log").read_text()
+    )
+
+    a = load_file(out / "adapter_model.safetensors")
+    b = load_file(reference_out / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max() < 1e-4, name
 
 
 def test_a_rerun_trains_again_exactly_when_the_data_changed_in_place(
