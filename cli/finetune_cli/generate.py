@@ -175,19 +175,32 @@ def generate(
 
     An adapter set loads onto the base model its job trained on (fetched like the job
     fetched it); a whole model (a full run, a merged export) loads alone. A classifier
-    prints each class and its probability, likeliest first, instead of generating.
+    prints each class and its probability, likeliest first, instead of generating; a
+    sentence encoder (task sentence-embedding) ranks the other prompts by their cosine
+    similarity to the first.
 
     Exit 2: a bad option or a set without a chat template (use --no-chat-template).
     Exit 4: the model cannot be loaded. Exit 5 (7): the location cannot be read or does
     not match its manifest.json (retrying may help with 7).
     """
-    from finetune_trainer.inference import classify, conversation, render
+    from finetune_trainer.inference import classify, conversation, render, similarities
     from finetune_trainer.inference import generate as run_generate
 
     sampling = _sampling(max_new_tokens, temperature, top_p, seed, dtype)
     texts = _prompts(prompt)
     # _loaded reports a trainer error raised here too (the block runs at its yield).
     with _loaded(location, verify=verify, base=base, dtype=dtype, merged=merged) as loaded:
+        _refuse_reward_model(loaded, location)
+        if loaded.embeds:  # a sentence encoder ranks the other prompts against the first
+            if len(texts) < 2:
+                _err(
+                    f"error: {location}: a sentence encoder compares texts; pass a query and "
+                    "candidates (-p QUERY -p TEXT -p TEXT ...) to rank them by similarity"
+                )
+                raise typer.Exit(EXIT_INVALID)
+            for candidate, score in similarities(loaded, texts[0], texts[1:]):
+                _write(f"{score:.4f}\t{candidate}\n")
+            return
         for i, text in enumerate(texts):
             if i:
                 _write("\n")
@@ -199,6 +212,17 @@ def generate(
             if show_prompt:
                 _err(rendered)
             run_generate(loaded, rendered, sampling, _write, chat_template=chat_template)
+
+
+def _refuse_reward_model(loaded: LoadedModel, location: str) -> None:
+    """A reward model's one output is a score of an answer: nothing to generate or say."""
+    if loaded.rewards:
+        _err(
+            f"error: {location}: a reward model scores answers, it does not generate; use it "
+            f"as a reward of task reinforcement (reinforcement.rewards: type model, uri "
+            f"{location})"
+        )
+        raise typer.Exit(EXIT_INVALID)
 
 
 def chat(
@@ -225,8 +249,10 @@ def chat(
 
     sampling = _sampling(max_new_tokens, temperature, top_p, seed, dtype)
     with _loaded(location, verify=verify, base=base, dtype=dtype, merged=merged) as loaded:
-        if loaded.classifies:
-            _err(f"error: {location}: a classifier does not chat; use finetune generate -p TEXT")
+        _refuse_reward_model(loaded, location)
+        if loaded.classifies or loaded.embeds:
+            what = "a classifier" if loaded.classifies else "a sentence encoder"
+            _err(f"error: {location}: {what} does not chat; use finetune generate -p TEXT")
             raise typer.Exit(EXIT_INVALID)
         session = Chat(loaded, sampling, system)
         interactive = sys.stdin.isatty()

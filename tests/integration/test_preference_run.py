@@ -92,6 +92,9 @@ def test_reward_model_publishes_a_scorer_that_reproduces_its_scores(
     assert scores.mean_margin == pytest.approx(metrics["meanMargin"], abs=1e-5)
     assert scores.pairwise_accuracy == metrics["pairwiseAccuracy"]
     assert scores.loss == pytest.approx(metrics["evalLoss"], abs=1e-5)
+    # finetune generate says what a reward model is for instead of failing to generate.
+    refused = CliRunner().invoke(app, ["generate", str(out), "-p", "What is colour 1?"])
+    assert refused.exit_code == 2 and "reward model scores answers" in refused.output
 
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo", "simpo", "orpo"])

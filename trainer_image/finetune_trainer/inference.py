@@ -35,7 +35,8 @@ MERGED = "merged"
 """Where a run with ``output.merge`` publishes the merged model, inside its set."""
 CAUSAL_LM = "causal-lm"
 CLASSIFICATION = "sequence-classification"
-PEFT_TASKS = {"CAUSAL_LM": CAUSAL_LM, "SEQ_CLS": CLASSIFICATION}
+EMBEDDING = "sentence-embedding"
+PEFT_TASKS = {"CAUSAL_LM": CAUSAL_LM, "SEQ_CLS": CLASSIFICATION, "FEATURE_EXTRACTION": EMBEDDING}
 """peft's ``task_type`` in an adapter_config.json, as the contract's task names."""
 
 Messages = list[dict[str, str]]
@@ -121,6 +122,8 @@ def _task_from_files(directory: Path, kind: str) -> str:
     if kind == "adapter":
         config = json.loads((directory / ADAPTER_CONFIG).read_text())
         return PEFT_TASKS.get(str(config.get("task_type")), CAUSAL_LM)
+    if (directory / "modules.json").is_file():  # the sentence-transformers layout
+        return EMBEDDING
     config = json.loads((directory / MODEL_CONFIG).read_text())
     architectures = config.get("architectures") or []
     if any(str(a).endswith("ForSequenceClassification") for a in architectures):
@@ -255,6 +258,17 @@ class LoadedModel:
     @property
     def classifies(self) -> bool:
         return self.artifact.task == CLASSIFICATION
+
+    @property
+    def rewards(self) -> bool:
+        """A reward model (task reward-model): it scores a prompt and an answer, it
+        neither generates nor classifies."""
+        return self.artifact.task == "reward-model"
+
+    @property
+    def embeds(self) -> bool:
+        """A sentence encoder: it maps texts to vectors, it does not generate."""
+        return self.artifact.task == EMBEDDING
 
 
 def load(artifact: ArtifactSet, dtype: str = "auto", warn: Write | None = None) -> LoadedModel:
@@ -456,6 +470,25 @@ def classify(loaded: LoadedModel, text: str) -> list[tuple[str, float]]:
         logits = loaded.model(**inputs).logits[0].float()
     probabilities = torch.softmax(logits, dim=-1).tolist()
     return sorted(zip(loaded.labels, probabilities, strict=True), key=lambda p: -p[1])
+
+
+def embed(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """[N, H]: the texts as the published sentence encoder embeds them (its pooling and
+    normalisation from the set's sentence-transformers files; mean and normalised for a
+    set without them)."""
+    from finetune_trainer.embedding.layout import Layout, embed, read_layout
+
+    layout = read_layout(loaded.artifact.directory) or Layout("mean", normalize=True)
+    return embed(loaded.model, loaded.tokenizer, texts, layout)
+
+
+def similarities(loaded: LoadedModel, query: str, candidates: list[str]) -> list[tuple[str, float]]:
+    """Each candidate with its cosine similarity to ``query``, most similar first."""
+    import torch.nn.functional as F
+
+    vectors = F.normalize(embed(loaded, [query, *candidates]), dim=-1)
+    scores = (vectors[1:] @ vectors[0]).tolist()
+    return sorted(zip(candidates, scores, strict=True), key=lambda p: -p[1])
 
 
 # --------------------------------------------------------------------------- chat
