@@ -30,8 +30,11 @@ _PIPELINE_BY_CLASS = {
     "AutoModelForCausalLM": "text-generation",
     "AutoModelForSequenceClassification": "text-classification",
     "AutoModel": "feature-extraction",
+    "AutoModelForImageClassification": "image-classification",
 }
-PIPELINE_TAGS = {name: _PIPELINE_BY_CLASS[info.auto_class] for name, info in TASKS.items()}
+PIPELINE_TAGS = {
+    name: _PIPELINE_BY_CLASS.get(info.auto_class, "other") for name, info in TASKS.items()
+}
 """The Hub's pipeline tag (and model-index task type) of each ``spec.task``, by the
 transformers class that loads its model (a reward model is a one-output classifier)."""
 LIBRARIES = ("torch", "transformers", "peft", "finetune-operator")
