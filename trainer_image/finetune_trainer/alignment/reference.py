@@ -69,6 +69,11 @@ class FrozenCopy:
         self.model = base.eval().requires_grad_(False)
 
     def logps(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        device = batch["input_ids"].device
+        if next(self.model.parameters()).device != device:
+            # Under FSDP the base is loaded on the CPU and then sharded; the copy, taken
+            # before, moves once to where the batches are.
+            self.model.to(device)
         with evaluating(self.model):
             return sequence_logps(self.model, batch)[0]
 
