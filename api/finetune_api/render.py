@@ -89,6 +89,7 @@ def render_trainer_config(
             "preference",
             "reinforcement",
             "contrastive",
+            "image_classification",
         }
     )
     if max_steps is not None:

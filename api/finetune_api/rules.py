@@ -143,6 +143,8 @@ _FORMAT_COLUMNS: Final[dict[str, str]] = {
     "preference": "prompt, chosen, rejected",
     "prompts": "prompt, answer",
     "pairs": "anchor, positive, negative",
+    "image-folder": "a folder of class folders of images",
+    "image-manifest": "image, label",
 }
 """Each dataset format's columns, for an error message (a test holds it to DatasetFormat)."""
 
@@ -202,7 +204,8 @@ def _method_fits_the_task(facts: Facts) -> Violation | None:
         return Violation(
             "method.type",
             f"task {facts.task} does not train with method {facts.method}; use one of "
-            f"{', '.join(sorted(allowed))}",
+            f"{', '.join(sorted(allowed))}"
+            + (f" ({TASKS[facts.task].methods_why})" if TASKS[facts.task].methods_why else ""),
         )
     return None
 
@@ -248,6 +251,16 @@ def _contrastive_fits_the_task(facts: Facts) -> Violation | None:
             "contrastive",
             f"is the contrastive loss of task sentence-embedding, not of task {facts.task}; "
             "remove it, or set task: sentence-embedding",
+        )
+    return None
+
+
+def _image_classification_fits_the_task(facts: Facts) -> Violation | None:
+    if "imageClassification" in facts.sections and facts.task != "image-classification":
+        return Violation(
+            "imageClassification",
+            f"is the recipe of task image-classification, not of task {facts.task}; "
+            "remove it, or set task: image-classification",
         )
     return None
 
@@ -607,6 +620,14 @@ RULES: Final[tuple[Rule, ...]] = (
         _contrastive_fits_the_task,
         "contrastive is for task sentence-embedding",
         f"!has(self.contrastive) || {_TASK} == 'sentence-embedding'",
+    ),
+    Rule(
+        "image-classification-fits-the-task",
+        "imageClassification",
+        "job",
+        _image_classification_fits_the_task,
+        "imageClassification is for task image-classification",
+        f"!has(self.imageClassification) || {_TASK} == 'image-classification'",
     ),
     Rule(
         "early-stopping-needs-periodic-evaluation",

@@ -20,6 +20,7 @@ TaskName = Literal[
     "preference",
     "reinforcement",
     "sentence-embedding",
+    "image-classification",
 ]
 
 EvalMetric = Literal[
@@ -96,6 +97,7 @@ _RM: Final[tuple[TaskName, ...]] = ("reward-model",)
 _PREF: Final[tuple[TaskName, ...]] = ("preference",)
 _RL: Final[tuple[TaskName, ...]] = ("reinforcement",)
 _EMB: Final[tuple[TaskName, ...]] = ("sentence-embedding",)
+_CLASSIFIERS: Final[tuple[TaskName, ...]] = ("sequence-classification", "image-classification")
 _GENERATING: Final[tuple[TaskName, ...]] = ("causal-lm", "preference")
 """The tasks whose held-out greedy generations are scored against a reference answer
 (``TaskInfo.generates``; a test holds the two together)."""
@@ -109,7 +111,7 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "loss",
             "lower",
             "Validation loss: cross-entropy per label token (causal-lm) or per example "
-            "(classification); the Bradley-Terry loss per pair (reward-model); the "
+            "(sequence- and image-classification); the Bradley-Terry loss per pair (reward-model); the "
             "configured preference.loss per pair (preference); the configured "
             "contrastive.loss per pair, every held-out pair one batch (sentence-embedding).",
             (
@@ -118,6 +120,7 @@ METRICS: Final[dict[str, MetricInfo]] = {
                 "reward-model",
                 "preference",
                 "sentence-embedding",
+                "image-classification",
             ),
         ),
         MetricInfo("perplexity", "perplexity", "lower", "exp(evalLoss).", _LM),
@@ -177,29 +180,29 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "accuracy",
             "fraction",
             "higher",
-            "Share of validation rows classified correctly.",
-            _CLS,
+            "Share of validation rows (texts or images) classified correctly (top-1).",
+            _CLASSIFIERS,
         ),
         MetricInfo(
             "macroPrecision",
             "fraction",
             "higher",
             "Precision averaged over the classes (torchmetrics); per class in perClass.",
-            _CLS,
+            _CLASSIFIERS,
         ),
         MetricInfo(
             "macroRecall",
             "fraction",
             "higher",
             "Recall averaged over the classes (torchmetrics); per class in perClass.",
-            _CLS,
+            _CLASSIFIERS,
         ),
         MetricInfo(
             "macroF1",
             "fraction",
             "higher",
             "F1 averaged over the classes (torchmetrics); per class in perClass.",
-            _CLS,
+            _CLASSIFIERS,
         ),
         MetricInfo(
             "retentionLoss",
@@ -372,6 +375,8 @@ class TaskInfo:
     """The dataset formats (``dataset.format``) this task reads."""
     methods: frozenset[str] | None = None
     """The methods (``method.type``) that can train it; None: every method."""
+    methods_why: str = ""
+    """Why the other methods cannot train it, for the refusal (empty: nothing to add)."""
     description: str = ""
     """One sentence for ``spec.task``'s reference."""
 
@@ -464,6 +469,23 @@ TASKS: Final[dict[str, TaskInfo]] = {
         "mean or CLS pooling) on dataset.format pairs (the contrastive section: "
         "multiple-negatives ranking or triplet loss); scored by retrieval among the "
         "held-out pairs, published in the sentence-transformers layout.",
+    ),
+    "image-classification": TaskInfo(
+        name="image-classification",
+        auto_class="AutoModelForImageClassification",
+        metrics=("evalLoss", "accuracy", "macroF1"),
+        generates=False,
+        distillation=False,
+        loss_over="examples",
+        formats=("image-folder", "image-manifest"),
+        methods=frozenset({"full", "freeze", "lora"}),
+        methods_why="an image model reads pixels, not tokens: prefix, prompt and p-tuning "
+        "prepend virtual tokens it has no place for; qlora's 4-bit base and the other "
+        "adapters are not tried on vision backbones here",
+        description="transfer learning of a vision backbone (ViT, ConvNeXt, ResNet...) with "
+        "a new classification head sized to the data's classes, trained at "
+        "imageClassification.headLrMultiplier x the learning rate, on dataset.format "
+        "image-folder or image-manifest, with random resized crops and flips.",
     ),
 }
 

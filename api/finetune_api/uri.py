@@ -214,6 +214,14 @@ def parse_uri(uri: str, role: Role) -> ParsedUri:
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
+DIRECTORY = "/"
+"""``data_suffix`` of a directory: dataset.format image-folder reads a folder of class
+folders, written with a trailing slash (file:///data/shapes/) so that a file name that
+lost its suffix is still refused rather than taken for a folder."""
+DIRECTORY_SCHEMES = ("file", "pvc")
+"""Where a dataset may be a directory: the local schemes, whose folders the trainer can
+list (an S3 prefix or a Hub repository is not a folder it walks)."""
+
 
 def data_suffix(uri: ParsedUri) -> str | None:
     """The file type of a dataset URI, or None for a whole Hub dataset repository (the
@@ -224,12 +232,16 @@ def data_suffix(uri: ParsedUri) -> str | None:
         if path is None:
             return None
         location = path
+    if location.endswith("/") and uri.scheme in DIRECTORY_SCHEMES:
+        return DIRECTORY
     lowered = location.lower()
     for suffix in DATA_SUFFIXES:
         if lowered.endswith(suffix):
             return suffix
     raise UriError(
-        f"cannot tell the file type of '{uri}'; name a file ending in " + ", ".join(DATA_SUFFIXES)
+        f"cannot tell the file type of '{uri}'; name a file ending in "
+        + ", ".join(DATA_SUFFIXES)
+        + " (or, for dataset.format image-folder, a file:// or pvc:// folder ending in /)"
     )
 
 

@@ -492,7 +492,12 @@ def test_dataset_cel_rules(schema: dict[str, Any]) -> None:
     *rules, immutable = at(schema, "spec.dataset")["x-kubernetes-validations"]
     assert rules == DatasetSpec.model_json_schema()["x-kubernetes-validations"]
     assert immutable["rule"] == "self == oldSelf"
-    validation, train = rules
+    validation, train, *image_folder_rules = rules
+    assert [r["message"] for r in image_folder_rules] == [
+        "format image-folder reads a folder (a URI ending in /), every other format a file",
+        "format image-folder reads a folder (a URI ending in /), every other format a file",
+        "the image formats read one train source, not a mixture",
+    ]
     assert "has(self.validation)" in validation["rule"]
     assert "has(self.validationSplit)" in validation["rule"]
     assert "not both" in validation["message"]

@@ -164,6 +164,15 @@ CASES |= {
             "contrastive": {"loss": "triplet"},
         },
     ),
+    "image-classification-fits-the-task": (
+        {"imageClassification": {"headLrMultiplier": 5}},
+        {
+            "task": "image-classification",
+            "dataset": {"format": "image-manifest", "train": "file:///data/images.jsonl"},
+            "method": {"type": "full"},
+            "imageClassification": {"headLrMultiplier": 5},
+        },
+    ),
 }
 # How the rule's spec field is named in a TrainerConfig, where it differs.
 TRAINER_FIELD = {"resources.strategy": "distributed.strategy"}
@@ -211,6 +220,7 @@ def trainer_config_json(body: dict[str, Any]) -> str:
                 "preference",
                 "reinforcement",
                 "contrastive",
+                "imageClassification",
             )
             if k in spec
         },
@@ -364,6 +374,7 @@ def rule_violation(rule: Rule, body: dict[str, Any]) -> tuple[str, str]:
         "preference",
         "reinforcement",
         "contrastive",
+        "imageClassification",
     )
     sections = JobSections.model_validate({k: spec[k] for k in keys if k in spec})
     resources = Resources.model_validate(spec.get("resources", {}))

@@ -27,7 +27,13 @@ DatasetFormat = Literal[
     "preference",
     "prompts",
     "pairs",
+    "image-folder",
+    "image-manifest",
 ]
+
+IMAGE_FORMATS = ("image-folder", "image-manifest")
+"""The formats whose rows are images (task image-classification); they read one train
+source (no mixture) and image-folder reads a folder, not a file."""
 
 _FORMAT_DESCRIPTION = (
     "messages (chat turns), instruction (instruction/input/output), prompt-completion, "
@@ -37,7 +43,11 @@ _FORMAT_DESCRIPTION = (
     "for task reward-model or preference), prompts (a prompt and an optional reference "
     "answer; for task reinforcement), or pairs (an anchor text, a positive text that "
     "matches it and optionally a negative text that does not; for task "
-    "sentence-embedding)."
+    "sentence-embedding), image-folder (dataset.train is a file:// or pvc:// folder "
+    "ending in /, with one sub-folder of .png/.jpg/.jpeg/.bmp/.gif/.webp images per class, "
+    "the folder's name the label; for task image-classification) or image-manifest (a "
+    "file with columns image, a path relative to the file or absolute, and label; for "
+    "task image-classification)."
 )
 
 
@@ -103,6 +113,12 @@ class ColumnMapping(CamelModel):
         description="Format pairs: an optional text that does not match the anchor (a hard "
         "negative), a string; rows may leave it out, except with contrastive.loss triplet.",
     )
+    image: str = Field(
+        default="image",
+        min_length=1,
+        description="Format image-manifest: the image's path, relative to the manifest "
+        "file's folder or absolute (on the trainer's file system).",
+    )
     text: str = Field(
         default="text",
         min_length=1,
@@ -118,7 +134,8 @@ class ColumnMapping(CamelModel):
     label: str = Field(
         default="label",
         min_length=1,
-        description="Format classification: the class of each row, a string or an integer. "
+        description="Formats classification and image-manifest: the class of each row, a "
+        "string or an integer. "
         "Class ids are the training set's labels sorted (numerically when every label is an "
         "integer).",
     )
@@ -179,6 +196,23 @@ class DatasetSpec(CamelModel):
                 {
                     "rule": "has(self.train) != has(self.mixture)",
                     "message": "set exactly one of train (one file) or mixture (weighted sources)",
+                },
+                {
+                    "rule": "!has(self.train) || (has(self.format) && self.format == "
+                    "'image-folder') == self.train.endsWith('/')",
+                    "message": "format image-folder reads a folder (a URI ending in /), "
+                    "every other format a file",
+                },
+                {
+                    "rule": "!has(self.validation) || (has(self.format) && self.format == "
+                    "'image-folder') == self.validation.endsWith('/')",
+                    "message": "format image-folder reads a folder (a URI ending in /), "
+                    "every other format a file",
+                },
+                {
+                    "rule": "!has(self.mixture) || !has(self.format) || "
+                    "!(self.format in ['image-folder', 'image-manifest'])",
+                    "message": "the image formats read one train source, not a mixture",
                 },
             ]
         }
@@ -244,6 +278,28 @@ class DatasetSpec(CamelModel):
             raise ValueError(
                 "set either train (one file) or mixture (weighted sources), not both; "
                 "to mix train with other data, make it a mixture source"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _folder_only_for_image_folder(self) -> Self:
+        folder = self.format == "image-folder"
+        for field, uri in (("train", self.train), ("validation", self.validation)):
+            if uri is None or uri.endswith("/") == folder:
+                continue
+            if folder:
+                raise ValueError(
+                    f"{field}: format image-folder reads a folder of class folders: write "
+                    "it as a file:// or pvc:// URI ending in / (e.g. file:///data/shapes/), "
+                    "or use format image-manifest for a file listing the images"
+                )
+            raise ValueError(
+                f"{field}: {uri} is a folder (it ends in /), which only format image-folder "
+                "reads; name a data file, or set format: image-folder"
+            )
+        if self.mixture is not None and self.format in IMAGE_FORMATS:
+            raise ValueError(
+                f"format {self.format} reads one train source, not a mixture: set train"
             )
         return self
 

@@ -28,6 +28,7 @@ from finetune_api.config.embedding import ContrastiveSpec
 from finetune_api.config.methods import METHODS, PROMPT_LEARNING_METHODS, MethodSpec
 from finetune_api.config.methods.adalora import ADALORA
 from finetune_api.config.presets import PresetName, check_preset_name
+from finetune_api.config.vision import ImageClassificationSpec
 from finetune_api.config.tracking import TrackingSpec
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
 from finetune_api.redaction import redact_data
@@ -176,6 +177,20 @@ class JobSections(CamelModel):
         "multipleNegatives with scale 20, the model's own pooling.",
     )
 
+    image_classification: ImageClassificationSpec | None = Field(
+        default=None,
+        description="Task image-classification only: the new head's learning-rate "
+        "multiplier, the image size and the training augmentation. Default: head at 10x "
+        "the learning rate, the model's image size, augmentation on.",
+    )
+
+    @property
+    def image_options(self) -> ImageClassificationSpec:
+        """The imageClassification section, its defaults when the spec leaves it unset."""
+        if self.image_classification is not None:
+            return self.image_classification
+        return ImageClassificationSpec()
+
     @property
     def preference_options(self) -> PreferenceSpec:
         """The preference section, its defaults when the spec leaves it unset."""
@@ -244,6 +259,7 @@ class JobSections(CamelModel):
                     ("preference", self.preference),
                     ("reinforcement", self.reinforcement),
                     ("contrastive", self.contrastive),
+                    ("imageClassification", self.image_classification),
                 )
                 if section is not None
             ),
