@@ -111,8 +111,8 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "loss",
             "lower",
             "Validation loss: cross-entropy per label token (causal-lm) or per example "
-            "(sequence- and image-classification); the Bradley-Terry loss per pair (reward-model); the "
-            "configured preference.loss per pair (preference); the configured "
+            "(sequence- and image-classification); the Bradley-Terry loss per pair "
+            "(reward-model); the configured preference.loss per pair (preference); the configured "
             "contrastive.loss per pair, every held-out pair one batch (sentence-embedding).",
             (
                 "causal-lm",

@@ -28,9 +28,9 @@ from finetune_api.config.embedding import ContrastiveSpec
 from finetune_api.config.methods import METHODS, PROMPT_LEARNING_METHODS, MethodSpec
 from finetune_api.config.methods.adalora import ADALORA
 from finetune_api.config.presets import PresetName, check_preset_name
-from finetune_api.config.vision import ImageClassificationSpec
 from finetune_api.config.tracking import TrackingSpec
 from finetune_api.config.training import EvaluationSpec, TrainingSpec
+from finetune_api.config.vision import ImageClassificationSpec
 from finetune_api.redaction import redact_data
 from finetune_api.tasks import TaskName, task_description
 
