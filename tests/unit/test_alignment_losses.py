@@ -126,3 +126,35 @@ def test_losses_are_per_pair() -> None:
     loss, _, _ = losses.dpo(chosen, rejected, ref, ref, 1.0)
     assert loss.shape == (3,)
     assert loss[0].item() < loss[1].item() < loss[2].item()  # margins 1, 0, -2
+
+
+def test_pair_losses_read_chosen_rows_first_then_rejected() -> None:
+    """A collated batch of B pairs holds the chosen rows, then the rejected ones."""
+    from finetune_api.config.alignment import PreferenceSpec
+    from finetune_trainer.alignment.preference import pair_losses
+
+    logps = torch.tensor([-1.0, -2.0, -3.0, -1.5], dtype=torch.float64)  # c1 c2 r1 r2
+    counts = torch.tensor([2, 4, 3, 1])
+    ref = torch.tensor([-1.5, -2.0, -2.0, -2.0], dtype=torch.float64)
+    loss, r_c, r_r = pair_losses(PreferenceSpec(loss="dpo", beta=0.5), logps, counts, ref)
+    expected, _, _ = losses.dpo(logps[:2], logps[2:], ref[:2], ref[2:], 0.5)
+    assert torch.allclose(loss, expected)
+    assert r_c.tolist() == pytest.approx([0.25, 0.0]) and r_r.tolist() == pytest.approx(
+        [-0.5, 0.25]
+    )
+    simpo, _, _ = pair_losses(
+        PreferenceSpec(loss="simpo", beta=2.0, gamma=0.5), logps, counts, None
+    )
+    n = counts.double()
+    expected, _, _ = losses.simpo(logps[:2], logps[2:], n[:2], n[2:], 2.0, 0.5)
+    assert torch.allclose(simpo, expected)
+
+
+def test_dpo_without_reference_numbers_is_refused() -> None:
+    from finetune_api.config.alignment import PreferenceSpec
+    from finetune_trainer.alignment.preference import PreferenceLoss, pair_losses
+
+    with pytest.raises(ValueError, match="reference"):
+        pair_losses(PreferenceSpec(loss="ipo"), torch.zeros(2), torch.ones(2), None)
+    with pytest.raises(ValueError, match="reference policy"):
+        PreferenceLoss(PreferenceSpec(loss="dpo"), None)
