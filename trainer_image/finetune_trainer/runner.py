@@ -71,6 +71,13 @@ class RunResult:
                 f"held-out exact match: base model {before:.1f}% -> fine-tuned {after:.1f}% "
                 f"({after - before:+.1f} points, {m['exactMatchSamples']} examples)"
             )
+        if m.get("recallAt1") is not None:
+            before, after = 100 * m["recallAt1Before"], 100 * m["recallAt1"]
+            lines.append(
+                f"held-out retrieval recall@1: base model {before:.1f}% -> fine-tuned "
+                f"{after:.1f}% ({after - before:+.1f} points; MRR {m['mrrBefore']:.3f} -> "
+                f"{m['mrr']:.3f})"
+            )
         if m.get("evalLoss") is not None:
             lines.append(f"eval loss: {m['evalLossBefore']:.4f} -> {m['evalLoss']:.4f}")
         lines.append(f"{self._training_line()}; artifacts: {self.output_uri}")

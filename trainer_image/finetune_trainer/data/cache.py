@@ -149,8 +149,16 @@ def _read_entry(path: Path, key: str, expected: int) -> list[TokenizedExample]:
         texts = None
         if kind == "pairs":
             texts = (
-                tuple(arrays[f"positive_{n}"] for n in ("input_ids", "labels", "offsets")),
-                tuple(arrays[f"negative_{n}"] for n in ("input_ids", "labels", "offsets")),
+                (
+                    arrays["positive_input_ids"],
+                    arrays["positive_labels"],
+                    arrays["positive_offsets"],
+                ),
+                (
+                    arrays["negative_input_ids"],
+                    arrays["negative_labels"],
+                    arrays["negative_offsets"],
+                ),
                 arrays["has_negative"],
             )
         if kind == "preference":
@@ -190,8 +198,8 @@ _KINDS = ("lm", "preference", "prompt", "pairs")
 def _pair_examples(
     anchors: list[tuple[list[int], list[int]]],
     flags: list[bool],
-    positive: tuple[Any, ...],
-    negative: tuple[Any, ...],
+    positive: tuple[Any, Any, Any],
+    negative: tuple[Any, Any, Any],
     has_negative: Any,
 ) -> list[TokenizedExample]:
     """Sentence-embedding rows: a row without a negative stored an empty one."""
