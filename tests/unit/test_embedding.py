@@ -292,3 +292,59 @@ def test_the_cache_gives_back_the_same_pairs(tmp_path: Path) -> None:
     data.write_text("{}\n")
     assert cache.store(data, "k" * 64, examples) is not None
     assert cache.load(data, "k" * 64, expected=3) == examples
+
+
+# --------------------------------------------------------------------------- planner
+
+TINY_BERT: dict[str, Any] = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "vocab_size": 400,
+    "max_position_embeddings": 128,
+}
+
+
+def embedding_job(**sections: Any) -> Any:
+    from finetune_api.config.job import JobSections
+
+    return JobSections.model_validate(
+        {
+            "task": "sentence-embedding",
+            "model": {"uri": "file:///m"},
+            "dataset": {"train": "file:///d.jsonl", "format": "pairs"},
+            **sections,
+        }
+    )
+
+
+def test_freeze_on_an_encoder_trains_the_top_blocks_and_no_head() -> None:
+    from finetune_api.plan import ModelShape
+    from finetune_api.plan.trainable import trainable_for
+
+    shape = ModelShape.from_config(TINY_BERT)
+    freeze = embedding_job(method={"type": "freeze", "freeze": {"trainableLayers": 1}})
+    trainable = trainable_for(shape, freeze)
+    # One BertLayer by hand: q, k, v and the attention output (32x32 + 32 bias each), the
+    # intermediate (32x64 + 64) and output (64x32 + 32) dense layers, two LayerNorms (2x32
+    # each); no vocabulary head, no pooler.
+    assert trainable.params == 4 * (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 64
+    assert trainable.lowest_trained_block == 1  # backward stops at the top block
+
+
+def test_an_encoder_plan_has_no_logits_and_a_row_per_text() -> None:
+    from finetune_api.plan import ModelShape, Target, plan_job
+
+    shape = ModelShape.from_config(TINY_BERT)
+    small = {"training": {"batchSize": 4, "maxSeqLength": 32}, "evaluation": {"batchSize": 4}}
+    pairs = plan_job(embedding_job(**small), shape, Target())
+    triplets = plan_job(embedding_job(contrastive={"loss": "triplet"}, **small), shape, Target())
+    terms = {t.name: t.bytes for t in pairs.memory.terms}
+    assert terms.get("logits", 0) == 0
+    activations = {
+        name: next(t.bytes for t in plan.memory.terms if t.name == "activations")
+        for name, plan in (("pairs", pairs), ("triplets", triplets))
+    }
+    assert activations["triplets"] == pytest.approx(1.5 * activations["pairs"], rel=0.01)

@@ -144,12 +144,22 @@ class _Setting:
         return TASKS[self.job.task].auto_class == "AutoModelForSequenceClassification"
 
     @property
+    def vocabulary(self) -> bool:
+        """Whether the model ends in the vocabulary head (a language model): a scoring
+        head or a bare encoder (task sentence-embedding) has no label logits."""
+        return TASKS[self.job.task].auto_class == "AutoModelForCausalLM"
+
+    @property
     def rows_per_example(self) -> int:
         """Sequences one example puts through the model: a preference pair's chosen and
         rejected answers (two rows of the micro-batch), a reinforcement prompt's
         ``generations`` completions, else one."""
         if self.job.task in ("preference", "reward-model"):
             return 2
+        if self.job.task == "sentence-embedding":
+            # anchor and positive; a triplet's negative too (with multipleNegatives a
+            # negative column adds a third row the spec alone does not show)
+            return 3 if self.job.contrastive_options.loss == "triplet" else 2
         rl = self.job.reinforcement
         if self.job.task == "reinforcement" and rl is not None:
             return rl.generations
@@ -311,7 +321,7 @@ def _packing_mask(s: _Setting) -> int:
 def _logits(s: _Setting) -> int:
     """Logits at the label positions only (the trainer selects them before the output
     projection): the head's output, an fp32 copy, log-softmax and its gradient."""
-    if s.scores:
+    if not s.vocabulary:
         return 0
     t = s.job.training
     labels = t.batch_size * s.rows_per_example * s.real_len * s.label_fraction
@@ -382,7 +392,7 @@ def _eval_peak(s: _Setting) -> int:
     rows = e.batch_size * s.rows_per_example
     tokens = rows * s.seq_len
     block = tokens * (2 * s.shape.hidden + 2 * s.shape.intermediate) * s.act_bytes
-    if s.scores:
+    if not s.vocabulary:
         return int(block)
     per_logit = s.act_bytes + (0 if s.act_bytes == 4 else 4) + 4
     labels = rows * s.real_len * s.label_fraction
@@ -474,7 +484,7 @@ def _flops_per_token(s: _Setting) -> tuple[float, float]:
     adapters = 6 * s.trainable.params if not s.trains_base else 0
     recompute = backward_share * forward if s.job.training.gradient_checkpointing else 0
     head_trains = s.trains_base and not s.scores
-    head = 2 * sh.hidden * sh.vocab * (3 if head_trains else 2)
+    head = 2 * sh.hidden * sh.vocab * (3 if head_trains else 2) if s.vocabulary else 0
     return forward + backward + adapters + recompute, head
 
 

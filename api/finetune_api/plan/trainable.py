@@ -96,6 +96,8 @@ _SCORING = frozenset(
     name for name, info in TASKS.items() if info.auto_class == "AutoModelForSequenceClassification"
 )
 """The tasks whose model ends in a scoring head, not the vocabulary."""
+_ENCODING = frozenset(name for name, info in TASKS.items() if info.auto_class == "AutoModel")
+"""The tasks whose model is a bare encoder (sentence-embedding): no head at all."""
 
 
 def head_tensors(shape: ModelShape, task: str, num_labels: int) -> list[Shape]:
@@ -273,6 +275,14 @@ def _top_blocks(shape: ModelShape, task: str, num_labels: int, top: int) -> Trai
     tensors.append((top * shape.block_other + shape.final_params,))
     if task in _SCORING:
         tensors += head_tensors(shape, task, num_labels)
+    elif task in _ENCODING:
+        # A bare encoder has no head; BERT's pooler is not loaded by the sentence vector.
+        tensors[-1] = (
+            top * shape.block_other + (0 if shape.family == "bert" else shape.final_params),
+        )
+        return Trainable(
+            tensors=tuple(tensors), trained_linears=linears, lowest_trained_block=lowest
+        )
     else:
         # The language-model head; tied to the input embeddings, it trains them too.
         tensors.append((shape.vocab, shape.hidden))
