@@ -48,6 +48,8 @@ LOSSES: dict[str, LossFn] = {
     "causal-lm": causal_lm_loss,
     "sequence-classification": classification_loss,
     "reward-model": reward_model_loss,
+    # The same cross-entropy on the logits; the batch holds pixel_values, not tokens.
+    "image-classification": classification_loss,
 }
 """Each contract task's training loss, by task name."""
 
