@@ -92,6 +92,15 @@ def test_reward_model_publishes_a_scorer_that_reproduces_its_scores(
     assert scores.mean_margin == pytest.approx(metrics["meanMargin"], abs=1e-5)
     assert scores.pairwise_accuracy == metrics["pairwiseAccuracy"]
     assert scores.loss == pytest.approx(metrics["evalLoss"], abs=1e-5)
+    # The model card's one-call snippet loads it too (its head has one output).
+    assert "AutoPeftModelForSequenceClassification" in (out / "README.md").read_text()
+    assert "num_labels=1" in (out / "README.md").read_text()
+    from peft import AutoPeftModelForSequenceClassification
+
+    one_call = AutoPeftModelForSequenceClassification.from_pretrained(out, num_labels=1)
+    one_call.config.pad_token_id = tokenizer.pad_token_id
+    again = reward_model_scores(one_call.eval(), data.validation, 4, tokenizer.pad_token_id)
+    assert again is not None and again.mean_margin == pytest.approx(scores.mean_margin)
     # finetune generate says what a reward model is for instead of failing to generate.
     refused = CliRunner().invoke(app, ["generate", str(out), "-p", "What is colour 1?"])
     assert refused.exit_code == 2 and "reward model scores answers" in refused.output

@@ -312,6 +312,8 @@ tokenizer = AutoTokenizer.from_pretrained({_py(where)}{rev})
 ```"""
     peft_class = auto_class.replace("AutoModel", "AutoPeftModel")
     base_fetch, base = _base_location(config, base_model_ref)
+    # A reward model's head has one output; the base would otherwise get two.
+    head = ", num_labels=1" if config is not None and config.task == "reward-model" else ""
     if _bottleneck(config):
         return f"""{fetch}{base_fetch}Bottleneck adapters are not a peft format; the
 trainer's loader attaches them to the base (`finetune generate` does this for you):
@@ -338,7 +340,7 @@ tokenizer = AutoTokenizer.from_pretrained({_py(where)})
 from peft import {peft_class}
 from transformers import AutoTokenizer
 
-model = {peft_class}.from_pretrained({_py(where)}{rev})
+model = {peft_class}.from_pretrained({_py(where)}{rev}{head})
 tokenizer = AutoTokenizer.from_pretrained({_py(where)}{rev})
 ```
 
@@ -352,7 +354,7 @@ Or with the base loaded explicitly (to choose its dtype, device map or quantizat
 from peft import PeftModel
 from transformers import {auto_class}, AutoTokenizer
 
-base = {auto_class}.from_pretrained({_py(base)}{base_rev})
+base = {auto_class}.from_pretrained({_py(base)}{base_rev}{head})
 model = PeftModel.from_pretrained(base, {_py(where)}{rev})
 tokenizer = AutoTokenizer.from_pretrained({_py(where)}{rev})
 ```"""
