@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from finetune_api.tasks import STEP_METRICS
 from finetune_trainer.alignment.grpo import (
     STD_EPSILON,
     GRPOLoss,
@@ -170,14 +171,9 @@ def test_grpo_loss_on_the_tiny_model(tiny_model_dir: Path) -> None:
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
     extras = loss_fn.step_metrics()
-    assert set(extras) == {
-        "reward",
-        "rewardStd",
-        "kl",
-        "completionLength",
-        "clipFraction",
-        "rewardChars",
-    }
+    # The contract's list of the step's metrics (documented, refused as reward names),
+    # and each reward by name.
+    assert set(extras) == {*STEP_METRICS, "rewardChars"}
     assert extras["reward"] == extras["rewardChars"] > 0
     assert extras["clipFraction"] == 0.0 and extras["kl"] == 0.0
     assert loss_fn.step_metrics() == {}

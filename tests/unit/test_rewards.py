@@ -91,12 +91,6 @@ def test_combined_reward_is_the_weighted_sum_and_each_is_reported_by_name() -> N
     assert rewards.needs_reference
 
 
-def test_a_reward_named_like_a_step_metric_is_refused() -> None:
-    config = spec({"type": "json", "name": "kl"})
-    with pytest.raises(ConfigError, match=r"rewards\[0\]\.name: kl"):
-        build_rewards(config.rewards, config.reward_names, no_model)
-
-
 # --------------------------------------------------------------------------- reward model
 
 

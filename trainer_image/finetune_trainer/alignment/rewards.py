@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "STEP_METRICS",
     "Completion",
     "NamedReward",
     "RewardOptions",
@@ -278,31 +277,20 @@ def _function(
     raise ConfigError(f"{where}.type: unknown reward type {kind!r}")
 
 
-STEP_METRICS: frozenset[str] = frozenset(
-    {"reward", "rewardStd", "kl", "completionLength", "clipFraction"}
-)
-"""The per-step metrics of task reinforcement besides each reward by name."""
-RESERVED_NAMES: frozenset[str] = STEP_METRICS | {"step", "epoch", "loss", "learningRate"}
-"""What a reward may not be named: its series would overwrite one of the step's own in
-the history and the progress line."""
-
-
 def build_rewards(
     specs: Sequence[RewardOptions],
     names: Sequence[str],
     load_model: Callable[[str, str | None], RewardModel],
 ) -> Rewards:
-    """The configured rewards under their report names (``ReinforcementSpec.reward_names``),
+    """The configured rewards under their report names (``ReinforcementSpec.reward_names``,
+    which the contract keeps apart from the step's own metrics),
     each built once (patterns compiled, schemas checked, reward models loaded by
     ``load_model(uri, revision)``: the recipe's, which reads published sets) before the
     first step."""
-    built = []
-    for i, (name, spec) in enumerate(zip(names, specs, strict=True)):
-        where = f"reinforcement.rewards[{i}]"
-        if name in RESERVED_NAMES:
-            raise ConfigError(
-                f"{where}.name: {name} is one of the per-step metrics "
-                f"({', '.join(sorted(RESERVED_NAMES))}); give the reward another name"
-            )
-        built.append(NamedReward(name, spec.type, spec.weight, _function(spec, where, load_model)))
+    built = [
+        NamedReward(
+            name, spec.type, spec.weight, _function(spec, f"reinforcement.rewards[{i}]", load_model)
+        )
+        for i, (name, spec) in enumerate(zip(names, specs, strict=True))
+    ]
     return Rewards(tuple(built))
