@@ -191,6 +191,8 @@ def examples_identity(examples: list[TokenizedExample]) -> str:
         )
         digest.update(array("q", example.input_ids).tobytes())
         digest.update(array("q", example.labels).tobytes())
+        # An image's content (task image-classification): it has no tokens to digest.
+        digest.update(getattr(example, "digest", "").encode())
     return digest.hexdigest()[:16]
 
 

@@ -233,7 +233,7 @@ def class_labels(model: torch.nn.Module, config: TrainerConfig) -> dict[str, lis
     """A classifier's class names in logit order, as the manifest's ``labels``: an
     adapter set has no config.json, so without them whoever loads it (``finetune
     generate``) would know its classes only as LABEL_0, LABEL_1, ..."""
-    if config.task != "sequence-classification":
+    if config.task not in ("sequence-classification", "image-classification"):
         return {}
     id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
     return {"labels": [str(id2label[i]) for i in sorted(id2label)]}

@@ -26,6 +26,7 @@ from finetune_trainer.recipe.setup import (
 )
 from finetune_trainer.telemetry import Telemetry, rank_from_env
 from finetune_trainer.tracking import Trackers, open_trackers
+from finetune_trainer.vision.recipe import fine_tune_images
 
 __all__ = [
     "RunResult",
@@ -165,7 +166,8 @@ def run_training(config: TrainerConfig, telemetry: Telemetry | None = None) -> R
     ):
         if telemetry is not None:
             telemetry.on_trackers(trackers.urls())
-        run = fine_tune(config, telemetry, stop=stop, trackers=trackers)
+        train = fine_tune_images if config.task == "image-classification" else fine_tune
+        run = train(config, telemetry, stop=stop, trackers=trackers)
         if not run.main:
             return RunResult(config.output.uri, {})
         gate = evaluation_gate(config, run.metrics)

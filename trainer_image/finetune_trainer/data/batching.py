@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from finetune_trainer.data.packing import PackedExample, collate_packed
 from finetune_trainer.data.tokenize import (
@@ -29,6 +29,18 @@ from finetune_trainer.data.tokenize import (
 
 if TYPE_CHECKING:
     import torch
+
+
+@runtime_checkable
+class CollatesItself(Protocol):
+    """An example kind defined beside its task (task image-classification's images,
+    :mod:`finetune_trainer.vision.examples`) that makes its own micro-batch, so that
+    this module, which the loop imports, does not import every task's package."""
+
+    def collate_batch(self, examples: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments for ``examples`` (all of this kind)."""
+        ...
+
 
 WINDOW_BATCHES = 64
 """Batches per sorting window: larger cuts more padding but makes order less random."""
@@ -63,6 +75,8 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
     kinds = {_kind(e) for e in examples}
     if len(kinds) != 1:
         raise ValueError(f"a micro-batch mixes example kinds: {sorted(kinds)}")
+    if isinstance(examples[0], CollatesItself):  # an image batch (finetune_trainer.vision)
+        return examples[0].collate_batch(examples)
     if isinstance(examples[0], PackedExample):
         return collate_packed([e for e in examples if isinstance(e, PackedExample)], pad_id)
     if isinstance(examples[0], PreferenceExample):
@@ -163,6 +177,8 @@ def collate_text_pairs(examples: Sequence[PairExample], pad_id: int) -> dict[str
 
 
 def _kind(example: TokenizedExample) -> str:
+    if isinstance(example, CollatesItself):
+        return type(example).__name__
     if isinstance(example, PairExample):
         return "pairs"
     if isinstance(example, PackedExample):

@@ -16,19 +16,22 @@ if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel, TaskType
     from transformers import PreTrainedModel
 
-_TASK_TYPES = {
+_TASK_TYPES: dict[str, str | None] = {
     "causal-lm": "CAUSAL_LM",
     "sequence-classification": "SEQ_CLS",
     "reward-model": "SEQ_CLS",  # a one-output classifier: its score head trains and saves
     "preference": "CAUSAL_LM",
     "reinforcement": "CAUSAL_LM",
     "sentence-embedding": "FEATURE_EXTRACTION",  # a bare encoder: no head to train or save
+    # peft has no image task type: its plain PeftModel passes pixel_values through, and
+    # the new head trains and saves as a module to save (finetune_trainer.vision.recipe).
+    "image-classification": None,
 }
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
-def peft_task_type(ctx: MethodContext) -> TaskType:
+def peft_task_type(ctx: MethodContext) -> TaskType | None:
     """peft's TaskType for the job's ``task`` (it decides which PeftModel class wraps
     the model, and that a classifier head is trained and saved with the adapter)."""
     from peft import TaskType
@@ -37,7 +40,8 @@ def peft_task_type(ctx: MethodContext) -> TaskType:
         raise ConfigError(
             f"task: {ctx.task} has no PEFT task type; use one of {', '.join(_TASK_TYPES)}"
         )
-    return TaskType[_TASK_TYPES[ctx.task]]
+    name = _TASK_TYPES[ctx.task]
+    return None if name is None else TaskType[name]
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
