@@ -174,6 +174,8 @@ HEADLINE_METRICS: Final = (
     "retentionLossBefore",
     "retentionExactMatch",
     "retentionExactMatchBefore",
+    "meanReward",
+    "meanRewardBefore",
     "tokensPerSecond",
     "steps",
     "trainSeconds",

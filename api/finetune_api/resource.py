@@ -478,6 +478,14 @@ class Metrics(CamelModel):
     retention_exact_match_before: float | None = Field(
         default=None, description="retentionExactMatch of the base model, before training."
     )
+    mean_reward: float | None = Field(
+        default=None,
+        description="Mean combined reward (reinforcement.rewards, weighted) of greedy "
+        "completions of the held-out prompts, after training (task reinforcement).",
+    )
+    mean_reward_before: float | None = Field(
+        default=None, description="meanReward of the base model, before training."
+    )
     tokens_per_second: float | None = Field(
         default=None,
         description="Mean training throughput of the whole run: non-padding input tokens "

@@ -645,6 +645,24 @@ def _succeeded(
     return run(body, done, [pod(phase="Succeeded", ended=terminated(0, message))])
 
 
+def test_a_reinforcement_success_reports_its_mean_reward_before_and_after() -> None:
+    """The trainer's termination message carries meanReward and meanRewardBefore (headline
+    metrics); the status shows them, and keeps the last live reward in its progress."""
+    from finetune_api.outcome import headline_metrics
+
+    metrics = {"meanReward": 2.5, "meanRewardBefore": 0.75, "history": [{"reward": 9.0}]}
+    carried = headline_metrics(metrics)  # what the trainer's termination message carries
+    assert carried == {"meanReward": 2.5, "meanRewardBefore": 0.75}
+    message = trainer_message(
+        outcome="Succeeded", reason="Succeeded", exitCode=0, lastStep=12, metrics=carried
+    )
+    prev = run(ftj(), job(), [pod(running=True)], Reading(step=11, total_steps=12, reward=2.0))
+    update = _succeeded(prev, message)
+    assert update.patch["metrics"]["meanReward"] == 2.5
+    assert update.patch["metrics"]["meanRewardBefore"] == 0.75
+    assert update.patch["progress"]["reward"] == 2.0
+
+
 def test_success_carries_artifacts_final_metrics_and_completion_time() -> None:
     prev = run(ftj(), job(), [pod(running=True)], Reading(step=11, total_steps=12, eta_seconds=4))
     update = _succeeded(prev)
