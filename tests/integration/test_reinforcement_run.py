@@ -63,6 +63,7 @@ def test_finetune_run_of_a_reinforcement_job(make_job: Any, tmp_path: Path) -> N
     job = reinforcement_job(make_job, tmp_path, evaluation={"everySteps": 2})
     result = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert "held-out mean reward: base model" in result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["steps"] == STEPS
     for key in ("meanReward", "meanRewardBefore"):

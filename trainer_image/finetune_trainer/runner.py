@@ -79,6 +79,12 @@ class RunResult:
                 f"{after:.1f}% ({after - before:+.1f} points; MRR {m['mrrBefore']:.3f} -> "
                 f"{m['mrr']:.3f})"
             )
+        if m.get("meanReward") is not None and m.get("meanRewardBefore") is not None:
+            before, after = m["meanRewardBefore"], m["meanReward"]
+            lines.append(
+                f"held-out mean reward: base model {before:.3f} -> fine-tuned {after:.3f} "
+                f"({after - before:+.3f}; greedy completions, reinforcement.rewards weighted)"
+            )
         if m.get("evalLoss") is not None:
             lines.append(f"eval loss: {m['evalLossBefore']:.4f} -> {m['evalLoss']:.4f}")
         lines.append(f"{self._training_line()}; artifacts: {self.output_uri}")
