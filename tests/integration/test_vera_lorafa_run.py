@@ -135,12 +135,28 @@ def test_lora_fa_publishes_a_as_initialised_and_merges_like_lora(
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
-def test_vera_export_is_refused_naming_the_adapter_type(
+def test_vera_merges_with_its_matrices_and_is_refused_without(
     make_job: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    """`finetune export` merges a VeRA adapter to peft's logits; one published without
+    its random matrices (saveProjection: false) is refused, naming the option."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     out = run(make_job, "vera", {"r": 8}, 0.1)
-    result = runner.invoke(
-        app, ["export", str(out), "--to", str(tmp_path / "m"), "--base", f"file://{tiny_model_dir}"]
-    )
+    merged = tmp_path / "merged"
+    base = f"file://{tiny_model_dir}"
+    result = runner.invoke(app, ["export", str(out), "--to", str(merged), "--base", base])
+    assert result.exit_code == 0, result.output
+    ids = torch.randint(0, 50, (1, 9))
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir), out
+        )(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(merged)(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+    bare = run(make_job, "vera", {"r": 8, "saveProjection": False}, 0.1)
+    result = runner.invoke(app, ["export", str(bare), "--to", str(tmp_path / "m2"), "--base", base])
     assert result.exit_code == 2, result.output
-    assert "VERA" in result.output
+    assert "saveProjection" in result.output
