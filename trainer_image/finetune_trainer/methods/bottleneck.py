@@ -145,8 +145,24 @@ def attach(model: torch.nn.Module, options: AdapterSpec, hidden: int) -> list[Bo
             hook = adapter.parallel_hook if parallel else adapter.sequential_hook
             getattr(block, sublayer_name).register_forward_hook(hook)
             added.append(adapter)
+    if options.drop_layers > 0:
+        blocks[options.drop_layers].register_forward_pre_hook(_detach_input, with_kwargs=True)
     setattr(model, OPTIONS_ATTRIBUTE, options)
     return added
+
+
+def _detach_input(
+    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """AdapterDrop's saving, made certain: nothing below the lowest adapted block trains,
+    so its input is cut from the graph. Without this, gradient checkpointing (which
+    makes the embeddings' output require a gradient) would still run backward through
+    the dropped blocks, for input gradients nobody uses."""
+    if args:
+        return (args[0].detach(), *args[1:]), kwargs
+    if "hidden_states" in kwargs:
+        kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
+    return args, kwargs
 
 
 def head_names(model: torch.nn.Module) -> list[str]:
