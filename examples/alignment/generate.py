@@ -8,10 +8,12 @@ sides, so a model (or a reward model) has to learn the style, not arithmetic.
 SmolLM2-135M-Instruct prefers the chatty form out of the box, which makes the before and
 after of reward-model, dpo and simpo visible.
 
-The prompts (task reinforcement) are small sums whose reference answer is the number:
-the rewards check it (exactMatch), the form (regex ``^ANSWER: \\d+$``) and the length.
-The base model usually answers in prose with the right number, so sampling sometimes hits
-the form and GRPO has something to reinforce.
+The prompts (task reinforcement) are small sums (1..19 + 1..9) after one worked exchange
+in the form ``ANSWER: <n>``; the reference answer is ``ANSWER: <sum>``. The rewards check
+the exact answer (exactMatch), the form (regex ``^ANSWER: \\d+$``) and the length. With the
+worked exchange the base model keeps the form but often gets the sum wrong (it copies
+the shown answer), so sampled groups differ in reward and GRPO has something to
+reinforce.
 
 Deterministic (seeded): ``python examples/alignment/generate.py`` rewrites data/*.jsonl
 byte for byte. Held-out questions never appear in the training files.
@@ -28,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 DATA = HERE / "data"
 PAIRS_TRAIN, PAIRS_VALIDATION = 384, 96
-PROMPTS_TRAIN, PROMPTS_VALIDATION = 256, 48
+PROMPTS_TRAIN, PROMPTS_VALIDATION = 128, 40
 WORDS = [
     *["apple", "river", "planet", "garden", "window", "silver", "forest", "candle"],
     *["bridge", "rocket", "pencil", "orange", "winter", "castle", "dragon", "jacket"],
@@ -56,6 +58,12 @@ Question = tuple[str, str, str]
 def addition(rng: random.Random) -> Question:
     a, b = rng.randint(2, 49), rng.randint(2, 49)
     return f"What is {a} + {b}?", str(a + b), f"Adding {a} and {b} gives {a + b}."
+
+
+def small_sum(rng: random.Random) -> Question:
+    """A sum the base model gets right some of the time (171 distinct questions)."""
+    a, b = rng.randint(1, 19), rng.randint(1, 9)
+    return f"What is {a} + {b}?", str(a + b), ""
 
 
 def subtraction(rng: random.Random) -> Question:
@@ -166,8 +174,8 @@ def pairs(n: int, rng: random.Random, seen: set[str]) -> list[dict[str, object]]
 def prompts(n: int, rng: random.Random, seen: set[str]) -> list[dict[str, object]]:
     """Prompt rows for reinforcement: a small sum, its reference answer ``ANSWER: <n>``."""
     rows = []
-    for question, answer, _ in unique_questions(addition, n, rng, seen):
-        shown, shown_answer, _ = addition(rng)
+    for question, answer, _ in unique_questions(small_sum, n, rng, seen):
+        shown, shown_answer, _ = small_sum(rng)
         rows.append(
             {
                 # One worked exchange first: the base model then often imitates the form,

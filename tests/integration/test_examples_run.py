@@ -61,6 +61,7 @@ def test_example_runs(
     spec["model"]["uri"] = f"file://{tiny_model_dir}"
     spec.setdefault("evaluation", {}).update({"exactMatchSamples": 2, "maxNewTokens": 4})
     spec["evaluation"].pop("everySteps", None)
+    spec["evaluation"].pop("gate", None)  # two steps of a tiny model pass no quality bar
     spec.setdefault("training", {}).pop("earlyStopping", None)
     spec["training"].pop("distillation", None)
     lora = spec.get("method", {}).get("lora") or {}
