@@ -1,9 +1,9 @@
 """Generate the shapes dataset: coloured shapes on noisy backgrounds, one class per shape.
 
 Four classes (circle, square, triangle, cross), each image 32x32 with one shape of a
-random colour, size and position on a background of random noise around a random
-colour: the colour says nothing about the class, the outline does, which a small
-vision model learns in a few minutes on a CPU. Written as the image-folder layout
+random light colour and a random size, near the centre, on a noisy background of a
+random dark colour: the colour says nothing about the class, the outline does, which a
+small vision model learns from scratch in a minute or two on a CPU. Written as the image-folder layout
 (shapes/train/<class>/NNN.png, shapes/validation/<class>/NNN.png) and, for the
 image-manifest example, as shapes/train.csv and shapes/validation.csv listing the same
 files with their labels.
@@ -21,36 +21,33 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 SIZE = 32
+NOISE = 30
+"""How far each background pixel strays from the background colour, per channel."""
 CLASSES = ("circle", "cross", "square", "triangle")
 HERE = Path(__file__).resolve().parent
 
 
-def _colour(rng: random.Random) -> tuple[int, int, int]:
-    return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-
-
-def _far_colour(rng: random.Random, background: tuple[int, int, int]) -> tuple[int, int, int]:
-    """A colour clearly apart from the background, so the outline is visible."""
-    while True:
-        colour = _colour(rng)
-        if sum(abs(a - b) for a, b in zip(colour, background, strict=True)) > 240:
-            return colour
+def _colour(rng: random.Random, low: int, high: int) -> tuple[int, int, int]:
+    return (rng.randint(low, high), rng.randint(low, high), rng.randint(low, high))
 
 
 def draw(shape: str, rng: random.Random) -> Image.Image:
-    """One image of ``shape``: a noisy background and the shape on it."""
-    background = _colour(rng)
+    """One image of ``shape``: a dark noisy background and the shape on it in a light
+    colour, of a random size, near the centre."""
+    background = _colour(rng, 0, 100)
     image = Image.new("RGB", (SIZE, SIZE))
     image.putdata(
         [
-            tuple(max(0, min(255, c + rng.randint(-40, 40))) for c in background)
+            tuple(max(0, min(255, c + rng.randint(-NOISE, NOISE))) for c in background)
             for _ in range(SIZE * SIZE)
         ]
     )
     pen = ImageDraw.Draw(image)
-    colour = _far_colour(rng, background)
-    side = rng.randint(14, 26)
-    left, top = rng.randint(1, SIZE - side - 1), rng.randint(1, SIZE - side - 1)
+    colour = _colour(rng, 155, 255)
+    side = rng.randint(18, 26)
+    slack = SIZE - side
+    left = rng.randint(slack // 2 - 2, slack // 2 + 2)
+    top = rng.randint(slack // 2 - 2, slack // 2 + 2)
     box = (left, top, left + side, top + side)
     if shape == "circle":
         pen.ellipse(box, fill=colour)
@@ -60,7 +57,7 @@ def draw(shape: str, rng: random.Random) -> Image.Image:
         corners = [(left, top + side), (left + side, top + side), (left + side // 2, top)]
         pen.polygon(corners, fill=colour)
     else:
-        bar = max(3, side // 4)
+        bar = max(4, side // 3)
         middle = side // 2 - bar // 2
         pen.rectangle((left + middle, top, left + middle + bar, top + side), fill=colour)
         pen.rectangle((left, top + middle, left + side, top + middle + bar), fill=colour)
