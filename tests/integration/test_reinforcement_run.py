@@ -197,3 +197,30 @@ def test_a_published_reward_model_is_a_reward(
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert all(h["reward"] == h["model"] for h in metrics["history"])
     assert isinstance(metrics["meanReward"], float)
+
+
+def test_grpo_raises_the_held_out_reward_of_a_learnable_reward(
+    make_job: Any, tmp_path: Path
+) -> None:
+    """The tiny random model rarely starts its answer with lower-case letters up to an
+    'e' (reward 1 when the completion matches ``^[a-z ]*e``); a dozen GRPO steps make its
+    sampled and its greedy held-out completions do so (seeded: the same numbers each
+    run, measured 0.0 -> 1.0 held-out, sampled 0.06 -> about 0.9)."""
+    job = reinforcement_job(
+        make_job,
+        tmp_path,
+        training={"maxSteps": 12, "batchSize": 4, "learningRate": 3e-2},
+        reinforcement={
+            "generations": 4,
+            "maxNewTokens": 6,
+            "beta": 0.0,
+            "rewards": [{"type": "regex", "pattern": "^[a-z ]*e"}],
+        },
+    )
+    [doc] = check_documents(job.read_text(), str(job))
+    assert doc.job is not None
+    metrics = fine_tune(render_trainer_config(doc.job)).metrics
+    assert metrics["meanRewardBefore"] <= 0.25
+    assert metrics["meanReward"] >= 0.75
+    sampled = [h["reward"] for h in metrics["history"]]
+    assert sum(sampled[-3:]) / 3 > sum(sampled[:3]) / 3 + 0.5
