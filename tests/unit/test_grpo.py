@@ -231,3 +231,38 @@ def test_turn_end_is_what_the_template_writes_after_an_answer(tiny_model_dir: Pa
     assert turn_end(tok) == "<|im_end|>\n"
     tok.chat_template = None
     assert turn_end(tok) == "<|im_end|>"
+
+
+def test_the_reference_is_the_adapter_switched_off_or_a_frozen_copy(
+    tiny_model_dir: Path,
+) -> None:
+    """With a peft model the KL reference is the base (the adapter disabled: no copy),
+    whatever the adapter learned; for full and freeze it is the frozen copy taken before
+    training; a model with neither is an error, not a silent KL of 0."""
+    from peft import LoraConfig, get_peft_model
+
+    from finetune_trainer.alignment.grpo import token_reference
+    from finetune_trainer.alignment.reference import AdapterOff, FrozenCopy
+    from finetune_trainer.errors import ModelError
+
+    base, tok = _tiny(tiny_model_dir)
+    batch = _prompts(tok)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    expected = token_logps(base, ids, mask, 3).detach()
+    policy = get_peft_model(
+        base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    )
+    policy.train()
+    assert not torch.allclose(token_logps(policy, ids, mask, 3), expected, atol=1e-4)
+    got = token_reference(AdapterOff())(policy, ids, mask, 3)
+    assert torch.allclose(got, expected, atol=1e-5) and not got.requires_grad
+    assert policy.training  # its mode is given back
+
+    full, _ = _tiny(tiny_model_dir)
+    frozen = FrozenCopy(_tiny(tiny_model_dir)[0])
+    with torch.no_grad():
+        for p in full.parameters():
+            p.add_(0.1)
+    assert torch.allclose(token_reference(frozen)(full, ids, mask, 3), expected, atol=1e-5)
+    with pytest.raises(ModelError, match="no adapter"):
+        token_reference(AdapterOff())(full, ids, mask, 3)
