@@ -92,7 +92,7 @@ def run(job: Path, *args: str) -> dict[str, Any]:
     return json.loads((job.parent / "out" / "metrics.json").read_text())  # type: ignore[no-any-return]
 
 
-def reloaded_scores(out: Path) -> dict[str, float]:
+def reloaded_scores(out: Path, *, merged: bool = False) -> dict[str, float]:
     """The published set loaded as `finetune generate` loads it, scored on the held-out
     pairs as the run scored them (with the pooling the set declares)."""
     from finetune_api.config import TrainerConfig
@@ -101,7 +101,7 @@ def reloaded_scores(out: Path) -> dict[str, float]:
     from finetune_trainer.embedding.layout import read_layout
     from finetune_trainer.embedding.retrieval import RetrievalEvaluation
 
-    with inference.open_set(f"file://{out}", verify=True) as artifact:
+    with inference.open_set(f"file://{out}", verify=True, merged=merged) as artifact:
         loaded = inference.load(artifact, dtype="fp32")
         layout = read_layout(artifact.directory)
     assert loaded.embeds and layout is not None
@@ -179,6 +179,31 @@ def test_lora_publishes_a_feature_extraction_adapter_that_reloads(
     assert ranked.exit_code == 0, ranked.output
     lines = [line.split("\t") for line in ranked.output.splitlines() if "\t" in line]
     assert sorted(text for _, text in lines) == sorted([rows[0]["positive"], "x"])
+
+
+def test_a_merged_lora_encoder_is_a_sentence_transformers_model(
+    tmp_path: Path, bert_dir: Path, rows: list[dict[str, str]]
+) -> None:
+    job = embedding_job(
+        tmp_path,
+        bert_dir,
+        rows,
+        method={"type": "lora", "lora": {"r": 8, "alpha": 16}},
+        training={"maxSteps": 10},
+        output={"merge": True},
+    )
+    metrics = run(job)
+    merged = tmp_path / "out" / "merged"
+    assert (merged / "model.safetensors").is_file()
+    assert json.loads((merged / "1_Pooling" / "config.json").read_text())[
+        "pooling_mode_mean_tokens"
+    ]
+    assert (merged / "modules.json").read_bytes() == (
+        tmp_path / "out" / "modules.json"
+    ).read_bytes()
+    reloaded = reloaded_scores(tmp_path / "out", merged=True)
+    for key in ("recallAt1", "mrr", "evalLoss"):
+        assert reloaded[key] == pytest.approx(metrics[key], abs=1e-4), key
 
 
 def test_freeze_trains_the_top_blocks_of_an_encoder_with_triplets(

@@ -24,6 +24,8 @@ from finetune_trainer.embedding.pooling import PoolingMode, model_pooling, pool
 
 MODULES = "modules.json"
 POOLING_DIR = "1_Pooling"
+LAYOUT_FILES = (MODULES, f"{POOLING_DIR}/config.json", "sentence_bert_config.json")
+"""What :func:`write_layout` writes: what a merged or exported copy carries along."""
 _ST = "sentence_transformers.models"
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from finetune_api.uri import Role, without_credentials
 from finetune_trainer import __version__
+from finetune_trainer.embedding.layout import LAYOUT_FILES
 from finetune_trainer.errors import ConfigError
 from finetune_trainer.export.merge import (
     ADAPTER_CONFIG,
@@ -146,6 +147,10 @@ def write_model_dir(
     for name in TOKENIZER_FILES:
         if (tokenizer / name).is_file():
             shutil.copyfile(tokenizer / name, out / name)
+    for name in LAYOUT_FILES:  # a sentence encoder stays one: its pooling goes along
+        if (source / name).is_file():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, out / name)
     return report
 
 
