@@ -224,3 +224,31 @@ def test_grpo_raises_the_held_out_reward_of_a_learnable_reward(
     assert metrics["meanReward"] >= 0.75
     sampled = [h["reward"] for h in metrics["history"]]
     assert sum(sampled[-3:]) / 3 > sum(sampled[:3]) / 3 + 0.5
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_kl_to_the_reference_grows_once_the_policy_moves(
+    make_job: Any, tmp_path: Path, method: str
+) -> None:
+    """Step 1 samples from the untouched policy: its KL to the reference (a frozen copy
+    for full, the adapter switched off for lora) is 0; after an update it is not."""
+    # make_job's default method is lora: a full run clears its section.
+    options: dict[str, Any] = {"type": method, "lora": None if method == "full" else {"r": 8}}
+    job = reinforcement_job(
+        make_job,
+        tmp_path,
+        method=options,
+        training={"maxSteps": 2, "batchSize": 2, "learningRate": 1e-3},
+        reinforcement={
+            "generations": 4,
+            "maxNewTokens": 4,
+            "beta": 0.1,
+            "rewards": [{"type": "regex", "pattern": "e"}],
+        },
+        evaluation={"exactMatchSamples": 0},
+    )
+    [doc] = check_documents(job.read_text(), str(job))
+    assert doc.job is not None
+    history = fine_tune(render_trainer_config(doc.job)).metrics["history"]
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert history[1]["kl"] > 1e-6
