@@ -252,3 +252,80 @@ def test_the_kl_to_the_reference_grows_once_the_policy_moves(
     history = fine_tune(render_trainer_config(doc.job)).metrics["history"]
     assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert history[1]["kl"] > 1e-6
+
+
+DDP_DRIVER = """
+import os, sys
+from pathlib import Path
+from safetensors.torch import save_file
+import finetune_trainer.runner as runner
+from finetune_api.config import TrainerConfig
+from finetune_trainer.state import trainable_state
+
+fine_tune = runner.fine_tune
+
+def recording_fine_tune(*args, **kwargs):
+    run = fine_tune(*args, **kwargs)
+    name = f"weights-rank-{os.environ.get('RANK', '0')}.safetensors"
+    save_file(trainable_state(run.model), Path(sys.argv[2]) / name)
+    return run
+
+runner.fine_tune = recording_fine_tune
+runner.run_training(TrainerConfig.from_json(Path(sys.argv[1]).read_text()))
+"""
+
+
+def test_two_gloo_ranks_run_grpo_to_identical_weights(make_job: Any, tmp_path: Path) -> None:
+    """DDP: each rank samples and scores its own prompts; gradients are all-reduced, the
+    step's extras averaged over the ranks (one collective), the weights stay identical."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    job = reinforcement_job(
+        make_job,
+        tmp_path,
+        training={"maxSteps": 2, "batchSize": 2, "metricsPort": 0},
+        evaluation={"exactMatchSamples": 0},
+    )
+    [doc] = check_documents(job.read_text(), str(job))
+    assert doc.job is not None
+    config = tmp_path / "trainer.json"
+    rendered = json.loads(render_trainer_config(doc.job).to_json())
+    rendered["distributed"] = {**rendered.get("distributed", {}), "processesPerNode": 2}
+    config.write_text(json.dumps(rendered))
+    (tmp_path / "marks").mkdir()
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node=2",
+            "--master-addr=127.0.0.1",
+            f"--master-port={port}",
+            str(driver),
+            str(config),
+            str(tmp_path / "marks"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    rank0 = load_file(tmp_path / "marks" / "weights-rank-0.safetensors")
+    rank1 = load_file(tmp_path / "marks" / "weights-rank-1.safetensors")
+    assert rank0.keys() == rank1.keys() and rank0
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["steps"] == 2
+    assert all("reward" in h and "kl" in h for h in metrics["history"])
