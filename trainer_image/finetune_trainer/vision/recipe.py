@@ -18,6 +18,7 @@ one gets a ViT-style processor with ImageNet's mean and standard deviation.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -69,16 +70,22 @@ DEFAULT_IMAGE_SIZE = 224
 """The side of a model that says nothing about its input size (ImageNet's)."""
 
 
+def _sizes(value: Any) -> dict[str, int]:
+    """A processor's ``size``/``crop_size`` (a dict, or transformers' SizeDict) as the
+    sides it sets."""
+    if value is None:
+        return {}
+    items = dict(value) if hasattr(value, "keys") else dict(vars(value))
+    return {k: int(v) for k, v in items.items() if isinstance(v, int)}
+
+
 def _size_of(processor: Any, model_dir: Path) -> int | None:
     """The square side the processor (or the model's config.json) expects, if it says."""
     for field in ("crop_size", "size"):
-        value = getattr(processor, field, None)
-        if isinstance(value, dict):
-            for key in ("height", "shortest_edge"):
-                if isinstance(value.get(key), int):
-                    return int(value[key])
-    import json
-
+        sides = _sizes(getattr(processor, field, None))
+        for key in ("height", "shortest_edge"):
+            if key in sides:
+                return sides[key]
     config_file = model_dir / "config.json"
     if config_file.is_file():
         size = json.loads(config_file.read_text()).get("image_size")
@@ -94,7 +101,7 @@ def load_processor(
     it: its size unless imageClassification.imageSize says, its mean and std."""
     from transformers import AutoImageProcessor, ViTImageProcessor
 
-    processor: Any
+    processor: Any = None
     if (model_dir / "preprocessor_config.json").is_file():
         try:
             processor = AutoImageProcessor.from_pretrained(  # type: ignore[no-untyped-call]
@@ -102,15 +109,17 @@ def load_processor(
             )
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the image processor of {model_dir}: {exc}") from exc
-    else:
-        processor = ViTImageProcessor(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
-        processor.size = {}  # replaced below by the size the run uses
     size = options.image_size or _size_of(processor, model_dir) or DEFAULT_IMAGE_SIZE
-    if options.image_size is not None or not processor.size:
-        shortest = "shortest_edge" in (processor.size or {})
-        processor.size = {"shortest_edge": size} if shortest else {"height": size, "width": size}
-        if getattr(processor, "crop_size", None):
-            processor.crop_size = {"height": size, "width": size}
+    square = {"height": size, "width": size}
+    if processor is None:
+        processor = ViTImageProcessor(
+            size=square, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)
+        )
+    elif options.image_size is not None:  # what the published processor must say too
+        shortest = "shortest_edge" in _sizes(processor.size)
+        processor.size = {"shortest_edge": size} if shortest else square
+        if _sizes(getattr(processor, "crop_size", None)):
+            processor.crop_size = square
     mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN)
     std = tuple(getattr(processor, "image_std", None) or IMAGENET_STD)
     transform = ImageTransform(size, cast(Any, mean), cast(Any, std), options.augment)
