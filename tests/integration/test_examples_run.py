@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from finetune_cli.app import app
+from tiny_vit import build_tiny_vit
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(
@@ -59,6 +60,8 @@ def test_example_runs(
     manifest = yaml.safe_load(example.read_text())
     spec = manifest["spec"]
     spec["model"]["uri"] = f"file://{tiny_model_dir}"
+    if spec.get("task") == "image-classification":  # a vision backbone, not the tiny Llama
+        spec["model"]["uri"] = f"file://{build_tiny_vit(tmp_path / 'tiny-vit')}"
     spec.setdefault("evaluation", {}).update({"exactMatchSamples": 2, "maxNewTokens": 4})
     spec["evaluation"].pop("everySteps", None)
     spec["evaluation"].pop("gate", None)  # two steps of a tiny model pass no quality bar

@@ -9,13 +9,11 @@ interrupted run resumes to the uninterrupted run's weights, augmentation include
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -27,25 +25,16 @@ from finetune_trainer.evaluation import class_scores
 from finetune_trainer.runner import run_training
 from finetune_trainer.vision.prepare import prepare_images
 from finetune_trainer.vision.recipe import fine_tune_images, load_processor
+from tiny_vit import build_tiny_vit
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "image-classification"
-SHAPES = EXAMPLE / "shapes"
-
-
-def _module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"image_example_{name}", EXAMPLE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SHAPES = REPO / "examples" / "image-classification" / "shapes"
 
 
 @pytest.fixture(scope="module")
 def vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("vit") / "vit-tiny-random"
-    _module("prepare").write_tiny_vit(out)
-    return out
+    return build_tiny_vit(out)
 
 
 @pytest.fixture(autouse=True)
