@@ -124,8 +124,11 @@ def reloaded_scores(out: Path, *, merged: bool = False) -> dict[str, float]:
 def test_full_fine_tuning_learns_and_publishes_a_sentence_transformers_model(
     tmp_path: Path, bert_dir: Path, rows: list[dict[str, str]]
 ) -> None:
-    metrics = run(embedding_job(tmp_path, bert_dir, rows))
+    metrics = run(embedding_job(tmp_path, bert_dir, rows, evaluation={"everySteps": 15}))
     assert metrics["mrr"] > metrics["mrrBefore"] + 0.1, metrics
+    periodic = metrics["evalHistory"]  # what early stopping and the status read
+    assert [e["step"] for e in periodic] == [15, 30]
+    assert all({"recallAt1", "recallAt5", "mrr", "evalLoss"} <= set(e) for e in periodic)
     assert metrics["recallAt5"] > metrics["recallAt5Before"]
     assert metrics["evalLoss"] < metrics["evalLossBefore"]
     assert metrics["pooling"] == "mean"  # the model's own, from its 1_Pooling/config.json
