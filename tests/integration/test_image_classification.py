@@ -9,17 +9,20 @@ interrupted run resumes to the uninterrupted run's weights, augmentation include
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from finetune_api.config import TrainerConfig
+from finetune_cli.app import app
 from finetune_trainer.errors import Preempted
 from finetune_trainer.evaluation import class_scores
 from finetune_trainer.runner import run_training
@@ -94,6 +97,15 @@ def test_full_learns_and_the_published_model_reloads_to_its_scores(
     assert scores.accuracy == metrics["accuracy"]
     assert scores.loss == pytest.approx(metrics["evalLoss"], abs=1e-5)
 
+    # the model card's snippet classifies an image with the published files
+    readme = (out / "README.md").read_text()
+    snippet = readme.split("```python\n")[1].split("```")[0]
+    image = SHAPES / "validation" / "square" / "000.png"
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        exec(snippet.replace('"photo.jpg"', repr(str(image))), {})
+    assert printed.getvalue().strip() in model.config.label2id
+
 
 def test_lora_publishes_an_adapter_with_the_new_head(vit_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
@@ -117,6 +129,11 @@ def test_lora_publishes_an_adapter_with_the_new_head(vit_dir: Path, tmp_path: Pa
     model = PeftModel.from_pretrained(base, out)
     scores = _validation_scores(model, config, out)
     assert scores.loss == pytest.approx(metrics["evalLoss"], abs=1e-5)
+
+    # finetune generate takes text: an image set is refused with what to do instead
+    result = CliRunner().invoke(app, ["generate", f"file://{out}", "-p", "a square"])
+    assert result.exit_code != 0
+    assert "an image classifier reads images, not text prompts" in result.output
 
 
 def test_freeze_trains_the_top_blocks_and_the_head_only(vit_dir: Path, tmp_path: Path) -> None:

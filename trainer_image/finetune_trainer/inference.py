@@ -281,6 +281,13 @@ def load(artifact: ArtifactSet, dtype: str = "auto", warn: Write | None = None) 
     from finetune_trainer.modeling import load_base_model, load_tokenizer, resolve_compute
 
     quiet_libraries()  # the answer and our few lines, not the libraries' progress bars
+    if artifact.task == "image-classification":
+        raise ConfigError(
+            f"{artifact.uri}: an image classifier reads images, not text prompts; load it "
+            "with transformers' AutoImageProcessor and AutoModelForImageClassification (an "
+            "adapter set: peft's PeftModel over the base with the manifest's labels), as "
+            "its README.md shows"
+        )
     try:
         compute = resolve_compute(dtype)
     except ConfigError as exc:

@@ -303,6 +303,8 @@ def usage(
     location of the artifact (``config.output.uri``) and the real base."""
     fetch, where, revision = artifact_location(config) if config else ("", ".", None)
     rev = f", revision={_py(revision)}" if revision else ""
+    if auto_class == "AutoModelForImageClassification":
+        return _image_usage(artifact, fetch, where, config, base_model_ref)
     if artifact != "adapter":
         return f"""{fetch}```python
 from transformers import {auto_class}, AutoTokenizer
@@ -374,6 +376,42 @@ def artifact_location(config: TrainerConfig) -> tuple[str, str, str | None]:
     """(what to do first, as Markdown; the path or Hub id to load; the Hub revision) of
     the published set at ``config.output.uri``."""
     return _location(config.output.uri, Role.OUTPUT, f"./{config.job_name}")
+
+
+def _image_usage(
+    artifact: str,
+    fetch: str,
+    where: str,
+    config: TrainerConfig | None,
+    base_model_ref: str | None,
+) -> str:
+    """An image classifier: the published image processor and the model (an adapter:
+    the base with a head of the manifest's classes, then peft, which has no Auto class
+    for image classifiers)."""
+    if artifact != "adapter":
+        load = f"model = AutoModelForImageClassification.from_pretrained({_py(where)})"
+        base_fetch, imports = "", ""
+    else:
+        base_fetch, base = _base_location(config, base_model_ref)
+        imports = "import json\n\nfrom peft import PeftModel\n"
+        load = f"""labels = json.load(open({_py(where + "/manifest.json")}))["labels"]
+base = AutoModelForImageClassification.from_pretrained(
+    {_py(base)},
+    num_labels=len(labels),
+    id2label=dict(enumerate(labels)),
+    label2id={{name: i for i, name in enumerate(labels)}},
+    ignore_mismatched_sizes=True,  # the base's own head is replaced by the trained one
+)
+model = PeftModel.from_pretrained(base, {_py(where)})"""
+    return f"""{fetch}{base_fetch}```python
+{imports}from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+processor = AutoImageProcessor.from_pretrained({_py(where)})
+{load}
+inputs = processor(Image.open("photo.jpg").convert("RGB"), return_tensors="pt")
+print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])
+```"""
 
 
 def _base_location(config: TrainerConfig | None, ref: str | None) -> tuple[str, str]:
