@@ -537,7 +537,7 @@ def score(
     if group == "rm":
         return reward_model_scores(model_dir, adapter, rows)
     result = preference_scores(model_dir, adapter, rows)
-    result["samples"] = generation_scores(model_dir, adapter, rows, 24, samples=4)["samples"]
+    result["samples"] = generation_scores(model_dir, adapter, rows[:4], 24, samples=4)["samples"]
     return result
 
 
