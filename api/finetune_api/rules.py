@@ -356,6 +356,16 @@ def _fsdp_cannot_shard_4bit_weights(facts: Facts) -> Violation | None:
     return None
 
 
+def _fsdp_does_not_shard_images(facts: Facts) -> Violation | None:
+    if facts.strategy == "fsdp" and facts.task == "image-classification":
+        return Violation(
+            facts.strategy_field,
+            "fsdp does not shard task image-classification's backbones (they fit one "
+            "device); use strategy ddp",
+        )
+    return None
+
+
 _QUANTIZED = ["qlora"]
 """The methods on a 4-bit base, for the CEL twin (a test holds it to the registry)."""
 
@@ -671,6 +681,15 @@ RULES: Final[tuple[Rule, ...]] = (
         "!has(self.resources) || !has(self.resources.strategy) || "
         "self.resources.strategy != 'fsdp' || !has(self.method) || !has(self.method.type) "
         f"|| !(self.method.type in {_cel_list(_QUANTIZED)})",
+    ),
+    Rule(
+        "fsdp-does-not-shard-images",
+        "resources.strategy",
+        "job",
+        _fsdp_does_not_shard_images,
+        "resources.strategy fsdp is not for task image-classification; use strategy ddp",
+        "!has(self.resources) || !has(self.resources.strategy) || "
+        f"self.resources.strategy != 'fsdp' || {_TASK} != 'image-classification'",
     ),
     Rule(
         "adalora-leaves-steps-to-reallocate",

@@ -44,6 +44,11 @@ DELETE = object()
 """A patch value that removes the key."""
 
 CLASSIFY = {"task": "sequence-classification", "dataset": {"format": "classification"}}
+IMAGES = {
+    "task": "image-classification",
+    "dataset": {"format": "image-manifest", "train": "file:///data/images.jsonl"},
+    "method": {"type": "full"},
+}
 PREFERENCE = {"task": "preference", "dataset": {"format": "preference"}}
 REINFORCEMENT = {
     "task": "reinforcement",
@@ -81,6 +86,10 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fsdp-cannot-shard-4bit-weights": (
         {"method": {"type": "qlora"}, "resources": {"gpus": 2, "strategy": "fsdp"}},
         {"method": {"type": "lora"}, "resources": {"gpus": 2, "strategy": "fsdp"}},
+    ),
+    "fsdp-does-not-shard-images": (
+        {**IMAGES, "resources": {"gpus": 2, "strategy": "fsdp"}},
+        {**IMAGES, "resources": {"gpus": 2, "strategy": "ddp"}},
     ),
     "adalora-leaves-steps-to-reallocate": (
         {
@@ -166,12 +175,7 @@ CASES |= {
     ),
     "image-classification-fits-the-task": (
         {"imageClassification": {"headLrMultiplier": 5}},
-        {
-            "task": "image-classification",
-            "dataset": {"format": "image-manifest", "train": "file:///data/images.jsonl"},
-            "method": {"type": "full"},
-            "imageClassification": {"headLrMultiplier": 5},
-        },
+        {**IMAGES, "imageClassification": {"headLrMultiplier": 5}},
     ),
 }
 # How the rule's spec field is named in a TrainerConfig, where it differs.
