@@ -84,3 +84,11 @@ def test_the_section_belongs_to_the_task() -> None:
                 "imageClassification": {"augment": False},
             }
         )
+
+
+def test_the_planner_says_it_does_not_size_vision_models() -> None:
+    from finetune_api.plan.shape import ModelShape, ShapeError
+
+    vit = {"model_type": "vit", "image_size": 224, "hidden_size": 768, "patch_size": 16}
+    with pytest.raises(ShapeError, match=r"vision model \(vit\).*not planned"):
+        ModelShape.from_config(vit)

@@ -125,6 +125,12 @@ class ModelShape:
     @classmethod
     def _from_config(cls, config: Mapping[str, Any]) -> ModelShape:
         model_type = str(config.get("model_type") or "")
+        if "image_size" in config and "vocab_size" not in config:
+            raise ShapeError(
+                f"config.json describes a vision model ({model_type or 'no model_type'}): the "
+                "planner sizes language models and text encoders only, so task "
+                "image-classification is not planned; run it and read its peakMemoryBytes"
+            )
         if model_type in _ENCODERS:
             return _bert(config, model_type)
         if model_type == "gpt2":
