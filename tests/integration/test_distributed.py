@@ -175,7 +175,7 @@ def test_world_size_mismatches_are_refused(env: dict[str, str], seen: int, messa
     check_world(spec, 4, {"WORLD_SIZE": "4"})  # the world it asked for passes
 
 
-@pytest.mark.parametrize("method", ["lora", "full", "adapter"])
+@pytest.mark.parametrize("method", ["lora", "full", "adapter", "vera", "lora-fa"])
 def test_fsdp_on_two_gloo_ranks_matches_ddp(
     tmp_path: Path, tiny_model_dir: Path, method: str
 ) -> None:
@@ -196,6 +196,11 @@ def test_fsdp_on_two_gloo_ranks_matches_ddp(
         if method == "adapter":  # bottleneck adapters: hooks on the sharded blocks' sublayers
             data = json.loads(config.read_text())
             data["method"] = {"type": "adapter", "adapter": {"variant": "houlsby"}}
+            config.write_text(json.dumps(data))
+        if method in ("vera", "lora-fa"):  # shared frozen buffers; frozen A beside sharded B
+            data = json.loads(config.read_text())
+            section = {"vera": "vera", "lora-fa": "loraFa"}[method]
+            data["method"] = {"type": method, section: {"r": 8}}
             config.write_text(json.dumps(data))
         marks[strategy] = tmp_path / f"{method}-{strategy}-marks"
         result = launch(tmp_path, config, marks[strategy], processes=2)

@@ -154,3 +154,22 @@ def test_lora_fa_refuses_what_would_train_a(options: dict[str, Any], field: str)
 def test_lora_fa_options_go_under_its_own_section() -> None:
     with pytest.raises(ValidationError, match="section 'lora' is set but type is 'lora-fa'"):
         MethodSpec.model_validate({"type": "lora-fa", "lora": {"r": 8}})
+
+
+def test_lora_fa_a_stays_frozen_through_an_evaluation_of_the_base(tiny_model_dir: Path) -> None:
+    """Scoring the base through the adapted model (a sharded run's "before" scores)
+    switches the adapter off and on; peft then marks all of it trainable, A included.
+    base_only puts every flag back."""
+    from finetune_trainer.recipe.scoring import base_only
+
+    j = job("lora-fa", {"r": 4, "targetModules": ["q_proj", "v_proj"]})
+    model = applied(tiny_model_dir, j)
+    with model.disable_adapter():  # type: ignore[operator]
+        pass
+    assert any(p.requires_grad for n, p in model.named_parameters() if ".lora_A." in n)
+
+    model = applied(tiny_model_dir, j)
+    before = {n for n, p in model.named_parameters() if p.requires_grad}
+    with base_only(model):
+        pass
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == before

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -126,10 +127,24 @@ def pair_evaluation(config: TrainerConfig) -> PairEvaluation | None:
     return PairEvaluation(config.task, config.preference_options)
 
 
-def base_only(model: torch.nn.Module) -> AbstractContextManager[None]:
-    """The base model's behaviour: a PEFT model with its adapter switched off."""
+@contextmanager
+def base_only(model: torch.nn.Module) -> Iterator[None]:
+    """The base model's behaviour: a PEFT model with its adapter switched off.
+
+    Switching it back on, peft marks every parameter of the active adapter trainable;
+    each parameter's flag is put back as it was, so that what a method froze (LoRA-FA's
+    A matrices) stays frozen."""
     disable = getattr(model, "disable_adapter", None)
-    return disable() if disable is not None else nullcontext()
+    if disable is None:
+        yield
+        return
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with disable():
+            yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 def evaluation_extras(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> Extras:
