@@ -200,3 +200,38 @@ def test_sequence_logps_are_the_causal_lm_loss_per_row(tiny_model_dir: Path) -> 
             one = {k: v[row : row + 1] for k, v in batch.items()}
             expected = -causal_lm_loss(model, one, 1)
             assert float(sums[row]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_adapter_off_reference_is_the_base_and_keeps_frozen_parameters_frozen(
+    tiny_model_dir: Path,
+) -> None:
+    """AdapterOff gives the base model's numbers through the trained model, without
+    gradient, its train mode restored; a parameter the method froze stays frozen (peft
+    marks the whole adapter trainable when it is switched back on)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer.alignment.logps import sequence_logps
+    from finetune_trainer.alignment.reference import AdapterOff
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.randint(3, 100, (2, 6))
+    labels = ids.clone()
+    labels[:, :2] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with torch.no_grad():
+        expected = sequence_logps(base.eval(), batch)[0]
+    model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False)
+    )
+    frozen = [p for n, p in model.named_parameters() if "lora_A" in n]
+    for param in frozen:
+        param.requires_grad_(False)
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(sequence_logps(model, batch)[0], expected)  # adapter on
+    reference = AdapterOff().logps(model, batch)
+    assert torch.allclose(reference, expected) and not reference.requires_grad
+    assert model.training
+    assert not any(p.requires_grad for p in frozen)

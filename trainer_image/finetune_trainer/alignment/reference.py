@@ -58,8 +58,22 @@ class AdapterOff:
     def logps(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         inner = unwrapped(model)
         disable = getattr(inner, "disable_adapter", None)
-        with evaluating(inner), disable() if disable is not None else nullcontext():
+        off = disable() if disable is not None else nullcontext()
+        with evaluating(inner), keeping_trainable_flags(inner), off:
             return sequence_logps(inner, batch)[0]
+
+
+@contextmanager
+def keeping_trainable_flags(model: torch.nn.Module) -> Iterator[None]:
+    """Each parameter's ``requires_grad`` put back as it was: switching an adapter back
+    on, peft marks every parameter of the active adapter trainable, which would unfreeze
+    what a method froze on purpose."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 class FrozenCopy:
