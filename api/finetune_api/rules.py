@@ -479,6 +479,17 @@ _NON_LINEAR = ["adapter"]
 """Adapters that are modules, not weight changes: nothing a merge could write."""
 
 
+def _merge_is_not_for_images(facts: Facts) -> Violation | None:
+    if facts.merge and facts.task == "image-classification":
+        return Violation(
+            "output.merge",
+            "an image classifier's adapter is not merged here (the merge maps a text "
+            "model's weights, not a vision backbone's or its new head); remove output.merge "
+            "(the adapter set loads with peft), or use method.type full",
+        )
+    return None
+
+
 def _merge_needs_a_weight_adapter(facts: Facts) -> Violation | None:
     """The trainer's merge (finetune_trainer.export) would refuse these after training;
     refused here, before any GPU time is spent."""
@@ -720,6 +731,15 @@ RULES: Final[tuple[Rule, ...]] = (
         "!has(self.output) || !has(self.output.merge) || !self.output.merge || "
         "!has(self.method) || !has(self.method.type) || "
         f"!(self.method.type in {_cel_list(_VIRTUAL_TOKENS + _WHOLE_MODELS + _NON_LINEAR)})",
+    ),
+    Rule(
+        "merge-is-not-for-images",
+        "output.merge",
+        "job",
+        _merge_is_not_for_images,
+        "output.merge is not for task image-classification",
+        "!has(self.output) || !has(self.output.merge) || !self.output.merge || "
+        f"{_TASK} != 'image-classification'",
     ),
     Rule(
         "gate-metric-fits-the-task",

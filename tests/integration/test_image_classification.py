@@ -106,6 +106,14 @@ def test_full_learns_and_the_published_model_reloads_to_its_scores(
         exec(snippet.replace('"photo.jpg"', repr(str(image))), {})
     assert printed.getvalue().strip() in model.config.label2id
 
+    # finetune export converts the whole model, its image processor with it
+    exported = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["export", f"file://{out}", "--to", f"file://{exported}"])
+    assert result.exit_code == 0, result.output
+    assert AutoImageProcessor.from_pretrained(exported).size == {"height": 32, "width": 32}
+    again = AutoModelForImageClassification.from_pretrained(exported)
+    assert _validation_scores(again, config, exported).loss == pytest.approx(scores.loss)
+
 
 def test_lora_publishes_an_adapter_with_the_new_head(vit_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
@@ -134,6 +142,10 @@ def test_lora_publishes_an_adapter_with_the_new_head(vit_dir: Path, tmp_path: Pa
     result = CliRunner().invoke(app, ["generate", f"file://{out}", "-p", "a square"])
     assert result.exit_code != 0
     assert "an image classifier reads images, not text prompts" in result.output
+    # and its adapter is not merged: refused with the way to load it
+    result = CliRunner().invoke(app, ["export", f"file://{out}", "--to", f"file://{tmp_path}/m"])
+    assert result.exit_code != 0
+    assert "an image classifier's adapter is not merged here" in result.output
 
 
 def test_freeze_trains_the_top_blocks_and_the_head_only(vit_dir: Path, tmp_path: Path) -> None:

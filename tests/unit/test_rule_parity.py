@@ -117,6 +117,10 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"method": {"type": "prefix"}, "output": {"merge": True}},
         {"method": {"type": "lora"}, "output": {"merge": True}},
     ),
+    "merge-is-not-for-images": (
+        {**IMAGES, "method": {"type": "lora"}, "output": {"merge": True}},
+        {**IMAGES, "method": {"type": "lora"}},
+    ),
     "cluster-needs-an-output": ({"output": DELETE}, {}),
     "pod-names-fit": (
         {"metadata.name": "n" * 62, "resources": {"nodes": 2}},

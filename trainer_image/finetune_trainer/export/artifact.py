@@ -60,6 +60,7 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "vocab.txt",
+    "preprocessor_config.json",  # an image classifier's processor: its tokenizer's place
 )
 MODEL_FILES = ("config.json", "generation_config.json")
 
@@ -191,6 +192,12 @@ def export(
     with tempfile.TemporaryDirectory(prefix="finetune-export-") as tmp:
         source, manifest = read_source(src, Path(tmp) / "source")
         adapter = (source / ADAPTER_CONFIG).is_file()
+        if adapter and (manifest.get("spec") or {}).get("task") == "image-classification":
+            raise ConfigError(
+                f"{src}: an image classifier's adapter is not merged here (the merge maps a "
+                "text model's weights, not a vision backbone's or its new head); load the "
+                "set with peft as its README.md shows, or train with method.type full"
+            )
         base_dir = None
         base = None
         if adapter:
