@@ -253,6 +253,10 @@ def test_each_text_is_encoded_alone_with_special_tokens(bert_tokenizer: Any) -> 
     assert tokens.negative_ids == bert_tokenizer("blue boat")["input_ids"]
     assert tokens.labels == [IGNORE_INDEX] * len(tokens.input_ids)
     assert tokens.has_target and not tokens.truncated
+    # what tokens/s and the data report count: every text the encoder reads
+    assert tokens.input_tokens == sum(
+        len(bert_tokenizer(t)["input_ids"]) for t in ("red car", "the river", "blue boat")
+    )
 
 
 def test_a_long_text_keeps_its_start_and_is_flagged(bert_tokenizer: Any) -> None:

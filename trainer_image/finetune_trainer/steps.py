@@ -63,4 +63,4 @@ def step_groups(
 
 def count_input_tokens(examples: list[TokenizedExample]) -> int:
     """Real (non-padding) tokens the model processed: the tokens/s numerator."""
-    return sum(len(e.input_ids) for e in examples)
+    return sum(e.input_tokens for e in examples)

@@ -467,7 +467,7 @@ def prepare_data(
         validation = _numbered(validation_items)
 
     report.train_rows, report.validation_rows = len(train), len(validation)
-    report.train_tokens = sum(len(e.input_ids) for e in train)
+    report.train_tokens = sum(e.input_tokens for e in train)
     report.trained_tokens = sum(e.trained_tokens for e in train)
     if packing:
         train = list(pack_examples(train, max_length))

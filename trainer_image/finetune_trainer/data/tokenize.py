@@ -68,6 +68,11 @@ class TokenizedExample:
         """The longest row this example puts in a batch: what length grouping sorts by."""
         return len(self.input_ids)
 
+    @property
+    def input_tokens(self) -> int:
+        """The tokens this example puts through the model (every text of a pair)."""
+        return len(self.input_ids)
+
 
 def _predicted_labels(labels: Sequence[int]) -> int:
     """Labelled tokens that a preceding token predicts (all but a label at position 0)."""
@@ -131,6 +136,10 @@ class PairExample(TokenizedExample):
     @property
     def length(self) -> int:
         return max(len(self.input_ids), len(self.positive_ids), len(self.negative_ids or ()))
+
+    @property
+    def input_tokens(self) -> int:
+        return len(self.input_ids) + len(self.positive_ids) + len(self.negative_ids or ())
 
 
 class TemplateError(ValueError):
