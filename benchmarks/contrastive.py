@@ -162,19 +162,21 @@ def main() -> None:
     args = parser.parse_args()
     if not (MODEL / "config.json").is_file():
         sys.exit(f"{MODEL} is missing: run `make model` first")
-    with tempfile.TemporaryDirectory(prefix="bench-contrastive-") as tmp:
-        results = [run_one(name, Path(tmp), args) for name in args.methods]
-    report = {
+    report: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": str(MODEL.relative_to(REPO)),
         "steps": args.steps,
         "batch": args.batch,
         "maxSeqLength": args.max_seq_length,
         "threads": args.threads,
-        "results": results,
+        "results": [],
     }
+    results: list[dict[str, Any]] = report["results"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    with tempfile.TemporaryDirectory(prefix="bench-contrastive-") as tmp:
+        for name in args.methods:  # written after each: an interrupted run keeps its rows
+            results.append(run_one(name, Path(tmp), args))
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(results))
 
 
