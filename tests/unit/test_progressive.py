@@ -321,3 +321,22 @@ def test_under_mixed_precision_every_block_that_will_train_is_fp32_from_the_star
     }
     assert model.lm_head.weight.dtype == model.model.norm.weight.dtype == torch.float32
     assert trainable_blocks(model) == []  # fp32 already, trainable from step 3
+
+
+def test_the_hook_after_the_last_step_unfreezes_nothing_more(four_blocks: Path) -> None:
+    """After the run's last step no block joins that would never train: the run's
+    trainable count and its last checkpoint are what trained."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer.methods import MethodContext, get_method
+    from finetune_trainer.modeling import resolve_compute
+
+    base = AutoModelForCausalLM.from_pretrained(four_blocks)
+    ctx = MethodContext(resolve_compute("fp32"), 6, "causal-lm", four_blocks, None)
+    method = get_method("progressive")
+    model = method.apply(base, spec(everySteps=2), ctx)
+    assert method.after_step is not None
+    method.after_step(model, 5)
+    assert trainable_blocks(model) == [2, 3]  # step 6: two blocks
+    method.after_step(model, 6)  # the last step: step 7 never runs
+    assert trainable_blocks(model) == [2, 3]

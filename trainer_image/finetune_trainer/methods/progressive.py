@@ -62,8 +62,12 @@ class Unfreezing:
     head: torch.nn.Module
     norms: tuple[torch.nn.Module, ...]
     steps_per_epoch: int
+    last_step: int
+    """The run's last step: the hook after it does not unfreeze a block that would never
+    train (the run's trainable count, and its last checkpoint, stay what trained)."""
 
     def blocks_at(self, step: int) -> int:
+        step = min(step, self.last_step)
         return self.options.blocks_at(step, len(self.blocks), self.steps_per_epoch)
 
     def set_for(self, step: int) -> int:
@@ -126,6 +130,7 @@ def apply_progressive(
         head=head_module(model),
         norms=tuple(final_norms(backbone, blocks)),
         steps_per_epoch=per_epoch,
+        last_step=max(1, ctx.total_steps),
     )
     # Everything that will ever train in fp32 now (mixed precision keeps fp32 master
     # weights), then the set of the first step this run takes.
