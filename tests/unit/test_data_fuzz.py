@@ -16,13 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from finetune_api.config import ColumnMapping, DatasetFormat
+from finetune_api.config.data import IMAGE_FORMATS
 from finetune_trainer.data.cleaning import clean
 from finetune_trainer.data.formats import Example, to_examples
 from finetune_trainer.data.loading import read_rows
 from finetune_trainer.data.tokenize import tokenize_example
 from finetune_trainer.errors import DataError
 
-FORMATS: tuple[str, ...] = get_args(DatasetFormat)
+FORMATS: tuple[str, ...] = tuple(f for f in get_args(DatasetFormat) if f not in IMAGE_FORMATS)
+"""Every format whose rows are records (images are files, read by finetune_trainer.vision)."""
 FUZZ = settings(
     max_examples=150,
     deadline=None,

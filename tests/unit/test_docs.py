@@ -150,7 +150,8 @@ def test_rows_carry_type_default_bounds_and_description(rows: dict[str, FieldRow
     method = rows["spec.method.type"]
     assert method.default == "`lora`"
     assert method.allowed == (
-        "`lora`, `qlora`, `adalora`, `ia3`, `full`, `freeze`, `prefix`, `prompt`, `p-tuning`"
+        "`lora`, `qlora`, `adalora`, `ia3`, `full`, `freeze`, `prefix`, `prompt`, `p-tuning`, "
+        "`vera`, `lora-fa`, `adapter`, `progressive`"
     )
     assert rows["spec.model.uri"].default == "required"
     assert rows["spec.model.trustRemoteCode"].default == "`false`"

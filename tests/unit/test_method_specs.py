@@ -25,7 +25,9 @@ from finetune_api.config import (
     TrainerConfig,
 )
 from finetune_api.config.methods.adapter import AdapterSpec
+from finetune_api.config.methods.lora_fa import LoraFaSpec
 from finetune_api.config.methods.progressive import ProgressiveSpec
+from finetune_api.config.methods.vera import VeraSpec
 from finetune_api.manifests import check_documents
 
 SPEC_CLASSES = {
@@ -38,6 +40,8 @@ SPEC_CLASSES = {
     "prefix": PrefixSpec,
     "prompt": PromptSpec,
     "p-tuning": PTuningSpec,
+    "vera": VeraSpec,
+    "lora-fa": LoraFaSpec,
     "adapter": AdapterSpec,
     "progressive": ProgressiveSpec,
 }
@@ -140,8 +144,10 @@ def test_a_section_must_match_the_type(
 
 
 def test_the_matching_section_of_each_type_is_accepted() -> None:
+    from finetune_api.config.methods import METHODS
+
     for method_type in SPEC_CLASSES:
-        wire = "pTuning" if method_type == "p-tuning" else method_type
+        wire = METHODS[method_type].section  # p-tuning: pTuning, lora-fa: loraFa
         assert problems({"type": method_type, wire: {}}) == [], method_type
 
 

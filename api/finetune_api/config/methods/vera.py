@@ -37,7 +37,9 @@ class VeraSpec(CamelModel):
     projection_prng_key: int = Field(
         default=0,
         ge=0,
-        le=2**63 - 1,
+        # Within float64's exact integers: Helm's template round trip (fromYaml/toYaml)
+        # reads the CRD's numbers as float64, and 2**63 - 1 would come back changed.
+        le=2**53,
         description="Seed of the shared random matrices: the same key gives the same "
         "matrices, so an adapter saved without them (saveProjection: false) is rebuilt from "
         "it on loading.",
