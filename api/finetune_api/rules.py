@@ -356,12 +356,12 @@ def _fsdp_cannot_shard_4bit_weights(facts: Facts) -> Violation | None:
     return None
 
 
-def _fsdp_does_not_shard_images(facts: Facts) -> Violation | None:
-    if facts.strategy == "fsdp" and facts.task == "image-classification":
+def _fsdp_fits_the_task(facts: Facts) -> Violation | None:
+    why = TASKS[facts.task].fsdp_why
+    if facts.strategy == "fsdp" and why is not None:
         return Violation(
             facts.strategy_field,
-            "fsdp does not shard task image-classification's backbones (they fit one "
-            "device); use strategy ddp",
+            f"strategy fsdp is not for task {facts.task}: {why}; use strategy ddp",
         )
     return None
 
@@ -694,13 +694,16 @@ RULES: Final[tuple[Rule, ...]] = (
         f"|| !(self.method.type in {_cel_list(_QUANTIZED)})",
     ),
     Rule(
-        "fsdp-does-not-shard-images",
+        "fsdp-fits-the-task",
         "resources.strategy",
         "job",
-        _fsdp_does_not_shard_images,
-        "resources.strategy fsdp is not for task image-classification; use strategy ddp",
+        _fsdp_fits_the_task,
+        "resources.strategy fsdp is not for tasks "
+        + ", ".join(_tasks_with(lambda t: TASKS[t].fsdp_why is not None))
+        + "; use strategy ddp",
         "!has(self.resources) || !has(self.resources.strategy) || "
-        f"self.resources.strategy != 'fsdp' || {_TASK} != 'image-classification'",
+        "self.resources.strategy != 'fsdp' || "
+        f"!({_TASK} in {_cel_list(_tasks_with(lambda t: TASKS[t].fsdp_why is not None))})",
     ),
     Rule(
         "adalora-leaves-steps-to-reallocate",

@@ -379,6 +379,8 @@ class TaskInfo:
     """Why the other methods cannot train it, for the refusal (empty: nothing to add)."""
     description: str = ""
     """One sentence for ``spec.task``'s reference."""
+    fsdp_why: str | None = None
+    """Why ``resources.strategy: fsdp`` cannot train it (None: it can)."""
 
     @property
     def packs(self) -> bool:
@@ -455,6 +457,8 @@ TASKS: Final[dict[str, TaskInfo]] = {
         methods=_POLICY_METHODS,
         description="online reinforcement learning (GRPO): completions sampled for each "
         "dataset.format prompts row are scored by the reinforcement section's rewards.",
+        fsdp_why="its completions are sampled with model.generate, which a sharded model "
+        "does not run as one (untested, so refused)",
     ),
     "sentence-embedding": TaskInfo(
         name="sentence-embedding",
@@ -486,6 +490,7 @@ TASKS: Final[dict[str, TaskInfo]] = {
         "a new classification head sized to the data's classes, trained at "
         "imageClassification.headLrMultiplier x the learning rate, on dataset.format "
         "image-folder or image-manifest, with random resized crops and flips.",
+        fsdp_why="fsdp does not shard its backbones (they fit one device)",
     ),
 }
 

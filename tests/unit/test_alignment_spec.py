@@ -261,3 +261,28 @@ def test_the_output_must_be_apart_from_a_reward_model() -> None:
     assert "is inside reinforcement.rewards[1].uri (s3://rm-bucket/rm)" in said
     body["spec"]["output"] = {"uri": "s3://rm-bucket/grpo"}  # type: ignore[index]
     FineTuneJob.model_validate(body)
+
+
+def test_reinforcement_is_not_sharded_with_fsdp() -> None:
+    """GRPO samples with model.generate, which an FSDP-sharded model does not run as one:
+    the operator and `finetune validate` refuse it on resources.strategy (ddp is taken)."""
+    from finetune_api.resource import FineTuneJob
+
+    body: dict[str, Any] = {
+        "apiVersion": "finetune-operator.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "g"},
+        "spec": {
+            "task": "reinforcement",
+            "model": {"uri": "hf://org/m"},
+            "dataset": {"train": "s3://data-bucket/prompts.jsonl", "format": "prompts"},
+            "reinforcement": {"rewards": [{"type": "json"}]},
+            "resources": {"gpus": 2, "strategy": "fsdp"},
+            "output": {"uri": "s3://out-bucket/grpo"},
+        },
+    }
+    said = refusal(FineTuneJob, body)
+    assert "strategy fsdp is not for task reinforcement" in said
+    assert "use strategy ddp" in said
+    body["spec"]["resources"]["strategy"] = "ddp"
+    FineTuneJob.model_validate(body)

@@ -87,7 +87,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"method": {"type": "qlora"}, "resources": {"gpus": 2, "strategy": "fsdp"}},
         {"method": {"type": "lora"}, "resources": {"gpus": 2, "strategy": "fsdp"}},
     ),
-    "fsdp-does-not-shard-images": (
+    "fsdp-fits-the-task": (
         {**IMAGES, "resources": {"gpus": 2, "strategy": "fsdp"}},
         {**IMAGES, "resources": {"gpus": 2, "strategy": "ddp"}},
     ),
