@@ -65,8 +65,9 @@ SEED = 42
 MAX_LENGTH = 256
 
 
-def settings(quick: bool) -> dict[str, dict[str, Any]]:
-    """Each group's training settings (``--quick``: a few steps, to check the harness)."""
+def settings(quick: bool, steps: str = "") -> dict[str, dict[str, Any]]:
+    """Each group's training settings (``--quick``: a few steps, to check the harness;
+    ``steps``: ``group=N,...`` overrides, the same for ours and TRL)."""
     full = {
         "rm": {"steps": 48, "batch": 8, "lr": 5e-4},
         "dpo": {"steps": 48, "batch": 8, "lr": 5e-4, "beta": 0.1},
@@ -85,6 +86,9 @@ def settings(quick: bool) -> dict[str, dict[str, Any]]:
     if quick:
         for group in full.values():
             group["steps"] = 2
+    for item in filter(None, steps.split(",")):
+        group, n = item.split("=")
+        full[group]["steps"] = int(n)
     return full
 
 
@@ -132,7 +136,7 @@ def run_ours(args: argparse.Namespace, group: str) -> dict[str, Any]:
     from finetune_trainer.publish import stage_artifacts
     from finetune_trainer.runner import fine_tune
 
-    work, s = Path(args.work), settings(args.quick)[group]
+    work, s = Path(args.work), settings(args.quick, args.steps)[group]
     task = {"rm": "reward-model", "grpo": "reinforcement"}.get(group, "preference")
     files = ("prompts" if group == "grpo" else "pairs") + "-{}.jsonl"
     spec: dict[str, Any] = {
@@ -228,7 +232,7 @@ def run_trl(args: argparse.Namespace, group: str) -> dict[str, Any]:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    work, s = Path(args.work), settings(args.quick)[group]
+    work, s = Path(args.work), settings(args.quick, args.steps)[group]
     _, dtype = device_and_dtype()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     adapter = work / f"adapter-{args.name}"
@@ -531,7 +535,7 @@ def score(
     n = 8 if args.quick else None
     if group == "grpo":
         rows = read_jsonl(DATA / "prompts-validation.jsonl")[:n]
-        max_new = settings(args.quick)["grpo"]["maxNewTokens"]
+        max_new = settings(args.quick, args.steps)["grpo"]["maxNewTokens"]
         return generation_scores(model_dir, adapter, rows, max_new, samples=4)
     rows = read_jsonl(DATA / "pairs-validation.jsonl")[:n]
     if group == "rm":
@@ -570,6 +574,7 @@ def main() -> None:
     parser.add_argument("--only", default="rm,dpo,simpo,grpo", help="groups, or configurations")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--steps", default="", help="optimizer steps per group: grpo=16,dpo=48")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
@@ -597,7 +602,7 @@ def main() -> None:
             args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model
         ),
         "torch": torch.__version__,
-        "settings": settings(args.quick),
+        "settings": settings(args.quick, args.steps),
         "lora": {**LORA, "targetModules": TARGETS},
         "base": {},
         "results": {},
@@ -623,6 +628,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", name, "--work", str(work)]
         command += ["--model", str(args.model), "--threads", str(args.threads)]
         command += ["--quick"] if args.quick else []
+        command += ["--steps", args.steps] if args.steps else []
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
             report["results"][name] = {"error": proc.stderr[-3000:]}
