@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from _finetune_run import run_finetune  # benchmarks/ is this script's sys.path[0]
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / "all-MiniLM-L6-v2"
@@ -74,43 +71,12 @@ def manifest(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _json_line(line: str) -> dict[str, Any]:
-    try:
-        found = json.loads(line)
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
 def run_one(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``finetune run`` of the method's manifest in a subprocess; its numbers."""
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest(name, args), sort_keys=False))
-    out = work / f"out-{name}"
-    finetune = Path(sys.executable).parent / "finetune"
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    started = time.perf_counter()
-    with open(work / f"{name}.log", "w") as stderr:
-        proc = subprocess.Popen(
-            [str(finetune), "run", str(path), "--output", str(out)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        assert proc.stdout is not None
-        lines = proc.stdout.read().splitlines()
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        return {
-            "method": name,
-            "failed": True,
-            "stderrTail": (work / f"{name}.log").read_text()[-2000:],
-        }
-    metrics = json.loads((out / "metrics.json").read_text())
-    steps = [r for r in map(_json_line, lines) if r.get("event") == "step"]
+    run = run_finetune(name, manifest(name, args), work, threads=args.threads)
+    if run.returncode != 0:
+        return {"method": name, "failed": True, "stderrTail": run.stderr_tail()}
+    metrics = run.metrics
     return {
         "method": name,
         "options": METHODS[name][0],
@@ -120,10 +86,10 @@ def run_one(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "pooling": metrics.get("pooling"),
         "trainableParameters": metrics.get("trainableParameters"),
         "totalParameters": metrics.get("totalParameters"),
-        "loopPeakMemoryBytes": max((s.get("peakMemoryBytes") or 0 for s in steps), default=None),
-        "processPeakRssBytes": usage.ru_maxrss * 1024,  # KiB on Linux
+        "loopPeakMemoryBytes": run.loop_peak_bytes,
+        "processPeakRssBytes": run.process_peak_rss_bytes,
         "trainSeconds": metrics.get("trainSeconds"),
-        "wallSeconds": wall,
+        "wallSeconds": run.wall_seconds,
         "steps": metrics.get("steps"),
         "device": metrics.get("device"),
     }

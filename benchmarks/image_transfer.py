@@ -29,15 +29,11 @@ import argparse
 import datetime as dt
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from _finetune_run import run_finetune  # benchmarks/ is this script's sys.path[0]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "image-classification"
@@ -89,33 +85,13 @@ def manifest(name: str, backbone: Path, args: argparse.Namespace) -> dict[str, A
 
 def run_one(name: str, backbone: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``finetune run`` of the method's manifest in a subprocess; its numbers."""
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest(name, backbone, args), sort_keys=False))
     out = work / f"out-{name}"
-    finetune = Path(sys.executable).parent / "finetune"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    started = time.perf_counter()
-    with open(work / f"{name}.log", "w") as stderr:
-        proc = subprocess.Popen(
-            [str(finetune), "run", str(path), "--output", f"file://{out}"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        assert proc.stdout is not None
-        lines = proc.stdout.read().splitlines()
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        return {
-            "method": name,
-            "failed": True,
-            "stderrTail": (work / f"{name}.log").read_text()[-2000:],
-        }
-    metrics = json.loads((out / "metrics.json").read_text())
-    steps = [json.loads(line) for line in lines if line.startswith('{"event":"step"')]
+    run = run_finetune(
+        name, manifest(name, backbone, args), work, threads=1, output=f"file://{out}"
+    )
+    if run.returncode != 0:
+        return {"method": name, "failed": True, "stderrTail": run.stderr_tail()}
+    metrics = run.metrics
     quality = ("accuracy", "macroF1", "evalLoss")
     return {
         "method": name,
@@ -124,10 +100,10 @@ def run_one(name: str, backbone: Path, work: Path, args: argparse.Namespace) -> 
         "after": {k: metrics.get(k) for k in quality},
         "trainableParameters": metrics["trainableParameters"],
         "totalParameters": metrics["totalParameters"],
-        "loopPeakMemoryBytes": max((s.get("peakMemoryBytes") or 0 for s in steps), default=None),
-        "processPeakRssBytes": usage.ru_maxrss * 1024,  # KiB on Linux
+        "loopPeakMemoryBytes": run.loop_peak_bytes,
+        "processPeakRssBytes": run.process_peak_rss_bytes,
         "trainSeconds": metrics["trainSeconds"],
-        "wallSeconds": wall,
+        "wallSeconds": run.wall_seconds,
         "steps": metrics["steps"],
     }
 

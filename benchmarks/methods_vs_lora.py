@@ -38,15 +38,13 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from _finetune_run import run_finetune  # benchmarks/ is this script's sys.path[0]
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -235,32 +233,10 @@ def run_one(
     name: str, bench: Bench, data: tuple[Path, Path], work: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     """``finetune run`` of the method's manifest in a subprocess; its numbers."""
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest(name, bench, data, args), sort_keys=False))
-    out = work / f"out-{name}"
-    finetune = Path(sys.executable).parent / "finetune"
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    started = time.perf_counter()
-    with open(work / f"{name}.log", "w") as stderr:
-        proc = subprocess.Popen(
-            [str(finetune), "run", str(path), "--output", str(out)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        assert proc.stdout is not None
-        lines = proc.stdout.read().splitlines()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        tail = (work / f"{name}.log").read_text()[-2000:]
-        return {"method": name, "failed": proc.returncode, "stderrTail": tail}
-    metrics = json.loads((out / "metrics.json").read_text())
-    steps = [r for r in map(_json_line, lines) if r.get("event") == "step"]
-    loop_peak = max((s.get("peakMemoryBytes") or 0 for s in steps), default=None)
+    run = run_finetune(name, manifest(name, bench, data, args), work, threads=args.threads)
+    if run.returncode != 0:
+        return {"method": name, "failed": run.returncode, "stderrTail": run.stderr_tail()}
+    metrics = run.metrics
     return {
         "method": name,
         "type": bench.method["type"],
@@ -272,23 +248,14 @@ def run_one(
         "trainLoss": metrics.get("trainLoss"),
         "trainableParameters": metrics.get("trainableParameters"),
         "totalParameters": metrics.get("totalParameters"),
-        "loopPeakMemoryBytes": loop_peak,
-        "processPeakRssBytes": usage.ru_maxrss * 1024,  # KiB on Linux
+        "loopPeakMemoryBytes": run.loop_peak_bytes,
+        "processPeakRssBytes": run.process_peak_rss_bytes,
         "trainSeconds": metrics.get("trainSeconds"),
-        "wallSeconds": wall,
+        "wallSeconds": run.wall_seconds,
         "device": metrics.get("device"),
         "precision": metrics.get("precision"),
         "steps": metrics.get("steps"),
     }
-
-
-def _json_line(line: str) -> dict[str, Any]:
-    """One progress line of the trainer's stdout (JSON objects; anything else is skipped)."""
-    try:
-        found = json.loads(line)
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _quality(metrics: dict[str, Any], suffix: str) -> dict[str, Any]:
