@@ -85,6 +85,8 @@ class Facts:
     """Every dataset format the run reads, as (field path, format)."""
     packing: bool = False
     """training.packing."""
+    streaming: bool = False
+    """dataset.streaming."""
     sections: frozenset[str] = frozenset()
     """The task-owned sections the spec sets (``preference``, ``reinforcement``,
     ``contrastive``)."""
@@ -185,6 +187,38 @@ def _format_rule_cel() -> str:
 
 
 _PACKING_TASKS: Final = _tasks_with(lambda t: TASKS[t].packs)
+
+
+_STREAMING_TASKS: Final = ("causal-lm",)
+_STREAMING: Final = "has(self.dataset) && has(self.dataset.streaming) && self.dataset.streaming"
+
+
+def _streaming_needs_max_steps(facts: Facts) -> Violation | None:
+    if facts.streaming and facts.max_steps is None:
+        return Violation(
+            "training.maxSteps",
+            "is needed with dataset.streaming: a stream's length is not known before it "
+            "is read, so epochs cannot be counted; set training.maxSteps",
+        )
+    return None
+
+
+def _streaming_fits_the_task(facts: Facts) -> Violation | None:
+    if not facts.streaming:
+        return None
+    if facts.task not in _STREAMING_TASKS:
+        return Violation(
+            "dataset.streaming",
+            f"is for task {', '.join(_STREAMING_TASKS)}; task {facts.task} prepares its "
+            "whole dataset first (set streaming: false)",
+        )
+    if facts.packing:
+        return Violation(
+            "training.packing",
+            "cannot pack a stream (packing plans over the whole dataset); set packing: "
+            "false or streaming: false",
+        )
+    return None
 
 
 def _packing_fits_the_task(facts: Facts) -> Violation | None:
@@ -607,6 +641,23 @@ RULES: Final[tuple[Rule, ...]] = (
         f"training.packing is for task {', '.join(_PACKING_TASKS)}",
         f"{_TASK} in {_cel_list(_PACKING_TASKS)} || !has(self.training) || "
         "!has(self.training.packing) || !self.training.packing",
+    ),
+    Rule(
+        "streaming-needs-max-steps",
+        "training.maxSteps",
+        "job",
+        _streaming_needs_max_steps,
+        "dataset.streaming needs training.maxSteps",
+        f"!({_STREAMING}) || (has(self.training) && has(self.training.maxSteps))",
+    ),
+    Rule(
+        "streaming-fits-the-task",
+        "dataset.streaming",
+        "job",
+        _streaming_fits_the_task,
+        f"dataset.streaming is for task {', '.join(_STREAMING_TASKS)}, without training.packing",
+        f"!({_STREAMING}) || ({_TASK} in {_cel_list(_STREAMING_TASKS)} && "
+        "!(has(self.training) && has(self.training.packing) && self.training.packing))",
     ),
     Rule(
         "method-fits-the-task",

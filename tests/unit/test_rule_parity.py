@@ -55,6 +55,13 @@ REINFORCEMENT = {
     "dataset": {"format": "prompts"},
     "reinforcement": {"rewards": [{"type": "exactMatch"}]},
 }
+STREAM = {
+    "dataset": {
+        "streaming": True,
+        "deduplicate": False,
+        "validation": "s3://data-bucket/chat/validation.jsonl",
+    }
+}
 TEACHER = {"distillation": {"teacherUri": "hf://HuggingFaceTB/SmolLM2-360M-Instruct"}}
 
 # rule name -> (a patch that breaks it, a patch that keeps it), each applied to BASE_SPEC;
@@ -151,6 +158,14 @@ CASES |= {
     "format-fits-the-task": (
         {"task": "preference"},  # reads dataset.format messages
         PREFERENCE,
+    ),
+    "streaming-needs-max-steps": (
+        {**STREAM, "training": DELETE},
+        STREAM,
+    ),
+    "streaming-fits-the-task": (
+        {**STREAM, "training": {"packing": True}},
+        STREAM,
     ),
     "packing-fits-the-task": (
         {**PREFERENCE, "training": {"packing": True}},

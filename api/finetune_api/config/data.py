@@ -178,6 +178,44 @@ class MixtureSource(CamelModel):
     )
 
 
+HUB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+"""A Hub subset (configuration) or split name: what ``datasets.load_dataset`` accepts."""
+
+
+class HubDatasetOptions(CamelModel):
+    """How rows are read from a Hub dataset repository (``dataset.train:
+    hf://datasets/org/name``), named as ``datasets.load_dataset(name, subset, split=...,
+    revision=...)`` names them; the repository's README (its ``configs``) or its folder
+    layout says which files make each subset and split, and every file of the split is read,
+    in order."""
+
+    subset: str | None = Field(
+        default=None,
+        pattern=HUB_NAME_PATTERN,
+        description="The subset (configuration) to read, e.g. 'main' or 'en'. Default: the "
+        "repository's default subset, or its only one.",
+    )
+    split: str = Field(
+        default="train",
+        pattern=HUB_NAME_PATTERN,
+        description="The split trained on.",
+    )
+    validation: str | None = Field(
+        default=None,
+        pattern=HUB_NAME_PATTERN,
+        description="A split of the same subset held out for evaluation (e.g. 'test'), "
+        "instead of dataset.validation or dataset.validationSplit.",
+    )
+    revision: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]*$",
+        description="A branch, tag or commit of the repository. Default: main. Pin a commit "
+        "for a reproducible run.",
+    )
+
+
 MAX_MIXTURE_SOURCES = 64
 """Bounded so the API server can estimate the cost of CEL rules over the list."""
 
@@ -213,6 +251,34 @@ class DatasetSpec(CamelModel):
                     "rule": "!has(self.mixture) || !has(self.format) || "
                     "!(self.format in ['image-folder', 'image-manifest'])",
                     "message": "the image formats read one train source, not a mixture",
+                },
+                {
+                    "rule": "!has(self.hub) || (has(self.train) && "
+                    "self.train.startsWith('hf://datasets/'))",
+                    "message": "hub names a subset and split of a Hub dataset: set train to "
+                    "hf://datasets/org/name",
+                },
+                {
+                    "rule": "!has(self.hub) || !has(self.hub.validation) || "
+                    "!(has(self.validation) || has(self.validationSplit))",
+                    "message": "set one held-out source: hub.validation, validation or "
+                    "validationSplit",
+                },
+                {
+                    "rule": "!has(self.streaming) || !self.streaming || has(self.train)",
+                    "message": "streaming reads one train source, not a mixture",
+                },
+                {
+                    "rule": "!has(self.streaming) || !self.streaming || "
+                    "has(self.validation) || (has(self.hub) && has(self.hub.validation))",
+                    "message": "streaming needs a held-out file: set validation (or "
+                    "hub.validation); a stream cannot be split",
+                },
+                {
+                    "rule": "!has(self.streaming) || !self.streaming || "
+                    "(has(self.deduplicate) && !self.deduplicate)",
+                    "message": "streaming cannot deduplicate (it would hold every row's "
+                    "hash): set deduplicate: false",
                 },
             ]
         }
@@ -257,6 +323,33 @@ class DatasetSpec(CamelModel):
         "deliberate repeats; mixture weights are the cleaner way to upsample.",
     )
     credentials_secret: SecretName | None = None
+    hub: HubDatasetOptions | None = Field(
+        default=None,
+        description="For a Hub dataset repository (train: hf://datasets/org/name): the "
+        "subset, split, held-out split and revision to read.",
+    )
+    streaming: bool = Field(
+        default=False,
+        description="Read train as a stream, tokenizing rows as training consumes them, "
+        "instead of preparing the whole file first: for datasets larger than the pod's "
+        "disk or memory. Rows are shuffled through a buffer of shuffleBuffer rows (seeded "
+        "by training.seed) and a resumed run continues at the same example. Needs "
+        "training.maxSteps and a held-out file (validation or hub.validation); causal-lm "
+        "only, without packing; set deduplicate: false.",
+    )
+    shuffle_buffer: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Streaming: rows held in memory for shuffling; 1 keeps the file's order.",
+    )
+    tokenize_processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Processes that tokenize the data, once per node (local rank 0; the "
+        "other ranks map its result). Default: the CPUs the container may use, at most 8.",
+    )
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> Self:
@@ -300,6 +393,43 @@ class DatasetSpec(CamelModel):
         if self.mixture is not None and self.format in IMAGE_FORMATS:
             raise ValueError(
                 f"format {self.format} reads one train source, not a mixture: set train"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _hub_options_for_a_hub_dataset(self) -> Self:
+        if self.hub is None:
+            return self
+        if self.train is None or not self.train.startswith("hf://datasets/"):
+            raise ValueError(
+                "hub names a subset and split of a Hub dataset repository: set train to "
+                "hf://datasets/org/name (or remove hub)"
+            )
+        if self.hub.validation is not None and (
+            self.validation is not None or self.validation_split is not None
+        ):
+            raise ValueError(
+                "set one held-out source: hub.validation (a split of the repository), "
+                "validation (a file) or validationSplit (a fraction of train)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _streaming_reads_one_file(self) -> Self:
+        if not self.streaming:
+            return self
+        if self.train is None:
+            raise ValueError("streaming reads one train source: set train, not mixture")
+        if self.validation is None and (self.hub is None or self.hub.validation is None):
+            raise ValueError(
+                "streaming needs a held-out file: set validation (or hub.validation); a "
+                "stream cannot be split (validationSplit) without reading it all first"
+            )
+        if self.deduplicate:
+            raise ValueError(
+                "streaming cannot deduplicate: finding repeats means holding every row's "
+                "hash, which a stream larger than memory cannot; set deduplicate: false "
+                "(and deduplicate the files beforehand if needed)"
             )
         return self
 

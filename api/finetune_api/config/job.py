@@ -253,6 +253,7 @@ class JobSections(CamelModel):
             metric_settings=self.evaluation.metric_settings(),
             formats=self.formats(),
             packing=self.training.packing,
+            streaming=self.dataset.streaming,
             sections=frozenset(
                 name
                 for name, section in (
