@@ -14,6 +14,7 @@ incomplete by definition.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune_api.uri import ParsedUri, Role, UriError, parse_uri
 from finetune_trainer.errors import StorageError
@@ -21,6 +22,9 @@ from finetune_trainer.storage.hub import HubBackend
 from finetune_trainer.storage.local import PVC_ROOT_ENV, LocalBackend, file_path, pvc_path
 from finetune_trainer.storage.s3 import S3Backend
 from finetune_trainer.storage.store import MANIFEST, Access, Backend, Store
+
+if TYPE_CHECKING:
+    from finetune_api.config.data import HubDatasetOptions
 
 __all__ = [
     "BACKENDS",
@@ -30,6 +34,7 @@ __all__ = [
     "Backend",
     "LocalBackend",
     "backend_for",
+    "fetch_data_files",
     "fetch_file",
     "fetch_model_dir",
     "open_store",
@@ -53,6 +58,24 @@ def fetch_file(uri: str, role: Role, access: Access | None = None) -> Path:
     """A local path holding the file at ``uri`` (downloaded if need be)."""
     backend, parsed = backend_for(uri, role)
     return backend.local_file(parsed, access or Access())
+
+
+def fetch_data_files(
+    uri: str,
+    role: Role,
+    access: Access | None = None,
+    hub: HubDatasetOptions | None = None,
+    split: str | None = None,
+) -> list[Path]:
+    """The local files holding the rows of ``uri``, in the order they are read.
+
+    One file for every scheme but a Hub dataset repository read by subset and split
+    (``hf://datasets/org/name`` without a file, or with ``hub``): then every data file of
+    the split, which a Hub dataset may spread over many shards."""
+    backend, parsed = backend_for(uri, role)
+    if isinstance(backend, HubBackend):
+        return backend.data_files(parsed, access or Access(), hub, split)
+    return [backend.local_file(parsed, access or Access())]
 
 
 def open_store(uri: str, access: Access | None = None) -> Store:

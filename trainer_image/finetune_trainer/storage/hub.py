@@ -53,6 +53,8 @@ from finetune_trainer.storage.store import (
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
+    from finetune_api.config.data import HubDatasetOptions
+
 T = TypeVar("T")
 CHECKPOINTS_PREFIX = "checkpoints/"
 HUB_HOUSEKEEPING = frozenset({".gitattributes"})
@@ -86,6 +88,16 @@ class HubBackend:
                 raise StorageError(f"{uri}: the dataset repository has no file {path!r}")
             return snapshot / path
         return snapshot / only_data_file(uri, snapshot)
+
+    def data_files(
+        self,
+        uri: ParsedUri,
+        access: Access,
+        hub: HubDatasetOptions | None,
+        split: str | None,
+    ) -> list[Path]:
+        """The files of a Hub dataset in read order (see ``backends.fetch_data_files``)."""
+        return [self.local_file(uri, access)]
 
     def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         from huggingface_hub import snapshot_download
