@@ -19,6 +19,14 @@ answers the routes huggingface_hub 2.4 calls for that (read from its ``HfApi`` s
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` (``hf_hub_download``, by branch or commit)
 
 With ``token`` set, every write needs ``Authorization: Bearer <token>`` (401 otherwise).
+
+Dataset repositories (:meth:`HubStandIn.add_dataset`, kept apart from models as the Hub
+keeps them) answer the routes huggingface_hub calls to read one:
+``GET /api/datasets/{repo}[/revision/{rev}]`` (``dataset_info``), ``GET
+/api/datasets/{repo}/tree/{rev}[/{path}]`` (``list_repo_tree``, recursive) and
+``HEAD``/``GET /datasets/{repo}/resolve/{rev}/{path}`` (``hf_hub_download``). A revision is
+a branch, a tag (:meth:`HubStandIn.tag_dataset`) or a commit. A private dataset answers
+401 to a request without its ``Authorization: Bearer <token>``, 403 to another token.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ SMOLLM2_CONFIG: dict[str, Any] = {
     "vocab_size": 49152,
 }
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+_REV_PATH = r"(?P<rev>[^/]+)(?:/(?P<path>.*))?"
 
 
 @dataclass
@@ -93,6 +102,9 @@ class HubStandIn:
         self.delay = delay
         self.token = token
         self.repos: dict[str, Repo] = {}
+        self.datasets: dict[str, Repo] = {}
+        self.private: dict[str, str] = {}
+        """Private dataset repositories: the token each one answers to."""
         self.lock = threading.Lock()
         stand_in = self
 
@@ -159,6 +171,25 @@ class HubStandIn:
         assert found is not None, f"{repo} has no {revision}"
         return found[1]
 
+    def add_dataset(
+        self,
+        repo: str,
+        files: dict[str, bytes | str],
+        branch: str = "main",
+        token: str | None = None,
+    ) -> str:
+        """Commit ``files`` (the whole tree) as ``repo``'s ``branch``; the commit id. With
+        ``token`` the repository is private: reads need that token."""
+        hub = self.datasets.setdefault(repo, Repo())
+        tree = {p: b.encode() if isinstance(b, str) else b for p, b in files.items()}
+        if token is not None:
+            self.private[repo] = token
+        return hub.commit(branch, tree, f"{len(tree)} files")
+
+    def tag_dataset(self, repo: str, tag: str, commit: str) -> None:
+        """A tag: a ref like a branch, that no commit moves."""
+        self.datasets[repo].branches[tag] = commit
+
     # ------------------------------------------------------------------ routing
 
     def route(self, req: Any, method: str) -> None:
@@ -173,11 +204,22 @@ class HubStandIn:
             ("GET", rf"/api/models/{_REPO}(?:/revision/(?P<rev>.+))?", self.model_info),
             ("GET", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self.resolve),
             ("HEAD", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self.resolve),
+            (
+                "GET",
+                rf"/api/datasets/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?",
+                self.list_tree,
+            ),
+            ("GET", rf"/api/datasets/{_REPO}(?:/revision/(?P<rev>.+))?", self.dataset_info),
+            ("GET", rf"/datasets/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self.resolve),
+            ("HEAD", rf"/datasets/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self.resolve),
         ]
         for verb, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
             if verb == method and match:
                 if method == "POST" and not self.authorised(req):
+                    return
+                req.kind = "datasets" if "/datasets/" in pattern else "models"
+                if req.kind == "datasets" and not self.may_read(req, match["repo"]):
                     return
                 handler(req, **{k: v for k, v in match.groupdict().items() if v is not None})
                 return
@@ -189,8 +231,22 @@ class HubStandIn:
         req.reply(401, {"error": "Invalid credentials in Authorization header"})
         return False
 
+    def may_read(self, req: Any, repo: str) -> bool:
+        """A private dataset: 401 without a token, 403 with another one (as the Hub)."""
+        token = self.private.get(repo)
+        given = req.headers.get("Authorization")
+        if token is None or given == f"Bearer {token}":
+            return True
+        status = 403 if given else 401
+        req.reply(status, {"error": "Invalid credentials"}, head=req.command == "HEAD")
+        return False
+
+    def repos_of(self, req: Any) -> dict[str, Repo]:
+        return self.datasets if getattr(req, "kind", "models") == "datasets" else self.repos
+
     def repo_or_404(self, req: Any, repo: str) -> Repo | None:
-        if repo not in self.repos:
+        repos = self.repos_of(req)
+        if repo not in repos:
             req.reply(
                 404,
                 {"error": "Repository not found"},
@@ -198,10 +254,10 @@ class HubStandIn:
                 head=req.command == "HEAD",
             )
             return None
-        return self.repos[repo]
+        return repos[repo]
 
     def revision_or_404(self, req: Any, repo: str, rev: str) -> tuple[str, dict[str, bytes]] | None:
-        found = self.repos[repo].tree(rev)
+        found = self.repos_of(req)[repo].tree(rev)
         if found is None:
             req.reply(
                 404,
@@ -247,6 +303,17 @@ class HubStandIn:
         sha, tree = found
         siblings = [{"rfilename": p} for p in sorted(tree)]
         req.reply(200, {"id": repo, "modelId": repo, "sha": sha, "siblings": siblings})
+
+    def dataset_info(self, req: Any, repo: str, rev: str = "main") -> None:
+        if self.repo_or_404(req, repo) is None:
+            return
+        found = self.revision_or_404(req, repo, rev)
+        if found is None:
+            return
+        sha, tree = found
+        siblings = [{"rfilename": p} for p in sorted(tree)]
+        private = repo in self.private
+        req.reply(200, {"id": repo, "sha": sha, "siblings": siblings, "private": private})
 
     def preupload(self, req: Any, repo: str, rev: str) -> None:
         if self.repo_or_404(req, repo) is None:

@@ -31,14 +31,16 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from finetune_api.redaction import register
 from finetune_api.uri import DATA_SUFFIXES, ParsedUri, hf_dataset_parts, hf_output_parts
-from finetune_trainer.errors import ModelError, StorageError, TrainerError
+from finetune_trainer.errors import DataError, ModelError, StorageError, TrainerError
 from finetune_trainer.storage.cache import cache_root
 from finetune_trainer.storage.credentials import hf_token
+from finetune_trainer.storage.hub_datasets import list_repo, split_files
 from finetune_trainer.storage.store import (
     MANIFEST,
     Access,
@@ -96,8 +98,24 @@ class HubBackend:
         hub: HubDatasetOptions | None,
         split: str | None,
     ) -> list[Path]:
-        """The files of a Hub dataset in read order (see ``backends.fetch_data_files``)."""
-        return [self.local_file(uri, access)]
+        """The files of a Hub dataset in read order (see ``backends.fetch_data_files``):
+        the file the URI names, or every file of the subset's split (``split``, else
+        ``hub.split``) at ``hub.revision``, resolved as ``datasets.load_dataset`` does
+        (:mod:`.hub_datasets`)."""
+        repo, path = hf_dataset_parts(uri.location)
+        if path is not None:
+            if hub is not None:
+                raise DataError(
+                    f"{uri}: dataset.hub reads a repository by subset and split, and the URI "
+                    f"names one file ({path}): set train to hf://datasets/{repo} (and "
+                    "hub.subset/split), or remove hub"
+                )
+            return [self.local_file(uri, access)]
+        return HubDatasetReader(uri, repo, access).split_files(
+            hub.subset if hub else None,
+            split or (hub.split if hub else "train"),
+            (hub.revision if hub else None) or "main",
+        )
 
     def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         from huggingface_hub import snapshot_download
@@ -114,6 +132,115 @@ class HubBackend:
     def store(self, uri: ParsedUri, access: Access) -> HubStore:
         repo, branch = hf_output_parts(uri.location)
         return HubStore(str(uri), repo, branch, hf_token(access.credentials_secret))
+
+
+class HubDatasetReader:
+    """One dataset repository read through huggingface_hub with the dataset's token."""
+
+    def __init__(self, uri: ParsedUri, repo: str, access: Access) -> None:
+        from huggingface_hub import HfApi
+
+        self.uri = uri
+        self.repo = repo
+        self.secret = access.credentials_secret
+        self.token = hf_token(access.credentials_secret) or os.environ.get("HF_TOKEN") or None
+        register(self.token)  # never quoted by any message, log line or status
+        self.endpoint = os.environ.get("HF_ENDPOINT") or None
+        self.api: HfApi = HfApi(endpoint=self.endpoint, token=self.token or False)
+
+    def split_files(self, subset: str | None, split: str, revision: str) -> list[Path]:
+        """Downloaded files of ``subset``'s ``split`` at ``revision``, in read order, each
+        checked against the size the repository's listing gives."""
+        listing = self._call(
+            f"read revision {revision!r}",
+            lambda: list_repo(self.api, self.repo, revision, self._download),
+        )
+        paths = split_files(listing, subset, split, revision)
+        local: list[Path] = []
+        for path in paths:
+            file = self._call(f"download {path}", partial(self._download, path, listing.commit))
+            if file.stat().st_size != listing.files[path]:
+                raise StorageError(
+                    f"{self.uri}: {path} downloaded as {file.stat().st_size} bytes, the "
+                    f"repository lists {listing.files[path]}; the download is incomplete, "
+                    "run again"
+                )
+            local.append(file)
+        return local
+
+    def _download(self, path: str, commit: str) -> Path:
+        """One file at a commit, through huggingface_hub's cache (a commit's file is
+        served from the cache without a request once there)."""
+        from huggingface_hub import hf_hub_download
+
+        return Path(
+            hf_hub_download(
+                self.repo,
+                path,
+                repo_type="dataset",
+                revision=commit,
+                token=self.token or False,
+                endpoint=self.endpoint,
+            )
+        )
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        try:
+            return call()
+        except RevisionNotFoundError as exc:
+            raise DataError(
+                f"{self.uri}: the repository has no branch, tag or commit named like the "
+                f"requested one ({what}); check dataset.hub.revision"
+            ) from exc
+        except RepositoryNotFoundError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status in (401, 403):
+                raise self._refused(what, status) from None
+            raise StorageError(
+                f"{self.uri}: no such dataset repository on the Hub (or it is private and "
+                f"{self._token_source()} gives no access to it); check the name"
+            ) from None
+        except LocalEntryNotFoundError as exc:
+            raise StorageError(
+                f"{self.uri}: the Hub cannot be reached to {what} and it is not in the "
+                f"local cache (HF_ENDPOINT={self.endpoint or 'unset'}); check network access"
+            ) from exc
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status in (401, 403):
+                raise self._refused(what, status) from None
+            raise StorageError(
+                f"{self.uri}: cannot {what} on the Hub (HTTP {status or '-'}); check "
+                f"HF_ENDPOINT ({self.endpoint or 'the public Hub'}) and the repository name"
+            ) from None
+        except OSError as exc:
+            raise StorageError(
+                f"{self.uri}: cannot {what} on the Hub ({type(exc).__name__}); check "
+                f"HF_ENDPOINT ({self.endpoint or 'the public Hub'})"
+            ) from exc
+
+    def _token_source(self) -> str:
+        if self.secret:
+            return f"the token in Secret {self.secret!r} (key HF_TOKEN)"
+        return "HF_TOKEN" if self.token else "no token (the repository may be private)"
+
+    def _refused(self, what: str, status: int) -> StorageError:
+        fix = (
+            f"put a token that may read it in Secret {self.secret!r} under the key HF_TOKEN"
+            if self.secret
+            else "set dataset.credentialsSecret to a Secret holding HF_TOKEN"
+        )
+        return StorageError(
+            f"{self.uri}: the Hub refused to {what} (HTTP {status}) with "
+            f"{self._token_source()}; the repository is private or gated: {fix}"
+        )
 
 
 class HubStore:
