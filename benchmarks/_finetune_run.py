@@ -50,17 +50,25 @@ class Finished:
 
 
 def run_finetune(
-    name: str, manifest: dict[str, Any], work: Path, *, threads: int, output: str | None = None
+    name: str,
+    manifest: dict[str, Any],
+    work: Path,
+    *,
+    threads: int,
+    output: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Finished:
     """Write ``manifest`` as ``work/<name>.yaml`` and ``finetune run`` it into
     ``work/out-<name>`` (``output`` names that folder as a URI when given) with
-    ``OMP_NUM_THREADS=threads``; stderr goes to ``work/<name>.log``."""
+    ``OMP_NUM_THREADS=threads``; stderr goes to ``work/<name>.log``. ``env`` adds or
+    replaces environment variables of the run (a private cache directory, a PYTHONPATH
+    that runs another checkout's sources with this virtual environment)."""
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     out = work / f"out-{name}"
     log = work / f"{name}.log"
     finetune = Path(sys.executable).parent / "finetune"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    variables = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
     started = time.perf_counter()
     with open(log, "w") as stderr:
         proc = subprocess.Popen(
@@ -68,7 +76,7 @@ def run_finetune(
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            env=env,
+            env=variables,
             cwd=REPO,
         )
         assert proc.stdout is not None
