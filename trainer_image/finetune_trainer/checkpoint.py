@@ -67,9 +67,13 @@ OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"
 SCALER = "scaler.pt"
 STATE = "state.json"
+DATA_STREAM = "data-stream.json"
+"""A streaming run's position in its stream (``ExampleStream.state_dict``): with a
+stream, the step is no position in the data, so the stream's own state is saved."""
 _STEP_DIR = re.compile(rf"^{CHECKPOINTS}/step-(\d+)/(.+)$")
 _OWN_FILE = re.compile(
     r"^(?:(?:trainable|best)\.safetensors|(?:optimizer|scheduler|scaler)\.pt|state\.json"
+    r"|data-stream\.json"
     r"|(?:rng|optimizer)/rank-\d+\.pt)$"
 )
 """Every file a checkpoint of this format may hold (its manifest lists no other)."""
@@ -362,9 +366,11 @@ def save(
     config: TrainerConfig,
     identity: Identity,
     accelerator: Accelerator,
+    stream_state: dict[str, Any] | None = None,
 ) -> None:
     """Write ``cp`` as ``checkpoints/step-N``, manifest last (with the run's ``identity``,
-    see :func:`identity`); then drop what is stale."""
+    see :func:`identity`); then drop what is stale. ``stream_state``: a streaming run's
+    position in its stream after this step, saved as ``data-stream.json``."""
     from accelerate.utils import gather_object
 
     step, rank = cp.state.step, accelerator.process_index
@@ -382,6 +388,8 @@ def save(
         if main:
             state = {**asdict(cp.state), "worldSize": accelerator.num_processes}
             (staging / STATE).write_text(json.dumps(state) + "\n")
+            if stream_state is not None:
+                (staging / DATA_STREAM).write_text(json.dumps(stream_state) + "\n")
         entries = file_entries(staging)
         for entry in entries:
             store.put_file(staging / entry["path"], join_key(prefix, entry["path"]))
@@ -456,6 +464,7 @@ def load(store: Store, step: int, *, rank: int) -> Resume:
             scaler=files.state_dict(SCALER) if SCALER in mine else None,
             best=files.weights(BEST) if BEST in mine else None,
             restore_rng=(lambda: _set_rng_state(rng)) if rng is not None else (lambda: None),
+            data_stream=files.json_object(DATA_STREAM) if DATA_STREAM in mine else None,
         )
 
 
@@ -547,6 +556,17 @@ class _Files:
             if is_out_of_memory(exc):
                 raise
             raise damaged(self.store, self.step, self._unreadable(name, exc)) from None
+
+    def json_object(self, name: str) -> dict[str, Any]:
+        """A JSON object file of the checkpoint (``data-stream.json``)."""
+        try:
+            data = json.loads((self.local / name).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            where = self.where(name)
+            raise damaged(self.store, self.step, f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise damaged(self.store, self.step, f"{self.where(name)}: not a JSON object")
+        return data
 
     def loop_state(self) -> LoopState:
         """``state.json``, the loop's progress: fields of a newer trainer are refused."""

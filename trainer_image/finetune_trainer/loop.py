@@ -256,6 +256,7 @@ def train(
     accelerator: Accelerator,
     hooks: TrainHooks | None = None,
     optimization: Optimization | None = None,
+    plan: Iterator[StepGroup] | None = None,
 ) -> TrainResult:
     """Run ``total_steps`` optimizer steps over ``examples``; return what happened.
 
@@ -266,6 +267,9 @@ def train(
     data and random generators. With early stopping, training ends once the metric has
     not improved for ``patience`` evaluations, and the best weights seen are restored
     before returning.
+
+    ``plan``: the steps from a stream (``dataset.streaming``), already at the resumed
+    position (the stream's state comes back with the checkpoint), so not skipped.
     """
     hooks = hooks or TrainHooks()
     steps = total_steps(len(examples), spec, accelerator.num_processes)
@@ -285,8 +289,9 @@ def train(
         result=TrainResult(steps=0, train_loss=float("nan"), tokens=0, seconds=0.0),
         stopper=EarlyStopper(hooks.early_stopping) if hooks.early_stopping else None,
     )
-    plan = step_groups(examples, spec, accelerator.num_processes)
-    first = _resume_progress(loop, plan)
+    positioned = plan is not None
+    plan = plan or step_groups(examples, spec, accelerator.num_processes)
+    first = _resume_progress(loop, plan, skip=not positioned)
     optimization.model.train()
     clock = _Clock(first, loop.result.seconds)
     for step in range(first, steps + 1):
@@ -309,7 +314,7 @@ def train(
     return loop.result
 
 
-def _resume_progress(loop: _Loop, plan: Iterator[StepGroup]) -> int:
+def _resume_progress(loop: _Loop, plan: Iterator[StepGroup], *, skip: bool = True) -> int:
     """Continue a checkpoint's progress (history, counters, early stopping, position in
     the data, random generators last); return the first step to take."""
     resume = loop.hooks.resume
@@ -325,7 +330,7 @@ def _resume_progress(loop: _Loop, plan: Iterator[StepGroup]) -> int:
     loop.best = resume.best
     if loop.best is None and stopper is not None and stopper.best_step == state.step:
         loop.best = resume.trainable  # the checkpoint's own weights were the best
-    for _ in range(state.step):
+    for _ in range(state.step if skip else 0):
         next(plan)
     resume.restore_rng()
     # A run that stopped early ended at this checkpoint: it does not train on past it.

@@ -155,6 +155,8 @@ class Resume:
     """``optimizer`` holds this rank's shards of an FSDP optimizer state."""
     restore_rng: Callable[[], None] = field(default=lambda: None)
     """Puts this rank's random generators back where they were; called last."""
+    data_stream: dict[str, Any] | None = None
+    """A streaming run's stream position (``data-stream.json``), None otherwise."""
 
 
 @dataclass

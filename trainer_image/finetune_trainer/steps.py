@@ -10,12 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from finetune_api.config import TrainingSpec
 from finetune_api.config.training import steps_per_epoch as steps_per_epoch
 from finetune_api.config.training import total_steps as total_steps
 from finetune_trainer.data.batching import length_grouped_batches
 from finetune_trainer.data.tokenize import TokenizedExample
+
+if TYPE_CHECKING:
+    from finetune_trainer.data.stream import ExampleStream
 
 MicroBatch = list[TokenizedExample]
 
@@ -59,6 +63,29 @@ def step_groups(
                 ],
             )
         epoch += 1
+
+
+def stream_step_groups(
+    stream: ExampleStream, spec: TrainingSpec, world_size: int = 1
+) -> Iterator[StepGroup]:
+    """Endless optimizer steps over a stream (``dataset.streaming``): micro-batches of
+    ``batch_size`` examples in the stream's order, ``r, r + world, ...`` of each step for
+    rank r, as :func:`step_groups` shares them.
+
+    Every rank reads the same stream and takes its share. Nothing is read ahead of the
+    step being yielded, so the stream's state after a step is the position a checkpoint
+    of that step saves, and resuming restores it rather than skipping steps. A step's
+    epoch is the stream's pass (with the fraction read, once a pass's length is known);
+    a step during which a pass ended is the end of an epoch."""
+    per_step = spec.gradient_accumulation * world_size
+    while True:
+        started = int(stream.epoch)
+        batches = [[next(stream) for _ in range(spec.batch_size)] for _ in range(per_step)]
+        yield StepGroup(
+            epoch=stream.epoch,
+            end_of_epoch=stream.pass_ != started,
+            per_rank=[batches[r::world_size] for r in range(world_size)],
+        )
 
 
 def count_input_tokens(examples: list[TokenizedExample]) -> int:

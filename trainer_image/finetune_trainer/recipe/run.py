@@ -49,9 +49,10 @@ from finetune_trainer.recipe.setup import (
     setup_reference_logps,
     setup_reporting,
     setup_rewards,
+    setup_stream,
 )
 from finetune_trainer.state import Resume, TrainResult
-from finetune_trainer.steps import steps_per_epoch, total_steps
+from finetune_trainer.steps import steps_per_epoch, stream_step_groups, total_steps
 from finetune_trainer.tasks import TASKS
 from finetune_trainer.telemetry import Telemetry
 from finetune_trainer.tracking import NO_TRACKERS, Trackers
@@ -120,9 +121,10 @@ def fine_tune(
     )
     files = setup_base_files(config)
     data = setup_data(config, files.tokenizer)
+    stream = setup_stream(config, files.tokenizer)  # dataset.streaming: the train data
     contrastive = setup_contrastive(config, files, data)
     # After the data: a checkpoint belongs to the content of the model and data too.
-    checkpoints = setup_checkpoints(config, hardware, files, data)
+    checkpoints = setup_checkpoints(config, hardware, files, data, stream)
     base = setup_base_model(config, files, data, hardware, choice)
     data = setup_reference_logps(config, base, data, files)
     reinforcement = setup_rewards(config)
@@ -137,7 +139,11 @@ def fine_tune(
     )
     before = _scores_before(scorer, base, checkpoints.resume, hardware)
     steps = total_steps(len(data.train), config.training, hardware.world)
-    per_epoch = steps_per_epoch(len(data.train), config.training, hardware.world)
+    per_epoch = (
+        steps_per_epoch(len(data.train), config.training, hardware.world)
+        if stream is None
+        else steps  # a stream's pass has no length known in advance
+    )
     reference = setup_reference(config, base, choice)  # before the method changes base
     trainable = setup_method(
         config, base, choice, files, hardware, steps, per_epoch=per_epoch, resume=checkpoints.resume
@@ -187,11 +193,16 @@ def fine_tune(
                 accelerator=hardware.accelerator,
                 hooks=hooks,
                 optimization=optimization,
+                plan=None
+                if stream is None
+                else stream_step_groups(stream, config.training, hardware.world),
             )
     finally:
         reporting.close()
     _say_if_already_complete(result)
     run = _finish(hardware, scorer, trainable, result, before, wall_start)
+    if stream is not None and run.main:  # what the stream read, over every attempt
+        run.metrics["data"] = {**run.metrics["data"], **stream.report()}
     if contrastive is not None and run.main:  # how the published encoder pools
         run.metrics["pooling"] = contrastive.layout.pooling
     return run

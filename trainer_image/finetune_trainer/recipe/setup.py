@@ -32,7 +32,8 @@ from finetune_trainer.alignment.precompute import with_reference_logps
 from finetune_trainer.alignment.preference import PreferenceLoss
 from finetune_trainer.alignment.reference import AdapterOff, FrozenCopy, Precomputed, Reference
 from finetune_trainer.alignment.rewards import RewardModel, Rewards, build_rewards
-from finetune_trainer.data.prepare import PreparedData, prepare_data
+from finetune_trainer.data.prepare import DataReport, PreparedData, prepare_data
+from finetune_trainer.data.stream import ExampleStream, StreamSettings, open_stream
 from finetune_trainer.data.tokenize import PairExample, PromptExample
 from finetune_trainer.distributed import make_accelerator, shard_model
 from finetune_trainer.embedding.layout import Layout
@@ -202,24 +203,50 @@ class Checkpoints:
     accelerator: Accelerator
     identity: checkpoint.Identity
     """The run's identity, which its checkpoints record (rank 0's; the others write none)."""
+    stream: ExampleStream | None = None
+    """A streaming run's train data, whose position every checkpoint saves."""
 
     def save(self, cp: Checkpointable) -> None:
         """The loop's ``save`` hook: write ``cp`` to the output (every rank takes part)."""
         checkpoint.save(
-            self.store, cp, config=self.config, identity=self.identity, accelerator=self.accelerator
+            self.store,
+            cp,
+            config=self.config,
+            identity=self.identity,
+            accelerator=self.accelerator,
+            stream_state=None if self.stream is None else self.stream.state_dict(),
         )
 
 
 def setup_checkpoints(
-    config: TrainerConfig, hardware: Hardware, files: BaseModelFiles, data: PreparedData
+    config: TrainerConfig,
+    hardware: Hardware,
+    files: BaseModelFiles,
+    data: PreparedData,
+    stream: ExampleStream | None = None,
 ) -> Checkpoints:
     """The output store, and the newest complete checkpoint of this run in it: the same
     configuration and the same content of the base model and the data (a file rewritten
-    in place is another run). Rank 0 takes the identity and chooses for every rank."""
+    in place is another run). Rank 0 takes the identity and chooses for every rank.
+
+    A streaming run's ``stream`` is put back where the checkpoint's stream was: its
+    steps are not a position in a list, so they cannot be skipped to."""
     store = open_store(config.output.uri, output_access(config))
     identity = checkpoint.identity(config, files.directory, data) if hardware.main else {}
+    if stream is not None and hardware.main:
+        identity["trainContent"] = f"stream:{stream.content_identity()}"
     _, resume = checkpoint.find_and_load(store, identity, hardware.accelerator)
-    return Checkpoints(store, resume, config, hardware.accelerator, identity)
+    if stream is not None and resume is not None:
+        if resume.data_stream is None:
+            step = resume.state.step
+            raise checkpoint.damaged(
+                store,
+                step,
+                f"{store.uri}/{checkpoint.prefix_for(step)}: a streaming run's checkpoint "
+                f"without {checkpoint.DATA_STREAM}",
+            )
+        stream.load_state_dict(resume.data_stream)
+    return Checkpoints(store, resume, config, hardware.accelerator, identity, stream)
 
 
 # --------------------------------------------------------------------------- model and data
@@ -256,10 +283,22 @@ def setup_base_files(config: TrainerConfig) -> BaseModelFiles:
 
 
 def setup_data(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Training and validation examples, tokenized as the training options say."""
+    """Training and validation examples, tokenized as the training options say. A
+    streaming run prepares only its held-out file here (its train data is
+    :func:`setup_stream`'s): read as a train file would be, and kept as validation."""
+    spec = config.dataset
+    if spec.streaming:
+        if spec.hub is not None or spec.validation is None:
+            raise ConfigError(
+                "dataset.streaming: this trainer streams one file (file://, pvc://, s3://, "
+                "or one hf://datasets/... file) with a held-out file in dataset.validation; "
+                "a Hub dataset read by subset and split (dataset.hub) is not streamed yet: "
+                "set streaming: false, or name the split's files"
+            )
+        spec = spec.model_copy(update={"train": spec.validation, "streaming": False})
     data = prepare_data(
         tokenizer,
-        config.dataset,
+        spec,
         max_length=config.training.max_seq_length,
         seed=config.training.seed,
         eval_samples=config.evaluation.exact_match_samples,
@@ -267,8 +306,39 @@ def setup_data(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         packing=config.training.packing,
         task=config.task,
     )
+    if config.dataset.streaming:
+        report = DataReport(validation_rows=len(data.validation))
+        data = replace(data, train=[], report=report)
     log.info("data %s", kv(**data.report.as_dict()))
     return data
+
+
+def setup_stream(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> ExampleStream | None:
+    """A streaming run's train data (``dataset.streaming``), None for every other run.
+    Opened here, before the model loads, so that a source that cannot be streamed (a
+    .json document, an object that cannot be read) fails in seconds."""
+    spec = config.dataset
+    if not spec.streaming:
+        return None
+    assert spec.train is not None  # the contract: streaming reads one train source
+    settings = StreamSettings(
+        spec.format,
+        spec.columns,
+        config.training.max_seq_length,
+        config.training.loss_on,
+        spec.overlong,
+    )
+    access = Access(spec.credentials_secret, config.output.retry_deadline_seconds)
+    stream = open_stream(
+        spec.train,
+        access,
+        tokenizer,
+        settings,
+        seed=config.training.seed,
+        buffer_size=spec.shuffle_buffer,
+    )
+    log.info("streaming %s", kv(train=spec.train, shuffleBuffer=spec.shuffle_buffer))
+    return stream
 
 
 def setup_base_model(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from finetune_api.uri import ParsedUri
 from finetune_trainer.errors import ModelError, StorageError
@@ -76,6 +77,10 @@ class LocalBackend:
             what = "a directory, not a file" if os.path.isdir(path) else "no such file"
             raise StorageError(f"{uri}: {what} ({path})")
         return path
+
+    def open_stream(self, uri: ParsedUri, access: Access) -> BinaryIO:
+        """The file at ``uri`` opened for reading (``dataset.streaming``)."""
+        return self.local_file(uri, access).open("rb")
 
     def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         path = self._resolve(uri)

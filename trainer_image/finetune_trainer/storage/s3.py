@@ -34,7 +34,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from finetune_api.uri import ParsedUri
@@ -618,6 +618,17 @@ class S3Backend:
 
         version = json.dumps([etag, head.get("ContentLength")])
         return cache.fill(str(uri), "s3", version, populate) / name
+
+    def open_stream(self, uri: ParsedUri, access: Access) -> BinaryIO:
+        """The object's body as it arrives (``dataset.streaming``): nothing is written to
+        disk. Opening is retried within the deadline like every other call; a connection
+        lost while reading is the reader's error (a resumed run reopens the stream)."""
+        bucket, key = split_location(uri.location)
+        s3 = self.client(bucket, access)
+        body: BinaryIO = s3.call(
+            "read", key, lambda: s3.client.get_object(Bucket=bucket, Key=key)["Body"]
+        )
+        return body
 
     def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         """Every object under the prefix, in the cache keyed by the listing's ETags."""

@@ -1,0 +1,468 @@
+"""Streaming training data (``dataset.streaming``): examples read, shuffled and
+tokenized as the loop asks for them, never the whole file in memory.
+
+A dataset bigger than the pod's memory or disk cannot be prepared up front; a stream
+reads its train source row by row (through the backend's ``open_stream`` where it has
+one: a local file, an S3 object's body, a Hub file; else the downloaded file), and
+turns each row into an example with the very functions the prepared path uses
+(:func:`~finetune_trainer.data.formats.to_examples`,
+:func:`~finetune_trainer.data.cleaning.is_empty`,
+:func:`~finetune_trainer.data.tokenize.tokenize_example`, the same ``dataset.overlong``
+and "nothing to learn" drops), so that with a buffer of one the stream yields exactly
+the prepared examples, in file order.
+
+Shuffling is a buffer of ``dataset.shuffleBuffer`` rows: each next row is drawn at
+random from the buffer and replaced by the source's next row. The generator is seeded
+by ``training.seed`` plus the pass, so every rank draws the same order and a new pass
+(the source read again from its start) draws another.
+
+Exact resume: :meth:`ExampleStream.state_dict` is everything the stream's future
+depends on (the pass, the rows consumed from the source, the buffered raw rows, the
+generator's state, the counts) as JSON; :meth:`ExampleStream.load_state_dict` reopens
+the source, skips the consumed rows and continues with the very example the
+interrupted stream would have yielded next. Checkpoints save it as ``data-stream.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from finetune_api.config import ColumnMapping
+from finetune_api.uri import DATA_SUFFIXES, ParsedUri, Role, data_suffix
+from finetune_trainer.data.cleaning import is_empty
+from finetune_trainer.data.formats import to_examples
+from finetune_trainer.data.loading import _SURROGATE_ESCAPE, SourceRow, _no_lone_surrogates
+from finetune_trainer.data.tokenize import LossOn, TemplateError, TokenizedExample, tokenize_example
+from finetune_trainer.errors import DataError
+from finetune_trainer.storage.backends import Access, backend_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+STATE_VERSION = 1
+CHUNK = 1 << 20
+"""Bytes read from the source at a time: the stream's memory does not grow with rows."""
+_JSON_BLANK = " \t\r\n"
+_BOM = "\ufeff"
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """One train file as a stream: how to (re)open it and how to name it in messages."""
+
+    uri: str
+    label: str
+    """``dataset.train (s3://b/t.jsonl)``: what every message about its rows starts with."""
+    suffix: str
+    open: Callable[[], BinaryIO]
+    version: str
+    """What the content of the source is known by (a local file's size and change time,
+    else its URI): part of the run's identity, so a checkpoint resumes only its data."""
+
+
+def open_source(uri: str, access: Access, label: str = "dataset.train") -> StreamSource:
+    """``uri`` as a stream source: read through its backend's ``open_stream`` when the
+    backend has one, else from the downloaded file. A ``.json`` document is refused
+    here, before anything is read: its rows are one JSON value, which cannot be read row
+    by row."""
+    backend, parsed = backend_for(uri, Role.DATASET)
+    suffix = data_suffix(parsed)
+    full_label = f"{label} ({uri})"
+    if suffix == ".json":
+        raise DataError(
+            f"{full_label}: a .json document cannot be streamed (its rows are one JSON value, "
+            "read whole); convert it to JSON Lines (.jsonl, one row per line) or set "
+            "dataset.streaming: false"
+        )
+    opener: Callable[[ParsedUri, Access], BinaryIO] | None = getattr(backend, "open_stream", None)
+    if opener is not None and suffix is not None and suffix != ".parquet":
+        stream_open = opener
+
+        def open_remote() -> BinaryIO:
+            return stream_open(parsed, access)
+
+        local = getattr(backend, "resolve", None)
+        version = _local_version(local(parsed)) if callable(local) else uri
+        return StreamSource(uri, full_label, suffix, open_remote, version)
+    # Parquet is read by row groups, which needs a seekable file; a backend without
+    # open_stream downloads the file (into its cache) first.
+    path = backend.local_file(parsed, access)
+    if suffix is None:
+        suffix = path.suffix.lower()
+        if suffix not in DATA_SUFFIXES or suffix == ".json":
+            raise DataError(f"{full_label}: resolved to {path.name}, not a streamable data file")
+    return StreamSource(uri, full_label, suffix, lambda: path.open("rb"), _local_version(path))
+
+
+def _local_version(path: Path) -> str:
+    stat = os.stat(path)
+    return f"file:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _lines(handle: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
+    """The source's lines as (1-based number, text with its end), read a chunk at a time;
+    only ``\\n`` ends a line, as in the prepared path's reader."""
+    pending = b""
+    number = 0
+    while True:
+        chunk = handle.read(CHUNK)
+        if not chunk:
+            break
+        pending += chunk
+        start = 0
+        while True:
+            end = pending.find(b"\n", start)
+            if end < 0:
+                break
+            number += 1
+            yield number, _decode(pending[start : end + 1], label, number)
+            start = end + 1
+        pending = pending[start:]
+    if pending:
+        number += 1
+        yield number, _decode(pending, label, number)
+
+
+def _decode(raw: bytes, label: str, number: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"{label}: line {number} is not valid UTF-8 (byte 0x{bad} at byte {exc.start + 1} "
+            "of the line); save the file as UTF-8"
+        ) from None
+    return text.removeprefix(_BOM) if number == 1 else text
+
+
+def _jsonl_rows(handle: BinaryIO, label: str) -> Iterator[tuple[object, str]]:
+    for number, text in _lines(handle, label):
+        if not text.strip(_JSON_BLANK):
+            continue
+        where = f"line {number}"
+        try:
+            value = json.loads(text.rstrip("\r\n"))
+        except (ValueError, RecursionError) as exc:
+            problem = (
+                f"is not valid JSON ({exc.msg} at column {exc.colno})"
+                if isinstance(exc, json.JSONDecodeError)
+                else f"is not readable JSON ({exc})"
+            )
+            raise DataError(f"{label}: {where} {problem}") from None
+        if _SURROGATE_ESCAPE.search(text):
+            _no_lone_surrogates(value, label, where)
+        yield value, where
+
+
+def _csv_rows(handle: BinaryIO, label: str) -> Iterator[tuple[object, str]]:
+    """CSV records as rows of text, the header first, as the prepared reader reads them."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    reader = csv.reader(text for _, text in _lines(handle, label))
+    header: list[str] | None = None
+    header_line = 0
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"{label}: line {start} is not valid CSV ({exc})") from None
+        if not record:
+            continue
+        if header is None:
+            header, header_line = record, start
+            repeated = sorted(name for name, n in Counter(header).items() if n > 1)
+            if repeated:
+                raise DataError(
+                    f"{label}: line {start} is a header naming column {repeated[0]!r} more "
+                    "than once; rename one"
+                )
+            continue
+        if len(record) != len(header):
+            raise DataError(
+                f"{label}: line {start} has {len(record)} fields but the header (line "
+                f"{header_line}) has {len(header)}; quote fields that contain a comma"
+            )
+        yield dict(zip(header, record, strict=True)), f"line {start}"
+
+
+def _parquet_rows(handle: BinaryIO, label: str) -> Iterator[tuple[object, str]]:
+    """One row group in memory at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(handle)
+    except Exception as exc:
+        raise DataError(f"{label}: cannot read Parquet: {exc}") from None
+    number = 0
+    for group in range(parquet.num_row_groups):
+        for value in parquet.read_row_group(group).to_pylist():
+            number += 1
+            yield value, f"row {number}"
+
+
+_ROWS: dict[str, Callable[[BinaryIO, str], Iterator[tuple[object, str]]]] = {
+    ".jsonl": _jsonl_rows,
+    ".csv": _csv_rows,
+    ".parquet": _parquet_rows,
+}
+
+
+def source_rows(source: StreamSource) -> Iterator[SourceRow]:
+    """The source's rows from its start, each checked to be an object; the handle is
+    closed when the iterator is (or is collected)."""
+    with contextlib.closing(source.open()) as handle:
+        for value, where in _ROWS[source.suffix](handle, source.label):
+            if not isinstance(value, dict):
+                raise DataError(
+                    f"{source.label}: {where} is {type(value).__name__}, expected an object "
+                    '({"column": value, ...})'
+                )
+            yield SourceRow(value, where)
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What turns a row into a training example (the prepared path's settings)."""
+
+    fmt: str
+    columns: ColumnMapping
+    max_length: int
+    loss_on: LossOn = "completion"
+    overlong: str = "truncate"
+
+
+@dataclass
+class StreamCounts:
+    """What the stream did with the rows it read, over every pass (metrics.json ``data``)."""
+
+    rows_read: int = 0
+    dropped_empty: int = 0
+    truncated: int = 0
+    dropped_overlong: int = 0
+    dropped_no_labels: int = 0
+    examples: int = 0
+    """Examples yielded (trained on, or about to be)."""
+
+
+class ExampleStream(Iterator[TokenizedExample]):
+    """Endless tokenized training examples from one source, shuffled through a buffer,
+    pass after pass; its position is :meth:`state_dict`."""
+
+    def __init__(
+        self,
+        source: StreamSource,
+        tokenizer: PreTrainedTokenizerBase,
+        settings: StreamSettings,
+        *,
+        seed: int,
+        buffer_size: int,
+    ) -> None:
+        if buffer_size < 1:
+            raise ValueError("buffer_size must be at least 1")
+        self.source = source
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.seed = seed
+        self.buffer_size = buffer_size
+        self.counts = StreamCounts()
+        self.pass_ = 0
+        self.consumed = 0
+        """Rows of this pass taken from the source (into the buffer)."""
+        self.rows_per_pass: int | None = None
+        """Known once a pass has ended."""
+        self.yielded_this_pass = 0
+        self.buffer: list[SourceRow] = []
+        self.rng = random.Random(seed)
+        self._rows: Iterator[SourceRow] | None = None
+        self._exhausted = False
+
+    # --- position
+
+    @property
+    def epoch(self) -> float:
+        """The pass and, once a pass's length is known, the fraction of this one read."""
+        if not self.rows_per_pass:
+            return float(self.pass_)
+        return self.pass_ + min(1.0, self.consumed / self.rows_per_pass)
+
+    def content_identity(self) -> str:
+        return self.source.version
+
+    # --- iteration
+
+    def __iter__(self) -> ExampleStream:
+        return self
+
+    def __next__(self) -> TokenizedExample:
+        while True:
+            row = self._next_row()
+            tokens = self._example(row)
+            if tokens is not None:
+                self.counts.examples += 1
+                self.yielded_this_pass += 1
+                return tokens
+
+    def _example(self, row: SourceRow) -> TokenizedExample | None:
+        """The row as the prepared path makes it, or None when that path drops it."""
+        settings = self.settings
+        (example,) = to_examples([row], settings.fmt, settings.columns, self.source.label)
+        self.counts.rows_read += 1
+        if is_empty(example):
+            self.counts.dropped_empty += 1
+            return None
+        try:
+            tokens = tokenize_example(
+                self.tokenizer, example, settings.max_length, loss_on=settings.loss_on
+            )
+        except TemplateError as exc:
+            from finetune_trainer.data.prepare import _template_failure
+
+            raise _template_failure(
+                self.tokenizer, f"{self.source.label}: {row.where}", exc
+            ) from None
+        if tokens.truncated:
+            if settings.overlong == "drop":
+                self.counts.dropped_overlong += 1
+                return None
+            self.counts.truncated += 1
+        if not (example.is_classification or tokens.has_target):
+            self.counts.dropped_no_labels += 1
+            return None
+        return tokens
+
+    def _next_row(self) -> SourceRow:
+        while True:
+            self._fill()
+            if self.buffer:
+                last = len(self.buffer) - 1
+                pick = self.rng.randrange(len(self.buffer)) if last else 0
+                self.buffer[pick], self.buffer[last] = self.buffer[last], self.buffer[pick]
+                return self.buffer.pop()
+            self._next_pass()
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self.buffer) < self.buffer_size:
+            if self._rows is None:
+                self._rows = source_rows(self.source)
+            row = next(self._rows, None)
+            if row is None:
+                self._exhausted = True
+                self._rows = None
+                if self.consumed == 0:
+                    raise DataError(f"{self.source.label}: the file holds no rows")
+                self.rows_per_pass = self.consumed
+                break
+            self.consumed += 1
+            self.buffer.append(row)
+
+    def _next_pass(self) -> None:
+        if self.yielded_this_pass == 0:
+            raise DataError(
+                f"{self.source.label}: no row has anything to learn ({self.consumed} rows read "
+                f"in a whole pass; {self.counts.dropped_empty} empty, "
+                f"{self.counts.dropped_overlong} longer than training.maxSeqLength, "
+                f"{self.counts.dropped_no_labels} with nothing to learn within it); check the "
+                "format and columns, or raise training.maxSeqLength"
+            )
+        self.pass_ += 1
+        self.consumed = 0
+        self.yielded_this_pass = 0
+        self._exhausted = False
+        self._rows = None
+        self.rng = random.Random(self.seed + self.pass_)
+
+    # --- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream's position as JSON-ready data (``data-stream.json``)."""
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "version": STATE_VERSION,
+            "source": self.source.uri,
+            "seed": self.seed,
+            "bufferSize": self.buffer_size,
+            "pass": self.pass_,
+            "consumed": self.consumed,
+            "exhausted": self._exhausted,
+            "rowsPerPass": self.rows_per_pass,
+            "yieldedThisPass": self.yielded_this_pass,
+            "buffer": [[row.data, row.where] for row in self.buffer],
+            "rng": [version, list(internal), gauss],
+            "counts": asdict(self.counts),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where ``state`` was taken: the source reopened and its consumed rows
+        skipped (read, not kept), the buffer and the generator put back."""
+        if state.get("version") != STATE_VERSION:
+            raise DataError(
+                f"{self.source.label}: the stream state has version {state.get('version')}, "
+                f"this trainer reads {STATE_VERSION}"
+            )
+        self.pass_ = int(state["pass"])
+        self.consumed = int(state["consumed"])
+        self._exhausted = bool(state["exhausted"])
+        per_pass = state.get("rowsPerPass")
+        self.rows_per_pass = None if per_pass is None else int(per_pass)
+        self.yielded_this_pass = int(state["yieldedThisPass"])
+        self.buffer = [SourceRow(data, where) for data, where in state["buffer"]]
+        version, internal, gauss = state["rng"]
+        self.rng = random.Random()
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.counts = StreamCounts(**state["counts"])
+        self._rows = None
+        if not self._exhausted:
+            self._rows = source_rows(self.source)
+            for _ in range(self.consumed):
+                if next(self._rows, None) is None:
+                    raise DataError(
+                        f"{self.source.label}: holds fewer rows than the checkpoint's stream had "
+                        f"read ({self.consumed}); the file changed since: train from the start "
+                        "(delete the output's checkpoints/)"
+                    )
+
+    def report(self) -> dict[str, Any]:
+        """metrics.json ``data``'s streaming keys (camelCase, like the prepared report)."""
+        return {
+            "streamed": True,
+            "rowsRead": self.counts.rows_read,
+            "droppedEmpty": self.counts.dropped_empty,
+            "truncated": self.counts.truncated,
+            "droppedOverlong": self.counts.dropped_overlong,
+            "droppedNoLabels": self.counts.dropped_no_labels,
+            "trainRows": self.counts.examples,
+            "passes": self.pass_ + 1,
+            "shuffleBuffer": self.buffer_size,
+        }
+
+
+def open_stream(
+    uri: str,
+    access: Access,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: StreamSettings,
+    *,
+    seed: int,
+    buffer_size: int,
+) -> ExampleStream:
+    """The train source at ``uri`` as an :class:`ExampleStream`."""
+    return ExampleStream(
+        open_source(uri, access), tokenizer, settings, seed=seed, buffer_size=buffer_size
+    )
