@@ -138,10 +138,10 @@ def _layout_patterns(files: dict[str, int], base: str, choice: Choice) -> dict[s
         return _resolve(files, base, pattern)
 
     try:
-        patterns: dict[str, list[str]] = _get_data_files_patterns(resolver)
+        patterns = _get_data_files_patterns(resolver)
     except FileNotFoundError:
         raise DataError(f"{choice}: the repository holds no data files") from None
-    return patterns
+    return {str(split): list(p) for split, p in patterns.items()}  # keys: datasets.NamedSplit
 
 
 def _readme_configs(listing: RepoListing, choice: Choice) -> dict[str, dict[str, Any]]:
