@@ -505,6 +505,7 @@ def test_dataset_cel_rules(schema: dict[str, Any]) -> None:
         "streaming reads one train source, not a mixture",
         "streaming needs a held-out file",
         "streaming cannot deduplicate (it would hold every row's hash)",
+        "streaming reads rows one by one, which a .json document (one JSON value) cannot give",
     ]
     assert "has(self.validation)" in validation["rule"]
     assert "has(self.validationSplit)" in validation["rule"]

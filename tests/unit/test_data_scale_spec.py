@@ -39,6 +39,8 @@ CASES: list[tuple[dict[str, Any], str | None]] = [
     ({"train": HUB, "hub": {"validation": "test"}, "streaming": True, "deduplicate": False}, None),
     ({**STREAM, "validation": None}, "needs a held-out file"),
     ({**STREAM, "deduplicate": True}, "deduplicate: false"),
+    ({**STREAM, "train": "s3://data-bucket/train.JSON"}, "convert train to JSON Lines"),
+    ({**STREAM, "train": "s3://data-bucket/train.json.gz.jsonl"}, None),
     (
         {**STREAM, "train": None, "mixture": [{"train": "s3://data-bucket/a.jsonl"}]},
         "one train source",

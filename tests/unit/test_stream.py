@@ -16,8 +16,8 @@ from finetune_trainer.data.prepare import prepare_data
 from finetune_trainer.data.stream import ExampleStream, StreamSettings, open_source, open_stream
 from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.errors import DataError
-from finetune_trainer.storage.backends import Access
 from finetune_trainer.steps import stream_step_groups
+from finetune_trainer.storage.backends import Access
 
 MAX_LENGTH = 48
 
@@ -126,7 +126,7 @@ def test_a_restored_stream_continues_at_the_same_example(
     through JSON, restore into a new stream: the same examples follow."""
     train = write_jsonl(tmp_path / "train.jsonl", varied_rows(30))
     reference = take(stream_of(train, tiny_tokenizer, buffer=buffer, seed=3), 90)
-    cuts = sorted(random.Random(buffer).sample(range(1, 85), 6) + [24, 25, 26])
+    cuts = sorted([*random.Random(buffer).sample(range(1, 85), 6), 24, 25, 26])
     for cut in cuts:
         stream = stream_of(train, tiny_tokenizer, buffer=buffer, seed=3)
         assert take(stream, cut) == reference[:cut]

@@ -280,6 +280,12 @@ class DatasetSpec(CamelModel):
                     "message": "streaming cannot deduplicate (it would hold every row's "
                     "hash): set deduplicate: false",
                 },
+                {
+                    "rule": "!has(self.streaming) || !self.streaming || !has(self.train) || "
+                    "!self.train.matches('(?i)[.]json$')",
+                    "message": "streaming reads rows one by one, which a .json document "
+                    "(one JSON value) cannot give: convert train to JSON Lines (.jsonl)",
+                },
             ]
         }
     )
@@ -430,6 +436,11 @@ class DatasetSpec(CamelModel):
                 "streaming cannot deduplicate: finding repeats means holding every row's "
                 "hash, which a stream larger than memory cannot; set deduplicate: false "
                 "(and deduplicate the files beforehand if needed)"
+            )
+        if self.train.lower().endswith(".json"):
+            raise ValueError(
+                "streaming reads rows one by one, which a .json document (one JSON value) "
+                "cannot give: convert train to JSON Lines (.jsonl), or set streaming: false"
             )
         return self
 
