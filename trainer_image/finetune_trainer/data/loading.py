@@ -115,8 +115,7 @@ def _json_problem(exc: Exception) -> str:
     return f"is not readable JSON ({exc})"  # e.g. an integer with more than 4300 digits
 
 
-def _read_jsonl(path: Path, label: str) -> list[Located]:
-    rows: list[Located] = []
+def _iter_jsonl(path: Path, label: str) -> Iterator[Located]:
     for number, text in enumerate(_lines(path, label), start=1):
         if not text.strip(_JSON_BLANK):
             continue
@@ -127,8 +126,11 @@ def _read_jsonl(path: Path, label: str) -> list[Located]:
             raise _fail(label, where, _json_problem(exc)) from None
         if _SURROGATE_ESCAPE.search(text):
             _no_lone_surrogates(value, label, where)
-        rows.append((value, where))
-    return rows
+        yield value, where
+
+
+def _read_jsonl(path: Path, label: str) -> list[Located]:
+    return list(_iter_jsonl(path, label))
 
 
 class _JsonScan:
@@ -264,13 +266,13 @@ def _csv_records(lines: Iterable[str], label: str) -> Iterator[tuple[list[str], 
             yield record, start
 
 
-def _read_csv(path: Path, label: str) -> list[Located]:
+def _iter_csv(path: Path, label: str) -> Iterator[Located]:
     """Every value is text, as written: ``2021-03-05`` or ``4`` is the text the model
     must learn to write, not a date or a number."""
     records = _csv_records(_lines(path, label), label)
     first = next(records, None)
     if first is None:
-        return []
+        return
     header, header_line = first
     repeated = sorted(name for name, n in Counter(header).items() if n > 1)
     if repeated:
@@ -279,7 +281,6 @@ def _read_csv(path: Path, label: str) -> list[Located]:
             f"line {header_line}",
             f"is a header naming column {repeated[0]!r} more than once; rename one",
         )
-    rows: list[Located] = []
     for record, line in records:
         if len(record) != len(header):
             raise _fail(
@@ -288,20 +289,38 @@ def _read_csv(path: Path, label: str) -> list[Located]:
                 f"has {len(record)} fields but the header (line {header_line}) has "
                 f"{len(header)}; quote fields that contain a comma",
             )
-        rows.append((dict(zip(header, record, strict=True)), f"line {line}"))
-    return rows
+        yield dict(zip(header, record, strict=True)), f"line {line}"
 
 
-def _read_parquet(path: Path, label: str) -> list[Located]:
+def _read_csv(path: Path, label: str) -> list[Located]:
+    return list(_iter_csv(path, label))
+
+
+PARQUET_BATCH = 4096
+"""Rows per Parquet read: the file is converted to Python a batch at a time."""
+
+
+def _iter_parquet(path: Path, label: str) -> Iterator[Located]:
     import pyarrow.parquet as pq
 
+    index = 0
     try:
-        values: list[object] = pq.read_table(path).to_pylist()
+        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH)
+        for batch in batches:
+            values: list[object] = batch.to_pylist()
+            for value in values:
+                index += 1
+                yield value, f"row {index}"
     except MemoryError:
+        raise
+    except DataError:
         raise
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends
         raise DataError(f"{label}: cannot read Parquet: {exc}") from None
-    return [(value, f"row {index}") for index, value in enumerate(values, start=1)]
+
+
+def _read_parquet(path: Path, label: str) -> list[Located]:
+    return list(_iter_parquet(path, label))
 
 
 READERS: dict[str, Reader] = {
@@ -312,17 +331,34 @@ READERS: dict[str, Reader] = {
 }
 
 
-def read_rows(path: Path, suffix: str, label: str) -> list[SourceRow]:
-    """All rows of ``path`` with their locations; every row must be a mapping."""
-    rows: list[SourceRow] = []
-    for value, where in READERS[suffix](path, label):
+STREAMS: dict[str, Callable[[Path, str], Iterable[Located]]] = {
+    ".jsonl": _iter_jsonl,
+    ".json": _read_json,  # a document is parsed whole: its rows' lines need all of it
+    ".csv": _iter_csv,
+    ".parquet": _iter_parquet,
+}
+"""The readers of :data:`READERS`, row by row: JSON Lines and CSV a line at a time,
+Parquet a batch of rows at a time."""
+
+
+def iter_rows(path: Path, suffix: str, label: str) -> Iterator[SourceRow]:
+    """The rows of ``path`` with their locations, read as they are asked for (the
+    file's size does not decide the memory); every row must be a mapping, and a file
+    without rows is an error (raised once the end is reached)."""
+    empty = True
+    for value, where in STREAMS[suffix](path, label):
         if not isinstance(value, dict):
             raise _fail(
                 label,
                 where,
                 f'is {type(value).__name__}, expected an object ({{"column": value, ...}})',
             )
-        rows.append(SourceRow(value, where))
-    if not rows:
+        empty = False
+        yield SourceRow(value, where)
+    if empty:
         raise DataError(f"{label}: the file holds no rows")
-    return rows
+
+
+def read_rows(path: Path, suffix: str, label: str) -> list[SourceRow]:
+    """All rows of ``path`` with their locations; every row must be a mapping."""
+    return list(iter_rows(path, suffix, label))
