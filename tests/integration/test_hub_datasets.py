@@ -92,7 +92,7 @@ configs:
 # Chats
 """
 
-CONFIGURED = {
+CONFIGURED: dict[str, bytes | str] = {
     "README.md": CARD,
     ".gitattributes": "*.parquet filter=lfs\n",
     # written out of order: the split's files are read sorted, within each pattern
@@ -246,3 +246,74 @@ def test_other_schemes_are_one_file(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text(jsonl("x"))
     assert fetch_data_files(f"file://{path}", Role.DATASET) == [path]
+
+
+@pytest.mark.xfail(
+    reason="data/prepare.py does not read through fetch_data_files yet (issue 19, H1)",
+    strict=True,
+)
+def test_finetune_run_trains_on_a_subsets_split_and_holds_out_another(
+    hub: HubStandIn, make_job: Any
+) -> None:
+    """`finetune run` from hf://datasets with dataset.hub: the train split's two files are
+    read as one set, the test split is the validation set, the other subset is not read."""
+    from typer.testing import CliRunner
+
+    from conftest import colour_rows
+    from finetune_cli.app import app
+
+    rows = [json.dumps(r) + "\n" for r in colour_rows(48)]
+    card = """---
+configs:
+- config_name: colours
+  data_files:
+  - split: train
+    path: "colours/train-*.jsonl"
+  - split: test
+    path: "colours/test.jsonl"
+- config_name: other
+  data_files: "other/*.jsonl"
+---
+"""
+    hub.add_dataset(
+        "acme/chats",
+        {
+            "README.md": card,
+            "colours/train-00000.jsonl": "".join(rows[:24]),
+            "colours/train-00001.jsonl": "".join(rows[24:40]),
+            "colours/test.jsonl": "".join(rows[40:]),
+            "other/rows.jsonl": "".join(rows[:3]),
+        },
+    )
+    job = make_job(
+        dataset={
+            "train": URI,
+            "validation": None,
+            "deduplicate": False,
+            "hub": {"subset": "colours", "split": "train", "validation": "test"},
+        },
+        training={"maxSteps": 2},
+    )
+    result = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((job.parent / "out" / "metrics.json").read_text())
+    assert (metrics["data"]["trainRows"], metrics["data"]["validationRows"]) == (40, 8)
+    assert not any("other/" in path for path in hub.asked)
+
+
+def test_validate_checks_hub_options_without_the_network(
+    make_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`finetune validate` reads no repository: the Hub it would ask is unreachable here."""
+    from typer.testing import CliRunner
+
+    from finetune_cli.app import app
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    dataset = {"train": URI, "validation": None, "hub": {"subset": "en", "validation": "test"}}
+    result = CliRunner().invoke(app, ["validate", str(make_job(dataset=dataset))])
+    assert result.exit_code == 0, result.output
+    both = {**dataset, "validation": "file:///tmp/v.jsonl"}
+    refused = CliRunner().invoke(app, ["validate", str(make_job(dataset=both))])
+    assert refused.exit_code != 0
+    assert "set one held-out source" in refused.output

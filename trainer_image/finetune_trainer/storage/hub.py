@@ -80,7 +80,11 @@ class HubBackend:
             _from_hub(
                 uri,
                 lambda: snapshot_download(
-                    repo_id=repo, repo_type="dataset", allow_patterns=patterns, token=token
+                    repo_id=repo,
+                    repo_type="dataset",
+                    allow_patterns=patterns,
+                    token=token,
+                    endpoint=os.environ.get("HF_ENDPOINT") or None,
                 ),
                 StorageError,
             )
