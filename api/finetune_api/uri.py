@@ -45,6 +45,9 @@ class UriError(ValueError):
 
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+"""Azure's container names: 3-63 lower-case letters, digits and single hyphens, starting
+and ending with a letter or digit."""
 _HF_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -88,6 +91,22 @@ def _check_s3(location: str, role: Role) -> None:
         )
     if role is not Role.OUTPUT and not key:
         raise UriError("s3:// needs an object key or prefix: s3://<bucket>/<key>")
+    _check_segments(key)
+
+
+def _check_az(location: str, role: Role) -> None:
+    """``az://<container>/<key>``: the storage account is not in the URI but in the
+    credentials (``AZURE_STORAGE_ACCOUNT_NAME`` or the connection string), as adlfs and
+    the Azure CLI write blob URIs."""
+    container, _, key = location.partition("/")
+    if not _CONTAINER.match(container):
+        raise UriError(
+            f"'{container}' is not a valid container name (3-63 lower-case letters, digits and "
+            "single '-', starting and ending with a letter or digit); write "
+            "az://<container>/<key> (the storage account comes from the credentials)"
+        )
+    if role is not Role.OUTPUT and not key:
+        raise UriError("az:// needs a blob name or prefix: az://<container>/<key>")
     _check_segments(key)
 
 
@@ -151,6 +170,7 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("pvc", frozenset(Role), _check_pvc, "pvc://<claim>/<path>"),
         Scheme("s3", frozenset(Role), _check_s3, "s3://<bucket>/<key>"),
         Scheme("hf", frozenset(Role), _check_hf, "hf://<org>/<name>"),
+        Scheme("az", frozenset(Role), _check_az, "az://<container>/<key>"),
     )
 }
 
@@ -177,7 +197,11 @@ def _refuse_credentials(scheme: str, rest: str) -> None:
     """Refuse a URI carrying credentials, without repeating them: the message may end up
     in a status, an Event or a log that many people read."""
     if _holds_credentials(rest, scheme) or _holds_credentials(unquote(rest), scheme):
-        keys = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", "hf": "HF_TOKEN"}
+        keys = {
+            "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            "hf": "HF_TOKEN",
+            "az": "AZURE_STORAGE_CONNECTION_STRING (or AZURE_STORAGE_ACCOUNT_NAME and KEY)",
+        }
         raise UriError(
             "holds credentials (user:password@), which must never be written into a URI: "
             "remove them (rotate them if this file was shared) and put them in a Kubernetes "
@@ -257,7 +281,7 @@ def _place(uri: str) -> tuple[tuple[str, str], tuple[str, ...]] | None:
     """
     scheme, sep, rest = uri.partition("://")
     scheme, location = scheme.lower(), unquote(rest)
-    if not sep or scheme not in ("file", "pvc", "s3", "hf"):
+    if not sep or scheme not in ("file", "pvc", "s3", "hf", "az"):
         return None
     if scheme == "hf":
         return ("hf", ""), (location.partition("@")[0],)  # repositories do not nest

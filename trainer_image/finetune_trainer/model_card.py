@@ -437,6 +437,15 @@ def _location(uri: str, role: Role, local_name: str) -> tuple[str, str, str | No
             local_name,
             None,
         )
+    if parsed.scheme == "az":
+        container, _, prefix = parsed.location.partition("/")
+        return (
+            f"Download `{uri}` first, e.g. `az storage blob download-batch --source {container} "
+            f"--pattern '{prefix}/*' --destination {local_name}` (then `finetune verify` the "
+            f"`{prefix}` folder it creates):\n\n",
+            f"{local_name}/{prefix}",
+            None,
+        )
     if parsed.scheme == "pvc":
         claim, _, path = parsed.location.partition("/")
         mounted = f"/mnt/{claim}" + (f"/{path}" if path else "")

@@ -59,7 +59,7 @@ ModelUri = Annotated[
     str,
     _uri_validator(Role.MODEL),
     Field(
-        description="Where the base model is: hf://org/name, s3://bucket/key, "
+        description="Where the base model is: hf://org/name, s3://bucket/key, az://container/key, "
         "file://path or pvc://claim/path (a directory in Hugging Face layout).",
         examples=["hf://HuggingFaceTB/SmolLM2-135M-Instruct"],
     ),
@@ -69,7 +69,7 @@ DatasetUri = Annotated[
     _uri_validator(Role.DATASET),
     AfterValidator(_check_dataset_uri),
     Field(
-        description="A .jsonl, .json, .csv or .parquet file: file://, pvc://, s3:// or "
+        description="A .jsonl, .json, .csv or .parquet file: file://, pvc://, s3://, az:// or "
         "hf://datasets/org/name.",
     ),
 ]
@@ -78,8 +78,8 @@ OutputUri = Annotated[
     _uri_validator(Role.OUTPUT),
     Field(
         description="Where artifacts are published: file://path, pvc://claim/path, "
-        "s3://bucket/prefix or hf://org/name[@branch] (a Hub model repository, one commit "
-        "per published set; checkpoints stay on the trainer's disk)."
+        "s3://bucket/prefix, az://container/prefix or hf://org/name[@branch] (a Hub model "
+        "repository, one commit per published set; checkpoints stay on the trainer's disk)."
     ),
 ]
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from finetune_api.uri import ParsedUri, Role, UriError, parse_uri
 from finetune_trainer.errors import StorageError
+from finetune_trainer.storage.azure import AzureBackend
 from finetune_trainer.storage.hub import HubBackend
 from finetune_trainer.storage.local import PVC_ROOT_ENV, LocalBackend, file_path, pvc_path
 from finetune_trainer.storage.s3 import S3Backend
@@ -45,6 +46,7 @@ BACKENDS: dict[str, Backend] = {
     "pvc": LocalBackend(pvc_path),
     "hf": HubBackend(),
     "s3": S3Backend(),
+    "az": AzureBackend(),
 }
 
 

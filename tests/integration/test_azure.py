@@ -1,0 +1,404 @@
+"""az:// storage against a real Azure Blob endpoint (Azurite, tests/azurite_server.py).
+
+The guarantees of the S3 store (tests/integration/test_s3.py), for Azure: manifest-last
+publishing that `finetune verify` accepts, verified downloads (Content-MD5), outages
+shorter and longer than the retry deadline, permanent errors (no such container or
+blob, a wrong key) failing at once naming the URI, credentials from a mounted Secret
+and never in any text, one writer per output through the lease blob, models and
+datasets through the download cache, and streaming reads through adlfs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from azurite_server import ACCOUNT, ACCOUNT_KEY, AzureEnv
+from finetune_api.uri import Role, UriError, parse_uri
+from finetune_cli.app import app
+from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
+from finetune_trainer.storage import azure as azure_module
+from finetune_trainer.storage.backends import (
+    BACKENDS,
+    Access,
+    fetch_file,
+    fetch_model_dir,
+    open_store,
+)
+from finetune_trainer.storage.store import LEASE, MANIFEST, Holder, OutputBusy, publish_dir
+
+
+def stage(root: Path) -> Path:
+    """An artifact set with a manifest (sizes and sha256), like stage_artifacts writes."""
+    files = {
+        "adapter_config.json": b'{"r": 8}',
+        "adapter_model.safetensors": bytes(range(256)) * 64,
+        "sub/tokenizer.json": b'{"a": 1}',
+        "README.md": b"card\n",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    entries = [
+        {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for rel, data in sorted(files.items())
+    ]
+    (root / MANIFEST).write_text(json.dumps({"files": entries}))
+    return root
+
+
+def verify(uri: str) -> Any:
+    return CliRunner().invoke(app, ["verify", uri], catch_exceptions=False)
+
+
+# --------------------------------------------------------------------------- URIs
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("az://Upper/x.jsonl", "not a valid container name"),
+        ("az://ab/x.jsonl", "not a valid container name"),
+        ("az://a--b/x.jsonl", "not a valid container name"),
+        ("az://-ab/x.jsonl", "not a valid container name"),
+        ("az://data", "needs a blob name"),
+        ("az://data/a/../../x.jsonl", "'..' path segments"),
+        ("az://user:pw@data/x.jsonl", "holds credentials"),
+    ],
+)
+def test_az_uris_are_checked_before_any_request(uri: str, problem: str) -> None:
+    with pytest.raises(UriError, match=problem):
+        parse_uri(uri, Role.DATASET)
+
+
+def test_an_az_output_may_be_a_whole_container() -> None:
+    assert parse_uri("az://outputs", Role.OUTPUT).location == "outputs"
+    assert "az" in BACKENDS
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def test_publish_and_verify_with_content_md5(azure_env: AzureEnv, tmp_path: Path) -> None:
+    staging = stage(tmp_path / "staging")
+    uri = azure_env.uri("adapters/job")
+    store = open_store(uri)
+
+    publish_dir(staging, store)
+
+    names = ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert azure_env.objects() == [
+        f"adapters/job/{k}" for k in sorted([*names, MANIFEST, "sub/tokenizer.json"])
+    ]
+    props = azure_env.client.get_blob_client("adapters/job/adapter_model.safetensors")
+    md5 = props.get_blob_properties().content_settings.content_md5
+    data = (staging / "adapter_model.safetensors").read_bytes()
+    assert bytes(md5) == hashlib.md5(data).digest(), "every upload carries its Content-MD5"
+    result = verify(uri)
+    assert result.exit_code == 0, result.output
+    assert "every file matches manifest.json" in result.output
+
+    store.get_file("sub/tokenizer.json", tmp_path / "back" / "t.json")
+    assert (tmp_path / "back" / "t.json").read_bytes() == b'{"a": 1}'
+    assert [o.key for o in store.list("sub")] == ["sub/tokenizer.json"]
+    assert store.exists("README.md") and not store.exists("nothing.bin")
+
+    # The manifest goes first when a set is replaced or deleted: never a stale vouching.
+    store.delete([MANIFEST, "no-such-key"])
+    result = verify(uri)
+    assert result.exit_code == 1
+    assert "no manifest.json, the artifact set is incomplete" in result.output
+
+
+def test_a_download_that_does_not_match_the_blobs_md5_is_refused(
+    azure_env: AzureEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    azure_env.client.upload_blob("x/data.bin", b"0123456789")
+    store = open_store(azure_env.uri("x"), Access(deadline_seconds=0))
+    real_verify = azure_module.verify_download
+    tries = []
+
+    def flip(path: Path, size: int, md5: Any) -> str | None:
+        tries.append(path)
+        path.write_bytes(b"0123456788")  # same size, other bytes: a bad disk or proxy
+        return real_verify(path, size, md5)
+
+    monkeypatch.setattr(azure_module, "verify_download", flip)
+    with pytest.raises(StorageError, match=r"corrupt: MD5 differs from the blob's Content-MD5"):
+        store.get_file("data.bin", tmp_path / "data.bin")
+    assert len(tries) == 2, "fetched once more before refusing"
+    assert not (tmp_path / "data.bin").exists()
+    assert not list(tmp_path.glob(".data.bin*")), "no partial file is left"
+
+
+# --------------------------------------------------------------------------- outages
+
+
+def outage_during_publish(
+    azure_env: AzureEnv, store: Any, monkeypatch: pytest.MonkeyPatch, seconds: float | None
+) -> None:
+    """Stop the server as the second file's upload begins; restart after ``seconds``."""
+    calls: list[str] = []
+    real = store.put_file
+
+    def put(src: Path, key: str) -> None:
+        calls.append(key)
+        if len(calls) == 2:
+            azure_env.server.outage(seconds)
+        real(src, key)
+
+    monkeypatch.setattr(store, "put_file", put)
+
+
+def test_publish_rides_out_an_outage_shorter_than_the_deadline(
+    azure_env: AzureEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    staging = stage(tmp_path / "staging")
+    uri = azure_env.uri("job")
+    store = open_store(uri, Access(deadline_seconds=30))
+    outage_during_publish(azure_env, store, monkeypatch, seconds=3)
+
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="finetune_trainer"):
+        publish_dir(staging, store)
+    assert time.monotonic() - started >= 3
+    assert any("retrying in" in r.getMessage() for r in caplog.records)
+    assert verify(uri).exit_code == 0
+
+
+def test_publish_fails_cleanly_when_the_outage_outlasts_the_deadline(
+    azure_env: AzureEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = stage(tmp_path / "staging")
+    uri = azure_env.uri("job")
+    publish_dir(staging, open_store(uri))  # an older complete set is there
+    store = open_store(uri, Access(deadline_seconds=3))
+    outage_during_publish(azure_env, store, monkeypatch, seconds=None)
+
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable) as info:  # exit 7: a later attempt may succeed
+        publish_dir(staging, store)
+    elapsed = time.monotonic() - started
+    azure_env.server.end_outage()
+
+    message = str(info.value)
+    assert message.startswith(f"az://{azure_env.container}/job/")
+    assert "retry deadline 3s" in message and "retryDeadlineSeconds" in message
+    assert 1 <= elapsed < 15
+    assert f"job/{MANIFEST}" not in azure_env.objects()
+    assert verify(uri).exit_code == 1
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_no_such_container_fails_at_once(azure_env: AzureEnv, tmp_path: Path) -> None:
+    staging = stage(tmp_path / "staging")
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        publish_dir(staging, open_store("az://no-such-container/job", Access(None, 60)))
+    assert time.monotonic() - started < 5, "a permanent error must not wait for the deadline"
+    message = str(info.value)
+    assert message.startswith("az://no-such-container/job/")
+    assert "ContainerNotFound" in message and "the container does not exist" in message
+    assert info.value.exit_code == 5
+
+
+def test_a_missing_dataset_blob_fails_at_once_naming_it(azure_env: AzureEnv) -> None:
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"no-such\.jsonl: cannot read: .*404"):
+        fetch_file(azure_env.uri("sets/no-such.jsonl"), Role.DATASET, Access(None, 60))
+    assert time.monotonic() - started < 5
+
+
+def write_secret(root: Path, name: str, values: dict[str, str]) -> None:
+    directory = root / "secrets" / name
+    directory.mkdir(parents=True)
+    for key, value in values.items():
+        (directory / key).write_text(value + "\n")
+
+
+def test_credentials_from_a_mounted_secret_and_never_in_text(
+    azure_env: AzureEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    staging = stage(tmp_path / "staging")
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")  # only the Secret can work
+    endpoint = azure_env.server.endpoint
+    good = azure_env.server.connection_string
+    wrong_key = base64.b64encode(b"not the account key, 32 bytes!!").decode()
+    wrong = good.replace(ACCOUNT_KEY, wrong_key)
+    write_secret(tmp_path, "azure-creds", {"AZURE_STORAGE_CONNECTION_STRING": good})
+    write_secret(tmp_path, "stale-creds", {"AZURE_STORAGE_CONNECTION_STRING": wrong})
+
+    with caplog.at_level(logging.DEBUG):
+        publish_dir(staging, open_store(azure_env.uri("job"), Access("azure-creds", 10)))
+        started = time.monotonic()
+        with pytest.raises(StorageError) as info:
+            open_store(azure_env.uri("job"), Access("stale-creds", 60)).list()
+        elapsed = time.monotonic() - started
+    records = [r.getMessage() for r in caplog.records]
+    assert f"job/{MANIFEST}" in azure_env.objects("job/")
+    message = str(info.value)
+    assert message.startswith(f"az://{azure_env.container}/job/")
+    # Azure says AuthenticationFailed, Azurite AuthorizationFailure: both 403, both named.
+    assert "(HTTP 403)" in message and "key, SAS token or connection string" in message
+    assert "credentials Secret 'stale-creds'" in message
+    assert endpoint in message
+    assert elapsed < 5
+    for secret in (wrong_key, ACCOUNT_KEY):
+        assert secret not in message
+        assert not [m for m in records if secret in m], "a secret reached the logs"
+
+
+def test_nothing_to_authenticate_with_is_refused_naming_the_keys(
+    azure_env: AzureEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    with pytest.raises(StorageError, match="AZURE_STORAGE_CONNECTION_STRING"):
+        open_store(azure_env.uri("job"))
+    write_secret(tmp_path, "half", {"AZURE_STORAGE_ACCOUNT_KEY": ACCOUNT_KEY})
+    with pytest.raises(StorageError, match="no storage account: add AZURE_STORAGE_ACCOUNT_NAME"):
+        open_store(azure_env.uri("job"), Access("half"))
+
+
+def test_account_name_alone_means_workload_identity() -> None:
+    settings = azure_module.AzureSettings(account_name=ACCOUNT)
+    assert settings.endpoint == f"https://{ACCOUNT}.blob.core.windows.net"
+    from azure.identity import DefaultAzureCredential
+
+    assert isinstance(settings._credential(), DefaultAzureCredential)
+
+
+# --------------------------------------------------------------------------- the lease
+
+
+def lease_body(azure_env: AzureEnv, key: str) -> dict[str, Any]:
+    return dict(json.loads(azure_env.read(key)))
+
+
+def test_a_second_run_on_a_leased_output_fails_naming_the_holder(azure_env: AzureEnv) -> None:
+    first, second = open_store(azure_env.uri("job")), open_store(azure_env.uri("job"))
+    with first.lease(Holder("run-a")):
+        assert lease_body(azure_env, f"job/{LEASE}")["run"] == "run-a"
+        busy = pytest.raises(OutputBusy, match=r"az://.*/job: another run .*run run-a")
+        with busy as caught, second.lease(Holder("run-b")):
+            pass
+        assert caught.value.exit_code == 5
+        assert lease_body(azure_env, f"job/{LEASE}")["run"] == "run-a"
+    assert f"job/{LEASE}" not in azure_env.objects()  # released
+    with second.lease(Holder("run-b")):
+        pass
+
+
+def test_a_lease_is_renewed_while_held_and_taken_over_once_it_lapses(
+    azure_env: AzureEnv,
+) -> None:
+    key = f"job/{LEASE}"
+    holder = open_store(azure_env.uri("job"))
+    holder.lease_seconds = 0.8  # type: ignore[attr-defined]
+    with holder.lease(Holder("run-a")):
+        first = lease_body(azure_env, key)["expires"]
+        time.sleep(1.2)
+        assert lease_body(azure_env, key)["expires"] > first + 0.3  # renewed
+    lapsed = {"run": "dead-run", "process": "h:1", "since": 0, "expires": time.time() - 1}
+    azure_env.client.upload_blob(key, json.dumps(lapsed).encode(), overwrite=True)
+    with open_store(azure_env.uri("job")).lease(Holder("run-b")):
+        assert lease_body(azure_env, key)["run"] == "run-b"
+
+
+def test_the_same_run_restarted_takes_its_lease_over(azure_env: AzureEnv) -> None:
+    key = f"job/{LEASE}"
+    alive = {"run": "job-uid", "process": "old-pod:1", "since": 0, "expires": time.time() + 600}
+    azure_env.client.upload_blob(key, json.dumps(alive).encode(), overwrite=True)
+    with open_store(azure_env.uri("job")).lease(Holder("job-uid", "new-pod:1")):
+        assert lease_body(azure_env, key)["process"] == "new-pod:1"
+
+
+def test_a_lease_taken_over_by_another_run_fails_the_holder(azure_env: AzureEnv) -> None:
+    key = f"job/{LEASE}"
+    holder = open_store(azure_env.uri("job"))
+    holder.lease_seconds = 0.8  # type: ignore[attr-defined]
+    lost = pytest.raises(StorageError, match="lost the output's lease")
+    with lost, holder.lease(Holder("run-a")):
+        thief = {"run": "run-x", "process": "h:2", "since": 0, "expires": time.time() + 600}
+        azure_env.client.upload_blob(key, json.dumps(thief).encode(), overwrite=True)
+        time.sleep(0.6)
+    assert lease_body(azure_env, key)["run"] == "run-x"  # not deleted by the loser
+
+
+# --------------------------------------------------------------------------- models, data
+
+
+def test_model_is_cached_and_served_from_the_cache_when_unreachable(
+    azure_env: AzureEnv, tiny_model_dir: Path, tmp_path: Path, caplog: Any
+) -> None:
+    for path in sorted(tiny_model_dir.rglob("*")):
+        if path.is_file():
+            azure_env.upload(path, f"models/tiny/{path.relative_to(tiny_model_dir).as_posix()}")
+    uri = azure_env.uri("models/tiny")
+
+    local = fetch_model_dir(uri, None)
+
+    expected = {
+        p.relative_to(tiny_model_dir).as_posix(): p.read_bytes()
+        for p in tiny_model_dir.rglob("*")
+        if p.is_file()
+    }
+    got = {p.relative_to(local).as_posix(): p.read_bytes() for p in local.rglob("*") if p.is_file()}
+    assert got == expected
+    assert tmp_path / "cache" in local.parents
+    assert fetch_model_dir(uri, None) == local
+
+    azure_env.server.outage(None)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="finetune_trainer"):
+        assert fetch_model_dir(uri, None, Access(None, 60)) == local
+    assert time.monotonic() - started < 15, "a cached model does not wait out the deadline"
+    assert any("using the cached copy" in r.getMessage() for r in caplog.records)
+    azure_env.server.end_outage()
+
+
+def test_a_model_prefix_with_an_escaping_blob_name_is_refused() -> None:
+    """Azurite refuses to store such a name, Azure may not: the listing is checked."""
+    listed = [("models/m/config.json", 2, "e1"), ("models/m/../../evil.py", 9, "e2")]
+    with pytest.raises(StorageError, match=r"refusing to download blob 'models/m/\.\./\.\./evil"):
+        azure_module.model_files("az://c/models/m", listed, "models/m/")
+
+
+def test_a_missing_model_prefix_is_a_model_error(azure_env: AzureEnv) -> None:
+    with pytest.raises(ModelError, match="no blobs under this prefix"):
+        fetch_model_dir(azure_env.uri("models/none"), None)
+
+
+def test_dataset_is_cached_by_etag(azure_env: AzureEnv) -> None:
+    uri = azure_env.uri("sets/train.jsonl")
+    azure_env.client.upload_blob("sets/train.jsonl", b'{"a": 1}\n', overwrite=True)
+    first = fetch_file(uri, Role.DATASET)
+    assert first.read_bytes() == b'{"a": 1}\n' and first.name == "train.jsonl"
+    assert fetch_file(uri, Role.DATASET) == first
+    azure_env.client.upload_blob("sets/train.jsonl", b'{"a": 2}\n', overwrite=True)
+    second = fetch_file(uri, Role.DATASET)
+    assert second != first and second.read_bytes() == b'{"a": 2}\n'
+
+
+def test_open_stream_reads_the_blob_without_downloading_it(azure_env: AzureEnv) -> None:
+    rows = b"".join(b'{"i": %d}\n' % i for i in range(2000))
+    azure_env.client.upload_blob("sets/big.jsonl", rows)
+    backend = BACKENDS["az"]
+    with backend.open_stream(  # type: ignore[attr-defined]
+        parse_uri(azure_env.uri("sets/big.jsonl"), Role.DATASET), Access()
+    ) as handle:
+        assert handle.readline() == b'{"i": 0}\n'
+        assert handle.read() == rows[len(b'{"i": 0}\n') :]
+    with pytest.raises(StorageError, match=r"nope\.jsonl: cannot read: .*404"):
+        backend.open_stream(  # type: ignore[attr-defined]
+            parse_uri(azure_env.uri("sets/nope.jsonl"), Role.DATASET), Access(None, 60)
+        )

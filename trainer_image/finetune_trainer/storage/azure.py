@@ -1,0 +1,769 @@
+"""az:// storage: Azure Blob Storage (and Azurite, its emulator).
+
+``az://<container>/<key>`` names a blob in a container; the storage account is not in
+the URI (as adlfs and the Azure CLI write it) but in the credentials, so one manifest
+runs against any account its Secret points at. The credentials, from the mounted
+Secret named by ``credentialsSecret`` or else from the environment (same names):
+
+* ``AZURE_STORAGE_CONNECTION_STRING``: the account, its key or a SAS, and the endpoint
+  (the one form that can name a non-Azure endpoint, such as Azurite's); or
+* ``AZURE_STORAGE_ACCOUNT_NAME`` with ``AZURE_STORAGE_ACCOUNT_KEY`` or
+  ``AZURE_STORAGE_SAS_TOKEN``; or
+* ``AZURE_STORAGE_ACCOUNT_NAME`` alone: ``DefaultAzureCredential`` (azure-identity), which
+  reads AKS workload identity (``AZURE_CLIENT_ID``, ``AZURE_TENANT_ID``,
+  ``AZURE_FEDERATED_TOKEN_FILE``), a managed identity, or ``az login``.
+
+Built on azure-storage-blob, the SDK adlfs wraps: the store's operations need what the
+fsspec layer does not expose (conditional writes for the lease, the blob's Content-MD5,
+listings without fsspec's directory cache), and streaming reads (``open_stream``) go
+through adlfs's file objects. The policy is the S3 store's (:mod:`.s3`):
+
+* Retry by deadline: connection errors, timeouts, 429 and 5xx are retried with
+  exponential backoff and jitter until the job's retry deadline; anything else (no such
+  container or blob, authentication) fails at once naming the URI and the likely fix.
+* Verified downloads: the size, and the content against the blob's Content-MD5 when it
+  has one (every upload here sets it, so a published set is always checkable).
+* Manifest last (``store.publish_dir``), and one writer per output through a lease blob
+  created only if absent and renewed only if unchanged (ETag conditions).
+* No secrets in text: every value read is registered with the redaction layer.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from finetune_api.redaction import register
+from finetune_api.uri import ParsedUri
+from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
+from finetune_trainer.storage import cache
+from finetune_trainer.storage.credentials import _check_one_line, read_secret, redact
+from finetune_trainer.storage.store import (
+    LEASE,
+    Access,
+    Holder,
+    ObjectInfo,
+    busy,
+    join_key,
+    safe_key,
+)
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
+ACCOUNT_NAME = "AZURE_STORAGE_ACCOUNT_NAME"
+ACCOUNT_KEY = "AZURE_STORAGE_ACCOUNT_KEY"
+SAS_TOKEN = "AZURE_STORAGE_SAS_TOKEN"
+AZURE_SECRET_KEYS = (CONNECTION_STRING, ACCOUNT_NAME, ACCOUNT_KEY, SAS_TOKEN)
+"""The keys of a credentials Secret (or environment variables) the az:// store reads."""
+CONNECT_TIMEOUT_ENV = "FINETUNE_AZURE_CONNECT_TIMEOUT"
+READ_TIMEOUT_ENV = "FINETUNE_AZURE_READ_TIMEOUT"
+SDK_RETRIES = 0
+"""The SDK's own retries per request: none, so that every retry is ours, bounded by the
+job's retry deadline and logged."""
+LEASE_SECONDS = 120.0
+"""How long an output's lease blob holds without renewal (as on S3)."""
+CACHE_SCHEME = "az"
+
+_NO_CREDENTIALS = (
+    f"set {CONNECTION_STRING}, or {ACCOUNT_NAME} with {ACCOUNT_KEY} or {SAS_TOKEN} "
+    f"(or {ACCOUNT_NAME} alone for workload identity), in the credentials Secret or the "
+    "environment"
+)
+HINTS = {
+    "ContainerNotFound": "the container does not exist: check the container name in the URI "
+    "and that the credentials name the storage account that holds it",
+    "BlobNotFound": "no blob at this key: check the URI",
+    "ResourceNotFound": "no such container or blob: check the URI",
+    "AuthenticationFailed": "the account does not accept these credentials: check the key, "
+    f"SAS token or connection string ({_NO_CREDENTIALS})",
+    "AuthorizationFailure": "the request was refused: the key, SAS token or connection "
+    "string is wrong, or these credentials may not use this container",
+    "AuthorizationPermissionMismatch": "access denied: grant the identity 'Storage Blob Data "
+    "Contributor' on the container (or a SAS with read, write, list and delete)",
+    "InvalidAuthenticationInfo": f"the credentials are malformed: {_NO_CREDENTIALS}",
+    "NoCredentials": f"no credentials were found: {_NO_CREDENTIALS}",
+}
+_STATUS_HINTS = {
+    403: "access denied: check the credentials, and that they may use this container",
+    404: "no such container or blob: check the URI and the storage account",
+}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    """How to reach the storage account; credentials hidden from ``repr``."""
+
+    account_name: str | None = None
+    source: str = "the environment"
+    """Where the credentials come from, for messages (never the values)."""
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    connection_string: str | None = field(default=None, repr=False)
+    account_key: str | None = field(default=None, repr=False)
+    sas_token: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> list[str]:
+        values = [self.connection_string, self.account_key, self.sas_token]
+        return [v for v in values if v] + connection_string_secrets(self.connection_string)
+
+    @property
+    def endpoint(self) -> str:
+        """The blob endpoint, for messages: no key, no SAS."""
+        parts = parse_connection_string(self.connection_string or "")
+        if parts.get("BlobEndpoint"):
+            return parts["BlobEndpoint"].split("?")[0]
+        account = parts.get("AccountName") or self.account_name or "<account>"
+        suffix = parts.get("EndpointSuffix", "core.windows.net")
+        return f"https://{account}.blob.{suffix}"
+
+    def service_client(self) -> Any:
+        """A synchronous ``BlobServiceClient`` for these settings."""
+        from azure.storage.blob import BlobServiceClient
+
+        options: dict[str, Any] = {
+            "connection_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
+            "retry_total": SDK_RETRIES,
+            "user_agent": "finetune-operator",
+        }
+        if self.connection_string:
+            return BlobServiceClient.from_connection_string(self.connection_string, **options)
+        return BlobServiceClient(self.endpoint, credential=self._credential(), **options)
+
+    def _credential(self) -> Any:
+        if self.account_key:
+            return {"account_name": self.account_name, "account_key": self.account_key}
+        if self.sas_token:
+            return self.sas_token
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
+    def filesystem(self) -> Any:
+        """An adlfs ``AzureBlobFileSystem`` for these settings (streaming reads)."""
+        from adlfs import AzureBlobFileSystem
+
+        options: dict[str, Any] = {"skip_instance_cache": True}
+        if self.connection_string:
+            options["connection_string"] = self.connection_string
+        else:
+            options["account_name"] = self.account_name
+            if self.account_key:
+                options["account_key"] = self.account_key
+            elif self.sas_token:
+                options["sas_token"] = self.sas_token
+            else:
+                options["anon"] = False  # DefaultAzureCredential inside adlfs
+        return AzureBlobFileSystem(**options)
+
+
+def parse_connection_string(text: str) -> dict[str, str]:
+    """``Key=Value;...`` pairs of an Azure connection string."""
+    parts = {}
+    for item in text.split(";"):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            parts[name.strip()] = value.strip()
+    return parts
+
+
+def connection_string_secrets(text: str | None) -> list[str]:
+    """The secret parts of a connection string (its key, its SAS)."""
+    parts = parse_connection_string(text or "")
+    return [parts[k] for k in ("AccountKey", "SharedAccessSignature") if parts.get(k)]
+
+
+def azure_settings(secret_name: str | None) -> AzureSettings:
+    """Settings from the mounted Secret ``secret_name``, else from the environment.
+
+    The Secret's keys win as a whole when it holds any: mixing an account from the
+    Secret with a key from the environment would authenticate as nobody intended."""
+    values = read_secret(secret_name, AZURE_SECRET_KEYS)
+    source = f"credentials Secret {secret_name!r}"
+    if not values:
+        values = {k: os.environ[k].strip() for k in AZURE_SECRET_KEYS if os.environ.get(k)}
+        source = "the environment"
+        for name, value in values.items():
+            _check_one_line(value, f"environment variable {name}")
+    for name, value in values.items():
+        if name != ACCOUNT_NAME:
+            register(value)
+    connection = values.get(CONNECTION_STRING)
+    register(*connection_string_secrets(connection))
+    account = values.get(ACCOUNT_NAME) or parse_connection_string(connection or "").get(
+        "AccountName"
+    )
+    if not connection and not account:
+        if values:
+            raise StorageError(
+                f"the {source} holds {', '.join(sorted(values))} but no storage account: "
+                f"add {ACCOUNT_NAME} (or use {CONNECTION_STRING})"
+            )
+        raise StorageError(f"az:// needs a storage account: {_NO_CREDENTIALS}")
+    if connection and not parse_connection_string(connection):
+        raise StorageError(
+            f"{CONNECTION_STRING} in the {source} is not a connection string "
+            "(AccountName=...;AccountKey=...;...): copy it from the storage account's "
+            "'Access keys' page"
+        )
+    return AzureSettings(
+        account_name=account,
+        source=source
+        if (connection or values.get(ACCOUNT_KEY) or values.get(SAS_TOKEN))
+        else f"workload identity (DefaultAzureCredential) for account {account!r}",
+        connect_timeout=_seconds(CONNECT_TIMEOUT_ENV, 10.0),
+        read_timeout=_seconds(READ_TIMEOUT_ENV, 60.0),
+        connection_string=connection,
+        account_key=values.get(ACCOUNT_KEY),
+        sas_token=values.get(SAS_TOKEN),
+    )
+
+
+def _seconds(env: str, default: float) -> float:
+    raw = os.environ.get(env)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{env}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise StorageError(f"{env}={raw!r} must be a positive number of seconds")
+    return value
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def status_of(exc: BaseException) -> tuple[str, int | None]:
+    """An Azure error's code and HTTP status; ('', None) for anything else."""
+    from azure.core.exceptions import HttpResponseError
+
+    if not isinstance(exc, HttpResponseError):
+        return "", None
+    code = exc.error_code
+    text = str(getattr(code, "value", code) or "")
+    return text, exc.status_code
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth trying again: the network or the service's load, not the request itself."""
+    from azure.core.exceptions import (
+        IncompleteReadError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    if isinstance(exc, ServiceRequestError | ServiceResponseError | IncompleteReadError):
+        return True
+    if isinstance(exc, builtins.ConnectionError | TimeoutError):
+        return True
+    _, status = status_of(exc)
+    return status is not None and (status == 429 or status >= 500)
+
+
+def describe(exc: BaseException) -> str:
+    from azure.core.exceptions import ClientAuthenticationError
+
+    code, status = status_of(exc)
+    if code or status:
+        return f"{code or 'HTTP error'} (HTTP {status})"
+    if isinstance(exc, ClientAuthenticationError):
+        return "NoCredentials"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def hint(exc: BaseException) -> str:
+    from azure.core.exceptions import ClientAuthenticationError
+
+    code, status = status_of(exc)
+    if code in HINTS:
+        return HINTS[code]
+    if status is None and isinstance(exc, ClientAuthenticationError):
+        return HINTS["NoCredentials"]
+    return _STATUS_HINTS.get(status or 0, "see the service's error code")
+
+
+def _is_missing(exc: BaseException) -> bool:
+    return status_of(exc)[1] == 404
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return status_of(exc)[1] in (409, 412)
+
+
+# --------------------------------------------------------------------------- client
+
+
+def file_md5(path: Path) -> bytes:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+class AzureClient:
+    """One container through the blob SDK, every call retried by deadline."""
+
+    def __init__(self, container: str, settings: AzureSettings, deadline: float) -> None:
+        self.container_name = container
+        self.settings = settings
+        self.deadline = max(0.0, float(deadline))
+        self.container = settings.service_client().get_container_client(container)
+
+    def uri(self, key: str) -> str:
+        return f"az://{self.container_name}/{key}"
+
+    def call(self, what: str, key: str, fn: Callable[[], T], *, deadline: float | None = None) -> T:
+        """``fn()`` retried on transient errors until the deadline; StorageError otherwise."""
+        from azure.core.exceptions import AzureError
+        from tenacity import Retrying, retry_if_exception, stop_before_delay
+        from tenacity import wait_random_exponential as backoff_with_jitter
+
+        limit = self.deadline if deadline is None else deadline
+        started = time.monotonic()
+        retrying = Retrying(
+            stop=stop_before_delay(limit),
+            wait=backoff_with_jitter(multiplier=0.5, max=10),
+            retry=retry_if_exception(is_transient),
+            before_sleep=self._log_retry(what, key),
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except StorageError:
+            raise
+        except (AzureError, OSError) as exc:
+            raise self.error(what, key, exc, time.monotonic() - started, limit) from exc
+
+    def error(
+        self, what: str, key: str, exc: BaseException, elapsed: float, limit: float
+    ) -> StorageError:
+        uri, secrets = self.uri(key), self.settings.secrets()
+        if is_transient(exc):
+            return StorageUnavailable(
+                redact(
+                    f"{uri}: cannot {what}: {describe(exc)}; still failing after {elapsed:.0f}s "
+                    f"of retries (retry deadline {limit:g}s). Check that "
+                    f"{self.settings.endpoint} is reachable, or raise output.retryDeadlineSeconds",
+                    secrets,
+                )
+            )
+        return StorageError(
+            redact(
+                f"{uri}: cannot {what}: {describe(exc)}: {hint(exc)} "
+                f"(endpoint {self.settings.endpoint}, credentials from {self.settings.source})",
+                secrets,
+            )
+        )
+
+    def _log_retry(self, what: str, key: str) -> Callable[[RetryCallState], None]:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "%s: %s failed (%s), attempt %d; retrying in %.1fs",
+                self.uri(key),
+                what,
+                redact(describe(exc), self.settings.secrets()) if exc else "?",
+                state.attempt_number,
+                wait,
+            )
+
+        return before_sleep
+
+    # --- operations, each one attempt; callers wrap them in call()
+
+    def upload(self, src: Path, key: str) -> None:
+        """``src`` at ``key`` with its Content-MD5, which every later download checks."""
+        from azure.storage.blob import ContentSettings
+
+        md5 = bytearray(file_md5(src))
+        with src.open("rb") as data:
+            self.container.upload_blob(
+                key,
+                data,
+                overwrite=True,
+                content_settings=ContentSettings(content_md5=md5),
+                max_concurrency=4,
+            )
+
+    def head(self, key: str) -> Any:
+        return self.container.get_blob_client(key).get_blob_properties()
+
+    def download(self, key: str, dst: Path, etag: str | None = None) -> None:
+        """``key`` into ``dst`` through a temporary file, verified against the blob's size
+        and Content-MD5; ``etag``: the version the caller expects. A mismatch is fetched
+        once more (a flaky proxy or disk), then refused."""
+        from azure.core import MatchConditions
+
+        head = self.head(key)
+        if etag is not None and _etag(head.etag) != _etag(etag):
+            raise StorageError(
+                f"{self.uri(key)}: the blob changed while it was being read; run again"
+            )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name[:100]}.partial")
+        problem = None
+        for _ in range(2):
+            try:
+                with tmp.open("wb") as out:
+                    self.container.download_blob(
+                        key, etag=head.etag, match_condition=MatchConditions.IfNotModified
+                    ).readinto(out)
+                problem = verify_download(tmp, head.size, head.content_settings.content_md5)
+                if problem is None:
+                    tmp.replace(dst)
+                    return
+            finally:
+                tmp.unlink(missing_ok=True)
+        raise StorageError(f"{self.uri(key)}: the download is corrupt: {problem}")
+
+    def objects(self, prefix: str) -> list[tuple[str, int, str]]:
+        """(name, size, etag) of every blob under ``prefix``."""
+        return [
+            (b.name, int(b.size), _etag(b.etag))
+            for b in self.container.list_blobs(name_starts_with=prefix or None)
+        ]
+
+    def put_body(self, key: str, body: bytes, etag: str | None = None) -> str:
+        """PUT ``body`` at ``key`` only if absent (``etag`` None) or still at ``etag``;
+        the new ETag. A refused condition is a 409 or 412."""
+        from azure.core import MatchConditions
+
+        blob = self.container.get_blob_client(key)
+        if etag is None:
+            result = blob.upload_blob(body, overwrite=False)
+        else:
+            result = blob.upload_blob(
+                body, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+        return _etag(result["etag"])
+
+    def get_body(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            stream = self.container.download_blob(key)
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return stream.readall(), _etag(stream.properties.etag)
+
+    def delete_if(self, key: str, etag: str) -> None:
+        from azure.core import MatchConditions
+
+        self.container.delete_blob(key, etag=etag, match_condition=MatchConditions.IfNotModified)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.container.delete_blob(key)
+            except Exception as exc:
+                if not _is_missing(exc) or status_of(exc)[0] == "ContainerNotFound":
+                    raise
+
+
+def _etag(value: object) -> str:
+    """An ETag without its quotes: a listing gives them bare, a HEAD quoted."""
+    return str(value).strip('"')
+
+
+def verify_download(path: Path, size: int, md5: bytes | bytearray | None) -> str | None:
+    """Why ``path`` is not the blob (``size``, ``md5``: its Content-MD5), or None."""
+    actual = path.stat().st_size
+    if actual != size:
+        return f"downloaded {actual} bytes, the service lists {size}"
+    if md5 and file_md5(path) != bytes(md5):
+        return "MD5 differs from the blob's Content-MD5"
+    return None
+
+
+# --------------------------------------------------------------------------- store
+
+
+class AzureStore:
+    """An ``az://container/prefix`` output location as a :class:`~.store.Store`."""
+
+    def __init__(self, uri: str, client: AzureClient, prefix: str) -> None:
+        self.uri = uri
+        self.az = client
+        self.prefix = prefix.strip("/")
+        self.lease_seconds = LEASE_SECONDS
+
+    @contextlib.contextmanager
+    def lease(self, holder: Holder) -> Iterator[None]:
+        """The output's lease blob, created only if absent and renewed (only if
+        unchanged) by a background thread while the block runs: S3's scheme, on ETags.
+
+        Not Azure's own blob leases: those last at most 60 s or forever, and one that
+        is forever outlives a killed pod; an expiry we write ourselves lapses."""
+        key = self._key(LEASE)
+        etag = self.az.call("take the lease", key, lambda: self._take(key, holder))
+        renewal = _Renewal(self, key, holder, etag)
+        try:
+            yield
+        finally:
+            renewal.stop()
+            self._release(key, renewal.etag)
+        if renewal.lost is not None:
+            raise StorageError(
+                f"{self.uri}: this run lost the output's lease ({renewal.lost}); another run "
+                "may have written here meanwhile: check it with finetune verify"
+            )
+
+    def _release(self, key: str, etag: str) -> None:
+        try:
+            self.az.call("release the lease", key, lambda: self.az.delete_if(key, etag))
+        except StorageError as exc:
+            log.warning("%s: could not release the output's lease (%s); it lapses", self.uri, exc)
+
+    def lease_body(self, holder: Holder) -> bytes:
+        data = json.loads(holder.to_json()) | {"expires": time.time() + self.lease_seconds}
+        return json.dumps(data).encode()
+
+    def _take(self, key: str, holder: Holder) -> str:
+        try:
+            return self.az.put_body(key, self.lease_body(holder))
+        except Exception as exc:
+            if not _is_conflict(exc):
+                raise
+        current = self.az.get_body(key)
+        if current is None:  # released meanwhile: try again from the start
+            return self._take(key, holder)
+        body, etag = current
+        other, expires = Holder.from_json(body), _expiry(body)
+        if other is not None and other.run != holder.run and expires > time.time():
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
+            raise busy(self.uri, other, f"or for its lease to lapse after {until} if it died")
+        try:
+            return self.az.put_body(key, self.lease_body(holder), etag)
+        except Exception as exc:
+            if _is_conflict(exc):  # another run took it first
+                raise busy(self.uri, None, "stop it") from None
+            raise
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, safe_key(key)) if self.prefix else safe_key(key)
+
+    def _dir(self, prefix: str) -> str:
+        base = self._key(prefix) if prefix else self.prefix
+        return f"{base}/" if base else ""
+
+    def put_file(self, src: Path, key: str) -> None:
+        full = self._key(key)
+        self.az.call("upload", full, lambda: self.az.upload(src, full))
+
+    def get_file(self, key: str, dst: Path) -> None:
+        full = self._key(key)
+        self.az.call("download", full, lambda: self.az.download(full, dst))
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._dir(prefix)
+        raw = self.az.call("list", base, lambda: self.az.objects(base))
+        root = f"{self.prefix}/" if self.prefix else ""
+        out = []
+        for name, size, _ in raw:
+            rel = name[len(root) :]
+            if not rel or rel.endswith("/"):
+                continue
+            try:
+                out.append(ObjectInfo(safe_key(rel), size))
+            except StorageError:
+                log.warning("%s: ignoring blob %r, not a safe relative key", self.uri, rel)
+        return sorted(out, key=lambda o: o.key)
+
+    def exists(self, key: str) -> bool:
+        full = self._key(key)
+        return self.az.call("check", full, lambda: self._exists(full))
+
+    def _exists(self, full: str) -> bool:
+        try:
+            self.az.head(full)
+        except Exception as exc:
+            if _is_missing(exc) and status_of(exc)[0] != "ContainerNotFound":
+                return False
+            raise
+        return True
+
+    def delete(self, keys: Iterable[str]) -> None:
+        full = [self._key(k) for k in keys]
+        if full:
+            self.az.call("delete", full[0], lambda: self.az.delete(full))
+
+
+def _expiry(body: bytes) -> float:
+    try:
+        return float(json.loads(body)["expires"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0
+
+
+class _Renewal:
+    """Renews a lease every quarter of its length in a daemon thread, until stopped."""
+
+    def __init__(self, store: AzureStore, key: str, holder: Holder, etag: str) -> None:
+        self.store, self.key, self.holder, self.etag = store, key, holder, etag
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="finetune-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.store.lease_seconds / 4):
+            body = self.store.lease_body(self.holder)
+            try:
+                self.etag = self.store.az.put_body(self.key, body, self.etag)
+            except Exception as exc:
+                if _is_conflict(exc) or _is_missing(exc):
+                    self.lost = "another run took it over"
+                    log.error("%s: %s", self.store.uri, self.lost)
+                    return
+                log.warning("%s: renewing the lease failed (%s)", self.store.uri, describe(exc))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def split_location(location: str) -> tuple[str, str]:
+    container, _, key = location.partition("/")
+    return container, key
+
+
+class AzureBackend:
+    """The ``az`` registry entry: models and datasets through the cache, outputs as stores."""
+
+    def client(self, container: str, access: Access) -> AzureClient:
+        return AzureClient(
+            container, azure_settings(access.credentials_secret), access.deadline_seconds
+        )
+
+    def store(self, uri: ParsedUri, access: Access) -> AzureStore:
+        container, prefix = split_location(uri.location)
+        return AzureStore(str(uri), self.client(container, access), prefix)
+
+    def open_stream(self, uri: ParsedUri, access: Access) -> IO[bytes]:
+        """The blob at ``uri`` as a file read sequentially (adlfs, ranged GETs), for a
+        streamed dataset that is never downloaded whole."""
+        container, key = split_location(uri.location)
+        settings = azure_settings(access.credentials_secret)
+        client = AzureClient(container, settings, access.deadline_seconds)
+        client.call("read", key, lambda: client.head(key))  # a missing blob fails here, named
+        handle: IO[bytes] = settings.filesystem().open(f"{container}/{key}", "rb")
+        return handle
+
+    def local_file(self, uri: ParsedUri, access: Access) -> Path:
+        """The blob at ``uri`` in the cache, keyed by its ETag; downloaded when new."""
+        container, key = split_location(uri.location)
+        name = Path(key).name
+        az = self.client(container, access)
+        head = _probe_or_cached(
+            str(uri), lambda limit: az.call("read", key, lambda: az.head(key), deadline=limit)
+        )
+        if isinstance(head, Path):
+            return head / name
+        etag = _etag(head.etag)
+
+        def populate(directory: Path) -> None:
+            az.call("download", key, lambda: az.download(key, directory / name, etag))
+
+        version = json.dumps([etag, head.size])
+        return cache.fill(str(uri), CACHE_SCHEME, version, populate) / name
+
+    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
+        """Every blob under the prefix, in the cache keyed by the listing's ETags."""
+        if revision is not None:
+            log.warning("%s: model.revision applies to hf:// models; ignored for az://", uri)
+        container, key = split_location(uri.location)
+        prefix = key.rstrip("/") + "/"
+        az = self.client(container, access)
+        listed = _probe_or_cached(
+            str(uri),
+            lambda limit: az.call("list", prefix, lambda: az.objects(prefix), deadline=limit),
+        )
+        if isinstance(listed, Path):
+            return listed
+        files = model_files(str(uri), listed, prefix)
+
+        def populate(directory: Path) -> None:
+            for rel, _, etag in files:
+                full, dst = prefix + rel, directory / rel
+                az.call("download", full, lambda: az.download(full, dst, etag))  # noqa: B023
+
+        version = json.dumps(files)
+        target = cache.fill(str(uri), CACHE_SCHEME, version, populate)
+        if not (target / "config.json").is_file():
+            raise ModelError(
+                f"{uri}: no config.json under this prefix; point model.uri at a prefix holding "
+                "a model saved with save_pretrained"
+            )
+        return target
+
+
+def model_files(
+    uri: str, listed: list[tuple[str, int, str]], prefix: str
+) -> list[tuple[str, int, str]]:
+    """The blobs of a model prefix with safe relative keys; any other key is refused."""
+    files = []
+    for name, size, etag in listed:
+        rel = name[len(prefix) :]
+        if not rel or rel.endswith("/"):
+            continue
+        try:
+            files.append((safe_key(rel), size, etag))
+        except StorageError as exc:
+            raise StorageError(
+                f"{uri}: refusing to download blob {name!r}: its key would leave the model "
+                f"directory ({exc})"
+            ) from None
+    if not files:
+        raise ModelError(
+            f"{uri}: no blobs under this prefix; check the container and the key "
+            "(a model is a prefix holding config.json and the weights)"
+        )
+    return sorted(files)
+
+
+def _probe_or_cached(uri: str, probe: Callable[[float | None], T]) -> T | Path:
+    """``probe(deadline)`` the service for the current version of ``uri``; with a
+    complete copy in the cache, one attempt, and the copy when the service cannot be
+    reached (as :func:`.s3._probe_or_cached`)."""
+    cached = cache.latest(uri, CACHE_SCHEME)
+    if cached is None:
+        return probe(None)
+    try:
+        return probe(0.0)
+    except StorageError as exc:
+        if exc.__cause__ is None or not is_transient(exc.__cause__):
+            raise
+        log.warning(
+            "%s: the service cannot be reached (%s); using the cached copy at %s",
+            uri,
+            describe(exc.__cause__),
+            cached,
+        )
+        return cached
