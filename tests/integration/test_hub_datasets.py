@@ -175,6 +175,12 @@ def test_sharded_parquet_files_and_subset_folders(hub: HubStandIn) -> None:
         fetch(subset="de")
 
 
+def test_files_datasets_does_not_count_as_data_are_passed_over(hub: HubStandIn) -> None:
+    """No split names anywhere: every file is train, except what is not data at all."""
+    hub.add_dataset("acme/chats", {"LICENSE": "MIT\n", "rows.jsonl": jsonl("r")})
+    assert names(fetch()) == ["rows.jsonl"]
+
+
 def test_files_the_trainer_cannot_read_are_named(hub: HubStandIn) -> None:
     hub.add_dataset("acme/chats", {"train/a.txt": "plain text\n", "train/b.jsonl": jsonl("b")})
     with pytest.raises(DataError) as error:
@@ -248,10 +254,6 @@ def test_other_schemes_are_one_file(tmp_path: Path) -> None:
     assert fetch_data_files(f"file://{path}", Role.DATASET) == [path]
 
 
-@pytest.mark.xfail(
-    reason="data/prepare.py does not read through fetch_data_files yet (issue 19, H1)",
-    strict=True,
-)
 def test_finetune_run_trains_on_a_subsets_split_and_holds_out_another(
     hub: HubStandIn, make_job: Any
 ) -> None:

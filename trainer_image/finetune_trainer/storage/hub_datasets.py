@@ -10,6 +10,9 @@ the folder layouts ``datasets`` documents (``train.jsonl``, ``data/train-*.parqu
 (:mod:`datasets.data_files`, :class:`datasets.utils.metadata.MetadataConfigs`), applied to
 ONE listing of the repository at one commit instead of globbing the Hub file by file, so
 resolving a split is two requests (the revision's commit and its tree) plus the README.
+One difference: ``load_dataset`` reads a split with one builder, so of a split holding
+``.jsonl`` and ``.parquet`` files it keeps the most common kind only; here every file of
+the split is read (each by its suffix), so no file a README names is silently left out.
 
 The revision is resolved to its commit first and everything is read at that commit, so a
 branch that moves during the download cannot mix two versions. A commit's listing never
@@ -81,8 +84,9 @@ def split_files(listing: RepoListing, subset: str | None, split: str, revision: 
         for path in _resolve(listing.files, base, pattern):
             if path not in found:
                 found.append(path)
+    found = [p for p in found if _datasets_reads(p)]
     if not found:
-        raise DataError(f"{choice}: no file matches {patterns} in the repository")
+        raise DataError(f"{choice}: no data file matches {patterns} in the repository")
     unreadable = [p for p in found if Path(p).suffix.lower() not in DATA_SUFFIXES]
     if unreadable:
         shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
@@ -92,6 +96,17 @@ def split_files(listing: RepoListing, subset: str | None, split: str, revision: 
             "split of such files, or convert the data"
         )
     return found
+
+
+def _datasets_reads(path: str) -> bool:
+    """Whether ``datasets`` counts ``path`` as a data file at all (a ``LICENSE`` or a
+    ``.gitattributes`` under a split's glob is passed over, as ``load_dataset`` passes over
+    it); those it counts and this trainer cannot read (``.txt``, images, archives) are
+    then refused by name."""
+    from datasets.packaged_modules import _ALL_ALLOWED_EXTENSIONS
+
+    name = path.rsplit("/", 1)[-1]
+    return any(f".{suffix.lower()}" in _ALL_ALLOWED_EXTENSIONS for suffix in name.split(".")[1:])
 
 
 def _split_patterns(
