@@ -1,0 +1,180 @@
+"""Streaming runs (dataset.streaming): killed and resumed they end with the uninterrupted
+run's weights (the stream's position comes back with the checkpoint), an S3 object is
+read as it arrives rather than downloaded, and validate refuses what cannot stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import colour_rows, write_jsonl
+from finetune_api.config import ColumnMapping, TrainerConfig
+from finetune_trainer.checkpoint import DATA_STREAM, complete_checkpoints, prefix_for
+from finetune_trainer.data.stream import StreamSettings, open_stream
+from finetune_trainer.storage.backends import Access
+from finetune_trainer.storage.store import MANIFEST, LocalStore
+
+FINETUNE = str(Path(sys.executable).parent / "finetune")
+STEPS = 12
+
+
+def streaming_config(tmp: Path, model_dir: Path, out: Path) -> Path:
+    """A streaming run with dropout (random state matters), a shuffle buffer smaller than
+    the file, and passes that end mid-run (20 rows, 4 per step)."""
+    rows = colour_rows(20)
+    for i, row in enumerate(rows):  # distinct rows, so the order shows in the weights
+        row["messages"][0]["content"] += f" ({i})"
+    train = write_jsonl(tmp / "train.jsonl", rows)
+    validation = write_jsonl(tmp / "validation.jsonl", colour_rows(8))
+    config = TrainerConfig.model_validate(
+        {
+            "jobName": "streaming",
+            "model": {"uri": f"file://{model_dir}"},
+            "dataset": {
+                "train": f"file://{train}",
+                "validation": f"file://{validation}",
+                "deduplicate": False,
+                "streaming": True,
+                "shuffleBuffer": 6,
+            },
+            "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.1}},
+            "training": {
+                "maxSteps": STEPS,
+                "learningRate": 1e-2,
+                "batchSize": 4,
+                "maxSeqLength": 64,
+                "metricsPort": 0,
+            },
+            "evaluation": {"exactMatchSamples": 0},
+            "output": {"uri": f"file://{out}", "checkpointEvery": 2},
+        }
+    )
+    path = tmp / f"config-{out.name}.json"
+    path.write_text(config.to_json())
+    return path
+
+
+def newest_complete(out: Path) -> int:
+    steps = complete_checkpoints(LocalStore("file://out", out))
+    return max((s for s, keys in steps.items() if MANIFEST in keys), default=0)
+
+
+def train(config: Path, tmp: Path) -> subprocess.Popen[bytes]:
+    log = (tmp / "trainer.log").open("ab")
+    return subprocess.Popen(
+        [FINETUNE, "train", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_a_killed_streaming_run_resumes_to_the_same_weights(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    reference_out, out = tmp_path / "reference", tmp_path / "interrupted"
+    reference = train(streaming_config(tmp_path, tiny_model_dir, reference_out), tmp_path)
+    assert reference.wait(timeout=300) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+
+    config = streaming_config(tmp_path, tiny_model_dir, out)
+    proc = train(config, tmp_path)
+    while newest_complete(out) < 2:  # SIGKILL right after the first checkpoint
+        assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = newest_complete(out)
+    assert 2 <= killed_at < STEPS, "the run was not interrupted mid-way"
+    saved = json.loads((out / prefix_for(killed_at) / DATA_STREAM).read_text())
+    assert saved["counts"]["examples"] == 4 * killed_at  # the position: 4 examples a step
+    manifest = json.loads((out / prefix_for(killed_at) / MANIFEST).read_text())
+    assert DATA_STREAM in {entry["path"] for entry in manifest["files"]}
+
+    proc = train(config, tmp_path)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+    assert (
+        f"resuming from file://{out}/{prefix_for(killed_at)}"
+        in (tmp_path / "trainer.log").read_text()
+    )
+
+    resumed = json.loads((out / "metrics.json").read_text())
+    uninterrupted = json.loads((reference_out / "metrics.json").read_text())
+    assert resumed["steps"] == uninterrupted["steps"] == STEPS
+    assert resumed["data"] == uninterrupted["data"]
+    assert resumed["data"]["streamed"] is True
+    assert resumed["data"]["trainRows"] == 4 * STEPS
+    assert resumed["data"]["passes"] >= 3  # 48 examples of 20 rows
+    a = load_file(out / "adapter_model.safetensors")
+    b = load_file(reference_out / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max() < 1e-4, name
+
+
+def test_streaming_from_s3_reads_the_object_as_it_arrives(
+    s3_env: Any, tmp_path: Path, tiny_tokenizer: Any
+) -> None:
+    """The S3 body is read as a stream: no copy of the object lands in the cache (where
+    a download would put it), and the examples are the local file's."""
+    local = write_jsonl(tmp_path / "train.jsonl", colour_rows(300))
+    s3_env.client.upload_file(str(local), s3_env.bucket, "data/train.jsonl")
+    settings = StreamSettings("messages", ColumnMapping(), 64)
+    remote = open_stream(
+        s3_env.uri("data/train.jsonl"), Access(), tiny_tokenizer, settings, seed=0, buffer_size=1
+    )
+    from_file = open_stream(
+        f"file://{local}", Access(), tiny_tokenizer, settings, seed=0, buffer_size=1
+    )
+    for _ in range(320):  # across the end of the first pass
+        assert next(remote).input_ids == next(from_file).input_ids
+    cache = Path(os.environ["FINETUNE_CACHE_DIR"])
+    assert not [p for p in cache.rglob("*") if p.is_file()], "the object was downloaded"
+
+
+def test_validate_refuses_a_json_train_with_streaming(make_job: Any, tmp_path: Path) -> None:
+    train = tmp_path / "rows.json"
+    train.write_text(json.dumps(colour_rows(4)))
+    job = make_job(dataset={"train": f"file://{train}", "streaming": True, "deduplicate": False})
+    result = subprocess.run(
+        [FINETUNE, "validate", str(job)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "dataset" in result.stdout + result.stderr
+    assert "convert train to JSON Lines (.jsonl)" in result.stdout + result.stderr
+
+
+def rss_kib() -> int:
+    """This process's resident memory now (not its peak: loading the libraries set that)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.parametrize("rows", [50_000])
+def test_a_stream_memory_does_not_grow_with_rows(
+    tmp_path: Path, tiny_tokenizer: Any, rows: int
+) -> None:
+    """Reading 50k rows through a stream keeps its memory flat: the RSS after the first
+    5k rows and after all of them differ by little (a prepared list would grow)."""
+    path = write_jsonl(tmp_path / "big.jsonl", colour_rows(rows))
+    settings = StreamSettings("messages", ColumnMapping(), 64)
+    stream = open_stream(
+        f"file://{path}", Access(), tiny_tokenizer, settings, seed=0, buffer_size=1000
+    )
+    for _ in range(5_000):
+        next(stream)
+    early = rss_kib()
+    for _ in range(rows - 5_000):
+        next(stream)
+    late = rss_kib()
+    assert stream.report()["rowsRead"] == rows
+    print(f"stream RSS: {early} KiB after 5k rows, {late} KiB after {rows}")
+    assert late - early < 20_000, (early, late)  # KiB
