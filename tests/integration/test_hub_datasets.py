@@ -175,6 +175,21 @@ def test_sharded_parquet_files_and_subset_folders(hub: HubStandIn) -> None:
         fetch(subset="de")
 
 
+def test_a_config_with_a_data_dir_reads_that_folders_layout(hub: HubStandIn) -> None:
+    card = "---\nconfigs:\n- config_name: default\n  data_dir: v2\n---\n"
+    hub.add_dataset(
+        "acme/chats",
+        {
+            "README.md": card,
+            "v1/train.jsonl": jsonl("old"),
+            "v2/train.jsonl": jsonl("new"),
+            "v2/test.jsonl": jsonl("new test"),
+        },
+    )
+    assert texts(fetch()) == ["new"]
+    assert texts(fetch("test")) == ["new test"]
+
+
 def test_files_datasets_does_not_count_as_data_are_passed_over(hub: HubStandIn) -> None:
     """No split names anywhere: every file is train, except what is not data at all."""
     hub.add_dataset("acme/chats", {"LICENSE": "MIT\n", "rows.jsonl": jsonl("r")})

@@ -23,6 +23,7 @@ with no request at all; a branch or tag is asked again every time.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -263,7 +264,7 @@ def _keep(listing: RepoListing) -> None:
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # ranks may write it at once
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
     except OSError:
