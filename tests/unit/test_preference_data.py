@@ -38,6 +38,15 @@ PARIS = [{"role": "assistant", "content": "Paris."}]
 RED = [{"role": "assistant", "content": "red"}]
 
 
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Write a new file in ``path``'s place (a new inode, as the cache itself writes):
+    the tables an earlier preparation mapped keep their content; rewriting the mapped
+    file in place would pull the pages from under them (SIGBUS)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def rows(*data: dict[str, Any]) -> list[SourceRow]:
     return [SourceRow(row, f"line {i + 1}") for i, row in enumerate(data)]
 
@@ -500,14 +509,15 @@ def test_the_new_columns_are_in_the_cache_key(
 def test_a_corrupt_pair_entry_is_tokenized_again(tiny_tokenizer: Any, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(10))
     first = prepared(tiny_tokenizer, path, "preference", format="preference")
-    (entry,) = cache.cache_dir().glob("*.npz")
-    import numpy as np
+    (entry,) = cache.cache_dir().glob("*.arrow")
+    import pyarrow as pa
 
-    with np.load(entry) as arrays:
-        broken = dict(arrays)
-    broken["rejected_offsets"] = broken["rejected_offsets"][::-1].copy()
-    with entry.open("wb") as handle:
-        np.savez(handle, **broken)
+    # The rejected sequences' offsets reversed, in place: the table must refuse them.
+    table = pa.ipc.open_file(pa.memory_map(str(entry))).read_all()
+    offsets = table.column("rejected_ids").chunk(0).offsets.to_numpy()
+    data = entry.read_bytes()
+    at = data.index(offsets.tobytes())
+    _replace_bytes(entry, data[:at] + offsets[::-1].tobytes() + data[at + offsets.nbytes :])
 
     again = prepared(tiny_tokenizer, path, "preference", format="preference")
 

@@ -18,6 +18,15 @@ from finetune_trainer.data.prepare import PreparedData, prepare_data
 from finetune_trainer.errors import DataError
 
 
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Write a new file in ``path``'s place (a new inode, as the cache itself writes):
+    the tables an earlier preparation mapped keep their content; rewriting the mapped
+    file in place would pull the pages from under them (SIGBUS)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def chat_row(question: str, answer: str) -> dict[str, Any]:
     return {
         "messages": [
@@ -331,7 +340,7 @@ def test_every_file_type_reads_through_a_pvc_uri(
 
 def cache_entries() -> list[Path]:
     """The tokenization cache's entries (in this test's FINETUNE_CACHE_DIR, conftest)."""
-    return sorted(cache.cache_dir().glob("*.npz"))
+    return sorted(cache.cache_dir().glob("*.arrow"))
 
 
 def test_a_second_run_reads_the_cache_and_gets_identical_data(
@@ -419,7 +428,7 @@ def test_the_cache_lives_in_the_cache_dir_never_beside_the_data(
     monkeypatch.setenv(cache.CACHE_DIR_ENV, str(home))
 
     prepared(tiny_tokenizer, spec(train=f"file://{train}"))
-    assert len(list((home / "tokenized").glob("train.jsonl.*.npz"))) == 1
+    assert len(list((home / "tokenized").glob("train.jsonl.*.arrow"))) == 1
     assert [p.name for p in data_dir.iterdir()] == ["train.jsonl"]
 
     monkeypatch.setattr(prepare, "tokenize_example", Explode())
@@ -446,7 +455,7 @@ def test_a_corrupt_cache_entry_is_tokenized_again(tiny_tokenizer: Any, tmp_path:
     train = write_jsonl(tmp_path / "train.jsonl", distinct_rows(8))
     first = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
     [entry] = cache_entries()
-    entry.write_bytes(b"garbage")
+    _replace_bytes(entry, b"garbage")
 
     again = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
 
@@ -455,55 +464,70 @@ def test_a_corrupt_cache_entry_is_tokenized_again(tiny_tokenizer: Any, tmp_path:
 
 
 def _rewritten(entry: Path, **changes: Any) -> None:
-    """The entry with some arrays replaced (or, given None, removed), key kept."""
-    import numpy as np
+    """The entry's table with some columns replaced (or, given None, removed), its
+    metadata kept."""
+    import pyarrow as pa
 
-    with np.load(entry) as arrays:
-        content = {name: arrays[name] for name in arrays.files}
+    table = pa.ipc.open_file(pa.memory_map(str(entry))).read_all()
     for name, value in changes.items():
-        if value is None:
-            del content[name]
-        else:
-            content[name] = value
-    with entry.open("wb") as handle:
-        np.savez(handle, **content)
+        at = table.schema.get_field_index(name)
+        table = table.remove_column(at) if value is None else table.set_column(at, name, value)
+    entry.unlink()
+    with pa.ipc.new_file(str(entry), table.schema) as out:
+        out.write_table(table)
 
 
 def _poison(entry: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import numpy as np
+    import pyarrow as pa
 
     if how == "garbage":
-        entry.write_bytes(b"garbage")
+        _replace_bytes(entry, b"garbage")
     elif how == "truncated":
-        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+        _replace_bytes(entry, entry.read_bytes()[: entry.stat().st_size // 2])
     elif how == "empty":
-        entry.write_bytes(b"")
-    elif how == "npy-not-npz":
-        with entry.open("wb") as handle:
-            np.save(handle, np.arange(3))
+        _replace_bytes(entry, b"")
+    elif how == "npy-not-npz":  # another format, same size: the table refuses it
+        size = entry.stat().st_size
+        _replace_bytes(entry, b"\x93NUMPY" + b"\0" * (size - 6))
     elif how == "missing-array":
         _rewritten(entry, labels=None)
-    elif how == "offsets-out-of-range":
-        with np.load(entry) as arrays:
-            offsets = arrays["offsets"].copy()
-        offsets[-1] += 5
-        _rewritten(entry, offsets=offsets)
+    elif how == "offsets-out-of-range":  # one offset past the tokens, same size
+        table = pa.ipc.open_file(pa.memory_map(str(entry))).read_all()
+        offsets = table.column("input_ids").chunk(0).offsets.to_numpy()
+        data = entry.read_bytes()
+        at = data.index(offsets.tobytes())
+        bad = offsets.copy()
+        bad[-1] += 5
+        _replace_bytes(entry, data[:at] + bad.tobytes() + data[at + bad.nbytes :])
     elif how == "wrong-dtype":
-        with np.load(entry) as arrays:
-            ids = arrays["input_ids"].astype(np.float32)
-        _rewritten(entry, input_ids=ids)
+        table = pa.ipc.open_file(pa.memory_map(str(entry))).read_all()
+        floats = pa.array(table.column("input_ids").to_pylist(), type=pa.list_(pa.float32()))
+        _rewritten(entry, input_ids=floats)
     elif how == "directory":
         entry.unlink()
         (entry / "inside").mkdir(parents=True)
     elif how == "permission-denied":  # root reads through chmod 000: make the open fail
-        real = np.load
+        real = pa.memory_map
+        refused: list[Path] = []
 
         def denied(file: Any, *args: Any, **kwargs: Any) -> Any:
-            if Path(file) == entry:
+            if Path(file) == entry and not refused:  # the entry found, not the one rewritten
+                refused.append(entry)
                 raise PermissionError(13, "Permission denied", str(file))
             return real(file, *args, **kwargs)
 
-        monkeypatch.setattr(np, "load", denied)
+        monkeypatch.setattr(pa, "memory_map", denied)
+
+
+def _same_size(entry: Path, how: str) -> None:
+    """Record the poisoned file's size in the entry's .json, so the table's own checks
+    (not the size) must find the damage."""
+    from finetune_trainer.data.cache import EntryInfo, info_path
+
+    if entry.is_file():
+        info = EntryInfo.from_json(info_path(entry).read_text())
+        fields = info.__dict__ | {"size": entry.stat().st_size}
+        info_path(entry).write_text(EntryInfo(**fields).to_json())
 
 
 @pytest.mark.parametrize(
@@ -532,6 +556,7 @@ def test_a_poisoned_cache_entry_is_a_warning_and_a_fresh_tokenization(
     first = prepared(tiny_tokenizer, spec(train=f"file://{train}"))
     [entry] = cache_entries()
     _poison(entry, how, monkeypatch)
+    _same_size(entry, how)
 
     with caplog.at_level("WARNING", logger="finetune.trainer"):
         again = prepared(tiny_tokenizer, spec(train=f"file://{train}"))

@@ -13,23 +13,24 @@ tokenization code changes what it produces. ``dataset.overlong`` is not in the k
 the cache holds every example tokenized and truncated with its ``truncated`` flag, and
 dropping overlong examples happens after the cache, so both settings share one entry.
 
-*Value*: one ``.npz`` file (uncompressed numpy arrays): all input ids and labels
-concatenated as int32, per-example offsets and truncation flags; the examples are the
-file's rows after cleaning, in order. Preference pairs add their rejected sequences
-the same way (``rejected_*``), sentence-embedding rows their positives and negatives
-(``positive_*``, ``negative_*``, an empty negative where ``has_negative`` is false); an
-entry says what its examples are (``kind``: ``lm``, ``preference``, ``prompt`` or
-``pairs``; an entry without one is ``lm``). Class ids are not stored
-(they depend on the whole training set), nor a prompt's reference answer and row (the
-row says the first, the prepared list the second), nor reference log-probs (computed
-by the run from the model): only tokens.
+*Value*: one ``.arrow`` table (:mod:`finetune_trainer.data.table`, memory-mapped when
+used) holding the file's rows after cleaning, in order, with what the preparation needs
+of each row besides its tokens (where it is in the file, its label or reference
+answer...), and beside it a small ``.json`` (:class:`EntryInfo`): the key, the rows
+read and dropped while cleaning (a hit reports every count as a miss does), and the
+table's size and sha256. The ``.json`` is written last: an entry without it is not
+complete. Class ids are not stored (they depend on the whole training set), nor a
+prompt's row (its place in the prepared list), nor reference log-probs.
 
 *Where*: ``tokenized/`` in the trainer's cache directory
 (:func:`finetune_trainer.storage.cache.cache_root`: ``$FINETUNE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/finetune-operator``, else ``~/.cache/finetune-operator``), never
-beside the user's data. Entries are written to a temporary name and renamed, so
-concurrent ranks never read half a file. A cache that cannot be read or written is a
-slower run, never a failed one.
+beside the user's data; and, when the run gives its output store, a copy in the output
+at ``data-cache/<key>.arrow`` (+ ``.json``), so a pod rescheduled on a node with an
+empty disk downloads the tokens (verified: size and sha256) instead of tokenizing
+again. Entries are written to a temporary name and renamed, so concurrent ranks never
+read half a file. A cache that cannot be read or written is a slower run, never a
+failed one.
 """
 
 from __future__ import annotations
@@ -40,24 +41,26 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from itertools import pairwise
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune_trainer.data.tokenize import (
-    PairExample,
-    PreferenceExample,
-    PromptExample,
-    TokenizedExample,
-)
+from finetune_trainer.data.table import ExampleTable, TableError, TableWriter, kind_of
+from finetune_trainer.data.tokenize import TokenizedExample
 from finetune_trainer.storage.cache import CACHE_DIR_ENV, cache_root
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from transformers import PreTrainedTokenizerBase
+
+    from finetune_trainer.storage.store import Store
 
 log = logging.getLogger("finetune.trainer")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: Arrow tables with each row's location and sample (1 was numpy .npz of tokens)."""
+REMOTE_PREFIX = "data-cache"
+"""Where in the output store entries are kept (never part of a published result)."""
 _CHUNK = 1 << 20
 
 
@@ -105,215 +108,212 @@ def cache_dir() -> Path:
     return cache_root() / "tokenized"
 
 
-def _entry_name(data_file: Path, key: str) -> str:
-    return f"{data_file.name}.{key[:32]}.npz"
+def files_digest(paths: Sequence[Path]) -> str:
+    """The content of a source's files: one file's digest as :func:`file_digest`
+    (entries of one-file sources keep their key), several files' in order."""
+    if len(paths) == 1:
+        return file_digest(paths[0])
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.name}\0{file_digest(path)}\n".encode())
+    return digest.hexdigest()
 
 
-def load(data_file: Path, key: str, expected: int) -> list[TokenizedExample] | None:
-    """The cached examples for ``key``, or None: absent, or unusable for any reason (a
-    truncated or garbage file, another schema, a directory in its place, no permission,
-    not ``expected`` examples long). An unusable entry is a warning and a fresh
-    tokenization, never a failed run and never wrong tokens: the entry is checked whole
-    before any of it is used."""
-    path = cache_dir() / _entry_name(data_file, key)
+@dataclass(frozen=True)
+class EntryInfo:
+    """The ``.json`` beside an entry's table: what a hit needs besides the tokens."""
+
+    key: str
+    rows: int
+    """Examples in the table (the file's rows after cleaning)."""
+    read: int
+    empty: int
+    duplicates: int
+    size: int
+    sha256: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> EntryInfo:
+        data = json.loads(text)
+        if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
+            raise TableError("the entry's .json does not describe an entry")
+        return cls(**data)
+
+
+def entry_path(data_file: Path, key: str) -> Path:
+    """The local table of ``key`` (named after the data file, for whoever looks)."""
+    return cache_dir() / f"{data_file.name}.{key[:32]}.arrow"
+
+
+def info_path(entry: Path) -> Path:
+    return entry.with_suffix(".json")
+
+
+def lock_path(entry: Path) -> Path:
+    return entry.with_suffix(".lock")
+
+
+def _warn_unusable(path: Path, exc: BaseException) -> None:
+    log.warning(
+        "tokenization cache %s is unusable (%s: %s); tokenizing again",
+        path,
+        type(exc).__name__,
+        exc,
+    )
+
+
+def open_entry(entry: Path, key: str) -> tuple[ExampleTable, EntryInfo] | None:
+    """The table of a complete local entry and its info, or None: absent, or unusable
+    for any reason (damaged, foreign, written for another key, a size that is not the
+    one recorded, a directory in its place, no permission). An unusable entry is a
+    warning and a fresh tokenization, never a failed run and never wrong tokens."""
+    meta = info_path(entry)
     try:
-        if not path.exists():
+        if not meta.exists():
             return None
-        return _read_entry(path, key, expected)
+        info = EntryInfo.from_json(meta.read_text())
+        if info.key != key:
+            raise TableError("written for another key")
+        if entry.stat().st_size != info.size:
+            raise TableError(f"{entry.stat().st_size} bytes, not the {info.size} written")
+        table = ExampleTable(entry)
+        if len(table) != info.rows:
+            raise TableError(f"holds {len(table)} examples, not {info.rows}")
     except MemoryError:
         raise
-    except Exception as exc:  # whatever a damaged file makes numpy or zipfile raise
+    except Exception as exc:  # whatever a damaged file makes json, os or pyarrow raise
+        _warn_unusable(entry, exc)
+        return None
+    return table, info
+
+
+def new_writer(
+    entry: Path, kind: str, extra: dict[str, pa.DataType] | None = None
+) -> TableWriter | None:
+    """A writer of the table at ``entry``; None (a warning) when the cache directory
+    cannot be written."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        return TableWriter(entry, kind, extra)
+    except OSError as exc:
+        _warn_unwritable(entry.parent, exc)
+        return None
+
+
+def _warn_unwritable(directory: Path, exc: OSError) -> None:
+    log.warning(
+        "tokenization cache: cannot write in %s (%s); set %s to a writable directory",
+        directory,
+        exc,
+        CACHE_DIR_ENV,
+    )
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def complete(
+    entry: Path, key: str, *, rows: int, read: int, empty: int, duplicates: int
+) -> EntryInfo | None:
+    """Write the ``.json`` that makes the (closed) table at ``entry`` a complete entry."""
+    try:
+        info = EntryInfo(
+            key, rows, read, empty, duplicates, entry.stat().st_size, file_digest(entry)
+        )
+        _write_text(info_path(entry), info.to_json())
+    except OSError as exc:
+        _warn_unwritable(entry.parent, exc)
+        return None
+    return info
+
+
+def _remote_key(key: str, suffix: str) -> str:
+    return f"{REMOTE_PREFIX}/{key}{suffix}"
+
+
+def upload(store: Store, entry: Path, info: EntryInfo) -> bool:
+    """Copy a complete entry to the output store, its ``.json`` last; a failure is a
+    warning (the next pod tokenizes again), never a failed run."""
+    try:
+        store.put_file(entry, _remote_key(info.key, ".arrow"))
+        store.put_file(info_path(entry), _remote_key(info.key, ".json"))
+    except Exception as exc:  # any store's error: the copy is a speed-up
+        log.warning("tokenization cache: cannot copy %s to the output (%s)", entry.name, exc)
+        return False
+    return True
+
+
+def download(store: Store, entry: Path, key: str) -> bool:
+    """Bring the output store's copy of ``key`` to ``entry``, verified (size and sha256
+    as its ``.json`` records) before it is renamed into place; False when the output
+    has none, or it cannot be fetched or is not what was written (a warning)."""
+    try:
+        if not store.exists(_remote_key(key, ".json")):
+            return False
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".download-") as tmp:
+            meta, table = Path(tmp) / "info.json", Path(tmp) / "table.arrow"
+            store.get_file(_remote_key(key, ".json"), meta)
+            info = EntryInfo.from_json(meta.read_text())
+            if info.key != key:
+                raise TableError("written for another key")
+            store.get_file(_remote_key(key, ".arrow"), table)
+            if table.stat().st_size != info.size or file_digest(table) != info.sha256:
+                raise TableError("the copy's size or sha256 is not the one written")
+            os.replace(table, entry)
+            os.replace(meta, info_path(entry))
+    except Exception as exc:  # any store's or file's error: the copy is a speed-up
         log.warning(
-            "tokenization cache %s is unusable (%s: %s); tokenizing again",
-            path,
+            "tokenization cache: the output's copy of %s is unusable (%s: %s); tokenizing",
+            entry.name,
             type(exc).__name__,
             exc,
         )
+        return False
+    return True
+
+
+def load(data_file: Path, key: str, expected: int) -> list[TokenizedExample] | None:
+    """The cached examples of ``key`` as a list, or None (absent, unusable, or not
+    ``expected`` examples long)."""
+    opened = open_entry(entry_path(data_file, key), key)
+    if opened is None:
         return None
-
-
-class _Unusable(ValueError):
-    """The entry is readable but not what :func:`store` writes for this key."""
-
-
-def _read_entry(path: Path, key: str, expected: int) -> list[TokenizedExample]:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as arrays:
-        if str(arrays["key"]) != key:
-            raise _Unusable("written for another key")
-        kind = str(arrays["kind"]) if "kind" in arrays.files else "lm"
-        ids, labels = arrays["input_ids"], arrays["labels"]
-        offsets, truncated = arrays["offsets"], arrays["truncated"]
-        rejected = None
-        texts = None
-        if kind == "pairs":
-            texts = (
-                (
-                    arrays["positive_input_ids"],
-                    arrays["positive_labels"],
-                    arrays["positive_offsets"],
-                ),
-                (
-                    arrays["negative_input_ids"],
-                    arrays["negative_labels"],
-                    arrays["negative_offsets"],
-                ),
-                arrays["has_negative"],
-            )
-        if kind == "preference":
-            rejected = (
-                arrays["rejected_input_ids"],
-                arrays["rejected_labels"],
-                arrays["rejected_offsets"],
-            )
-    if kind not in _KINDS:
-        raise _Unusable(f"holds examples of an unknown kind {kind!r}")
-    if len(truncated) != expected:
-        raise _Unusable(f"holds {len(truncated)} examples, not {expected}")
-    _check_layout(ids, labels, offsets, truncated)
-    sequences = _split(ids, labels, offsets)
-    flags = truncated.tolist()
-    if rejected is not None:
-        _check_layout(*rejected, truncated)
-        return [
-            PreferenceExample(
-                chosen[0],
-                chosen[1],
-                truncated=flag,
-                rejected_ids=other[0],
-                rejected_labels=other[1],
-            )
-            for chosen, other, flag in zip(sequences, _split(*rejected), flags, strict=True)
-        ]
-    if texts is not None:
-        return _pair_examples(sequences, flags, *texts)
-    kind_class = PromptExample if kind == "prompt" else TokenizedExample
-    return [kind_class(i, t, truncated=flag) for (i, t), flag in zip(sequences, flags, strict=True)]
-
-
-_KINDS = ("lm", "preference", "prompt", "pairs")
-
-
-def _pair_examples(
-    anchors: list[tuple[list[int], list[int]]],
-    flags: list[bool],
-    positive: tuple[Any, Any, Any],
-    negative: tuple[Any, Any, Any],
-    has_negative: Any,
-) -> list[TokenizedExample]:
-    """Sentence-embedding rows: a row without a negative stored an empty one."""
-    _check_layout(*positive, has_negative)
-    _check_layout(*negative, has_negative)
-    if has_negative.dtype.kind != "b" or len(has_negative) != len(anchors):
-        raise _Unusable("has_negative does not mark each row")
-    return [
-        PairExample(
-            a[0], a[1], truncated=flag, positive_ids=p[0], negative_ids=n[0] if has else None
-        )
-        for a, p, n, has, flag in zip(
-            anchors,
-            _split(*positive),
-            _split(*negative),
-            has_negative.tolist(),
-            flags,
-            strict=True,
-        )
-    ]
-
-
-def _kind(example: TokenizedExample) -> str:
-    if isinstance(example, PairExample):
-        return "pairs"
-    if isinstance(example, PreferenceExample):
-        return "preference"
-    return "prompt" if isinstance(example, PromptExample) else "lm"
-
-
-def _split(ids: Any, labels: Any, offsets: Any) -> list[tuple[list[int], list[int]]]:
-    """Each example's ids and labels from the concatenated arrays."""
-    bounds = offsets.tolist()
-    id_list, label_list = ids.tolist(), labels.tolist()
-    return [(id_list[a:b], label_list[a:b]) for a, b in pairwise(bounds)]
-
-
-def _check_layout(ids: Any, labels: Any, offsets: Any, truncated: Any) -> None:
-    """Refuse arrays :func:`store` would not have written: slicing by bad offsets would
-    silently train on the wrong tokens."""
-    import numpy as np
-
-    for name, array, kind in (
-        ("input_ids", ids, "i"),
-        ("labels", labels, "i"),
-        ("offsets", offsets, "i"),
-        ("truncated", truncated, "b"),
-    ):
-        if array.ndim != 1 or array.dtype.kind != kind:
-            raise _Unusable(f"{name} is {array.dtype} of shape {array.shape}")
-    if len(labels) != len(ids) or len(offsets) != len(truncated) + 1:
-        raise _Unusable("array lengths disagree")
-    if offsets[0] != 0 or offsets[-1] != len(ids) or bool(np.any(np.diff(offsets) < 0)):
-        raise _Unusable("offsets do not partition the tokens")
-
-
-def _concatenated(rows: Sequence[list[int]], row_labels: Sequence[list[int]]) -> dict[str, Any]:
-    """``input_ids``, ``labels`` and ``offsets`` arrays of ``rows``, end to end."""
-    import numpy as np
-
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    count = int(offsets[-1])
-    ids = np.fromiter((t for r in rows for t in r), dtype=np.int32, count=count)
-    labels = np.fromiter((t for r in row_labels for t in r), dtype=np.int32, count=count)
-    return {"input_ids": ids, "labels": labels, "offsets": offsets}
+    table, _ = opened
+    if len(table) != expected:
+        _warn_unusable(table.path, TableError(f"holds {len(table)} examples, not {expected}"))
+        return None
+    return list(table)
 
 
 def store(data_file: Path, key: str, examples: Sequence[TokenizedExample]) -> Path | None:
-    """Write the entry to the cache directory; its path, or None when it cannot be."""
-    import numpy as np
-
-    kinds = {_kind(e) for e in examples} or {"lm"}
+    """Write ``examples`` (of one kind) as the entry of ``key``; its path, or None when
+    it cannot be written."""
+    kinds = {kind_of(e) for e in examples} or {"lm"}
     if len(kinds) > 1:
         raise ValueError(f"a cache entry holds examples of one kind, not {sorted(kinds)}")
     (kind,) = kinds
-    arrays = _concatenated([e.input_ids for e in examples], [e.labels for e in examples])
-    if kind == "preference":
-        pairs = [e for e in examples if isinstance(e, PreferenceExample)]
-        rejected = _concatenated(
-            [e.rejected_ids for e in pairs], [e.rejected_labels for e in pairs]
-        )
-        arrays |= {f"rejected_{name}": array for name, array in rejected.items()}
-    if kind == "pairs":
-        rows = [e for e in examples if isinstance(e, PairExample)]
-        positive = [e.positive_ids for e in rows]
-        negative = [e.negative_ids or [] for e in rows]
-        for side, texts in (("positive", positive), ("negative", negative)):
-            stored = _concatenated(texts, [[-100] * len(t) for t in texts])
-            arrays |= {f"{side}_{name}": array for name, array in stored.items()}
-        arrays["has_negative"] = np.array([e.negative_ids is not None for e in rows], dtype=bool)
-    arrays |= {
-        "key": np.array(key),
-        "kind": np.array(kind),
-        "truncated": np.array([e.truncated for e in examples], dtype=bool),
-    }
-    directory = cache_dir()
-    target = directory / _entry_name(data_file, key)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        log.warning(
-            "tokenization cache: cannot write in %s (%s); set %s to a writable directory",
-            directory,
-            exc,
-            CACHE_DIR_ENV,
-        )
+    entry = entry_path(data_file, key)
+    writer = new_writer(entry, kind)
+    if writer is None:
         return None
-    return target
+    try:
+        with writer:
+            writer.write(examples)
+    except OSError as exc:
+        _warn_unwritable(entry.parent, exc)
+        return None
+    n = len(examples)
+    info = complete(entry, key, rows=n, read=n, empty=0, duplicates=0)
+    return None if info is None else entry

@@ -74,14 +74,17 @@ def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack_examples(examples: Sequence[TokenizedExample], capacity: int) -> list[PackedExample]:
-    """The examples packed into sequences of at most ``capacity`` tokens."""
+def pack_groups(
+    examples: Sequence[TokenizedExample], groups: Sequence[Sequence[int]]
+) -> list[PackedExample]:
+    """The packed sequence of each group of ``examples`` (indices, as :func:`pack_bins`
+    gives them)."""
     packed = []
-    for group in pack_bins([len(e.input_ids) for e in examples], capacity):
+    for group in groups:
+        members = [examples[i] for i in group]
         ids: list[int] = []
         labels: list[int] = []
-        for k, i in enumerate(group):
-            example = examples[i]
+        for k, example in enumerate(members):
             ids += example.input_ids
             # The boundary label: never predicted from the previous example's last token.
             first = example.labels[0] if k == 0 else IGNORE_INDEX
@@ -90,11 +93,16 @@ def pack_examples(examples: Sequence[TokenizedExample], capacity: int) -> list[P
             PackedExample(
                 ids,
                 labels,
-                truncated=any(examples[i].truncated for i in group),
-                lengths=tuple(len(examples[i].input_ids) for i in group),
+                truncated=any(e.truncated for e in members),
+                lengths=tuple(len(e.input_ids) for e in members),
             )
         )
     return packed
+
+
+def pack_examples(examples: Sequence[TokenizedExample], capacity: int) -> list[PackedExample]:
+    """The examples packed into sequences of at most ``capacity`` tokens."""
+    return pack_groups(examples, pack_bins([len(e.input_ids) for e in examples], capacity))
 
 
 def collate_packed(examples: Sequence[PackedExample], pad_id: int) -> dict[str, torch.Tensor]:

@@ -20,22 +20,31 @@ chosen answer as the reference; a prompt's sample has its reference answer, when
 
 from __future__ import annotations
 
+import json
+import logging
 import random
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic.alias_generators import to_camel
 
 from finetune_api.config import ColumnMapping, DatasetSpec
+from finetune_api.config.data import HubDatasetOptions
 from finetune_api.uri import DATA_SUFFIXES, Role, data_suffix
 from finetune_trainer.data import cache
-from finetune_trainer.data.cleaning import CleanCounts, clean
-from finetune_trainer.data.formats import Example, to_examples
+from finetune_trainer.data.cleaning import CleanCounts, Cleaner
+from finetune_trainer.data.formats import Example, Label, Message, to_examples
 from finetune_trainer.data.labels import LabelVocabulary
-from finetune_trainer.data.loading import read_rows
+from finetune_trainer.data.loading import iter_rows
 from finetune_trainer.data.mixture import mixture_plan
-from finetune_trainer.data.packing import pack_examples
+from finetune_trainer.data.packing import pack_bins, pack_groups
+from finetune_trainer.data.parallel import Failure, default_processes, node_lock, tokenize_chunks
+from finetune_trainer.data.table import ExampleTable, TableView, TableWriter
 from finetune_trainer.data.tokenize import (
     LossOn,
     PromptExample,
@@ -46,10 +55,18 @@ from finetune_trainer.data.tokenize import (
     tokenize_example,
 )
 from finetune_trainer.errors import ConfigError, DataError
-from finetune_trainer.storage.backends import Access, backend_for
+from finetune_trainer.storage.backends import Access, backend_for, fetch_data_files
+
+log = logging.getLogger("finetune.trainer")
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     from transformers import PreTrainedTokenizerBase
+
+    from finetune_trainer.storage.store import Store
+
+    IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -97,8 +114,10 @@ class DataReport:
 
 @dataclass
 class PreparedData:
-    train: list[TokenizedExample]
-    validation: list[TokenizedExample]
+    train: Sequence[TokenizedExample]
+    """A :class:`~finetune_trainer.data.table.TableView` (memory-mapped) for language
+    modelling and preference pairs; a list for the small tasks (classes, prompts)."""
+    validation: Sequence[TokenizedExample]
     eval_samples: list[EvalSample]
     report: DataReport = field(default_factory=DataReport)
     labels: LabelVocabulary | None = None
@@ -125,13 +144,46 @@ class TokenizeSettings:
         }
 
 
-@dataclass(frozen=True)
-class _Item:
-    """One usable example: what it says, its tokens, and where it came from."""
+CHUNK_ROWS = 2048
+"""Rows converted, cleaned and tokenized at a time (a worker's unit of work)."""
 
-    example: Example
-    tokens: TokenizedExample
-    where: str
+_FORMAT_KIND = {"preference": "preference", "prompts": "prompt", "pairs": "pairs"}
+"""The table kind of each format's examples (every other format: ``lm``)."""
+
+
+def _extra_columns() -> dict[str, Any]:
+    """What the preparation needs of each row besides its tokens, stored beside them."""
+    import pyarrow as pa
+
+    return {
+        "where": pa.string(),
+        "label": pa.string(),
+        "reference": pa.string(),
+        "prompt": pa.string(),
+        "answer": pa.string(),
+        "has_target": pa.bool_(),
+        "trained_tokens": pa.int32(),
+    }
+
+
+def _extra_values(
+    examples: list[Example], where: list[str], tokens: list[TokenizedExample]
+) -> dict[str, list[Any]]:
+    def dumped(value: object) -> str | None:
+        return None if value is None else json.dumps(value, ensure_ascii=False)
+
+    return {
+        "where": where,
+        "label": [dumped(e.label) for e in examples],
+        "reference": [e.reference for e in examples],
+        "prompt": [dumped(e.prompt) for e in examples],
+        "answer": [e.answer for e in examples],
+        # A classification row always teaches its class; others need labelled tokens.
+        "has_target": [
+            e.is_classification or t.has_target for e, t in zip(examples, tokens, strict=True)
+        ],
+        "trained_tokens": [t.trained_tokens for t in tokens],
+    }
 
 
 @dataclass
@@ -154,19 +206,28 @@ def _rows(n: int) -> str:
 
 @dataclass
 class _Source:
-    """One file's examples after cleaning, and their tokens (same order)."""
+    """One file's examples after cleaning, tokenized, in a table (same order)."""
 
     label: str
     """The setting and the URI as the user wrote it: ``dataset.train (s3://b/t.jsonl)``."""
-    examples: list[Example]
-    where: list[str]
-    """Each example's location in the file (``line 3``), for messages."""
-    tokens: list[TokenizedExample]
+    table: ExampleTable
     read: int
     cleaned: CleanCounts
 
-    def item(self, i: int) -> _Item:
-        return _Item(self.examples[i], self.tokens[i], f"{self.label}: {self.where[i]}")
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def where(self, i: int) -> str:
+        """Example ``i``'s location for messages: ``dataset.train (...): line 3``."""
+        return f"{self.label}: {self.table.text('where', i)}"
+
+    def prompt(self, i: int) -> tuple[Message, ...] | None:
+        stored = self.table.text("prompt", i)
+        return None if stored is None else tuple(json.loads(stored))
+
+    def label_of(self, i: int) -> Label | None:
+        stored = self.table.text("label", i)
+        return None if stored is None else json.loads(stored)  # type: ignore[no-any-return]
 
     def why(self, usable: int, held_out: int = 0, drops: _Drops | None = None) -> str:
         """How ``read`` rows became ``usable``, every reason with its count, so a file
@@ -184,6 +245,34 @@ class _Source:
         return f"{', '.join(parts)}: {usable} usable {'row' if usable == 1 else 'rows'}"
 
 
+@dataclass
+class _Selection:
+    """Rows of several sources in an order: ``indices[k]`` of ``sources[origins[k]]``."""
+
+    sources: list[_Source]
+    indices: IntArray
+    origins: IntArray
+
+    @classmethod
+    def of(cls, source: _Source, indices: IntArray) -> _Selection:
+        import numpy as np
+
+        return cls([source], indices, np.zeros(len(indices), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def rows(self) -> Iterator[tuple[_Source, int]]:
+        for origin, index in zip(self.origins.tolist(), self.indices.tolist(), strict=True):
+            yield self.sources[origin], index
+
+    def view(self) -> TableView:
+        tables = [s.table for s in self.sources]
+        if len(tables) == 1:
+            return TableView(tables[0], self.indices)
+        return TableView(tables, self.indices, self.origins)
+
+
 class _Reader:
     """Reads files into tokenized sources, counting into one report."""
 
@@ -195,67 +284,152 @@ class _Reader:
         *,
         use_cache: bool,
         access: Access | None = None,
+        store: Store | None = None,
+        processes: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.access = access or Access()
         self.settings = settings
         self.report = report
         self.use_cache = use_cache
+        self.store = store
+        self.processes = processes or default_processes()
         self._fingerprint: str | None = None
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
         return self._fingerprint
 
-    def read(self, uri: str, fmt: str, columns: ColumnMapping, label: str) -> _Source:
-        path, suffix = _local_file(uri, label, self.access)
-        file_label = f"{label} ({uri})"
-        rows = read_rows(path, suffix, file_label)
-        examples = to_examples(rows, fmt, columns, file_label)
-        kept, counts = clean(examples, deduplicate=self.settings.deduplicate)
-        self.report.rows_read += len(examples)
-        self.report.dropped_empty += counts.empty
-        self.report.dropped_duplicates += counts.duplicates
-        examples = [examples[i] for i in kept]
-        where = [rows[i].where for i in kept]
-        tokens = self._tokens(path, fmt, columns, examples, where, file_label)
-        return _Source(file_label, examples, where, tokens, len(rows), counts)
-
-    def _tokens(
+    def read(
         self,
-        path: Path,
+        uri: str,
         fmt: str,
         columns: ColumnMapping,
-        examples: list[Example],
-        where: list[str],
         label: str,
-    ) -> list[TokenizedExample]:
-        key = None
-        if self.use_cache:
-            settings = self.settings.cache_settings(fmt, columns)
-            key = cache.cache_key(cache.file_digest(path), self.fingerprint(), settings)
-            cached = cache.load(path, key, len(examples))
-            if cached is not None:
+        hub: HubDatasetOptions | None = None,
+        split: str | None = None,
+    ) -> _Source:
+        files = _local_files(uri, label, self.access, hub, split)
+        file_label = f"{label} ({uri})"
+        if not self.use_cache:
+            return self._tokenized(files, fmt, columns, file_label, self._scratch_path(files[0]))
+        settings = self.settings.cache_settings(fmt, columns)
+        paths = [path for path, _ in files]
+        key = cache.cache_key(cache.files_digest(paths), self.fingerprint(), settings)
+        entry = cache.entry_path(paths[0], key)
+        # Once per node: the first rank tokenizes, the others wait here, then map it.
+        with node_lock(cache.lock_path(entry)):
+            opened = cache.open_entry(entry, key)
+            if opened is None and self.store is not None and cache.download(self.store, entry, key):
+                opened = cache.open_entry(entry, key)
+            if opened is not None:
+                table, info = opened
                 self.report.files_from_cache += 1
-                return cached
-        tokens = []
-        for example, place in zip(examples, where, strict=True):
-            try:
-                tokens.append(
-                    tokenize_example(
-                        self.tokenizer,
-                        example,
-                        self.settings.max_length,
-                        loss_on=self.settings.loss_on,
-                    )
+                counts = CleanCounts(info.empty, info.duplicates)
+                self._count(info.read, counts)
+                return _Source(file_label, table, info.read, counts)
+            source = self._tokenized(files, fmt, columns, file_label, entry)
+            if source.table.path == entry:
+                info = cache.complete(
+                    entry,
+                    key,
+                    rows=len(source.table),
+                    read=source.read,
+                    empty=source.cleaned.empty,
+                    duplicates=source.cleaned.duplicates,
                 )
-            except TemplateError as exc:
-                raise _template_failure(self.tokenizer, f"{label}: {place}", exc) from None
+                if info is not None and self.store is not None:
+                    cache.upload(self.store, entry, info)
+            return source
+
+    def _scratch_path(self, file: tuple[Path, str]) -> Path:
+        """Where a table nobody caches goes: a private directory removed with the reader
+        (the mapped file stays readable after its name is gone)."""
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="finetune-tables-")
+        return Path(self._scratch.name) / f"{file[0].name}.{id(file)}.arrow"
+
+    def _count(self, read: int, counts: CleanCounts) -> None:
+        self.report.rows_read += read
+        self.report.dropped_empty += counts.empty
+        self.report.dropped_duplicates += counts.duplicates
+
+    def _chunks(
+        self,
+        files: list[tuple[Path, str]],
+        fmt: str,
+        columns: ColumnMapping,
+        label: str,
+        cleaner: Cleaner,
+    ) -> Iterator[tuple[list[Example], list[str], int]]:
+        """The files' rows in chunks: converted, cleaned, with their locations, and how
+        many rows each chunk read."""
+        several = len(files) > 1
+        for path, suffix in files:
+            file_label = f"{label[:-1]}: {path.name})" if several else label
+            rows = iter_rows(path, suffix, file_label)
+            while chunk := list(islice(rows, CHUNK_ROWS)):
+                examples = to_examples(chunk, fmt, columns, file_label)
+                kept = cleaner.keep(examples)
+                where = [chunk[i].where for i in kept]
+                if several:
+                    where = [f"{path.name} {w}" for w in where]
+                yield [examples[i] for i in kept], where, len(chunk)
+
+    def _tokenized(
+        self,
+        files: list[tuple[Path, str]],
+        fmt: str,
+        columns: ColumnMapping,
+        label: str,
+        target: Path,
+    ) -> _Source:
+        """Read, clean and tokenize the files into a table at ``target`` (or, when that
+        cannot be written, a private scratch table)."""
+        writer = cache.new_writer(target, _FORMAT_KIND.get(fmt, "lm"), _extra_columns())
+        if writer is None:
+            target = self._scratch_path(files[0])
+            writer = TableWriter(target, _FORMAT_KIND.get(fmt, "lm"), _extra_columns())
+        cleaner = Cleaner(deduplicate=self.settings.deduplicate)
+        read = [0]
+        pending: deque[tuple[list[Example], list[str]]] = deque()
+
+        def examples_only() -> Iterator[list[Example]]:
+            for examples, where, n in self._chunks(files, fmt, columns, label, cleaner):
+                read[0] += n
+                pending.append((examples, where))
+                yield examples
+
+        settings = self.settings
+
+        def tokenize(example: Example) -> TokenizedExample:
+            return tokenize_example(
+                self.tokenizer, example, settings.max_length, loss_on=settings.loss_on
+            )
+
+        try:
+            for result in tokenize_chunks(examples_only(), tokenize, self.processes):
+                examples, where = pending.popleft()
+                if isinstance(result, Failure):
+                    exc = TemplateError(result.message)
+                    raise _template_failure(
+                        self.tokenizer, f"{label}: {where[result.position]}", exc
+                    ) from None
+                writer.write(result, _extra_values(examples, where, result))
+        except BaseException:
+            writer.abort()
+            raise
+        try:
+            table = ExampleTable(writer.close())
+        except OSError as exc:  # the cache's name is taken (a directory...): use it unnamed
+            log.warning("tokenization cache: cannot write %s (%s)", target, exc)
+            table = ExampleTable(writer.temporary)
+            writer.temporary.unlink(missing_ok=True)  # the mapping keeps the content
         self.report.files_tokenized += 1
-        if key is not None:
-            cache.store(path, key, tokens)
-        return tokens
+        self._count(read[0], cleaner.counts)
+        return _Source(label, table, read[0], cleaner.counts)
 
 
 def _template_failure(
@@ -274,20 +448,57 @@ def _template_failure(
     return DataError(f"{where}: {exc}")
 
 
-def _local_file(uri: str, label: str, access: Access) -> tuple[Path, str]:
-    """The file behind ``uri`` on this machine (through its storage backend, downloaded
-    into the cache for remote schemes) and its type.
+def _local_files(
+    uri: str, label: str, access: Access, hub: HubDatasetOptions | None, split: str | None
+) -> list[tuple[Path, str]]:
+    """The files behind ``uri`` on this machine, in read order (through the storage
+    backend, downloaded into the cache for remote schemes), each with its type.
 
-    A whole Hub dataset repository has no suffix in its URI; the file found in it says.
+    A whole Hub dataset repository has no suffix in its URI; the files found in it say.
     """
-    backend, parsed = backend_for(uri, Role.DATASET)
+    _, parsed = backend_for(uri, Role.DATASET)
     suffix = data_suffix(parsed)
-    path = backend.local_file(parsed, access)
-    if suffix is None:
-        suffix = path.suffix.lower()
-        if suffix not in DATA_SUFFIXES:
+    paths = fetch_data_files(uri, Role.DATASET, access, hub, split)
+    out = []
+    for path in paths:
+        found = suffix if suffix is not None and len(paths) == 1 else path.suffix.lower()
+        if found not in DATA_SUFFIXES:
             raise DataError(f"{label}: {uri} resolved to {path.name}, not a data file")
-    return path, suffix
+        out.append((path, found))
+    return out
+
+
+def _shuffled(n: int, seed: int) -> IntArray:
+    """``random.Random(seed).shuffle(list(range(n)))`` as a numpy array, draw for draw
+    (the same Fisher-Yates steps on the same generator), without n Python ints."""
+    import numpy as np
+
+    order = np.arange(n, dtype=np.int64)
+    randbelow = random.Random(seed)._randbelow  # what Random.shuffle itself draws with
+    for i in range(n - 1, 0, -1):
+        j = randbelow(i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def _split_arrays(
+    n: int, fraction: float, seed: int, label: str, why: str | None = None
+) -> tuple[IntArray, IntArray]:
+    """:func:`split_indices` as index arrays."""
+    import numpy as np
+
+    if n < 2:
+        counted = why or f"{_rows(n)} usable"
+        raise DataError(
+            f"{label}: {counted}; at least 2 are needed to split off validation; "
+            "add rows or set dataset.validation"
+        )
+    order = _shuffled(n, seed)
+    n_val = min(max(1, round(n * fraction)), n - 1)
+    held = np.zeros(n, dtype=bool)
+    held[order[:n_val]] = True
+    every = np.arange(n, dtype=np.int64)
+    return every[~held], every[held]
 
 
 def split_indices(
@@ -295,39 +506,30 @@ def split_indices(
 ) -> tuple[list[int], list[int]]:
     """A seeded random split of ``range(n)``; at least one index on each side, each side
     in the original order. ``why`` says how the file came to ``n`` rows."""
-    if n < 2:
-        counted = why or f"{_rows(n)} usable"
-        raise DataError(
-            f"{label}: {counted}; at least 2 are needed to split off validation; "
-            "add rows or set dataset.validation"
-        )
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_val = min(max(1, round(n * fraction)), n - 1)
-    held = set(order[:n_val])
-    return [i for i in range(n) if i not in held], sorted(held)
+    train, held = _split_arrays(n, fraction, seed, label, why)
+    return train.tolist(), held.tolist()
 
 
 def _usable(
-    source: _Source, indices: list[int], overlong: str, report: DataReport
-) -> tuple[list[_Item], _Drops]:
+    source: _Source, indices: IntArray, overlong: str, report: DataReport
+) -> tuple[IntArray, _Drops]:
     """The examples at ``indices`` that train something, and those that do not, counted
-    (into ``report`` too)."""
-    items, drops = [], _Drops()
-    for i in indices:
-        item = source.item(i)
-        if item.tokens.truncated:
-            if overlong == "drop":
-                drops.overlong += 1
-                continue
-            drops.truncated += 1
-        if not (item.example.is_classification or item.tokens.has_target):
-            # Nothing left to learn, typically an answer cut off by maxSeqLength.
-            drops.no_labels += 1
-            continue
-        items.append(item)
+    (into ``report`` too); read from the table's columns, no example built."""
+    import numpy as np
+
+    truncated = source.table.numbers("truncated").astype(bool)[indices]
+    has_target = source.table.numbers("has_target").astype(bool)[indices]
+    drops = _Drops()
+    if overlong == "drop":
+        drops.overlong = int(truncated.sum())
+        kept = ~truncated
+    else:
+        drops.truncated = int(truncated.sum())
+        kept = np.ones(len(indices), dtype=bool)
+    # Nothing left to learn, typically an answer cut off by maxSeqLength.
+    drops.no_labels = int((kept & ~has_target).sum())
     drops.add_to(report)
-    return items, drops
+    return indices[kept & has_target], drops
 
 
 def _nothing_to_learn(source: _Source, held_out: int, drops: _Drops) -> DataError:
@@ -337,97 +539,176 @@ def _nothing_to_learn(source: _Source, held_out: int, drops: _Drops) -> DataErro
     )
 
 
-def _split(source: _Source, spec: DatasetSpec, seed: int) -> tuple[list[int], list[int]]:
-    n = len(source.examples)
-    return split_indices(
+def _split(source: _Source, spec: DatasetSpec, seed: int) -> tuple[IntArray, IntArray]:
+    n = len(source)
+    return _split_arrays(
         n, spec.effective_validation_split, seed, source.label, source.why(n) if n < 2 else None
     )
 
 
-def _round_robin(parts: list[list[_Item]]) -> list[_Item]:
+def _every(source: _Source) -> IntArray:
+    import numpy as np
+
+    return np.arange(len(source), dtype=np.int64)
+
+
+def _round_robin(parts: list[tuple[_Source, IntArray]]) -> _Selection:
     """Interleaved, so the first exact-match samples come from every source."""
-    out = []
-    for k in range(max((len(p) for p in parts), default=0)):
-        out += [p[k] for p in parts if k < len(p)]
-    return out
+    import numpy as np
+
+    rank = np.concatenate(
+        [np.arange(len(idx), dtype=np.int64) for _, idx in parts] or [np.zeros(0, np.int64)]
+    )
+    origin = np.concatenate(
+        [np.full(len(idx), k, dtype=np.int64) for k, (_, idx) in enumerate(parts)]
+        or [np.zeros(0, np.int64)]
+    )
+    indices = np.concatenate([idx for _, idx in parts] or [np.zeros(0, np.int64)])
+    order = np.lexsort((origin, rank))
+    return _Selection([s for s, _ in parts], indices[order], origin[order])
+
+
+def _held_out(reader: _Reader, spec: DatasetSpec, report: DataReport) -> _Selection | None:
+    """The validation rows of a file or of a Hub dataset's held-out split; None when
+    validation is split off the training rows."""
+    if spec.validation is not None:
+        source = reader.read(spec.validation, spec.format, spec.columns, "dataset.validation")
+    elif spec.hub is not None and spec.hub.validation is not None and spec.train is not None:
+        source = reader.read(
+            spec.train,
+            spec.format,
+            spec.columns,
+            "dataset.hub.validation",
+            spec.hub,
+            spec.hub.validation,
+        )
+    else:
+        return None
+    return _Selection.of(source, _usable(source, _every(source), spec.overlong, report)[0])
 
 
 def _single(
     reader: _Reader, spec: DatasetSpec, seed: int, report: DataReport
-) -> tuple[list[_Item], list[_Item]]:
+) -> tuple[_Selection, _Selection]:
+    import numpy as np
+
     assert spec.train is not None
-    source = reader.read(spec.train, spec.format, spec.columns, "dataset.train")
-    if spec.validation is not None:
-        held_out = reader.read(spec.validation, spec.format, spec.columns, "dataset.validation")
-        train_idx, val_idx = list(range(len(source.examples))), list[int]()
-        validation, _ = _usable(
-            held_out, list(range(len(held_out.examples))), spec.overlong, report
-        )
+    source = reader.read(spec.train, spec.format, spec.columns, "dataset.train", spec.hub)
+    validation = _held_out(reader, spec, report)
+    if validation is not None:
+        train_idx, val_idx = _every(source), np.zeros(0, dtype=np.int64)
     else:
         train_idx, val_idx = _split(source, spec, seed)
-        validation, _ = _usable(source, val_idx, spec.overlong, report)
+        validation = _Selection.of(source, _usable(source, val_idx, spec.overlong, report)[0])
     train, drops = _usable(source, train_idx, spec.overlong, report)
-    if not train:
+    if not len(train):
         raise _nothing_to_learn(source, len(val_idx), drops)
-    return train, validation
+    return _Selection.of(source, train), validation
 
 
 def _mixture(
     reader: _Reader, spec: DatasetSpec, seed: int, report: DataReport
-) -> tuple[list[_Item], list[_Item]]:
+) -> tuple[_Selection, _Selection]:
+    import numpy as np
+
     assert spec.mixture is not None
-    parts, held_parts = [], []
+    parts: list[tuple[_Source, IntArray]] = []
+    held_parts: list[tuple[_Source, IntArray]] = []
     for i, entry in enumerate(spec.mixture):
         label = f"dataset.mixture[{i}]"
         source = reader.read(
             entry.train, entry.format or spec.format, entry.columns or spec.columns, label
         )
-        train_idx, val_idx = list(range(len(source.examples))), list[int]()
+        train_idx, val_idx = _every(source), np.zeros(0, dtype=np.int64)
         if spec.validation is None:
             train_idx, val_idx = _split(source, spec, seed + i)
-            held_parts.append(_usable(source, val_idx, spec.overlong, report)[0])
+            held_parts.append((source, _usable(source, val_idx, spec.overlong, report)[0]))
         usable, drops = _usable(source, train_idx, spec.overlong, report)
-        if not usable:
+        if not len(usable):
             raise DataError(
                 f"{source.label}: no row has anything to learn "
                 f"({source.why(0, len(val_idx), drops)}); check its format and columns, "
                 "or remove it from the mixture"
             )
-        parts.append(usable)
-    plan = mixture_plan([len(p) for p in parts], [e.weight for e in spec.mixture], seed)
-    sampled = [0] * len(parts)
-    for source_index, _ in plan:
-        sampled[source_index] += 1
+        parts.append((source, usable))
+    sizes = [len(p) for _, p in parts]
+    plan = np.array(mixture_plan(sizes, [e.weight for e in spec.mixture], seed), dtype=np.int64)
+    plan = plan.reshape(-1, 2)
+    origins = plan[:, 0]
+    indices = np.zeros(len(plan), dtype=np.int64)
+    for k, (_, usable) in enumerate(parts):
+        mask = origins == k
+        indices[mask] = usable[plan[mask, 1]]
+    sampled = np.bincount(origins, minlength=len(parts)).tolist()
     report.mixture = [
-        {"train": e.train, "weight": e.weight, "rows": len(p), "sampled": n}
-        for e, p, n in zip(spec.mixture, parts, sampled, strict=True)
+        {"train": e.train, "weight": e.weight, "rows": n_rows, "sampled": n}
+        for e, n_rows, n in zip(spec.mixture, sizes, sampled, strict=True)
     ]
-    train = [parts[s][j] for s, j in plan]
+    train = _Selection([s for s, _ in parts], indices, origins)
     if spec.validation is not None:
         held_out = reader.read(spec.validation, spec.format, spec.columns, "dataset.validation")
-        indices = list(range(len(held_out.examples)))
-        return train, _usable(held_out, indices, spec.overlong, report)[0]
+        return train, _Selection.of(
+            held_out, _usable(held_out, _every(held_out), spec.overlong, report)[0]
+        )
     return train, _round_robin(held_parts)
 
 
-def _numbered(items: list[_Item]) -> list[TokenizedExample]:
+def _numbered(selection: _Selection) -> Sequence[TokenizedExample]:
     """The examples in order; a prompt gets its index in the list (``row``) and its
-    reference answer, which the cache does not hold (a mixture may repeat a prompt: each
-    occurrence is its own row)."""
-    return [
-        replace(item.tokens, row=k, reference=item.example.reference)
-        if isinstance(item.tokens, PromptExample)
-        else item.tokens
-        for k, item in enumerate(items)
-    ]
-
-
-def _with_class_ids(items: list[_Item], vocabulary: LabelVocabulary) -> list[TokenizedExample]:
-    out = []
-    for item in items:
-        assert item.example.label is not None
-        out.append(replace(item.tokens, label=vocabulary.id_of(item.example.label, item.where)))
+    reference answer, which the table does not hold as a field (a mixture may repeat a
+    prompt: each occurrence is its own row). Other kinds: the view itself, no copy."""
+    view = selection.view()
+    if not any(s.table.kind == "prompt" for s in selection.sources):
+        return view
+    out: list[TokenizedExample] = []
+    for k, (source, i) in enumerate(selection.rows()):
+        example = source.table[i]
+        if isinstance(example, PromptExample):
+            example = replace(example, row=k, reference=source.table.text("reference", i))
+        out.append(example)
     return out
+
+
+def _with_class_ids(selection: _Selection, vocabulary: LabelVocabulary) -> list[TokenizedExample]:
+    out = []
+    for source, i in selection.rows():
+        label = source.label_of(i)
+        assert label is not None
+        out.append(replace(source.table[i], label=vocabulary.id_of(label, source.where(i))))
+    return out
+
+
+def _eval_samples(
+    tokenizer: PreTrainedTokenizerBase, selection: _Selection, limit: int
+) -> list[EvalSample]:
+    """The first ``limit`` validation rows with a prompt and an answer, as samples."""
+    samples: list[EvalSample] = []
+    for source, i in selection.rows():
+        if len(samples) >= limit:
+            break
+        prompt, answer = source.prompt(i), source.table.text("answer", i)
+        if prompt is not None and answer is not None:
+            try:
+                samples.append(EvalSample(generation_prompt_ids(tokenizer, prompt), answer))
+            except TemplateError as exc:
+                raise _template_failure(tokenizer, source.where(i), exc) from None
+    return samples
+
+
+def _packed(
+    train: Sequence[TokenizedExample], max_length: int, reader: _Reader
+) -> Sequence[TokenizedExample]:
+    """The training examples packed (``data.packing``), written to their own table a
+    few hundred sequences at a time."""
+    lengths = getattr(train, "lengths", None)
+    bins = pack_bins(
+        [len(e.input_ids) for e in train] if lengths is None else lengths.tolist(), max_length
+    )
+    path = reader._scratch_path((Path("packed"), ""))
+    with TableWriter(path, "packed") as writer:
+        for start in range(0, len(bins), 256):
+            writer.write(pack_groups(train, bins[start : start + 256]))
+    return ExampleTable(path)
 
 
 def prepare_data(
@@ -441,47 +722,53 @@ def prepare_data(
     packing: bool = False,
     task: str = "causal-lm",
     use_cache: bool = True,
+    store: Store | None = None,
 ) -> PreparedData:
-    """Train and validation examples for a run, as the spec and training options say."""
+    """Train and validation examples for a run, as the spec and training options say.
+
+    ``store``: the run's output store, where tokenized files are kept (``data-cache/``)
+    for a later pod, and looked for before tokenizing."""
     if packing and task != "causal-lm":
         raise ConfigError("training.packing is for causal-lm; set it to false for " + task)
     report = DataReport()
     settings = TokenizeSettings(max_length, loss_on, task, spec.deduplicate)
     access = Access(spec.credentials_secret)
-    reader = _Reader(tokenizer, settings, report, use_cache=use_cache, access=access)
+    reader = _Reader(
+        tokenizer,
+        settings,
+        report,
+        use_cache=use_cache,
+        access=access,
+        store=store,
+        processes=spec.tokenize_processes,
+    )
     if spec.mixture is not None:
-        train_items, validation_items = _mixture(reader, spec, seed, report)
+        train_rows, validation_rows = _mixture(reader, spec, seed, report)
     else:
-        train_items, validation_items = _single(reader, spec, seed, report)
+        train_rows, validation_rows = _single(reader, spec, seed, report)
 
     vocabulary = None
+    train: Sequence[TokenizedExample]
+    validation: Sequence[TokenizedExample]
     if task == "sequence-classification":
         vocabulary = LabelVocabulary.from_labels(
-            i.example.label for i in train_items if i.example.label is not None
+            label for s, i in train_rows.rows() if (label := s.label_of(i)) is not None
         )
-        train = _with_class_ids(train_items, vocabulary)
-        validation = _with_class_ids(validation_items, vocabulary)
+        train = _with_class_ids(train_rows, vocabulary)
+        validation = _with_class_ids(validation_rows, vocabulary)
         report.classes = len(vocabulary)
     else:
-        train = _numbered(train_items)
-        validation = _numbered(validation_items)
+        train = _numbered(train_rows)
+        validation = _numbered(validation_rows)
 
     report.train_rows, report.validation_rows = len(train), len(validation)
-    report.train_tokens = sum(e.input_tokens for e in train)
-    report.trained_tokens = sum(e.trained_tokens for e in train)
+    view = train_rows.view()
+    report.train_tokens = view.input_tokens
+    report.trained_tokens = view.trained_tokens
     if packing:
-        train = list(pack_examples(train, max_length))
+        train = _packed(train, max_length, reader)
         report.packed_sequences = len(train)
-    samples: list[EvalSample] = []
-    for item in validation_items:
-        if len(samples) >= eval_samples:
-            break
-        prompt, answer = item.example.prompt, item.example.answer
-        if prompt is not None and answer is not None:
-            try:
-                samples.append(EvalSample(generation_prompt_ids(tokenizer, prompt), answer))
-            except TemplateError as exc:
-                raise _template_failure(tokenizer, item.where, exc) from None
+    samples = _eval_samples(tokenizer, validation_rows, eval_samples)
     return PreparedData(train, validation, samples, report, vocabulary)
 
 
@@ -509,22 +796,16 @@ def prepare_general(
     """The first ``max_rows`` rows of ``uri`` read and tokenized like the training data
     (through the same cache), truncated to ``max_length``; a file with no row to score is
     a DataError naming ``label``, found before any model is loaded."""
+    import numpy as np
+
     settings = TokenizeSettings(max_length, "completion", "causal-lm", deduplicate=False)
     reader = _Reader(tokenizer, settings, DataReport(), use_cache=True, access=access)
     source = reader.read(uri, fmt, columns, label)
-    kept = [i for i in range(len(source.examples)) if source.tokens[i].trained_tokens > 0]
-    kept = kept[:max_rows]
-    if not kept:
+    kept = np.flatnonzero(source.table.numbers("trained_tokens") > 0)[:max_rows]
+    if not len(kept):
         raise DataError(
             f"{source.label}: {source.why(0)}; it needs rows with text to score; check its "
             "format and columns (evaluation.retention.format, .columns)"
         )
-    samples: list[EvalSample] = []
-    for i in kept[:eval_samples]:
-        prompt, answer = source.examples[i].prompt, source.examples[i].answer
-        if prompt is not None and answer is not None:
-            try:
-                samples.append(EvalSample(generation_prompt_ids(tokenizer, prompt), answer))
-            except TemplateError as exc:
-                raise _template_failure(tokenizer, source.item(i).where, exc) from None
-    return GeneralData([source.tokens[i] for i in kept], samples)
+    samples = _eval_samples(tokenizer, _Selection.of(source, kept), eval_samples)
+    return GeneralData([source.table[i] for i in kept.tolist()], samples)

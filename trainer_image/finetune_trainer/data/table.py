@@ -117,7 +117,9 @@ class TableWriter:
         self.rows = 0
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
-        self._tmp = Path(tmp)
+        self.temporary = Path(tmp)
+        """Where the file is written; still there, complete, when :meth:`close` could
+        not rename it into place."""
         self._sink = pa.OSFile(tmp, "wb")
         self._writer = pa.ipc.new_file(self._sink, self.schema)
 
@@ -148,9 +150,11 @@ class TableWriter:
         self.rows += len(examples)
 
     def close(self) -> Path:
+        """Finish the file and rename it into place (an OSError from the rename leaves
+        the complete file at :attr:`temporary`)."""
         self._writer.close()
         self._sink.close()
-        os.replace(self._tmp, self.path)
+        os.replace(self.temporary, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -158,7 +162,7 @@ class TableWriter:
             self._writer.close()
             self._sink.close()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            self.temporary.unlink(missing_ok=True)
 
     def __enter__(self) -> TableWriter:
         return self
