@@ -8,7 +8,7 @@ others do, and resuming is skipping the steps already taken.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,7 @@ class StepGroup:
 
 
 def step_groups(
-    examples: list[TokenizedExample], spec: TrainingSpec, world_size: int = 1
+    examples: Sequence[TokenizedExample], spec: TrainingSpec, world_size: int = 1
 ) -> Iterator[StepGroup]:
     """Endless optimizer steps; a new seeded order every epoch.
 
@@ -46,7 +46,13 @@ def step_groups(
     trains on its own share (batches ``r, r + world, ...`` of the step) and normalises
     by the label tokens of all shares. Resuming is skipping the steps already taken.
     """
-    lengths = [e.length for e in examples]  # a pair: its longer sequence
+    # A table knows every example's length from its offsets, without building one.
+    table_lengths = getattr(examples, "lengths", None)
+    lengths: Sequence[int] = (
+        [e.length for e in examples]  # a pair: its longer sequence
+        if table_lengths is None
+        else table_lengths.tolist()
+    )
     per_step = spec.gradient_accumulation * world_size
     epoch = 0
     while True:
