@@ -26,16 +26,19 @@ Paths, for each size:
 - ``output-cache rerun``: a fresh local cache and a fresh output folder holding only the
   first run's ``data-cache/`` (a rescheduled pod: same output storage, new node).
 
-Measured per run: wall seconds of the whole process; data-preparation seconds, from the
-moment the trainer logs ``job`` (settings read) to the moment it logs ``data`` (every
-file read, cleaned, tokenised, split), both lines stamped by this script as they arrive
-(the trainer prints seconds only), and rows read per second of it; peak RSS from
-``os.wait4`` (the largest single process of the run's tree: the helper in
-_finetune_run.py) and the peak of the tree's summed PSS, sampled every 0.5 s with psutil
-(worker processes run beside the trainer; PSS shares their common pages instead of
-counting them in each); the data report (rows, tokens) from metrics.json. A 64-row run of
-each checkout gives the fixed cost (imports, model, step, publishing), so ``wall - fixed``
-cross-checks the stamped preparation time.
+Measured per run: wall seconds of the whole process, and to its first step (when the
+trainer logs the step's ``checkpoint``); data-preparation seconds, from the moment the
+trainer logs ``job`` (settings read) to the moment it logs ``data`` (tokenizer loaded,
+every file read, cleaned, tokenised, split), both lines stamped by this script as they
+arrive (the trainer's own stamps are whole seconds); peak RSS from ``os.wait4`` (the
+largest single process of the run's tree: the helper in _finetune_run.py) and the peak
+of the tree's summed RSS, sampled every 0.5 s with psutil (tokenising workers run beside
+the trainer; pages they share with it copy-on-write are counted in each, so this is an
+upper bound; PSS would depend on what else on the machine maps the same libraries); the
+data report (rows, tokens) from metrics.json. A 64-row run of each checkout gives the
+fixed cost (imports, tokenizer, model, step, publishing): tokenisation rows/s is rows
+read over the preparation seconds less the 64-row run's, and ``wall - fixed``
+cross-checks it.
 """
 
 from __future__ import annotations
@@ -272,12 +275,12 @@ def manifest(data: DataFile, model: Path, processes: int | None) -> dict[str, An
 
 @dataclass
 class Watch:
-    """What a sampler thread sees of a running ``finetune run``: the summed PSS of this
+    """What a sampler thread sees of a running ``finetune run``: the summed RSS of this
     script's child processes (the run and any workers it starts) and when each line of
     its log arrived."""
 
     log: Path
-    peak_tree_pss: int = 0
+    peak_tree_rss: int = 0
     stamps: dict[str, float] = field(default_factory=dict)
     """First arrival (perf_counter) of each log line's first word: ``job``, ``data``..."""
     stop: threading.Event = field(default_factory=threading.Event)
@@ -287,7 +290,7 @@ class Watch:
         while not self.stop.wait(0.05):
             offset = self._read_log(offset)  # every 50 ms: the stamps' resolution
             if time.perf_counter() - sampled >= SAMPLE_SECONDS:
-                self.peak_tree_pss = max(self.peak_tree_pss, _tree_pss(me))
+                self.peak_tree_rss = max(self.peak_tree_rss, _tree_rss(me))
                 sampled = time.perf_counter()
         self._read_log(offset)
 
@@ -307,12 +310,11 @@ class Watch:
         return offset + len(complete)
 
 
-def _tree_pss(me: psutil.Process) -> int:
+def _tree_rss(me: psutil.Process) -> int:
     total = 0
     for child in me.children(recursive=True):
         try:
-            info = child.memory_full_info()
-            total += getattr(info, "pss", info.rss)
+            total += child.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return total
@@ -323,7 +325,7 @@ class Measured:
     finished: Finished
     started: float
     stamps: dict[str, float]
-    peak_tree_pss: int
+    peak_tree_rss: int
 
 
 def measured_run(
@@ -347,10 +349,18 @@ def measured_run(
     finished = run_finetune(name, spec, work, threads=threads, env=env)
     watch.stop.set()
     sampler.join()
-    return Measured(finished, started, watch.stamps, watch.peak_tree_pss)
+    return Measured(finished, started, watch.stamps, watch.peak_tree_rss)
 
 
-def row_of(size: int, path: str, run: Measured, fixed_wall: float | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Fixed:
+    """A checkout's 64-row run: what every run of it costs whatever the data's size."""
+
+    wall_seconds: float
+    data_seconds: float
+
+
+def row_of(size: int, path: str, run: Measured, fixed: Fixed | None) -> dict[str, Any]:
     """One row of the results: the run's measurements, or why it failed."""
     finished = run.finished
     row: dict[str, Any] = {
@@ -359,20 +369,23 @@ def row_of(size: int, path: str, run: Measured, fixed_wall: float | None) -> dic
         "returncode": finished.returncode,
         "wallSeconds": round(finished.wall_seconds, 2),
         "peakRssBytes": finished.process_peak_rss_bytes,
-        "peakTreePssBytes": run.peak_tree_pss,
+        "peakTreeRssBytes": run.peak_tree_rss,
     }
     if finished.returncode != 0:
         row["error"] = finished.stderr_tail()[-600:]
         return row
     if "job" in run.stamps and "data" in run.stamps:
         row["dataSeconds"] = round(run.stamps["data"] - run.stamps["job"], 2)
-    if fixed_wall is not None:
-        row["wallMinusFixedSeconds"] = round(finished.wall_seconds - fixed_wall, 2)
+    if "checkpoint" in run.stamps:
+        row["firstStepSeconds"] = round(run.stamps["checkpoint"] - run.started, 2)
     report = finished.metrics.get("data", {})
     row["data"] = report
-    seconds = row.get("dataSeconds")
-    if seconds and report.get("rowsRead"):
-        row["rowsPerSecond"] = round(report["rowsRead"] / seconds)
+    if fixed is None:
+        return row
+    row["wallMinusFixedSeconds"] = round(finished.wall_seconds - fixed.wall_seconds, 2)
+    seconds = row.get("dataSeconds", 0.0) - fixed.data_seconds
+    if report.get("filesTokenized", 1) and report.get("rowsRead") and seconds > 0:
+        row["tokenizeRowsPerSecond"] = round(report["rowsRead"] / seconds)
     return row
 
 
@@ -394,7 +407,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, model: Path) -> None:
         self.args, self.model, self.work = args, model, args.work
         self.rows: list[dict[str, Any]] = []
-        self.fixed: dict[str, float | None] = {}
+        self.fixed: dict[str, Fixed | None] = {}
         """Each checkout's fixed cost (:func:`fixed_cost`), once measured."""
 
     def run(
@@ -425,13 +438,15 @@ class Bench:
             print(row["error"], file=sys.stderr)
 
 
-def fixed_cost(bench: Bench, checkout: Checkout) -> float | None:
-    """Wall seconds of a 64-row run: everything but the data's size."""
+def fixed_cost(bench: Bench, checkout: Checkout) -> Fixed | None:
+    """A 64-row run: everything but the data's size."""
     data = write_dataset(bench.work, FIXED_ROWS, bench.args.seed)
     name = f"fixed-{checkout.name}"
     run = bench.run(name, checkout, data, checkout.processes(1), bench.work / f"cache-{name}")
     bench.record(row_of(FIXED_ROWS, f"{checkout.name} fixed cost", run, None))
-    return run.finished.wall_seconds if run.finished.returncode == 0 else None
+    if run.finished.returncode != 0 or not {"job", "data"} <= run.stamps.keys():
+        return None
+    return Fixed(run.finished.wall_seconds, run.stamps["data"] - run.stamps["job"])
 
 
 def one_size(bench: Bench, size: int, today: Checkout, new: Checkout) -> None:
@@ -504,36 +519,49 @@ def rescheduled(bench: Bench, size: int, data: DataFile, new: Checkout) -> None:
 # --------------------------------------------------------------------------- the table
 
 
+COLUMNS = (
+    "rows",
+    "path",
+    "wall s",
+    "to first step s",
+    "data prep s",
+    "tokenisation rows/s",
+    "peak RSS MB (wait4)",
+    "tree RSS MB (sampled)",
+    "wall: today / this",
+    "peak RSS: this / today",
+    "note",
+)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """The markdown table: each path against today's row of the same size."""
-    lines = [
-        "| rows | path | wall s | data prep s | rows/s | peak RSS MB (wait4) | "
-        "tree PSS MB | wall vs today | RSS vs today | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    today = {r["rows"]: r for r in rows if r.get("path") == "today" and "wallSeconds" in r}
+    """The markdown table: each path against today's cold run of the same size."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    today = {r["rows"]: r for r in rows if r.get("path") == "today" and r.get("returncode") == 0}
+    blank = " - |" * (len(COLUMNS) - 3)
     for r in rows:
-        if "skipped" in r:
-            lines.append(
-                f"| {r['rows']:,} | {r['path']} | - | - | - | - | - | - | - | "
-                f"skipped: {r['skipped']} |"
-            )
-            continue
-        if r["returncode"] != 0:
-            lines.append(
-                f"| {r['rows']:,} | {r['path']} | - | - | - | - | - | - | - | "
-                f"failed (exit {r['returncode']}) |"
-            )
+        if "skipped" in r or r["returncode"] != 0:
+            why = f"skipped: {r['skipped']}" if "skipped" in r else "failed"
+            why += f" (exit {r['returncode']})" if "returncode" in r else ""
+            lines.append(f"| {r['rows']:,} | {r['path']} |{blank} {why} |")
             continue
         base = today.get(r["rows"])
-        faster = f"{base['wallSeconds'] / r['wallSeconds']:.2f}x faster" if base else "-"
-        memory = f"{r['peakRssBytes'] / base['peakRssBytes']:.2f}x" if base else "-"
-        lines.append(
-            f"| {r['rows']:,} | {r['path']} | {r['wallSeconds']:.1f} | "
-            f"{_num(r.get('dataSeconds'), '.1f')} | {_num(r.get('rowsPerSecond'), ',')} | "
-            f"{r['peakRssBytes'] / 2**20:,.0f} | {r['peakTreePssBytes'] / 2**20:,.0f} | "
-            f"{faster} | {memory} | {r.get('note', '')} |"
-        )
+        cached = r.get("data", {}).get("filesTokenized") == 0
+        rate = "cache hit" if cached else _num(r.get("tokenizeRowsPerSecond"), ",")
+        cells = [
+            f"{r['rows']:,}",
+            r["path"],
+            f"{r['wallSeconds']:.1f}",
+            _num(r.get("firstStepSeconds"), ".1f"),
+            _num(r.get("dataSeconds"), ".1f"),
+            rate,
+            f"{r['peakRssBytes'] / 2**20:,.0f}",
+            f"{r['peakTreeRssBytes'] / 2**20:,.0f}",
+            f"{base['wallSeconds'] / r['wallSeconds']:.2f}x" if base else "-",
+            f"{r['peakRssBytes'] / base['peakRssBytes']:.2f}x" if base else "-",
+            r.get("note", ""),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
