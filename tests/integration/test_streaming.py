@@ -178,3 +178,35 @@ def test_a_stream_memory_does_not_grow_with_rows(
     assert stream.report()["rowsRead"] == rows
     print(f"stream RSS: {early} KiB after 5k rows, {late} KiB after {rows}")
     assert late - early < 20_000, (early, late)  # KiB
+
+
+def test_streaming_from_the_hub_reads_the_file_as_it_arrives(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_tokenizer: Any
+) -> None:
+    """One file of a Hub dataset repository streams over HTTP from the endpoint (the
+    local Hub stand-in): the examples are the file's, and neither the Hub's cache nor the
+    trainer's holds a copy."""
+    from hub_server import HubStandIn
+
+    local = write_jsonl(tmp_path / "train.jsonl", colour_rows(40))
+    with HubStandIn() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        hub.add_dataset("acme/chats", {"data/train.jsonl": local.read_bytes()})
+        settings = StreamSettings("messages", ColumnMapping(), 64)
+        remote = open_stream(
+            "hf://datasets/acme/chats/data/train.jsonl",
+            Access(),
+            tiny_tokenizer,
+            settings,
+            seed=0,
+            buffer_size=1,
+        )
+        from_file = open_stream(
+            f"file://{local}", Access(), tiny_tokenizer, settings, seed=0, buffer_size=1
+        )
+        for _ in range(50):  # across the end of the first pass
+            assert next(remote).input_ids == next(from_file).input_ids
+    for cache in (tmp_path / "hf-cache", Path(os.environ["FINETUNE_CACHE_DIR"])):
+        assert not [p for p in cache.rglob("*") if p.is_file()], f"a copy in {cache}"

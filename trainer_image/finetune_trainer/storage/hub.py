@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from finetune_api.redaction import register
 from finetune_api.uri import DATA_SUFFIXES, ParsedUri, hf_dataset_parts, hf_output_parts
@@ -120,6 +120,15 @@ class HubBackend:
             split or (hub.split if hub else "train"),
             (hub.revision if hub else None) or "main",
         )
+
+    def open_stream(self, uri: ParsedUri, access: Access) -> BinaryIO:
+        """One file of a dataset repository read as it downloads (``dataset.streaming``),
+        nothing written to disk; a repository named without a file is downloaded to find
+        its one data file (``local_file``)."""
+        repo, path = hf_dataset_parts(uri.location)
+        if not path:
+            return self.local_file(uri, access).open("rb")
+        return _stream_file(str(uri), repo, path, hf_token(access.credentials_secret))
 
     def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         from huggingface_hub import snapshot_download
@@ -457,6 +466,35 @@ class HubStore:
             f"{self.uri}: cannot {what} on the Hub ({type(exc).__name__}, "
             f"HTTP {status or '-'}); {hint}"
         )
+
+
+def _stream_file(uri: str, repo: str, path: str, token: str | None) -> BinaryIO:
+    """GET a dataset file at the endpoint (HF_ENDPOINT or the Hub) as a stream; a refusal
+    is a StorageError naming the URI (the token is never part of a message)."""
+    import requests
+    from huggingface_hub import hf_hub_url
+
+    token = token or os.environ.get("HF_TOKEN") or None
+    register(token)
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    url = hf_hub_url(repo, path, repo_type="dataset", endpoint=endpoint)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = requests.get(url, headers=headers, stream=True, timeout=(10, 120))
+    except requests.RequestException as exc:
+        raise StorageError(
+            f"{uri}: cannot read ({type(exc).__name__}); check HF_ENDPOINT "
+            f"({endpoint or 'the public Hub'}) and the network"
+        ) from None
+    if response.status_code != 200:
+        response.close()
+        raise StorageError(
+            f"{uri}: cannot read (HTTP {response.status_code}); check the repository and the "
+            "file name, and for a private dataset the token (dataset.credentialsSecret HF_TOKEN)"
+        )
+    response.raw.decode_content = True
+    body: BinaryIO = response.raw
+    return body
 
 
 def only_data_file(uri: ParsedUri, snapshot: Path) -> str:
