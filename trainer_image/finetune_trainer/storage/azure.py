@@ -160,7 +160,7 @@ class AzureSettings:
 
     def filesystem(self) -> Any:
         """An adlfs ``AzureBlobFileSystem`` for these settings (streaming reads)."""
-        from adlfs import AzureBlobFileSystem
+        from adlfs import AzureBlobFileSystem  # type: ignore[import-untyped]
 
         options: dict[str, Any] = {"skip_instance_cache": True}
         if self.connection_string:
@@ -260,7 +260,7 @@ def status_of(exc: BaseException) -> tuple[str, int | None]:
 
     if not isinstance(exc, HttpResponseError):
         return "", None
-    code = exc.error_code
+    code = getattr(exc, "error_code", None)  # set by the storage SDK's error handler
     text = str(getattr(code, "value", code) or "")
     return text, exc.status_code
 
