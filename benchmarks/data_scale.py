@@ -589,6 +589,11 @@ def main() -> None:
         help="datasets, the model, the baseline worktree, runs (reused across invocations)",
     )
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help="keep each size's caches and output folders (GBs at 3M rows); logs are kept",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes = [QUICK_ROWS]
@@ -607,8 +612,17 @@ def main() -> None:
     for size in args.sizes:
         one_size(bench, size, today, new)
         write_results(args, bench.rows)
+        if not args.keep_runs:
+            drop_runs(args.work, size)
     write_results(args, bench.rows)
     print(table(bench.rows))
+
+
+def drop_runs(work: Path, size: int) -> None:
+    """A measured size's local caches and output folders: a few GB at 3M rows, and no
+    later size reads them (its logs and manifests stay)."""
+    for folder in [*work.glob(f"cache-{size}-*"), *work.glob(f"out-{size}-*")]:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
