@@ -36,7 +36,7 @@ import re
 import struct
 import tempfile
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
@@ -164,6 +164,22 @@ def model_identity(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _tables_identity(examples: Sequence[TokenizedExample]) -> str | None:
+    from finetune_trainer.data.table import ExampleTable, TableView
+
+    if isinstance(examples, ExampleTable):
+        examples = examples[:]
+    if not isinstance(examples, TableView):
+        return None
+    digest = hashlib.sha256(b"tables\0")
+    for table in examples.tables:
+        digest.update(f"{table.kind}:{table.content_digest}\n".encode())
+    digest.update(examples.indices.tobytes())
+    if examples.sources is not None:
+        digest.update(examples.sources.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _file_identity(path: Path) -> str:
     resolved = path.resolve()
     if resolved.parent.name == "blobs" and _HUB_BLOB.match(resolved.name):
@@ -180,11 +196,16 @@ def _file_identity(path: Path) -> str:
     return f"sampled:{size}:{digest.hexdigest()}"
 
 
-def examples_identity(examples: list[TokenizedExample]) -> str:
+def examples_identity(examples: Sequence[TokenizedExample]) -> str:
     """The content of tokenized examples in their order: exactly what the loop steps
     through (a checkpoint's step is a position in this list). It follows the data files,
     the tokenizer and the preparation settings, and costs one pass over ids already in
-    memory, on rank 0 only."""
+    memory, on rank 0 only. Examples in tables (:mod:`finetune_trainer.data.table`) are
+    identified without building one: each table file's sha256 and the view's index
+    arrays (which rows, in which order)."""
+    tables = _tables_identity(examples)
+    if tables is not None:
+        return tables
     digest = hashlib.sha256(str(len(examples)).encode())
     for example in examples:
         label = -1 if example.label is None else example.label

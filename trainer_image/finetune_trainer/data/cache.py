@@ -182,6 +182,7 @@ def open_entry(entry: Path, key: str) -> tuple[ExampleTable, EntryInfo] | None:
         table = ExampleTable(entry)
         if len(table) != info.rows:
             raise TableError(f"holds {len(table)} examples, not {info.rows}")
+        table.content_digest = info.sha256
     except MemoryError:
         raise
     except Exception as exc:  # whatever a damaged file makes json, os or pyarrow raise

@@ -426,7 +426,10 @@ class _Reader:
         except OSError as exc:  # the cache's name is taken (a directory...): use it unnamed
             log.warning("tokenization cache: cannot write %s (%s)", target, exc)
             table = ExampleTable(writer.temporary)
+            _ = table.content_digest  # read while the file has a name
             writer.temporary.unlink(missing_ok=True)  # the mapping keeps the content
+        # Read now, while the file has a name (a scratch table's goes with the reader).
+        _ = table.content_digest
         self.report.files_tokenized += 1
         self._count(read[0], cleaner.counts)
         return _Source(label, table, read[0], cleaner.counts)
@@ -708,7 +711,9 @@ def _packed(
     with TableWriter(path, "packed") as writer:
         for start in range(0, len(bins), 256):
             writer.write(pack_groups(train, bins[start : start + 256]))
-    return ExampleTable(path)
+    packed = ExampleTable(path)
+    _ = packed.content_digest  # read while the file has a name
+    return packed
 
 
 def prepare_data(

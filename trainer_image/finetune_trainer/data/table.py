@@ -219,6 +219,7 @@ class ExampleTable(Sequence[TokenizedExample]):
         import pyarrow as pa
 
         self.path = path
+        self._digest: str | None = None
         try:
             self._source = pa.memory_map(str(path), "r")
             reader = pa.ipc.open_file(self._source)
@@ -247,6 +248,25 @@ class ExampleTable(Sequence[TokenizedExample]):
 
     def __len__(self) -> int:
         return int(self._starts[-1])
+
+    @property
+    def content_digest(self) -> str:
+        """sha256 of the file (read once in 1 MiB reads, not through the mapping, so it
+        adds nothing to the process's memory; a cache entry gives the one it recorded):
+        what the examples are, for a checkpoint's identity."""
+        if self._digest is None:
+            import hashlib
+
+            digest = hashlib.sha256()
+            with self.path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            self._digest = digest.hexdigest()
+        return self._digest
+
+    @content_digest.setter
+    def content_digest(self, value: str) -> None:
+        self._digest = value
 
     def _locate(self, index: int) -> tuple[_Batch, int]:
         import numpy as np
