@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import colour_rows, write_jsonl
 from finetune_api.config import ColumnMapping, TrainerConfig
+from finetune_api.uri import Role
 from finetune_trainer.checkpoint import DATA_STREAM, complete_checkpoints, prefix_for
 from finetune_trainer.data.stream import StreamSettings, open_stream
 from finetune_trainer.storage.backends import Access
@@ -210,3 +211,49 @@ def test_streaming_from_the_hub_reads_the_file_as_it_arrives(
             assert next(remote).input_ids == next(from_file).input_ids
     for cache in (tmp_path / "hf-cache", Path(os.environ["FINETUNE_CACHE_DIR"])):
         assert not [p for p in cache.rglob("*") if p.is_file()], f"a copy in {cache}"
+
+
+def test_an_s3_stream_cut_mid_read_resumes_at_the_byte_and_refuses_a_replaced_object(
+    s3_env: Any, tmp_path: Path
+) -> None:
+    """A connection lost while reading is picked up where it stopped (a ranged GET of
+    the same version); the object replaced in between is an error, not two files mixed."""
+    from botocore.exceptions import IncompleteReadError
+
+    from finetune_trainer.errors import StorageError
+    from finetune_trainer.storage.backends import backend_for
+    from finetune_trainer.storage.s3 import ObjectStream
+
+    content = b"".join(b"%06d\n" % i for i in range(20_000))
+    s3_env.client.put_object(Bucket=s3_env.bucket, Key="t.jsonl", Body=content)
+    backend, parsed = backend_for(s3_env.uri("t.jsonl"), Role.DATASET)
+
+    class Cut:
+        """The first body's connection drops after its first read."""
+
+        def __init__(self, body: Any) -> None:
+            self.body, self.reads = body, 0
+
+        def read(self, n: int) -> bytes:
+            self.reads += 1
+            if self.reads > 1:
+                raise IncompleteReadError(actual_bytes=0, expected_bytes=n)
+            return bytes(self.body.read(n))
+
+        def close(self) -> None:
+            self.body.close()
+
+    stream = backend.open_stream(parsed, Access())
+    assert isinstance(stream, ObjectStream)
+    stream.body = Cut(stream.body)
+    assert stream.read(1000) + stream.read() == content
+
+    replaced = backend.open_stream(parsed, Access())
+    assert isinstance(replaced, ObjectStream)
+    first = replaced.read(1000)
+    replaced.body = Cut(replaced.body)
+    replaced.body.reads = 1
+    s3_env.client.put_object(Bucket=s3_env.bucket, Key="t.jsonl", Body=b"other\n")
+    with pytest.raises(StorageError, match=r"t\.jsonl"):
+        replaced.read()
+    assert first == content[:1000]

@@ -85,7 +85,7 @@ def stream_step_groups(
     a step during which a pass ended is the end of an epoch."""
     per_step = spec.gradient_accumulation * world_size
     while True:
-        started = int(stream.epoch)
+        started = stream.pass_
         batches = [[next(stream) for _ in range(spec.batch_size)] for _ in range(per_step)]
         yield StepGroup(
             epoch=stream.epoch,

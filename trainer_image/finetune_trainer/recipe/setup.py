@@ -305,6 +305,7 @@ def setup_data(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
         loss_on=config.training.loss_on,
         packing=config.training.packing,
         task=config.task,
+        store=open_store(config.output.uri, output_access(config)),
     )
     if config.dataset.streaming:
         report = DataReport(validation_rows=len(data.validation))
@@ -337,6 +338,11 @@ def setup_stream(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> E
         seed=config.training.seed,
         buffer_size=spec.shuffle_buffer,
     )
+    # The first example now, not at the first step: a file whose rows do not fit the
+    # format fails before the model loads. The stream is then put back at its start.
+    start = stream.state_dict()
+    next(stream)
+    stream.load_state_dict(start)
     log.info("streaming %s", kv(train=spec.train, shuffleBuffer=spec.shuffle_buffer))
     return stream
 

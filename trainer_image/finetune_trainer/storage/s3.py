@@ -26,6 +26,7 @@ import base64
 import builtins
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import re
@@ -591,6 +592,61 @@ def split_location(location: str) -> tuple[str, str]:
     return bucket, key
 
 
+class ObjectStream(io.RawIOBase):
+    """An object read from its start as it arrives. Opening is retried within the
+    deadline like every call; a connection lost mid-read is picked up at the byte it
+    stopped (a ranged GET of the same version, ``IfMatch`` its ETag), so a long stream
+    survives a flaky network, and an object replaced meanwhile is an error, not a
+    silent mix of two files."""
+
+    def __init__(self, s3: S3Client, key: str) -> None:
+        super().__init__()
+        self.s3, self.key = s3, key
+        self.position = 0
+        self.etag: str | None = None
+        self.body: Any = self._open()
+
+    def _open(self) -> Any:
+        def get() -> Any:
+            ranged = {"Range": f"bytes={self.position}-"} if self.position else {}
+            version = {"IfMatch": self.etag} if self.etag else {}
+            response = self.s3.client.get_object(
+                Bucket=self.s3.bucket, Key=self.key, **ranged, **version
+            )
+            self.etag = self.etag or str(response["ETag"])
+            return response["Body"]
+
+        return self.s3.call("read", self.key, get)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self.body.read(len(buffer))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning(
+                "%s: reading stopped (%s); resuming at byte %d",
+                self.s3.uri(self.key),
+                describe(exc),
+                self.position,
+            )
+            self.body.close()
+            self.body = self._open()
+            data = self.body.read(len(buffer))
+        size = len(data)
+        buffer[:size] = data
+        self.position += size
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            self.body.close()
+        super().close()
+
+
 class S3Backend:
     """The ``s3`` registry entry: models and datasets through the cache, outputs as stores."""
 
@@ -621,14 +677,9 @@ class S3Backend:
 
     def open_stream(self, uri: ParsedUri, access: Access) -> BinaryIO:
         """The object's body as it arrives (``dataset.streaming``): nothing is written to
-        disk. Opening is retried within the deadline like every other call; a connection
-        lost while reading is the reader's error (a resumed run reopens the stream)."""
+        disk (:class:`ObjectStream`)."""
         bucket, key = split_location(uri.location)
-        s3 = self.client(bucket, access)
-        body: BinaryIO = s3.call(
-            "read", key, lambda: s3.client.get_object(Bucket=bucket, Key=key)["Body"]
-        )
-        return body
+        return ObjectStream(self.client(bucket, access), key)  # type: ignore[return-value]
 
     def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
         """Every object under the prefix, in the cache keyed by the listing's ETags."""
