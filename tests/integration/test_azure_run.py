@@ -10,6 +10,7 @@ and a rerun whose last checkpoint was cut short resumes from the one before.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from azurite_server import ACCOUNT_KEY, AzureEnv
+from conftest import colour_rows, write_jsonl
+from finetune_api.config import ColumnMapping
 from finetune_cli.app import app
+from finetune_trainer.data.stream import StreamSettings, open_stream
+from finetune_trainer.storage.backends import Access
 from finetune_trainer.storage.store import MANIFEST
 
 SECRET = "azure-storage"
@@ -130,3 +135,24 @@ def test_a_run_resumes_from_its_checkpoint_in_azure(
     assert a.keys() == b.keys()
     for name in a:
         assert (a[name] - b[name]).abs().max() < 1e-5, name
+
+
+def test_streaming_from_azure_reads_the_blob_as_it_arrives(
+    azure_env: AzureEnv, tmp_path: Path, tiny_tokenizer: Any
+) -> None:
+    """dataset.streaming over az://: the blob is read through adlfs (open_stream), no copy
+    lands in the download cache, and the examples are the local file's, across the end
+    of the first pass."""
+    local = write_jsonl(tmp_path / "train.jsonl", colour_rows(300))
+    azure_env.upload(local, "data/train.jsonl")
+    settings = StreamSettings("messages", ColumnMapping(), 64)
+    remote = open_stream(
+        azure_env.uri("data/train.jsonl"), Access(), tiny_tokenizer, settings, seed=0, buffer_size=1
+    )
+    from_file = open_stream(
+        f"file://{local}", Access(), tiny_tokenizer, settings, seed=0, buffer_size=1
+    )
+    for _ in range(320):
+        assert next(remote).input_ids == next(from_file).input_ids
+    cache = Path(os.environ["FINETUNE_CACHE_DIR"])
+    assert not [p for p in cache.rglob("*") if p.is_file()], "the blob was downloaded"
