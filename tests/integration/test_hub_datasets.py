@@ -190,6 +190,12 @@ def test_a_config_with_a_data_dir_reads_that_folders_layout(hub: HubStandIn) -> 
     assert texts(fetch("test")) == ["new test"]
 
 
+def test_a_sharded_file_named_with_no_split_name_is_a_data_error(hub: HubStandIn) -> None:
+    hub.add_dataset("acme/chats", {"data/my-train-00000-of-00001.parquet": parquet("x")})
+    with pytest.raises(DataError, match=r"Split name should match"):
+        fetch()
+
+
 def test_files_datasets_does_not_count_as_data_are_passed_over(hub: HubStandIn) -> None:
     """No split names anywhere: every file is train, except what is not data at all."""
     hub.add_dataset("acme/chats", {"LICENSE": "MIT\n", "rows.jsonl": jsonl("r")})

@@ -236,7 +236,9 @@ class HubDatasetReader:
         except OSError as exc:
             raise StorageError(
                 f"{self.uri}: cannot {what} on the Hub ({type(exc).__name__}); check "
-                f"HF_ENDPOINT ({self.endpoint or 'the public Hub'})"
+                f"HF_ENDPOINT ({self.endpoint or 'the public Hub'}) and HF_HUB_OFFLINE "
+                f"({os.environ.get('HF_HUB_OFFLINE', 'unset')}): offline, only a pinned "
+                "commit read before is found in the cache"
             ) from exc
 
     def _token_source(self) -> str:

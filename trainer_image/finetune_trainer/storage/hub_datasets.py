@@ -131,7 +131,10 @@ def _split_patterns(
         if data_files is None:
             patterns = _layout_patterns(listing.files, base, choice)
         else:
-            patterns = {k: list(v) for k, v in sanitize_patterns(data_files).items()}
+            try:
+                patterns = {k: list(v) for k, v in sanitize_patterns(data_files).items()}
+            except ValueError as exc:  # a split named twice
+                raise DataError(f"{choice}: the README's configs: {exc}") from None
         return {split: (base, list(p)) for split, p in patterns.items()}
     base = (subset or "").strip("/")
     if base and not any(p.startswith(base + "/") for p in listing.files):
@@ -157,6 +160,8 @@ def _layout_patterns(files: dict[str, int], base: str, choice: Choice) -> dict[s
         patterns = _get_data_files_patterns(resolver)
     except FileNotFoundError:
         raise DataError(f"{choice}: the repository holds no data files") from None
+    except ValueError as exc:  # a sharded file name whose split is no split name
+        raise DataError(f"{choice}: {exc}") from None
     return {str(split): list(p) for split, p in patterns.items()}  # keys: datasets.NamedSplit
 
 
