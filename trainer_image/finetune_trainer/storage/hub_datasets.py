@@ -80,12 +80,8 @@ def split_files(listing: RepoListing, subset: str | None, split: str, revision: 
             f"{', '.join(sorted(splits)) or 'none'} (set dataset.hub.split or hub.validation)"
         )
     base, patterns = splits[split]
-    found: list[str] = []
-    for pattern in patterns:
-        for path in _resolve(listing.files, base, pattern):
-            if path not in found:
-                found.append(path)
-    found = [p for p in found if _datasets_reads(p)]
+    matched = (path for pattern in patterns for path in _resolve(listing.files, base, pattern))
+    found = [p for p in dict.fromkeys(matched) if _datasets_reads(p)]  # first match's place
     if not found:
         raise DataError(f"{choice}: no data file matches {patterns} in the repository")
     unreadable = [p for p in found if Path(p).suffix.lower() not in DATA_SUFFIXES]
