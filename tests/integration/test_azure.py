@@ -132,7 +132,7 @@ def test_a_download_that_does_not_match_the_blobs_md5_is_refused(
         return real_verify(path, size, md5)
 
     monkeypatch.setattr(azure_module, "verify_download", flip)
-    with pytest.raises(StorageError, match=r"corrupt: MD5 differs from the blob's Content-MD5"):
+    with pytest.raises(StorageError, match=r"corrupt: MD5 differs from the store's Content-MD5"):
         store.get_file("data.bin", tmp_path / "data.bin")
     assert len(tries) == 2, "fetched once more before refusing"
     assert not (tmp_path / "data.bin").exists()

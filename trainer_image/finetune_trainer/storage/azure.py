@@ -495,7 +495,7 @@ def verify_download(path: Path, size: int, md5: bytes | bytearray | None) -> str
     if actual != size:
         return f"downloaded {actual} bytes, the service lists {size}"
     if md5 and file_md5(path) != bytes(md5):
-        return "MD5 differs from the blob's Content-MD5"
+        return "MD5 differs from the store's Content-MD5 of the blob"
     return None
 
 
