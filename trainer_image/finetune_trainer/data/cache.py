@@ -26,7 +26,7 @@ prompt's row (its place in the prepared list), nor reference log-probs.
 (:func:`finetune_trainer.storage.cache.cache_root`: ``$FINETUNE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/finetune-operator``, else ``~/.cache/finetune-operator``), never
 beside the user's data; and, when the run gives its output store, a copy in the output
-at ``data-cache/<key>.arrow`` (+ ``.json``), so a pod rescheduled on a node with an
+at ``checkpoints/data-cache/<key>.arrow`` (+ ``.json``), so a pod rescheduled on a node with an
 empty disk downloads the tokens (verified: size and sha256) instead of tokenizing
 again. Entries are written to a temporary name and renamed, so concurrent ranks never
 read half a file. A cache that cannot be read or written is a slower run, never a
@@ -59,8 +59,11 @@ log = logging.getLogger("finetune.trainer")
 
 CACHE_VERSION = 2
 """2: Arrow tables with each row's location and sample (1 was numpy .npz of tokens)."""
-REMOTE_PREFIX = "data-cache"
-"""Where in the output store entries are kept (never part of a published result)."""
+REMOTE_PREFIX = "checkpoints/data-cache"
+"""Where in the output store entries are kept: inside the run's workspace
+(``checkpoints/``), which every store, publisher and reader already keeps out of the
+published set (a Hub output keeps it off the Hub; ``finetune verify`` and inference skip
+it); checkpoint pruning only removes ``checkpoints/step-N``."""
 _CHUNK = 1 << 20
 
 
