@@ -19,7 +19,7 @@ from conftest import colour_rows, write_jsonl
 from finetune_api.config import ColumnMapping, TrainerConfig
 from finetune_api.uri import Role
 from finetune_trainer.checkpoint import DATA_STREAM, complete_checkpoints, prefix_for
-from finetune_trainer.data.stream import StreamSettings, open_stream
+from finetune_trainer.data.stream import StreamSettings, open_source, open_stream
 from finetune_trainer.storage.backends import Access
 from finetune_trainer.storage.store import MANIFEST, LocalStore
 
@@ -137,6 +137,13 @@ def test_streaming_from_s3_reads_the_object_as_it_arrives(
         assert next(remote).input_ids == next(from_file).input_ids
     cache = Path(os.environ["FINETUNE_CACHE_DIR"])
     assert not [p for p in cache.rglob("*") if p.is_file()], "the object was downloaded"
+    # The run's identity knows the object's version: rewritten, it is other data.
+    before = open_source(s3_env.uri("data/train.jsonl"), Access()).version
+    s3_env.client.upload_file(
+        str(write_jsonl(local, colour_rows(5))), s3_env.bucket, "data/train.jsonl"
+    )
+    after = open_source(s3_env.uri("data/train.jsonl"), Access()).version
+    assert "@" in before and before != after
 
 
 def test_validate_refuses_a_json_train_with_streaming(make_job: Any, tmp_path: Path) -> None:

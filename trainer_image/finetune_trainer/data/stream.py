@@ -94,7 +94,9 @@ def open_source(uri: str, access: Access, label: str = "dataset.train") -> Strea
             return stream_open(parsed, access)
 
         local = getattr(backend, "resolve", None)
-        version = _local_version(local(parsed)) if callable(local) else uri
+        version = (
+            _local_version(local(parsed)) if callable(local) else _remote_version(uri, open_remote)
+        )
         return StreamSource(uri, full_label, suffix, open_remote, version)
     # Parquet is read by row groups, which needs a seekable file; a backend without
     # open_stream downloads the file (into its cache) first.
@@ -104,6 +106,18 @@ def open_source(uri: str, access: Access, label: str = "dataset.train") -> Strea
         if suffix not in DATA_SUFFIXES or suffix == ".json":
             raise DataError(f"{full_label}: resolved to {path.name}, not a streamable data file")
     return StreamSource(uri, full_label, suffix, lambda: path.open("rb"), _local_version(path))
+
+
+def _remote_version(uri: str, opener: Callable[[], BinaryIO]) -> str:
+    """A remote source's version: its ETag (S3's object stream has it; an HTTP body's
+    headers carry it), read by opening the source once. Opening also proves, before the
+    model loads, that the object exists and may be read."""
+    with contextlib.closing(opener()) as probe:
+        etag = getattr(probe, "etag", None)
+        if etag is None:
+            headers = getattr(probe, "headers", None) or {}
+            etag = headers.get("ETag") or headers.get("etag")
+    return f"{uri}@{etag}" if etag else uri
 
 
 def _local_version(path: Path) -> str:
