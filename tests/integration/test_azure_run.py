@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from azurite_server import ACCOUNT_KEY, AzureEnv
@@ -26,6 +27,7 @@ from finetune_trainer.storage.backends import Access
 from finetune_trainer.storage.store import MANIFEST
 
 SECRET = "azure-storage"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def mount_secret(azure_env: AzureEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,3 +158,35 @@ def test_streaming_from_azure_reads_the_blob_as_it_arrives(
         assert next(remote).input_ids == next(from_file).input_ids
     cache = Path(os.environ["FINETUNE_CACHE_DIR"])
     assert not [p for p in cache.rglob("*") if p.is_file()], "the blob was downloaded"
+
+
+def test_the_azure_example_runs_with_its_mounted_secret(
+    azure_env: AzureEnv, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/azure.yaml as a user runs it: its containers, its Secret (mounted as the
+    operator would), only the model swapped for the tiny one and the run cut to one step."""
+    example = yaml.safe_load((REPO / "examples" / "azure.yaml").read_text())
+    spec = example["spec"]
+    assert spec["dataset"]["credentialsSecret"] == spec["output"]["credentialsSecret"] == SECRET
+    mount_secret(azure_env, tmp_path, monkeypatch)
+    service = azure_env.server.service()
+    data, _, _ = spec["dataset"]["train"].removeprefix("az://").partition("/")
+    out, _, out_prefix = spec["output"]["uri"].removeprefix("az://").partition("/")
+    for container in (data, out):
+        if not service.get_container_client(container).exists():
+            service.create_container(container)
+    for uri in (spec["dataset"]["train"], spec["dataset"]["validation"]):
+        key = uri.removeprefix(f"az://{data}/")
+        with (REPO / "examples" / key).open("rb") as rows:
+            service.get_container_client(data).upload_blob(key, rows, overwrite=True)
+    spec["model"]["uri"] = f"file://{tiny_model_dir}"
+    spec["training"]["maxSeqLength"] = 64
+    spec["evaluation"] = {"exactMatchSamples": 2, "maxNewTokens": 4}
+    job = tmp_path / "azure.yaml"
+    job.write_text(yaml.safe_dump(example))
+
+    result = CliRunner().invoke(app, ["run", str(job), "--max-steps", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    manifest = service.get_container_client(out).download_blob(f"{out_prefix}/{MANIFEST}")
+    assert json.loads(manifest.readall())["jobName"] == "quickstart-azure"
+    assert ACCOUNT_KEY not in result.output

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 CHART = ROOT / "charts" / "finetune-operator"
 SECRET = "s3-creds"
+OTHER_STORES = {"azure-storage"}
+"""The Secrets of examples for stores whose keys are not S3's (examples/azure.yaml)."""
 CREATE_SECRET = re.compile(r"create secret generic (\S+)")
 
 
@@ -65,7 +67,7 @@ def test_examples_name_one_secret_and_create_the_one_they_name() -> None:
         created = set(CREATE_SECRET.findall(path.read_text(encoding="utf-8")))
         assert created <= used, f"{path.relative_to(ROOT)}: creates {created}, names {used}"
         named |= used
-    assert named == {SECRET}
+    assert named - OTHER_STORES == {SECRET}
 
 
 def test_notes_create_and_name_the_examples_secret(notes: dict[str, str]) -> None:
