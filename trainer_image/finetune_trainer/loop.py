@@ -17,7 +17,7 @@ setup steps and :func:`train` calls itself when given none.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -249,7 +249,7 @@ class _Loop:
 
 def train(
     model: torch.nn.Module,
-    examples: list[TokenizedExample],
+    examples: Sequence[TokenizedExample],
     spec: TrainingSpec,
     *,
     pad_id: int,

@@ -115,8 +115,8 @@ def tokenize_chunks(
     try:
         with context.Pool(processes) as pool:
             pending: deque[Any] = deque()
-            for chunk in (first, second):
-                pending.append(pool.apply_async(_in_worker, (chunk,)))
+            pending.append(pool.apply_async(_in_worker, (first,)))
+            pending.append(pool.apply_async(_in_worker, (second,)))
             for chunk in iterator:
                 while len(pending) >= 2 * processes:
                     yield pending.popleft().get()

@@ -227,7 +227,8 @@ class _Source:
 
     def label_of(self, i: int) -> Label | None:
         stored = self.table.text("label", i)
-        return None if stored is None else json.loads(stored)  # type: ignore[no-any-return]
+        label: Label | None = None if stored is None else json.loads(stored)
+        return label
 
     def why(self, usable: int, held_out: int = 0, drops: _Drops | None = None) -> str:
         """How ``read`` rows became ``usable``, every reason with its count, so a file
@@ -332,7 +333,7 @@ class _Reader:
                 return _Source(file_label, table, info.read, counts)
             source = self._tokenized(files, fmt, columns, file_label, entry)
             if source.table.path == entry:
-                info = cache.complete(
+                written = cache.complete(
                     entry,
                     key,
                     rows=len(source.table),
@@ -340,8 +341,8 @@ class _Reader:
                     empty=source.cleaned.empty,
                     duplicates=source.cleaned.duplicates,
                 )
-                if info is not None and self.store is not None:
-                    cache.upload(self.store, entry, info)
+                if written is not None and self.store is not None:
+                    cache.upload(self.store, entry, written)
             return source
 
     def _scratch_path(self, file: tuple[Path, str]) -> Path:
@@ -477,7 +478,8 @@ def _shuffled(n: int, seed: int) -> IntArray:
     import numpy as np
 
     order = np.arange(n, dtype=np.int64)
-    randbelow = random.Random(seed)._randbelow  # what Random.shuffle itself draws with
+    # What Random.shuffle itself draws with (CPython's, private but stable since 3.2).
+    randbelow = random.Random(seed)._randbelow  # type: ignore[attr-defined]
     for i in range(n - 1, 0, -1):
         j = randbelow(i + 1)
         order[i], order[j] = order[j], order[i]

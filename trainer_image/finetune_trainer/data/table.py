@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -124,7 +124,7 @@ class TableWriter:
         self._writer = pa.ipc.new_file(self._sink, self.schema)
 
     def write(
-        self, examples: Sequence[TokenizedExample], extra: dict[str, Sequence[Any]] | None = None
+        self, examples: Sequence[TokenizedExample], extra: Mapping[str, Sequence[Any]] | None = None
     ) -> None:
         """Append ``examples`` (and, per extra column, one value per example)."""
         import pyarrow as pa
@@ -391,8 +391,9 @@ class ExampleTable(Sequence[TokenizedExample]):
 
 
 def _equal(view: Sequence[TokenizedExample], other: object) -> bool:
+    """Equal to any sequence of the same examples in the same order (a list too)."""
     if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
-        return NotImplemented
+        return False
     return len(view) == len(other) and all(a == b for a, b in zip(view, other, strict=True))
 
 

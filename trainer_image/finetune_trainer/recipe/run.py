@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -79,7 +80,7 @@ class TrainedRun:
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     metrics: Metrics
-    validation: list[TokenizedExample]
+    validation: Sequence[TokenizedExample]
     main: bool = True
     """Whether this process is rank 0, the one that evaluates and publishes."""
     state_dict: dict[str, Any] | None = None
