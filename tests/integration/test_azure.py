@@ -118,6 +118,27 @@ def test_publish_and_verify_with_content_md5(azure_env: AzureEnv, tmp_path: Path
     assert "no manifest.json, the artifact set is incomplete" in result.output
 
 
+def test_a_file_uploaded_in_blocks_still_carries_its_md5(
+    azure_env: AzureEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Azure computes no Content-MD5 for a blob committed from blocks: the upload sets it,
+    so large weights are verified on download like small files."""
+    monkeypatch.setattr(azure_module, "SINGLE_PUT_BYTES", 1 << 20)
+    monkeypatch.setattr(azure_module, "BLOCK_BYTES", 1 << 20)
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(251)) * (3 * 4200))  # 3.02 MiB: four blocks of 1 MiB
+    store = open_store(azure_env.uri("job"))
+    store.put_file(big, "big.bin")
+
+    blob = azure_env.client.get_blob_client("job/big.bin")
+    committed, _ = blob.get_block_list()
+    assert len(committed) == 4
+    md5 = blob.get_blob_properties().content_settings.content_md5
+    assert bytes(md5) == hashlib.md5(big.read_bytes()).digest()
+    store.get_file("big.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == big.read_bytes()
+
+
 def test_a_download_that_does_not_match_the_blobs_md5_is_refused(
     azure_env: AzureEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -76,6 +76,10 @@ READ_TIMEOUT_ENV = "FINETUNE_AZURE_READ_TIMEOUT"
 SDK_RETRIES = 0
 """The SDK's own retries per request: none, so that every retry is ours, bounded by the
 job's retry deadline and logged."""
+SINGLE_PUT_BYTES = 64 * 1024 * 1024
+"""Files above this are uploaded in blocks (Put Block + Put Block List), in parallel."""
+BLOCK_BYTES = 16 * 1024 * 1024
+"""The block size: 50,000 blocks (Azure's limit) of 16 MiB allow files up to 780 GiB."""
 LEASE_SECONDS = 120.0
 """How long an output's lease blob holds without renewal (as on S3)."""
 CACHE_SCHEME = "az"
@@ -143,6 +147,8 @@ class AzureSettings:
             "connection_timeout": self.connect_timeout,
             "read_timeout": self.read_timeout,
             "retry_total": SDK_RETRIES,
+            "max_single_put_size": SINGLE_PUT_BYTES,
+            "max_block_size": BLOCK_BYTES,
             "user_agent": "finetune-operator",
         }
         if self.connection_string:
