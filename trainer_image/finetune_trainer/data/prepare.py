@@ -12,6 +12,15 @@ the sources by weight (``data.mixture``), assigns class ids for classification
 its list, with its reference answer) and packs (``data.packing``) when asked. Every
 count goes into the run's metrics (``DataReport``), on a cache hit as on a miss.
 
+*At scale*: nothing here holds a row per Python object. Each file is read a chunk of
+:data:`CHUNK_ROWS` rows at a time (converted, cleaned with 64-bit content hashes,
+tokenized by ``dataset.tokenizeProcesses`` workers, ``data.parallel``) into an Arrow
+table (``data.table``), which is the cache entry; the split, the drops, the mixture and
+the interleaving are numpy index arrays over the tables, and training reads a
+:class:`~finetune_trainer.data.table.TableView` (memory-mapped). Only the small tasks
+that need a field per example (classification's class ids, the prompts' rows and
+references) become lists, after all the selection.
+
 Preference pairs and prompts go through the same steps as every other example: a pair
 is one example (one row of the report), dropped as overlong when either sequence is cut
 under ``dataset.overlong: drop``, and its validation sample is the prompt with the
