@@ -423,3 +423,17 @@ def test_open_stream_reads_the_blob_without_downloading_it(azure_env: AzureEnv) 
         backend.open_stream(  # type: ignore[attr-defined]
             parse_uri(azure_env.uri("sets/nope.jsonl"), Role.DATASET), Access(None, 60)
         )
+
+
+def test_the_planner_reads_an_az_models_metadata_without_its_weights(
+    azure_env: AzureEnv, tiny_model_dir: Path
+) -> None:
+    from finetune_trainer.planning import model_metadata_dir
+
+    for path in sorted(tiny_model_dir.rglob("*")):
+        if path.is_file():
+            azure_env.upload(path, f"models/tiny/{path.relative_to(tiny_model_dir).as_posix()}")
+    local = model_metadata_dir(azure_env.uri("models/tiny"), None, Access())
+    names = {p.name for p in local.iterdir()}
+    assert "config.json" in names
+    assert not [n for n in names if n.endswith(".safetensors")], "the weights were downloaded"
