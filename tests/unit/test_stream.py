@@ -15,7 +15,7 @@ from finetune_api.config import ColumnMapping, DatasetSpec, TrainingSpec
 from finetune_trainer.data.prepare import prepare_data
 from finetune_trainer.data.stream import ExampleStream, StreamSettings, open_source, open_stream
 from finetune_trainer.data.tokenize import TokenizedExample
-from finetune_trainer.errors import DataError
+from finetune_trainer.errors import DataError, StorageError
 from finetune_trainer.steps import stream_step_groups
 from finetune_trainer.storage.backends import Access
 
@@ -169,6 +169,11 @@ def test_streaming_refuses_a_json_document_naming_the_field_and_the_fix(
     path.write_text(json.dumps(colour_rows(3)))
     with pytest.raises(DataError, match=r"dataset\.train .*\.jsonl"):
         open_source(f"file://{path}", Access())
+
+
+def test_a_missing_file_is_a_storage_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=r"no such file .*absent\.jsonl"):
+        open_source(f"file://{tmp_path / 'absent.jsonl'}", Access())
 
 
 def test_a_file_without_rows_and_one_without_anything_to_learn_fail_clearly(

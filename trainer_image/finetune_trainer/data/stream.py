@@ -43,7 +43,7 @@ from finetune_trainer.data.formats import to_examples
 from finetune_trainer.data.loading import _SURROGATE_ESCAPE, SourceRow, _no_lone_surrogates
 from finetune_trainer.data.tokenize import LossOn, TemplateError, TokenizedExample, tokenize_example
 from finetune_trainer.errors import DataError
-from finetune_trainer.storage.backends import Access, backend_for
+from finetune_trainer.storage.backends import Access, LocalBackend, backend_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -93,10 +93,10 @@ def open_source(uri: str, access: Access, label: str = "dataset.train") -> Strea
         def open_remote() -> BinaryIO:
             return stream_open(parsed, access)
 
-        local = getattr(backend, "resolve", None)
-        version = (
-            _local_version(local(parsed)) if callable(local) else _remote_version(uri, open_remote)
-        )
+        if isinstance(backend, LocalBackend):  # in place; a missing file is named now
+            version = _local_version(backend.local_file(parsed, access))
+        else:
+            version = _remote_version(uri, open_remote)
         return StreamSource(uri, full_label, suffix, open_remote, version)
     # Parquet is read by row groups, which needs a seekable file; a backend without
     # open_stream downloads the file (into its cache) first.
