@@ -219,6 +219,32 @@ def s3_env(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     return S3Env(s3_server, s3_server.new_bucket(), s3_server.client())
 
 
+# --------------------------------------------------------------------------- GCS
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Any:
+    """gcp-storage-emulator on 127.0.0.1 for the whole session (see tests/gcs_server.py)."""
+    from gcs_server import GcsServer
+
+    server = GcsServer()
+    server.start()
+    yield server
+    server.end_outage()
+    server.stop()
+
+
+@pytest.fixture
+def gcs_env(gcs_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh bucket on the emulator, and this process's environment pointed at it the
+    way a trainer pod's would be (STORAGE_EMULATOR_HOST, private cache and secrets)."""
+    from gcs_server import GcsEnv, trainer_environment
+
+    gcs_server.end_outage()  # a previous test's outage ends here
+    trainer_environment(gcs_server, tmp_path, monkeypatch)
+    return GcsEnv(gcs_server, gcs_server.new_bucket())
+
+
 # --------------------------------------------------------------------------- Azure
 
 

@@ -45,6 +45,7 @@ class UriError(ValueError):
 
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_GCS_BUCKET = re.compile(r"^(?=.{3,222}$)[a-z0-9][a-z0-9._-]*[a-z0-9]$")
 _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 """Azure's container names: 3-63 lower-case letters, digits and single hyphens, starting
 and ending with a letter or digit."""
@@ -91,6 +92,22 @@ def _check_s3(location: str, role: Role) -> None:
         )
     if role is not Role.OUTPUT and not key:
         raise UriError("s3:// needs an object key or prefix: s3://<bucket>/<key>")
+    _check_segments(key)
+
+
+def _check_gs(location: str, role: Role) -> None:
+    """``gs://<bucket>/<key>``: a Cloud Storage bucket, named as GCS allows (3-63
+    lower-case letters, digits, '-', '_' and '.', starting and ending with a letter or a
+    digit; dotted names up to 222 with each part at most 63)."""
+    bucket, _, key = location.partition("/")
+    if not _GCS_BUCKET.match(bucket) or any(len(p) > 63 for p in bucket.split(".")):
+        raise UriError(
+            f"'{bucket}' is not a valid Cloud Storage bucket name (3-63 lower-case letters, "
+            "digits, '-', '_' and '.', starting and ending with a letter or digit); write "
+            "gs://<bucket>/<key>"
+        )
+    if role is not Role.OUTPUT and not key:
+        raise UriError("gs:// needs an object name or prefix: gs://<bucket>/<key>")
     _check_segments(key)
 
 
@@ -171,6 +188,7 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("s3", frozenset(Role), _check_s3, "s3://<bucket>/<key>"),
         Scheme("hf", frozenset(Role), _check_hf, "hf://<org>/<name>"),
         Scheme("az", frozenset(Role), _check_az, "az://<container>/<key>"),
+        Scheme("gs", frozenset(Role), _check_gs, "gs://<bucket>/<key>"),
     )
 }
 
@@ -201,6 +219,7 @@ def _refuse_credentials(scheme: str, rest: str) -> None:
             "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
             "hf": "HF_TOKEN",
             "az": "AZURE_STORAGE_CONNECTION_STRING (or AZURE_STORAGE_ACCOUNT_NAME and KEY)",
+            "gs": "service-account.json (a service-account key file)",
         }
         raise UriError(
             "holds credentials (user:password@), which must never be written into a URI: "
@@ -281,7 +300,7 @@ def _place(uri: str) -> tuple[tuple[str, str], tuple[str, ...]] | None:
     """
     scheme, sep, rest = uri.partition("://")
     scheme, location = scheme.lower(), unquote(rest)
-    if not sep or scheme not in ("file", "pvc", "s3", "hf", "az"):
+    if not sep or scheme not in ("file", "pvc", "s3", "hf", "az", "gs"):
         return None
     if scheme == "hf":
         return ("hf", ""), (location.partition("@")[0],)  # repositories do not nest

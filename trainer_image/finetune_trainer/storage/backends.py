@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from finetune_api.uri import ParsedUri, Role, UriError, parse_uri
 from finetune_trainer.errors import StorageError
 from finetune_trainer.storage.azure import AzureBackend
+from finetune_trainer.storage.gcs import GcsBackend
 from finetune_trainer.storage.hub import HubBackend
 from finetune_trainer.storage.local import PVC_ROOT_ENV, LocalBackend, file_path, pvc_path
 from finetune_trainer.storage.s3 import S3Backend
@@ -47,6 +48,7 @@ BACKENDS: dict[str, Backend] = {
     "hf": HubBackend(),
     "s3": S3Backend(),
     "az": AzureBackend(),
+    "gs": GcsBackend(),
 }
 
 

@@ -1,0 +1,718 @@
+"""gs:// storage: Google Cloud Storage, through gcsfs (fsspec) and GCS's JSON API.
+
+gcsfs brings the authentication (a service-account key, or Application Default
+Credentials: workload identity on GKE, ``GOOGLE_APPLICATION_CREDENTIALS``, the metadata
+server), resumable uploads and ranged reads. What this module adds is the same policy
+as ``s3``, so that a gs:// output keeps every guarantee an s3:// one does:
+
+* Retry by deadline. Each request is made once (gcsfs's own six retries with up to 32 s
+  of sleep are switched off, :class:`_OneAttemptFileSystem`), and transient failures
+  (connection refused/reset, timeouts, 408, 429, 5xx) are retried with exponential
+  backoff and full jitter until ``retryDeadlineSeconds``; anything else (no such bucket
+  or object, 401/403, a malformed key) fails at once naming the URI.
+* Verified downloads into the URI+generation-keyed cache (:mod:`.cache`): the size, then
+  the object's ``md5Hash`` (or ``crc32c`` for composite objects, which have no MD5).
+* Leases with generation preconditions, GCS's conditional writes: the lease object is
+  created with ``ifGenerationMatch=0`` (only if absent) and renewed, taken over or
+  deleted with ``ifGenerationMatch=<its generation>``; a lost race answers 412.
+* Credentials: key ``service-account.json`` of the location's credentialsSecret (a
+  service-account key file, ``kubectl create secret generic gcs
+  --from-file=service-account.json=key.json``), else Application Default Credentials
+  (workload identity). ``STORAGE_EMULATOR_HOST`` (the variable Google's own libraries
+  honour; also read from the Secret) points every request at an emulator, which needs no
+  credentials. The key's secret parts are registered with the redaction layer as soon
+  as they are read, and no message carries them.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from finetune_api.redaction import register
+from finetune_api.uri import ParsedUri
+from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
+from finetune_trainer.storage import cache
+from finetune_trainer.storage.credentials import read_secret, redact, secrets_root
+from finetune_trainer.storage.store import (
+    LEASE,
+    Access,
+    Holder,
+    ObjectInfo,
+    busy,
+    join_key,
+    safe_key,
+)
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SERVICE_ACCOUNT_KEY = "service-account.json"
+"""The key of a credentials Secret holding a service-account key file (JSON)."""
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+"""An emulator's address (``http://host:port``), as Google's client libraries read it."""
+PROJECT_KEY = "GOOGLE_CLOUD_PROJECT"
+LEASE_SECONDS = 120.0
+"""As ``s3.LEASE_SECONDS``: renewed every quarter of that while held."""
+READ_BLOCK = 16 * 1024 * 1024
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+HINTS = {
+    404: "no such bucket or object: check the bucket name and the key in the URI, and that "
+    "STORAGE_EMULATOR_HOST (if set) points at the store that holds them",
+    403: "access denied: the credentials are valid but may not use this bucket or prefix; "
+    "grant roles/storage.objectAdmin (or storage.objects.get/list/create/delete) on it",
+    401: "the store does not accept these credentials: check key service-account.json of the "
+    "credentials Secret, or the workload identity's service account",
+    400: "the store rejected the request as malformed: check the bucket name and the key",
+}
+NO_CREDENTIALS = (
+    "no usable Google credentials: name a credentials Secret holding key "
+    "service-account.json, or give the pod a workload identity (or set "
+    "GOOGLE_APPLICATION_CREDENTIALS locally)"
+)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class GcsSettings:
+    """How to reach GCS; the key's secret parts are hidden from ``repr``."""
+
+    endpoint_url: str | None = None
+    project: str | None = None
+    source: str = "Application Default Credentials (workload identity)"
+    """Where the credentials come from, for messages (never the values)."""
+    token: Any = field(default="google_default", repr=False)
+    """gcsfs's ``token``: a service-account key (dict), ``google_default`` or ``anon``."""
+
+    def secrets(self) -> list[str]:
+        if not isinstance(self.token, dict):
+            return []
+        return [str(self.token[k]) for k in ("private_key", "private_key_id") if self.token.get(k)]
+
+
+def gcs_settings(secret_name: str | None) -> GcsSettings:
+    """Settings from the mounted Secret ``secret_name`` over the environment."""
+    values = read_secret(secret_name, (EMULATOR_ENV, PROJECT_KEY))
+    endpoint = values.get(EMULATOR_ENV) or os.environ.get(EMULATOR_ENV) or None
+    if endpoint and "://" not in endpoint:
+        endpoint = f"http://{endpoint}"  # Google's libraries accept host:port too
+    project = values.get(PROJECT_KEY) or os.environ.get(PROJECT_KEY) or None
+    key = _service_account(secret_name)
+    if key is not None:
+        return GcsSettings(
+            endpoint, project or key.get("project_id"), f"credentials Secret {secret_name!r}", key
+        )
+    if endpoint:
+        return GcsSettings(endpoint, project, f"none (emulator at {endpoint})", "anon")
+    return GcsSettings(endpoint, project)
+
+
+def _service_account(secret_name: str | None) -> dict[str, Any] | None:
+    """The service-account key in the Secret, registered with the redaction layer and
+    checked to be one (a key that does not parse fails here, before any request, naming
+    the Secret and the key but quoting nothing of it); None when there is none."""
+    if not secret_name:
+        return None
+    path = secrets_root() / secret_name / SERVICE_ACCOUNT_KEY
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    where = f"key {SERVICE_ACCOUNT_KEY} of credentials Secret {secret_name!r}"
+    try:
+        info = json.loads(text)
+    except ValueError:
+        register(text.strip())
+        raise StorageError(
+            f"the {where} is not JSON; it must hold a service-account key file as Google "
+            "Cloud writes it (kubectl create secret generic NAME "
+            "--from-file=service-account.json=key.json)"
+        ) from None
+    if not isinstance(info, dict):
+        raise StorageError(f"the {where} is not a service-account key (a JSON object)")
+    for name in ("private_key", "private_key_id"):
+        if info.get(name):
+            register(str(info[name]))
+    problem = _key_problem(info)
+    if problem:
+        raise StorageError(
+            f"the {where} is not a usable service-account key ({problem}); download a new "
+            "key for the service account (gcloud iam service-accounts keys create)"
+        )
+    return info
+
+
+def _key_problem(info: dict[str, Any]) -> str | None:
+    if info.get("type") != "service_account":
+        return "its type is not service_account"
+    missing = [k for k in ("client_email", "private_key", "token_uri") if not info.get(k)]
+    if missing:
+        return "it lacks " + ", ".join(missing)
+    from google.oauth2 import service_account
+
+    try:
+        service_account.Credentials.from_service_account_info(info)
+    except (ValueError, TypeError, IndexError):
+        return "its private_key does not parse"
+    return None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        yield current
+        current, seen = current.__cause__ or current.__context__, seen + 1
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status behind a gcsfs error (it maps 404 to FileNotFoundError, 412 to
+    FileExistsError, 403 to an OSError 'Forbidden', 400 to ValueError); None if none."""
+    from gcsfs.retry import HttpError
+
+    for cause in _chain(exc):
+        if isinstance(cause, HttpError) and cause.code is not None:
+            return int(cause.code)
+        if isinstance(cause, FileNotFoundError):
+            return 404
+        if isinstance(cause, FileExistsError):
+            return 412
+        if isinstance(cause, OSError) and str(cause).startswith("Forbidden"):
+            return 403
+        if isinstance(cause, ValueError) and str(cause).startswith("Bad Request"):
+            return 400
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth trying again: the network or the store's load, not the request itself."""
+    import aiohttp
+    import requests
+    from gcsfs.retry import ChecksumError
+
+    for cause in _chain(exc):
+        if isinstance(cause, aiohttp.ClientResponseError):
+            return cause.status in TRANSIENT_STATUS
+        if isinstance(cause, aiohttp.ClientError | ChecksumError | TimeoutError):
+            return True
+        if isinstance(cause, requests.ConnectionError | requests.Timeout):
+            return True  # gcsfs raises requests' ProxyError for a 502
+        if isinstance(cause, builtins.ConnectionError):
+            return True
+    status = status_of(exc)
+    return status is not None and status in TRANSIENT_STATUS
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong in a few words: the HTTP status, or the error's type."""
+    status = status_of(exc)
+    if status is not None:
+        return f"HTTP {status}"
+    for cause in _chain(exc):
+        if type(cause).__module__.startswith(("google.auth", "aiohttp")):
+            text = str(cause).splitlines()[0] if str(cause) else ""
+            return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def hint(exc: BaseException) -> str:
+    from google.auth.exceptions import GoogleAuthError
+
+    if any(isinstance(c, GoogleAuthError) for c in _chain(exc)):
+        return NO_CREDENTIALS
+    return HINTS.get(status_of(exc) or 0, "see the store's error")
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _filesystem(settings: GcsSettings) -> Any:
+    """gcsfs's core filesystem with one attempt per request (the deadline retries)."""
+    from gcsfs.core import GCSFileSystem
+
+    class _OneAttemptFileSystem(GCSFileSystem):  # type: ignore[misc]
+        # The core class, not gcsfs's default export (ExtendedGcsFileSystem), which asks
+        # a gRPC endpoint whether each bucket is zonal and waits 60 s when none answers.
+        _request = GCSFileSystem._request.__wrapped__
+
+    return _OneAttemptFileSystem(
+        project=settings.project or "finetune-operator",
+        token=settings.token,
+        endpoint_url=settings.endpoint_url,
+        skip_instance_cache=True,
+        use_listings_cache=False,
+    )
+
+
+class GcsClient:
+    """One bucket through gcsfs, every call retried by deadline and errors made readable."""
+
+    def __init__(self, bucket: str, settings: GcsSettings, deadline: float) -> None:
+        self.bucket = bucket
+        self.settings = settings
+        self.deadline = max(0.0, float(deadline))
+        self.fs = _filesystem(settings)
+        self.endpoint = settings.endpoint_url or "https://storage.googleapis.com"
+
+    def uri(self, key: str) -> str:
+        return f"gs://{self.bucket}/{key}"
+
+    def path(self, key: str) -> str:
+        return f"{self.bucket}/{key}"
+
+    def call(self, what: str, key: str, fn: Callable[[], T], *, deadline: float | None = None) -> T:
+        """``fn()`` retried on transient errors until the deadline; StorageError otherwise."""
+        from tenacity import Retrying, retry_if_exception, stop_before_delay
+        from tenacity import wait_random_exponential as backoff_with_jitter
+
+        limit = self.deadline if deadline is None else deadline
+        started = time.monotonic()
+        retrying = Retrying(
+            stop=stop_before_delay(limit),
+            wait=backoff_with_jitter(multiplier=0.5, max=10),
+            retry=retry_if_exception(is_transient),
+            before_sleep=self._log_retry(what, key),
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self.error(what, key, exc, time.monotonic() - started, limit) from exc
+
+    def error(
+        self, what: str, key: str, exc: BaseException, elapsed: float, limit: float
+    ) -> StorageError:
+        uri, hidden = self.uri(key), self.settings.secrets()
+        if is_transient(exc):
+            return StorageUnavailable(
+                redact(
+                    f"{uri}: cannot {what}: {describe(exc)}; still failing after {elapsed:.0f}s "
+                    f"of retries (retry deadline {limit:g}s). Check that {self.endpoint} is "
+                    "reachable, or raise output.retryDeadlineSeconds",
+                    hidden,
+                )
+            )
+        return StorageError(
+            redact(
+                f"{uri}: cannot {what}: {describe(exc)}: {hint(exc)} "
+                f"(endpoint {self.endpoint}, credentials from {self.settings.source})",
+                hidden,
+            )
+        )
+
+    def _log_retry(self, what: str, key: str) -> Callable[[RetryCallState], None]:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "%s: %s failed (%s), attempt %d; retrying in %.1fs",
+                self.uri(key),
+                what,
+                redact(describe(exc), self.settings.secrets()) if exc else "?",
+                state.attempt_number,
+                wait,
+            )
+
+        return before_sleep
+
+    # --- operations, each one attempt; callers wrap them in call()
+
+    def upload(self, src: Path, key: str) -> None:
+        self.fs.put_file(str(src), self.path(key))
+
+    def head(self, key: str) -> dict[str, Any]:
+        """The object resource (size, generation, md5Hash, crc32c), read fresh."""
+        found: dict[str, Any] = self.fs.call("GET", "b/{}/o/{}", self.bucket, key, json_out=True)
+        return found
+
+    def download(self, key: str, dst: Path, generation: str | None = None) -> None:
+        """``key`` into ``dst`` (through a temporary file renamed into place), verified
+        against the object's size and checksum; ``generation``: the version the caller
+        expects. A mismatch is fetched once more, then refused."""
+        head = self.head(key)
+        if generation is not None and str(head.get("generation")) != generation:
+            raise StorageError(
+                f"{self.uri(key)}: the object changed while it was being read; run again"
+            )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name[:100]}.{secrets.token_hex(6)}")
+        problem = None
+        try:
+            for _ in range(2):
+                source = self.fs.open(self.path(key), "rb", block_size=READ_BLOCK)
+                with source as src, tmp.open("wb") as out:
+                    shutil.copyfileobj(src, out, READ_BLOCK)
+                problem = verify_download(tmp, head)
+                if problem is None:
+                    os.replace(tmp, dst)
+                    return
+        finally:
+            tmp.unlink(missing_ok=True)
+        raise StorageError(f"{self.uri(key)}: the download is corrupt: {problem}")
+
+    def objects(self, prefix: str) -> list[dict[str, Any]]:
+        """Every object under ``prefix`` (raw object resources), all pages."""
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = self.fs.call(
+                "GET", "b/{}/o", self.bucket, prefix=prefix, pageToken=token, json_out=True
+            )
+            out += page.get("items", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return out
+
+    def put_body(self, key: str, body: bytes, generation: str) -> str:
+        """PUT ``body`` at ``key`` if its generation is ``generation`` ('0': if absent);
+        the new generation. GCS answers 412 (FileExistsError) when it is not."""
+        made = self.fs.call(
+            "POST",
+            f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket)}/o",
+            uploadType="media",
+            name=key,
+            ifGenerationMatch=generation,
+            data=body,
+            headers={"Content-Type": "application/octet-stream"},
+            json_out=True,
+        )
+        return str(made["generation"])
+
+    def get_body(self, key: str) -> tuple[bytes, str] | None:
+        """The object at ``key`` and its generation; None when there is none."""
+        try:
+            head = self.head(key)
+            _, body = self.fs.call(
+                "GET", "b/{}/o/{}", self.bucket, key, alt="media", generation=head["generation"]
+            )
+        except FileNotFoundError:
+            return None
+        return bytes(body), str(head["generation"])
+
+    def delete_if(self, key: str, generation: str) -> None:
+        self.fs.call("DELETE", "b/{}/o/{}", self.bucket, key, ifGenerationMatch=generation)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.call("DELETE", "b/{}/o/{}", self.bucket, key)
+
+
+def verify_download(path: Path, head: dict[str, Any]) -> str | None:
+    """Why ``path`` is not the object ``head`` describes, or None when it matches: the
+    size, then the MD5 GCS keeps for every object uploaded whole, else (composite
+    objects) its CRC32C."""
+    size = path.stat().st_size
+    if "size" in head and size != int(head["size"]):
+        return f"downloaded {size} bytes, the store lists {head['size']}"
+    if head.get("md5Hash"):
+        md5 = hashlib.md5(usedforsecurity=False)
+        _feed(path, md5.update)
+        actual = base64.b64encode(md5.digest()).decode()
+        return None if actual == head["md5Hash"] else "MD5 differs from the store's md5Hash"
+    if head.get("crc32c"):
+        import google_crc32c
+
+        crc = google_crc32c.Checksum()
+        _feed(path, crc.update)
+        actual = base64.b64encode(crc.digest()).decode()
+        return None if actual == head["crc32c"] else "CRC32C differs from the store's crc32c"
+    return None
+
+
+def _feed(path: Path, update: Callable[[bytes], object]) -> None:
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            update(block)
+
+
+# --------------------------------------------------------------------------- store
+
+
+class GcsStore:
+    """A ``gs://bucket/prefix`` output location as a :class:`~.store.Store`.
+
+    An upload replaces an object atomically for readers (GCS is strongly consistent), so
+    ``put_file`` needs no temporary key; ``publish_dir`` gives a set its manifest-last order.
+    """
+
+    def __init__(self, uri: str, gcs: GcsClient, prefix: str) -> None:
+        self.uri = uri
+        self.gcs = gcs
+        self.prefix = prefix.strip("/")
+        self.lease_seconds = LEASE_SECONDS
+
+    @contextlib.contextmanager
+    def lease(self, holder: Holder) -> Iterator[None]:
+        """The output's lease object, created only if absent (``ifGenerationMatch=0``)
+        and renewed by a background thread (``ifGenerationMatch`` its last generation);
+        as ``S3Store.lease`` otherwise: an expired or same-run lease is taken over
+        conditionally, and a lease lost meanwhile fails the run when the block ends."""
+        key = self._key(LEASE)
+        generation = self.gcs.call("take the lease", key, lambda: self._take(key, holder))
+        renewal = _Renewal(self, key, holder, generation)
+        try:
+            yield
+        finally:
+            renewal.stop()
+            self._release(key, renewal.generation)
+        if renewal.lost is not None:
+            raise StorageError(
+                f"{self.uri}: this run lost the output's lease ({renewal.lost}); another run "
+                "may have written here meanwhile: check it with finetune verify"
+            )
+
+    def lease_body(self, holder: Holder) -> bytes:
+        data = json.loads(holder.to_json()) | {"expires": time.time() + self.lease_seconds}
+        return json.dumps(data).encode()
+
+    def _take(self, key: str, holder: Holder) -> str:
+        try:
+            return self.gcs.put_body(key, self.lease_body(holder), "0")
+        except FileExistsError:
+            pass
+        current = self.gcs.get_body(key)
+        if current is None:  # released meanwhile: try again from the start
+            return self._take(key, holder)
+        body, generation = current
+        other, expires = Holder.from_json(body), _expiry(body)
+        if other is not None and other.run != holder.run and expires > time.time():
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
+            raise busy(self.uri, other, f"or for its lease to lapse after {until} if it died")
+        try:
+            return self.gcs.put_body(key, self.lease_body(holder), generation)
+        except FileExistsError:  # another run took it first
+            raise busy(self.uri, None, "stop it") from None
+
+    def _release(self, key: str, generation: str) -> None:
+        try:
+            self.gcs.call("release the lease", key, lambda: self.gcs.delete_if(key, generation))
+        except StorageError as exc:
+            log.warning("%s: could not release the output's lease (%s); it lapses", self.uri, exc)
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, safe_key(key)) if self.prefix else safe_key(key)
+
+    def _dir(self, prefix: str) -> str:
+        base = self._key(prefix) if prefix else self.prefix
+        return f"{base}/" if base else ""
+
+    def put_file(self, src: Path, key: str) -> None:
+        full = self._key(key)
+        self.gcs.call("upload", full, lambda: self.gcs.upload(src, full))
+
+    def get_file(self, key: str, dst: Path) -> None:
+        full = self._key(key)
+        self.gcs.call("download", full, lambda: self.gcs.download(full, dst))
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._dir(prefix)
+        raw = self.gcs.call("list", base, lambda: self.gcs.objects(base))
+        root = f"{self.prefix}/" if self.prefix else ""
+        out = []
+        for rel, obj in relative_objects(raw, root):
+            try:
+                out.append(ObjectInfo(safe_key(rel), int(obj["size"])))
+            except StorageError:
+                log.warning("%s: ignoring object %r, not a safe relative key", self.uri, rel)
+        return sorted(out, key=lambda o: o.key)
+
+    def exists(self, key: str) -> bool:
+        full = self._key(key)
+        return self.gcs.call("check", full, lambda: self._exists(full))
+
+    def _exists(self, full: str) -> bool:
+        try:
+            self.gcs.head(full)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete(self, keys: Iterable[str]) -> None:
+        full = [self._key(k) for k in keys]
+        if full:
+            self.gcs.call("delete", full[0], lambda: self.gcs.delete(full))
+
+
+def _expiry(body: bytes) -> float:
+    try:
+        return float(json.loads(body)["expires"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0
+
+
+class _Renewal:
+    """Renews a lease every quarter of its length in a daemon thread, until stopped."""
+
+    def __init__(self, store: GcsStore, key: str, holder: Holder, generation: str) -> None:
+        self.store, self.key, self.holder, self.generation = store, key, holder, generation
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="finetune-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        gcs = self.store.gcs
+        while not self._stop.wait(self.store.lease_seconds / 4):
+            body = self.store.lease_body(self.holder)
+            try:
+                self.generation = gcs.put_body(self.key, body, self.generation)
+            except FileExistsError:
+                self.lost = "another run took it over"
+                log.error("%s: %s", self.store.uri, self.lost)
+                return
+            except Exception as exc:
+                log.warning("%s: renewing the lease failed (%s)", self.store.uri, describe(exc))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def relative_objects(raw: list[dict[str, Any]], root: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Listing entries with their name relative to ``root``; folder markers skipped."""
+    for obj in raw:
+        rel = str(obj["name"])[len(root) :]
+        if rel and not rel.endswith("/"):
+            yield rel, obj
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def split_location(location: str) -> tuple[str, str]:
+    bucket, _, key = location.partition("/")
+    return bucket, key
+
+
+class GcsBackend:
+    """The ``gs`` registry entry: models and datasets through the cache, outputs as stores."""
+
+    def client(self, bucket: str, access: Access) -> GcsClient:
+        return GcsClient(bucket, gcs_settings(access.credentials_secret), access.deadline_seconds)
+
+    def store(self, uri: ParsedUri, access: Access) -> GcsStore:
+        bucket, prefix = split_location(uri.location)
+        return GcsStore(str(uri), self.client(bucket, access), prefix)
+
+    def open_stream(self, uri: ParsedUri, access: Access) -> IO[bytes]:
+        """The object at ``uri`` as a file read in ranged blocks (streaming datasets)."""
+        bucket, key = split_location(uri.location)
+        gcs = self.client(bucket, access)
+        gcs.call("read", key, lambda: gcs.head(key))  # a missing object fails here, named
+        stream: IO[bytes] = gcs.fs.open(gcs.path(key), "rb", block_size=READ_BLOCK)
+        return stream
+
+    def local_file(self, uri: ParsedUri, access: Access) -> Path:
+        """The object at ``uri`` in the cache, keyed by its generation; downloaded when new."""
+        bucket, key = split_location(uri.location)
+        name = Path(key).name
+        gcs = self.client(bucket, access)
+        head = _probe_or_cached(
+            str(uri), lambda limit: gcs.call("read", key, lambda: gcs.head(key), deadline=limit)
+        )
+        if isinstance(head, Path):
+            return head / name
+        generation = str(head.get("generation"))
+
+        def populate(directory: Path) -> None:
+            gcs.call("download", key, lambda: gcs.download(key, directory / name, generation))
+
+        version = json.dumps([generation, head.get("size"), head.get("md5Hash")])
+        return cache.fill(str(uri), "gs", version, populate) / name
+
+    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
+        """Every object under the prefix, in the cache keyed by the listing's generations."""
+        if revision is not None:
+            log.warning("%s: model.revision applies to hf:// models; ignored for gs://", uri)
+        bucket, key = split_location(uri.location)
+        prefix = key.rstrip("/") + "/"
+        gcs = self.client(bucket, access)
+        listed = _probe_or_cached(
+            str(uri),
+            lambda limit: gcs.call("list", prefix, lambda: gcs.objects(prefix), deadline=limit),
+        )
+        if isinstance(listed, Path):
+            return listed
+        files = model_files(str(uri), listed, prefix)
+
+        def populate(directory: Path) -> None:
+            for rel, obj in files:
+                full, dst, gen = prefix + rel, directory / rel, str(obj.get("generation"))
+                gcs.call("download", full, lambda: gcs.download(full, dst, gen))  # noqa: B023
+
+        version = json.dumps([[rel, obj.get("generation"), obj.get("size")] for rel, obj in files])
+        target = cache.fill(str(uri), "gs", version, populate)
+        if not (target / "config.json").is_file():
+            raise ModelError(
+                f"{uri}: no config.json under this prefix; point model.uri at a prefix holding "
+                "a model saved with save_pretrained"
+            )
+        return target
+
+
+def model_files(
+    uri: str, listed: list[dict[str, Any]], prefix: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """The objects of a model prefix with safe relative names; any other name is refused."""
+    files = []
+    for rel, obj in relative_objects(listed, prefix):
+        try:
+            files.append((safe_key(rel), obj))
+        except StorageError as exc:
+            raise StorageError(
+                f"{uri}: refusing to download object {obj['name']!r}: its name would leave the "
+                f"model directory ({exc})"
+            ) from None
+    if not files:
+        raise ModelError(
+            f"{uri}: no objects under this prefix; check the bucket and the key "
+            "(a model is a prefix holding config.json and the weights)"
+        )
+    return sorted(files, key=lambda f: f[0])
+
+
+def _probe_or_cached(uri: str, probe: Callable[[float | None], T]) -> T | Path:
+    """As ``s3._probe_or_cached``: with a complete cached copy, one attempt at the store,
+    and the copy (with a warning) when the store cannot be reached."""
+    cached = cache.latest(uri, "gs")
+    if cached is None:
+        return probe(None)
+    try:
+        return probe(0.0)
+    except StorageError as exc:
+        if exc.__cause__ is None or not is_transient(exc.__cause__):
+            raise
+        log.warning(
+            "%s: the store cannot be reached (%s); using the cached copy at %s",
+            uri,
+            describe(exc.__cause__),
+            cached,
+        )
+        return cached
