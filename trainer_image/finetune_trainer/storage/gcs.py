@@ -615,7 +615,11 @@ class GcsBackend:
     """The ``gs`` registry entry: models and datasets through the cache, outputs as stores."""
 
     def client(self, bucket: str, access: Access) -> GcsClient:
-        return GcsClient(bucket, gcs_settings(access.credentials_secret), access.deadline_seconds)
+        try:
+            settings = gcs_settings(access.credentials_secret)
+        except StorageError as exc:  # a key that is none: say which location needed it
+            raise StorageError(f"gs://{bucket}: {exc}") from None
+        return GcsClient(bucket, settings, access.deadline_seconds)
 
     def store(self, uri: ParsedUri, access: Access) -> GcsStore:
         bucket, prefix = split_location(uri.location)

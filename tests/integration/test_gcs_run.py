@@ -1,0 +1,133 @@
+"""`finetune run` with the model, the dataset and the output on gs:// (the GCS emulator,
+tests/gcs_server.py), and what is particular to gs:// beyond the store contract
+(tests/integration/test_store_contract.py): streaming reads, where credentials come
+from, and a key in the Secret that is not one.
+
+The run finds the store through ``STORAGE_EMULATOR_HOST`` as a pod pointed at an
+emulator would, downloads the model prefix and the dataset into the cache, trains the
+tiny Llama for two steps and publishes; the bucket then holds a set that
+``finetune verify gs://…`` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from finetune_api.uri import Role, parse_uri
+from finetune_cli.app import app
+from finetune_trainer.errors import StorageError
+from finetune_trainer.storage import gcs as gcs_module
+from finetune_trainer.storage.backends import BACKENDS, Access, fetch_file
+from finetune_trainer.storage.store import MANIFEST
+from gcs_server import GcsEnv
+
+
+def test_finetune_run_reads_and_publishes_through_gcs(
+    gcs_env: GcsEnv, make_job: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    for path in sorted(tiny_model_dir.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(tiny_model_dir).as_posix()
+            gcs_env.server.put(gcs_env.bucket, f"models/tiny/{rel}", path.read_bytes())
+    job = make_job(
+        model={"uri": gcs_env.uri("models/tiny")},
+        output={"uri": gcs_env.uri("adapters/tiny"), "retryDeadlineSeconds": 30},
+    )
+    for name in ("train.jsonl", "validation.jsonl"):
+        gcs_env.server.put(gcs_env.bucket, f"sets/{name}", (tmp_path / name).read_bytes())
+        job.write_text(
+            job.read_text().replace(f"file://{tmp_path / name}", gcs_env.uri(f"sets/{name}"))
+        )
+    assert "file://" not in job.read_text()
+
+    result = CliRunner().invoke(app, ["run", str(job), "--max-steps", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+    names = {k.removeprefix("adapters/tiny/") for k in gcs_env.objects("adapters/tiny/")}
+    assert {"adapter_model.safetensors", "adapter_config.json", "metrics.json", MANIFEST} <= names
+    manifest = json.loads(gcs_env.server.get(gcs_env.bucket, f"adapters/tiny/{MANIFEST}"))
+    assert manifest["baseModel"] == gcs_env.uri("models/tiny")
+    assert manifest["spec"]["dataset"]["train"] == gcs_env.uri("sets/train.jsonl")
+    listed = {f["path"] for f in manifest["files"]}
+    assert listed == {n for n in names if not n.startswith("checkpoints/")} - {MANIFEST}
+    assert "checkpoints/.lease" not in names  # released when the run ended
+
+    verified = CliRunner().invoke(app, ["verify", gcs_env.uri("adapters/tiny")])
+    assert verified.exit_code == 0, verified.output
+    downloads = tmp_path / "cache" / "downloads" / "gs"
+    assert len(list(downloads.glob("*/*/config.json"))) == 1
+    assert len(list(downloads.glob("*/*/train.jsonl"))) == 1
+
+
+def test_a_missing_bucket_exits_with_the_storage_code_at_once(
+    gcs_env: GcsEnv, make_job: Any
+) -> None:
+    job = make_job(model={"uri": "gs://no-such-models-bucket/smol"})
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert result.exit_code == 5, result.output
+    assert "gs://no-such-models-bucket/smol/: cannot list: HTTP 404" in result.output
+    assert "Traceback" not in result.output
+    assert time.monotonic() - started < 10
+
+
+def test_open_stream_reads_the_object_without_a_download(gcs_env: GcsEnv, tmp_path: Path) -> None:
+    rows = b"".join(b'{"text": "row %d"}\n' % i for i in range(2000))
+    gcs_env.server.put(gcs_env.bucket, "sets/big.jsonl", rows)
+    backend = BACKENDS["gs"]
+    with backend.open_stream(parse_uri(gcs_env.uri("sets/big.jsonl"), Role.DATASET), Access()) as f:  # type: ignore[attr-defined]
+        assert f.read() == rows
+    assert not (tmp_path / "cache" / "downloads").exists()
+    missing = parse_uri(gcs_env.uri("sets/none.jsonl"), Role.DATASET)
+    with pytest.raises(StorageError, match=r"none\.jsonl: cannot read: HTTP 404"):
+        backend.open_stream(missing, Access(None, 60))  # type: ignore[attr-defined]
+
+
+def test_credentials_come_from_the_secret_else_workload_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gcs_server import service_account_key
+
+    monkeypatch.setenv("FINETUNE_SECRETS_ROOT", str(tmp_path))
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    default = gcs_module.gcs_settings(None)
+    assert default.token == "google_default" and "workload identity" in default.source
+    key = service_account_key("https://oauth2.googleapis.com/token")
+    (tmp_path / "gcs").mkdir()
+    (tmp_path / "gcs" / "service-account.json").write_text(json.dumps(key))
+    settings = gcs_module.gcs_settings("gcs")
+    assert settings.token == key and settings.project == "finetune-test"
+    assert settings.source == "credentials Secret 'gcs'"
+    assert key["private_key"] not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"type": "service_account", "private_key": "x', "is not JSON"),
+        ('{"type": "authorized_user"}', "its type is not service_account"),
+        (
+            '{"type": "service_account", "client_email": "a@b", "token_uri": "https://t", '
+            '"private_key": "-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n"}',
+            "its private_key does not parse",
+        ),
+    ],
+)
+def test_a_secret_key_that_is_no_service_account_key_fails_before_any_request(
+    gcs_env: GcsEnv, tmp_path: Path, content: str, problem: str
+) -> None:
+    (tmp_path / "secrets" / "gcs").mkdir(parents=True)
+    (tmp_path / "secrets" / "gcs" / "service-account.json").write_text(content)
+    with pytest.raises(StorageError) as info:
+        fetch_file(gcs_env.uri("sets/x.jsonl"), Role.DATASET, Access("gcs", 60))
+    message = str(info.value)
+    assert message.startswith(f"gs://{gcs_env.bucket}: ")
+    assert "key service-account.json of credentials Secret 'gcs'" in message
+    assert problem in message
+    assert "AAAA" not in message and '"x' not in message
