@@ -99,6 +99,14 @@ def test_a_sequence_classifier_card_names_its_pipeline_and_loader(tmp_path: Path
     ("output", "expected"),
     [
         ("s3://models/runs/card", ["aws s3 cp --recursive s3://models/runs/card ./card"]),
+        (
+            "az://models/runs/card",
+            [
+                "az storage blob download-batch --source models --pattern 'runs/card/*' "
+                "--destination ./card",
+                'from_pretrained("./card/runs/card")',
+            ],
+        ),
         ("hf://acme/bot@candidate", ['from_pretrained("acme/bot", revision="candidate")']),
         ("pvc://models/runs/card", ['from_pretrained("/mnt/models/runs/card")']),
         ("file:///srv/runs/card", ['from_pretrained("/srv/runs/card")']),
