@@ -264,3 +264,57 @@ def test_an_s3_stream_cut_mid_read_resumes_at_the_byte_and_refuses_a_replaced_ob
     with pytest.raises(StorageError, match=r"t\.jsonl"):
         replaced.read()
     assert first == content[:1000]
+
+
+def test_a_hub_dataset_split_streams_with_its_held_out_split(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, make_job: Any
+) -> None:
+    """dataset.hub with streaming: the subset's train split (two files, read one after
+    the other) is the stream, its held-out split the validation; a run trains on it."""
+    from typer.testing import CliRunner
+
+    from finetune_cli.app import app
+    from hub_server import HubStandIn
+
+    rows = [json.dumps(r) + "\n" for r in colour_rows(48)]
+    card = """---
+configs:
+- config_name: colours
+  data_files:
+  - split: train
+    path: "colours/train-*.jsonl"
+  - split: test
+    path: "colours/test.jsonl"
+---
+"""
+    with HubStandIn() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        hub.add_dataset(
+            "acme/chats",
+            {
+                "README.md": card,
+                "colours/train-00000.jsonl": "".join(rows[:24]),
+                "colours/train-00001.jsonl": "".join(rows[24:40]),
+                "colours/test.jsonl": "".join(rows[40:]),
+            },
+        )
+        job = make_job(
+            dataset={
+                "train": "hf://datasets/acme/chats",
+                "validation": None,
+                "deduplicate": False,
+                "streaming": True,
+                "shuffleBuffer": 1,
+                "hub": {"subset": "colours", "split": "train", "validation": "test"},
+            },
+            training={"maxSteps": 6, "batchSize": 8},
+        )
+        result = CliRunner().invoke(app, ["run", str(job)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads((job.parent / "out" / "metrics.json").read_text())["data"]
+    assert data["streamed"] is True
+    assert data["validationRows"] == 8
+    assert data["trainRows"] == 48  # 6 steps of 8: the 40 train rows, and a second pass
+    assert data["passes"] == 2

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import random
@@ -43,10 +44,18 @@ from finetune_trainer.data.formats import to_examples
 from finetune_trainer.data.loading import _SURROGATE_ESCAPE, SourceRow, _no_lone_surrogates
 from finetune_trainer.data.tokenize import LossOn, TemplateError, TokenizedExample, tokenize_example
 from finetune_trainer.errors import DataError
-from finetune_trainer.storage.backends import Access, LocalBackend, backend_for
+from finetune_trainer.storage.backends import (
+    Access,
+    LocalBackend,
+    backend_for,
+    fetch_data_files,
+)
+from finetune_trainer.storage.hub import HubBackend
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from finetune_api.config.data import HubDatasetOptions
 
 STATE_VERSION = 1
 CHUNK = 1 << 20
@@ -70,22 +79,46 @@ class StreamSource:
     version: str
     """What the content of the source is known by (a local file's size and change time,
     else its URI): part of the run's identity, so a checkpoint resumes only its data."""
+    parts: tuple[StreamPart, ...] = ()
+    """A Hub dataset's split spread over several files, read one after the other (then
+    ``suffix`` and ``open`` are the first's)."""
 
 
-def open_source(uri: str, access: Access, label: str = "dataset.train") -> StreamSource:
+@dataclass(frozen=True)
+class StreamPart:
+    """One of several files of a source: its name in the repository, type and opener."""
+
+    name: str
+    suffix: str
+    open: Callable[[], BinaryIO]
+
+
+def _no_json(label: str) -> DataError:
+    return DataError(
+        f"{label}: a .json document cannot be streamed (its rows are one JSON value, "
+        "read whole); convert it to JSON Lines (.jsonl, one row per line) or set "
+        "dataset.streaming: false"
+    )
+
+
+def open_source(
+    uri: str,
+    access: Access,
+    label: str = "dataset.train",
+    hub: HubDatasetOptions | None = None,
+) -> StreamSource:
     """``uri`` as a stream source: read through its backend's ``open_stream`` when the
     backend has one, else from the downloaded file. A ``.json`` document is refused
     here, before anything is read: its rows are one JSON value, which cannot be read row
-    by row."""
+    by row. A Hub dataset read by subset and split (``hub``, or a repository without a
+    file path) is its split's files, downloaded, read one after the other."""
     backend, parsed = backend_for(uri, Role.DATASET)
     suffix = data_suffix(parsed)
     full_label = f"{label} ({uri})"
     if suffix == ".json":
-        raise DataError(
-            f"{full_label}: a .json document cannot be streamed (its rows are one JSON value, "
-            "read whole); convert it to JSON Lines (.jsonl, one row per line) or set "
-            "dataset.streaming: false"
-        )
+        raise _no_json(full_label)
+    if isinstance(backend, HubBackend) and (hub is not None or suffix is None):
+        return _hub_split(uri, access, full_label, hub)
     opener: Callable[[ParsedUri, Access], BinaryIO] | None = getattr(backend, "open_stream", None)
     if opener is not None and suffix is not None and suffix != ".parquet":
         stream_open = opener
@@ -106,6 +139,28 @@ def open_source(uri: str, access: Access, label: str = "dataset.train") -> Strea
         if suffix not in DATA_SUFFIXES or suffix == ".json":
             raise DataError(f"{full_label}: resolved to {path.name}, not a streamable data file")
     return StreamSource(uri, full_label, suffix, lambda: path.open("rb"), _local_version(path))
+
+
+def _hub_split(uri: str, access: Access, label: str, hub: HubDatasetOptions | None) -> StreamSource:
+    """The split's files (``backends.fetch_data_files``) as one source; its version names
+    every file with its size (the Hub's cache paths hold the commit)."""
+    parts = []
+    digest = hashlib.sha256()
+    for path in fetch_data_files(uri, Role.DATASET, access, hub):
+        rel = path.parts[path.parts.index("snapshots") + 2 :] if "snapshots" in path.parts else ()
+        name = "/".join(rel) or path.name
+        if path.suffix.lower() == ".json":
+            raise _no_json(f"{label[:-1]}: {name})")
+        parts.append(StreamPart(name, path.suffix.lower(), _opener(path)))
+        digest.update(f"{path}\0{path.stat().st_size}\n".encode())
+    first = parts[0]
+    return StreamSource(
+        uri, label, first.suffix, first.open, f"hub:{digest.hexdigest()[:16]}", tuple(parts)
+    )
+
+
+def _opener(path: Path) -> Callable[[], BinaryIO]:
+    return lambda: path.open("rb")
 
 
 def _remote_version(uri: str, opener: Callable[[], BinaryIO]) -> str:
@@ -238,14 +293,17 @@ _ROWS: dict[str, Callable[[BinaryIO, str], Iterator[tuple[object, str]]]] = {
 def source_rows(source: StreamSource) -> Iterator[SourceRow]:
     """The source's rows from its start, each checked to be an object; the handle is
     closed when the iterator is (or is collected)."""
-    with contextlib.closing(source.open()) as handle:
-        for value, where in _ROWS[source.suffix](handle, source.label):
-            if not isinstance(value, dict):
-                raise DataError(
-                    f"{source.label}: {where} is {type(value).__name__}, expected an object "
-                    '({"column": value, ...})'
-                )
-            yield SourceRow(value, where)
+    for part in source.parts or (StreamPart("", source.suffix, source.open),):
+        # A file of several: messages say which (dataset.train (hf://...: data/t-1.jsonl)).
+        label = f"{source.label[:-1]}: {part.name})" if part.name else source.label
+        with contextlib.closing(part.open()) as handle:
+            for value, where in _ROWS[part.suffix](handle, label):
+                if not isinstance(value, dict):
+                    raise DataError(
+                        f"{label}: {where} is {type(value).__name__}, expected an object "
+                        '({"column": value, ...})'
+                    )
+                yield SourceRow(value, f"{part.name} {where}" if part.name else where)
 
 
 # --------------------------------------------------------------------------- the stream
@@ -475,8 +533,9 @@ def open_stream(
     *,
     seed: int,
     buffer_size: int,
+    hub: HubDatasetOptions | None = None,
 ) -> ExampleStream:
-    """The train source at ``uri`` as an :class:`ExampleStream`."""
-    return ExampleStream(
-        open_source(uri, access), tokenizer, settings, seed=seed, buffer_size=buffer_size
-    )
+    """The train source at ``uri`` (with ``dataset.hub``'s subset and split) as an
+    :class:`ExampleStream`."""
+    source = open_source(uri, access, hub=hub)
+    return ExampleStream(source, tokenizer, settings, seed=seed, buffer_size=buffer_size)

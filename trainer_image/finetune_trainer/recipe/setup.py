@@ -284,18 +284,14 @@ def setup_base_files(config: TrainerConfig) -> BaseModelFiles:
 
 def setup_data(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     """Training and validation examples, tokenized as the training options say. A
-    streaming run prepares only its held-out file here (its train data is
-    :func:`setup_stream`'s): read as a train file would be, and kept as validation."""
+    streaming run prepares only its held-out file (or Hub split) here, its train data
+    being :func:`setup_stream`'s: read as train rows would be, and kept as validation."""
     spec = config.dataset
-    if spec.streaming:
-        if spec.hub is not None or spec.validation is None:
-            raise ConfigError(
-                "dataset.streaming: this trainer streams one file (file://, pvc://, s3://, "
-                "or one hf://datasets/... file) with a held-out file in dataset.validation; "
-                "a Hub dataset read by subset and split (dataset.hub) is not streamed yet: "
-                "set streaming: false, or name the split's files"
-            )
+    if spec.streaming and spec.validation is not None:
         spec = spec.model_copy(update={"train": spec.validation, "streaming": False})
+    elif spec.streaming and spec.hub is not None and spec.hub.validation is not None:
+        held_out = spec.hub.model_copy(update={"split": spec.hub.validation})
+        spec = spec.model_copy(update={"hub": held_out, "streaming": False})
     data = prepare_data(
         tokenizer,
         spec,
@@ -337,6 +333,7 @@ def setup_stream(config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> E
         settings,
         seed=config.training.seed,
         buffer_size=spec.shuffle_buffer,
+        hub=spec.hub,
     )
     # The first example now, not at the first step: a file whose rows do not fit the
     # format fails before the model loads. The stream is then put back at its start.
