@@ -52,6 +52,14 @@ MODEL, DATA, OUT = Role.MODEL, Role.DATASET, Role.OUTPUT
         ("file://./data/my%20file.csv", DATA, "file", "./data/my file.csv"),
         ("hf://acme/support-bot", OUT, "hf", "acme/support-bot"),
         ("hf://acme/support-bot@candidate", OUT, "hf", "acme/support-bot@candidate"),
+        ("gs://my-bucket/data/train.jsonl", DATA, "gs", "my-bucket/data/train.jsonl"),
+        (
+            "gs://my_bucket.example.com/models/base",
+            MODEL,
+            "gs",
+            "my_bucket.example.com/models/base",
+        ),
+        ("gs://artifacts-bucket", OUT, "gs", "artifacts-bucket"),
     ],
 )
 def test_accepted(uri: str, role: Role, scheme: str, location: str) -> None:
@@ -65,7 +73,7 @@ def test_accepted(uri: str, role: Role, scheme: str, location: str) -> None:
     [
         ("HuggingFaceTB/SmolLM2", MODEL, "has no scheme; use one of: file://<path>"),
         ("./data/train.jsonl", DATA, "has no scheme"),
-        ("gs://bucket/key", MODEL, "scheme 'gs://' is not supported for a model"),
+        ("ftp://bucket/key", MODEL, "scheme 'ftp://' is not supported for a model"),
         ("http://example.com/x.jsonl", DATA, "scheme 'http://' is not supported for a dataset"),
         ("hf://name", OUT, "names no organisation"),
         ("hf://org/name@a..b", OUT, "is not a branch name"),
@@ -85,6 +93,14 @@ def test_accepted(uri: str, role: Role, scheme: str, location: str) -> None:
         ("s3:///key", DATA, "'' is not a valid bucket name"),
         ("s3://my-bucket", DATA, "s3:// needs an object key"),
         ("s3://my-bucket/", MODEL, "s3:// needs an object key"),
+        ("gs://ab/key", DATA, "'ab' is not a valid Cloud Storage bucket name"),
+        ("gs://My-Bucket/key", DATA, "is not a valid Cloud Storage bucket name"),
+        ("gs://_bucket/key", MODEL, "is not a valid Cloud Storage bucket name"),
+        ("gs://" + "b" * 64 + "/key", MODEL, "is not a valid Cloud Storage bucket name"),
+        ("gs://" + "b" * 64 + ".example.com/key", MODEL, "is not a valid Cloud Storage bucket"),
+        ("gs://my-bucket", DATA, "gs:// needs an object name"),
+        ("gs://my-bucket/a/../../x", OUT, "'..' path segments are not allowed"),
+        ("gs://user:pass@bucket/x", DATA, "service-account.json"),
         (
             "pvc://Training_Data/train.jsonl",
             DATA,
@@ -150,6 +166,7 @@ def test_scheme_registry_roles() -> None:
     for role in (MODEL, DATA, OUT):  # the object stores after these, in any order
         assert schemes_for(role)[:4] == ["file", "pvc", "s3", "hf"]
         assert "az" in schemes_for(role)
+        assert "gs" in schemes_for(role)
     for scheme in SCHEMES.values():
         assert scheme.example.startswith(f"{scheme.name}://")
 

@@ -60,7 +60,7 @@ ModelUri = Annotated[
     _uri_validator(Role.MODEL),
     Field(
         description="Where the base model is: hf://org/name, s3://bucket/key, az://container/key, "
-        "file://path or pvc://claim/path (a directory in Hugging Face layout).",
+        "gs://bucket/key, file://path or pvc://claim/path (a directory in Hugging Face layout).",
         examples=["hf://HuggingFaceTB/SmolLM2-135M-Instruct"],
     ),
 ]
@@ -69,8 +69,8 @@ DatasetUri = Annotated[
     _uri_validator(Role.DATASET),
     AfterValidator(_check_dataset_uri),
     Field(
-        description="A .jsonl, .json, .csv or .parquet file: file://, pvc://, s3://, az:// or "
-        "hf://datasets/org/name.",
+        description="A .jsonl, .json, .csv or .parquet file: file://, pvc://, s3://, az://, gs:// "
+        "or hf://datasets/org/name.",
     ),
 ]
 OutputUri = Annotated[
@@ -78,8 +78,9 @@ OutputUri = Annotated[
     _uri_validator(Role.OUTPUT),
     Field(
         description="Where artifacts are published: file://path, pvc://claim/path, "
-        "s3://bucket/prefix, az://container/prefix or hf://org/name[@branch] (a Hub model "
-        "repository, one commit per published set; checkpoints stay on the trainer's disk)."
+        "s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or hf://org/name[@branch] "
+        "(a Hub model repository, one commit per published set; checkpoints stay on the "
+        "trainer's disk)."
     ),
 ]
 

@@ -156,7 +156,7 @@ class MixtureSource(CamelModel):
 
     train: DatasetUri = Field(
         description="This source's rows: a .jsonl, .json, .csv or .parquet file "
-        "(file://, pvc://, s3:// or hf://datasets/org/name)."
+        "(file://, pvc://, s3://, az://, gs:// or hf://datasets/org/name)."
     )
     weight: float = Field(
         default=1.0,
@@ -293,7 +293,7 @@ class DatasetSpec(CamelModel):
     train: DatasetUri | None = Field(
         default=None,
         description="The training rows: a .jsonl, .json, .csv or .parquet file (file://, "
-        "pvc://, s3:// or hf://datasets/org/name). Set train or mixture.",
+        "pvc://, s3://, az://, gs:// or hf://datasets/org/name). Set train or mixture.",
     )
     mixture: list[MixtureSource] | None = Field(
         default=None,

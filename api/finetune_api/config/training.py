@@ -158,8 +158,8 @@ class RetentionSpec(CamelModel):
 
     dataset: DatasetUri = Field(
         description="General rows the job does not train on: a .jsonl, .json, .csv or "
-        ".parquet file (file://, pvc://, s3:// or hf://datasets/org/name), read with "
-        "dataset.credentialsSecret."
+        ".parquet file (file://, pvc://, s3://, az://, gs:// or hf://datasets/org/name), read "
+        "with dataset.credentialsSecret."
     )
     format: Literal["messages", "instruction", "prompt-completion", "text"] | None = Field(
         default=None,
