@@ -318,3 +318,20 @@ configs:
     assert data["validationRows"] == 8
     assert data["trainRows"] == 48  # 6 steps of 8: the 40 train rows, and a second pass
     assert data["passes"] == 2
+
+
+def test_plan_does_not_read_a_stream(make_job: Any, tmp_path: Path) -> None:
+    """`finetune plan` plans a streaming job from the spec (maxSteps, maxSeqLength) rather
+    than preparing a train file that may be larger than the machine: a train file it
+    could not even parse does not stop it."""
+    from typer.testing import CliRunner
+
+    from finetune_cli.app import app
+
+    train = tmp_path / "huge.jsonl"
+    train.write_bytes(b"not json at all\n")
+    job = make_job(dataset={"train": f"file://{train}", "streaming": True, "deduplicate": False})
+    result = CliRunner().invoke(app, ["plan", str(job)])
+    assert result.exit_code == 0, result.output
+    assert "huge.jsonl" not in result.output
+    assert "not read: sequences of up to 64 tokens assumed" in result.output

@@ -127,10 +127,12 @@ def host_memory() -> int | None:
 
 
 def plan_inputs(config: TrainerConfig, *, read_data: bool) -> tuple[ModelShape, DataFacts | None]:
-    """The shape of ``config``'s base model and, when ``read_data``, its data's facts."""
+    """The shape of ``config``'s base model and, when ``read_data``, its data's facts.
+    A stream (``dataset.streaming``) is not read: it may be larger than this machine,
+    and its steps are maxSteps; the plan takes the spec's worst case (maxSeqLength)."""
     directory = model_metadata_dir(config.model.uri, config.model.revision, model_access(config))
     shape = read_shape(directory)
-    if not read_data:
+    if not read_data or config.dataset.streaming:
         return shape, None
     from finetune_trainer.modeling import load_tokenizer
 
