@@ -171,7 +171,7 @@ def _key_problem(info: dict[str, Any]) -> str | None:
     from google.oauth2 import service_account
 
     try:
-        service_account.Credentials.from_service_account_info(info)
+        service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
     except (ValueError, TypeError, IndexError):
         return "its private_key does not parse"
     return None
@@ -191,7 +191,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status behind a gcsfs error (it maps 404 to FileNotFoundError, 412 to
     FileExistsError, 403 to an OSError 'Forbidden', 400 to ValueError); None if none."""
-    from gcsfs.retry import HttpError
+    from gcsfs.retry import HttpError  # type: ignore[import-untyped]
 
     for cause in _chain(exc):
         if isinstance(cause, HttpError) and cause.code is not None:
@@ -252,7 +252,7 @@ def hint(exc: BaseException) -> str:
 
 def _filesystem(settings: GcsSettings) -> Any:
     """gcsfs's core filesystem with one attempt per request (the deadline retries)."""
-    from gcsfs.core import GCSFileSystem
+    from gcsfs.core import GCSFileSystem  # type: ignore[import-untyped]
 
     class _OneAttemptFileSystem(GCSFileSystem):  # type: ignore[misc]
         # The core class, not gcsfs's default export (ExtendedGcsFileSystem), which asks
@@ -439,9 +439,9 @@ def verify_download(path: Path, head: dict[str, Any]) -> str | None:
     if head.get("crc32c"):
         import google_crc32c
 
-        crc = google_crc32c.Checksum()
+        crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
         _feed(path, crc.update)
-        actual = base64.b64encode(crc.digest()).decode()
+        actual = base64.b64encode(crc.digest()).decode()  # type: ignore[no-untyped-call]
         return None if actual == head["crc32c"] else "CRC32C differs from the store's crc32c"
     return None
 
