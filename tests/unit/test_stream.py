@@ -84,6 +84,9 @@ def test_a_buffer_of_one_yields_the_prepared_examples_in_file_order(
     assert stream.pass_ == 1
     report = stream.report()
     assert report["rowsRead"] == 60 + 1  # a whole pass and the next pass's first row
+    first = prepared.train[0]
+    assert report["trainTokens"] == prepared.report.train_tokens + first.input_tokens
+    assert report["trainedTokens"] == prepared.report.trained_tokens + first.trained_tokens
     assert report["droppedEmpty"] == prepared.report.dropped_empty > 0
     if overlong == "drop":
         assert report["droppedOverlong"] == prepared.report.dropped_overlong > 0

@@ -331,6 +331,10 @@ class StreamCounts:
     dropped_no_labels: int = 0
     examples: int = 0
     """Examples yielded (trained on, or about to be)."""
+    train_tokens: int = 0
+    """Their tokens (``TokenizedExample.input_tokens``)."""
+    trained_tokens: int = 0
+    """Their label tokens."""
 
 
 class ExampleStream(Iterator[TokenizedExample]):
@@ -388,6 +392,8 @@ class ExampleStream(Iterator[TokenizedExample]):
             tokens = self._example(row)
             if tokens is not None:
                 self.counts.examples += 1
+                self.counts.train_tokens += tokens.input_tokens
+                self.counts.trained_tokens += tokens.trained_tokens
                 self.yielded_this_pass += 1
                 return tokens
 
@@ -520,6 +526,8 @@ class ExampleStream(Iterator[TokenizedExample]):
             "droppedOverlong": self.counts.dropped_overlong,
             "droppedNoLabels": self.counts.dropped_no_labels,
             "trainRows": self.counts.examples,
+            "trainTokens": self.counts.train_tokens,
+            "trainedTokens": self.counts.trained_tokens,
             "passes": self.pass_ + 1,
             "shuffleBuffer": self.buffer_size,
         }
