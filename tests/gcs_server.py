@@ -132,6 +132,12 @@ class GcsServer:
         buckets.create_bucket(name, self._storage)
         return name
 
+    def ensure_bucket(self, name: str) -> None:
+        from gcp_storage_emulator.handlers import buckets
+
+        if self._storage.get_bucket(name) is None:
+            buckets.create_bucket(name, self._storage)
+
     def put(self, bucket: str, key: str, data: bytes) -> None:
         """An object written straight into the emulator's storage (test set-up)."""
         from base64 import b64encode

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from finetune_api.uri import Role, parse_uri
@@ -26,6 +27,8 @@ from finetune_trainer.storage import gcs as gcs_module
 from finetune_trainer.storage.backends import BACKENDS, Access, fetch_file
 from finetune_trainer.storage.store import MANIFEST
 from gcs_server import GcsEnv
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_finetune_run_reads_and_publishes_through_gcs(
@@ -63,6 +66,39 @@ def test_finetune_run_reads_and_publishes_through_gcs(
     downloads = tmp_path / "cache" / "downloads" / "gs"
     assert len(list(downloads.glob("*/*/config.json"))) == 1
     assert len(list(downloads.glob("*/*/train.jsonl"))) == 1
+
+
+def test_the_gcs_example_runs_with_its_mounted_secret(
+    gcs_env: GcsEnv, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/gcs.yaml as a user runs it: its buckets, its Secret mounted as the operator
+    would (here holding the emulator's address, as a key file would hold a key), only the
+    model swapped for the tiny one and the run cut to one step."""
+    example = yaml.safe_load((REPO / "examples" / "gcs.yaml").read_text())
+    spec = example["spec"]
+    secret = spec["output"]["credentialsSecret"]
+    assert spec["dataset"]["credentialsSecret"] == secret
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")  # only the Secret can make this work
+    mounted = tmp_path / "secrets" / secret
+    mounted.mkdir(parents=True)
+    (mounted / "STORAGE_EMULATOR_HOST").write_text(gcs_env.server.endpoint)
+    data_bucket = spec["dataset"]["train"].removeprefix("gs://").partition("/")[0]
+    out_bucket, _, out_prefix = spec["output"]["uri"].removeprefix("gs://").partition("/")
+    for bucket in (data_bucket, out_bucket):
+        gcs_env.server.ensure_bucket(bucket)
+    for uri in (spec["dataset"]["train"], spec["dataset"]["validation"]):
+        key = uri.removeprefix(f"gs://{data_bucket}/")
+        gcs_env.server.put(data_bucket, key, (REPO / "examples" / key).read_bytes())
+    spec["model"]["uri"] = f"file://{tiny_model_dir}"
+    spec["training"]["maxSeqLength"] = 64
+    spec["evaluation"] = {"exactMatchSamples": 2, "maxNewTokens": 4}
+    job = tmp_path / "gcs.yaml"
+    job.write_text(yaml.safe_dump(example))
+
+    result = CliRunner().invoke(app, ["run", str(job), "--max-steps", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(gcs_env.server.get(out_bucket, f"{out_prefix}/{MANIFEST}"))
+    assert manifest["jobName"] == "quickstart-gcs"
 
 
 def test_a_missing_bucket_exits_with_the_storage_code_at_once(

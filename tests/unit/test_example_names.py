@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 CHART = ROOT / "charts" / "finetune-operator"
 SECRET = "s3-creds"
-OTHER_STORES = {"azure-storage"}
-"""The Secrets of examples for stores whose keys are not S3's (examples/azure.yaml)."""
+OTHER_STORES = {"azure-storage", "gcs-storage"}
+"""The Secrets of examples for stores whose keys are not S3's (examples/azure.yaml and
+examples/gcs.yaml)."""
 CREATE_SECRET = re.compile(r"create secret generic (\S+)")
 
 
