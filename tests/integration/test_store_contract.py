@@ -385,3 +385,52 @@ def test_a_dataset_file_comes_through_fetch_file(store: StoreUnderTest) -> None:
     local = fetch_file(store.uri("sets/train.jsonl"), Role.DATASET)
     assert local.read_bytes() == rows
     assert fetch_file(store.uri("sets/train.jsonl"), Role.DATASET) == local
+
+
+# --------------------------------------------------------------------------- lease lifecycle
+
+
+def lease_body(store: StoreUnderTest, tmp_path: Path) -> dict[str, Any]:
+    """The lease object as the store holds it now."""
+    local = tmp_path / f"lease-{time.monotonic_ns()}.json"
+    open_store(store.uri("job")).get_file(LEASE, local)
+    body: dict[str, Any] = json.loads(local.read_bytes())
+    return body
+
+
+def test_a_lease_is_renewed_while_held_and_taken_over_once_it_lapses(
+    store: StoreUnderTest, tmp_path: Path
+) -> None:
+    holder = open_store(store.uri("job"))
+    holder.lease_seconds = 0.8  # type: ignore[attr-defined]  # renewed every 0.2 s
+    with holder.lease(Holder("run-a")):
+        first = lease_body(store, tmp_path)["expires"]
+        time.sleep(1.2)
+        assert lease_body(store, tmp_path)["expires"] > first + 0.3  # renewed
+    # A holder killed -9 renews nothing: its lease lapses and is taken over.
+    lapsed = {"run": "dead-run", "process": "h:1", "since": 0, "expires": time.time() - 1}
+    store.put(f"job/{LEASE}", json.dumps(lapsed).encode())
+    with open_store(store.uri("job")).lease(Holder("run-b")):
+        assert lease_body(store, tmp_path)["run"] == "run-b"
+
+
+def test_the_same_run_restarted_takes_its_lease_over(store: StoreUnderTest, tmp_path: Path) -> None:
+    alive = {"run": "job-uid", "process": "old-pod:1", "since": 0, "expires": time.time() + 600}
+    store.put(f"job/{LEASE}", json.dumps(alive).encode())
+    with open_store(store.uri("job")).lease(Holder("job-uid", "new-pod:1")):
+        assert lease_body(store, tmp_path)["process"] == "new-pod:1"
+
+
+def test_a_lease_taken_over_by_another_run_fails_the_holder(
+    store: StoreUnderTest, tmp_path: Path
+) -> None:
+    holder = open_store(store.uri("job"))
+    holder.lease_seconds = 0.8  # type: ignore[attr-defined]
+    with (
+        pytest.raises(StorageError, match="lost the output's lease"),
+        holder.lease(Holder("run-a")),
+    ):
+        thief = {"run": "run-x", "process": "h:2", "since": 0, "expires": time.time() + 600}
+        store.put(f"job/{LEASE}", json.dumps(thief).encode())
+        time.sleep(0.6)
+    assert lease_body(store, tmp_path)["run"] == "run-x"  # not deleted by the loser

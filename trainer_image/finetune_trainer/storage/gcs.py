@@ -354,20 +354,33 @@ class GcsClient:
     def download(self, key: str, dst: Path, generation: str | None = None) -> None:
         """``key`` into ``dst`` (through a temporary file renamed into place), verified
         against the object's size and checksum; ``generation``: the version the caller
-        expects. A mismatch is fetched once more, then refused."""
-        head = self.head(key)
-        if generation is not None and str(head.get("generation")) != generation:
-            raise StorageError(
-                f"{self.uri(key)}: the object changed while it was being read; run again"
-            )
+        expects (None: the current one).
+
+        Each attempt reads the generation its metadata describes, so an object replaced
+        meanwhile (a lease renewed, a file republished) is never checked against another
+        version's checksum. A mismatch is fetched once more, then refused.
+        """
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name[:100]}.{secrets.token_hex(6)}")
         problem = None
         try:
-            for _ in range(2):
-                source = self.fs.open(self.path(key), "rb", block_size=READ_BLOCK)
-                with source as src, tmp.open("wb") as out:
-                    shutil.copyfileobj(src, out, READ_BLOCK)
+            for attempt in range(2):
+                head = self.head(key)
+                current = str(head.get("generation"))
+                if generation is not None and current != generation:
+                    raise StorageError(
+                        f"{self.uri(key)}: the object changed while it was being read; run again"
+                    )
+                try:
+                    source = self.fs.open(
+                        self.path(key), "rb", block_size=READ_BLOCK, generation=current
+                    )
+                    with source as src, tmp.open("wb") as out:
+                        shutil.copyfileobj(src, out, READ_BLOCK)
+                except FileNotFoundError:  # that generation was replaced meanwhile
+                    if attempt == 0 and generation is None:
+                        continue
+                    raise
                 problem = verify_download(tmp, head)
                 if problem is None:
                     os.replace(tmp, dst)
