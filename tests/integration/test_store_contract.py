@@ -39,7 +39,7 @@ from typer.testing import CliRunner
 
 from finetune_api.uri import Role
 from finetune_cli.app import app
-from finetune_trainer.errors import StorageError
+from finetune_trainer.errors import StorageError, StorageUnavailable
 from finetune_trainer.storage import azure as az_module
 from finetune_trainer.storage import gcs as gcs_module
 from finetune_trainer.storage import s3 as s3_module
@@ -295,6 +295,39 @@ def test_publish_rides_out_an_outage_shorter_than_the_deadline(
     assert time.monotonic() - started >= 3
     assert any("retrying in" in r.getMessage() for r in caplog.records)
     assert verify(uri).exit_code == 0
+
+
+def test_publish_fails_cleanly_when_the_outage_outlasts_the_deadline(
+    store: StoreUnderTest, tmp_path: Path
+) -> None:
+    store.skip_unless("outage")
+    staging = stage(tmp_path / "staging")
+    uri = store.uri("job")
+    publish_dir(staging, open_store(uri))  # an older complete set is there
+    out = open_store(uri, Access(deadline_seconds=3))
+    calls: list[str] = []
+    real = out.put_file
+
+    def put(src: Path, key: str) -> None:
+        calls.append(key)
+        if len(calls) == 2:
+            store.server.outage(None)
+        real(src, key)
+
+    out.put_file = put  # type: ignore[method-assign]
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailable) as info:  # exit 7: a later attempt may succeed
+            publish_dir(staging, out)
+        elapsed = time.monotonic() - started
+    finally:
+        store.server.end_outage()
+    assert str(info.value).startswith(store.uri("job/"))
+    assert "retry deadline 3s" in str(info.value)
+    assert 1 <= elapsed < 15
+    # Neither the old manifest (removed first) nor a new one: incomplete, as verify says.
+    assert f"job/{MANIFEST}" not in store.names("job/")
+    assert verify(uri).exit_code == 1
 
 
 # --------------------------------------------------------------------------- refusals
