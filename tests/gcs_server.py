@@ -7,10 +7,11 @@ What the tests need beyond a plain server:
 * Outages. :meth:`GcsServer.stop` shuts the HTTP server down and closes its socket (so
   clients are refused, not left hanging); :meth:`GcsServer.start` serves the same
   in-memory storage again on the same port, so what was stored survives.
-* Generation preconditions. The emulator ignores ``ifGenerationMatch``, which GCS
-  honours and the lease relies on (``gcs.GcsStore.lease``). :func:`_with_preconditions`
-  adds it to the emulator's insert and delete handlers, answering 412 as GCS does; the
-  emulator serves one request at a time, so the check and the write are atomic, as in GCS.
+* Generations. The emulator ignores ``ifGenerationMatch``, which GCS honours and the
+  lease relies on (``gcs.GcsStore.lease``), and serves any ``?generation=`` read with the
+  current object. :func:`_with_preconditions` adds both to its handlers, answering 412
+  and 404 as GCS does; the emulator serves one request at a time, so the check and the
+  write are atomic, as in GCS.
 * Authentication. The emulator checks no credentials. :class:`OAuthRefusal` is a token
   endpoint that refuses every grant as Google's does a revoked or unknown key
   (``400 invalid_grant``): a service-account key whose ``token_uri`` points there is
@@ -64,12 +65,35 @@ def _precondition(handler: Handler, name_of: Callable[[Any], str | None]) -> Han
     return checked
 
 
+def _generation(handler: Handler) -> Handler:
+    """A read of ``?generation=G`` answers 404 once the object is another generation, as
+    GCS does for a bucket without versioning (the emulator serves whatever is there)."""
+
+    def pinned(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> Any:
+        wanted = (request.query.get("generation") or [None])[0]
+        if wanted is not None:
+            try:
+                found = storage.get_file_obj(
+                    request.params["bucket_name"], request.params["object_id"]
+                )
+            except NotFound:
+                found = {}
+            if str(found.get("generation")) != wanted:
+                response.status = HTTPStatus.NOT_FOUND
+                response.json({"error": {"code": 404, "message": "No such object"}})
+                return None
+        return handler(request, response, storage, *args, **kwargs)
+
+    return pinned
+
+
 def _with_preconditions() -> None:
     """The emulator's insert (media uploads) and delete honouring ``ifGenerationMatch``."""
     if getattr(emulator, "_finetune_preconditions", False):
         return
     insert = _precondition(objects.insert, lambda r: (r.query.get("name") or [None])[0])
     delete = _precondition(objects.delete, lambda r: r.params.get("object_id"))
+    download = _generation(objects.download)
     routes = []
     for regex, handlers in emulator.HANDLERS:
         patched = dict(handlers)
@@ -78,6 +102,8 @@ def _with_preconditions() -> None:
                 patched[method] = insert
             elif handler is objects.delete:
                 patched[method] = delete
+            elif handler is objects.download:
+                patched[method] = download
         routes.append((regex, patched))
     emulator.HANDLERS = tuple(routes)
     emulator._finetune_preconditions = True  # type: ignore[attr-defined]

@@ -113,13 +113,61 @@ def test_a_missing_bucket_exits_with_the_storage_code_at_once(
     assert time.monotonic() - started < 10
 
 
-def test_open_stream_reads_the_object_without_a_download(gcs_env: GcsEnv, tmp_path: Path) -> None:
-    rows = b"".join(b'{"text": "row %d"}\n' % i for i in range(2000))
-    gcs_env.server.put(gcs_env.bucket, "sets/big.jsonl", rows)
+def test_streaming_from_gcs_reads_the_object_as_it_arrives(
+    gcs_env: GcsEnv, tmp_path: Path, tiny_tokenizer: Any
+) -> None:
+    """dataset.streaming reads a gs:// object through open_stream: the examples are the
+    local file's, no copy lands in the cache, and the version is the object's generation."""
+    from conftest import colour_rows, write_jsonl
+    from finetune_api.config import ColumnMapping
+    from finetune_trainer.data.stream import StreamSettings, open_source, open_stream
+
+    local = write_jsonl(tmp_path / "train.jsonl", colour_rows(300))
+    gcs_env.server.put(gcs_env.bucket, "data/train.jsonl", local.read_bytes())
+    settings = StreamSettings("messages", ColumnMapping(), 64)
+    uri = gcs_env.uri("data/train.jsonl")
+    remote = open_stream(uri, Access(), tiny_tokenizer, settings, seed=0, buffer_size=1)
+    from_file = open_stream(
+        f"file://{local}", Access(), tiny_tokenizer, settings, seed=0, buffer_size=1
+    )
+    for _ in range(320):  # across the end of the first pass
+        assert next(remote).input_ids == next(from_file).input_ids
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()], "downloaded"
+    before = open_source(uri, Access()).version
+    gcs_env.server.put(gcs_env.bucket, "data/train.jsonl", b'{"messages": []}\n')
+    assert "@" in before and open_source(uri, Access()).version != before
+
+
+def test_a_gcs_stream_cut_mid_read_resumes_and_refuses_a_replaced_object(
+    gcs_env: GcsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiohttp
+
+    monkeypatch.setattr(gcs_module, "READ_BLOCK", 4096)
+    content = b"".join(b"%06d\n" % i for i in range(20_000))
+    gcs_env.server.put(gcs_env.bucket, "t.jsonl", content)
     backend = BACKENDS["gs"]
-    with backend.open_stream(parse_uri(gcs_env.uri("sets/big.jsonl"), Role.DATASET), Access()) as f:  # type: ignore[attr-defined]
-        assert f.read() == rows
-    assert not (tmp_path / "cache" / "downloads").exists()
+    parsed = parse_uri(gcs_env.uri("t.jsonl"), Role.DATASET)
+
+    stream = backend.open_stream(parsed, Access(None, 20))  # type: ignore[attr-defined]
+    first = stream.read(10_000)
+    real, cuts = stream.gcs.fs.cat_file, []
+
+    def cut(*args: Any, **kwargs: Any) -> Any:
+        if not cuts:  # the connection drops once
+            cuts.append(1)
+            raise aiohttp.ServerDisconnectedError()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream.gcs.fs, "cat_file", cut)
+    assert first + stream.read() == content and cuts == [1]
+
+    replaced = backend.open_stream(parsed, Access(None, 20))  # type: ignore[attr-defined]
+    head = replaced.read(1000)
+    gcs_env.server.put(gcs_env.bucket, "t.jsonl", b"other\n" * 2000)
+    with pytest.raises(StorageError, match=r"t\.jsonl: the object was replaced"):
+        replaced.read()
+    assert head == content[:1000]
     missing = parse_uri(gcs_env.uri("sets/none.jsonl"), Role.DATASET)
     with pytest.raises(StorageError, match=r"none\.jsonl: cannot read: HTTP 404"):
         backend.open_stream(missing, Access(None, 60))  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ import base64
 import builtins
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import quote
 
 from finetune_api.redaction import register
@@ -465,6 +466,52 @@ def _feed(path: Path, update: Callable[[bytes], object]) -> None:
             update(block)
 
 
+class GcsObjectStream(io.RawIOBase):
+    """An object read from its start, one ranged GET of :data:`READ_BLOCK` at a time, of
+    the generation it had when opened (``etag``: the stream source's version). Each GET
+    is retried within the deadline, so a connection lost mid-read is picked up at the
+    byte it stopped; an object replaced meanwhile (its generation gone: 404) is an
+    error naming the URI, never a silent mix of two files."""
+
+    def __init__(self, gcs: GcsClient, key: str) -> None:
+        super().__init__()
+        self.gcs, self.key = gcs, key
+        head = gcs.call("read", key, lambda: gcs.head(key))  # a missing object: named now
+        self.etag = str(head["generation"])
+        self.size = int(head.get("size", 0))
+        self.position = 0
+        self._chunk = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._chunk:
+            if self.position >= self.size:
+                return 0
+            self._chunk = self.gcs.call("read", self.key, self._fetch)
+            self.position += len(self._chunk)
+        n = min(len(buffer), len(self._chunk))
+        buffer[:n] = self._chunk[:n]
+        self._chunk = self._chunk[n:]
+        return n
+
+    def _fetch(self) -> bytes:
+        end = min(self.position + READ_BLOCK, self.size)
+        try:
+            data: bytes = self.gcs.fs.cat_file(
+                self.gcs.path(self.key), start=self.position, end=end, generation=self.etag
+            )
+        except FileNotFoundError:
+            raise StorageError(
+                f"{self.gcs.uri(self.key)}: the object was replaced while it was being read "
+                f"(generation {self.etag} is gone); run again"
+            ) from None
+        if not data:
+            raise StorageError(f"{self.gcs.uri(self.key)}: the object ended before its size")
+        return data
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -639,12 +686,9 @@ class GcsBackend:
         return GcsStore(str(uri), self.client(bucket, access), prefix)
 
     def open_stream(self, uri: ParsedUri, access: Access) -> IO[bytes]:
-        """The object at ``uri`` as a file read in ranged blocks (streaming datasets)."""
+        """The object at ``uri`` read from its start in ranged blocks (streaming datasets)."""
         bucket, key = split_location(uri.location)
-        gcs = self.client(bucket, access)
-        gcs.call("read", key, lambda: gcs.head(key))  # a missing object fails here, named
-        stream: IO[bytes] = gcs.fs.open(gcs.path(key), "rb", block_size=READ_BLOCK)
-        return stream
+        return cast(IO[bytes], GcsObjectStream(self.client(bucket, access), key))
 
     def local_file(self, uri: ParsedUri, access: Access) -> Path:
         """The object at ``uri`` in the cache, keyed by its generation; downloaded when new."""
