@@ -191,6 +191,27 @@ def test_credentials_come_from_the_secret_else_workload_identity(
     assert key["private_key"] not in repr(settings)
 
 
+def test_no_credentials_at_all_fails_at_once_naming_the_uri_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside an emulator, without a Secret, Application Default Credentials that find
+    nothing (no key file, no gcloud login, no metadata server) are a StorageError naming
+    the URI, not google-auth's traceback."""
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # refused: not on GCE
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        fetch_file("gs://some-bucket/sets/x.jsonl", Role.DATASET, Access(None, 60))
+    assert time.monotonic() - started < 30
+    message = str(info.value)
+    assert message.startswith("gs://some-bucket/sets/x.jsonl: cannot read: ")
+    assert "no usable Google credentials" in message and info.value.exit_code == 5
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [

@@ -276,8 +276,16 @@ class GcsClient:
         self.bucket = bucket
         self.settings = settings
         self.deadline = max(0.0, float(deadline))
-        self.fs = _filesystem(settings)
+        self._fs: Any = None
         self.endpoint = settings.endpoint_url or "https://storage.googleapis.com"
+
+    @property
+    def fs(self) -> Any:
+        """gcsfs's filesystem, made on first use: inside :meth:`call`, so that finding no
+        credentials (google-auth raises while it is made) fails naming the URI and the fix."""
+        if self._fs is None:
+            self._fs = _filesystem(self.settings)
+        return self._fs
 
     def uri(self, key: str) -> str:
         return f"gs://{self.bucket}/{key}"
