@@ -13,10 +13,12 @@ Adding a store (H5: az://): write a fixture returning a :class:`StoreUnderTest` 
 suite then runs for it too. A guarantee a store cannot show against its emulator is
 skipped for that store only, with the reason (``StoreUnderTest.cannot``), never silently.
 
-Emulator notes (gs://): gcp-storage-emulator ignores ``ifGenerationMatch``; the test
-server adds it (412, as GCS) so the lease's conditional writes are exercised. It checks
-no credentials either, so "wrong credentials" for gs:// is a well-formed service-account
-key that a local token endpoint refuses (``400 invalid_grant``, as Google's does).
+Emulator notes (gs://): gcp-storage-emulator ignores ``ifGenerationMatch`` and serves a
+``?generation=`` read with whatever is there; the test server adds both (412 and 404, as
+GCS answers) so the lease's conditional writes and the pinned reads are exercised. It
+checks no credentials either, so "wrong credentials" for gs:// is a well-formed
+service-account key that a local token endpoint refuses (``400 invalid_grant``, as
+Google's does), which reaches the trainer as a 401.
 """
 
 from __future__ import annotations
@@ -116,7 +118,11 @@ def gs_store(gcs_env: Any) -> StoreUnderTest:
         (mounted / gcs_module.SERVICE_ACCOUNT_KEY).write_text(json.dumps(key, indent=2))
         try:
             # A line from the middle of the private key: no text may quote any of it.
-            yield Access("gcs-key", 60), key["private_key"].splitlines()[5], "HTTP 401"
+            yield (
+                Access("gcs-key", 60),
+                key["private_key"].splitlines()[5],
+                "HTTP 401: the store does not accept these credentials",
+            )
         finally:
             refusal.close()
 

@@ -241,11 +241,19 @@ def describe(exc: BaseException) -> str:
 
 
 def hint(exc: BaseException) -> str:
-    from google.auth.exceptions import GoogleAuthError
+    """What to check: by the HTTP status (a key refused when exchanged for a token comes
+    back as 401), else, for google-auth's own errors, where credentials come from."""
+    from google.auth.exceptions import GoogleAuthError, RefreshError
 
-    if any(isinstance(c, GoogleAuthError) for c in _chain(exc)):
+    status = status_of(exc)
+    if status in HINTS:
+        return HINTS[status]
+    causes = list(_chain(exc))
+    if any(isinstance(c, RefreshError) for c in causes):
+        return HINTS[401]
+    if any(isinstance(c, GoogleAuthError) for c in causes):
         return NO_CREDENTIALS
-    return HINTS.get(status_of(exc) or 0, "see the store's error")
+    return "see the store's error"
 
 
 # --------------------------------------------------------------------------- client
