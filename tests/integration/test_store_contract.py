@@ -418,6 +418,21 @@ def test_a_model_prefix_is_downloaded_once_and_served_from_the_cache(
         store.server.end_outage()
 
 
+def test_the_planner_reads_a_models_metadata_without_its_weights(
+    store: StoreUnderTest, tiny_model_dir: Path
+) -> None:
+    from finetune_trainer.planning import model_metadata_dir
+
+    for path in sorted(tiny_model_dir.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(tiny_model_dir).as_posix()
+            store.put(f"models/tiny/{rel}", path.read_bytes())
+    local = model_metadata_dir(store.uri("models/tiny"), None, Access())
+    names = {p.name for p in local.iterdir()}
+    assert "config.json" in names
+    assert not [n for n in names if n.endswith(".safetensors")], "the weights were downloaded"
+
+
 def test_a_dataset_file_comes_through_fetch_file(store: StoreUnderTest) -> None:
     rows = b'{"prompt": "a", "completion": "b"}\n' * 3
     store.put("sets/train.jsonl", rows)

@@ -100,6 +100,10 @@ def test_a_sequence_classifier_card_names_its_pipeline_and_loader(tmp_path: Path
     [
         ("s3://models/runs/card", ["aws s3 cp --recursive s3://models/runs/card ./card"]),
         (
+            "gs://models/runs/card",
+            ["gcloud storage rsync --recursive gs://models/runs/card ./card", '"./card"'],
+        ),
+        (
             "az://models/runs/card",
             [
                 "az storage blob download-batch --source models --pattern 'runs/card/*' "

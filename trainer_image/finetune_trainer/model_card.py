@@ -437,6 +437,13 @@ def _location(uri: str, role: Role, local_name: str) -> tuple[str, str, str | No
             local_name,
             None,
         )
+    if parsed.scheme == "gs":
+        return (
+            f"Download `{uri}` first, e.g. `gcloud storage rsync --recursive {uri} {local_name}` "
+            f"(then `finetune verify {local_name}` checks it against its manifest):\n\n",
+            local_name,
+            None,
+        )
     if parsed.scheme == "az":
         container, _, prefix = parsed.location.partition("/")
         return (

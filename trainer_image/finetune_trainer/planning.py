@@ -64,7 +64,7 @@ def model_metadata_dir(uri: str, revision: str | None, access: Access) -> Path:
                 allow_patterns=list(METADATA_PATTERNS),
             )
         )
-    if parsed.scheme in ("s3", "az"):  # only the metadata, not the weights
+    if parsed.scheme in ("s3", "az", "gs"):  # only the metadata, not the weights
         store = open_store(uri, access)
         directory = Path(tempfile.mkdtemp(prefix="finetune-plan-"))
         for info in store.list():
