@@ -92,7 +92,9 @@ SecretName = Annotated[
         description="A Kubernetes Secret in the job's namespace whose keys are mounted as "
         "files for this storage (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
         "AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, AWS_S3_ADDRESSING_STYLE, "
-        "HF_TOKEN). Unset: the standard AWS and Hugging Face environment, shared files "
-        "and workload identity.",
+        "HF_TOKEN; for gs:// a service-account key file under service-account.json; for "
+        "az:// AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_NAME with its key "
+        "or SAS). Unset: the standard AWS, Google, Azure and Hugging Face environment, "
+        "shared files and workload identity.",
     ),
 ]
