@@ -486,5 +486,5 @@ def test_a_lease_taken_over_by_another_run_fails_the_holder(
     ):
         thief = {"run": "run-x", "process": "h:2", "since": 0, "expires": time.time() + 600}
         store.put(f"job/{LEASE}", json.dumps(thief).encode())
-        time.sleep(0.6)
+        time.sleep(1.0)  # five renewal periods: the next renewal finds the thief's
     assert lease_body(store, tmp_path)["run"] == "run-x"  # not deleted by the loser
