@@ -24,7 +24,7 @@ Paths, for each size:
   and 2 (the machine has 2 cores), each on a fresh local cache;
 - ``warm rerun``: the 2-process run again on its warm local cache;
 - ``output-cache rerun``: a fresh local cache and a fresh output folder holding only the
-  first run's ``data-cache/`` (a rescheduled pod: same output storage, new node).
+  first run's ``checkpoints/data-cache/`` (a rescheduled pod: same output storage, new node).
 
 Measured per run: wall seconds of the whole process, and to its first step (when the
 trainer logs the step's ``checkpoint``); data-preparation seconds, from the moment the
@@ -69,6 +69,9 @@ SOURCE_FOLDERS = ("api", "trainer_image", "cli", "operator")
 DEFAULT_SIZES = (100_000, 1_000_000, 3_000_000)
 QUICK_ROWS = 10_000
 FIXED_ROWS = 64
+DATA_CACHE = Path("checkpoints/data-cache")
+"""Where the trainer keeps its copy of the tokenized data in the output (inside
+checkpoints/, which nothing publishes)."""
 HELD_OUT_ROWS = 16
 GENERATOR_VERSION = 1
 """Bumped when the generated rows change, so an old dataset in the work folder is rewritten."""
@@ -340,7 +343,7 @@ def measured_run(
     as its ``data-cache/`` when given), watched by a sampler thread."""
     shutil.rmtree(work / f"out-{name}", ignore_errors=True)
     if data_cache is not None:
-        shutil.copytree(data_cache, work / f"out-{name}" / "data-cache")
+        shutil.copytree(data_cache, work / f"out-{name}" / DATA_CACHE)
     (work / f"{name}.log").unlink(missing_ok=True)
     watch = Watch(work / f"{name}.log")
     sampler = threading.Thread(target=watch.run, daemon=True)
@@ -478,6 +481,15 @@ def one_size(bench: Bench, size: int, today: Checkout, new: Checkout) -> None:
         )
     note = processes_note(new)
     for processes in (1, 2):
+        if processes == 1 and size > args.one_process_max_rows:
+            bench.record(
+                {
+                    "rows": size,
+                    "path": "new 1 proc",
+                    "skipped": f"above --one-process-max-rows {args.one_process_max_rows}",
+                }
+            )
+            continue
         cache = work / f"cache-{size}-new{processes}"
         run = bench.run(f"{size}-new{processes}", new, data, new.processes(processes), cache)
         record(f"new {processes} proc{'s' if processes > 1 else ''}", run, new, note)
@@ -500,7 +512,7 @@ def processes_note(checkout: Checkout) -> str:
 def rescheduled(bench: Bench, size: int, data: DataFile, new: Checkout) -> None:
     """A fresh local cache and an output folder that holds only the first run's
     ``data-cache/``: what a pod rescheduled onto another node finds."""
-    remote = bench.work / f"out-{size}-new2" / "data-cache"
+    remote = bench.work / f"out-{size}-new2" / DATA_CACHE
     if not remote.is_dir():
         bench.record(
             {
@@ -581,6 +593,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10k rows, one size")
     parser.add_argument("--baseline-ref", default="74280cd")
     parser.add_argument("--baseline-max-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--one-process-max-rows",
+        type=int,
+        default=10_000_000,
+        help="skip the new path's 1-process run above this size (time)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     parser.add_argument(

@@ -30,6 +30,8 @@ CASES: list[tuple[dict[str, Any], str | None]] = [
         "set train to hf://datasets",
     ),
     ({"train": HUB, "hub": {"validation": "test"}, "validationSplit": 0.2}, "one held-out"),
+    ({"train": HUB + "/data/train.jsonl", "hub": {"split": "train"}}, "names one file"),
+    ({"train": "hf://datasets/squad", "hub": {"split": "validation"}}, None),
     (
         {"train": HUB, "hub": {"validation": "test"}, "validation": "s3://data-bucket/v.jsonl"},
         "one held-out",

@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from finetune_api.config.base import CamelModel, DatasetUri, SecretName
+from finetune_api.uri import hf_dataset_parts
 
 # --------------------------------------------------------------------------- dataset
 
@@ -254,9 +255,9 @@ class DatasetSpec(CamelModel):
                 },
                 {
                     "rule": "!has(self.hub) || (has(self.train) && "
-                    "self.train.startsWith('hf://datasets/'))",
+                    "self.train.matches('^hf://datasets/[^/]+(/[^/]+)?$'))",
                     "message": "hub names a subset and split of a Hub dataset: set train to "
-                    "hf://datasets/org/name",
+                    "the repository, hf://datasets/org/name (no file in it)",
                 },
                 {
                     "rule": "!has(self.hub) || !has(self.hub.validation) || "
@@ -410,6 +411,12 @@ class DatasetSpec(CamelModel):
             raise ValueError(
                 "hub names a subset and split of a Hub dataset repository: set train to "
                 "hf://datasets/org/name (or remove hub)"
+            )
+        repo, path = hf_dataset_parts(self.train.removeprefix("hf://"))
+        if path is not None:
+            raise ValueError(
+                f"hub reads a repository by subset and split, and train names one file in "
+                f"it ({path}): set train to hf://datasets/{repo} (or remove hub)"
             )
         if self.hub.validation is not None and (
             self.validation is not None or self.validation_split is not None
