@@ -3,14 +3,16 @@ is reported with its label and where in it the problem is."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from finetune_api.uri import DATA_SUFFIXES
-from finetune_trainer.data.loading import READERS, SourceRow, read_rows
+from finetune_trainer.data import loading
+from finetune_trainer.data.loading import READERS, SourceRow, iter_rows, read_rows
 from finetune_trainer.errors import DataError
 
 ROWS: list[dict[str, Any]] = [
@@ -340,3 +342,80 @@ def test_a_long_csv_field_is_data_not_an_error(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", f"text\n{long}\n")
 
     assert values(read_rows(path, ".csv", "x")) == [{"text": long}]
+
+
+# --------------------------------------------------------------------------- handles
+
+
+class Trickle(io.BytesIO):
+    """A backend's body: a read returns fewer bytes than asked (at most ``step``, a
+    whole ``read()`` too), and only ``read`` is used."""
+
+    def __init__(self, data: bytes, step: int = 3) -> None:
+        super().__init__(data)
+        self.step = step
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(self.step if size is None or size < 0 else min(size, self.step))
+
+
+def outcome(source: Path | IO[bytes], suffix: str) -> list[tuple[Any, str]] | str:
+    try:
+        return [(r.data, r.where) for r in read_rows(source, suffix, "dataset.train")]
+    except DataError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "data"),
+    [
+        (".jsonl", b'\n{"a": "x"}\n  \n\r\n{"a": "y\\u2028z"}'),  # no final newline
+        (".jsonl", b'\xef\xbb\xbf{"a": "bom"}\n{"a": "caf\xc3\xa9 \xf0\x9f\x99\x82"}\n'),
+        (".jsonl", b'{"a": "ok"}\n{"a": "ok"}\n{"a": "caf\xe9"}\n'),
+        (".jsonl", b'{"a": "ok"}\n\n{"a": "\\ud800"}\n'),
+        (".jsonl", b'{"a": "ok"}\n{"a": \n'),
+        (".jsonl", b'{"a": 1}\n[1]\n'),
+        (".jsonl", b"\n\n"),
+        (".csv", b'\xef\xbb\xbfprompt,completion\n"two\nlines",x\n\nthird,y\n'),
+        (".csv", b"a,b\n1,2\n\n1,2,3\n"),
+        (".csv", b"\nprompt,prompt\na,b\n"),
+        (".csv", b"text\nb\ncaf\xe9\n"),
+        (".json", b'{"version": 1,\n "data": [{"a": 1},\n {"a": 2}, {"a": 3}]}'),
+        (".json", b'[{"a": 1},\n {"x": {"\\ud83d": 1}}]'),
+        (".json", b'[{"a": 1}]\n\n[]'),
+    ],
+)
+def test_a_handle_reads_exactly_as_the_file_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, data: bytes
+) -> None:
+    """A stream reads a backend's body, not a path: the same rows, locations and
+    messages, whatever the reads' sizes (lines spanning reads are joined)."""
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(data)
+    monkeypatch.setattr(loading, "CHUNK", 4)
+
+    expected = outcome(path, suffix)
+
+    assert outcome(Trickle(data), suffix) == expected
+    assert outcome(io.BytesIO(data), suffix) == expected
+    assert outcome(Trickle(data, step=1000), suffix) == expected
+
+
+def test_a_parquet_handle_reads_as_the_file(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), path)
+
+    assert outcome(io.BytesIO(path.read_bytes()), ".parquet") == outcome(path, ".parquet")
+    assert outcome(io.BytesIO(b"not parquet"), ".parquet") == outcome(
+        write(tmp_path / "bad.parquet", "not parquet"), ".parquet"
+    )
+
+
+def test_an_empty_file_may_be_allowed_by_its_reader() -> None:
+    """A stream counts the rows of all its files itself: one empty file is no error."""
+    assert list(iter_rows(io.BytesIO(b"\n\n"), ".jsonl", "x", require_rows=False)) == []
+    with pytest.raises(DataError, match="no rows"):
+        list(iter_rows(io.BytesIO(b"\n\n"), ".jsonl", "x"))

@@ -1,8 +1,10 @@
 """Reading dataset files into rows (dicts): jsonl, json and csv with the standard
 library, parquet with pyarrow.
 
-This is the one place a run reads a data file, so it is the one place that turns every
-way a file can be broken into a :class:`DataError` (exit 3, never retried) naming the
+This is the one place a run reads a data file (the prepared path from a file on disk, a
+stream, ``data.stream``, from a backend's binary handle: the same readers, so the same
+rows, locations and messages), so it is the one place that turns every way a file can be
+broken into a :class:`DataError` (exit 3, never retried) naming the
 file and where in it: bytes that are not UTF-8, lines that are not JSON, JSON nested
 deeper than the parser goes, numbers too long to convert, ``\\ud800`` escapes that
 decode to a lone surrogate (not a character: it would fail later, far from its cause,
@@ -22,9 +24,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from finetune_trainer.errors import DataError
+from finetune_trainer.errors import DataError, TrainerError
 
 Row = dict[str, Any]
 """One row of a dataset file: column name to value (whatever JSON, CSV or Parquet held)."""
@@ -43,8 +45,13 @@ class SourceRow:
 Located = tuple[object, str]
 """A parsed value (not yet checked to be a mapping) and its location."""
 
-Reader = Callable[[Path, str], list[Located]]
-"""(path, label for messages) -> the file's rows with their locations."""
+Source = Path | IO[bytes]
+"""A file to read: its path, or a binary handle open at its start (a backend's stream:
+a local file, an S3 object's body, an HTTP response), which the caller closes."""
+
+Reader = Callable[[Source, str], Iterable[Located]]
+"""(source, label for messages) -> the file's rows with their locations, read as they
+are asked for."""
 
 _JSON_BLANK = " \t\r\n"
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
@@ -54,6 +61,8 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _CSV_FIELD_LIMIT = 2**31 - 1
 """Python's csv module refuses fields over 128 KiB by default; a long document in a text
 column is ordinary data, not an error."""
+CHUNK = 1 << 20
+"""Bytes read from a handle at a time: reading does not grow with the file."""
 
 
 def _fail(label: str, where: str, problem: str) -> DataError:
@@ -75,12 +84,45 @@ def _decode(raw: bytes, label: str, number: int) -> str:
     return text.removeprefix(_BOM) if number == 1 else text
 
 
-def _lines(path: Path, label: str) -> Iterator[str]:
+def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    """The handle's bytes, :data:`CHUNK` at a time: a backend's body may return less
+    than asked (then the rest comes with the next read), and only an empty read ends it."""
+    while chunk := handle.read(CHUNK):
+        yield chunk
+
+
+def _byte_lines(handle: IO[bytes]) -> Iterator[bytes]:
+    """The handle's lines, ends kept: a backend's body need not iterate by lines
+    (botocore's yields 1 KiB pieces); a line spanning reads is joined once, so a long
+    line costs its length."""
+    parts: list[bytes] = []
+    for chunk in _chunks(handle):
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            parts.append(chunk[start : end + 1])
+            yield b"".join(parts)
+            parts.clear()
+            start = end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    if parts:
+        yield b"".join(parts)
+
+
+def _lines(source: Source, label: str) -> Iterator[str]:
     """The file's lines as text, ends kept; only ``\\n`` ends a line (as JSON Lines and
-    JSON's own line numbers say), so a stray ``\\r`` or U+2028 never shifts the count."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            yield _decode(raw, label, number)
+    JSON's own line numbers say), so a stray ``\\r`` or U+2028 never shifts the count.
+    A file on disk is iterated by the io module's line reader (the same lines, faster)."""
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            yield from _decoded(handle, label)
+    else:
+        yield from _decoded(_byte_lines(source), label)
+
+
+def _decoded(lines: Iterable[bytes], label: str) -> Iterator[str]:
+    for number, raw in enumerate(lines, start=1):
+        yield _decode(raw, label, number)
 
 
 def _no_lone_surrogates(value: object, label: str, where: str) -> None:
@@ -115,8 +157,8 @@ def _json_problem(exc: Exception) -> str:
     return f"is not readable JSON ({exc})"  # e.g. an integer with more than 4300 digits
 
 
-def _iter_jsonl(path: Path, label: str) -> Iterator[Located]:
-    for number, text in enumerate(_lines(path, label), start=1):
+def _iter_jsonl(source: Source, label: str) -> Iterator[Located]:
+    for number, text in enumerate(_lines(source, label), start=1):
         if not text.strip(_JSON_BLANK):
             continue
         where = f"line {number}"
@@ -127,10 +169,6 @@ def _iter_jsonl(path: Path, label: str) -> Iterator[Located]:
         if _SURROGATE_ESCAPE.search(text):
             _no_lone_surrogates(value, label, where)
         yield value, where
-
-
-def _read_jsonl(path: Path, label: str) -> list[Located]:
-    return list(_iter_jsonl(path, label))
 
 
 class _JsonScan:
@@ -220,8 +258,9 @@ class _JsonScan:
                 return rows, pos
 
 
-def _read_json(path: Path, label: str) -> list[Located]:
-    data = path.read_bytes()
+def _read_json(source: Source, label: str) -> list[Located]:
+    """A document is parsed whole: its rows' lines need all of it."""
+    data = source.read_bytes() if isinstance(source, Path) else b"".join(_chunks(source))
     try:
         text = data.decode("utf-8").removeprefix(_BOM)
     except UnicodeDecodeError as exc:
@@ -266,10 +305,10 @@ def _csv_records(lines: Iterable[str], label: str) -> Iterator[tuple[list[str], 
             yield record, start
 
 
-def _iter_csv(path: Path, label: str) -> Iterator[Located]:
+def _iter_csv(source: Source, label: str) -> Iterator[Located]:
     """Every value is text, as written: ``2021-03-05`` or ``4`` is the text the model
     must learn to write, not a date or a number."""
-    records = _csv_records(_lines(path, label), label)
+    records = _csv_records(_lines(source, label), label)
     first = next(records, None)
     if first is None:
         return
@@ -292,20 +331,18 @@ def _iter_csv(path: Path, label: str) -> Iterator[Located]:
         yield dict(zip(header, record, strict=True)), f"line {line}"
 
 
-def _read_csv(path: Path, label: str) -> list[Located]:
-    return list(_iter_csv(path, label))
-
-
 PARQUET_BATCH = 4096
 """Rows per Parquet read: the file is converted to Python a batch at a time."""
 
 
-def _iter_parquet(path: Path, label: str) -> Iterator[Located]:
+def _iter_parquet(source: Source, label: str) -> Iterator[Located]:
+    """A batch of rows in memory at a time; a handle must be seekable (Parquet's footer
+    is at its end)."""
     import pyarrow.parquet as pq
 
     index = 0
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH)
+        batches = pq.ParquetFile(source).iter_batches(batch_size=PARQUET_BATCH)
         for batch in batches:
             values: list[object] = batch.to_pylist()
             for value in values:
@@ -313,40 +350,31 @@ def _iter_parquet(path: Path, label: str) -> Iterator[Located]:
                 yield value, f"row {index}"
     except MemoryError:
         raise
-    except DataError:
+    except TrainerError:  # a handle's own failure (a StorageError) stays what it is
         raise
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends
         raise DataError(f"{label}: cannot read Parquet: {exc}") from None
 
 
-def _read_parquet(path: Path, label: str) -> list[Located]:
-    return list(_iter_parquet(path, label))
-
-
 READERS: dict[str, Reader] = {
-    ".jsonl": _read_jsonl,
-    ".json": _read_json,
-    ".csv": _read_csv,
-    ".parquet": _read_parquet,
-}
-
-
-STREAMS: dict[str, Callable[[Path, str], Iterable[Located]]] = {
     ".jsonl": _iter_jsonl,
-    ".json": _read_json,  # a document is parsed whole: its rows' lines need all of it
+    ".json": _read_json,
     ".csv": _iter_csv,
     ".parquet": _iter_parquet,
 }
-"""The readers of :data:`READERS`, row by row: JSON Lines and CSV a line at a time,
-Parquet a batch of rows at a time."""
+"""Each file type's reader, row by row: JSON Lines and CSV a line at a time, Parquet a
+batch of rows at a time, a .json document whole."""
 
 
-def iter_rows(path: Path, suffix: str, label: str) -> Iterator[SourceRow]:
-    """The rows of ``path`` with their locations, read as they are asked for (the
+def iter_rows(
+    source: Source, suffix: str, label: str, *, require_rows: bool = True
+) -> Iterator[SourceRow]:
+    """The rows of ``source`` with their locations, read as they are asked for (the
     file's size does not decide the memory); every row must be a mapping, and a file
-    without rows is an error (raised once the end is reached)."""
+    without rows is an error (raised once the end is reached) unless ``require_rows`` is
+    False: a stream counts the rows of all its files, and of every pass, itself."""
     empty = True
-    for value, where in STREAMS[suffix](path, label):
+    for value, where in READERS[suffix](source, label):
         if not isinstance(value, dict):
             raise _fail(
                 label,
@@ -355,10 +383,10 @@ def iter_rows(path: Path, suffix: str, label: str) -> Iterator[SourceRow]:
             )
         empty = False
         yield SourceRow(value, where)
-    if empty:
+    if empty and require_rows:
         raise DataError(f"{label}: the file holds no rows")
 
 
-def read_rows(path: Path, suffix: str, label: str) -> list[SourceRow]:
-    """All rows of ``path`` with their locations; every row must be a mapping."""
-    return list(iter_rows(path, suffix, label))
+def read_rows(source: Source, suffix: str, label: str) -> list[SourceRow]:
+    """All rows of ``source`` with their locations; every row must be a mapping."""
+    return list(iter_rows(source, suffix, label))

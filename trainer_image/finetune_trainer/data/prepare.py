@@ -424,7 +424,7 @@ class _Reader:
                 examples, where = pending.popleft()
                 if isinstance(result, Failure):
                     exc = TemplateError(result.message)
-                    raise _template_failure(
+                    raise template_failure(
                         self.tokenizer, f"{label}: {where[result.position]}", exc
                     ) from None
                 writer.write(result, _extra_values(examples, where, result))
@@ -445,7 +445,7 @@ class _Reader:
         return _Source(label, table, read[0], cleaner.counts)
 
 
-def _template_failure(
+def template_failure(
     tokenizer: PreTrainedTokenizerBase, where: str, exc: TemplateError
 ) -> ConfigError | DataError:
     """A chat template that failed on the row at ``where``: the row's fault (exit 3,
@@ -705,7 +705,7 @@ def _eval_samples(
             try:
                 samples.append(EvalSample(generation_prompt_ids(tokenizer, prompt), answer))
             except TemplateError as exc:
-                raise _template_failure(tokenizer, source.where(i), exc) from None
+                raise template_failure(tokenizer, source.where(i), exc) from None
     return samples
 
 

@@ -3,9 +3,10 @@ tokenized as the loop asks for them, never the whole file in memory.
 
 A dataset bigger than the pod's memory or disk cannot be prepared up front; a stream
 reads its train source row by row (through the backend's ``open_stream`` where it has
-one: a local file, an S3 object's body, a Hub file; else the downloaded file), and
-turns each row into an example with the very functions the prepared path uses
-(:func:`~finetune_trainer.data.formats.to_examples`,
+one: a local file, an S3 object's body, a Hub file; else the downloaded file) with the
+prepared path's readers (:func:`~finetune_trainer.data.loading.iter_rows`: the same
+rows, line numbers and messages), and turns each row into an example with the very
+functions the prepared path uses (:func:`~finetune_trainer.data.formats.to_examples`,
 :func:`~finetune_trainer.data.cleaning.is_empty`,
 :func:`~finetune_trainer.data.tokenize.tokenize_example`, the same ``dataset.overlong``
 and "nothing to learn" drops), so that with a buffer of one the stream yields exactly
@@ -26,12 +27,9 @@ interrupted stream would have yielded next. Checkpoints save it as ``data-stream
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import json
 import os
 import random
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +39,8 @@ from finetune_api.config import ColumnMapping
 from finetune_api.uri import DATA_SUFFIXES, ParsedUri, Role, data_suffix
 from finetune_trainer.data.cleaning import is_empty
 from finetune_trainer.data.formats import to_examples
-from finetune_trainer.data.loading import _SURROGATE_ESCAPE, SourceRow, _no_lone_surrogates
+from finetune_trainer.data.loading import SourceRow, iter_rows
+from finetune_trainer.data.prepare import template_failure
 from finetune_trainer.data.tokenize import LossOn, TemplateError, TokenizedExample, tokenize_example
 from finetune_trainer.errors import DataError
 from finetune_trainer.storage.backends import (
@@ -58,10 +57,6 @@ if TYPE_CHECKING:
     from finetune_api.config.data import HubDatasetOptions
 
 STATE_VERSION = 1
-CHUNK = 1 << 20
-"""Bytes read from the source at a time: the stream's memory does not grow with rows."""
-_JSON_BLANK = " \t\r\n"
-_BOM = "\ufeff"
 
 
 # --------------------------------------------------------------------------- sources
@@ -180,116 +175,6 @@ def _local_version(path: Path) -> str:
     return f"file:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _lines(handle: BinaryIO, label: str) -> Iterator[tuple[int, str]]:
-    """The source's lines as (1-based number, text with its end), read a chunk at a time;
-    only ``\\n`` ends a line, as in the prepared path's reader."""
-    pending = b""
-    number = 0
-    while True:
-        chunk = handle.read(CHUNK)
-        if not chunk:
-            break
-        pending += chunk
-        start = 0
-        while True:
-            end = pending.find(b"\n", start)
-            if end < 0:
-                break
-            number += 1
-            yield number, _decode(pending[start : end + 1], label, number)
-            start = end + 1
-        pending = pending[start:]
-    if pending:
-        number += 1
-        yield number, _decode(pending, label, number)
-
-
-def _decode(raw: bytes, label: str, number: int) -> str:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        bad = raw[exc.start : exc.start + 1].hex()
-        raise DataError(
-            f"{label}: line {number} is not valid UTF-8 (byte 0x{bad} at byte {exc.start + 1} "
-            "of the line); save the file as UTF-8"
-        ) from None
-    return text.removeprefix(_BOM) if number == 1 else text
-
-
-def _jsonl_rows(handle: BinaryIO, label: str) -> Iterator[tuple[object, str]]:
-    for number, text in _lines(handle, label):
-        if not text.strip(_JSON_BLANK):
-            continue
-        where = f"line {number}"
-        try:
-            value = json.loads(text.rstrip("\r\n"))
-        except (ValueError, RecursionError) as exc:
-            problem = (
-                f"is not valid JSON ({exc.msg} at column {exc.colno})"
-                if isinstance(exc, json.JSONDecodeError)
-                else f"is not readable JSON ({exc})"
-            )
-            raise DataError(f"{label}: {where} {problem}") from None
-        if _SURROGATE_ESCAPE.search(text):
-            _no_lone_surrogates(value, label, where)
-        yield value, where
-
-
-def _csv_rows(handle: BinaryIO, label: str) -> Iterator[tuple[object, str]]:
-    """CSV records as rows of text, the header first, as the prepared reader reads them."""
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    reader = csv.reader(text for _, text in _lines(handle, label))
-    header: list[str] | None = None
-    header_line = 0
-    while True:
-        start = reader.line_num + 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise DataError(f"{label}: line {start} is not valid CSV ({exc})") from None
-        if not record:
-            continue
-        if header is None:
-            header, header_line = record, start
-            repeated = sorted(name for name, n in Counter(header).items() if n > 1)
-            if repeated:
-                raise DataError(
-                    f"{label}: line {start} is a header naming column {repeated[0]!r} more "
-                    "than once; rename one"
-                )
-            continue
-        if len(record) != len(header):
-            raise DataError(
-                f"{label}: line {start} has {len(record)} fields but the header (line "
-                f"{header_line}) has {len(header)}; quote fields that contain a comma"
-            )
-        yield dict(zip(header, record, strict=True)), f"line {start}"
-
-
-def _parquet_rows(handle: BinaryIO, label: str) -> Iterator[tuple[object, str]]:
-    """One row group in memory at a time."""
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(handle)
-    except Exception as exc:
-        raise DataError(f"{label}: cannot read Parquet: {exc}") from None
-    number = 0
-    for group in range(parquet.num_row_groups):
-        for value in parquet.read_row_group(group).to_pylist():
-            number += 1
-            yield value, f"row {number}"
-
-
-_ROWS: dict[str, Callable[[BinaryIO, str], Iterator[tuple[object, str]]]] = {
-    ".jsonl": _jsonl_rows,
-    ".csv": _csv_rows,
-    ".parquet": _parquet_rows,
-}
-
-
 def source_rows(source: StreamSource) -> Iterator[SourceRow]:
     """The source's rows from its start, each checked to be an object; the handle is
     closed when the iterator is (or is collected)."""
@@ -297,13 +182,9 @@ def source_rows(source: StreamSource) -> Iterator[SourceRow]:
         # A file of several: messages say which (dataset.train (hf://...: data/t-1.jsonl)).
         label = f"{source.label[:-1]}: {part.name})" if part.name else source.label
         with contextlib.closing(part.open()) as handle:
-            for value, where in _ROWS[part.suffix](handle, label):
-                if not isinstance(value, dict):
-                    raise DataError(
-                        f"{label}: {where} is {type(value).__name__}, expected an object "
-                        '({"column": value, ...})'
-                    )
-                yield SourceRow(value, f"{part.name} {where}" if part.name else where)
+            # Emptiness is the stream's to judge: over all the files, once a pass ends.
+            for row in iter_rows(handle, part.suffix, label, require_rows=False):
+                yield SourceRow(row.data, f"{part.name} {row.where}") if part.name else row
 
 
 # --------------------------------------------------------------------------- the stream
@@ -410,9 +291,7 @@ class ExampleStream(Iterator[TokenizedExample]):
                 self.tokenizer, example, settings.max_length, loss_on=settings.loss_on
             )
         except TemplateError as exc:
-            from finetune_trainer.data.prepare import _template_failure
-
-            raise _template_failure(
+            raise template_failure(
                 self.tokenizer, f"{self.source.label}: {row.where}", exc
             ) from None
         if tokens.truncated:
