@@ -211,7 +211,30 @@ class _Batch:
         return counts if valid is None else np.where(valid, counts, 0)
 
 
-class ExampleTable(Sequence[TokenizedExample]):
+class _Examples(Sequence[TokenizedExample]):
+    """What a table and a view are alike in: a sequence of examples that stands for the
+    list it replaced (equal to it, concatenated with it, never hashed)."""
+
+    def __iter__(self) -> Iterator[TokenizedExample]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same examples in the same order (a list too)."""
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return False
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __add__(self, other: Sequence[TokenizedExample]) -> list[TokenizedExample]:
+        return [*self, *other]
+
+    def __radd__(self, other: Sequence[TokenizedExample]) -> list[TokenizedExample]:
+        return [*other, *self]
+
+
+class ExampleTable(_Examples):
     """The examples of one table file, memory-mapped (see the module's docstring)."""
 
     def __init__(self, path: Path) -> None:
@@ -316,10 +339,6 @@ class ExampleTable(Sequence[TokenizedExample]):
             return PromptExample(ids, labels, truncated=truncated)
         return TokenizedExample(ids, labels, truncated=truncated)
 
-    def __iter__(self) -> Iterator[TokenizedExample]:
-        for index in range(len(self)):
-            yield self[index]
-
     def _per_row(self, fn: Any) -> Any:
         import numpy as np
 
@@ -378,26 +397,8 @@ class ExampleTable(Sequence[TokenizedExample]):
         batch, row = self._locate(index)
         return batch.batch.column(name)[row].as_py()
 
-    def __eq__(self, other: object) -> bool:
-        return _equal(self, other)
 
-    __hash__ = None  # type: ignore[assignment]
-
-    def __add__(self, other: Sequence[TokenizedExample]) -> list[TokenizedExample]:
-        return [*self, *other]
-
-    def __radd__(self, other: Sequence[TokenizedExample]) -> list[TokenizedExample]:
-        return [*other, *self]
-
-
-def _equal(view: Sequence[TokenizedExample], other: object) -> bool:
-    """Equal to any sequence of the same examples in the same order (a list too)."""
-    if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
-        return False
-    return len(view) == len(other) and all(a == b for a, b in zip(view, other, strict=True))
-
-
-class TableView(Sequence[TokenizedExample]):
+class TableView(_Examples):
     """Rows of one or several tables in a given order: ``indices[k]`` of
     ``tables[sources[k]]`` (``sources`` None: all from the one table)."""
 
@@ -431,10 +432,6 @@ class TableView(Sequence[TokenizedExample]):
         source = 0 if self.sources is None else int(self.sources[index])
         return self.tables[source][int(self.indices[index])]
 
-    def __iter__(self) -> Iterator[TokenizedExample]:
-        for k in range(len(self)):
-            yield self[k]
-
     def gather(self, per_table: list[Any]) -> Any:
         """Per row of the view, the value of a per-table array (one array per table)."""
         import numpy as np
@@ -458,14 +455,3 @@ class TableView(Sequence[TokenizedExample]):
     @property
     def trained_tokens(self) -> int:
         return int(self.gather([t.trained_token_counts for t in self.tables]).sum())
-
-    def __eq__(self, other: object) -> bool:
-        return _equal(self, other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __add__(self, other: Sequence[TokenizedExample]) -> list[TokenizedExample]:
-        return [*self, *other]
-
-    def __radd__(self, other: Sequence[TokenizedExample]) -> list[TokenizedExample]:
-        return [*other, *self]
