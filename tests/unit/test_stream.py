@@ -12,6 +12,7 @@ import pytest
 
 from conftest import colour_rows, write_jsonl
 from finetune_api.config import ColumnMapping, DatasetSpec, TrainingSpec
+from finetune_trainer.data.loading import read_rows
 from finetune_trainer.data.prepare import prepare_data
 from finetune_trainer.data.stream import ExampleStream, StreamSettings, open_source, open_stream
 from finetune_trainer.data.tokenize import TokenizedExample
@@ -200,6 +201,39 @@ def test_a_broken_line_is_named_as_the_prepared_reader_names_it(
     next(stream)
     with pytest.raises(DataError, match=r"dataset\.train \(file://.*\): line 3 is not valid JSON"):
         next(stream)
+
+
+GOOD = json.dumps(colour_rows(1)[0]).encode()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "data"),
+    [
+        (".jsonl", GOOD + b"\n\n" + b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"),
+        (".jsonl", GOOD + b'\n{"messages": "caf\xe9"}\n'),
+        (".jsonl", GOOD + b'\n{"messages": "\\ud800"}\n'),
+        (".jsonl", GOOD + b"\n[1, 2]\n"),
+        (".csv", b"prompt,completion\nSay,hi\n\nSay,hi,there\n"),
+        (".csv", b"prompt,prompt\nSay,hi\n"),
+        (".parquet", b"PAR1 not parquet at all PAR1"),
+    ],
+)
+def test_a_broken_file_is_named_as_the_prepared_reader_names_it(
+    tmp_path: Path, tiny_tokenizer: Any, suffix: str, data: bytes
+) -> None:
+    """One reader for both paths: the stream's message is the prepared reader's, word for
+    word (a line nested too deeply too, which the stream once reported in Python's words)."""
+    path = tmp_path / f"train{suffix}"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as prepared:
+        read_rows(path, suffix, f"dataset.train (file://{path})")
+    fmt = "messages" if suffix == ".jsonl" else "prompt-completion"
+    settings = StreamSettings(fmt, ColumnMapping(), MAX_LENGTH)
+    uri = f"file://{path}"
+    stream = open_stream(uri, Access(), tiny_tokenizer, settings, seed=0, buffer_size=1)
+    with pytest.raises(DataError) as streamed:
+        take(stream, 3)
+    assert str(streamed.value) == str(prepared.value)
 
 
 def test_csv_and_parquet_stream_as_they_are_prepared(tmp_path: Path, tiny_tokenizer: Any) -> None:
