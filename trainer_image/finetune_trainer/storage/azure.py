@@ -31,39 +31,31 @@ through adlfs's file objects. The policy is the S3 store's (:mod:`.s3`):
 from __future__ import annotations
 
 import builtins
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, Any
 
 from finetune_api.redaction import register
 from finetune_api.uri import ParsedUri
-from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
+from finetune_trainer.errors import ModelError, StorageError
 from finetune_trainer.storage import cache
-from finetune_trainer.storage.credentials import _check_one_line, read_secret, redact
-from finetune_trainer.storage.store import (
-    LEASE,
-    Access,
-    Holder,
-    ObjectInfo,
-    busy,
-    join_key,
-    safe_key,
+from finetune_trainer.storage.credentials import _check_one_line, read_secret
+from finetune_trainer.storage.object_store import LEASE_SECONDS as LEASE_SECONDS
+from finetune_trainer.storage.object_store import (
+    Errors,
+    ObjectStore,
+    RetryingClient,
+    probe_or_cached,
+    split_location,
 )
-
-if TYPE_CHECKING:
-    from tenacity import RetryCallState
+from finetune_trainer.storage.object_store import model_files as _model_files
+from finetune_trainer.storage.store import Access
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
 ACCOUNT_NAME = "AZURE_STORAGE_ACCOUNT_NAME"
@@ -80,8 +72,6 @@ SINGLE_PUT_BYTES = 64 * 1024 * 1024
 """Files above this are uploaded in blocks (Put Block + Put Block List), in parallel."""
 BLOCK_BYTES = 16 * 1024 * 1024
 """The block size: 50,000 blocks (Azure's limit) of 16 MiB allow files up to 780 GiB."""
-LEASE_SECONDS = 120.0
-"""How long an output's lease blob holds without renewal (as on S3)."""
 CACHE_SCHEME = "az"
 
 _NO_CREDENTIALS = (
@@ -329,8 +319,18 @@ def file_md5(path: Path) -> bytes:
     return digest.digest()
 
 
-class AzureClient:
+def _ours(exc: BaseException) -> bool:
+    """An SDK (or network) error: made a StorageError; anything else is a bug."""
+    from azure.core.exceptions import AzureError
+
+    return isinstance(exc, AzureError | OSError)
+
+
+class AzureClient(RetryingClient):
     """One container through the blob SDK, every call retried by deadline."""
+
+    errors = Errors(is_transient, describe, hint, _ours, log, reached="the service")
+    settings: AzureSettings
 
     def __init__(self, container: str, settings: AzureSettings, deadline: float) -> None:
         self.container_name = container
@@ -338,66 +338,12 @@ class AzureClient:
         self.deadline = max(0.0, float(deadline))
         self.container = settings.service_client().get_container_client(container)
 
+    @property
+    def endpoint(self) -> str:  # type: ignore[override]
+        return self.settings.endpoint
+
     def uri(self, key: str) -> str:
         return f"az://{self.container_name}/{key}"
-
-    def call(self, what: str, key: str, fn: Callable[[], T], *, deadline: float | None = None) -> T:
-        """``fn()`` retried on transient errors until the deadline; StorageError otherwise."""
-        from azure.core.exceptions import AzureError
-        from tenacity import Retrying, retry_if_exception, stop_before_delay
-        from tenacity import wait_random_exponential as backoff_with_jitter
-
-        limit = self.deadline if deadline is None else deadline
-        started = time.monotonic()
-        retrying = Retrying(
-            stop=stop_before_delay(limit),
-            wait=backoff_with_jitter(multiplier=0.5, max=10),
-            retry=retry_if_exception(is_transient),
-            before_sleep=self._log_retry(what, key),
-            reraise=True,
-        )
-        try:
-            return retrying(fn)
-        except StorageError:
-            raise
-        except (AzureError, OSError) as exc:
-            raise self.error(what, key, exc, time.monotonic() - started, limit) from exc
-
-    def error(
-        self, what: str, key: str, exc: BaseException, elapsed: float, limit: float
-    ) -> StorageError:
-        uri, secrets = self.uri(key), self.settings.secrets()
-        if is_transient(exc):
-            return StorageUnavailable(
-                redact(
-                    f"{uri}: cannot {what}: {describe(exc)}; still failing after {elapsed:.0f}s "
-                    f"of retries (retry deadline {limit:g}s). Check that "
-                    f"{self.settings.endpoint} is reachable, or raise output.retryDeadlineSeconds",
-                    secrets,
-                )
-            )
-        return StorageError(
-            redact(
-                f"{uri}: cannot {what}: {describe(exc)}: {hint(exc)} "
-                f"(endpoint {self.settings.endpoint}, credentials from {self.settings.source})",
-                secrets,
-            )
-        )
-
-    def _log_retry(self, what: str, key: str) -> Callable[[RetryCallState], None]:
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            wait = state.next_action.sleep if state.next_action else 0.0
-            log.warning(
-                "%s: %s failed (%s), attempt %d; retrying in %.1fs",
-                self.uri(key),
-                what,
-                redact(describe(exc), self.settings.secrets()) if exc else "?",
-                state.attempt_number,
-                wait,
-            )
-
-        return before_sleep
 
     # --- operations, each one attempt; callers wrap them in call()
 
@@ -508,156 +454,29 @@ def verify_download(path: Path, size: int, md5: bytes | bytearray | None) -> str
 # --------------------------------------------------------------------------- store
 
 
-class AzureStore:
-    """An ``az://container/prefix`` output location as a :class:`~.store.Store`."""
+class AzureStore(ObjectStore[tuple[str, int, str]]):
+    """An ``az://container/prefix`` output location as a :class:`~.object_store.ObjectStore`:
+    its lease blob is created only if absent and renewed only if unchanged (ETags).
 
-    def __init__(self, uri: str, client: AzureClient, prefix: str) -> None:
-        self.uri = uri
-        self.az = client
-        self.prefix = prefix.strip("/")
-        self.lease_seconds = LEASE_SECONDS
+    Not Azure's own blob leases: those last at most 60 s or forever, and one that is
+    forever outlives a killed pod; an expiry we write ourselves lapses."""
 
-    @contextlib.contextmanager
-    def lease(self, holder: Holder) -> Iterator[None]:
-        """The output's lease blob, created only if absent and renewed (only if
-        unchanged) by a background thread while the block runs: S3's scheme, on ETags.
+    noun = "blob"
 
-        Not Azure's own blob leases: those last at most 60 s or forever, and one that
-        is forever outlives a killed pod; an expiry we write ourselves lapses."""
-        key = self._key(LEASE)
-        etag = self.az.call("take the lease", key, lambda: self._take(key, holder))
-        renewal = _Renewal(self, key, holder, etag)
-        try:
-            yield
-        finally:
-            renewal.stop()
-            self._release(key, renewal.etag)
-        if renewal.lost is not None:
-            raise StorageError(
-                f"{self.uri}: this run lost the output's lease ({renewal.lost}); another run "
-                "may have written here meanwhile: check it with finetune verify"
-            )
+    def entry(self, raw: tuple[str, int, str]) -> tuple[str, int]:
+        return raw[0], raw[1]
 
-    def _release(self, key: str, etag: str) -> None:
-        try:
-            self.az.call("release the lease", key, lambda: self.az.delete_if(key, etag))
-        except StorageError as exc:
-            log.warning("%s: could not release the output's lease (%s); it lapses", self.uri, exc)
+    def is_conflict(self, exc: BaseException) -> bool:
+        return _is_conflict(exc)
 
-    def lease_body(self, holder: Holder) -> bytes:
-        data = json.loads(holder.to_json()) | {"expires": time.time() + self.lease_seconds}
-        return json.dumps(data).encode()
+    def is_absent(self, exc: BaseException) -> bool:
+        return _is_missing(exc) and status_of(exc)[0] != "ContainerNotFound"
 
-    def _take(self, key: str, holder: Holder) -> str:
-        try:
-            return self.az.put_body(key, self.lease_body(holder))
-        except Exception as exc:
-            if not _is_conflict(exc):
-                raise
-        current = self.az.get_body(key)
-        if current is None:  # released meanwhile: try again from the start
-            return self._take(key, holder)
-        body, etag = current
-        other, expires = Holder.from_json(body), _expiry(body)
-        if other is not None and other.run != holder.run and expires > time.time():
-            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
-            raise busy(self.uri, other, f"or for its lease to lapse after {until} if it died")
-        try:
-            return self.az.put_body(key, self.lease_body(holder), etag)
-        except Exception as exc:
-            if _is_conflict(exc):  # another run took it first
-                raise busy(self.uri, None, "stop it") from None
-            raise
-
-    def _key(self, key: str) -> str:
-        return join_key(self.prefix, safe_key(key)) if self.prefix else safe_key(key)
-
-    def _dir(self, prefix: str) -> str:
-        base = self._key(prefix) if prefix else self.prefix
-        return f"{base}/" if base else ""
-
-    def put_file(self, src: Path, key: str) -> None:
-        full = self._key(key)
-        self.az.call("upload", full, lambda: self.az.upload(src, full))
-
-    def get_file(self, key: str, dst: Path) -> None:
-        full = self._key(key)
-        self.az.call("download", full, lambda: self.az.download(full, dst))
-
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        base = self._dir(prefix)
-        raw = self.az.call("list", base, lambda: self.az.objects(base))
-        root = f"{self.prefix}/" if self.prefix else ""
-        out = []
-        for name, size, _ in raw:
-            rel = name[len(root) :]
-            if not rel or rel.endswith("/"):
-                continue
-            try:
-                out.append(ObjectInfo(safe_key(rel), size))
-            except StorageError:
-                log.warning("%s: ignoring blob %r, not a safe relative key", self.uri, rel)
-        return sorted(out, key=lambda o: o.key)
-
-    def exists(self, key: str) -> bool:
-        full = self._key(key)
-        return self.az.call("check", full, lambda: self._exists(full))
-
-    def _exists(self, full: str) -> bool:
-        try:
-            self.az.head(full)
-        except Exception as exc:
-            if _is_missing(exc) and status_of(exc)[0] != "ContainerNotFound":
-                return False
-            raise
-        return True
-
-    def delete(self, keys: Iterable[str]) -> None:
-        full = [self._key(k) for k in keys]
-        if full:
-            self.az.call("delete", full[0], lambda: self.az.delete(full))
-
-
-def _expiry(body: bytes) -> float:
-    try:
-        return float(json.loads(body)["expires"])
-    except (ValueError, KeyError, TypeError):
-        return 0.0
-
-
-class _Renewal:
-    """Renews a lease every quarter of its length in a daemon thread, until stopped."""
-
-    def __init__(self, store: AzureStore, key: str, holder: Holder, etag: str) -> None:
-        self.store, self.key, self.holder, self.etag = store, key, holder, etag
-        self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="finetune-lease", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.store.lease_seconds / 4):
-            body = self.store.lease_body(self.holder)
-            try:
-                self.etag = self.store.az.put_body(self.key, body, self.etag)
-            except Exception as exc:
-                if _is_conflict(exc) or _is_missing(exc):
-                    self.lost = "another run took it over"
-                    log.error("%s: %s", self.store.uri, self.lost)
-                    return
-                log.warning("%s: renewing the lease failed (%s)", self.store.uri, describe(exc))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+    def lease_gone(self, exc: BaseException) -> bool:
+        return _is_conflict(exc) or _is_missing(exc)
 
 
 # --------------------------------------------------------------------------- backend
-
-
-def split_location(location: str) -> tuple[str, str]:
-    container, _, key = location.partition("/")
-    return container, key
 
 
 class AzureBackend:
@@ -687,8 +506,11 @@ class AzureBackend:
         container, key = split_location(uri.location)
         name = Path(key).name
         az = self.client(container, access)
-        head = _probe_or_cached(
-            str(uri), lambda limit: az.call("read", key, lambda: az.head(key), deadline=limit)
+        head = probe_or_cached(
+            str(uri),
+            CACHE_SCHEME,
+            az.errors,
+            lambda limit: az.call("read", key, lambda: az.head(key), deadline=limit),
         )
         if isinstance(head, Path):
             return head / name
@@ -707,8 +529,10 @@ class AzureBackend:
         container, key = split_location(uri.location)
         prefix = key.rstrip("/") + "/"
         az = self.client(container, access)
-        listed = _probe_or_cached(
+        listed = probe_or_cached(
             str(uri),
+            CACHE_SCHEME,
+            az.errors,
             lambda limit: az.call("list", prefix, lambda: az.objects(prefix), deadline=limit),
         )
         if isinstance(listed, Path):
@@ -734,42 +558,5 @@ def model_files(
     uri: str, listed: list[tuple[str, int, str]], prefix: str
 ) -> list[tuple[str, int, str]]:
     """The blobs of a model prefix with safe relative keys; any other key is refused."""
-    files = []
-    for name, size, etag in listed:
-        rel = name[len(prefix) :]
-        if not rel or rel.endswith("/"):
-            continue
-        try:
-            files.append((safe_key(rel), size, etag))
-        except StorageError as exc:
-            raise StorageError(
-                f"{uri}: refusing to download blob {name!r}: its key would leave the model "
-                f"directory ({exc})"
-            ) from None
-    if not files:
-        raise ModelError(
-            f"{uri}: no blobs under this prefix; check the container and the key "
-            "(a model is a prefix holding config.json and the weights)"
-        )
-    return sorted(files)
-
-
-def _probe_or_cached(uri: str, probe: Callable[[float | None], T]) -> T | Path:
-    """``probe(deadline)`` the service for the current version of ``uri``; with a
-    complete copy in the cache, one attempt, and the copy when the service cannot be
-    reached (as :func:`.s3._probe_or_cached`)."""
-    cached = cache.latest(uri, CACHE_SCHEME)
-    if cached is None:
-        return probe(None)
-    try:
-        return probe(0.0)
-    except StorageError as exc:
-        if exc.__cause__ is None or not is_transient(exc.__cause__):
-            raise
-        log.warning(
-            "%s: the service cannot be reached (%s); using the cached copy at %s",
-            uri,
-            describe(exc.__cause__),
-            cached,
-        )
-        return cached
+    files = _model_files(uri, listed, prefix, lambda blob: blob[0], noun="blob")
+    return [(rel, size, etag) for rel, (_, size, etag) in files]

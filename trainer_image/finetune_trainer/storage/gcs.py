@@ -36,43 +36,35 @@ import logging
 import os
 import secrets
 import shutil
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, Any, cast
 from urllib.parse import quote
 
 from finetune_api.redaction import register
 from finetune_api.uri import ParsedUri
-from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
+from finetune_trainer.errors import ModelError, StorageError
 from finetune_trainer.storage import cache
-from finetune_trainer.storage.credentials import read_secret, redact, secrets_root
-from finetune_trainer.storage.store import (
-    LEASE,
-    Access,
-    Holder,
-    ObjectInfo,
-    busy,
-    join_key,
-    safe_key,
+from finetune_trainer.storage.credentials import read_secret, secrets_root
+from finetune_trainer.storage.object_store import LEASE_SECONDS as LEASE_SECONDS
+from finetune_trainer.storage.object_store import (
+    Errors,
+    ObjectStore,
+    RetryingClient,
+    model_files,
+    probe_or_cached,
+    split_location,
 )
-
-if TYPE_CHECKING:
-    from tenacity import RetryCallState
+from finetune_trainer.storage.store import Access
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 SERVICE_ACCOUNT_KEY = "service-account.json"
 """The key of a credentials Secret holding a service-account key file (JSON)."""
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 """An emulator's address (``http://host:port``), as Google's client libraries read it."""
 PROJECT_KEY = "GOOGLE_CLOUD_PROJECT"
-LEASE_SECONDS = 120.0
-"""As ``s3.LEASE_SECONDS``: renewed every quarter of that while held."""
 READ_BLOCK = 16 * 1024 * 1024
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -277,8 +269,11 @@ def _filesystem(settings: GcsSettings) -> Any:
     )
 
 
-class GcsClient:
+class GcsClient(RetryingClient):
     """One bucket through gcsfs, every call retried by deadline and errors made readable."""
+
+    errors = Errors(is_transient, describe, hint, lambda exc: True, log)
+    settings: GcsSettings
 
     def __init__(self, bucket: str, settings: GcsSettings, deadline: float) -> None:
         self.bucket = bucket
@@ -300,63 +295,6 @@ class GcsClient:
 
     def path(self, key: str) -> str:
         return f"{self.bucket}/{key}"
-
-    def call(self, what: str, key: str, fn: Callable[[], T], *, deadline: float | None = None) -> T:
-        """``fn()`` retried on transient errors until the deadline; StorageError otherwise."""
-        from tenacity import Retrying, retry_if_exception, stop_before_delay
-        from tenacity import wait_random_exponential as backoff_with_jitter
-
-        limit = self.deadline if deadline is None else deadline
-        started = time.monotonic()
-        retrying = Retrying(
-            stop=stop_before_delay(limit),
-            wait=backoff_with_jitter(multiplier=0.5, max=10),
-            retry=retry_if_exception(is_transient),
-            before_sleep=self._log_retry(what, key),
-            reraise=True,
-        )
-        try:
-            return retrying(fn)
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise self.error(what, key, exc, time.monotonic() - started, limit) from exc
-
-    def error(
-        self, what: str, key: str, exc: BaseException, elapsed: float, limit: float
-    ) -> StorageError:
-        uri, hidden = self.uri(key), self.settings.secrets()
-        if is_transient(exc):
-            return StorageUnavailable(
-                redact(
-                    f"{uri}: cannot {what}: {describe(exc)}; still failing after {elapsed:.0f}s "
-                    f"of retries (retry deadline {limit:g}s). Check that {self.endpoint} is "
-                    "reachable, or raise output.retryDeadlineSeconds",
-                    hidden,
-                )
-            )
-        return StorageError(
-            redact(
-                f"{uri}: cannot {what}: {describe(exc)}: {hint(exc)} "
-                f"(endpoint {self.endpoint}, credentials from {self.settings.source})",
-                hidden,
-            )
-        )
-
-    def _log_retry(self, what: str, key: str) -> Callable[[RetryCallState], None]:
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            wait = state.next_action.sleep if state.next_action else 0.0
-            log.warning(
-                "%s: %s failed (%s), attempt %d; retrying in %.1fs",
-                self.uri(key),
-                what,
-                redact(describe(exc), self.settings.secrets()) if exc else "?",
-                state.attempt_number,
-                wait,
-            )
-
-        return before_sleep
 
     # --- operations, each one attempt; callers wrap them in call()
 
@@ -419,15 +357,16 @@ class GcsClient:
             if not token:
                 return out
 
-    def put_body(self, key: str, body: bytes, generation: str) -> str:
-        """PUT ``body`` at ``key`` if its generation is ``generation`` ('0': if absent);
-        the new generation. GCS answers 412 (FileExistsError) when it is not."""
+    def put_body(self, key: str, body: bytes, generation: str | None = None) -> str:
+        """PUT ``body`` at ``key`` if its generation is ``generation`` (None: if absent,
+        ``ifGenerationMatch=0``); the new generation. GCS answers 412 (FileExistsError)
+        when it is not."""
         made = self.fs.call(
             "POST",
             f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket)}/o",
             uploadType="media",
             name=key,
-            ifGenerationMatch=generation,
+            ifGenerationMatch=generation or "0",
             data=body,
             headers={"Content-Type": "application/octet-stream"},
             json_out=True,
@@ -531,160 +470,22 @@ class GcsObjectStream(io.RawIOBase):
 # --------------------------------------------------------------------------- store
 
 
-class GcsStore:
-    """A ``gs://bucket/prefix`` output location as a :class:`~.store.Store`.
+class GcsStore(ObjectStore[dict[str, Any]]):
+    """A ``gs://bucket/prefix`` output location as a :class:`~.object_store.ObjectStore`
+    (GCS is strongly consistent): its lease conditions are ``ifGenerationMatch=0``
+    (create) and ``ifGenerationMatch`` a generation; a lost race answers 412."""
 
-    An upload replaces an object atomically for readers (GCS is strongly consistent), so
-    ``put_file`` needs no temporary key; ``publish_dir`` gives a set its manifest-last order.
-    """
+    def entry(self, raw: dict[str, Any]) -> tuple[str, int]:
+        return str(raw["name"]), int(raw["size"])
 
-    def __init__(self, uri: str, gcs: GcsClient, prefix: str) -> None:
-        self.uri = uri
-        self.gcs = gcs
-        self.prefix = prefix.strip("/")
-        self.lease_seconds = LEASE_SECONDS
+    def is_conflict(self, exc: BaseException) -> bool:
+        return isinstance(exc, FileExistsError)
 
-    @contextlib.contextmanager
-    def lease(self, holder: Holder) -> Iterator[None]:
-        """The output's lease object, created only if absent (``ifGenerationMatch=0``)
-        and renewed by a background thread (``ifGenerationMatch`` its last generation);
-        as ``S3Store.lease`` otherwise: an expired or same-run lease is taken over
-        conditionally, and a lease lost meanwhile fails the run when the block ends."""
-        key = self._key(LEASE)
-        generation = self.gcs.call("take the lease", key, lambda: self._take(key, holder))
-        renewal = _Renewal(self, key, holder, generation)
-        try:
-            yield
-        finally:
-            renewal.stop()
-            self._release(key, renewal.generation)
-        if renewal.lost is not None:
-            raise StorageError(
-                f"{self.uri}: this run lost the output's lease ({renewal.lost}); another run "
-                "may have written here meanwhile: check it with finetune verify"
-            )
-
-    def lease_body(self, holder: Holder) -> bytes:
-        data = json.loads(holder.to_json()) | {"expires": time.time() + self.lease_seconds}
-        return json.dumps(data).encode()
-
-    def _take(self, key: str, holder: Holder) -> str:
-        try:
-            return self.gcs.put_body(key, self.lease_body(holder), "0")
-        except FileExistsError:
-            pass
-        current = self.gcs.get_body(key)
-        if current is None:  # released meanwhile: try again from the start
-            return self._take(key, holder)
-        body, generation = current
-        other, expires = Holder.from_json(body), _expiry(body)
-        if other is not None and other.run != holder.run and expires > time.time():
-            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
-            raise busy(self.uri, other, f"or for its lease to lapse after {until} if it died")
-        try:
-            return self.gcs.put_body(key, self.lease_body(holder), generation)
-        except FileExistsError:  # another run took it first
-            raise busy(self.uri, None, "stop it") from None
-
-    def _release(self, key: str, generation: str) -> None:
-        try:
-            self.gcs.call("release the lease", key, lambda: self.gcs.delete_if(key, generation))
-        except StorageError as exc:
-            log.warning("%s: could not release the output's lease (%s); it lapses", self.uri, exc)
-
-    def _key(self, key: str) -> str:
-        return join_key(self.prefix, safe_key(key)) if self.prefix else safe_key(key)
-
-    def _dir(self, prefix: str) -> str:
-        base = self._key(prefix) if prefix else self.prefix
-        return f"{base}/" if base else ""
-
-    def put_file(self, src: Path, key: str) -> None:
-        full = self._key(key)
-        self.gcs.call("upload", full, lambda: self.gcs.upload(src, full))
-
-    def get_file(self, key: str, dst: Path) -> None:
-        full = self._key(key)
-        self.gcs.call("download", full, lambda: self.gcs.download(full, dst))
-
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        base = self._dir(prefix)
-        raw = self.gcs.call("list", base, lambda: self.gcs.objects(base))
-        root = f"{self.prefix}/" if self.prefix else ""
-        out = []
-        for rel, obj in relative_objects(raw, root):
-            try:
-                out.append(ObjectInfo(safe_key(rel), int(obj["size"])))
-            except StorageError:
-                log.warning("%s: ignoring object %r, not a safe relative key", self.uri, rel)
-        return sorted(out, key=lambda o: o.key)
-
-    def exists(self, key: str) -> bool:
-        full = self._key(key)
-        return self.gcs.call("check", full, lambda: self._exists(full))
-
-    def _exists(self, full: str) -> bool:
-        try:
-            self.gcs.head(full)
-        except FileNotFoundError:
-            return False
-        return True
-
-    def delete(self, keys: Iterable[str]) -> None:
-        full = [self._key(k) for k in keys]
-        if full:
-            self.gcs.call("delete", full[0], lambda: self.gcs.delete(full))
-
-
-def _expiry(body: bytes) -> float:
-    try:
-        return float(json.loads(body)["expires"])
-    except (ValueError, KeyError, TypeError):
-        return 0.0
-
-
-class _Renewal:
-    """Renews a lease every quarter of its length in a daemon thread, until stopped."""
-
-    def __init__(self, store: GcsStore, key: str, holder: Holder, generation: str) -> None:
-        self.store, self.key, self.holder, self.generation = store, key, holder, generation
-        self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="finetune-lease", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        gcs = self.store.gcs
-        while not self._stop.wait(self.store.lease_seconds / 4):
-            body = self.store.lease_body(self.holder)
-            try:
-                self.generation = gcs.put_body(self.key, body, self.generation)
-            except FileExistsError:
-                self.lost = "another run took it over"
-                log.error("%s: %s", self.store.uri, self.lost)
-                return
-            except Exception as exc:
-                log.warning("%s: renewing the lease failed (%s)", self.store.uri, describe(exc))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def relative_objects(raw: list[dict[str, Any]], root: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Listing entries with their name relative to ``root``; folder markers skipped."""
-    for obj in raw:
-        rel = str(obj["name"])[len(root) :]
-        if rel and not rel.endswith("/"):
-            yield rel, obj
+    def is_absent(self, exc: BaseException) -> bool:
+        return isinstance(exc, FileNotFoundError)
 
 
 # --------------------------------------------------------------------------- backend
-
-
-def split_location(location: str) -> tuple[str, str]:
-    bucket, _, key = location.partition("/")
-    return bucket, key
 
 
 class GcsBackend:
@@ -711,8 +512,11 @@ class GcsBackend:
         bucket, key = split_location(uri.location)
         name = Path(key).name
         gcs = self.client(bucket, access)
-        head = _probe_or_cached(
-            str(uri), lambda limit: gcs.call("read", key, lambda: gcs.head(key), deadline=limit)
+        head = probe_or_cached(
+            str(uri),
+            "gs",
+            gcs.errors,
+            lambda limit: gcs.call("read", key, lambda: gcs.head(key), deadline=limit),
         )
         if isinstance(head, Path):
             return head / name
@@ -731,13 +535,15 @@ class GcsBackend:
         bucket, key = split_location(uri.location)
         prefix = key.rstrip("/") + "/"
         gcs = self.client(bucket, access)
-        listed = _probe_or_cached(
+        listed = probe_or_cached(
             str(uri),
+            "gs",
+            gcs.errors,
             lambda limit: gcs.call("list", prefix, lambda: gcs.objects(prefix), deadline=limit),
         )
         if isinstance(listed, Path):
             return listed
-        files = model_files(str(uri), listed, prefix)
+        files = model_files(str(uri), listed, prefix, lambda obj: str(obj["name"]), word="name")
 
         def populate(directory: Path) -> None:
             for rel, obj in files:
@@ -752,44 +558,3 @@ class GcsBackend:
                 "a model saved with save_pretrained"
             )
         return target
-
-
-def model_files(
-    uri: str, listed: list[dict[str, Any]], prefix: str
-) -> list[tuple[str, dict[str, Any]]]:
-    """The objects of a model prefix with safe relative names; any other name is refused."""
-    files = []
-    for rel, obj in relative_objects(listed, prefix):
-        try:
-            files.append((safe_key(rel), obj))
-        except StorageError as exc:
-            raise StorageError(
-                f"{uri}: refusing to download object {obj['name']!r}: its name would leave the "
-                f"model directory ({exc})"
-            ) from None
-    if not files:
-        raise ModelError(
-            f"{uri}: no objects under this prefix; check the bucket and the key "
-            "(a model is a prefix holding config.json and the weights)"
-        )
-    return sorted(files, key=lambda f: f[0])
-
-
-def _probe_or_cached(uri: str, probe: Callable[[float | None], T]) -> T | Path:
-    """As ``s3._probe_or_cached``: with a complete cached copy, one attempt at the store,
-    and the copy (with a warning) when the store cannot be reached."""
-    cached = cache.latest(uri, "gs")
-    if cached is None:
-        return probe(None)
-    try:
-        return probe(0.0)
-    except StorageError as exc:
-        if exc.__cause__ is None or not is_transient(exc.__cause__):
-            raise
-        log.warning(
-            "%s: the store cannot be reached (%s); using the cached copy at %s",
-            uri,
-            describe(exc.__cause__),
-            cached,
-        )
-        return cached

@@ -24,40 +24,32 @@ from __future__ import annotations
 
 import base64
 import builtins
-import contextlib
 import hashlib
 import io
 import json
 import logging
 import re
-import threading
-import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from finetune_api.uri import ParsedUri
-from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
+from finetune_trainer.errors import ModelError, StorageError
 from finetune_trainer.storage import cache
-from finetune_trainer.storage.credentials import S3Settings, redact, s3_client, s3_settings
-from finetune_trainer.storage.store import (
-    LEASE,
-    Access,
-    Holder,
-    ObjectInfo,
-    busy,
-    join_key,
-    safe_key,
+from finetune_trainer.storage.credentials import S3Settings, s3_client, s3_settings
+from finetune_trainer.storage.object_store import LEASE_SECONDS as LEASE_SECONDS
+from finetune_trainer.storage.object_store import (
+    Errors,
+    ObjectStore,
+    RetryingClient,
+    model_files,
+    probe_or_cached,
+    split_location,
 )
-
-if TYPE_CHECKING:
-    from tenacity import RetryCallState
+from finetune_trainer.storage.store import Access
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class _Hasher(Protocol):
@@ -72,9 +64,6 @@ MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 """The part size: 10,000 parts (S3's limit) of 16 MiB allow files up to 160 GiB."""
 DELETE_BATCH = 1000
 """DeleteObjects takes at most 1000 keys per request."""
-LEASE_SECONDS = 120.0
-"""How long an output's lease object holds without renewal; the holder renews it every
-quarter of that, so only a run that died (or lost the store for this long) lets it lapse."""
 
 TRANSIENT_CODES = frozenset(
     {
@@ -213,8 +202,22 @@ def _public_endpoint(url: str | None) -> str:
 # --------------------------------------------------------------------------- client
 
 
-class S3Client:
+def _ours(exc: BaseException) -> bool:
+    """A botocore (or network) error: made a StorageError; anything else is a bug."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(root_cause(exc), ClientError | BotoCoreError | OSError)
+
+
+def _status(exc: BaseException) -> int | None:
+    return error_code(root_cause(exc))[1]
+
+
+class S3Client(RetryingClient):
     """One bucket through boto3, every call retried by deadline and errors made readable."""
+
+    errors = Errors(is_transient, describe, hint, _ours, log)
+    settings: S3Settings
 
     def __init__(self, bucket: str, settings: S3Settings, deadline: float) -> None:
         from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
@@ -232,68 +235,6 @@ class S3Client:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
-
-    def call(self, what: str, key: str, fn: Callable[[], T], *, deadline: float | None = None) -> T:
-        """``fn()`` retried on transient errors until the deadline; StorageError otherwise."""
-        from botocore.exceptions import BotoCoreError, ClientError
-        from tenacity import Retrying, retry_if_exception, stop_before_delay
-        from tenacity import wait_random_exponential as backoff_with_jitter
-
-        limit = self.deadline if deadline is None else deadline
-        started = time.monotonic()
-        retrying = Retrying(
-            stop=stop_before_delay(limit),
-            wait=backoff_with_jitter(multiplier=0.5, max=10),
-            retry=retry_if_exception(is_transient),
-            before_sleep=self._log_retry(what, key),
-            reraise=True,
-        )
-        try:
-            return retrying(fn)
-        except StorageError:
-            raise
-        except Exception as exc:
-            cause = root_cause(exc)
-            if not isinstance(cause, ClientError | BotoCoreError | OSError):
-                raise
-            raise self.error(what, key, exc, time.monotonic() - started, limit) from exc
-
-    def error(
-        self, what: str, key: str, exc: BaseException, elapsed: float, limit: float
-    ) -> StorageError:
-        uri = self.uri(key)
-        secrets = self.settings.secrets()
-        if is_transient(exc):
-            return StorageUnavailable(
-                redact(
-                    f"{uri}: cannot {what}: {describe(exc)}; still failing after {elapsed:.0f}s "
-                    f"of retries (retry deadline {limit:g}s). Check that {self.endpoint} is "
-                    "reachable, or raise output.retryDeadlineSeconds",
-                    secrets,
-                )
-            )
-        return StorageError(
-            redact(
-                f"{uri}: cannot {what}: {describe(exc)}: {hint(exc)} "
-                f"(endpoint {self.endpoint}, credentials from {self.settings.source})",
-                secrets,
-            )
-        )
-
-    def _log_retry(self, what: str, key: str) -> Callable[[RetryCallState], None]:
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            wait = state.next_action.sleep if state.next_action else 0.0
-            log.warning(
-                "%s: %s failed (%s), attempt %d; retrying in %.1fs",
-                self.uri(key),
-                what,
-                redact(describe(exc), self.settings.secrets()) if exc else "?",
-                state.attempt_number,
-                wait,
-            )
-
-        return before_sleep
 
     # --- operations, each one attempt; callers wrap them in call()
 
@@ -336,9 +277,10 @@ class S3Client:
             out += page.get("Contents", [])
         return out
 
-    def put_body(self, key: str, body: bytes, **condition: str) -> str:
-        """PUT ``body`` at ``key`` under a condition (IfNoneMatch='*', IfMatch=etag); the
-        new ETag. A store that refuses the condition answers 412 PreconditionFailed."""
+    def put_body(self, key: str, body: bytes, etag: str | None = None) -> str:
+        """PUT ``body`` at ``key`` only if absent (``etag`` None: IfNoneMatch='*') or still
+        at ``etag`` (IfMatch); the new ETag. A refused condition answers 409 or 412."""
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
         response = self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
         return str(response["ETag"])
 
@@ -347,7 +289,7 @@ class S3Client:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if error_code(root_cause(exc))[1] == 404:
+            if _status(exc) == 404:
                 return None
             raise
         return response["Body"].read(), str(response["ETag"])
@@ -426,170 +368,21 @@ def _crc32(path: Path) -> int:
 # --------------------------------------------------------------------------- store
 
 
-class S3Store:
-    """An ``s3://bucket/prefix`` output location as a :class:`~.store.Store`.
+class S3Store(ObjectStore[dict[str, Any]]):
+    """An ``s3://bucket/prefix`` output location as a :class:`~.object_store.ObjectStore`:
+    its lease conditions are ``If-None-Match: *`` (create) and ``If-Match`` an ETag."""
 
-    A PUT replaces an object atomically for readers, so ``put_file`` needs no temporary
-    key; ``publish_dir`` gives the set its manifest-last order.
-    """
+    def entry(self, raw: dict[str, Any]) -> tuple[str, int]:
+        return str(raw["Key"]), int(raw["Size"])
 
-    def __init__(self, uri: str, s3: S3Client, prefix: str) -> None:
-        self.uri = uri
-        self.s3 = s3
-        self.prefix = prefix.strip("/")
-        self.lease_seconds = LEASE_SECONDS
+    def is_conflict(self, exc: BaseException) -> bool:
+        return _status(exc) in (409, 412)
 
-    @contextlib.contextmanager
-    def lease(self, holder: Holder) -> Iterator[None]:
-        """The output's lease object, created only if absent (``If-None-Match: *``) and
-        renewed by a background thread (``If-Match`` its last ETag) while the block runs.
-
-        An expired lease (its holder died) or one of the same run (a restarted pod) is
-        taken over, again conditionally, so of two runs racing for it one wins. A lease
-        lost meanwhile (renewals failing past its expiry, another run taking it) fails
-        the run when the block ends: what it wrote may have been replaced.
-        """
-        key = self._key(LEASE)
-        etag = self.s3.call("take the lease", key, lambda: self._take(key, holder))
-        renewal = _Renewal(self, key, holder, etag)
-        try:
-            yield
-        finally:
-            renewal.stop()
-            self._release(key, renewal.etag)
-        if renewal.lost is not None:
-            raise StorageError(
-                f"{self.uri}: this run lost the output's lease ({renewal.lost}); another run "
-                "may have written here meanwhile: check it with finetune verify"
-            )
-
-    def lease_body(self, holder: Holder) -> bytes:
-        data = json.loads(holder.to_json()) | {"expires": time.time() + self.lease_seconds}
-        return json.dumps(data).encode()
-
-    def _take(self, key: str, holder: Holder) -> str:
-        try:
-            return self.s3.put_body(key, self.lease_body(holder), IfNoneMatch="*")
-        except Exception as exc:
-            if error_code(root_cause(exc))[1] not in (409, 412):
-                raise
-        current = self.s3.get_body(key)
-        if current is None:  # released meanwhile: try again from the start
-            return self._take(key, holder)
-        body, etag = current
-        other, expires = Holder.from_json(body), _expiry(body)
-        if other is not None and other.run != holder.run and expires > time.time():
-            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
-            raise busy(self.uri, other, f"or for its lease to lapse after {until} if it died")
-        try:
-            return self.s3.put_body(key, self.lease_body(holder), IfMatch=etag)
-        except Exception as exc:
-            if error_code(root_cause(exc))[1] in (409, 412):  # another run took it first
-                raise busy(self.uri, None, "stop it") from None
-            raise
-
-    def _release(self, key: str, etag: str) -> None:
-        try:
-            self.s3.call("release the lease", key, lambda: self.s3.delete_if(key, etag))
-        except StorageError as exc:
-            log.warning("%s: could not release the output's lease (%s); it lapses", self.uri, exc)
-
-    def _key(self, key: str) -> str:
-        return join_key(self.prefix, safe_key(key)) if self.prefix else safe_key(key)
-
-    def _dir(self, prefix: str) -> str:
-        """The listing prefix of a directory-like ``prefix`` ('' is the root)."""
-        base = self._key(prefix) if prefix else self.prefix
-        return f"{base}/" if base else ""
-
-    def put_file(self, src: Path, key: str) -> None:
-        full = self._key(key)
-        self.s3.call("upload", full, lambda: self.s3.upload(src, full))
-
-    def get_file(self, key: str, dst: Path) -> None:
-        full = self._key(key)
-        self.s3.call("download", full, lambda: self.s3.download(full, dst))
-
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        base = self._dir(prefix)
-        raw = self.s3.call("list", base, lambda: self.s3.objects(base))
-        root = f"{self.prefix}/" if self.prefix else ""
-        out = []
-        for rel, obj in relative_objects(raw, root):
-            try:
-                out.append(ObjectInfo(safe_key(rel), int(obj["Size"])))
-            except StorageError:
-                log.warning("%s: ignoring object %r, not a safe relative key", self.uri, rel)
-        return sorted(out, key=lambda o: o.key)
-
-    def exists(self, key: str) -> bool:
-        full = self._key(key)
-        return self.s3.call("check", full, lambda: self._exists(full))
-
-    def _exists(self, full: str) -> bool:
-        try:
-            self.s3.head(full)
-        except Exception as exc:
-            if error_code(root_cause(exc))[1] == 404:
-                return False
-            raise
-        return True
-
-    def delete(self, keys: Iterable[str]) -> None:
-        full = [self._key(k) for k in keys]
-        if full:
-            self.s3.call("delete", full[0], lambda: self.s3.delete(full))
-
-
-def _expiry(body: bytes) -> float:
-    try:
-        return float(json.loads(body)["expires"])
-    except (ValueError, KeyError, TypeError):
-        return 0.0  # not a lease this trainer wrote: nothing keeps it alive
-
-
-class _Renewal:
-    """Renews a lease every quarter of its length in a daemon thread, until stopped."""
-
-    def __init__(self, store: S3Store, key: str, holder: Holder, etag: str) -> None:
-        self.store, self.key, self.holder, self.etag = store, key, holder, etag
-        self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="finetune-lease", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        s3 = self.store.s3
-        while not self._stop.wait(self.store.lease_seconds / 4):
-            body = self.store.lease_body(self.holder)
-            try:
-                self.etag = s3.put_body(self.key, body, IfMatch=self.etag)
-            except Exception as exc:
-                if error_code(root_cause(exc))[1] in (409, 412):
-                    self.lost = "another run took it over"
-                    log.error("%s: %s", self.store.uri, self.lost)
-                    return
-                log.warning("%s: renewing the lease failed (%s)", self.store.uri, describe(exc))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def relative_objects(raw: list[dict[str, Any]], root: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Listing entries with their key relative to ``root``; folder markers skipped."""
-    for obj in raw:
-        rel = str(obj["Key"])[len(root) :]
-        if rel and not rel.endswith("/"):
-            yield rel, obj
+    def is_absent(self, exc: BaseException) -> bool:
+        return _status(exc) == 404
 
 
 # --------------------------------------------------------------------------- backend
-
-
-def split_location(location: str) -> tuple[str, str]:
-    bucket, _, key = location.partition("/")
-    return bucket, key
 
 
 class ObjectStream(io.RawIOBase):
@@ -662,8 +455,11 @@ class S3Backend:
         bucket, key = split_location(uri.location)
         name = Path(key).name
         s3 = self.client(bucket, access)
-        head = _probe_or_cached(
-            str(uri), lambda limit: s3.call("read", key, lambda: s3.head(key), deadline=limit)
+        head = probe_or_cached(
+            str(uri),
+            "s3",
+            s3.errors,
+            lambda limit: s3.call("read", key, lambda: s3.head(key), deadline=limit),
         )
         if isinstance(head, Path):
             return head / name
@@ -688,13 +484,15 @@ class S3Backend:
         bucket, key = split_location(uri.location)
         prefix = key.rstrip("/") + "/"
         s3 = self.client(bucket, access)
-        listed = _probe_or_cached(
+        listed = probe_or_cached(
             str(uri),
+            "s3",
+            s3.errors,
             lambda limit: s3.call("list", prefix, lambda: s3.objects(prefix), deadline=limit),
         )
         if isinstance(listed, Path):
             return listed
-        files = model_files(str(uri), listed, prefix)
+        files = model_files(str(uri), listed, prefix, lambda obj: str(obj["Key"]))
 
         def populate(directory: Path) -> None:
             for rel, obj in files:
@@ -709,48 +507,3 @@ class S3Backend:
                 "a model saved with save_pretrained"
             )
         return target
-
-
-def model_files(
-    uri: str, listed: list[dict[str, Any]], prefix: str
-) -> list[tuple[str, dict[str, Any]]]:
-    """The objects of a model prefix with safe relative keys; any other key is refused."""
-    files = []
-    for rel, obj in relative_objects(listed, prefix):
-        try:
-            files.append((safe_key(rel), obj))
-        except StorageError as exc:
-            raise StorageError(
-                f"{uri}: refusing to download object {obj['Key']!r}: its key would leave the "
-                f"model directory ({exc})"
-            ) from None
-    if not files:
-        raise ModelError(
-            f"{uri}: no objects under this prefix; check the bucket and the key "
-            "(a model is a prefix holding config.json and the weights)"
-        )
-    return sorted(files, key=lambda f: f[0])
-
-
-def _probe_or_cached(uri: str, probe: Callable[[float | None], T]) -> T | Path:
-    """``probe(deadline)`` the store for the current version of ``uri``.
-
-    With a complete copy in the cache there is no point waiting out the retry deadline:
-    one attempt, and when the store cannot be reached, the cached copy (with a warning).
-    Permanent errors (credentials, no such bucket) are raised either way.
-    """
-    cached = cache.latest(uri, "s3")
-    if cached is None:
-        return probe(None)
-    try:
-        return probe(0.0)
-    except StorageError as exc:
-        if exc.__cause__ is None or not is_transient(exc.__cause__):
-            raise
-        log.warning(
-            "%s: the store cannot be reached (%s); using the cached copy at %s",
-            uri,
-            describe(exc.__cause__),
-            cached,
-        )
-        return cached
