@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _servers import Restartable, free_port, stop_process, wait_listening
 
 AZURITE_DIR = Path(__file__).resolve().parent / ".azurite"
 AZURITE_BIN = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
@@ -46,21 +45,14 @@ def missing_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class AzuriteServer:
+class AzuriteServer(Restartable):
     """Azurite's blob service on 127.0.0.1, on a free port that stays the same across
     restarts, its blobs in a temporary directory."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.location = Path(tempfile.mkdtemp(prefix="azurite-"))
         self._process: subprocess.Popen[bytes] | None = None
-        self._restart: threading.Timer | None = None
 
     @property
     def endpoint(self) -> str:
@@ -96,47 +88,20 @@ class AzuriteServer:
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ}
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                err = self._process.stderr.read().decode() if self._process.stderr else ""
-                self._process = None
-                raise RuntimeError(f"Azurite exited at start: {err}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"Azurite did not listen on 127.0.0.1:{self.port} within 30s")
+        try:
+            wait_listening(self._process, self.port, "Azurite")
+        except RuntimeError:
+            self._process = None
+            raise
 
     def stop(self) -> None:
         if self._process is None:
             return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process, 10)
         self._process = None
 
-    def outage(self, seconds: float | None) -> None:
-        """Stop now; start again after ``seconds`` (None: until :meth:`end_outage`)."""
-        self.stop()
-        if seconds is not None:
-            self._restart = threading.Timer(seconds, self.start)
-            self._restart.start()
-
-    def end_outage(self) -> None:
-        if self._restart is not None:
-            self._restart.cancel()
-            self._restart.join()
-            self._restart = None
-        self.start()
-
     def close(self) -> None:
-        self.end_outage()
-        self.stop()
+        super().close()
         shutil.rmtree(self.location, ignore_errors=True)
 
     def service(self) -> Any:

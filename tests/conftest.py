@@ -199,13 +199,10 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def s3_server() -> Any:
     """moto's S3 server on 127.0.0.1 for the whole session (see tests/s3_server.py)."""
+    from _servers import serving
     from s3_server import S3Server
 
-    server = S3Server()
-    server.start()
-    yield server
-    server.end_outage()
-    server.stop()
+    yield from serving(S3Server())
 
 
 @pytest.fixture
@@ -225,13 +222,10 @@ def s3_env(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
 @pytest.fixture(scope="session")
 def gcs_server() -> Any:
     """gcp-storage-emulator on 127.0.0.1 for the whole session (see tests/gcs_server.py)."""
+    from _servers import serving
     from gcs_server import GcsServer
 
-    server = GcsServer()
-    server.start()
-    yield server
-    server.end_outage()
-    server.stop()
+    yield from serving(GcsServer())
 
 
 @pytest.fixture
@@ -252,15 +246,13 @@ def gcs_env(gcs_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def azurite_server() -> Any:
     """Azurite's blob service on 127.0.0.1 for the whole session (tests/azurite_server.py);
     the test is skipped, saying why, where Node.js is not installed."""
+    from _servers import serving
     from azurite_server import AzuriteServer, missing_reason
 
     reason = missing_reason()
     if reason is not None:
         pytest.skip(reason)
-    server = AzuriteServer()
-    server.start()
-    yield server
-    server.close()
+    yield from serving(AzuriteServer())
 
 
 @pytest.fixture

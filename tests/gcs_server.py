@@ -21,7 +21,6 @@ What the tests need beyond a plain server:
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -35,14 +34,9 @@ from gcp_storage_emulator import server as emulator
 from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
 
+from _servers import Restartable, free_port
+
 Handler = Callable[..., Any]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _precondition(handler: Handler, name_of: Callable[[Any], str | None]) -> Handler:
@@ -109,16 +103,15 @@ def _with_preconditions() -> None:
     emulator._finetune_preconditions = True  # type: ignore[attr-defined]
 
 
-class GcsServer:
+class GcsServer(Restartable):
     """The emulator on 127.0.0.1, on a free port that stays the same across restarts."""
 
     def __init__(self) -> None:
         _with_preconditions()
-        self.port = _free_port()
+        self.port = free_port()
         self._server = emulator.create_server("127.0.0.1", self.port, in_memory=True)
         self._storage = self._server._storage
         self._api: Any = None
-        self._restart: threading.Timer | None = None
 
     @property
     def endpoint(self) -> str:
@@ -136,20 +129,6 @@ class GcsServer:
         if self._api is not None:
             self._api.join()  # shuts down and closes the socket
             self._api = None
-
-    def outage(self, seconds: float | None) -> None:
-        """Stop now; start again after ``seconds`` (None: until :meth:`start`)."""
-        self.stop()
-        if seconds is not None:
-            self._restart = threading.Timer(seconds, self.start)
-            self._restart.start()
-
-    def end_outage(self) -> None:
-        if self._restart is not None:
-            self._restart.cancel()
-            self._restart.join()
-            self._restart = None
-        self.start()
 
     def new_bucket(self) -> str:
         from gcp_storage_emulator.handlers import buckets

@@ -10,7 +10,6 @@ fixtures share one server per module or session.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from _servers import free_port as free_port
+from _servers import stop_process
+
 STARTUP_SECONDS = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -56,12 +52,7 @@ def mlflow_server(root: Path) -> Iterator[str]:
             _wait_healthy(url, server, log_path)
             yield url
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, 30)
 
 
 def _wait_healthy(url: str, server: subprocess.Popen[bytes], log_path: Path) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from moto.server import ThreadedMotoServer
+
+from _servers import Restartable
 
 TEST_KEY_ID = "AKIAFINETUNETEST0001"
 TEST_SECRET = "test-secret-do-not-use"
@@ -40,13 +41,12 @@ class Keys:
     secret_access_key: str
 
 
-class S3Server:
+class S3Server(Restartable):
     """moto's S3 on 127.0.0.1, on a free port that stays the same across restarts."""
 
     def __init__(self) -> None:
         self.port = 0
         self._server: ThreadedMotoServer | None = None
-        self._restart: threading.Timer | None = None
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request
 
     @property
@@ -73,20 +73,6 @@ class S3Server:
         if wsgi is not None:
             wsgi.server_close()  # refuse connections instead of leaving them pending
         self._server = None
-
-    def outage(self, seconds: float | None) -> None:
-        """Stop now; start again after ``seconds`` (None: until :meth:`start`)."""
-        self.stop()
-        if seconds is not None:
-            self._restart = threading.Timer(seconds, self.start)
-            self._restart.start()
-
-    def end_outage(self) -> None:
-        if self._restart is not None:
-            self._restart.cancel()
-            self._restart.join()
-            self._restart = None
-        self.start()
 
     def client(self, keys: Keys | None = None) -> Any:
         import boto3

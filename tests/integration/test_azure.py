@@ -1,11 +1,10 @@
 """az:// storage against a real Azure Blob endpoint (Azurite, tests/azurite_server.py).
 
-The guarantees of the S3 store (tests/integration/test_s3.py), for Azure: manifest-last
-publishing that `finetune verify` accepts, verified downloads (Content-MD5), outages
-shorter and longer than the retry deadline, permanent errors (no such container or
-blob, a wrong key) failing at once naming the URI, credentials from a mounted Secret
-and never in any text, one writer per output through the lease blob, models and
-datasets through the download cache, and streaming reads through adlfs.
+What every object store guarantees alike (outages, leases, unsafe keys, the model cache,
+the planner) is asserted once for all of them in tests/integration/test_store_contract.py;
+here is what is Azure's own: az:// URIs, manifest-last publishing with Content-MD5 (in
+blocks too), a download refused after one more try, its error codes, credentials from a
+mounted Secret and never in any text, workload identity, and streaming reads through adlfs.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typer.testing import CliRunner
 from azurite_server import ACCOUNT, ACCOUNT_KEY, AzureEnv
 from finetune_api.uri import Role, UriError, parse_uri
 from finetune_cli.app import app
-from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
+from finetune_trainer.errors import ModelError, StorageError
 from finetune_trainer.storage import azure as azure_module
 from finetune_trainer.storage.backends import (
     BACKENDS,
@@ -33,7 +32,7 @@ from finetune_trainer.storage.backends import (
     fetch_model_dir,
     open_store,
 )
-from finetune_trainer.storage.store import LEASE, MANIFEST, Holder, OutputBusy, publish_dir
+from finetune_trainer.storage.store import MANIFEST, publish_dir
 
 
 def stage(root: Path) -> Path:
@@ -160,64 +159,6 @@ def test_a_download_that_does_not_match_the_blobs_md5_is_refused(
     assert not list(tmp_path.glob(".data.bin*")), "no partial file is left"
 
 
-# --------------------------------------------------------------------------- outages
-
-
-def outage_during_publish(
-    azure_env: AzureEnv, store: Any, monkeypatch: pytest.MonkeyPatch, seconds: float | None
-) -> None:
-    """Stop the server as the second file's upload begins; restart after ``seconds``."""
-    calls: list[str] = []
-    real = store.put_file
-
-    def put(src: Path, key: str) -> None:
-        calls.append(key)
-        if len(calls) == 2:
-            azure_env.server.outage(seconds)
-        real(src, key)
-
-    monkeypatch.setattr(store, "put_file", put)
-
-
-def test_publish_rides_out_an_outage_shorter_than_the_deadline(
-    azure_env: AzureEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
-) -> None:
-    staging = stage(tmp_path / "staging")
-    uri = azure_env.uri("job")
-    store = open_store(uri, Access(deadline_seconds=30))
-    outage_during_publish(azure_env, store, monkeypatch, seconds=3)
-
-    started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="finetune_trainer"):
-        publish_dir(staging, store)
-    assert time.monotonic() - started >= 3
-    assert any("retrying in" in r.getMessage() for r in caplog.records)
-    assert verify(uri).exit_code == 0
-
-
-def test_publish_fails_cleanly_when_the_outage_outlasts_the_deadline(
-    azure_env: AzureEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    staging = stage(tmp_path / "staging")
-    uri = azure_env.uri("job")
-    publish_dir(staging, open_store(uri))  # an older complete set is there
-    store = open_store(uri, Access(deadline_seconds=3))
-    outage_during_publish(azure_env, store, monkeypatch, seconds=None)
-
-    started = time.monotonic()
-    with pytest.raises(StorageUnavailable) as info:  # exit 7: a later attempt may succeed
-        publish_dir(staging, store)
-    elapsed = time.monotonic() - started
-    azure_env.server.end_outage()
-
-    message = str(info.value)
-    assert message.startswith(f"az://{azure_env.container}/job/")
-    assert "retry deadline 3s" in message and "retryDeadlineSeconds" in message
-    assert 1 <= elapsed < 15
-    assert f"job/{MANIFEST}" not in azure_env.objects()
-    assert verify(uri).exit_code == 1
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -231,13 +172,6 @@ def test_no_such_container_fails_at_once(azure_env: AzureEnv, tmp_path: Path) ->
     assert message.startswith("az://no-such-container/job/")
     assert "ContainerNotFound" in message and "the container does not exist" in message
     assert info.value.exit_code == 5
-
-
-def test_a_missing_dataset_blob_fails_at_once_naming_it(azure_env: AzureEnv) -> None:
-    started = time.monotonic()
-    with pytest.raises(StorageError, match=r"no-such\.jsonl: cannot read: .*404"):
-        fetch_file(azure_env.uri("sets/no-such.jsonl"), Role.DATASET, Access(None, 60))
-    assert time.monotonic() - started < 5
 
 
 def write_secret(root: Path, name: str, values: dict[str, str]) -> None:
@@ -298,93 +232,7 @@ def test_account_name_alone_means_workload_identity() -> None:
     assert isinstance(settings._credential(), DefaultAzureCredential)
 
 
-# --------------------------------------------------------------------------- the lease
-
-
-def lease_body(azure_env: AzureEnv, key: str) -> dict[str, Any]:
-    return dict(json.loads(azure_env.read(key)))
-
-
-def test_a_second_run_on_a_leased_output_fails_naming_the_holder(azure_env: AzureEnv) -> None:
-    first, second = open_store(azure_env.uri("job")), open_store(azure_env.uri("job"))
-    with first.lease(Holder("run-a")):
-        assert lease_body(azure_env, f"job/{LEASE}")["run"] == "run-a"
-        busy = pytest.raises(OutputBusy, match=r"az://.*/job: another run .*run run-a")
-        with busy as caught, second.lease(Holder("run-b")):
-            pass
-        assert caught.value.exit_code == 5
-        assert lease_body(azure_env, f"job/{LEASE}")["run"] == "run-a"
-    assert f"job/{LEASE}" not in azure_env.objects()  # released
-    with second.lease(Holder("run-b")):
-        pass
-
-
-def test_a_lease_is_renewed_while_held_and_taken_over_once_it_lapses(
-    azure_env: AzureEnv,
-) -> None:
-    key = f"job/{LEASE}"
-    holder = open_store(azure_env.uri("job"))
-    holder.lease_seconds = 0.8  # type: ignore[attr-defined]
-    with holder.lease(Holder("run-a")):
-        first = lease_body(azure_env, key)["expires"]
-        time.sleep(1.2)
-        assert lease_body(azure_env, key)["expires"] > first + 0.3  # renewed
-    lapsed = {"run": "dead-run", "process": "h:1", "since": 0, "expires": time.time() - 1}
-    azure_env.client.upload_blob(key, json.dumps(lapsed).encode(), overwrite=True)
-    with open_store(azure_env.uri("job")).lease(Holder("run-b")):
-        assert lease_body(azure_env, key)["run"] == "run-b"
-
-
-def test_the_same_run_restarted_takes_its_lease_over(azure_env: AzureEnv) -> None:
-    key = f"job/{LEASE}"
-    alive = {"run": "job-uid", "process": "old-pod:1", "since": 0, "expires": time.time() + 600}
-    azure_env.client.upload_blob(key, json.dumps(alive).encode(), overwrite=True)
-    with open_store(azure_env.uri("job")).lease(Holder("job-uid", "new-pod:1")):
-        assert lease_body(azure_env, key)["process"] == "new-pod:1"
-
-
-def test_a_lease_taken_over_by_another_run_fails_the_holder(azure_env: AzureEnv) -> None:
-    key = f"job/{LEASE}"
-    holder = open_store(azure_env.uri("job"))
-    holder.lease_seconds = 0.8  # type: ignore[attr-defined]
-    lost = pytest.raises(StorageError, match="lost the output's lease")
-    with lost, holder.lease(Holder("run-a")):
-        thief = {"run": "run-x", "process": "h:2", "since": 0, "expires": time.time() + 600}
-        azure_env.client.upload_blob(key, json.dumps(thief).encode(), overwrite=True)
-        time.sleep(0.6)
-    assert lease_body(azure_env, key)["run"] == "run-x"  # not deleted by the loser
-
-
 # --------------------------------------------------------------------------- models, data
-
-
-def test_model_is_cached_and_served_from_the_cache_when_unreachable(
-    azure_env: AzureEnv, tiny_model_dir: Path, tmp_path: Path, caplog: Any
-) -> None:
-    for path in sorted(tiny_model_dir.rglob("*")):
-        if path.is_file():
-            azure_env.upload(path, f"models/tiny/{path.relative_to(tiny_model_dir).as_posix()}")
-    uri = azure_env.uri("models/tiny")
-
-    local = fetch_model_dir(uri, None)
-
-    expected = {
-        p.relative_to(tiny_model_dir).as_posix(): p.read_bytes()
-        for p in tiny_model_dir.rglob("*")
-        if p.is_file()
-    }
-    got = {p.relative_to(local).as_posix(): p.read_bytes() for p in local.rglob("*") if p.is_file()}
-    assert got == expected
-    assert tmp_path / "cache" in local.parents
-    assert fetch_model_dir(uri, None) == local
-
-    azure_env.server.outage(None)
-    started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="finetune_trainer"):
-        assert fetch_model_dir(uri, None, Access(None, 60)) == local
-    assert time.monotonic() - started < 15, "a cached model does not wait out the deadline"
-    assert any("using the cached copy" in r.getMessage() for r in caplog.records)
-    azure_env.server.end_outage()
 
 
 def test_a_model_prefix_with_an_escaping_blob_name_is_refused() -> None:
@@ -423,17 +271,3 @@ def test_open_stream_reads_the_blob_without_downloading_it(azure_env: AzureEnv) 
         backend.open_stream(  # type: ignore[attr-defined]
             parse_uri(azure_env.uri("sets/nope.jsonl"), Role.DATASET), Access(None, 60)
         )
-
-
-def test_the_planner_reads_an_az_models_metadata_without_its_weights(
-    azure_env: AzureEnv, tiny_model_dir: Path
-) -> None:
-    from finetune_trainer.planning import model_metadata_dir
-
-    for path in sorted(tiny_model_dir.rglob("*")):
-        if path.is_file():
-            azure_env.upload(path, f"models/tiny/{path.relative_to(tiny_model_dir).as_posix()}")
-    local = model_metadata_dir(azure_env.uri("models/tiny"), None, Access())
-    names = {p.name for p in local.iterdir()}
-    assert "config.json" in names
-    assert not [n for n in names if n.endswith(".safetensors")], "the weights were downloaded"

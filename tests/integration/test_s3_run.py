@@ -143,7 +143,8 @@ def test_a_run_resumes_from_its_checkpoint_in_s3(
     assert run.exit_code == 0, run.output
     first = tmp_path / "first.safetensors"
     s3_env.client.download_file(s3_env.bucket, f"{prefix}/adapter_model.safetensors", str(first))
-    steps = {k.split("/")[3] for k in s3_env.objects(f"{prefix}/checkpoints/")}
+    listed = s3_env.objects(f"{prefix}/checkpoints/step-")  # not data-cache/, the tokens
+    steps = {k.split("/")[3] for k in listed}
     # Every 4 steps and at each epoch's end (4, 6, 8, 12); keepCheckpoints: 3.
     assert steps == {"step-6", "step-8", "step-12"}
 

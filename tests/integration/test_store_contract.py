@@ -251,6 +251,10 @@ def test_keys_leaving_the_prefix_are_refused(
     out = open_store(store.uri("job"))
     with pytest.raises(StorageError, match="unsafe storage key"):
         out.put_file(src, key)
+    with pytest.raises(StorageError, match="unsafe storage key"):
+        out.get_file(key, tmp_path / "out")
+    with pytest.raises(StorageError, match="unsafe storage key"):
+        out.delete([key])
     assert store.names() == []
 
 
@@ -330,6 +334,7 @@ def test_publish_fails_cleanly_when_the_outage_outlasts_the_deadline(
         store.server.end_outage()
     assert str(info.value).startswith(store.uri("job/"))
     assert "retry deadline 3s" in str(info.value)
+    assert "retryDeadlineSeconds" in str(info.value)
     assert 1 <= elapsed < 15
     # Neither the old manifest (removed first) nor a new one: incomplete, as verify says.
     assert f"job/{MANIFEST}" not in store.names("job/")
@@ -381,13 +386,16 @@ def test_wrong_credentials_name_the_uri_and_the_cause_without_the_secret(
 # --------------------------------------------------------------------------- leases
 
 
-def test_the_lease_is_exclusive_and_released(store: StoreUnderTest) -> None:
+def test_the_lease_is_exclusive_and_released(store: StoreUnderTest, tmp_path: Path) -> None:
     uri = store.uri("job")
     store.put("job/keep.txt", b"x")
     with open_store(uri).lease(Holder("run-a")):
         assert open_store(uri).exists(LEASE)
-        with pytest.raises(OutputBusy, match="run run-a"), open_store(uri).lease(Holder("run-b")):
+        busy = pytest.raises(OutputBusy, match=rf"{re.escape(uri)}: another run .*run run-a")
+        with busy as caught, open_store(uri).lease(Holder("run-b")):
             pass
+        assert caught.value.exit_code == 5
+        assert lease_body(store, tmp_path)["run"] == "run-a"  # untouched
     assert not open_store(uri).exists(LEASE)
     with open_store(uri).lease(Holder("run-b")):  # free again
         pass
@@ -397,7 +405,7 @@ def test_the_lease_is_exclusive_and_released(store: StoreUnderTest) -> None:
 
 
 def test_a_model_prefix_is_downloaded_once_and_served_from_the_cache(
-    store: StoreUnderTest, tiny_model_dir: Path
+    store: StoreUnderTest, tiny_model_dir: Path, tmp_path: Path, caplog: Any
 ) -> None:
     for path in sorted(tiny_model_dir.rglob("*")):
         if path.is_file():
@@ -406,14 +414,23 @@ def test_a_model_prefix_is_downloaded_once_and_served_from_the_cache(
     uri = store.uri("models/tiny")
 
     local = fetch_model_dir(uri, None, Access(None, 30))
-    assert (local / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
-    assert fetch_model_dir(uri, None, Access(None, 30)) == local
+    expected = {
+        p.relative_to(tiny_model_dir).as_posix(): p.read_bytes()
+        for p in tiny_model_dir.rglob("*")
+        if p.is_file()
+    }
+    got = {p.relative_to(local).as_posix(): p.read_bytes() for p in local.rglob("*") if p.is_file()}
+    assert got == expected
+    assert tmp_path / "cache" in local.parents  # FINETUNE_CACHE_DIR
+    assert fetch_model_dir(uri, None, Access(None, 30)) == local  # unchanged: the same entry
 
     store.server.outage(None)  # unreachable: the cached copy, at once
     try:
         started = time.monotonic()
-        assert fetch_model_dir(uri, None, Access(None, 30)) == local
-        assert time.monotonic() - started < 10
+        with caplog.at_level(logging.WARNING, logger="finetune_trainer"):
+            assert fetch_model_dir(uri, None, Access(None, 30)) == local
+        assert time.monotonic() - started < 10, "a cached model does not wait out the deadline"
+        assert any("using the cached copy" in r.getMessage() for r in caplog.records)
     finally:
         store.server.end_outage()
 
