@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -41,15 +40,14 @@ from typing import IO, Any
 
 from finetune_api.redaction import register
 from finetune_api.uri import ParsedUri
-from finetune_trainer.errors import ModelError, StorageError
-from finetune_trainer.storage import cache
+from finetune_trainer.errors import StorageError
 from finetune_trainer.storage.credentials import _check_one_line, read_secret
 from finetune_trainer.storage.object_store import LEASE_SECONDS as LEASE_SECONDS
 from finetune_trainer.storage.object_store import (
     Errors,
+    ObjectBackend,
     ObjectStore,
     RetryingClient,
-    probe_or_cached,
     split_location,
 )
 from finetune_trainer.storage.object_store import model_files as _model_files
@@ -479,8 +477,13 @@ class AzureStore(ObjectStore[tuple[str, int, str]]):
 # --------------------------------------------------------------------------- backend
 
 
-class AzureBackend:
-    """The ``az`` registry entry: models and datasets through the cache, outputs as stores."""
+class AzureBackend(ObjectBackend[AzureClient, tuple[str, int, str]]):
+    """The ``az`` registry entry: models and datasets through the cache (keyed by ETags),
+    outputs as stores."""
+
+    scheme = CACHE_SCHEME
+    errors = AzureClient.errors
+    noun = "blob"
 
     def client(self, container: str, access: Access) -> AzureClient:
         return AzureClient(
@@ -501,57 +504,15 @@ class AzureBackend:
         handle: IO[bytes] = settings.filesystem().open(f"{container}/{key}", "rb")
         return handle
 
-    def local_file(self, uri: ParsedUri, access: Access) -> Path:
-        """The blob at ``uri`` in the cache, keyed by its ETag; downloaded when new."""
-        container, key = split_location(uri.location)
-        name = Path(key).name
-        az = self.client(container, access)
-        head = probe_or_cached(
-            str(uri),
-            CACHE_SCHEME,
-            az.errors,
-            lambda limit: az.call("read", key, lambda: az.head(key), deadline=limit),
-        )
-        if isinstance(head, Path):
-            return head / name
+    def head_version(self, head: Any) -> tuple[str | None, list[Any]]:
         etag = _etag(head.etag)
+        return etag, [etag, head.size]
 
-        def populate(directory: Path) -> None:
-            az.call("download", key, lambda: az.download(key, directory / name, etag))
+    def entry_name(self, entry: tuple[str, int, str]) -> str:
+        return entry[0]
 
-        version = json.dumps([etag, head.size])
-        return cache.fill(str(uri), CACHE_SCHEME, version, populate) / name
-
-    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
-        """Every blob under the prefix, in the cache keyed by the listing's ETags."""
-        if revision is not None:
-            log.warning("%s: model.revision applies to hf:// models; ignored for az://", uri)
-        container, key = split_location(uri.location)
-        prefix = key.rstrip("/") + "/"
-        az = self.client(container, access)
-        listed = probe_or_cached(
-            str(uri),
-            CACHE_SCHEME,
-            az.errors,
-            lambda limit: az.call("list", prefix, lambda: az.objects(prefix), deadline=limit),
-        )
-        if isinstance(listed, Path):
-            return listed
-        files = model_files(str(uri), listed, prefix)
-
-        def populate(directory: Path) -> None:
-            for rel, _, etag in files:
-                full, dst = prefix + rel, directory / rel
-                az.call("download", full, lambda: az.download(full, dst, etag))  # noqa: B023
-
-        version = json.dumps(files)
-        target = cache.fill(str(uri), CACHE_SCHEME, version, populate)
-        if not (target / "config.json").is_file():
-            raise ModelError(
-                f"{uri}: no config.json under this prefix; point model.uri at a prefix holding "
-                "a model saved with save_pretrained"
-            )
-        return target
+    def entry_version(self, rel: str, entry: tuple[str, int, str]) -> tuple[str | None, list[Any]]:
+        return entry[2], [rel, entry[1], entry[2]]
 
 
 def model_files(

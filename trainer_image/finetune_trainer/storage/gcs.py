@@ -44,16 +44,14 @@ from urllib.parse import quote
 
 from finetune_api.redaction import register
 from finetune_api.uri import ParsedUri
-from finetune_trainer.errors import ModelError, StorageError
-from finetune_trainer.storage import cache
+from finetune_trainer.errors import StorageError
 from finetune_trainer.storage.credentials import read_secret, secrets_root
 from finetune_trainer.storage.object_store import LEASE_SECONDS as LEASE_SECONDS
 from finetune_trainer.storage.object_store import (
     Errors,
+    ObjectBackend,
     ObjectStore,
     RetryingClient,
-    model_files,
-    probe_or_cached,
     split_location,
 )
 from finetune_trainer.storage.store import Access
@@ -488,8 +486,13 @@ class GcsStore(ObjectStore[dict[str, Any]]):
 # --------------------------------------------------------------------------- backend
 
 
-class GcsBackend:
-    """The ``gs`` registry entry: models and datasets through the cache, outputs as stores."""
+class GcsBackend(ObjectBackend[GcsClient, dict[str, Any]]):
+    """The ``gs`` registry entry: models and datasets through the cache (keyed by
+    generations), outputs as stores."""
+
+    scheme = "gs"
+    errors = GcsClient.errors
+    word = "name"
 
     def client(self, bucket: str, access: Access) -> GcsClient:
         try:
@@ -507,54 +510,12 @@ class GcsBackend:
         bucket, key = split_location(uri.location)
         return cast(IO[bytes], GcsObjectStream(self.client(bucket, access), key))
 
-    def local_file(self, uri: ParsedUri, access: Access) -> Path:
-        """The object at ``uri`` in the cache, keyed by its generation; downloaded when new."""
-        bucket, key = split_location(uri.location)
-        name = Path(key).name
-        gcs = self.client(bucket, access)
-        head = probe_or_cached(
-            str(uri),
-            "gs",
-            gcs.errors,
-            lambda limit: gcs.call("read", key, lambda: gcs.head(key), deadline=limit),
-        )
-        if isinstance(head, Path):
-            return head / name
+    def head_version(self, head: dict[str, Any]) -> tuple[str | None, list[Any]]:
         generation = str(head.get("generation"))
+        return generation, [generation, head.get("size"), head.get("md5Hash")]
 
-        def populate(directory: Path) -> None:
-            gcs.call("download", key, lambda: gcs.download(key, directory / name, generation))
+    def entry_name(self, entry: dict[str, Any]) -> str:
+        return str(entry["name"])
 
-        version = json.dumps([generation, head.get("size"), head.get("md5Hash")])
-        return cache.fill(str(uri), "gs", version, populate) / name
-
-    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
-        """Every object under the prefix, in the cache keyed by the listing's generations."""
-        if revision is not None:
-            log.warning("%s: model.revision applies to hf:// models; ignored for gs://", uri)
-        bucket, key = split_location(uri.location)
-        prefix = key.rstrip("/") + "/"
-        gcs = self.client(bucket, access)
-        listed = probe_or_cached(
-            str(uri),
-            "gs",
-            gcs.errors,
-            lambda limit: gcs.call("list", prefix, lambda: gcs.objects(prefix), deadline=limit),
-        )
-        if isinstance(listed, Path):
-            return listed
-        files = model_files(str(uri), listed, prefix, lambda obj: str(obj["name"]), word="name")
-
-        def populate(directory: Path) -> None:
-            for rel, obj in files:
-                full, dst, gen = prefix + rel, directory / rel, str(obj.get("generation"))
-                gcs.call("download", full, lambda: gcs.download(full, dst, gen))  # noqa: B023
-
-        version = json.dumps([[rel, obj.get("generation"), obj.get("size")] for rel, obj in files])
-        target = cache.fill(str(uri), "gs", version, populate)
-        if not (target / "config.json").is_file():
-            raise ModelError(
-                f"{uri}: no config.json under this prefix; point model.uri at a prefix holding "
-                "a model saved with save_pretrained"
-            )
-        return target
+    def entry_version(self, rel: str, entry: dict[str, Any]) -> tuple[str | None, list[Any]]:
+        return str(entry.get("generation")), [rel, entry.get("generation"), entry.get("size")]

@@ -24,13 +24,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
+from finetune_api.uri import ParsedUri
 from finetune_trainer.errors import ModelError, StorageError, StorageUnavailable
 from finetune_trainer.storage import cache
 from finetune_trainer.storage.credentials import redact
 from finetune_trainer.storage.store import (
     LEASE,
+    Access,
     Holder,
     ObjectInfo,
     busy,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 E = TypeVar("E")
+C = TypeVar("C", bound="ObjectClient[Any]")
 
 LEASE_SECONDS = 120.0
 """How long an output's lease object holds without renewal; the holder renews it every
@@ -159,7 +162,9 @@ class ObjectClient(Protocol[E]):
 
     def upload(self, src: Path, key: str, /) -> None: ...
 
-    def download(self, key: str, dst: Path, /) -> None: ...
+    def download(self, key: str, dst: Path, version: str | None = None, /) -> None:
+        """``key`` into ``dst``, verified; ``version``: the one the caller expects."""
+        ...
 
     def head(self, key: str, /) -> object: ...
 
@@ -429,3 +434,95 @@ def probe_or_cached(
             cached,
         )
         return cached
+
+
+class ObjectBackend(ABC, Generic[C, E]):
+    """A scheme's registry entry: models and datasets through the cache (keyed by the
+    store's versions of the objects, so a changed object is fetched again and an
+    unchanged one never), outputs as stores. Subclasses make the client and say which
+    fields of a HEAD and of a listing entry name an object's version."""
+
+    scheme: ClassVar[str]
+    """The URI scheme, which is also the cache's."""
+    errors: ClassVar[Errors]
+    """Its clients' (for the log, before a client is made)."""
+    noun: ClassVar[str] = "object"
+    word: ClassVar[str] = "key"
+    """What the store calls an object and its key, in messages."""
+
+    @abstractmethod
+    def client(self, bucket: str, access: Access) -> C: ...
+
+    @abstractmethod
+    def head_version(self, head: Any) -> tuple[str | None, list[Any]]:
+        """The version a download of the object must find, and its cache version."""
+
+    @abstractmethod
+    def entry_name(self, entry: E) -> str: ...
+
+    @abstractmethod
+    def entry_version(self, rel: str, entry: E) -> tuple[str | None, list[Any]]:
+        """As :meth:`head_version`, for one entry of a model prefix's listing."""
+
+    def local_file(self, uri: ParsedUri, access: Access) -> Path:
+        """The object at ``uri`` in the cache, keyed by its version; downloaded when new."""
+        bucket, key = split_location(uri.location)
+        name = Path(key).name
+        client = self.client(bucket, access)
+        head = probe_or_cached(
+            str(uri),
+            self.scheme,
+            client.errors,
+            lambda limit: client.call("read", key, lambda: client.head(key), deadline=limit),
+        )
+        if isinstance(head, Path):
+            return head / name
+        expected, version = self.head_version(head)
+
+        def populate(directory: Path) -> None:
+            client.call("download", key, lambda: client.download(key, directory / name, expected))
+
+        return cache.fill(str(uri), self.scheme, json.dumps(version), populate) / name
+
+    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
+        """Every object under the prefix, in the cache keyed by the listing's versions."""
+        if revision is not None:
+            self.errors.log.warning(
+                "%s: model.revision applies to hf:// models; ignored for %s://", uri, self.scheme
+            )
+        bucket, key = split_location(uri.location)
+        prefix = key.rstrip("/") + "/"
+        client = self.client(bucket, access)
+        listed = probe_or_cached(
+            str(uri),
+            self.scheme,
+            client.errors,
+            lambda limit: client.call(
+                "list", prefix, lambda: client.objects(prefix), deadline=limit
+            ),
+        )
+        if isinstance(listed, Path):
+            return listed
+        files = self.model_files(str(uri), listed, prefix)
+        versions = [self.entry_version(rel, entry) for rel, entry in files]
+
+        def populate(directory: Path) -> None:
+            for (rel, _), (expected, _) in zip(files, versions, strict=True):
+                full, dst = prefix + rel, directory / rel
+                client.call(
+                    "download",
+                    full,
+                    lambda: client.download(full, dst, expected),  # noqa: B023
+                )
+
+        version = json.dumps([v for _, v in versions])
+        target = cache.fill(str(uri), self.scheme, version, populate)
+        if not (target / "config.json").is_file():
+            raise ModelError(
+                f"{uri}: no config.json under this prefix; point model.uri at a prefix holding "
+                "a model saved with save_pretrained"
+            )
+        return target
+
+    def model_files(self, uri: str, listed: list[E], prefix: str) -> list[tuple[str, E]]:
+        return model_files(uri, listed, prefix, self.entry_name, self.noun, self.word)

@@ -26,7 +26,6 @@ import base64
 import builtins
 import hashlib
 import io
-import json
 import logging
 import re
 import zlib
@@ -35,16 +34,14 @@ from typing import Any, BinaryIO, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from finetune_api.uri import ParsedUri
-from finetune_trainer.errors import ModelError, StorageError
-from finetune_trainer.storage import cache
+from finetune_trainer.errors import StorageError
 from finetune_trainer.storage.credentials import S3Settings, s3_client, s3_settings
 from finetune_trainer.storage.object_store import LEASE_SECONDS as LEASE_SECONDS
 from finetune_trainer.storage.object_store import (
     Errors,
+    ObjectBackend,
     ObjectStore,
     RetryingClient,
-    model_files,
-    probe_or_cached,
     split_location,
 )
 from finetune_trainer.storage.store import Access
@@ -440,8 +437,12 @@ class ObjectStream(io.RawIOBase):
         super().close()
 
 
-class S3Backend:
-    """The ``s3`` registry entry: models and datasets through the cache, outputs as stores."""
+class S3Backend(ObjectBackend[S3Client, dict[str, Any]]):
+    """The ``s3`` registry entry: models and datasets through the cache (keyed by ETags),
+    outputs as stores."""
+
+    scheme = "s3"
+    errors = S3Client.errors
 
     def client(self, bucket: str, access: Access) -> S3Client:
         return S3Client(bucket, s3_settings(access.credentials_secret), access.deadline_seconds)
@@ -450,60 +451,17 @@ class S3Backend:
         bucket, prefix = split_location(uri.location)
         return S3Store(str(uri), self.client(bucket, access), prefix)
 
-    def local_file(self, uri: ParsedUri, access: Access) -> Path:
-        """The object at ``uri`` in the cache, keyed by its ETag; downloaded when new."""
-        bucket, key = split_location(uri.location)
-        name = Path(key).name
-        s3 = self.client(bucket, access)
-        head = probe_or_cached(
-            str(uri),
-            "s3",
-            s3.errors,
-            lambda limit: s3.call("read", key, lambda: s3.head(key), deadline=limit),
-        )
-        if isinstance(head, Path):
-            return head / name
-        etag = head.get("ETag")
+    def head_version(self, head: dict[str, Any]) -> tuple[str | None, list[Any]]:
+        return head.get("ETag"), [head.get("ETag"), head.get("ContentLength")]
 
-        def populate(directory: Path) -> None:
-            s3.call("download", key, lambda: s3.download(key, directory / name, etag))
+    def entry_name(self, entry: dict[str, Any]) -> str:
+        return str(entry["Key"])
 
-        version = json.dumps([etag, head.get("ContentLength")])
-        return cache.fill(str(uri), "s3", version, populate) / name
+    def entry_version(self, rel: str, entry: dict[str, Any]) -> tuple[str | None, list[Any]]:
+        return entry.get("ETag"), [rel, entry.get("ETag"), entry.get("Size")]
 
     def open_stream(self, uri: ParsedUri, access: Access) -> BinaryIO:
         """The object's body as it arrives (``dataset.streaming``): nothing is written to
         disk (:class:`ObjectStream`)."""
         bucket, key = split_location(uri.location)
         return ObjectStream(self.client(bucket, access), key)  # type: ignore[return-value]
-
-    def local_model_dir(self, uri: ParsedUri, revision: str | None, access: Access) -> Path:
-        """Every object under the prefix, in the cache keyed by the listing's ETags."""
-        if revision is not None:
-            log.warning("%s: model.revision applies to hf:// models; ignored for s3://", uri)
-        bucket, key = split_location(uri.location)
-        prefix = key.rstrip("/") + "/"
-        s3 = self.client(bucket, access)
-        listed = probe_or_cached(
-            str(uri),
-            "s3",
-            s3.errors,
-            lambda limit: s3.call("list", prefix, lambda: s3.objects(prefix), deadline=limit),
-        )
-        if isinstance(listed, Path):
-            return listed
-        files = model_files(str(uri), listed, prefix, lambda obj: str(obj["Key"]))
-
-        def populate(directory: Path) -> None:
-            for rel, obj in files:
-                full, dst, etag = prefix + rel, directory / rel, obj.get("ETag")
-                s3.call("download", full, lambda: s3.download(full, dst, etag))  # noqa: B023
-
-        version = json.dumps([[rel, obj.get("ETag"), obj.get("Size")] for rel, obj in files])
-        target = cache.fill(str(uri), "s3", version, populate)
-        if not (target / "config.json").is_file():
-            raise ModelError(
-                f"{uri}: no config.json under this prefix; point model.uri at a prefix holding "
-                "a model saved with save_pretrained"
-            )
-        return target
