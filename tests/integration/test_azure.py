@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from test_store_contract import stage, verify
 
 from azurite_server import ACCOUNT, ACCOUNT_KEY, AzureEnv
 from finetune_api.uri import Role, UriError, parse_uri
-from finetune_cli.app import app
 from finetune_trainer.errors import ModelError, StorageError
 from finetune_trainer.storage import azure as azure_module
 from finetune_trainer.storage.backends import (
@@ -33,30 +31,6 @@ from finetune_trainer.storage.backends import (
     open_store,
 )
 from finetune_trainer.storage.store import MANIFEST, publish_dir
-
-
-def stage(root: Path) -> Path:
-    """An artifact set with a manifest (sizes and sha256), like stage_artifacts writes."""
-    files = {
-        "adapter_config.json": b'{"r": 8}',
-        "adapter_model.safetensors": bytes(range(256)) * 64,
-        "sub/tokenizer.json": b'{"a": 1}',
-        "README.md": b"card\n",
-    }
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    entries = [
-        {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        for rel, data in sorted(files.items())
-    ]
-    (root / MANIFEST).write_text(json.dumps({"files": entries}))
-    return root
-
-
-def verify(uri: str) -> Any:
-    return CliRunner().invoke(app, ["verify", uri], catch_exceptions=False)
-
 
 # --------------------------------------------------------------------------- URIs
 

@@ -10,53 +10,20 @@ to leave the model prefix, and datasets cached by ETag.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from test_store_contract import stage, verify
 
 from finetune_api.uri import Role
-from finetune_cli.app import app
 from finetune_trainer.errors import ModelError, StorageError
 from finetune_trainer.storage import s3 as s3_module
 from finetune_trainer.storage.backends import Access, fetch_file, fetch_model_dir, open_store
 from finetune_trainer.storage.store import MANIFEST, delete_set, publish_dir
 from s3_server import S3Env
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def stage(root: Path, big: int = 0) -> Path:
-    """An artifact set with a manifest (sizes and sha256), like stage_artifacts writes."""
-    files = {
-        "adapter_config.json": b'{"r": 8}',
-        "adapter_model.safetensors": bytes(range(256)) * 64,
-        "sub/tokenizer.json": b'{"a": 1}',
-        "README.md": b"card\n",
-    }
-    if big:
-        files["big.bin"] = bytes(range(251)) * (big // 251 + 1)
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    entries = [
-        {"path": rel, "size": len(data), "sha256": sha256(data)}
-        for rel, data in sorted(files.items())
-    ]
-    (root / MANIFEST).write_text(json.dumps({"files": entries}))
-    return root
-
-
-def verify(uri: str) -> Any:
-    return CliRunner().invoke(app, ["verify", uri], catch_exceptions=False)
-
 
 # --------------------------------------------------------------------------- publish
 

@@ -178,14 +178,18 @@ def store(request: pytest.FixtureRequest) -> StoreUnderTest:
 # --------------------------------------------------------------------------- helpers
 
 
-def stage(root: Path) -> Path:
-    """An artifact set with a manifest (sizes and sha256), like stage_artifacts writes."""
+def stage(root: Path, big: int = 0) -> Path:
+    """An artifact set with a manifest (sizes and sha256), like stage_artifacts writes;
+    ``big``: the size of one more file (to cross a multipart threshold). The stores'
+    own tests (test_s3.py, test_azure.py) stage and verify with these too."""
     files = {
         "adapter_config.json": b'{"r": 8}',
         "adapter_model.safetensors": bytes(range(256)) * 64,
         "sub/tokenizer.json": b'{"a": 1}',
         "README.md": b"card\n",
     }
+    if big:
+        files["big.bin"] = bytes(range(251)) * (big // 251 + 1)
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)

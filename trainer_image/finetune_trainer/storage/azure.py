@@ -41,7 +41,7 @@ from typing import IO, Any
 from finetune_api.redaction import register
 from finetune_api.uri import ParsedUri
 from finetune_trainer.errors import StorageError
-from finetune_trainer.storage.credentials import _check_one_line, read_secret
+from finetune_trainer.storage.credentials import _check_one_line, _seconds, read_secret
 from finetune_trainer.storage.object_store import LEASE_SECONDS as LEASE_SECONDS
 from finetune_trainer.storage.object_store import (
     Errors,
@@ -230,19 +230,6 @@ def azure_settings(secret_name: str | None) -> AzureSettings:
         account_key=values.get(ACCOUNT_KEY),
         sas_token=values.get(SAS_TOKEN),
     )
-
-
-def _seconds(env: str, default: float) -> float:
-    raw = os.environ.get(env)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise StorageError(f"{env}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise StorageError(f"{env}={raw!r} must be a positive number of seconds")
-    return value
 
 
 # --------------------------------------------------------------------------- errors
