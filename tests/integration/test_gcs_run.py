@@ -1,12 +1,8 @@
-"""`finetune run` with the model, the dataset and the output on gs:// (the GCS emulator,
-tests/gcs_server.py), and what is particular to gs:// beyond the store contract
-(tests/integration/test_store_contract.py): streaming reads, where credentials come
-from, and a key in the Secret that is not one.
-
-The run finds the store through ``STORAGE_EMULATOR_HOST`` as a pod pointed at an
-emulator would, downloads the model prefix and the dataset into the cache, trains the
-tiny Llama for two steps and publishes; the bucket then holds a set that
-``finetune verify gs://…`` accepts.
+"""`finetune run` with gs:// (the GCS emulator, tests/gcs_server.py), and what is
+particular to gs:// beyond the store contract (tests/integration/test_store_contract.py,
+which also runs `finetune run` through every store): examples/gcs.yaml with its mounted
+Secret, streaming reads, where credentials come from, and a key in the Secret that is
+not one.
 """
 
 from __future__ import annotations
@@ -29,43 +25,6 @@ from finetune_trainer.storage.store import MANIFEST
 from gcs_server import GcsEnv
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_finetune_run_reads_and_publishes_through_gcs(
-    gcs_env: GcsEnv, make_job: Any, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    for path in sorted(tiny_model_dir.rglob("*")):
-        if path.is_file():
-            rel = path.relative_to(tiny_model_dir).as_posix()
-            gcs_env.server.put(gcs_env.bucket, f"models/tiny/{rel}", path.read_bytes())
-    job = make_job(
-        model={"uri": gcs_env.uri("models/tiny")},
-        output={"uri": gcs_env.uri("adapters/tiny"), "retryDeadlineSeconds": 30},
-    )
-    for name in ("train.jsonl", "validation.jsonl"):
-        gcs_env.server.put(gcs_env.bucket, f"sets/{name}", (tmp_path / name).read_bytes())
-        job.write_text(
-            job.read_text().replace(f"file://{tmp_path / name}", gcs_env.uri(f"sets/{name}"))
-        )
-    assert "file://" not in job.read_text()
-
-    result = CliRunner().invoke(app, ["run", str(job), "--max-steps", "2"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-
-    names = {k.removeprefix("adapters/tiny/") for k in gcs_env.objects("adapters/tiny/")}
-    assert {"adapter_model.safetensors", "adapter_config.json", "metrics.json", MANIFEST} <= names
-    manifest = json.loads(gcs_env.server.get(gcs_env.bucket, f"adapters/tiny/{MANIFEST}"))
-    assert manifest["baseModel"] == gcs_env.uri("models/tiny")
-    assert manifest["spec"]["dataset"]["train"] == gcs_env.uri("sets/train.jsonl")
-    listed = {f["path"] for f in manifest["files"]}
-    assert listed == {n for n in names if not n.startswith("checkpoints/")} - {MANIFEST}
-    assert "checkpoints/.lease" not in names  # released when the run ended
-
-    verified = CliRunner().invoke(app, ["verify", gcs_env.uri("adapters/tiny")])
-    assert verified.exit_code == 0, verified.output
-    downloads = tmp_path / "cache" / "downloads" / "gs"
-    assert len(list(downloads.glob("*/*/config.json"))) == 1
-    assert len(list(downloads.glob("*/*/train.jsonl"))) == 1
 
 
 def test_the_gcs_example_runs_with_its_mounted_secret(

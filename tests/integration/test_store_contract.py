@@ -509,3 +509,47 @@ def test_a_lease_taken_over_by_another_run_fails_the_holder(
         store.put(f"job/{LEASE}", json.dumps(thief).encode())
         time.sleep(1.0)  # five renewal periods: the next renewal finds the thief's
     assert lease_body(store, tmp_path)["run"] == "run-x"  # not deleted by the loser
+
+
+# --------------------------------------------------------------------------- a run
+
+
+def test_finetune_run_reads_and_publishes_through_the_store(
+    store: StoreUnderTest, make_job: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`finetune run` with the model, the dataset and the output all in the store, found
+    through the environment a pod would have: the model prefix and the dataset come
+    through the download cache, and the output holds a set `finetune verify` accepts."""
+    for path in sorted(tiny_model_dir.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(tiny_model_dir).as_posix()
+            store.put(f"models/tiny/{rel}", path.read_bytes())
+    job = make_job(
+        model={"uri": store.uri("models/tiny")},
+        output={"uri": store.uri("adapters/tiny"), "retryDeadlineSeconds": 30},
+    )
+    for name in ("train.jsonl", "validation.jsonl"):
+        store.put(f"sets/{name}", (tmp_path / name).read_bytes())
+        job.write_text(
+            job.read_text().replace(f"file://{tmp_path / name}", store.uri(f"sets/{name}"))
+        )
+    assert "file://" not in job.read_text()
+
+    result = CliRunner().invoke(app, ["run", str(job), "--max-steps", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+    names = {k.removeprefix("adapters/tiny/") for k in store.names("adapters/tiny/")}
+    assert {"adapter_model.safetensors", "adapter_config.json", "metrics.json", MANIFEST} <= names
+    open_store(store.uri("adapters/tiny")).get_file(MANIFEST, tmp_path / "manifest.json")
+    manifest = json.loads((tmp_path / "manifest.json").read_bytes())
+    assert manifest["baseModel"] == store.uri("models/tiny")
+    assert manifest["spec"]["dataset"]["train"] == store.uri("sets/train.jsonl")
+    # Checkpoints (if the run wrote any) are their own sets; the artifact set is the rest.
+    listed = {f["path"] for f in manifest["files"]}
+    assert listed == {n for n in names if not n.startswith("checkpoints/")} - {MANIFEST}
+    assert LEASE not in names  # released when the run ended
+
+    assert verify(store.uri("adapters/tiny")).exit_code == 0
+    downloads = tmp_path / "cache" / "downloads" / store.scheme
+    assert len(list(downloads.glob("*/*/config.json"))) == 1
+    assert len(list(downloads.glob("*/*/train.jsonl"))) == 1
