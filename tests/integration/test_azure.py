@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_store_contract import stage, verify
+from test_store_contract import stage, verify, write_secret
 
 from azurite_server import ACCOUNT, ACCOUNT_KEY, AzureEnv
 from finetune_api.uri import Role, UriError, parse_uri
@@ -146,13 +146,6 @@ def test_no_such_container_fails_at_once(azure_env: AzureEnv, tmp_path: Path) ->
     assert message.startswith("az://no-such-container/job/")
     assert "ContainerNotFound" in message and "the container does not exist" in message
     assert info.value.exit_code == 5
-
-
-def write_secret(root: Path, name: str, values: dict[str, str]) -> None:
-    directory = root / "secrets" / name
-    directory.mkdir(parents=True)
-    for key, value in values.items():
-        (directory / key).write_text(value + "\n")
 
 
 def test_credentials_from_a_mounted_secret_and_never_in_text(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_store_contract import stage, verify
+from test_store_contract import stage, verify, write_secret
 
 from finetune_api.uri import Role
 from finetune_trainer.errors import ModelError, StorageError
@@ -150,13 +150,6 @@ def test_a_model_prefix_with_an_escaping_key_is_not_downloaded(
 
 
 # --------------------------------------------------------------------------- credentials
-
-
-def write_secret(root: Path, name: str, values: dict[str, str]) -> None:
-    directory = root / "secrets" / name
-    directory.mkdir(parents=True)
-    for key, value in values.items():
-        (directory / key).write_text(value + "\n")  # kubectl-created files may end so
 
 
 def test_credentials_from_a_mounted_secret(

@@ -205,6 +205,14 @@ def verify(uri: str) -> Any:
     return CliRunner().invoke(app, ["verify", uri], catch_exceptions=False)
 
 
+def write_secret(root: Path, name: str, values: dict[str, str]) -> None:
+    """A credentials Secret as the pod mounts it under ``root/secrets``."""
+    directory = root / "secrets" / name
+    directory.mkdir(parents=True)
+    for key, value in values.items():
+        (directory / key).write_text(value + "\n")  # kubectl-created files may end so
+
+
 # --------------------------------------------------------------------------- objects
 
 
