@@ -1,9 +1,10 @@
-"""data.parallel: chunks tokenized by forked workers give the very table one process
+"""data.parallel: chunks tokenized by worker processes give the very table one process
 gives (same bytes, same examples, same report); a template failure in a worker names
 its row; the default process count follows the container; the node lock serialises."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -97,3 +98,22 @@ def test_the_node_lock_lets_one_holder_in_at_a_time(tmp_path: Path) -> None:
         events.append("first out")
     other.join(5)
     assert events == ["first out", "second in"]
+
+
+def test_workers_are_never_forked_from_the_trainer() -> None:
+    """A trainer has threads by the time it prepares data (metrics server, lease
+    renewal); a plain fork inherits their held locks and can hang forever, as a suite
+    run did. Workers come from a fork server, or are spawned."""
+    assert parallel.worker_context().get_start_method() in ("forkserver", "spawn")
+
+
+def test_a_pool_tokenizes_in_other_processes() -> None:
+    chunks = [[i, i + 1] for i in range(0, 16, 2)]
+    results = list(parallel.tokenize_chunks(chunks, _pid_of, processes=2))
+    assert [len(r) for r in results if isinstance(r, list)] == [2] * 8
+    pids = {pid for r in results if isinstance(r, list) for pid in r}
+    assert pids and os.getpid() not in pids
+
+
+def _pid_of(_: object) -> Any:
+    return os.getpid()

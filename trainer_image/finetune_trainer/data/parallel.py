@@ -1,12 +1,17 @@
 """Tokenising chunks of examples in worker processes, results in the order given.
 
 Rendering chat templates and mapping offsets to labels is pure Python under the GIL:
-threads do not help, processes do. Workers are forked (the tokenizer and the function
-that tokenizes are inherited, never pickled per chunk); where fork is not available the
-chunks are tokenized in this process. At most ``2 * processes`` chunks are in flight, so
-the rows read ahead are bounded whatever the file's size. One process (or one chunk)
-needs no pool: it tokenizes here, and a test that replaces the tokenizing function sees
-every call.
+threads do not help, processes do. Workers are started by a fork server (or spawned),
+never forked from the trainer itself: by the time data is prepared the trainer has
+threads (the metrics server, the output lease's renewal, a storage client's pool), and a
+child forked from a threaded process inherits every lock another thread held at that
+moment, forever locked (a suite run hung that way in a worker). The function that
+tokenizes travels to each worker once, pickled (:class:`Pool` ``initializer``), not per
+chunk. At most ``2 * processes`` chunks are in flight, so the rows read ahead are
+bounded whatever the file's size. Starting workers costs seconds (each imports the
+tokenizer's library), so a file of fewer than ``2 * processes`` chunks is tokenized in
+this process, as is everything with one process: a test that replaces the tokenizing
+function then sees every call.
 
 A row the template cannot render is not raised in the worker (the message would lose
 its place): the chunk comes back as a :class:`Failure` naming the row's position, and
@@ -25,6 +30,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +77,11 @@ def default_processes() -> int:
 
 
 _WORKER: list[Tokenize] = []
-"""The function a forked worker tokenizes with (set before the fork, inherited)."""
+"""The function this worker tokenizes with (set by the pool's initializer)."""
+
+
+def _set_worker(tokenize: Tokenize) -> None:
+    _WORKER[:] = [tokenize]
 
 
 def _tokenize_chunk(tokenize: Tokenize, chunk: list[Example]) -> list[TokenizedExample] | Failure:
@@ -88,43 +98,32 @@ def _in_worker(chunk: list[Example]) -> list[TokenizedExample] | Failure:
     return _tokenize_chunk(_WORKER[0], chunk)
 
 
-def _fork_context() -> Any:
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return None
-    return multiprocessing.get_context("fork")
+def worker_context() -> Any:
+    """How workers start: a fork server where there is one (Linux, macOS), else spawn;
+    never a plain fork of this (threaded) process."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def tokenize_chunks(
     chunks: Iterable[list[Example]], tokenize: Tokenize, processes: int
 ) -> Iterator[list[TokenizedExample] | Failure]:
-    """Each chunk's tokenized examples (or its failure), in the order of ``chunks``."""
+    """Each chunk's tokenized examples (or its failure), in the order of ``chunks``.
+    ``tokenize`` must pickle (a module-level class or function) when ``processes`` > 1."""
     iterator = iter(chunks)
-    first = next(iterator, None)
-    if first is None:
-        return
-    second = next(iterator, None)
-    context = _fork_context() if processes > 1 and second is not None else None
-    if context is None:
-        yield _tokenize_chunk(tokenize, first)
-        if second is not None:
-            yield _tokenize_chunk(tokenize, second)
-        for chunk in iterator:
+    ahead = list(islice(iterator, 2 * processes)) if processes > 1 else []
+    if len(ahead) < 2 * processes:
+        for chunk in chain(ahead, iterator):
             yield _tokenize_chunk(tokenize, chunk)
         return
-    _WORKER[:] = [tokenize]
-    try:
-        with context.Pool(processes) as pool:
-            pending: deque[Any] = deque()
-            pending.append(pool.apply_async(_in_worker, (first,)))
-            pending.append(pool.apply_async(_in_worker, (second,)))
-            for chunk in iterator:
-                while len(pending) >= 2 * processes:
-                    yield pending.popleft().get()
-                pending.append(pool.apply_async(_in_worker, (chunk,)))
-            while pending:
+    with worker_context().Pool(processes, initializer=_set_worker, initargs=(tokenize,)) as pool:
+        pending: deque[Any] = deque(pool.apply_async(_in_worker, (c,)) for c in ahead)
+        for chunk in iterator:
+            while len(pending) >= 2 * processes:
                 yield pending.popleft().get()
-    finally:
-        _WORKER.clear()
+            pending.append(pool.apply_async(_in_worker, (chunk,)))
+        while pending:
+            yield pending.popleft().get()
 
 
 @contextlib.contextmanager

@@ -195,6 +195,19 @@ def _extra_values(
     }
 
 
+@dataclass(frozen=True)
+class TokenizeWith:
+    """``tokenize_example`` with a run's tokenizer and settings, as one picklable value:
+    what each tokenizing worker process receives once (``data.parallel``)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    loss_on: LossOn
+
+    def __call__(self, example: Example) -> TokenizedExample:
+        return tokenize_example(self.tokenizer, example, self.max_length, loss_on=self.loss_on)
+
+
 @dataclass
 class _Drops:
     """Examples of one file left out after tokenization, by reason."""
@@ -412,13 +425,7 @@ class _Reader:
                 pending.append((examples, where))
                 yield examples
 
-        settings = self.settings
-
-        def tokenize(example: Example) -> TokenizedExample:
-            return tokenize_example(
-                self.tokenizer, example, settings.max_length, loss_on=settings.loss_on
-            )
-
+        tokenize = TokenizeWith(self.tokenizer, self.settings.max_length, self.settings.loss_on)
         try:
             for result in tokenize_chunks(examples_only(), tokenize, self.processes):
                 examples, where = pending.popleft()
