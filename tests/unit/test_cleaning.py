@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from finetune_trainer.data.cleaning import clean, content_key, is_empty
+from finetune_trainer.data.cleaning import Cleaner, clean, content_key, is_empty
 from finetune_trainer.data.formats import Example
 
 
@@ -71,3 +73,31 @@ def test_deduplicate_off_keeps_repeats_but_still_drops_empty_rows() -> None:
 
     assert kept == [0, 1]
     assert (counts.empty, counts.duplicates) == (1, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_file_cleaned_in_chunks_keeps_what_cleaning_it_whole_keeps(seed: int) -> None:
+    """Duplicates many chunks apart, inside one chunk, and empty rows: the chunked
+    cleaner (what prepare_data runs) keeps exactly the rows whole-file cleaning keeps."""
+    rng = random.Random(seed)
+    texts = [f"row {rng.randrange(300)}" if rng.random() > 0.05 else "  " for _ in range(2000)]
+    examples = [Example(text=t) for t in texts]
+    whole, counts = clean(examples, deduplicate=True)
+    seen: set[bytes] = set()
+    first = []
+    for i, e in enumerate(examples):
+        if not is_empty(e) and content_key(e) not in seen:
+            seen.add(content_key(e))
+            first.append(i)
+    assert whole == first
+
+    cleaner, kept, start = Cleaner(deduplicate=True), [], 0
+    while start < len(examples):
+        size = rng.randint(1, 97)
+        chunk = examples[start : start + size]
+        kept += [start + i for i in cleaner.keep(chunk)]
+        start += size
+
+    assert kept == whole
+    assert cleaner.counts == counts
+    assert counts.duplicates > 1000 and counts.empty > 0

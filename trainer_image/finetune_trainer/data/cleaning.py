@@ -97,33 +97,42 @@ class Cleaner:
 
     def keep(self, examples: list[Example]) -> list[int]:
         """Indices (into ``examples``) of the examples to keep, in order, counting the
-        rest; ``examples`` follow those of every earlier call."""
+        rest; ``examples`` follow those of every earlier call.
+
+        The chunk's keys are looked up in the remembered ones with one vectorised
+        ``searchsorted`` and merged into them with one ``insert`` (a copy of the array,
+        linear): merging by re-sorting everything (``union1d``) made each chunk cost
+        N log N and a 3M-row file spend most of its preparation deduplicating."""
         import numpy as np
 
-        kept: list[int] = []
-        fresh: list[int] = []
-        in_chunk: set[int] = set()
+        candidates: list[int] = []
+        keys: list[int] = []
         for index, example in enumerate(examples):
             if is_empty(example):
                 self.counts.empty += 1
                 continue
+            candidates.append(index)
             if self.deduplicate:
-                key = int.from_bytes(content_key(example)[:8], "little")
-                if key in in_chunk or self._seen_before(key):
-                    self.counts.duplicates += 1
-                    continue
-                in_chunk.add(key)
-                fresh.append(key)
+                keys.append(int.from_bytes(content_key(example)[:8], "little"))
+        if not self.deduplicate:
+            return candidates
+        chunk_keys = np.array(keys, dtype=np.uint64)
+        at = np.searchsorted(self._seen, chunk_keys)
+        seen = np.zeros(len(keys), dtype=bool)
+        inside = at < len(self._seen)
+        seen[inside] = self._seen[at[inside]] == chunk_keys[inside]
+        kept: list[int] = []
+        fresh: set[int] = set()
+        for index, key, earlier in zip(candidates, keys, seen.tolist(), strict=True):
+            if earlier or key in fresh:
+                self.counts.duplicates += 1
+                continue
+            fresh.add(key)
             kept.append(index)
         if fresh:
-            self._seen = np.union1d(self._seen, np.array(fresh, dtype=np.uint64))
+            new = np.array(sorted(fresh), dtype=np.uint64)
+            self._seen = np.insert(self._seen, np.searchsorted(self._seen, new), new)
         return kept
-
-    def _seen_before(self, key: int) -> bool:
-        import numpy as np
-
-        at = int(np.searchsorted(self._seen, np.uint64(key)))
-        return at < len(self._seen) and int(self._seen[at]) == key
 
 
 def clean(examples: list[Example], *, deduplicate: bool) -> tuple[list[int], CleanCounts]:
