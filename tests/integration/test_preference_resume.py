@@ -8,19 +8,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from safetensors.torch import load_file
 from test_preference_run import preference_rows
+from test_resume import newest_complete, wait_for_checkpoint_after
 
 from conftest import write_jsonl
 from finetune_api.config import TrainerConfig
-from finetune_trainer.checkpoint import complete_checkpoints, prefix_for
+from finetune_trainer.checkpoint import prefix_for
 from finetune_trainer.publish import verify_manifest
-from finetune_trainer.storage.store import MANIFEST, LocalStore
+from finetune_trainer.storage.store import MANIFEST
 
 FINETUNE = str(Path(sys.executable).parent / "finetune")
 STEPS = 24
@@ -63,27 +63,11 @@ def trainer_config(
     return path
 
 
-def newest_complete(out: Path) -> int:
-    steps = complete_checkpoints(LocalStore("file://out", out))
-    return max((s for s, keys in steps.items() if MANIFEST in keys), default=0)
-
-
 def start(config: Path, tmp: Path) -> subprocess.Popen[bytes]:
     log = (tmp / "trainer.log").open("ab")
     return subprocess.Popen(
         [FINETUNE, "train", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=ENV
     )
-
-
-def wait_for_checkpoint_after(proc: subprocess.Popen[bytes], out: Path, step: int) -> int:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        newest = newest_complete(out)
-        if newest > step:
-            return newest
-        assert proc.poll() is None, f"trainer exited early ({proc.returncode})"
-        time.sleep(0.02)
-    raise AssertionError("no new checkpoint within 120 s")
 
 
 @pytest.mark.parametrize(

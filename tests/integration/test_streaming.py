@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 from safetensors.torch import load_file
+from test_resume import newest_complete
 
 from conftest import colour_rows, write_jsonl
 from finetune_api.config import ColumnMapping, TrainerConfig
 from finetune_api.uri import Role
-from finetune_trainer.checkpoint import DATA_STREAM, complete_checkpoints, prefix_for
+from finetune_trainer.checkpoint import DATA_STREAM, prefix_for
 from finetune_trainer.data.stream import StreamSettings, open_source, open_stream
 from finetune_trainer.storage.backends import Access
-from finetune_trainer.storage.store import MANIFEST, LocalStore
+from finetune_trainer.storage.store import MANIFEST
 
 FINETUNE = str(Path(sys.executable).parent / "finetune")
 STEPS = 12
@@ -61,11 +62,6 @@ def streaming_config(tmp: Path, model_dir: Path, out: Path) -> Path:
     path = tmp / f"config-{out.name}.json"
     path.write_text(config.to_json())
     return path
-
-
-def newest_complete(out: Path) -> int:
-    steps = complete_checkpoints(LocalStore("file://out", out))
-    return max((s for s, keys in steps.items() if MANIFEST in keys), default=0)
 
 
 def train(config: Path, tmp: Path) -> subprocess.Popen[bytes]:
